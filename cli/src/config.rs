@@ -1,0 +1,468 @@
+//! The TOML configuration file: strict parsing (unknown keys and bad values are errors naming
+//! the file, line and a fix), then conversion into the engine's plain `Settings`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use engine::machine::{default_part_size, valid_name, Layout};
+use engine::settings::{S3Settings, Settings, Sse, SubvolumeSpec, GIB, KIB, MIB, TIB};
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use toml::Spanned;
+
+pub const DEFAULT_PATH: &str = "/etc/btrfs-to-s3/config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}\nhint: pass --config PATH (default {DEFAULT_PATH}); examples/config.toml shows every key")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}, {location}: {message}\nhint: {hint}")]
+    Invalid {
+        path: PathBuf,
+        location: String,
+        message: String,
+        hint: String,
+    },
+}
+
+/// A byte size: an integer number of bytes, or a string such as "200GiB" or "8 MiB".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => KIB,
+        "MiB" => MIB,
+        "GiB" => GIB,
+        "TiB" => TIB,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        let raw = Raw::deserialize(d).map_err(|_| {
+            de::Error::custom("expected a size: a number of bytes or a string like \"200GiB\"")
+        })?;
+        match raw {
+            Raw::Int(n) => Ok(Size(n)),
+            Raw::Str(s) => parse_size(&s).map(Size).ok_or_else(|| {
+                de::Error::custom(format!(
+                    "`{s}` is not a size; write a number of bytes or a string like \"8MiB\", \"200GiB\" (units B, KiB, MiB, GiB, TiB)"
+                ))
+            }),
+        }
+    }
+}
+
+pub const STORAGE_CLASSES: &[&str] = &[
+    "STANDARD",
+    "REDUCED_REDUNDANCY",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+    "GLACIER_IR",
+    "EXPRESS_ONEZONE",
+];
+
+/// Classes whose objects cannot be read without RestoreObject.
+pub const ARCHIVE_CLASSES: &[&str] = &["GLACIER", "DEEP_ARCHIVE"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageClass(pub String);
+
+impl<'de> Deserialize<'de> for StorageClass {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<StorageClass, D::Error> {
+        let s = String::deserialize(d)?;
+        if STORAGE_CLASSES.contains(&s.as_str()) {
+            Ok(StorageClass(s))
+        } else {
+            Err(de::Error::custom(format!(
+                "unknown storage class `{s}`; use one of {}",
+                STORAGE_CLASSES.join(", ")
+            )))
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SseMode(pub Sse);
+
+impl<'de> Deserialize<'de> for SseMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SseMode, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "none" => Ok(SseMode(Sse::None)),
+            "AES256" => Ok(SseMode(Sse::Aes256)),
+            "aws:kms" => Ok(SseMode(Sse::Kms)),
+            _ => Err(de::Error::custom(format!(
+                "unknown sse `{s}`; use \"AES256\", \"aws:kms\" or \"none\""
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubvolume {
+    name: Spanned<String>,
+    path: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawS3 {
+    bucket: Spanned<String>,
+    #[serde(default = "default_region")]
+    region: String,
+    endpoint: Option<Spanned<String>>,
+    #[serde(default)]
+    path_style: bool,
+    #[serde(default)]
+    prefix: String,
+    #[serde(default = "default_class")]
+    storage_class_chunks: StorageClass,
+    storage_class_manifest: Option<Spanned<StorageClass>>,
+    sse: Option<Spanned<SseMode>>,
+    kms_key_id: Option<String>,
+    chunk_size: Option<Spanned<Size>>,
+    part_size: Option<Spanned<Size>>,
+    concurrency: Option<Spanned<u32>>,
+    max_attempts: Option<Spanned<u32>>,
+    #[serde(default = "default_attempt_timeout")]
+    attempt_timeout_secs: u64,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_class() -> StorageClass {
+    StorageClass("STANDARD".into())
+}
+fn default_attempt_timeout() -> u64 {
+    600
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    snapshot_dir: PathBuf,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    lock_path: Option<PathBuf>,
+    subvolumes: Spanned<Vec<RawSubvolume>>,
+    s3: RawS3,
+}
+
+fn span_of<T>(s: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
+    s.as_ref().map(Spanned::span)
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/btrfs-to-s3")
+}
+
+/// Line and column (1-based) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+fn hint_for(message: &str) -> String {
+    let m = message.to_ascii_lowercase();
+    if m.contains("secret") || m.contains("access_key") || m.contains("session_token") {
+        "credentials are never read from the config file: use the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or instance metadata)".into()
+    } else if m.contains("unknown field") {
+        "remove or correct the key; examples/config.toml lists every key".into()
+    } else if m.contains("missing field") {
+        "add the key; examples/config.toml lists every key".into()
+    } else {
+        "see examples/config.toml for every key with its meaning".into()
+    }
+}
+
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
+    let invalid_at = |span: Option<std::ops::Range<usize>>, message: String, hint: String| {
+        let location = match span {
+            Some(r) => {
+                let (l, c) = line_col(text, r.start);
+                format!("line {l}, column {c}")
+            }
+            None => "top level".into(),
+        };
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            location,
+            message,
+            hint,
+        }
+    };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().to_string();
+        let hint = hint_for(&message);
+        invalid_at(e.span(), message, hint)
+    })?;
+
+    let subvols = raw.subvolumes.get_ref();
+    if subvols.is_empty() {
+        return Err(invalid_at(
+            Some(raw.subvolumes.span()),
+            "no subvolumes configured".into(),
+            "add at least one [[subvolumes]] table with name and path".into(),
+        ));
+    }
+    let mut subvolumes = Vec::new();
+    for sv in subvols {
+        let name = sv.name.get_ref();
+        if !valid_name(name) {
+            return Err(invalid_at(
+                Some(sv.name.span()),
+                format!("subvolume name `{name}` is not allowed"),
+                "use letters, digits, '-', '_' and '.' only (it becomes part of snapshot names and S3 keys)".into(),
+            ));
+        }
+        if subvolumes.iter().any(|s: &SubvolumeSpec| &s.name == name) {
+            return Err(invalid_at(
+                Some(sv.name.span()),
+                format!("subvolume name `{name}` appears twice"),
+                "give every subvolume its own name".into(),
+            ));
+        }
+        if !sv.path.is_absolute() {
+            return Err(invalid_at(
+                Some(sv.name.span()),
+                format!("subvolume `{name}`: path {} is not absolute", sv.path.display()),
+                "write the full path of the subvolume, e.g. /mnt/pool/home".into(),
+            ));
+        }
+        subvolumes.push(SubvolumeSpec {
+            name: name.clone(),
+            path: sv.path.clone(),
+        });
+    }
+    if !raw.snapshot_dir.is_absolute() || !raw.state_dir.is_absolute() {
+        return Err(invalid_at(
+            None,
+            "snapshot_dir and state_dir must be absolute paths".into(),
+            "write full paths; snapshot_dir must be on the same Btrfs filesystem as the subvolumes".into(),
+        ));
+    }
+
+    let s3 = raw.s3;
+    let bucket = s3.bucket.get_ref();
+    if bucket.len() < 3 || bucket.len() > 63 || bucket.contains('/') {
+        return Err(invalid_at(
+            Some(s3.bucket.span()),
+            format!("`{bucket}` is not a valid bucket name"),
+            "S3 bucket names have 3 to 63 characters and no '/'".into(),
+        ));
+    }
+    if let Some(ep) = &s3.endpoint {
+        let e = ep.get_ref();
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(invalid_at(
+                Some(ep.span()),
+                format!("endpoint `{e}` is not a URL"),
+                "write it with its scheme, e.g. \"http://127.0.0.1:3900\"".into(),
+            ));
+        }
+    }
+    let class_m = s3
+        .storage_class_manifest
+        .as_ref()
+        .map_or_else(default_class, |s| s.get_ref().clone());
+    if ARCHIVE_CLASSES.contains(&class_m.0.as_str()) {
+        return Err(invalid_at(
+            span_of(&s3.storage_class_manifest),
+            format!("storage_class_manifest `{}` is an archive class", class_m.0),
+            "manifests and pointers must stay readable without a thaw: use STANDARD or STANDARD_IA (chunks may be archived)".into(),
+        ));
+    }
+    // SSE-S3 by default: it costs nothing and S3 applies it anyway since 2023.
+    let sse = s3.sse.as_ref().map_or(Sse::Aes256, |s| s.get_ref().0);
+    if s3.kms_key_id.is_some() && sse != Sse::Kms {
+        return Err(invalid_at(
+            span_of(&s3.sse),
+            "kms_key_id is set but sse is not \"aws:kms\"".into(),
+            "set sse = \"aws:kms\" or remove kms_key_id".into(),
+        ));
+    }
+    let chunk_size = s3.chunk_size.as_ref().map_or(200 * GIB, |s| s.get_ref().0);
+    let part_size = s3
+        .part_size
+        .as_ref()
+        .map_or(default_part_size(chunk_size), |s| s.get_ref().0);
+    if let Err(e) = Layout::new(chunk_size, part_size) {
+        let span = s3
+            .part_size
+            .as_ref()
+            .map(|s| s.span())
+            .or(s3.chunk_size.as_ref().map(|s| s.span()));
+        return Err(invalid_at(
+            span,
+            e.to_string(),
+            "parts must be 5 MiB to 5 GiB, at most 10,000 per chunk; leave part_size unset to get the smallest valid one".into(),
+        ));
+    }
+    let concurrency = s3.concurrency.as_ref().map_or(4, |c| *c.get_ref());
+    if concurrency == 0 || concurrency > 64 {
+        return Err(invalid_at(
+            span_of(&s3.concurrency),
+            format!("concurrency {concurrency} is out of range"),
+            "use 1 to 64 parts in flight (memory is about (concurrency + 2) × part_size)".into(),
+        ));
+    }
+    let max_attempts = s3.max_attempts.as_ref().map_or(10, |c| *c.get_ref());
+    if max_attempts == 0 {
+        return Err(invalid_at(
+            span_of(&s3.max_attempts),
+            "max_attempts must be at least 1".into(),
+            "use 10 or more on a flaky link".into(),
+        ));
+    }
+    let lock_path = raw
+        .lock_path
+        .unwrap_or_else(|| raw.state_dir.join("lock"));
+    Ok(Settings {
+        subvolumes,
+        snapshot_dir: raw.snapshot_dir,
+        state_dir: raw.state_dir,
+        lock_path,
+        s3: S3Settings {
+            bucket: bucket.clone(),
+            region: s3.region,
+            endpoint: s3.endpoint.map(|e| e.into_inner()),
+            path_style: s3.path_style,
+            prefix: s3.prefix.trim_matches('/').to_string(),
+            storage_class_chunks: s3.storage_class_chunks.0,
+            storage_class_manifest: class_m.0,
+            sse,
+            kms_key_id: s3.kms_key_id,
+            chunk_size,
+            part_size,
+            concurrency: concurrency as usize,
+            max_attempts,
+            attempt_timeout: Duration::from_secs(s3.attempt_timeout_secs.max(1)),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+snapshot_dir = "/mnt/pool/.snapshots"
+state_dir = "/var/lib/b2s3"
+
+[[subvolumes]]
+name = "home"
+path = "/mnt/pool/home"
+
+[s3]
+bucket = "my-backups"
+endpoint = "http://127.0.0.1:3900"
+path_style = true
+prefix = "/host1/"
+chunk_size = "1GiB"
+"#;
+
+    fn err(text: &str) -> String {
+        parse(Path::new("/etc/x.toml"), text)
+            .err()
+            .expect("must be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn good_config_gets_defaults() {
+        let s = parse(Path::new("x"), GOOD).expect("valid");
+        assert_eq!(s.s3.chunk_size, GIB);
+        assert_eq!(s.s3.part_size, 8 * MIB);
+        assert_eq!(s.s3.concurrency, 4);
+        assert_eq!(s.s3.prefix, "host1");
+        assert_eq!(s.s3.sse, Sse::Aes256);
+        assert_eq!(s.lock_path, PathBuf::from("/var/lib/b2s3/lock"));
+        let d = parse(Path::new("x"), &GOOD.replace("chunk_size = \"1GiB\"", "")).expect("valid");
+        assert_eq!(d.s3.chunk_size, 200 * GIB);
+        assert_eq!(d.s3.part_size, 21 * MIB);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_hint() {
+        let e = err(&GOOD.replace("path_style = true", "path_stlye = true"));
+        assert!(e.contains("/etc/x.toml"), "{e}");
+        assert!(e.contains("line 12"), "{e}");
+        assert!(e.contains("path_stlye"), "{e}");
+        assert!(e.contains("examples/config.toml"), "{e}");
+    }
+
+    #[test]
+    fn credentials_in_file_are_refused_with_the_reason() {
+        let e = err(&GOOD.replace("path_style = true", "secret_access_key = \"x\""));
+        assert!(e.contains("never read from the config file"), "{e}");
+        assert!(!e.contains("\"x\""), "must not echo the secret: {e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_line() {
+        let e = err(&GOOD.replace("\"1GiB\"", "\"1 gigabyte\""));
+        assert!(e.contains("not a size") && e.contains("line 14"), "{e}");
+        let e = err(&GOOD.replace("prefix", "storage_class_chunks = \"COLD\"\nprefix"));
+        assert!(e.contains("unknown storage class `COLD`"), "{e}");
+        let e = err(&GOOD.replace("prefix", "storage_class_manifest = \"DEEP_ARCHIVE\"\nprefix"));
+        assert!(e.contains("archive class"), "{e}");
+        let e = err(&GOOD.replace("prefix", "part_size = \"4MiB\"\nprefix"));
+        assert!(e.contains("below the S3 minimum") && e.contains("line 13"), "{e}");
+        let e = err(&GOOD.replace("\"1GiB\"", "\"200GiB\"\npart_size = \"8MiB\""));
+        assert!(e.contains("raise part_size to at least 22020096"), "{e}");
+        let e = err(&GOOD.replace("prefix", "concurrency = 0\nprefix"));
+        assert!(e.contains("concurrency 0"), "{e}");
+        let e = err(&GOOD.replace("prefix", "sse = \"AES128\"\nprefix"));
+        assert!(e.contains("unknown sse"), "{e}");
+        let e = err(&GOOD.replace("name = \"home\"", "name = \"my home\""));
+        assert!(e.contains("not allowed"), "{e}");
+        let e = err(&GOOD.replace("my-backups", "b"));
+        assert!(e.contains("not a valid bucket"), "{e}");
+        let e = err("this is not toml");
+        assert!(e.contains("line 1"), "{e}");
+        let e = err(&GOOD.replace("snapshot_dir = \"/mnt/pool/.snapshots\"", ""));
+        assert!(e.contains("missing field `snapshot_dir`"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8MiB"), Some(8 * MIB));
+        assert_eq!(parse_size("8 MiB"), Some(8 * MIB));
+        assert_eq!(parse_size("123"), Some(123));
+        assert_eq!(parse_size("8MB"), None);
+        assert_eq!(parse_size("99999999999999TiB"), None);
+    }
+}

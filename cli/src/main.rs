@@ -1,0 +1,283 @@
+//! `btrfs-to-s3`: back up Btrfs subvolumes to S3, resumably.
+
+mod config;
+mod lock;
+mod output;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use engine::backup::{BackupError, Context, Progress, RunReport};
+use engine::btrfs::{BtrfsCli, BtrfsError};
+use engine::journal::{Journal, JournalError};
+use engine::settings::Settings;
+use engine::store::{S3Store, StoreErrorKind};
+
+/// Exit codes, documented in the README and `--help`.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// A backup did not complete; `resume` (or the next `backup`) continues it.
+    pub const FAILED: u8 = 1;
+    /// Bad command line or configuration file.
+    pub const USAGE: u8 = 2;
+    /// Another btrfs-to-s3 run holds the lock.
+    pub const LOCKED: u8 = 3;
+    /// S3 refused: unknown bucket, wrong credentials, access denied.
+    pub const S3_ACCESS: u8 = 4;
+    /// A source is not a Btrfs subvolume, or btrfs-progs is missing.
+    pub const SOURCE: u8 = 5;
+    /// The journal is damaged or unreadable.
+    pub const JOURNAL: u8 = 6;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success: every subvolume's pointer is published
+  1  a backup did not complete (run `btrfs-to-s3 resume`, or the next `backup` resumes it)
+  2  bad command line or configuration file
+  3  another btrfs-to-s3 run holds the lock
+  4  S3 refused: unknown bucket, wrong credentials or access denied
+  5  a source is not a Btrfs subvolume, or btrfs-progs is missing
+  6  the journal is damaged (see `btrfs-to-s3 journal rebuild`)
+
+Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY,
+AWS_PROFILE, instance metadata), never from the configuration file.";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "btrfs-to-s3",
+    version,
+    about = "Back up Btrfs subvolumes to S3; a killed run resumes at the last committed part",
+    after_help = AFTER_HELP
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "BTRFS_TO_S3_CONFIG", default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Print a machine-readable JSON result on stdout instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress display.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Log filter (e.g. `info`, `debug`, `engine=debug`); also RUST_LOG.
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Resume unfinished runs, then snapshot each subvolume and upload it.
+    Backup {
+        /// Only this subvolume (repeatable); default: every configured one.
+        #[arg(long = "subvolume", value_name = "NAME")]
+        subvolumes: Vec<String>,
+    },
+    /// Continue every unfinished run from its last committed part.
+    Resume,
+    /// Show runs in progress, the last success per subvolume, and leaked resources.
+    Status,
+    /// Check the configuration file and print the settings it yields.
+    CheckConfig,
+}
+
+/// An error with the exit code it deserves.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+fn code_for(e: &BackupError) -> u8 {
+    match e {
+        BackupError::Store(s) if matches!(s.kind, StoreErrorKind::AccessDenied | StoreErrorKind::NoSuchBucket) => {
+            exit::S3_ACCESS
+        }
+        BackupError::Btrfs(BtrfsError::NotASubvolume { .. } | BtrfsError::Missing(_)) => exit::SOURCE,
+        BackupError::Journal(_) => exit::JOURNAL,
+        BackupError::Layout(_) => exit::USAGE,
+        _ => exit::FAILED,
+    }
+}
+
+fn journal_failure(e: JournalError) -> Failure {
+    let code = match e {
+        JournalError::InUse { .. } => exit::LOCKED,
+        _ => exit::JOURNAL,
+    };
+    Failure::new(code, e.to_string())
+}
+
+fn main() -> ExitCode {
+    let _failpoints = fault_injection::setup();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    let settings = config::load(&cli.config).map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
+    match &cli.command {
+        Command::CheckConfig => {
+            output::print_settings(&settings, cli.json);
+            Ok(exit::OK)
+        }
+        Command::Status => {
+            let journal = Journal::open(&settings.journal_path()).map_err(journal_failure)?;
+            output::print_status(&settings, &journal, cli.json).map_err(journal_failure)?;
+            Ok(exit::OK)
+        }
+        Command::Backup { subvolumes } => {
+            let selected = select(&settings, subvolumes)?;
+            backup(&cli, settings, selected, true).await
+        }
+        Command::Resume => backup(&cli, settings, Vec::new(), false).await,
+    }
+}
+
+fn select(settings: &Settings, names: &[String]) -> Result<Vec<engine::settings::SubvolumeSpec>, Failure> {
+    if names.is_empty() {
+        return Ok(settings.subvolumes.clone());
+    }
+    names
+        .iter()
+        .map(|n| {
+            settings
+                .subvolumes
+                .iter()
+                .find(|s| &s.name == n)
+                .cloned()
+                .ok_or_else(|| {
+                    let known: Vec<_> = settings.subvolumes.iter().map(|s| s.name.as_str()).collect();
+                    Failure::new(
+                        exit::USAGE,
+                        format!("no subvolume named `{n}` in the configuration; configured: {}", known.join(", ")),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Resumes every open run, then (when `new_runs`) plans and runs one backup per subvolume.
+async fn backup(
+    cli: &Cli,
+    settings: Settings,
+    subvolumes: Vec<engine::settings::SubvolumeSpec>,
+    new_runs: bool,
+) -> Result<u8, Failure> {
+    let _lock = lock::Lock::acquire(&settings.lock_path)
+        .map_err(|e| Failure::new(if e.held { exit::LOCKED } else { exit::FAILED }, e.message))?;
+    let journal = Arc::new(Journal::open(&settings.journal_path()).map_err(journal_failure)?);
+    let store = Arc::new(S3Store::connect(&settings.s3).await);
+    let progress = Arc::new(Progress::default());
+    let ctx = Context {
+        settings,
+        store,
+        btrfs: Arc::new(BtrfsCli::default()),
+        journal: journal.clone(),
+        progress: progress.clone(),
+    };
+    ctx.preflight(&subvolumes)
+        .await
+        .map_err(|e| Failure::new(code_for(&e), e.to_string()))?;
+
+    let ticker = (!cli.quiet && !cli.json && std::io::stderr().is_terminal())
+        .then(|| output::spawn_progress(progress.clone()));
+    let mut reports: Vec<RunReport> = Vec::new();
+    let mut failures: Vec<(String, BackupError)> = Vec::new();
+
+    let open = journal.open_runs().map_err(journal_failure)?;
+    for h in open {
+        tracing::info!(run = h.id, subvolume = %h.subvolume, "resuming");
+        match ctx.drive(h.id).await {
+            Ok(r) => reports.push(r),
+            Err(e) => failures.push((h.subvolume.clone(), e)),
+        }
+    }
+    if new_runs {
+        for sv in &subvolumes {
+            // A subvolume whose resumed run failed is not backed up again on top of it.
+            if failures.iter().any(|(s, _)| s == &sv.name) {
+                continue;
+            }
+            let result = async {
+                let now = next_free_time(&ctx, sv).await?;
+                let run = ctx.plan(sv, now)?;
+                ctx.drive(run).await
+            }
+            .await;
+            match result {
+                Ok(r) => reports.push(r),
+                Err(e) => failures.push((sv.name.clone(), e)),
+            }
+        }
+    }
+    if let Some(t) = ticker {
+        t.abort();
+        eprint!("\r\x1b[2K");
+    }
+    output::print_backup(&reports, &failures, cli.json);
+    Ok(failures
+        .iter()
+        .map(|(_, e)| code_for(e))
+        .max()
+        .unwrap_or(exit::OK))
+}
+
+/// The snapshot name has one-second resolution: wait for a second whose name is free.
+async fn next_free_time(
+    ctx: &Context,
+    sv: &engine::settings::SubvolumeSpec,
+) -> Result<chrono::DateTime<chrono::Utc>, BackupError> {
+    for _ in 0..3 {
+        let now = chrono::Utc::now();
+        let name = engine::machine::snapshot_name(&sv.name, now);
+        if !ctx.settings.snapshot_dir.join(&name).exists() {
+            return Ok(now);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    }
+    Err(BackupError::NameTaken(sv.name.clone()))
+}

@@ -1,0 +1,197 @@
+//! What the commands print: text for people, `--json` for scripts, progress on a terminal.
+
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engine::backup::{BackupError, Progress, RunReport};
+use engine::journal::{Journal, JournalError, RunStatus};
+use engine::machine::run::RunState;
+use engine::settings::Settings;
+use serde_json::json;
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+/// A line on stderr, redrawn twice a second: stream position, bytes sent, rate.
+pub fn spawn_progress(p: Arc<Progress>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let sent = p.uploaded_bytes.load(Ordering::Relaxed);
+            let reused = p.reused_bytes.load(Ordering::Relaxed);
+            let read = p.stream_bytes.load(Ordering::Relaxed);
+            let rate = sent as f64 / start.elapsed().as_secs_f64().max(0.001) / (1024.0 * 1024.0);
+            let current = p.current.lock().map(|c| c.clone()).unwrap_or_default();
+            let mut err = std::io::stderr().lock();
+            let _ = write!(
+                err,
+                "\r\x1b[2K{current}: read {}, sent {}, reused {}, {rate:.1} MiB/s",
+                human_bytes(read),
+                human_bytes(sent),
+                human_bytes(reused)
+            );
+            let _ = err.flush();
+        }
+    })
+}
+
+pub fn print_backup(reports: &[RunReport], failures: &[(String, BackupError)], as_json: bool) {
+    if as_json {
+        let failed: Vec<_> = failures
+            .iter()
+            .map(|(s, e)| json!({"subvolume": s, "error": e.to_string(), "retryable": e.is_retryable()}))
+            .collect();
+        let doc = json!({"ok": failures.is_empty(), "runs": reports, "failures": failed});
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return;
+    }
+    for r in reports {
+        let rate = r.uploaded_bytes as f64 / r.seconds.max(0.001) / (1024.0 * 1024.0);
+        println!(
+            "{}: published {:?} backup {} ({} in {} chunk(s), {} parts; sent {}, reused {}; {:.1} s, {rate:.1} MiB/s{})",
+            r.subvolume,
+            r.kind,
+            r.backup_id,
+            human_bytes(r.total_bytes),
+            r.chunks,
+            r.parts,
+            human_bytes(r.uploaded_bytes),
+            human_bytes(r.reused_bytes),
+            r.seconds,
+            if r.resumed { ", resumed" } else { "" }
+        );
+        println!("  manifest {}\n  pointer  {}", r.manifest_key, r.pointer_key);
+    }
+    for (s, e) in failures {
+        eprintln!("error: {s}: {e}");
+        if e.is_retryable() {
+            eprintln!("  the run is kept in the journal; `btrfs-to-s3 resume` continues it");
+        }
+    }
+}
+
+pub fn print_settings(s: &Settings, as_json: bool) {
+    let doc = json!({
+        "subvolumes": s.subvolumes.iter().map(|v| json!({"name": v.name, "path": v.path})).collect::<Vec<_>>(),
+        "snapshot_dir": s.snapshot_dir,
+        "state_dir": s.state_dir,
+        "lock_path": s.lock_path,
+        "s3": {
+            "bucket": s.s3.bucket, "region": s.s3.region, "endpoint": s.s3.endpoint,
+            "path_style": s.s3.path_style, "prefix": s.s3.prefix,
+            "storage_class_chunks": s.s3.storage_class_chunks,
+            "storage_class_manifest": s.s3.storage_class_manifest,
+            "sse": s.s3.sse.as_str(), "kms_key_id": s.s3.kms_key_id,
+            "chunk_size": s.s3.chunk_size, "part_size": s.s3.part_size,
+            "concurrency": s.s3.concurrency, "max_attempts": s.s3.max_attempts,
+            "attempt_timeout_secs": s.s3.attempt_timeout.as_secs(),
+        }
+    });
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        println!("configuration is valid");
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    }
+}
+
+pub fn print_status(s: &Settings, j: &Journal, as_json: bool) -> Result<(), JournalError> {
+    let runs = j.runs()?;
+    let mut in_progress = Vec::new();
+    let mut leaked = Vec::new();
+    for h in runs.iter().filter(|h| h.status == RunStatus::Open) {
+        let st = match RunState::fold(&j.transitions(h.id)?) {
+            Ok(st) => st,
+            Err(e) => {
+                in_progress.push(json!({"run": h.id, "subvolume": h.subvolume, "error": e.to_string()}));
+                continue;
+            }
+        };
+        for (key, id) in st.open_uploads() {
+            leaked.push(json!({"kind": "multipart-upload", "key": key, "upload_id": id, "run": h.id}));
+        }
+        if st.snapshot_uuid.is_some() {
+            leaked.push(json!({"kind": "snapshot", "path": st.planned.snapshot_path, "run": h.id}));
+        }
+        in_progress.push(json!({
+            "run": h.id,
+            "subvolume": h.subvolume,
+            "backup_id": h.backup_id,
+            "step": format!("{:?}", st.next_step()),
+            "parts_committed": st.committed_parts(),
+            "bytes_committed": st.committed_bytes(),
+            "chunks_sealed": st.chunks.values().filter(|c| c.sealed.is_some()).count(),
+        }));
+    }
+    let mut last = Vec::new();
+    for sv in &s.subvolumes {
+        let done = runs
+            .iter()
+            .rev()
+            .find(|h| h.subvolume == sv.name && h.status == RunStatus::Finished);
+        last.push(json!({
+            "subvolume": sv.name,
+            "last_success": done.map(|h| h.backup_id.clone()),
+            "run": done.map(|h| h.id),
+        }));
+    }
+    let doc = json!({"in_progress": in_progress, "last_success": last, "leaked": leaked});
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return Ok(());
+    }
+    println!("last success:");
+    for l in &last {
+        println!(
+            "  {}: {}",
+            l["subvolume"].as_str().unwrap_or(""),
+            l["last_success"].as_str().unwrap_or("never")
+        );
+    }
+    if in_progress.is_empty() {
+        println!("no run in progress");
+    } else {
+        println!("in progress (`btrfs-to-s3 resume` continues them):");
+        for r in &in_progress {
+            println!(
+                "  run {} {} {}: next step {}, {} parts ({} bytes) committed, {} chunk(s) sealed",
+                r["run"], r["subvolume"].as_str().unwrap_or(""), r["backup_id"].as_str().unwrap_or(""),
+                r["step"].as_str().unwrap_or("?"), r["parts_committed"], r["bytes_committed"], r["chunks_sealed"]
+            );
+        }
+    }
+    if !leaked.is_empty() {
+        println!("held by unfinished runs (reused by resume):");
+        for l in &leaked {
+            println!("  {}", l);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_bytes(5), "5 B");
+        assert_eq!(human_bytes(1536), "1.50 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.00 GiB");
+    }
+}

@@ -1,0 +1,16 @@
+//! Backup and restore logic of btrfs-to-s3.
+//!
+//! `machine` holds the pure decisions; `backup` is the driver that performs them through the
+//! I/O edges (`btrfs`, `store`, the journal).
+
+pub mod backup;
+pub mod btrfs;
+pub mod machine;
+pub mod manifest;
+pub mod pipeline;
+pub mod settings;
+pub mod store;
+
+pub use journal;
+
+pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,178 @@
+//! The manifest and pointer JSON model (format_version 1). The schema lives in
+//! `schemas/manifest.schema.json` and the tests hold every written manifest to it.
+
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{key}: not a valid manifest or pointer ({source})")]
+    Parse {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("{key}: format_version {found} is newer than this build reads ({FORMAT_VERSION}); upgrade btrfs-to-s3")]
+    TooNew { key: String, found: u32 },
+}
+
+impl ManifestError {
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Full,
+    Incremental,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ParentRef {
+    pub backup_id: String,
+    pub manifest_key: String,
+    pub snapshot_uuid: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotRef {
+    pub name: String,
+    pub uuid: String,
+    pub parent_uuid: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartEntry {
+    pub number: u32,
+    pub size: u64,
+    /// xxh3-128, 32 lowercase hex digits.
+    pub xxh3: String,
+    /// CRC32C, 8 lowercase hex digits.
+    pub crc32c: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkEntry {
+    pub index: u32,
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+    pub etag: String,
+    pub parts: Vec<PartEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub tool_version: String,
+    pub subvolume: String,
+    pub kind: Kind,
+    pub backup_id: String,
+    pub chain_id: String,
+    pub parent: Option<ParentRef>,
+    pub snapshot: SnapshotRef,
+    pub created_at: String,
+    pub chunk_size: u64,
+    pub part_size: u64,
+    pub storage_class: String,
+    pub sse: String,
+    pub total_bytes: u64,
+    pub stream_sha256: String,
+    pub chunks: Vec<ChunkEntry>,
+}
+
+/// `<prefix>/<subvolume>/current.json`: the newest published backup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pointer {
+    pub format_version: u32,
+    pub subvolume: String,
+    pub backup_id: String,
+    pub chain_id: String,
+    pub kind: Kind,
+    pub manifest_key: String,
+    pub created_at: String,
+}
+
+fn parse<T: for<'a> Deserialize<'a>>(key: &str, bytes: &[u8]) -> Result<T, ManifestError> {
+    #[derive(Deserialize)]
+    struct Version {
+        format_version: u32,
+    }
+    let v: Version = serde_json::from_slice(bytes).map_err(|source| ManifestError::Parse {
+        key: key.to_string(),
+        source,
+    })?;
+    if v.format_version > FORMAT_VERSION {
+        return Err(ManifestError::TooNew {
+            key: key.to_string(),
+            found: v.format_version,
+        });
+    }
+    serde_json::from_slice(bytes).map_err(|source| ManifestError::Parse {
+        key: key.to_string(),
+        source,
+    })
+}
+
+impl Manifest {
+    pub fn parse(key: &str, bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        parse(key, bytes)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Plain data with string keys: serialisation cannot fail.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+}
+
+impl Pointer {
+    pub fn parse(key: &str, bytes: &[u8]) -> Result<Pointer, ManifestError> {
+        parse(key, bytes)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+}
+
+pub fn hex_u128(v: u128) -> String {
+    format!("{v:032x}")
+}
+
+pub fn hex_u32(v: u32) -> String {
+    format!("{v:08x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newer_format_is_refused_with_upgrade_hint() {
+        let err = Pointer::parse("p", br#"{"format_version": 99}"#).err().expect("refused");
+        assert!(err.to_string().contains("upgrade btrfs-to-s3"), "{err}");
+    }
+
+    #[test]
+    fn pointer_round_trips() {
+        let p = Pointer {
+            format_version: FORMAT_VERSION,
+            subvolume: "home".into(),
+            backup_id: "B".into(),
+            chain_id: "C".into(),
+            kind: Kind::Full,
+            manifest_key: "x/home/C/B/manifest.json".into(),
+            created_at: "2026-11-22T03:15:00Z".into(),
+        };
+        assert_eq!(Pointer::parse("k", &p.to_json()).expect("parse"), p);
+        assert!(String::from_utf8_lossy(&p.to_json()).contains("\"kind\": \"full\""));
+    }
+
+    #[test]
+    fn hex_widths_are_fixed() {
+        assert_eq!(hex_u128(1).len(), 32);
+        assert_eq!(hex_u32(0xab), "000000ab");
+    }
+}

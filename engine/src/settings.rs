@@ -1,0 +1,67 @@
+//! Plain settings the engine runs with. Parsing and validating the TOML file is the CLI's job.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const KIB: u64 = 1024;
+pub const MIB: u64 = 1024 * KIB;
+pub const GIB: u64 = 1024 * MIB;
+pub const TIB: u64 = 1024 * GIB;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubvolumeSpec {
+    /// Name used in snapshot names and S3 keys.
+    pub name: String,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sse {
+    None,
+    Aes256,
+    Kms,
+}
+
+impl Sse {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sse::None => "none",
+            Sse::Aes256 => "AES256",
+            Sse::Kms => "aws:kms",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub region: String,
+    pub endpoint: Option<String>,
+    pub path_style: bool,
+    /// Without leading or trailing slash; may be empty.
+    pub prefix: String,
+    pub storage_class_chunks: String,
+    pub storage_class_manifest: String,
+    pub sse: Sse,
+    pub kms_key_id: Option<String>,
+    pub chunk_size: u64,
+    pub part_size: u64,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub attempt_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub subvolumes: Vec<SubvolumeSpec>,
+    pub snapshot_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub lock_path: PathBuf,
+    pub s3: S3Settings,
+}
+
+impl Settings {
+    pub fn journal_path(&self) -> PathBuf {
+        self.state_dir.join("journal.redb")
+    }
+}

@@ -1,0 +1,631 @@
+//! Object storage: the `ObjectStore` trait the engine talks to, and its S3 implementation
+//! (aws-sdk-s3, configured for AWS and for S3-compatible servers alike).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
+};
+use base64::Engine as _;
+use bytes::Bytes;
+
+use crate::settings::{S3Settings, Sse};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    NotFound,
+    NoSuchBucket,
+    NoSuchUpload,
+    AccessDenied,
+    InvalidObjectState,
+    /// Timeouts, connection failures, 5xx, throttling: worth retrying later.
+    Transient,
+    Other,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("S3 {op} s3://{bucket}/{key}: {message}{}", hint(*kind, bucket))]
+pub struct StoreError {
+    pub op: &'static str,
+    pub bucket: String,
+    pub key: String,
+    pub kind: StoreErrorKind,
+    pub message: String,
+}
+
+fn hint(kind: StoreErrorKind, bucket: &str) -> String {
+    match kind {
+        StoreErrorKind::NoSuchBucket => format!(
+            " (bucket `{bucket}` does not exist: create it or fix [s3].bucket in the config)"
+        ),
+        StoreErrorKind::AccessDenied => " (credentials refused: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, and the bucket policy)".to_string(),
+        StoreErrorKind::Transient => " (network or server trouble; `btrfs-to-s3 resume` continues where this stopped)".to_string(),
+        _ => String::new(),
+    }
+}
+
+impl StoreError {
+    pub fn is_retryable(&self) -> bool {
+        self.kind == StoreErrorKind::Transient
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    pub storage_class: Option<String>,
+    pub sse: Option<Sse>,
+    pub kms_key_id: Option<String>,
+    pub content_type: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub storage_class: Option<String>,
+    pub sse: Option<String>,
+    pub etag: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadedPart {
+    pub part_number: u32,
+    pub etag: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenUpload {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletePart {
+    pub part_number: u32,
+    pub etag: String,
+    pub crc32c: u32,
+}
+
+/// The object-storage operations the engine needs.
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    fn bucket(&self) -> &str;
+    /// Fails unless the bucket exists and the credentials may use it.
+    async fn check_access(&self) -> Result<(), StoreError>;
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String, StoreError>;
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+        crc32c: u32,
+    ) -> Result<String, StoreError>;
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletePart],
+    ) -> Result<String, StoreError>;
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
+    async fn list_parts(&self, key: &str, upload_id: &str)
+        -> Result<Vec<UploadedPart>, StoreError>;
+    async fn list_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, StoreError>;
+    async fn put_object(&self, key: &str, body: Bytes, opts: &PutOptions)
+        -> Result<(), StoreError>;
+    async fn get_object(&self, key: &str) -> Result<Bytes, StoreError>;
+    async fn head_object(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError>;
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+}
+
+pub fn crc32c_base64(crc: u32) -> String {
+    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
+}
+
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl S3Store {
+    /// Builds a client from the standard AWS credential chain (environment, profile, instance
+    /// metadata); credentials never come from the config file.
+    pub async fn connect(s: &S3Settings) -> S3Store {
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(Region::new(s.region.clone()))
+            .load()
+            .await;
+        let mut b = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(s.path_style)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            // The defaults (3 attempts, no operation timeout) do not fit a flaky link.
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(s.max_attempts.max(1))
+                    .with_initial_backoff(Duration::from_millis(500))
+                    .with_max_backoff(Duration::from_secs(20)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(s.attempt_timeout)
+                    .operation_attempt_timeout(s.attempt_timeout)
+                    .operation_timeout(s.attempt_timeout * s.max_attempts.max(1) * 2)
+                    .build(),
+            );
+        if let Some(ep) = &s.endpoint {
+            b = b.endpoint_url(ep);
+        }
+        S3Store {
+            client: aws_sdk_s3::Client::from_conf(b.build()),
+            bucket: s.bucket.clone(),
+        }
+    }
+
+    fn err<E>(&self, op: &'static str, key: &str, e: SdkError<E, HttpResponse>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let status = e.raw_response().map(|r| r.status().as_u16());
+        let (kind, message) = match &e {
+            SdkError::ServiceError(se) => {
+                let inner = se.err();
+                let code = inner.code().unwrap_or("").to_string();
+                let msg = inner.message().unwrap_or("").to_string();
+                let kind = classify(&code, status);
+                let text = match (code.is_empty(), msg.is_empty()) {
+                    (true, true) => format!("HTTP {}", status.unwrap_or(0)),
+                    (false, true) => code,
+                    (true, false) => msg,
+                    (false, false) => format!("{code}: {msg}"),
+                };
+                (kind, text)
+            }
+            SdkError::TimeoutError(_) => (StoreErrorKind::Transient, "timed out".to_string()),
+            SdkError::DispatchFailure(d) => (
+                StoreErrorKind::Transient,
+                format!("could not reach the server: {d:?}"),
+            ),
+            SdkError::ResponseError(_) => (
+                classify("", status),
+                format!("bad response (HTTP {})", status.unwrap_or(0)),
+            ),
+            other => (StoreErrorKind::Other, format!("{}", DisplayErrorChain(other))),
+        };
+        StoreError {
+            op,
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            kind,
+            message,
+        }
+    }
+}
+
+fn classify(code: &str, status: Option<u16>) -> StoreErrorKind {
+    match code {
+        "NoSuchKey" | "NotFound" => StoreErrorKind::NotFound,
+        "NoSuchBucket" => StoreErrorKind::NoSuchBucket,
+        "NoSuchUpload" => StoreErrorKind::NoSuchUpload,
+        "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "Forbidden"
+        | "InvalidToken" | "ExpiredToken" => StoreErrorKind::AccessDenied,
+        "InvalidObjectState" => StoreErrorKind::InvalidObjectState,
+        "SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout"
+        | "RequestTimeTooSkewed" => StoreErrorKind::Transient,
+        _ => match status {
+            Some(404) => StoreErrorKind::NotFound,
+            Some(401 | 403) => StoreErrorKind::AccessDenied,
+            Some(s) if s >= 500 || s == 429 => StoreErrorKind::Transient,
+            _ => StoreErrorKind::Other,
+        },
+    }
+}
+
+struct DisplayErrorChain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for DisplayErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut src = self.0.source();
+        while let Some(s) = src {
+            write!(f, ": {s}")?;
+            src = s.source();
+        }
+        Ok(())
+    }
+}
+
+fn etag_of(e: Option<&str>) -> String {
+    e.unwrap_or_default().to_string()
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    async fn check_access(&self) -> Result<(), StoreError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| {
+                let mut err = self.err("HeadBucket", "", e);
+                // HeadBucket has no body: a 404 can only mean the bucket.
+                if err.kind == StoreErrorKind::NotFound {
+                    err.kind = StoreErrorKind::NoSuchBucket;
+                    err.message = "NoSuchBucket".into();
+                }
+                err
+            })
+    }
+
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String, StoreError> {
+        let mut req = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C);
+        req = apply_create(req, opts);
+        let out = req
+            .send()
+            .await
+            .map_err(|e| self.err("CreateMultipartUpload", key, e))?;
+        out.upload_id().map(str::to_string).ok_or(StoreError {
+            op: "CreateMultipartUpload",
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            kind: StoreErrorKind::Other,
+            message: "the server returned no UploadId".into(),
+        })
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+        crc32c: u32,
+    ) -> Result<String, StoreError> {
+        let len = body.len();
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(i32::try_from(part_number).unwrap_or(i32::MAX))
+            .content_length(i64::try_from(len).unwrap_or(i64::MAX))
+            .checksum_crc32_c(crc32c_base64(crc32c))
+            .body(ByteStream::from(body))
+            .customize()
+            // The CRC32C header protects the payload; signing it would hash every byte again.
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(|e| self.err("UploadPart", key, e))?;
+        Ok(etag_of(out.e_tag()))
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletePart],
+    ) -> Result<String, StoreError> {
+        let parts = parts
+            .iter()
+            .map(|p| {
+                CompletedPart::builder()
+                    .part_number(i32::try_from(p.part_number).unwrap_or(i32::MAX))
+                    .e_tag(&p.etag)
+                    .checksum_crc32_c(crc32c_base64(p.crc32c))
+                    .build()
+            })
+            .collect();
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.err("CompleteMultipartUpload", key, e))?;
+        Ok(etag_of(out.e_tag()))
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = self.err("AbortMultipartUpload", key, e);
+                // Already gone is what we wanted.
+                if matches!(err.kind, StoreErrorKind::NoSuchUpload | StoreErrorKind::NotFound) {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    async fn list_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Vec<UploadedPart>, StoreError> {
+        let mut out = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let resp = self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .set_part_number_marker(marker.clone())
+                .send()
+                .await
+                .map_err(|e| self.err("ListParts", key, e))?;
+            for p in resp.parts() {
+                out.push(UploadedPart {
+                    part_number: u32::try_from(p.part_number().unwrap_or(0)).unwrap_or(0),
+                    etag: etag_of(p.e_tag()),
+                    size: u64::try_from(p.size().unwrap_or(0)).unwrap_or(0),
+                });
+            }
+            if resp.is_truncated() == Some(true) {
+                marker = resp.next_part_number_marker().map(str::to_string);
+                if marker.is_none() {
+                    break;
+                }
+            } else {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn list_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, StoreError> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let resp = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(|e| self.err("ListMultipartUploads", prefix, e))?;
+            for u in resp.uploads() {
+                out.push(OpenUpload {
+                    key: u.key().unwrap_or_default().to_string(),
+                    upload_id: u.upload_id().unwrap_or_default().to_string(),
+                    initiated: u.initiated().map(|t| t.secs()),
+                });
+            }
+            if resp.is_truncated() == Some(true) {
+                key_marker = resp.next_key_marker().map(str::to_string);
+                id_marker = resp.next_upload_id_marker().map(str::to_string);
+                if key_marker.is_none() {
+                    break;
+                }
+            } else {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        opts: &PutOptions,
+    ) -> Result<(), StoreError> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_crc32_c(crc32c_base64(crc32c::crc32c(&body)))
+            .body(ByteStream::from(body));
+        if let Some(sc) = &opts.storage_class {
+            req = req.storage_class(StorageClass::from(sc.as_str()));
+        }
+        if let Some(ct) = &opts.content_type {
+            req = req.content_type(ct);
+        }
+        match opts.sse {
+            Some(Sse::Aes256) => req = req.server_side_encryption(ServerSideEncryption::Aes256),
+            Some(Sse::Kms) => {
+                req = req
+                    .server_side_encryption(ServerSideEncryption::AwsKms)
+                    .set_ssekms_key_id(opts.kms_key_id.clone())
+            }
+            _ => {}
+        }
+        req.send()
+            .await
+            .map(drop)
+            .map_err(|e| self.err("PutObject", key, e))
+    }
+
+    async fn get_object(&self, key: &str) -> Result<Bytes, StoreError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.err("GetObject", key, e))?;
+        out.body
+            .collect()
+            .await
+            .map(|b| b.into_bytes())
+            .map_err(|e| StoreError {
+                op: "GetObject",
+                bucket: self.bucket.clone(),
+                key: key.to_string(),
+                kind: StoreErrorKind::Transient,
+                message: format!("reading the body: {e}"),
+            })
+    }
+
+    async fn head_object(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(o) => Ok(Some(ObjectInfo {
+                key: key.to_string(),
+                size: u64::try_from(o.content_length().unwrap_or(0)).unwrap_or(0),
+                storage_class: o.storage_class().map(|s| s.as_str().to_string()),
+                sse: o.server_side_encryption().map(|s| s.as_str().to_string()),
+                etag: o.e_tag().map(str::to_string),
+            })),
+            Err(e) => {
+                let err = self.err("HeadObject", key, e);
+                if err.kind == StoreErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let resp = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| self.err("ListObjectsV2", prefix, e))?;
+            for o in resp.contents() {
+                out.push(ObjectInfo {
+                    key: o.key().unwrap_or_default().to_string(),
+                    size: u64::try_from(o.size().unwrap_or(0)).unwrap_or(0),
+                    storage_class: o.storage_class().map(|s| s.as_str().to_string()),
+                    sse: None,
+                    etag: o.e_tag().map(str::to_string),
+                });
+            }
+            token = resp.next_continuation_token().map(str::to_string);
+            if resp.is_truncated() != Some(true) || token.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| self.err("DeleteObject", key, e))
+    }
+}
+
+fn apply_create(
+    mut req: aws_sdk_s3::operation::create_multipart_upload::builders::CreateMultipartUploadFluentBuilder,
+    opts: &PutOptions,
+) -> aws_sdk_s3::operation::create_multipart_upload::builders::CreateMultipartUploadFluentBuilder {
+    if let Some(sc) = &opts.storage_class {
+        req = req.storage_class(StorageClass::from(sc.as_str()));
+    }
+    if let Some(ct) = &opts.content_type {
+        req = req.content_type(ct);
+    }
+    match opts.sse {
+        Some(Sse::Aes256) => req.server_side_encryption(ServerSideEncryption::Aes256),
+        Some(Sse::Kms) => req
+            .server_side_encryption(ServerSideEncryption::AwsKms)
+            .set_ssekms_key_id(opts.kms_key_id.clone()),
+        _ => req,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_errors() {
+        assert_eq!(classify("NoSuchUpload", Some(404)), StoreErrorKind::NoSuchUpload);
+        assert_eq!(classify("NoSuchBucket", Some(404)), StoreErrorKind::NoSuchBucket);
+        assert_eq!(classify("InvalidAccessKeyId", Some(403)), StoreErrorKind::AccessDenied);
+        assert_eq!(classify("", Some(403)), StoreErrorKind::AccessDenied);
+        assert_eq!(classify("", Some(503)), StoreErrorKind::Transient);
+        assert_eq!(classify("SlowDown", Some(503)), StoreErrorKind::Transient);
+        assert_eq!(classify("", Some(400)), StoreErrorKind::Other);
+    }
+
+    #[test]
+    fn crc_is_big_endian_base64() {
+        // CRC32C("123456789") = 0xE3069283, as S3 expects it: base64 of the big-endian bytes.
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c_base64(0xE306_9283), "4waSgw==");
+    }
+
+    #[test]
+    fn errors_carry_hints() {
+        let e = StoreError {
+            op: "HeadBucket",
+            bucket: "nope".into(),
+            key: String::new(),
+            kind: StoreErrorKind::NoSuchBucket,
+            message: "NoSuchBucket".into(),
+        };
+        assert!(e.to_string().contains("bucket `nope` does not exist"), "{e}");
+        assert!(!e.is_retryable());
+    }
+}

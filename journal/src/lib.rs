@@ -1,0 +1,355 @@
+//! The on-disk journal: one redb file holding every backup run and its transitions.
+//!
+//! Invariants:
+//! - Every append is one write transaction committed with `Durability::Immediate`; the caller
+//!   appends only *after* the side effect it records is confirmed.
+//! - Records are postcard-encoded behind a version byte; a record of an unknown version is an
+//!   error, never silently skipped.
+//! - A run's header (`runs` table) and its closing transition are written in the same
+//!   transaction, so "open runs" is always exactly the runs without Finished/Abandoned.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+mod records;
+pub use records::*;
+
+/// Version of the record encoding (first byte of every value).
+pub const RECORD_VERSION: u8 = 1;
+/// Version of the table layout, kept in the `meta` table.
+pub const FORMAT_VERSION: u64 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs");
+const TRANSITIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("transitions");
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path} is damaged or unreadable ({source}); run `btrfs-to-s3 journal rebuild` to reconstruct it from the manifests in S3")]
+    Damaged { path: PathBuf, source: redb::Error },
+    #[error("journal {path} has format version {found}, this build reads version {FORMAT_VERSION}; use a matching btrfs-to-s3 or run `btrfs-to-s3 journal rebuild`")]
+    WrongVersion { path: PathBuf, found: u64 },
+    #[error("journal {path} holds a record this build cannot decode ({detail}); run `btrfs-to-s3 journal rebuild`")]
+    BadRecord { path: PathBuf, detail: String },
+    #[error("journal {path} is in use by another process")]
+    InUse { path: PathBuf },
+    #[error("cannot create the journal directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("journal {path}: run {run} does not exist")]
+    UnknownRun { path: PathBuf, run: RunId },
+}
+
+impl JournalError {
+    /// Journal errors are never retried: after an I/O error on the journal the run stops.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+pub type RunId = u64;
+
+/// A run's header: enough to list runs without reading their transitions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunHeader {
+    pub id: RunId,
+    pub subvolume: String,
+    pub backup_id: String,
+    pub status: RunStatus,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum RunStatus {
+    Open,
+    Finished,
+    Abandoned,
+}
+
+pub struct Journal {
+    db: Database,
+    path: PathBuf,
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![RECORD_VERSION];
+    // Serialising plain data into a Vec cannot fail.
+    out.extend(postcard::to_allocvec(v).unwrap_or_default());
+    out
+}
+
+impl Journal {
+    /// Opens (creating if absent) the journal at `path`.
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| JournalError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let damaged = |e: redb::Error| match e {
+            redb::Error::DatabaseAlreadyOpen => JournalError::InUse {
+                path: path.to_path_buf(),
+            },
+            source => JournalError::Damaged {
+                path: path.to_path_buf(),
+                source,
+            },
+        };
+        let db = Database::create(path).map_err(|e| damaged(e.into()))?;
+        let j = Journal {
+            db,
+            path: path.to_path_buf(),
+        };
+        j.init_meta()?;
+        Ok(j)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: impl Into<redb::Error>) -> JournalError {
+        JournalError::Damaged {
+            path: self.path.clone(),
+            source: e.into(),
+        }
+    }
+
+    fn decode<T: for<'a> Deserialize<'a>>(&self, bytes: &[u8]) -> Result<T, JournalError> {
+        match bytes.split_first() {
+            Some((&RECORD_VERSION, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| JournalError::BadRecord {
+                    path: self.path.clone(),
+                    detail: e.to_string(),
+                })
+            }
+            Some((v, _)) => Err(JournalError::BadRecord {
+                path: self.path.clone(),
+                detail: format!("record version {v}, expected {RECORD_VERSION}"),
+            }),
+            None => Err(JournalError::BadRecord {
+                path: self.path.clone(),
+                detail: "empty record".into(),
+            }),
+        }
+    }
+
+    fn init_meta(&self) -> Result<(), JournalError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| self.err(redb::Error::from(e)))?;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            let found = meta
+                .get("format")
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value());
+            match found {
+                Some(FORMAT_VERSION) => {}
+                Some(found) => {
+                    return Err(JournalError::WrongVersion {
+                        path: self.path.clone(),
+                        found,
+                    })
+                }
+                None => {
+                    meta.insert("format", FORMAT_VERSION)
+                        .map_err(|e| self.err(e))?;
+                    meta.insert("next_run", 1).map_err(|e| self.err(e))?;
+                }
+            }
+            tx.open_table(RUNS).map_err(|e| self.err(e))?;
+            tx.open_table(TRANSITIONS).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Starts a run: allocates its id and commits its header with the `Planned` record.
+    pub fn begin_run(&self, planned: Planned) -> Result<RunId, JournalError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| self.err(redb::Error::from(e)))?;
+        let id;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            id = meta
+                .get("next_run")
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value())
+                .unwrap_or(1);
+            meta.insert("next_run", id + 1).map_err(|e| self.err(e))?;
+            let header = RunHeader {
+                id,
+                subvolume: planned.subvolume.clone(),
+                backup_id: planned.backup_id.clone(),
+                status: RunStatus::Open,
+            };
+            let mut runs = tx.open_table(RUNS).map_err(|e| self.err(e))?;
+            runs.insert(id, encode(&header).as_slice())
+                .map_err(|e| self.err(e))?;
+            let mut tr = tx.open_table(TRANSITIONS).map_err(|e| self.err(e))?;
+            tr.insert((id, 0), encode(&Transition::Planned(planned)).as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(id)
+    }
+
+    /// Appends one transition to an open run, durably. Closing transitions
+    /// (Finished, Abandoned) update the run header in the same transaction.
+    pub fn append(&self, run: RunId, t: &Transition) -> Result<(), JournalError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| self.err(redb::Error::from(e)))?;
+        {
+            let mut runs = tx.open_table(RUNS).map_err(|e| self.err(e))?;
+            let header_bytes = runs
+                .get(run)
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value().to_vec())
+                .ok_or(JournalError::UnknownRun {
+                    path: self.path.clone(),
+                    run,
+                })?;
+            let mut header: RunHeader = self.decode(&header_bytes)?;
+            let mut tr = tx.open_table(TRANSITIONS).map_err(|e| self.err(e))?;
+            let next = tr
+                .range((run, 0)..=(run, u64::MAX))
+                .map_err(|e| self.err(e))?
+                .next_back()
+                .transpose()
+                .map_err(|e| self.err(e))?
+                .map(|(k, _)| k.value().1 + 1)
+                .unwrap_or(0);
+            tr.insert((run, next), encode(t).as_slice())
+                .map_err(|e| self.err(e))?;
+            let status = match t {
+                Transition::Finished => Some(RunStatus::Finished),
+                Transition::Abandoned { .. } => Some(RunStatus::Abandoned),
+                _ => None,
+            };
+            if let Some(status) = status {
+                header.status = status;
+                runs.insert(run, encode(&header).as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// All run headers, oldest first.
+    pub fn runs(&self) -> Result<Vec<RunHeader>, JournalError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let runs = tx.open_table(RUNS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in runs.iter().map_err(|e| self.err(e))? {
+            let (_, v) = row.map_err(|e| self.err(e))?;
+            out.push(self.decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The runs that have neither finished nor been abandoned.
+    pub fn open_runs(&self) -> Result<Vec<RunHeader>, JournalError> {
+        Ok(self
+            .runs()?
+            .into_iter()
+            .filter(|h| h.status == RunStatus::Open)
+            .collect())
+    }
+
+    /// Every transition of one run, in commit order.
+    pub fn transitions(&self, run: RunId) -> Result<Vec<Transition>, JournalError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tr = tx.open_table(TRANSITIONS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in tr
+            .range((run, 0)..=(run, u64::MAX))
+            .map_err(|e| self.err(e))?
+        {
+            let (_, v) = row.map_err(|e| self.err(e))?;
+            out.push(self.decode(v.value())?);
+        }
+        if out.is_empty() {
+            return Err(JournalError::UnknownRun {
+                path: self.path.clone(),
+                run,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(sub: &str) -> Planned {
+        Planned {
+            subvolume: sub.into(),
+            source_path: format!("/mnt/{sub}"),
+            kind: BackupKind::Full,
+            snapshot_name: format!("{sub}.20260101T000000Z"),
+            snapshot_path: format!("/mnt/.snap/{sub}.20260101T000000Z"),
+            backup_id: "20260101T000000Z".into(),
+            chain_id: "20260101T000000Z".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            chunk_size: 64 << 20,
+            part_size: 8 << 20,
+            settings: "fp".into(),
+        }
+    }
+
+    #[test]
+    fn runs_survive_reopen_and_close_correctly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.redb");
+        let (a, b);
+        {
+            let j = Journal::open(&path).expect("open");
+            a = j.begin_run(planned("a")).expect("begin");
+            b = j.begin_run(planned("b")).expect("begin");
+            assert_ne!(a, b);
+            j.append(
+                a,
+                &Transition::ChunkOpened {
+                    chunk: 0,
+                    key: "k".into(),
+                    upload_id: "u".into(),
+                },
+            )
+            .expect("append");
+            j.append(a, &Transition::Finished).expect("finish");
+        }
+        let j = Journal::open(&path).expect("reopen");
+        let open: Vec<_> = j.open_runs().expect("open runs").iter().map(|h| h.id).collect();
+        assert_eq!(open, vec![b]);
+        let ta = j.transitions(a).expect("transitions");
+        assert_eq!(ta.len(), 3);
+        assert!(matches!(ta[0], Transition::Planned(ref p) if p.subvolume == "a"));
+        assert_eq!(ta[2], Transition::Finished);
+        assert!(matches!(
+            j.transitions(999),
+            Err(JournalError::UnknownRun { run: 999, .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_file_is_reported_damaged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.redb");
+        std::fs::write(&path, vec![0x5a; 8192]).expect("write");
+        let err = Journal::open(&path).err().expect("must fail");
+        assert!(matches!(err, JournalError::Damaged { .. }), "{err}");
+        assert!(err.to_string().contains("journal rebuild"));
+    }
+
+    #[test]
+    fn unknown_record_version_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(&dir.path().join("j.redb")).expect("open");
+        let err = j.decode::<Transition>(&[9, 1, 2]).err().expect("must fail");
+        assert!(matches!(err, JournalError::BadRecord { .. }));
+    }
+}

