@@ -44,7 +44,7 @@ fi
 command -v losetup >/dev/null || apt_install mount
 
 if [ $want_garage = 1 ]; then
-  if [ -x "$TOOLS/bin/garage" ] && "$TOOLS/bin/garage" --version 2>/dev/null | grep -q "v$GARAGE_VERSION"; then
+  if [ -x "$TOOLS/bin/garage" ] && "$TOOLS/bin/garage" --version 2>/dev/null | grep -qF "$GARAGE_VERSION"; then
     log "garage $GARAGE_VERSION already installed"
   else
     log "building garage $GARAGE_VERSION with cargo install (about 20 minutes, once)"

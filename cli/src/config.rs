@@ -258,7 +258,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         if !sv.path.is_absolute() {
             return Err(invalid_at(
                 Some(sv.name.span()),
-                format!("subvolume `{name}`: path {} is not absolute", sv.path.display()),
+                format!(
+                    "subvolume `{name}`: path {} is not absolute",
+                    sv.path.display()
+                ),
                 "write the full path of the subvolume, e.g. /mnt/pool/home".into(),
             ));
         }
@@ -271,7 +274,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         return Err(invalid_at(
             None,
             "snapshot_dir and state_dir must be absolute paths".into(),
-            "write full paths; snapshot_dir must be on the same Btrfs filesystem as the subvolumes".into(),
+            "write full paths; snapshot_dir must be on the same Btrfs filesystem as the subvolumes"
+                .into(),
         ));
     }
 
@@ -347,9 +351,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             "use 10 or more on a flaky link".into(),
         ));
     }
-    let lock_path = raw
-        .lock_path
-        .unwrap_or_else(|| raw.state_dir.join("lock"));
+    let lock_path = raw.lock_path.unwrap_or_else(|| raw.state_dir.join("lock"));
     Ok(Settings {
         subvolumes,
         snapshot_dir: raw.snapshot_dir,
@@ -396,8 +398,7 @@ chunk_size = "1GiB"
 
     fn err(text: &str) -> String {
         parse(Path::new("/etc/x.toml"), text)
-            .err()
-            .expect("must be rejected")
+            .expect_err("must be rejected")
             .to_string()
     }
 
@@ -437,10 +438,16 @@ chunk_size = "1GiB"
         assert!(e.contains("not a size") && e.contains("line 14"), "{e}");
         let e = err(&GOOD.replace("prefix", "storage_class_chunks = \"COLD\"\nprefix"));
         assert!(e.contains("unknown storage class `COLD`"), "{e}");
-        let e = err(&GOOD.replace("prefix", "storage_class_manifest = \"DEEP_ARCHIVE\"\nprefix"));
+        let e = err(&GOOD.replace(
+            "prefix",
+            "storage_class_manifest = \"DEEP_ARCHIVE\"\nprefix",
+        ));
         assert!(e.contains("archive class"), "{e}");
         let e = err(&GOOD.replace("prefix", "part_size = \"4MiB\"\nprefix"));
-        assert!(e.contains("below the S3 minimum") && e.contains("line 13"), "{e}");
+        assert!(
+            e.contains("below the S3 minimum") && e.contains("line 13"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("\"1GiB\"", "\"200GiB\"\npart_size = \"8MiB\""));
         assert!(e.contains("raise part_size to at least 22020096"), "{e}");
         let e = err(&GOOD.replace("prefix", "concurrency = 0\nprefix"));

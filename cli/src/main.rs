@@ -103,10 +103,17 @@ impl Failure {
 
 fn code_for(e: &BackupError) -> u8 {
     match e {
-        BackupError::Store(s) if matches!(s.kind, StoreErrorKind::AccessDenied | StoreErrorKind::NoSuchBucket) => {
+        BackupError::Store(s)
+            if matches!(
+                s.kind,
+                StoreErrorKind::AccessDenied | StoreErrorKind::NoSuchBucket
+            ) =>
+        {
             exit::S3_ACCESS
         }
-        BackupError::Btrfs(BtrfsError::NotASubvolume { .. } | BtrfsError::Missing(_)) => exit::SOURCE,
+        BackupError::Btrfs(BtrfsError::NotASubvolume { .. } | BtrfsError::Missing(_)) => {
+            exit::SOURCE
+        }
         BackupError::Journal(_) => exit::JOURNAL,
         BackupError::Layout(_) => exit::USAGE,
         _ => exit::FAILED,
@@ -127,7 +134,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -158,7 +169,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
-    let settings = config::load(&cli.config).map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
+    let settings =
+        config::load(&cli.config).map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
     match &cli.command {
         Command::CheckConfig => {
             output::print_settings(&settings, cli.json);
@@ -177,7 +189,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     }
 }
 
-fn select(settings: &Settings, names: &[String]) -> Result<Vec<engine::settings::SubvolumeSpec>, Failure> {
+fn select(
+    settings: &Settings,
+    names: &[String],
+) -> Result<Vec<engine::settings::SubvolumeSpec>, Failure> {
     if names.is_empty() {
         return Ok(settings.subvolumes.clone());
     }
@@ -190,10 +205,17 @@ fn select(settings: &Settings, names: &[String]) -> Result<Vec<engine::settings:
                 .find(|s| &s.name == n)
                 .cloned()
                 .ok_or_else(|| {
-                    let known: Vec<_> = settings.subvolumes.iter().map(|s| s.name.as_str()).collect();
+                    let known: Vec<_> = settings
+                        .subvolumes
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect();
                     Failure::new(
                         exit::USAGE,
-                        format!("no subvolume named `{n}` in the configuration; configured: {}", known.join(", ")),
+                        format!(
+                            "no subvolume named `{n}` in the configuration; configured: {}",
+                            known.join(", ")
+                        ),
                     )
                 })
         })

@@ -75,7 +75,10 @@ pub fn print_backup(reports: &[RunReport], failures: &[(String, BackupError)], a
             r.seconds,
             if r.resumed { ", resumed" } else { "" }
         );
-        println!("  manifest {}\n  pointer  {}", r.manifest_key, r.pointer_key);
+        println!(
+            "  manifest {}\n  pointer  {}",
+            r.manifest_key, r.pointer_key
+        );
     }
     for (s, e) in failures {
         eprintln!("error: {s}: {e}");
@@ -118,12 +121,15 @@ pub fn print_status(s: &Settings, j: &Journal, as_json: bool) -> Result<(), Jour
         let st = match RunState::fold(&j.transitions(h.id)?) {
             Ok(st) => st,
             Err(e) => {
-                in_progress.push(json!({"run": h.id, "subvolume": h.subvolume, "error": e.to_string()}));
+                in_progress
+                    .push(json!({"run": h.id, "subvolume": h.subvolume, "error": e.to_string()}));
                 continue;
             }
         };
         for (key, id) in st.open_uploads() {
-            leaked.push(json!({"kind": "multipart-upload", "key": key, "upload_id": id, "run": h.id}));
+            leaked.push(
+                json!({"kind": "multipart-upload", "key": key, "upload_id": id, "run": h.id}),
+            );
         }
         if st.snapshot_uuid.is_some() {
             leaked.push(json!({"kind": "snapshot", "path": st.planned.snapshot_path, "run": h.id}));
@@ -170,8 +176,13 @@ pub fn print_status(s: &Settings, j: &Journal, as_json: bool) -> Result<(), Jour
         for r in &in_progress {
             println!(
                 "  run {} {} {}: next step {}, {} parts ({} bytes) committed, {} chunk(s) sealed",
-                r["run"], r["subvolume"].as_str().unwrap_or(""), r["backup_id"].as_str().unwrap_or(""),
-                r["step"].as_str().unwrap_or("?"), r["parts_committed"], r["bytes_committed"], r["chunks_sealed"]
+                r["run"],
+                r["subvolume"].as_str().unwrap_or(""),
+                r["backup_id"].as_str().unwrap_or(""),
+                r["step"].as_str().unwrap_or("?"),
+                r["parts_committed"],
+                r["bytes_committed"],
+                r["chunks_sealed"]
             );
         }
     }

@@ -428,7 +428,10 @@ impl Context {
                             .is_some_and(|l| l.size == rec.length && same_etag(&l.etag, &rec.etag))
                     });
                 }
-                Err(e) if e.kind == StoreErrorKind::NoSuchUpload || e.kind == StoreErrorKind::NotFound => {
+                Err(e)
+                    if e.kind == StoreErrorKind::NoSuchUpload
+                        || e.kind == StoreErrorKind::NotFound =>
+                {
                     return Err(BackupError::RestartChunk {
                         chunk: *idx,
                         reason: format!("upload {} is gone from S3 (NoSuchUpload)", c.upload_id),
@@ -455,30 +458,31 @@ impl Context {
         let opts = self.chunk_opts();
         let mut inflight: JoinSet<Done> = JoinSet::new();
 
-        let settle = |done: Done, chunks: &mut BTreeMap<u32, ChunkState>| -> Result<(), BackupError> {
-            match done {
-                Ok((rec, data)) => {
-                    failpoint!("after-part-upload");
-                    self.append(run, Transition::PartCommitted(rec.clone()))?;
-                    self.progress
-                        .uploaded_bytes
-                        .fetch_add(rec.length, Ordering::Relaxed);
-                    self.progress.parts_uploaded.fetch_add(1, Ordering::Relaxed);
-                    if let Some(c) = chunks.get_mut(&rec.chunk) {
-                        c.parts.insert(rec.part_number, rec);
+        let settle =
+            |done: Done, chunks: &mut BTreeMap<u32, ChunkState>| -> Result<(), BackupError> {
+                match done {
+                    Ok((rec, data)) => {
+                        failpoint!("after-part-upload");
+                        self.append(run, Transition::PartCommitted(rec.clone()))?;
+                        self.progress
+                            .uploaded_bytes
+                            .fetch_add(rec.length, Ordering::Relaxed);
+                        self.progress.parts_uploaded.fetch_add(1, Ordering::Relaxed);
+                        if let Some(c) = chunks.get_mut(&rec.chunk) {
+                            c.parts.insert(rec.part_number, rec);
+                        }
+                        pool.give(data);
+                        Ok(())
                     }
-                    pool.give(data);
-                    Ok(())
+                    Err((chunk, e)) if e.kind == StoreErrorKind::NoSuchUpload => {
+                        Err(BackupError::RestartChunk {
+                            chunk,
+                            reason: format!("S3 no longer knows the upload ({e})"),
+                        })
+                    }
+                    Err((_, e)) => Err(e.into()),
                 }
-                Err((chunk, e)) if e.kind == StoreErrorKind::NoSuchUpload => {
-                    Err(BackupError::RestartChunk {
-                        chunk,
-                        reason: format!("S3 no longer knows the upload ({e})"),
-                    })
-                }
-                Err((_, e)) => Err(e.into()),
-            }
-        };
+            };
 
         loop {
             let Some(ev) = rx.recv().await else {
@@ -514,7 +518,10 @@ impl Context {
                         if c.sealed.is_some() {
                             return Err(BackupError::RestartChunk {
                                 chunk: part.chunk,
-                                reason: format!("sealed chunk has no record of part {}", part.number),
+                                reason: format!(
+                                    "sealed chunk has no record of part {}",
+                                    part.number
+                                ),
                             });
                         }
                     } else {
@@ -551,18 +558,24 @@ impl Context {
                     let (store, key, id) = (self.store.clone(), c.key.clone(), c.upload_id.clone());
                     inflight.spawn(upload_one(store, key, id, part));
                 }
-                Event::ChunkEnd { chunk, size, sha256 } => {
+                Event::ChunkEnd {
+                    chunk,
+                    size,
+                    sha256,
+                } => {
                     while let Some(done) = inflight.join_next().await {
                         settle(done.map_err(join_err)?, chunks)?;
                     }
-                    let c = chunks
-                        .get_mut(&chunk)
-                        .ok_or_else(|| BackupError::Internal(format!("chunk {chunk} ended unopened")))?;
+                    let c = chunks.get_mut(&chunk).ok_or_else(|| {
+                        BackupError::Internal(format!("chunk {chunk} ended unopened"))
+                    })?;
                     if let Some(s) = &c.sealed {
                         if s.sha256 != sha256 || s.size != size {
                             return Err(BackupError::RestartChunk {
                                 chunk,
-                                reason: "the regenerated chunk's SHA-256 differs from the sealed one".into(),
+                                reason:
+                                    "the regenerated chunk's SHA-256 differs from the sealed one"
+                                        .into(),
                             });
                         }
                         continue;
@@ -586,7 +599,11 @@ impl Context {
                         )));
                     }
                     failpoint!("before-chunk-seal");
-                    let etag = match self.store.complete_multipart(&c.key, &c.upload_id, &parts).await {
+                    let etag = match self
+                        .store
+                        .complete_multipart(&c.key, &c.upload_id, &parts)
+                        .await
+                    {
                         Ok(etag) => etag,
                         Err(e) if e.kind == StoreErrorKind::NoSuchUpload => {
                             return Err(BackupError::RestartChunk {
@@ -612,7 +629,8 @@ impl Context {
                     // Chunks past the end of this stream (left by an earlier, longer attempt)
                     // would make the manifest lie.
                     let last = chunks.keys().next_back().copied();
-                    let expected_chunks = u32::try_from(total.div_ceil(p.chunk_size)).unwrap_or(u32::MAX);
+                    let expected_chunks =
+                        u32::try_from(total.div_ceil(p.chunk_size)).unwrap_or(u32::MAX);
                     if let Some(last) = last {
                         if last + 1 != expected_chunks {
                             return Err(BackupError::RestartChunk {
@@ -629,12 +647,18 @@ impl Context {
     }
 
     /// Writes the manifest (only once every chunk is sealed) and journals it.
-    async fn write_manifest(&self, run: RunId, (total, sha): (u64, [u8; 32])) -> Result<(), BackupError> {
+    async fn write_manifest(
+        &self,
+        run: RunId,
+        (total, sha): (u64, [u8; 32]),
+    ) -> Result<(), BackupError> {
         let st = self.state(run)?;
         let m = self.build_manifest(&st, total, sha)?;
-        let key = self
-            .keys()
-            .manifest(&st.planned.subvolume, &st.planned.chain_id, &st.planned.backup_id);
+        let key = self.keys().manifest(
+            &st.planned.subvolume,
+            &st.planned.chain_id,
+            &st.planned.backup_id,
+        );
         failpoint!("before-manifest");
         self.store
             .put_object(&key, Bytes::from(m.to_json()), &self.manifest_opts())
@@ -650,7 +674,12 @@ impl Context {
         )
     }
 
-    fn build_manifest(&self, st: &RunState, total: u64, sha: [u8; 32]) -> Result<Manifest, BackupError> {
+    fn build_manifest(
+        &self,
+        st: &RunState,
+        total: u64,
+        sha: [u8; 32],
+    ) -> Result<Manifest, BackupError> {
         let p = &st.planned;
         let mut chunks = Vec::new();
         for (i, (idx, c)) in st.chunks.iter().enumerate() {
@@ -766,7 +795,13 @@ async fn upload_one(
 ) -> Result<(PartRecord, Bytes), (u32, StoreError)> {
     failpoint!("before-part-upload");
     let etag = store
-        .upload_part(&key, &upload_id, part.number, part.data.clone(), part.crc32c)
+        .upload_part(
+            &key,
+            &upload_id,
+            part.number,
+            part.data.clone(),
+            part.crc32c,
+        )
         .await
         .map_err(|e| (part.chunk, e))?;
     Ok((

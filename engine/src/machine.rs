@@ -35,7 +35,10 @@ pub enum LayoutError {
 /// 10,000 parts, and at least 8 MiB.
 pub fn default_part_size(chunk_size: u64) -> u64 {
     let needed = chunk_size.div_ceil(MAX_PARTS);
-    needed.div_ceil(MIB).saturating_mul(MIB).max(DEFAULT_MIN_PART)
+    needed
+        .div_ceil(MIB)
+        .saturating_mul(MIB)
+        .max(DEFAULT_MIN_PART)
 }
 
 /// The fixed layout of a stream: chunk `c` covers `[c*chunk_size, (c+1)*chunk_size)`, and part
@@ -144,7 +147,10 @@ impl Keys {
     }
 
     pub fn manifest(&self, subvolume: &str, chain: &str, backup: &str) -> String {
-        format!("{}manifest.json", self.backup_prefix(subvolume, chain, backup))
+        format!(
+            "{}manifest.json",
+            self.backup_prefix(subvolume, chain, backup)
+        )
     }
 
     pub fn pointer(&self, subvolume: &str) -> String {
@@ -217,14 +223,20 @@ mod tests {
 
     #[test]
     fn names_and_keys() {
-        let t = Utc.with_ymd_and_hms(2026, 11, 22, 3, 15, 0).single().expect("time");
+        let t = Utc
+            .with_ymd_and_hms(2026, 11, 22, 3, 15, 0)
+            .single()
+            .expect("time");
         assert_eq!(snapshot_name("home", t), "home.20261122T031500Z");
         let k = Keys::new("/backups/host1/");
         assert_eq!(
             k.chunk("home", "C", "B", 7),
             "backups/host1/home/C/B/chunk-000007.bin"
         );
-        assert_eq!(k.manifest("home", "C", "B"), "backups/host1/home/C/B/manifest.json");
+        assert_eq!(
+            k.manifest("home", "C", "B"),
+            "backups/host1/home/C/B/manifest.json"
+        );
         assert_eq!(k.pointer("home"), "backups/host1/home/current.json");
         assert_eq!(Keys::new("").pointer("home"), "home/current.json");
         assert_eq!(k.subvolume_prefix("home"), "backups/host1/home/");
@@ -299,7 +311,7 @@ pub mod run {
                 return Err(FoldError::NoPlan);
             };
             let mut s = RunState {
-                planned: planned.clone(),
+                planned: (**planned).clone(),
                 snapshot_uuid: None,
                 chunks: BTreeMap::new(),
                 restarts: 0,
@@ -449,7 +461,7 @@ pub mod run {
 
         #[test]
         fn steps_follow_the_protocol() {
-            let mut ts = vec![Transition::Planned(planned())];
+            let mut ts = vec![Transition::Planned(Box::new(planned()))];
             let step = |ts: &[Transition]| RunState::fold(ts).expect("fold").next_step();
             assert_eq!(step(&ts), Step::TakeSnapshot);
             ts.push(Transition::SnapshotTaken {
@@ -471,7 +483,7 @@ pub mod run {
             ts.push(Transition::Finished);
             assert_eq!(step(&ts), Step::Done);
             let abandoned = vec![
-                Transition::Planned(planned()),
+                Transition::Planned(Box::new(planned())),
                 Transition::Abandoned { reason: "r".into() },
             ];
             assert_eq!(step(&abandoned), Step::Done);
@@ -480,7 +492,7 @@ pub mod run {
         #[test]
         fn committed_parts_need_not_be_contiguous() {
             let ts = vec![
-                Transition::Planned(planned()),
+                Transition::Planned(Box::new(planned())),
                 opened(0, "a"),
                 part(0, 2),
                 part(0, 5),
@@ -496,7 +508,7 @@ pub mod run {
         #[test]
         fn restart_forgets_the_chunk_and_a_new_upload_replaces_it() {
             let ts = vec![
-                Transition::Planned(planned()),
+                Transition::Planned(Box::new(planned())),
                 opened(0, "a"),
                 part(0, 1),
                 opened(1, "b"),
@@ -518,7 +530,7 @@ pub mod run {
         fn malformed_runs_are_rejected() {
             assert_eq!(RunState::fold(&[]), Err(FoldError::NoPlan));
             assert_eq!(
-                RunState::fold(&[Transition::Planned(planned()), part(3, 1)]),
+                RunState::fold(&[Transition::Planned(Box::new(planned())), part(3, 1)]),
                 Err(FoldError::Orphan("PartCommitted"))
             );
         }

@@ -151,7 +151,7 @@ mod tests {
 
     #[test]
     fn newer_format_is_refused_with_upgrade_hint() {
-        let err = Pointer::parse("p", br#"{"format_version": 99}"#).err().expect("refused");
+        let err = Pointer::parse("p", br#"{"format_version": 99}"#).expect_err("refused");
         assert!(err.to_string().contains("upgrade btrfs-to-s3"), "{err}");
     }
 

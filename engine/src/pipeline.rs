@@ -271,7 +271,11 @@ mod tests {
         for ev in &evs {
             match ev {
                 Event::Part(p) => parts.push((p.chunk, p.number, p.offset, p.data.len() as u64)),
-                Event::ChunkEnd { chunk, size, sha256 } => chunk_ends.push((*chunk, *size, *sha256)),
+                Event::ChunkEnd {
+                    chunk,
+                    size,
+                    sha256,
+                } => chunk_ends.push((*chunk, *size, *sha256)),
                 Event::End { total, sha256 } => {
                     assert_eq!(*total, data.len() as u64);
                     assert_eq!(sha256.as_slice(), Sha256::digest(&data).as_slice());
@@ -314,7 +318,10 @@ mod tests {
     fn exact_multiple_of_chunk_has_no_empty_tail() {
         let layout = Layout::new(10 * MIB, 5 * MIB).expect("layout");
         let evs = collect(vec![1u8; 20 * MIB as usize], layout, 3);
-        let ends = evs.iter().filter(|e| matches!(e, Event::ChunkEnd { .. })).count();
+        let ends = evs
+            .iter()
+            .filter(|e| matches!(e, Event::ChunkEnd { .. }))
+            .count();
         assert_eq!(ends, 2);
         assert!(matches!(evs.last(), Some(Event::End { total, .. }) if *total == 20 * MIB));
     }
@@ -323,23 +330,35 @@ mod tests {
     fn empty_stream_and_failed_producer_never_end_cleanly() {
         let layout = Layout::new(10 * MIB, 5 * MIB).expect("layout");
         let evs = collect(Vec::new(), layout, 2);
-        assert!(matches!(evs.last(), Some(Event::Failed(PipelineError::Empty))));
+        assert!(matches!(
+            evs.last(),
+            Some(Event::Failed(PipelineError::Empty))
+        ));
 
         let pool = BufferPool::new(2);
         let (tx, mut rx) = mpsc::channel(8);
-        split_stream(std::io::Cursor::new(vec![7u8; 100]), layout, &pool, &tx, || {
-            Err(PipelineError::Producer {
-                status: "exit status: 1".into(),
-                stderr: "boom".into(),
-            })
-        });
+        split_stream(
+            std::io::Cursor::new(vec![7u8; 100]),
+            layout,
+            &pool,
+            &tx,
+            || {
+                Err(PipelineError::Producer {
+                    status: "exit status: 1".into(),
+                    stderr: "boom".into(),
+                })
+            },
+        );
         drop(tx);
         let mut evs = Vec::new();
         while let Some(e) = rx.blocking_recv() {
             evs.push(e);
         }
         assert!(matches!(evs[0], Event::Part(_)));
-        assert!(matches!(evs[1], Event::Failed(PipelineError::Producer { .. })));
+        assert!(matches!(
+            evs[1],
+            Event::Failed(PipelineError::Producer { .. })
+        ));
         assert_eq!(evs.len(), 2, "no ChunkEnd after a failed producer");
     }
 

@@ -201,7 +201,10 @@ impl S3Store {
                 classify("", status),
                 format!("bad response (HTTP {})", status.unwrap_or(0)),
             ),
-            other => (StoreErrorKind::Other, format!("{}", DisplayErrorChain(other))),
+            other => (
+                StoreErrorKind::Other,
+                format!("{}", DisplayErrorChain(other)),
+            ),
         };
         StoreError {
             op,
@@ -218,10 +221,17 @@ fn classify(code: &str, status: Option<u16>) -> StoreErrorKind {
         "NoSuchKey" | "NotFound" => StoreErrorKind::NotFound,
         "NoSuchBucket" => StoreErrorKind::NoSuchBucket,
         "NoSuchUpload" => StoreErrorKind::NoSuchUpload,
-        "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "Forbidden"
-        | "InvalidToken" | "ExpiredToken" => StoreErrorKind::AccessDenied,
+        "AccessDenied"
+        | "InvalidAccessKeyId"
+        | "SignatureDoesNotMatch"
+        | "Forbidden"
+        | "InvalidToken"
+        | "ExpiredToken" => StoreErrorKind::AccessDenied,
         "InvalidObjectState" => StoreErrorKind::InvalidObjectState,
-        "SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout"
+        "SlowDown"
+        | "InternalError"
+        | "ServiceUnavailable"
+        | "RequestTimeout"
         | "RequestTimeTooSkewed" => StoreErrorKind::Transient,
         _ => match status {
             Some(404) => StoreErrorKind::NotFound,
@@ -370,7 +380,10 @@ impl ObjectStore for S3Store {
             Err(e) => {
                 let err = self.err("AbortMultipartUpload", key, e);
                 // Already gone is what we wanted.
-                if matches!(err.kind, StoreErrorKind::NoSuchUpload | StoreErrorKind::NotFound) {
+                if matches!(
+                    err.kind,
+                    StoreErrorKind::NoSuchUpload | StoreErrorKind::NotFound
+                ) {
                     Ok(())
                 } else {
                     Err(err)
@@ -600,9 +613,18 @@ mod tests {
 
     #[test]
     fn classifies_errors() {
-        assert_eq!(classify("NoSuchUpload", Some(404)), StoreErrorKind::NoSuchUpload);
-        assert_eq!(classify("NoSuchBucket", Some(404)), StoreErrorKind::NoSuchBucket);
-        assert_eq!(classify("InvalidAccessKeyId", Some(403)), StoreErrorKind::AccessDenied);
+        assert_eq!(
+            classify("NoSuchUpload", Some(404)),
+            StoreErrorKind::NoSuchUpload
+        );
+        assert_eq!(
+            classify("NoSuchBucket", Some(404)),
+            StoreErrorKind::NoSuchBucket
+        );
+        assert_eq!(
+            classify("InvalidAccessKeyId", Some(403)),
+            StoreErrorKind::AccessDenied
+        );
         assert_eq!(classify("", Some(403)), StoreErrorKind::AccessDenied);
         assert_eq!(classify("", Some(503)), StoreErrorKind::Transient);
         assert_eq!(classify("SlowDown", Some(503)), StoreErrorKind::Transient);
@@ -625,7 +647,10 @@ mod tests {
             kind: StoreErrorKind::NoSuchBucket,
             message: "NoSuchBucket".into(),
         };
-        assert!(e.to_string().contains("bucket `nope` does not exist"), "{e}");
+        assert!(
+            e.to_string().contains("bucket `nope` does not exist"),
+            "{e}"
+        );
         assert!(!e.is_retryable());
     }
 }

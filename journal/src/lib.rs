@@ -36,7 +36,10 @@ pub enum JournalError {
     #[error("journal {path} is in use by another process")]
     InUse { path: PathBuf },
     #[error("cannot create the journal directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("journal {path}: run {run} does not exist")]
     UnknownRun { path: PathBuf, run: RunId },
 }
@@ -189,8 +192,11 @@ impl Journal {
             runs.insert(id, encode(&header).as_slice())
                 .map_err(|e| self.err(e))?;
             let mut tr = tx.open_table(TRANSITIONS).map_err(|e| self.err(e))?;
-            tr.insert((id, 0), encode(&Transition::Planned(planned)).as_slice())
-                .map_err(|e| self.err(e))?;
+            tr.insert(
+                (id, 0),
+                encode(&Transition::Planned(Box::new(planned))).as_slice(),
+            )
+            .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(id)
@@ -323,7 +329,12 @@ mod tests {
             j.append(a, &Transition::Finished).expect("finish");
         }
         let j = Journal::open(&path).expect("reopen");
-        let open: Vec<_> = j.open_runs().expect("open runs").iter().map(|h| h.id).collect();
+        let open: Vec<_> = j
+            .open_runs()
+            .expect("open runs")
+            .iter()
+            .map(|h| h.id)
+            .collect();
         assert_eq!(open, vec![b]);
         let ta = j.transitions(a).expect("transitions");
         assert_eq!(ta.len(), 3);
@@ -349,7 +360,7 @@ mod tests {
     fn unknown_record_version_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let j = Journal::open(&dir.path().join("j.redb")).expect("open");
-        let err = j.decode::<Transition>(&[9, 1, 2]).err().expect("must fail");
+        let err = j.decode::<Transition>(&[9, 1, 2]).expect_err("must fail");
         assert!(matches!(err, JournalError::BadRecord { .. }));
     }
 }

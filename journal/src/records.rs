@@ -48,7 +48,7 @@ pub struct PartRecord {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Transition {
-    Planned(Planned),
+    Planned(Box<Planned>),
     SnapshotTaken {
         path: String,
         uuid: String,

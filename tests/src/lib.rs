@@ -1,1 +1,408 @@
+//! Test harness for the end-to-end tests: real Btrfs on loop devices, real S3 servers on
+//! loopback, and the real `btrfs-to-s3` binary.
 
+pub mod btrfs;
+pub mod s3;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use engine::manifest::{Manifest, Pointer};
+use sha2::{Digest, Sha256};
+
+pub use btrfs::{assert_same_tree, LoopFs};
+pub use s3::{Flavor, S3Server};
+
+/// Runs a future to completion on a private runtime (tests are synchronous).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+/// The binary under test: $BTRFS_TO_S3_BIN, else `btrfs-to-s3` beside the test's target dir.
+pub fn tool_bin(name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os("BTRFS_TO_S3_BIN").filter(|_| name == "btrfs-to-s3") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/<test>  ->  target/debug/<name>
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is not built: run scripts/test.sh, or `cargo build -p btrfs-to-s3` first",
+        p.display()
+    );
+    p
+}
+
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn assert_code(&self, code: i32) -> &Output {
+        assert_eq!(
+            self.code, code,
+            "exit code {} (want {code})\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Backup settings a test varies.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub chunk_size: String,
+    pub part_size: String,
+    pub concurrency: u32,
+    pub storage_class_chunks: String,
+    pub sse: String,
+    pub big_file_mib: usize,
+}
+
+impl Default for Opts {
+    fn default() -> Opts {
+        Opts {
+            chunk_size: "1GiB".into(),
+            part_size: "5MiB".into(),
+            concurrency: 3,
+            storage_class_chunks: "STANDARD".into(),
+            sse: "none".into(),
+            big_file_mib: 24,
+        }
+    }
+}
+
+/// One test's world: a seeded subvolume on its own Btrfs, an S3 server, a config file.
+pub struct Setup {
+    pub s3: S3Server,
+    pub fs: LoopFs,
+    pub state: tempfile::TempDir,
+    pub config: PathBuf,
+    pub prefix: String,
+    pub name: String,
+    pub subvolume: PathBuf,
+    pub snapshot_dir: PathBuf,
+    pub opts: Opts,
+}
+
+impl Setup {
+    pub fn new(flavor: Flavor, opts: Opts) -> Setup {
+        let fs = LoopFs::new(1024);
+        let subvolume = fs.create_subvolume("data");
+        btrfs::seed(&subvolume, opts.big_file_mib, 7);
+        let snapshot_dir = fs.path(".snapshots");
+        let s3 = S3Server::start(flavor);
+        let state = tempfile::Builder::new()
+            .prefix("b2s3-state-")
+            .tempdir()
+            .expect("tempdir");
+        let config = state.path().join("config.toml");
+        let s = Setup {
+            s3,
+            fs,
+            config,
+            prefix: "test/host1".into(),
+            name: "data".into(),
+            subvolume,
+            snapshot_dir,
+            state,
+            opts,
+        };
+        s.write_config(&s.default_config());
+        s
+    }
+
+    pub fn default_config(&self) -> String {
+        format!(
+            r#"snapshot_dir = "{snap}"
+state_dir = "{state}"
+
+[[subvolumes]]
+name = "{name}"
+path = "{path}"
+
+[s3]
+bucket = "{bucket}"
+region = "{region}"
+endpoint = "{endpoint}"
+path_style = true
+prefix = "{prefix}"
+storage_class_chunks = "{class}"
+sse = "{sse}"
+chunk_size = "{chunk}"
+part_size = "{part}"
+concurrency = {conc}
+max_attempts = 3
+attempt_timeout_secs = 60
+"#,
+            snap = self.snapshot_dir.display(),
+            state = self.state.path().join("state").display(),
+            name = self.name,
+            path = self.subvolume.display(),
+            bucket = self.s3.bucket,
+            region = self.s3.region,
+            endpoint = self.s3.endpoint,
+            prefix = self.prefix,
+            class = self.opts.storage_class_chunks,
+            sse = self.opts.sse,
+            chunk = self.opts.chunk_size,
+            part = self.opts.part_size,
+            conc = self.opts.concurrency,
+        )
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    pub fn journal_path(&self) -> PathBuf {
+        self.state.path().join("state/journal.redb")
+    }
+
+    /// Runs the tool with the S3 server's credentials.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with(tool_bin("btrfs-to-s3"), args, &self.s3.env())
+    }
+
+    pub fn run_with(&self, bin: PathBuf, args: &[&str], env: &[(String, String)]) -> Output {
+        let mut c = Command::new(bin);
+        c.arg("--config").arg(&self.config).args(args);
+        c.env_remove("AWS_PROFILE").env_remove("AWS_SESSION_TOKEN");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.stdin(Stdio::null()).output().expect("run btrfs-to-s3");
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn pointer_key(&self) -> String {
+        format!("{}/{}/current.json", self.prefix, self.name)
+    }
+
+    /// Every object under the test prefix, with its size.
+    pub fn objects(&self) -> Vec<(String, u64)> {
+        let client = self.s3.client();
+        let (bucket, prefix) = (self.s3.bucket.clone(), self.prefix.clone());
+        block_on(async move {
+            let mut out = Vec::new();
+            let mut token = None;
+            loop {
+                let r = client
+                    .list_objects_v2()
+                    .bucket(&bucket)
+                    .prefix(&prefix)
+                    .set_continuation_token(token)
+                    .send()
+                    .await
+                    .expect("list objects");
+                for o in r.contents() {
+                    out.push((
+                        o.key().unwrap_or_default().to_string(),
+                        o.size().unwrap_or(0) as u64,
+                    ));
+                }
+                token = r.next_continuation_token().map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+            out
+        })
+    }
+
+    pub fn open_uploads(&self) -> Vec<String> {
+        let client = self.s3.client();
+        let bucket = self.s3.bucket.clone();
+        block_on(async move {
+            let r = client
+                .list_multipart_uploads()
+                .bucket(&bucket)
+                .send()
+                .await
+                .expect("list uploads");
+            r.uploads()
+                .iter()
+                .map(|u| u.key().unwrap_or_default().to_string())
+                .collect()
+        })
+    }
+
+    pub fn get(&self, key: &str) -> Vec<u8> {
+        let client = self.s3.client();
+        let (bucket, key) = (self.s3.bucket.clone(), key.to_string());
+        block_on(async move {
+            let o = client
+                .get_object()
+                .bucket(&bucket)
+                .key(&key)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("get {key}: {e:?}"));
+            o.body.collect().await.expect("body").into_bytes().to_vec()
+        })
+    }
+
+    pub fn head(&self, key: &str) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
+        let client = self.s3.client();
+        let (bucket, key) = (self.s3.bucket.clone(), key.to_string());
+        block_on(async move {
+            client
+                .head_object()
+                .bucket(&bucket)
+                .key(&key)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("head {key}: {e:?}"))
+        })
+    }
+
+    pub fn pointer(&self) -> Pointer {
+        let key = self.pointer_key();
+        Pointer::parse(&key, &self.get(&key)).expect("pointer parses")
+    }
+
+    pub fn manifest_raw(&self, key: &str) -> serde_json::Value {
+        serde_json::from_slice(&self.get(key)).expect("manifest is JSON")
+    }
+
+    pub fn manifest(&self, key: &str) -> Manifest {
+        Manifest::parse(key, &self.get(key)).expect("manifest parses")
+    }
+
+    /// Downloads a backup's chunks, checking every part's xxh3 and CRC32C, every chunk's and
+    /// the stream's SHA-256 against the manifest. Returns the stream.
+    pub fn download_verified(&self, m: &Manifest) -> Vec<u8> {
+        let mut stream = Vec::new();
+        for c in &m.chunks {
+            let data = self.get(&c.key);
+            assert_eq!(data.len() as u64, c.size, "chunk {} size", c.key);
+            assert_eq!(
+                hex::encode(Sha256::digest(&data)),
+                c.sha256,
+                "chunk {} sha256",
+                c.key
+            );
+            let mut off = 0usize;
+            for p in &c.parts {
+                let part = &data[off..off + p.size as usize];
+                assert_eq!(
+                    engine::manifest::hex_u128(xxhash_of(part)),
+                    p.xxh3,
+                    "chunk {} part {} xxh3",
+                    c.key,
+                    p.number
+                );
+                assert_eq!(
+                    engine::manifest::hex_u32(crc32c_of(part)),
+                    p.crc32c,
+                    "chunk {} part {} crc32c",
+                    c.key,
+                    p.number
+                );
+                off += p.size as usize;
+            }
+            assert_eq!(off, data.len(), "parts cover chunk {}", c.key);
+            stream.extend_from_slice(&data);
+        }
+        assert_eq!(stream.len() as u64, m.total_bytes, "stream size");
+        assert_eq!(
+            hex::encode(Sha256::digest(&stream)),
+            m.stream_sha256,
+            "stream sha256"
+        );
+        stream
+    }
+
+    /// `btrfs receive`s a stream into `dir` (on a Btrfs filesystem).
+    pub fn receive(stream: &[u8], dir: &Path) {
+        let mut child = Command::new("btrfs")
+            .arg("receive")
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("btrfs receive");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stream)
+            .expect("feed btrfs receive");
+        let out = child.wait_with_output().expect("wait receive");
+        assert!(
+            out.status.success(),
+            "btrfs receive failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Proves the published backup: download, verify, receive into a scratch filesystem,
+    /// compare with the source snapshot.
+    pub fn prove_restorable(&self, manifest_key: &str) -> Manifest {
+        let m = self.manifest(manifest_key);
+        let stream = self.download_verified(&m);
+        let scratch = LoopFs::new(1024);
+        Setup::receive(&stream, &scratch.mnt);
+        let received = scratch.mnt.join(&m.snapshot.name);
+        let source = self.snapshot_dir.join(&m.snapshot.name);
+        assert_same_tree(&source, &received);
+        m
+    }
+
+    pub fn snapshots(&self) -> Vec<String> {
+        match std::fs::read_dir(&self.snapshot_dir) {
+            Ok(rd) => {
+                let mut v: Vec<String> = rd
+                    .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
+                    .collect();
+                v.sort();
+                v
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+pub fn xxhash_of(data: &[u8]) -> u128 {
+    engine::pipeline::part_hashes(data).0
+}
+
+pub fn crc32c_of(data: &[u8]) -> u32 {
+    engine::pipeline::part_hashes(data).1
+}
+
+/// Validates a manifest against the JSON schema kept in the repository.
+pub fn assert_matches_schema(doc: &serde_json::Value) {
+    let schema_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/manifest.schema.json");
+    let schema: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&schema_path).expect("schema file"))
+            .expect("schema JSON");
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(doc)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "manifest violates the schema:\n{}",
+        errors.join("\n")
+    );
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (once), checks format and lints, builds
+# the binaries under test, and runs every test. Needs root (loop devices, mount).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+# The end-to-end tests run the real binary; the crash tests run one built with failpoints.
+cargo build --quiet -p btrfs-to-s3 --features failpoints
+cp target/debug/btrfs-to-s3 target/debug/btrfs-to-s3-failpoints
+cargo build --quiet -p btrfs-to-s3
+cargo nextest run --workspace --no-fail-fast "$@"

@@ -1,0 +1,332 @@
+//! Loop-device Btrfs filesystems that clean up after themselves, deterministic seed data, and
+//! a tree comparison that sees content, sizes, modes, ownership, symlinks, hard links, xattrs.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+/// Runs a command and panics with its output when it fails.
+pub fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}; run scripts/install-deps.sh"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn require_root_and_btrfs() {
+    let uid = sh("id", &["-u"]);
+    assert_eq!(
+        uid.trim(),
+        "0",
+        "these tests need root for losetup and mount (run them as root, e.g. in CI)"
+    );
+    for tool in ["mkfs.btrfs", "btrfs", "losetup"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(found, "`{tool}` is missing: run scripts/install-deps.sh (Debian: apt-get install btrfs-progs)");
+    }
+}
+
+/// A Btrfs filesystem on a sparse image through a loop device, mounted in a private temp
+/// directory. Dropping it (also while a test panics) unmounts and detaches.
+pub struct LoopFs {
+    pub dir: tempfile::TempDir,
+    pub mnt: PathBuf,
+    pub device: String,
+}
+
+impl LoopFs {
+    pub fn new(size_mib: u64) -> LoopFs {
+        require_root_and_btrfs();
+        let dir = tempfile::Builder::new()
+            .prefix("b2s3-fs-")
+            .tempdir()
+            .expect("tempdir");
+        let img = dir.path().join("fs.img");
+        let f = fs::File::create(&img).expect("create image");
+        f.set_len(size_mib << 20).expect("size image");
+        drop(f);
+        let device = sh(
+            "losetup",
+            &["--find", "--show", img.to_str().expect("utf8")],
+        )
+        .trim()
+        .to_string();
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).expect("mnt");
+        let fs = LoopFs { dir, mnt, device };
+        sh("mkfs.btrfs", &["-q", "-f", &fs.device]);
+        sh("mount", &[&fs.device, fs.mnt.to_str().expect("utf8")]);
+        fs
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    pub fn create_subvolume(&self, rel: &str) -> PathBuf {
+        let p = self.path(rel);
+        sh("btrfs", &["subvolume", "create", p.to_str().expect("utf8")]);
+        p
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let mnt = self.mnt.to_string_lossy().to_string();
+        let _ = Command::new("sync").status();
+        let ok = Command::new("umount")
+            .arg(&mnt)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            let _ = Command::new("umount").args(["-l", &mnt]).status();
+        }
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so data is reproducible and incompressible.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next_u64().to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    }
+}
+
+pub fn write_file(path: &Path, data: &[u8]) {
+    if let Some(d) = path.parent() {
+        fs::create_dir_all(d).expect("mkdir");
+    }
+    let mut f = fs::File::create(path).expect("create");
+    f.write_all(data).expect("write");
+}
+
+/// Seeds a subvolume with what a backup must carry: files of several sizes (one of
+/// `big_mib`, larger than several parts), an empty file, a sparse file, hard links, symlinks,
+/// xattrs, odd modes and owners, a deep directory, and non-ASCII names.
+pub fn seed(root: &Path, big_mib: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    for (i, size) in [1usize, 100, 4096, 65_537, 1 << 20, 3 << 20]
+        .iter()
+        .enumerate()
+    {
+        write_file(&root.join(format!("files/f{i}.bin")), &rng.bytes(*size));
+    }
+    write_file(&root.join("big/large.bin"), &rng.bytes(big_mib << 20));
+    write_file(&root.join("empty"), b"");
+    // Sparse: 64 MiB apparent, two small extents.
+    {
+        let f = fs::File::create(root.join("sparse.img")).expect("sparse");
+        f.set_len(64 << 20).expect("len");
+        use std::os::unix::fs::FileExt;
+        f.write_at(&rng.bytes(4096), 0).expect("head");
+        f.write_at(&rng.bytes(4096), 40 << 20).expect("middle");
+    }
+    fs::hard_link(root.join("files/f3.bin"), root.join("files/hardlink-to-f3")).expect("link");
+    fs::create_dir_all(root.join("links")).expect("links");
+    std::os::unix::fs::symlink("../files/f2.bin", root.join("links/rel")).expect("symlink");
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("links/dangling"))
+        .expect("symlink");
+    xattr::set(root.join("files/f1.bin"), "user.origin", b"seeded")
+        .expect("xattr (needs user_xattr)");
+    xattr::set(root.join("links"), "user.dir-note", b"\x00\x01binary").expect("xattr");
+    let mut deep = root.join("deep");
+    for i in 0..24 {
+        deep = deep.join(format!("level-{i:02}"));
+    }
+    write_file(&deep.join("bottom.txt"), b"bottom of the tree\n");
+    write_file(
+        &root.join("noms/façade/日本語 ファイル.txt"),
+        "non-ASCII ✓\n".as_bytes(),
+    );
+    write_file(&root.join("noms/Ünïcødé"), &rng.bytes(777));
+    fs::set_permissions(root.join("files/f0.bin"), fs::Permissions::from_mode(0o600))
+        .expect("chmod");
+    fs::set_permissions(
+        root.join("files/f2.bin"),
+        fs::Permissions::from_mode(0o4755),
+    )
+    .expect("chmod");
+    std::os::unix::fs::chown(root.join("files/f4.bin"), Some(1234), Some(5678)).expect("chown");
+    std::os::unix::fs::lchown(root.join("links/rel"), Some(42), Some(43)).expect("lchown");
+}
+
+/// Deterministic change: rewrite, append, delete, rename, add.
+pub fn mutate(root: &Path, seed: u64) {
+    let mut rng = Rng::new(seed ^ 0xABCD);
+    write_file(&root.join("files/f2.bin"), &rng.bytes(8192));
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(root.join("files/f5.bin"))
+        .expect("append");
+    f.write_all(&rng.bytes(12345)).expect("append");
+    fs::remove_file(root.join("files/f0.bin")).expect("rm");
+    fs::rename(root.join("noms/Ünïcødé"), root.join("noms/renamed")).expect("mv");
+    write_file(
+        &root.join(format!("new/added-{seed}.bin")),
+        &rng.bytes(2 << 20),
+    );
+    xattr::set(root.join("files/f1.bin"), "user.origin", b"mutated").expect("xattr");
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: i64,
+    pub sha256: Option<String>,
+    pub link: Option<String>,
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+    /// Path of the first entry sharing this inode (hard links), relative.
+    pub hardlink_of: Option<String>,
+}
+
+/// Everything about a tree that a restore must reproduce, keyed by relative path.
+pub fn tree(root: &Path) -> BTreeMap<String, Entry> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<u64, String> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<_> = fs::read_dir(&dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let rel = p
+                .strip_prefix(root)
+                .expect("prefix")
+                .to_string_lossy()
+                .to_string();
+            let md = fs::symlink_metadata(&p).expect("lstat");
+            let ft = md.file_type();
+            let kind = if ft.is_dir() {
+                "dir"
+            } else if ft.is_symlink() {
+                "symlink"
+            } else if ft.is_file() {
+                "file"
+            } else {
+                "other"
+            };
+            let mut xattrs = BTreeMap::new();
+            if !ft.is_symlink() {
+                for name in xattr::list(&p).expect("listxattr") {
+                    let n = name.to_string_lossy().to_string();
+                    let v = xattr::get(&p, &name).expect("getxattr").unwrap_or_default();
+                    xattrs.insert(n, v);
+                }
+            }
+            let hardlink_of = if ft.is_file() && md.nlink() > 1 {
+                Some(
+                    inodes
+                        .entry(md.ino())
+                        .or_insert_with(|| rel.clone())
+                        .clone(),
+                )
+            } else {
+                None
+            };
+            let sha256 = ft
+                .is_file()
+                .then(|| hex::encode(Sha256::digest(fs::read(&p).expect("read"))));
+            let link = ft.is_symlink().then(|| {
+                fs::read_link(&p)
+                    .expect("readlink")
+                    .to_string_lossy()
+                    .to_string()
+            });
+            out.insert(
+                rel,
+                Entry {
+                    kind,
+                    mode: md.mode(),
+                    uid: md.uid(),
+                    gid: md.gid(),
+                    size: if ft.is_dir() { 0 } else { md.size() },
+                    mtime: if ft.is_file() { md.mtime() } else { 0 },
+                    sha256,
+                    link,
+                    xattrs,
+                    hardlink_of,
+                },
+            );
+            if ft.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Panics with the first differences when two trees differ.
+pub fn assert_same_tree(expected: &Path, actual: &Path) {
+    let a = tree(expected);
+    let b = tree(actual);
+    assert!(
+        a.len() > 10,
+        "source tree suspiciously small: {} entries",
+        a.len()
+    );
+    let mut diffs = Vec::new();
+    for (k, v) in &a {
+        match b.get(k) {
+            None => diffs.push(format!("missing: {k}")),
+            Some(w) if w != v => diffs.push(format!("differs: {k}\n  want {v:?}\n  got  {w:?}")),
+            _ => {}
+        }
+    }
+    for k in b.keys().filter(|k| !a.contains_key(*k)) {
+        diffs.push(format!("extra: {k}"));
+    }
+    assert!(
+        diffs.is_empty(),
+        "restored tree differs from {} in {} place(s):\n{}",
+        expected.display(),
+        diffs.len(),
+        diffs
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

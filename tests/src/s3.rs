@@ -1,0 +1,248 @@
+//! Real S3 servers on free loopback ports, one per test: garage (production S3 server) and
+//! moto (AWS semantics: storage classes, SSE, archive restore). Each is killed on drop.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::config::{Credentials, Region};
+
+pub fn tools_dir() -> PathBuf {
+    std::env::var_os("BTRFS_TO_S3_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/btrfs-to-s3-tools"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn wait_port(port: u16, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "{what} did not listen on port {port} within 30 s; its log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Garage,
+    Moto,
+}
+
+/// A running S3 server with one bucket and one key that may use it.
+pub struct S3Server {
+    pub flavor: Flavor,
+    pub endpoint: String,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub bucket: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_ok(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl S3Server {
+    pub fn start(flavor: Flavor) -> S3Server {
+        match flavor {
+            Flavor::Garage => S3Server::garage(),
+            Flavor::Moto => S3Server::moto(),
+        }
+    }
+
+    pub fn garage() -> S3Server {
+        let bin = tools_dir().join("bin/garage");
+        assert!(
+            bin.exists(),
+            "garage is not installed at {}: run scripts/install-deps.sh (cargo install garage --locked, once)",
+            bin.display()
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("b2s3-garage-")
+            .tempdir()
+            .expect("tempdir");
+        let (s3, rpc, admin) = (free_port(), free_port(), free_port());
+        let secret: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
+        let conf = dir.path().join("garage.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"metadata_dir = "{d}/meta"
+data_dir = "{d}/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{secret}"
+[s3_api]
+s3_region = "us-east-1"
+api_bind_addr = "127.0.0.1:{s3}"
+root_domain = ".s3.garage.localhost"
+[admin]
+api_bind_addr = "127.0.0.1:{admin}"
+"#,
+                d = dir.path().display()
+            ),
+        )
+        .expect("garage config");
+        let log = dir.path().join("garage.log");
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&conf)
+            .arg("server")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start garage");
+        wait_port(rpc, "garage", &log);
+        let g = |args: &[&str]| {
+            let mut c = Command::new(&bin);
+            c.arg("-c").arg(&conf).args(args);
+            run_ok(&mut c, &format!("garage {args:?}"))
+        };
+        let id = g(&["node", "id", "-q"]);
+        let id = id.trim().split('@').next().expect("node id").to_string();
+        g(&["layout", "assign", "-z", "dc1", "-c", "100G", &id]);
+        g(&["layout", "apply", "--version", "1"]);
+        let access_key = format!("GK{}", &secret[..24]);
+        let secret_key = format!("{}{}", &secret[24..], &secret[..24]);
+        g(&[
+            "key",
+            "import",
+            "--yes",
+            "-n",
+            "test",
+            &access_key,
+            &secret_key,
+        ]);
+        let bucket = "b2s3-test".to_string();
+        g(&["bucket", "create", &bucket]);
+        g(&[
+            "bucket", "allow", "--read", "--write", "--owner", &bucket, "--key", "test",
+        ]);
+        wait_port(s3, "garage S3 API", &log);
+        S3Server {
+            flavor: Flavor::Garage,
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            region: "us-east-1".into(),
+            access_key,
+            secret_key,
+            bucket,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub fn moto() -> S3Server {
+        let bin = tools_dir().join("venv/bin/moto_server");
+        assert!(
+            bin.exists(),
+            "moto server is not installed at {}: run scripts/install-deps.sh (pip install 'moto[server]' in a venv)",
+            bin.display()
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("b2s3-moto-")
+            .tempdir()
+            .expect("tempdir");
+        let port = free_port();
+        let log = dir.path().join("moto.log");
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start moto");
+        wait_port(port, "moto_server", &log);
+        let s = S3Server {
+            flavor: Flavor::Moto,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            region: "us-east-1".into(),
+            access_key: "AKIAMOTOTESTKEY00001".into(),
+            secret_key: "moto-test-secret-key".into(),
+            bucket: "b2s3-test".into(),
+            child,
+            _dir: dir,
+        };
+        let client = s.client();
+        let bucket = s.bucket.clone();
+        crate::block_on(async move {
+            client
+                .create_bucket()
+                .bucket(bucket)
+                .send()
+                .await
+                .expect("create bucket on moto");
+        });
+        s
+    }
+
+    /// An SDK client for assertions, independent of the tool under test.
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        let conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(Region::new(self.region.clone()))
+            .endpoint_url(&self.endpoint)
+            .force_path_style(true)
+            .credentials_provider(Credentials::new(
+                &self.access_key,
+                &self.secret_key,
+                None,
+                None,
+                "test",
+            ))
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    /// Environment for the tool: standard AWS variables, nothing else.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), self.secret_key.clone()),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ]
+    }
+}
+
+fn rand_byte() -> u8 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    (h.finish() & 0xff) as u8
+}
