@@ -59,4 +59,5 @@ S3_BUCKET=btrfs-to-s3-demo
 export AWS_ACCESS_KEY_ID=$key
 export AWS_SECRET_ACCESS_KEY=$sec
 export AWS_EC2_METADATA_DISABLED=true
+export AWS_REGION=us-east-1
 VARS

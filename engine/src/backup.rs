@@ -2,7 +2,7 @@
 //! `machine::run::RunState` what is done and does the rest, journaling each transition after
 //! its side effect is confirmed, so the same code runs a fresh backup and resumes a killed one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -342,7 +342,7 @@ impl Context {
     async fn upload(&self, run: RunId, st: &RunState) -> Result<(u64, [u8; 32]), BackupError> {
         let p = &st.planned;
         let layout = Layout::new(p.chunk_size, p.part_size)?;
-        let mut chunks = self.reconcile(st).await?;
+        let (mut chunks, gone) = self.reconcile(st).await?;
 
         let parent = match &p.kind {
             BackupKind::Incremental {
@@ -397,7 +397,7 @@ impl Context {
         };
 
         let result = self
-            .consume(run, st, &mut chunks, &pool, &mut rx, concurrency)
+            .consume(run, st, &mut chunks, &gone, &pool, &mut rx, concurrency)
             .await;
         // Stop the producer side whatever happened, and never leave a zombie.
         pool.close();
@@ -410,10 +410,28 @@ impl Context {
         result
     }
 
-    /// On resume, checks the journal's open uploads against S3: an upload that is gone
-    /// restarts its chunk; a part S3 does not list is uploaded again.
-    async fn reconcile(&self, st: &RunState) -> Result<BTreeMap<u32, ChunkState>, BackupError> {
+    /// On resume, checks the journal's open uploads against S3: a part S3 does not list is
+    /// uploaded again; an upload that is gone is returned in the second set (it was either
+    /// completed just before a crash, or aborted by someone else: see `ChunkEnd`).
+    async fn reconcile(
+        &self,
+        st: &RunState,
+    ) -> Result<(BTreeMap<u32, ChunkState>, BTreeSet<u32>), BackupError> {
         let mut chunks = st.chunks.clone();
+        let mut gone = BTreeSet::new();
+        // Keys under this backup's prefix belong to this run alone: an upload there that the
+        // journal does not know was opened just before a crash. Abort it.
+        let p = &st.planned;
+        let prefix = self
+            .keys()
+            .backup_prefix(&p.subvolume, &p.chain_id, &p.backup_id);
+        let known: BTreeSet<&str> = chunks.values().map(|c| c.upload_id.as_str()).collect();
+        for u in self.store.list_uploads(&prefix).await? {
+            if !known.contains(u.upload_id.as_str()) {
+                tracing::info!(key = %u.key, upload_id = %u.upload_id, "aborting an upload the journal never recorded");
+                self.store.abort_multipart(&u.key, &u.upload_id).await?;
+            }
+        }
         for (idx, c) in chunks.iter_mut() {
             if c.sealed.is_some() {
                 continue;
@@ -432,15 +450,17 @@ impl Context {
                     if e.kind == StoreErrorKind::NoSuchUpload
                         || e.kind == StoreErrorKind::NotFound =>
                 {
-                    return Err(BackupError::RestartChunk {
-                        chunk: *idx,
-                        reason: format!("upload {} is gone from S3 (NoSuchUpload)", c.upload_id),
-                    });
+                    gone.insert(*idx);
+                }
+                Err(e) if e.kind == StoreErrorKind::Other => {
+                    // A server whose ListParts is missing or malformed: trust the journal. A
+                    // part it lacks surfaces as InvalidPart at completion and restarts the chunk.
+                    tracing::warn!(key = %c.key, error = %e, "ListParts unusable; trusting the journal");
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(chunks)
+        Ok((chunks, gone))
     }
 
     async fn consume(
@@ -448,6 +468,7 @@ impl Context {
         run: RunId,
         st: &RunState,
         chunks: &mut BTreeMap<u32, ChunkState>,
+        gone: &BTreeSet<u32>,
         pool: &Arc<BufferPool>,
         rx: &mut mpsc::Receiver<Event>,
         concurrency: usize,
@@ -515,11 +536,11 @@ impl Context {
                                 ),
                             });
                         }
-                        if c.sealed.is_some() {
+                        if c.sealed.is_some() || gone.contains(&part.chunk) {
                             return Err(BackupError::RestartChunk {
                                 chunk: part.chunk,
                                 reason: format!(
-                                    "sealed chunk has no record of part {}",
+                                    "part {} was never committed and its upload is closed",
                                     part.number
                                 ),
                             });
@@ -598,6 +619,32 @@ impl Context {
                             parts.len()
                         )));
                     }
+                    if gone.contains(&chunk) {
+                        // Every part is committed and verified, but the upload is gone: a crash
+                        // after CompleteMultipartUpload, before its journal commit. Adopt the
+                        // completed object when it is there whole; otherwise upload again.
+                        let etag = match self.store.head_object(&c.key).await? {
+                            Some(o) if o.size == size => o.etag.unwrap_or_default(),
+                            _ => return Err(BackupError::RestartChunk {
+                                chunk,
+                                reason: format!(
+                                    "upload {} is gone from S3 and no complete object replaced it",
+                                    c.upload_id
+                                ),
+                            }),
+                        };
+                        self.append(
+                            run,
+                            Transition::ChunkSealed {
+                                chunk,
+                                size,
+                                sha256,
+                                etag: etag.clone(),
+                            },
+                        )?;
+                        c.sealed = Some(Sealed { size, sha256, etag });
+                        continue;
+                    }
                     failpoint!("before-chunk-seal");
                     let etag = match self
                         .store
@@ -605,7 +652,10 @@ impl Context {
                         .await
                     {
                         Ok(etag) => etag,
-                        Err(e) if e.kind == StoreErrorKind::NoSuchUpload => {
+                        Err(e)
+                            if e.kind == StoreErrorKind::NoSuchUpload
+                                || e.kind == StoreErrorKind::InvalidPart =>
+                        {
                             return Err(BackupError::RestartChunk {
                                 chunk,
                                 reason: format!("completing the upload failed: {e}"),

@@ -23,6 +23,8 @@ pub enum StoreErrorKind {
     NotFound,
     NoSuchBucket,
     NoSuchUpload,
+    /// CompleteMultipartUpload named a part the server does not have (or not with that ETag).
+    InvalidPart,
     AccessDenied,
     InvalidObjectState,
     /// Timeouts, connection failures, 5xx, throttling: worth retrying later.
@@ -221,6 +223,7 @@ fn classify(code: &str, status: Option<u16>) -> StoreErrorKind {
         "NoSuchKey" | "NotFound" => StoreErrorKind::NotFound,
         "NoSuchBucket" => StoreErrorKind::NoSuchBucket,
         "NoSuchUpload" => StoreErrorKind::NoSuchUpload,
+        "InvalidPart" | "InvalidPartOrder" => StoreErrorKind::InvalidPart,
         "AccessDenied"
         | "InvalidAccessKeyId"
         | "SignatureDoesNotMatch"

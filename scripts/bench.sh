@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Backup benchmark on the local setup: throughput and peak memory of `btrfs-to-s3 backup`
+# for ~1 GiB and ~4 GiB send streams into a local garage, beside `btrfs send | s5cmd pipe`
+# into the same server. Results: run/bench/results.json and a table on stdout.
+#   sudo scripts/bench.sh [--sizes "1 4"] [--repeat N]
+# Needs root. Uses a release build. Not part of the tests (numbers, not assertions).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sizes="1 4"; repeat=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --sizes) sizes="$2"; shift 2 ;;
+    --repeat) repeat="$2"; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+TOOLS="${BTRFS_TO_S3_TOOLS:-/opt/btrfs-to-s3-tools}"
+W="${BTRFS_TO_S3_BENCH_DIR:-/var/tmp/btrfs-to-s3-bench}"
+OUT="$PWD/run/bench"; mkdir -p "$OUT"
+bash scripts/install-deps.sh --bench
+cargo build --quiet --release -p btrfs-to-s3
+BIN="$PWD/target/release/btrfs-to-s3"
+S5="$TOOLS/venv/bin/s5cmd"
+
+cleanup() {
+  scripts/garage-local.sh stop "$W/garage" || true
+  umount "$W/mnt" 2>/dev/null || true
+  [ -n "${LOOP:-}" ] && losetup -d "$LOOP" 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+umount "$W/mnt" 2>/dev/null || true
+for dev in $(losetup -j "$W/fs.img" -O NAME -n 2>/dev/null); do losetup -d "$dev"; done
+rm -rf "$W"; mkdir -p "$W/mnt"
+total_gib=0; for s in $sizes; do total_gib=$((total_gib + s)); done
+truncate -s $(( (total_gib + 2) * 2 ))G "$W/fs.img"
+LOOP=$(losetup --find --show "$W/fs.img")
+mkfs.btrfs -q "$LOOP"; mount "$LOOP" "$W/mnt"
+eval "$(scripts/garage-local.sh start "$W/garage")"
+
+results="[]"
+for s in $sizes; do
+  sv="$W/mnt/vol${s}g"
+  btrfs subvolume create "$sv" > /dev/null
+  # Incompressible data, a few large files and many small ones.
+  for i in $(seq 1 $((s * 4))); do head -c 250M /dev/urandom > "$sv/blob$i"; done
+  mkdir -p "$sv/small"; for i in $(seq 1 200); do head -c 20K /dev/urandom > "$sv/small/f$i"; done
+  sync
+  for r in $(seq 1 "$repeat"); do
+    cat > "$W/config.toml" <<CONF
+snapshot_dir = "$W/mnt/.snapshots"
+state_dir = "$W/state"
+[[subvolumes]]
+name = "vol${s}g"
+path = "$sv"
+[s3]
+bucket = "$S3_BUCKET"
+endpoint = "$S3_ENDPOINT"
+path_style = true
+prefix = "bench"
+sse = "none"
+chunk_size = "1GiB"
+part_size = "8MiB"
+concurrency = 4
+CONF
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    /usr/bin/time -f "%M %e" -o "$OUT/time.txt" "$BIN" --config "$W/config.toml" --quiet backup --json > "$OUT/run.json"
+    read -r rss_kib wall < "$OUT/time.txt"
+    bytes=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["runs"][0]["total_bytes"])' "$OUT/run.json")
+    snap=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["runs"][0]["snapshot"])' "$OUT/run.json")
+    # Peer: the same snapshot's send stream piped into s5cmd (defaults, then matched 8 MiB x 4).
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    /usr/bin/time -f "%M %e" -o "$OUT/time-s5.txt" bash -c "btrfs send -q '$snap' | '$S5' --endpoint-url '$S3_ENDPOINT' pipe 's3://$S3_BUCKET/peer/vol${s}g-$r.bin'"
+    read -r s5_rss s5_wall < "$OUT/time-s5.txt"
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    /usr/bin/time -f "%M %e" -o "$OUT/time-s5m.txt" bash -c "btrfs send -q '$snap' | '$S5' --endpoint-url '$S3_ENDPOINT' pipe -c 4 -p 8 's3://$S3_BUCKET/peer/vol${s}g-$r-m.bin'"
+    read -r s5m_rss s5m_wall < "$OUT/time-s5m.txt"
+    results=$(python3 - "$results" <<PY
+import json, sys
+r = json.loads(sys.argv[1])
+mib = $bytes / 2**20
+r.append({"stream_gib": round($bytes / 2**30, 3), "repeat": $r,
+  "tool_mib_s": round(mib / $wall, 1), "tool_wall_s": $wall, "tool_peak_rss_mib": round($rss_kib / 1024, 1),
+  "memory_limit_mib": (4 + 2) * 8 + 64,
+  "s5cmd_default_mib_s": round(mib / $s5_wall, 1), "s5cmd_default_peak_rss_mib": round($s5_rss / 1024, 1),
+  "s5cmd_c4_p8_mib_s": round(mib / $s5m_wall, 1), "s5cmd_c4_p8_peak_rss_mib": round($s5m_rss / 1024, 1)})
+print(json.dumps(r))
+PY
+)
+    btrfs subvolume delete "$snap" > /dev/null
+    rm -rf "$W/state"
+  done
+done
+echo "$results" | python3 -c '
+import json, sys
+rows = json.load(sys.stdin)
+json.dump(rows, open(sys.argv[1], "w"), indent=2)
+print("| stream | btrfs-to-s3 MiB/s | peak RSS MiB (limit) | s5cmd defaults MiB/s | RSS MiB | s5cmd -c4 -p8 MiB/s | RSS MiB |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
+for r in rows:
+    print(f"| {r[\"stream_gib\"]} GiB | {r[\"tool_mib_s\"]} | {r[\"tool_peak_rss_mib\"]} ({r[\"memory_limit_mib\"]}) | {r[\"s5cmd_default_mib_s\"]} | {r[\"s5cmd_default_peak_rss_mib\"]} | {r[\"s5cmd_c4_p8_mib_s\"]} | {r[\"s5cmd_c4_p8_peak_rss_mib\"]} |")
+' "$OUT/results.json"
