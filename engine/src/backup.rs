@@ -397,7 +397,7 @@ impl Context {
         };
 
         let result = self
-            .consume(run, st, &mut chunks, &gone, &pool, &mut rx, concurrency)
+            .consume(run, st, &mut chunks, &gone, &pool, &mut rx)
             .await;
         // Stop the producer side whatever happened, and never leave a zombie.
         pool.close();
@@ -471,8 +471,8 @@ impl Context {
         gone: &BTreeSet<u32>,
         pool: &Arc<BufferPool>,
         rx: &mut mpsc::Receiver<Event>,
-        concurrency: usize,
     ) -> Result<(u64, [u8; 32]), BackupError> {
+        let concurrency = self.settings.s3.concurrency.max(1);
         type Done = Result<(PartRecord, Bytes), (u32, StoreError)>;
         let p = &st.planned;
         let keys = self.keys();
@@ -625,13 +625,15 @@ impl Context {
                         // completed object when it is there whole; otherwise upload again.
                         let etag = match self.store.head_object(&c.key).await? {
                             Some(o) if o.size == size => o.etag.unwrap_or_default(),
-                            _ => return Err(BackupError::RestartChunk {
-                                chunk,
-                                reason: format!(
+                            _ => {
+                                return Err(BackupError::RestartChunk {
+                                    chunk,
+                                    reason: format!(
                                     "upload {} is gone from S3 and no complete object replaced it",
                                     c.upload_id
                                 ),
-                            }),
+                                })
+                            }
                         };
                         self.append(
                             run,
