@@ -417,16 +417,18 @@ pub struct ResumeFigures {
 }
 
 impl Setup {
-    /// Bytes stored for the run so far: completed chunk objects plus parts of open uploads.
-    pub fn bytes_on_server(&self) -> u64 {
+    /// Bytes stored under keys containing `filter`: completed chunk objects plus parts of
+    /// open uploads.
+    pub fn bytes_on_server(&self, filter: &str) -> u64 {
         let chunks: u64 = self
             .objects()
             .iter()
-            .filter(|(k, _)| k.contains("/chunk-"))
+            .filter(|(k, _)| k.contains("/chunk-") && k.contains(filter))
             .map(|(_, s)| *s)
             .sum();
         let client = self.s3.client();
         let bucket = self.s3.bucket.clone();
+        let filter = filter.to_string();
         let parts: u64 = block_on(async move {
             let r = client
                 .list_multipart_uploads()
@@ -435,7 +437,11 @@ impl Setup {
                 .await
                 .expect("list uploads");
             let mut total = 0u64;
-            for u in r.uploads() {
+            for u in r
+                .uploads()
+                .iter()
+                .filter(|u| u.key().unwrap_or_default().contains(&filter))
+            {
                 let lp = client
                     .list_parts()
                     .bucket(&bucket)
@@ -475,56 +481,77 @@ impl Setup {
         chunks + parts
     }
 
+    /// Backup ids of the runs the journal holds open.
+    pub fn open_runs(&self) -> Vec<String> {
+        let status = self.run(&["status", "--json"]);
+        status.assert_code(0);
+        let st: serde_json::Value = serde_json::from_str(&status.stdout).expect("status json");
+        st["in_progress"]
+            .as_array()
+            .expect("in_progress")
+            .iter()
+            .map(|r| r["backup_id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
     /// Resumes with the production binary and proves the outcome: the run completes, exactly
-    /// `expected_manifests` manifests exist, the pointer names the newest, nothing is left
-    /// open, and the stream restores to the source tree.
-    pub fn resume_and_prove(&self, expected_manifests: usize) -> ResumeFigures {
-        let before = self.bytes_on_server();
+    /// `expected_manifests` manifests exist, every backup directory with chunks has its
+    /// manifest, the pointer names the newest, nothing is left open, and the newest backup
+    /// restores to its source snapshot.
+    /// With `None`, the expected count is the number of local snapshots: every snapshot
+    /// belongs to exactly one run, and after a resume every run is published.
+    pub fn resume_and_prove(&self, expected_manifests: Option<usize>) -> ResumeFigures {
+        let open = self.open_runs();
+        let before: u64 = open
+            .iter()
+            .map(|b| self.bytes_on_server(&format!("/{b}/")))
+            .sum();
         let out = self.run(&["resume", "--json"]);
         out.assert_code(0);
         let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
-        let uploaded: u64 = doc["runs"]
-            .as_array()
-            .expect("runs")
-            .iter()
-            .map(|r| r["uploaded_bytes"].as_u64().unwrap_or(0))
-            .sum();
-        let reused: u64 = doc["runs"]
-            .as_array()
-            .expect("runs")
-            .iter()
-            .map(|r| r["reused_bytes"].as_u64().unwrap_or(0))
-            .sum();
+        let runs = doc["runs"].as_array().expect("runs").clone();
+        let sum =
+            |field: &str| -> u64 { runs.iter().map(|r| r[field].as_u64().unwrap_or(0)).sum() };
+        let (uploaded, reused, resumed_total) = (
+            sum("uploaded_bytes"),
+            sum("reused_bytes"),
+            sum("total_bytes"),
+        );
         let manifests: Vec<String> = self
             .objects()
             .into_iter()
             .map(|(k, _)| k)
             .filter(|k| k.ends_with("/manifest.json"))
             .collect();
+        let expected = expected_manifests.unwrap_or_else(|| self.snapshots().len());
         assert_eq!(
             manifests.len(),
-            expected_manifests,
-            "manifests: {manifests:?}"
+            expected,
+            "manifests: {manifests:?}, snapshots: {:?}",
+            self.snapshots()
         );
+        for (k, _) in self.objects().iter().filter(|(k, _)| k.contains("/chunk-")) {
+            let dir = &k[..k.rfind('/').expect("slash") + 1];
+            assert!(
+                manifests.iter().any(|m| m.starts_with(dir)),
+                "chunk {k} belongs to no manifest"
+            );
+        }
         let pointer = self.pointer();
-        assert!(manifests.contains(&pointer.manifest_key));
+        let newest = manifests.iter().max().expect("a manifest");
+        assert_eq!(
+            &pointer.manifest_key, newest,
+            "the pointer names the newest backup"
+        );
         assert!(
             self.open_uploads().is_empty(),
             "open uploads left: {:?}",
             self.open_uploads()
         );
-        let status = self.run(&["status", "--json"]);
-        status.assert_code(0);
-        let st: serde_json::Value = serde_json::from_str(&status.stdout).expect("status json");
-        assert_eq!(
-            st["in_progress"].as_array().map(Vec::len),
-            Some(0),
-            "{}",
-            status.stdout
-        );
+        assert!(self.open_runs().is_empty(), "runs still open after resume");
         let m = self.prove_restorable(&pointer.manifest_key);
         // Sent again = what the resume uploaded beyond what was missing from the server.
-        let missing = m.total_bytes.saturating_sub(before);
+        let missing = resumed_total.saturating_sub(before);
         ResumeFigures {
             stream_bytes: m.total_bytes,
             resent_bytes: uploaded.saturating_sub(missing),

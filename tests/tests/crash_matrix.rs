@@ -44,7 +44,7 @@ fn crash_then_resume(flavor: Flavor, name: &str, skip: u32) {
         "{spec}: {}",
         crashed.stderr
     );
-    let f = s.resume_and_prove(1);
+    let f = s.resume_and_prove(Some(1));
     assert!(
         f.resent_bytes <= u64::from(CONCURRENCY) * PART,
         "{spec}: sent {} bytes again (limit {})",

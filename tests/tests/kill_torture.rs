@@ -1,0 +1,85 @@
+//! Guards resume against kills the process does not choose: `backup` is SIGKILLed from
+//! outside at a random moment, then `resume` must leave every backup published whole (one
+//! manifest per backup, the pointer on the newest, nothing open, the newest restorable) and
+//! send again at most concurrency × part_size bytes. 20 kills per server in the normal run;
+//! BTRFS_TO_S3_TORTURE_ITERATIONS=200 (scripts/torture.sh) for the long run.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::btrfs::Rng;
+use harness::{tool_bin, Flavor, Opts, Setup};
+
+const CONCURRENCY: u32 = 3;
+const PART: u64 = 5 << 20;
+
+fn torture(flavor: Flavor) {
+    let iterations: usize = std::env::var("BTRFS_TO_S3_TORTURE_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let s = Setup::new(
+        flavor,
+        Opts {
+            chunk_size: "12MiB".into(),
+            part_size: "5MiB".into(),
+            concurrency: CONCURRENCY,
+            // Enough data that most of a run is upload, not process start-up.
+            big_file_mib: 72,
+            ..Opts::default()
+        },
+    );
+    // How long an undisturbed backup takes bounds the random kill delay.
+    let t0 = Instant::now();
+    s.run(&["backup"]).assert_code(0);
+    let full = t0.elapsed();
+    let mut rng = Rng::new(0x5EED ^ flavor as u64);
+    let (mut mid_run, mut worst_resent, mut total_resent) = (0, 0u64, 0u64);
+    for i in 0..iterations {
+        // Past most of the start-up, up to the end of an undisturbed run.
+        let window = full.as_micros() as u64;
+        let delay = Duration::from_micros(window / 10 + rng.next_u64() % (window * 9 / 10 + 1));
+        let mut child = Command::new(tool_bin("btrfs-to-s3"))
+            .arg("--config")
+            .arg(&s.config)
+            .arg("backup")
+            .envs(s.s3.env())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn backup");
+        std::thread::sleep(delay);
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().expect("wait");
+        if !status.success() && !s.open_runs().is_empty() {
+            mid_run += 1;
+        }
+        let f = s.resume_and_prove(None);
+        assert!(
+            f.resent_bytes <= u64::from(CONCURRENCY) * PART,
+            "iteration {i} (kill after {delay:?}): sent {} bytes again",
+            f.resent_bytes
+        );
+        worst_resent = worst_resent.max(f.resent_bytes);
+        total_resent += f.resent_bytes;
+    }
+    eprintln!(
+        "{flavor:?}: {iterations} kills, {mid_run} mid-run; sent again: worst {worst_resent} B, mean {} B per kill; limit {} B",
+        total_resent / iterations.max(1) as u64,
+        u64::from(CONCURRENCY) * PART
+    );
+    assert!(
+        mid_run * 2 >= iterations,
+        "too few kills landed mid-run ({mid_run}/{iterations})"
+    );
+}
+
+#[test]
+fn garage_random_sigkill_then_resume() {
+    torture(Flavor::Garage);
+}
+
+#[test]
+fn moto_random_sigkill_then_resume() {
+    torture(Flavor::Moto);
+}
