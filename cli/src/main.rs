@@ -14,7 +14,7 @@ use engine::backup::{BackupError, Context, Progress, RunReport};
 use engine::btrfs::{BtrfsCli, BtrfsError};
 use engine::journal::{Journal, JournalError};
 use engine::settings::Settings;
-use engine::store::{S3Store, StoreErrorKind};
+use engine::store::{ObjectStore, S3Store, StoreErrorKind};
 
 /// Exit codes, documented in the README and `--help`.
 pub mod exit {
@@ -84,6 +84,21 @@ enum Command {
     Status,
     /// Check the configuration file and print the settings it yields.
     CheckConfig,
+    /// Journal maintenance.
+    #[command(subcommand)]
+    Journal(JournalCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum JournalCommand {
+    /// Reconstruct the journal from the manifests in S3 after it was lost or damaged: the
+    /// damaged file is kept beside it, published backups are imported, uploads and objects of
+    /// runs nobody can resume any more are removed (under the prefix only).
+    Rebuild {
+        /// Rebuild even though the journal opens fine (its unfinished runs are given up).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// An error with the exit code it deserves.
@@ -186,7 +201,73 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             backup(&cli, settings, selected, true).await
         }
         Command::Resume => backup(&cli, settings, Vec::new(), false).await,
+        Command::Journal(JournalCommand::Rebuild { force }) => {
+            rebuild(&cli, settings, *force).await
+        }
     }
+}
+
+async fn rebuild(cli: &Cli, settings: Settings, force: bool) -> Result<u8, Failure> {
+    let _lock = lock::Lock::acquire(&settings.lock_path)
+        .map_err(|e| Failure::new(if e.held { exit::LOCKED } else { exit::FAILED }, e.message))?;
+    let path = settings.journal_path();
+    let healthy = path.exists()
+        && Journal::open(&path)
+            .and_then(|j| {
+                for h in j.runs()? {
+                    j.transitions(h.id)?;
+                }
+                Ok(())
+            })
+            .is_ok();
+    if healthy && !force {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "the journal {} is readable; `journal rebuild --force` replaces it (its unfinished runs are given up)",
+                path.display()
+            ),
+        ));
+    }
+    let store = S3Store::connect(&settings.s3).await;
+    store.check_access().await.map_err(|e| {
+        let code = match e.kind {
+            StoreErrorKind::AccessDenied | StoreErrorKind::NoSuchBucket => exit::S3_ACCESS,
+            _ => exit::FAILED,
+        };
+        Failure::new(code, e.to_string())
+    })?;
+    let kept = if path.exists() {
+        let aside = path.with_extension(format!(
+            "redb.damaged-{}",
+            engine::machine::timestamp(chrono::Utc::now())
+        ));
+        std::fs::rename(&path, &aside).map_err(|e| {
+            Failure::new(
+                exit::JOURNAL,
+                format!("cannot move {} aside: {e}", path.display()),
+            )
+        })?;
+        Some(aside)
+    } else {
+        None
+    };
+    let journal = Journal::open(&path).map_err(journal_failure)?;
+    let report = engine::rebuild::rebuild(&settings, &store, &journal)
+        .await
+        .map_err(|e| {
+            Failure::new(
+                exit::FAILED,
+                format!(
+                    "rebuild stopped: {e}; the old journal is kept at {}",
+                    kept.as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                ),
+            )
+        })?;
+    output::print_rebuild(&report, kept.as_deref(), cli.json);
+    Ok(exit::OK)
 }
 
 fn select(

@@ -195,6 +195,37 @@ pub fn print_status(s: &Settings, j: &Journal, as_json: bool) -> Result<(), Jour
     Ok(())
 }
 
+pub fn print_rebuild(
+    r: &engine::rebuild::RebuildReport,
+    kept: Option<&std::path::Path>,
+    as_json: bool,
+) {
+    if as_json {
+        let doc = json!({"report": r, "old_journal": kept});
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return;
+    }
+    if let Some(k) = kept {
+        println!("old journal kept at {}", k.display());
+    }
+    for (sv, ids) in &r.imported {
+        println!(
+            "{sv}: imported {} published backup(s), newest {}",
+            ids.len(),
+            ids.last().map(String::as_str).unwrap_or("-")
+        );
+    }
+    for k in &r.aborted_uploads {
+        println!("aborted upload {k}");
+    }
+    for k in &r.deleted_objects {
+        println!("deleted unpublished object {k}");
+    }
+    for s in &r.unaccounted_snapshots {
+        println!("snapshot {s} belongs to no published backup (left in place; delete it with `btrfs subvolume delete` if unneeded)");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

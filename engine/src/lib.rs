@@ -8,6 +8,7 @@ pub mod btrfs;
 pub mod machine;
 pub mod manifest;
 pub mod pipeline;
+pub mod rebuild;
 pub mod settings;
 pub mod store;
 

@@ -33,6 +33,8 @@ pub enum JournalError {
     WrongVersion { path: PathBuf, found: u64 },
     #[error("journal {path} holds a record this build cannot decode ({detail}); run `btrfs-to-s3 journal rebuild`")]
     BadRecord { path: PathBuf, detail: String },
+    #[error("journal {path} is corrupt ({detail}); run `btrfs-to-s3 journal rebuild` to reconstruct it from the manifests in S3")]
+    Corrupt { path: PathBuf, detail: String },
     #[error("journal {path} is in use by another process")]
     InUse { path: PathBuf },
     #[error("cannot create the journal directory {path}: {source}")]
@@ -74,6 +76,21 @@ pub struct Journal {
     path: PathBuf,
 }
 
+/// redb panics on some corrupt pages; a panic inside the journal is a damaged journal.
+fn guard<T>(path: &Path, f: impl FnOnce() -> Result<T, JournalError>) -> Result<T, JournalError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let detail = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the database engine panicked".into());
+        Err(JournalError::Corrupt {
+            path: path.to_path_buf(),
+            detail,
+        })
+    })
+}
+
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = vec![RECORD_VERSION];
     // Serialising plain data into a Vec cannot fail.
@@ -82,8 +99,19 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 impl Journal {
-    /// Opens (creating if absent) the journal at `path`.
+    /// Opens (creating if absent) the journal at `path`. A file redb cannot make sense of is
+    /// reported as damaged, never trusted.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        guard(path, || Journal::open_inner(path))
+    }
+
+    fn open_inner(path: &Path) -> Result<Journal, JournalError> {
+        if path.is_dir() {
+            return Err(JournalError::Corrupt {
+                path: path.to_path_buf(),
+                detail: "it is a directory".into(),
+            });
+        }
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| JournalError::CreateDir {
                 path: dir.to_path_buf(),
@@ -170,6 +198,27 @@ impl Journal {
 
     /// Starts a run: allocates its id and commits its header with the `Planned` record.
     pub fn begin_run(&self, planned: Planned) -> Result<RunId, JournalError> {
+        guard(&self.path, || {
+            self.insert_run(planned, &[], RunStatus::Open)
+        })
+    }
+
+    /// Records a whole run at once (used by `journal rebuild` for published backups).
+    pub fn import_run(
+        &self,
+        planned: Planned,
+        rest: &[Transition],
+        status: RunStatus,
+    ) -> Result<RunId, JournalError> {
+        guard(&self.path, || self.insert_run(planned, rest, status))
+    }
+
+    fn insert_run(
+        &self,
+        planned: Planned,
+        rest: &[Transition],
+        status: RunStatus,
+    ) -> Result<RunId, JournalError> {
         let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
         tx.set_durability(Durability::Immediate)
             .map_err(|e| self.err(redb::Error::from(e)))?;
@@ -186,7 +235,7 @@ impl Journal {
                 id,
                 subvolume: planned.subvolume.clone(),
                 backup_id: planned.backup_id.clone(),
-                status: RunStatus::Open,
+                status,
             };
             let mut runs = tx.open_table(RUNS).map_err(|e| self.err(e))?;
             runs.insert(id, encode(&header).as_slice())
@@ -197,6 +246,10 @@ impl Journal {
                 encode(&Transition::Planned(Box::new(planned))).as_slice(),
             )
             .map_err(|e| self.err(e))?;
+            for (seq, t) in (1..).zip(rest) {
+                tr.insert((id, seq), encode(t).as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
         }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(id)
@@ -205,6 +258,10 @@ impl Journal {
     /// Appends one transition to an open run, durably. Closing transitions
     /// (Finished, Abandoned) update the run header in the same transaction.
     pub fn append(&self, run: RunId, t: &Transition) -> Result<(), JournalError> {
+        guard(&self.path, || self.append_inner(run, t))
+    }
+
+    fn append_inner(&self, run: RunId, t: &Transition) -> Result<(), JournalError> {
         let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
         tx.set_durability(Durability::Immediate)
             .map_err(|e| self.err(redb::Error::from(e)))?;
@@ -246,6 +303,10 @@ impl Journal {
 
     /// All run headers, oldest first.
     pub fn runs(&self) -> Result<Vec<RunHeader>, JournalError> {
+        guard(&self.path, || self.runs_inner())
+    }
+
+    fn runs_inner(&self) -> Result<Vec<RunHeader>, JournalError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let runs = tx.open_table(RUNS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
@@ -267,6 +328,10 @@ impl Journal {
 
     /// Every transition of one run, in commit order.
     pub fn transitions(&self, run: RunId) -> Result<Vec<Transition>, JournalError> {
+        guard(&self.path, || self.transitions_inner(run))
+    }
+
+    fn transitions_inner(&self, run: RunId) -> Result<Vec<Transition>, JournalError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let tr = tx.open_table(TRANSITIONS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
@@ -354,6 +419,45 @@ mod tests {
         let err = Journal::open(&path).err().expect("must fail");
         assert!(matches!(err, JournalError::Damaged { .. }), "{err}");
         assert!(err.to_string().contains("journal rebuild"));
+    }
+
+    #[test]
+    fn garbled_pages_are_reported_not_panicked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.redb");
+        {
+            let j = Journal::open(&path).expect("open");
+            for _ in 0..20 {
+                let r = j.begin_run(planned("a")).expect("begin");
+                j.append(r, &Transition::Finished).expect("append");
+            }
+        }
+        let mut bytes = std::fs::read(&path).expect("read");
+        let mut x: u32 = 12345;
+        for b in bytes.iter_mut().skip(4096) {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            *b = (x >> 16) as u8;
+        }
+        std::fs::write(&path, bytes).expect("write");
+        let outcome = Journal::open(&path).and_then(|j| {
+            let runs = j.runs()?;
+            for h in runs {
+                j.transitions(h.id)?;
+            }
+            Ok(())
+        });
+        let err = outcome.expect_err("garbage must not read as a journal");
+        assert!(err.to_string().contains("journal rebuild"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_is_not_a_journal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = Journal::open(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("directory"), "{err}");
     }
 
     #[test]
