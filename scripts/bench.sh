@@ -3,12 +3,16 @@
 # for ~1 GiB and ~4 GiB send streams into a local garage, beside `btrfs send | s5cmd pipe`
 # into the same server. Results: run/bench/results.json and a table on stdout.
 #   sudo scripts/bench.sh [--sizes "1 4"] [--repeat N]
+#   sudo scripts/bench.sh --journal-overhead [--sizes 1] [--repeat 3]
+#     compares the same backups with a benchmark-only build whose journal is in memory
+#     (feature bench-no-journal): the cost of durable journaling.
 # Needs root. Uses a release build. Not part of the tests (numbers, not assertions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-sizes="1 4"; repeat=1
+sizes="1 4"; repeat=1; overhead=0
 while [ $# -gt 0 ]; do
   case "$1" in
+    --journal-overhead) overhead=1; shift ;;
     --sizes) sizes="$2"; shift 2 ;;
     --repeat) repeat="$2"; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
@@ -18,6 +22,10 @@ TOOLS="${BTRFS_TO_S3_TOOLS:-/opt/btrfs-to-s3-tools}"
 W="${BTRFS_TO_S3_BENCH_DIR:-/var/tmp/btrfs-to-s3-bench}"
 OUT="$PWD/run/bench"; mkdir -p "$OUT"
 bash scripts/install-deps.sh --bench
+if [ $overhead = 1 ]; then
+  cargo build --quiet --release -p btrfs-to-s3 --features bench-no-journal
+  cp target/release/btrfs-to-s3 target/release/btrfs-to-s3-nojournal
+fi
 cargo build --quiet --release -p btrfs-to-s3
 BIN="$PWD/target/release/btrfs-to-s3"
 S5="$TOOLS/venv/bin/s5cmd"
@@ -68,6 +76,25 @@ CONF
     read -r rss_kib wall < "$OUT/time.txt"
     bytes=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["runs"][0]["total_bytes"])' "$OUT/run.json")
     snap=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["runs"][0]["snapshot"])' "$OUT/run.json")
+    if [ $overhead = 1 ]; then
+      btrfs subvolume delete "$snap" > /dev/null; rm -rf "$W/state"
+      sync; echo 3 > /proc/sys/vm/drop_caches
+      /usr/bin/time -f "%M %e" -o "$OUT/time-nj.txt" target/release/btrfs-to-s3-nojournal --config "$W/config.toml" --quiet backup --json > "$OUT/run-nj.json"
+      read -r nj_rss nj_wall < "$OUT/time-nj.txt"
+      snap=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["runs"][0]["snapshot"])' "$OUT/run-nj.json")
+      results=$(python3 - "$results" <<PY
+import json, sys
+r = json.loads(sys.argv[1])
+mib = $bytes / 2**20
+r.append({"stream_gib": round($bytes / 2**30, 3), "repeat": $r, "journal_mib_s": round(mib / $wall, 1),
+  "no_journal_mib_s": round(mib / $nj_wall, 1), "overhead_pct": round(($wall - $nj_wall) / $nj_wall * 100, 2)})
+print(json.dumps(r))
+PY
+)
+      echo "$results" > "$OUT/journal-overhead.json"
+      btrfs subvolume delete "$snap" > /dev/null; rm -rf "$W/state"
+      continue
+    fi
     # Peer: the same snapshot's send stream piped into s5cmd (defaults, then matched 8 MiB x 4).
     sync; echo 3 > /proc/sys/vm/drop_caches
     /usr/bin/time -f "%M %e" -o "$OUT/time-s5.txt" bash -c "btrfs send -q '$snap' | '$S5' --endpoint-url '$S3_ENDPOINT' pipe 's3://$S3_BUCKET/peer/vol${s}g-$r.bin'"
@@ -87,16 +114,19 @@ r.append({"stream_gib": round($bytes / 2**30, 3), "repeat": $r,
 print(json.dumps(r))
 PY
 )
+    echo "$results" > "$OUT/results.json"
     btrfs subvolume delete "$snap" > /dev/null
     rm -rf "$W/state"
   done
 done
-echo "$results" | python3 -c '
-import json, sys
-rows = json.load(sys.stdin)
-json.dump(rows, open(sys.argv[1], "w"), indent=2)
-print("| stream | btrfs-to-s3 MiB/s | peak RSS MiB (limit) | s5cmd defaults MiB/s | RSS MiB | s5cmd -c4 -p8 MiB/s | RSS MiB |")
-print("| --- | --- | --- | --- | --- | --- | --- |")
+if [ $overhead = 1 ]; then
+  python3 -c '
+import json, statistics, sys
+rows = json.load(open(sys.argv[1]))
 for r in rows:
-    print(f"| {r[\"stream_gib\"]} GiB | {r[\"tool_mib_s\"]} | {r[\"tool_peak_rss_mib\"]} ({r[\"memory_limit_mib\"]}) | {r[\"s5cmd_default_mib_s\"]} | {r[\"s5cmd_default_peak_rss_mib\"]} | {r[\"s5cmd_c4_p8_mib_s\"]} | {r[\"s5cmd_c4_p8_peak_rss_mib\"]} |")
-' "$OUT/results.json"
+    print("{} GiB  with journal {} MiB/s  without {} MiB/s  overhead {}%".format(r["stream_gib"], r["journal_mib_s"], r["no_journal_mib_s"], r["overhead_pct"]))
+print("median overhead: {}%".format(statistics.median(r["overhead_pct"] for r in rows)))
+' "$OUT/journal-overhead.json"
+else
+  python3 scripts/bench_table.py "$OUT/results.json"
+fi

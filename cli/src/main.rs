@@ -135,6 +135,17 @@ fn code_for(e: &BackupError) -> u8 {
     }
 }
 
+#[cfg(not(feature = "bench-no-journal"))]
+fn open_journal(settings: &Settings) -> Result<Journal, JournalError> {
+    Journal::open(&settings.journal_path())
+}
+
+#[cfg(feature = "bench-no-journal")]
+fn open_journal(_settings: &Settings) -> Result<Journal, JournalError> {
+    eprintln!("warning: benchmark build: the journal is in memory, nothing can be resumed");
+    Journal::in_memory()
+}
+
 fn journal_failure(e: JournalError) -> Failure {
     let code = match e {
         JournalError::InUse { .. } => exit::LOCKED,
@@ -193,7 +204,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Status => {
             let journal = Journal::open(&settings.journal_path()).map_err(journal_failure)?;
-            output::print_status(&settings, &journal, cli.json).map_err(journal_failure)?;
+            let remote = remote_uploads(&settings).await;
+            output::print_status(&settings, &journal, remote, cli.json).map_err(journal_failure)?;
             Ok(exit::OK)
         }
         Command::Backup { subvolumes } => {
@@ -270,6 +282,21 @@ async fn rebuild(cli: &Cli, settings: Settings, force: bool) -> Result<u8, Failu
     Ok(exit::OK)
 }
 
+/// Open multipart uploads under every configured subvolume's prefix.
+async fn remote_uploads(settings: &Settings) -> output::RemoteUploads {
+    let store = S3Store::connect(&settings.s3).await;
+    let keys = engine::machine::Keys::new(&settings.s3.prefix);
+    let mut out = Vec::new();
+    for sv in &settings.subvolumes {
+        let uploads = store
+            .list_uploads(&keys.subvolume_prefix(&sv.name))
+            .await
+            .map_err(|e| e.to_string())?;
+        out.extend(uploads.into_iter().map(|u| (u.key, u.upload_id)));
+    }
+    Ok(out)
+}
+
 fn select(
     settings: &Settings,
     names: &[String],
@@ -312,7 +339,7 @@ async fn backup(
 ) -> Result<u8, Failure> {
     let _lock = lock::Lock::acquire(&settings.lock_path)
         .map_err(|e| Failure::new(if e.held { exit::LOCKED } else { exit::FAILED }, e.message))?;
-    let journal = Arc::new(Journal::open(&settings.journal_path()).map_err(journal_failure)?);
+    let journal = Arc::new(open_journal(&settings).map_err(journal_failure)?);
     let store = Arc::new(S3Store::connect(&settings.s3).await);
     let progress = Arc::new(Progress::default());
     let ctx = Context {
@@ -332,10 +359,17 @@ async fn backup(
     let mut failures: Vec<(String, BackupError)> = Vec::new();
 
     let open = journal.open_runs().map_err(journal_failure)?;
+    let mut abandoned: Vec<(String, String)> = Vec::new();
     for h in open {
         tracing::info!(run = h.id, subvolume = %h.subvolume, "resuming");
         match ctx.drive(h.id).await {
             Ok(r) => reports.push(r),
+            // Abandoning (changed settings, vanished snapshot) is the right outcome, journaled
+            // and cleaned up; it is reported, not counted as a failure of this invocation.
+            Err(BackupError::Abandoned { run, reason }) => abandoned.push((
+                h.subvolume.clone(),
+                format!("run {run} abandoned: {reason}"),
+            )),
             Err(e) => failures.push((h.subvolume.clone(), e)),
         }
     }
@@ -361,7 +395,7 @@ async fn backup(
         t.abort();
         eprint!("\r\x1b[2K");
     }
-    output::print_backup(&reports, &failures, cli.json);
+    output::print_backup(&reports, &failures, &abandoned, cli.json);
     Ok(failures
         .iter()
         .map(|(_, e)| code_for(e))
@@ -376,8 +410,7 @@ async fn next_free_time(
 ) -> Result<chrono::DateTime<chrono::Utc>, BackupError> {
     for _ in 0..3 {
         let now = chrono::Utc::now();
-        let name = engine::machine::snapshot_name(&sv.name, now);
-        if !ctx.settings.snapshot_dir.join(&name).exists() {
+        if ctx.name_free(&engine::machine::snapshot_name(&sv.name, now))? {
             return Ok(now);
         }
         tokio::time::sleep(std::time::Duration::from_millis(1000)).await;

@@ -50,13 +50,25 @@ pub fn spawn_progress(p: Arc<Progress>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-pub fn print_backup(reports: &[RunReport], failures: &[(String, BackupError)], as_json: bool) {
+pub fn print_backup(
+    reports: &[RunReport],
+    failures: &[(String, BackupError)],
+    abandoned: &[(String, String)],
+    as_json: bool,
+) {
+    for (s, why) in abandoned {
+        eprintln!("warning: {s}: {why}");
+    }
     if as_json {
         let failed: Vec<_> = failures
             .iter()
             .map(|(s, e)| json!({"subvolume": s, "error": e.to_string(), "retryable": e.is_retryable()}))
             .collect();
-        let doc = json!({"ok": failures.is_empty(), "runs": reports, "failures": failed});
+        let abandoned: Vec<_> = abandoned
+            .iter()
+            .map(|(s, why)| json!({"subvolume": s, "reason": why}))
+            .collect();
+        let doc = json!({"ok": failures.is_empty(), "runs": reports, "failures": failed, "abandoned": abandoned});
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return;
     }
@@ -113,10 +125,20 @@ pub fn print_settings(s: &Settings, as_json: bool) {
     }
 }
 
-pub fn print_status(s: &Settings, j: &Journal, as_json: bool) -> Result<(), JournalError> {
+/// What `status` found in S3: uploads under the configured subvolume prefixes, or why
+/// they could not be listed.
+pub type RemoteUploads = Result<Vec<(String, String)>, String>;
+
+pub fn print_status(
+    s: &Settings,
+    j: &Journal,
+    remote: RemoteUploads,
+    as_json: bool,
+) -> Result<(), JournalError> {
     let runs = j.runs()?;
     let mut in_progress = Vec::new();
-    let mut leaked = Vec::new();
+    let mut held = Vec::new();
+    let mut owned_uploads = std::collections::BTreeSet::new();
     for h in runs.iter().filter(|h| h.status == RunStatus::Open) {
         let st = match RunState::fold(&j.transitions(h.id)?) {
             Ok(st) => st,
@@ -127,12 +149,13 @@ pub fn print_status(s: &Settings, j: &Journal, as_json: bool) -> Result<(), Jour
             }
         };
         for (key, id) in st.open_uploads() {
-            leaked.push(
+            owned_uploads.insert(id.clone());
+            held.push(
                 json!({"kind": "multipart-upload", "key": key, "upload_id": id, "run": h.id}),
             );
         }
         if st.snapshot_uuid.is_some() {
-            leaked.push(json!({"kind": "snapshot", "path": st.planned.snapshot_path, "run": h.id}));
+            held.push(json!({"kind": "snapshot", "path": st.planned.snapshot_path, "run": h.id}));
         }
         in_progress.push(json!({
             "run": h.id,
@@ -143,6 +166,42 @@ pub fn print_status(s: &Settings, j: &Journal, as_json: bool) -> Result<(), Jour
             "bytes_committed": st.committed_bytes(),
             "chunks_sealed": st.chunks.values().filter(|c| c.sealed.is_some()).count(),
         }));
+    }
+    // Leaked: what exists but no open or finished run accounts for.
+    let mut leaked = Vec::new();
+    let remote_error = match &remote {
+        Ok(uploads) => {
+            for (key, id) in uploads {
+                if !owned_uploads.contains(id) {
+                    leaked.push(json!({"kind": "multipart-upload", "key": key, "upload_id": id}));
+                }
+            }
+            None
+        }
+        Err(e) => Some(e.clone()),
+    };
+    let accounted: std::collections::BTreeSet<&str> = runs
+        .iter()
+        .filter(|h| h.status != RunStatus::Abandoned)
+        .map(|h| h.snapshot_name.as_str())
+        .collect();
+    if let Ok(rd) = std::fs::read_dir(&s.snapshot_dir) {
+        let mut names: Vec<String> = rd
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| {
+                s.subvolumes.iter().any(|sv| {
+                    n.strip_prefix(&sv.name)
+                        .and_then(|r| r.strip_prefix('.'))
+                        .is_some_and(|ts| ts.len() == 16 && ts.ends_with('Z'))
+                })
+            })
+            .filter(|n| !accounted.contains(n.as_str()))
+            .collect();
+        names.sort();
+        for n in names {
+            leaked.push(json!({"kind": "snapshot", "path": s.snapshot_dir.join(n)}));
+        }
     }
     let mut last = Vec::new();
     for sv in &s.subvolumes {
@@ -156,7 +215,13 @@ pub fn print_status(s: &Settings, j: &Journal, as_json: bool) -> Result<(), Jour
             "run": done.map(|h| h.id),
         }));
     }
-    let doc = json!({"in_progress": in_progress, "last_success": last, "leaked": leaked});
+    let doc = json!({
+        "in_progress": in_progress,
+        "last_success": last,
+        "held_by_open_runs": held,
+        "leaked": leaked,
+        "remote_error": remote_error,
+    });
     if as_json {
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return Ok(());
@@ -186,10 +251,21 @@ pub fn print_status(s: &Settings, j: &Journal, as_json: bool) -> Result<(), Jour
             );
         }
     }
-    if !leaked.is_empty() {
+    if !held.is_empty() {
         println!("held by unfinished runs (reused by resume):");
+        for l in &held {
+            println!("  {l}");
+        }
+    }
+    if let Some(e) = remote_error {
+        println!("could not list uploads in S3 ({e}); leaked uploads unknown");
+    }
+    if leaked.is_empty() {
+        println!("nothing leaked");
+    } else {
+        println!("leaked (no run accounts for them; `btrfs-to-s3 journal rebuild --force` clears uploads):");
         for l in &leaked {
-            println!("  {}", l);
+            println!("  {l}");
         }
     }
     Ok(())

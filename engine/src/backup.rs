@@ -18,7 +18,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::btrfs::{BtrfsError, Snapshotter};
-use crate::machine::run::{ChunkState, FoldError, RunState, Sealed, Step};
+use crate::machine::run::{
+    decide_chunk_end, decide_part, ChunkEndAction, ChunkState, FoldError, PartAction, RunState,
+    Sealed, Step,
+};
 use crate::machine::{self, Keys, Layout, LayoutError};
 use crate::manifest::{self, ChunkEntry, Kind, Manifest, PartEntry, Pointer, SnapshotRef};
 use crate::pipeline::{self, BufferPool, Event, Part, PipelineError};
@@ -106,6 +109,14 @@ pub struct RunReport {
     pub seconds: f64,
 }
 
+/// What a pass knows before it streams: chunks whose upload S3 no longer knows, and the
+/// parts committed before this drive began (the only ones that count as reused).
+#[derive(Clone, Copy)]
+struct ResumeFacts<'a> {
+    gone: &'a BTreeSet<u32>,
+    initial: &'a BTreeSet<(u32, u32, u128)>,
+}
+
 pub struct Context {
     pub settings: Settings,
     pub store: Arc<dyn ObjectStore>,
@@ -172,11 +183,18 @@ impl Context {
         Ok(())
     }
 
+    /// True when no snapshot on disk and no journaled run uses this name (and so this
+    /// backup id): ids are never reused, even after a run was abandoned.
+    pub fn name_free(&self, name: &str) -> Result<bool, BackupError> {
+        Ok(!self.settings.snapshot_dir.join(name).exists()
+            && !self.journal.runs()?.iter().any(|h| h.snapshot_name == name))
+    }
+
     /// Journals a new full backup of `sv` (snapshot name chosen from `now`).
     pub fn plan(&self, sv: &SubvolumeSpec, now: DateTime<Utc>) -> Result<RunId, BackupError> {
         let name = machine::snapshot_name(&sv.name, now);
         let path = self.settings.snapshot_dir.join(&name);
-        if path.exists() {
+        if !self.name_free(&name)? {
             return Err(BackupError::NameTaken(name));
         }
         let backup_id = machine::timestamp(now);
@@ -208,15 +226,31 @@ impl Context {
         Ok(())
     }
 
-    /// Gives up a run: aborts its open uploads, deletes its snapshot unless a published backup
-    /// needs it, and journals why.
+    /// Gives up a run that has no manifest yet: aborts every upload and deletes every object
+    /// under its own backup prefix (unique to the run), deletes its snapshot (no published
+    /// backup uses it), and journals why.
     pub async fn abandon(&self, run: RunId, reason: &str) -> Result<(), BackupError> {
         let st = self.state(run)?;
+        if st.manifest.is_some() {
+            return Err(BackupError::Internal(format!(
+                "run {run} has a manifest and must not be abandoned"
+            )));
+        }
+        let p = &st.planned;
+        let prefix = self
+            .keys()
+            .backup_prefix(&p.subvolume, &p.chain_id, &p.backup_id);
+        for u in self.store.list_uploads(&prefix).await? {
+            self.store.abort_multipart(&u.key, &u.upload_id).await?;
+        }
         for (key, id) in st.open_uploads() {
             self.store.abort_multipart(&key, &id).await?;
         }
-        let snap = PathBuf::from(&st.planned.snapshot_path);
-        if !st.pointer_published && snap.exists() {
+        for o in self.store.list(&prefix).await? {
+            self.store.delete(&o.key).await?;
+        }
+        let snap = PathBuf::from(&p.snapshot_path);
+        if snap.exists() {
             self.btrfs.delete(&snap)?;
         }
         self.append(
@@ -232,7 +266,10 @@ impl Context {
         let started = Instant::now();
         let first = self.state(run)?;
         let resumed = first.next_step() != Step::TakeSnapshot || first.committed_parts() > 0;
-        if first.planned.settings != settings_fingerprint(&self.settings) {
+        // Settings shape the objects; once the manifest is written they no longer matter.
+        if first.manifest.is_none()
+            && first.planned.settings != settings_fingerprint(&self.settings)
+        {
             let reason = "the configuration changed since the run started (bucket, prefix, sizes, storage class or SSE)";
             self.abandon(run, reason).await?;
             return Err(BackupError::Abandoned {
@@ -241,7 +278,14 @@ impl Context {
             });
         }
         let uploaded_before = self.progress.uploaded_bytes.load(Ordering::Relaxed);
-        let reused_before = self.progress.reused_bytes.load(Ordering::Relaxed);
+        // Parts committed before this drive: only those count as reused (a part uploaded by an
+        // earlier pass of this same drive, before a chunk restart, was sent by this process).
+        let initial: BTreeSet<(u32, u32, u128)> = first
+            .chunks
+            .iter()
+            .flat_map(|(c, st)| st.parts.values().map(move |r| (*c, r.part_number, r.xxh3)))
+            .collect();
+        let mut reused = 0u64;
         loop {
             let st = self.state(run)?;
             match st.next_step() {
@@ -263,8 +307,11 @@ impl Context {
                         self.abandon(run, &reason).await?;
                         return Err(BackupError::Abandoned { run, reason });
                     }
-                    match self.upload(run, &st).await {
-                        Ok(end) => self.write_manifest(run, end).await?,
+                    match self.upload(run, &st, &initial).await {
+                        Ok((end, pass_reused)) => {
+                            reused = pass_reused;
+                            self.write_manifest(run, end).await?
+                        }
                         Err(BackupError::RestartChunk { chunk, reason }) => {
                             if let Some(c) = st.chunks.get(&chunk) {
                                 self.store.abort_multipart(&c.key, &c.upload_id).await?;
@@ -301,8 +348,7 @@ impl Context {
                         parts: st.committed_parts(),
                         uploaded_bytes: self.progress.uploaded_bytes.load(Ordering::Relaxed)
                             - uploaded_before,
-                        reused_bytes: self.progress.reused_bytes.load(Ordering::Relaxed)
-                            - reused_before,
+                        reused_bytes: reused,
                         resumed,
                         seconds: started.elapsed().as_secs_f64(),
                     });
@@ -339,7 +385,12 @@ impl Context {
 
     /// Streams the snapshot, uploading every part not already committed and verifying the
     /// committed ones against their journaled hash. Returns the stream's size and SHA-256.
-    async fn upload(&self, run: RunId, st: &RunState) -> Result<(u64, [u8; 32]), BackupError> {
+    async fn upload(
+        &self,
+        run: RunId,
+        st: &RunState,
+        initial: &BTreeSet<(u32, u32, u128)>,
+    ) -> Result<((u64, [u8; 32]), u64), BackupError> {
         let p = &st.planned;
         let layout = Layout::new(p.chunk_size, p.part_size)?;
         let (mut chunks, gone) = self.reconcile(st).await?;
@@ -397,7 +448,17 @@ impl Context {
         };
 
         let result = self
-            .consume(run, st, &mut chunks, &gone, &pool, &mut rx)
+            .consume(
+                run,
+                st,
+                &mut chunks,
+                ResumeFacts {
+                    gone: &gone,
+                    initial,
+                },
+                &pool,
+                &mut rx,
+            )
             .await;
         // Stop the producer side whatever happened, and never leave a zombie.
         pool.close();
@@ -468,10 +529,12 @@ impl Context {
         run: RunId,
         st: &RunState,
         chunks: &mut BTreeMap<u32, ChunkState>,
-        gone: &BTreeSet<u32>,
+        facts: ResumeFacts<'_>,
         pool: &Arc<BufferPool>,
         rx: &mut mpsc::Receiver<Event>,
-    ) -> Result<(u64, [u8; 32]), BackupError> {
+    ) -> Result<((u64, [u8; 32]), u64), BackupError> {
+        let ResumeFacts { gone, initial } = facts;
+        let mut reused = 0u64;
         let concurrency = self.settings.s3.concurrency.max(1);
         type Done = Result<(PartRecord, Bytes), (u32, StoreError)>;
         let p = &st.planned;
@@ -514,59 +577,54 @@ impl Context {
                     self.progress
                         .stream_bytes
                         .fetch_add(part.data.len() as u64, Ordering::Relaxed);
-                    if let Some(c) = chunks.get(&part.chunk) {
-                        if let Some(rec) = c.parts.get(&part.number) {
-                            if rec.xxh3 == part.xxh3
-                                && rec.length == part.data.len() as u64
-                                && rec.offset == part.offset
-                            {
-                                self.progress
-                                    .reused_bytes
-                                    .fetch_add(rec.length, Ordering::Relaxed);
-                                pool.give(part.data);
-                                continue;
+                    match decide_part(
+                        chunks.get(&part.chunk),
+                        gone.contains(&part.chunk),
+                        part.number,
+                        part.offset,
+                        part.data.len() as u64,
+                        part.xxh3,
+                    ) {
+                        PartAction::Reuse => {
+                            let len = part.data.len() as u64;
+                            self.progress.reused_bytes.fetch_add(len, Ordering::Relaxed);
+                            if initial.contains(&(part.chunk, part.number, part.xxh3)) {
+                                reused += len;
                             }
+                            pool.give(part.data);
+                            continue;
+                        }
+                        PartAction::RestartChunk(reason) => {
                             return Err(BackupError::RestartChunk {
                                 chunk: part.chunk,
-                                reason: format!(
-                                    "part {} differs from the committed one (xxh3 {} vs {}): the regenerated send stream changed",
-                                    part.number,
-                                    manifest::hex_u128(part.xxh3),
-                                    manifest::hex_u128(rec.xxh3)
-                                ),
-                            });
+                                reason,
+                            })
                         }
-                        if c.sealed.is_some() || gone.contains(&part.chunk) {
-                            return Err(BackupError::RestartChunk {
-                                chunk: part.chunk,
-                                reason: format!(
-                                    "part {} was never committed and its upload is closed",
-                                    part.number
-                                ),
-                            });
+                        PartAction::Upload => {}
+                        PartAction::OpenThenUpload => {
+                            let key =
+                                keys.chunk(&p.subvolume, &p.chain_id, &p.backup_id, part.chunk);
+                            failpoint!("before-chunk-open");
+                            let upload_id = self.store.create_multipart(&key, &opts).await?;
+                            failpoint!("after-chunk-open");
+                            self.append(
+                                run,
+                                Transition::ChunkOpened {
+                                    chunk: part.chunk,
+                                    key: key.clone(),
+                                    upload_id: upload_id.clone(),
+                                },
+                            )?;
+                            chunks.insert(
+                                part.chunk,
+                                ChunkState {
+                                    key,
+                                    upload_id,
+                                    parts: BTreeMap::new(),
+                                    sealed: None,
+                                },
+                            );
                         }
-                    } else {
-                        let key = keys.chunk(&p.subvolume, &p.chain_id, &p.backup_id, part.chunk);
-                        failpoint!("before-chunk-open");
-                        let upload_id = self.store.create_multipart(&key, &opts).await?;
-                        failpoint!("after-chunk-open");
-                        self.append(
-                            run,
-                            Transition::ChunkOpened {
-                                chunk: part.chunk,
-                                key: key.clone(),
-                                upload_id: upload_id.clone(),
-                            },
-                        )?;
-                        chunks.insert(
-                            part.chunk,
-                            ChunkState {
-                                key,
-                                upload_id,
-                                parts: BTreeMap::new(),
-                                sealed: None,
-                            },
-                        );
                     }
                     while inflight.len() >= concurrency {
                         if let Some(done) = inflight.join_next().await {
@@ -590,63 +648,53 @@ impl Context {
                     let c = chunks.get_mut(&chunk).ok_or_else(|| {
                         BackupError::Internal(format!("chunk {chunk} ended unopened"))
                     })?;
-                    if let Some(s) = &c.sealed {
-                        if s.sha256 != sha256 || s.size != size {
-                            return Err(BackupError::RestartChunk {
-                                chunk,
-                                reason:
-                                    "the regenerated chunk's SHA-256 differs from the sealed one"
-                                        .into(),
-                            });
+                    let parts: Vec<CompletePart> = match decide_chunk_end(
+                        c,
+                        gone.contains(&chunk),
+                        size,
+                        &sha256,
+                        p.part_size,
+                    ) {
+                        ChunkEndAction::AlreadySealed => continue,
+                        ChunkEndAction::RestartChunk(reason) => {
+                            return Err(BackupError::RestartChunk { chunk, reason })
                         }
-                        continue;
-                    }
-                    let expected = u32::try_from(size.div_ceil(p.part_size)).unwrap_or(u32::MAX);
-                    let parts: Vec<CompletePart> = c
-                        .parts
-                        .values()
-                        .map(|r| CompletePart {
-                            part_number: r.part_number,
-                            etag: r.etag.clone(),
-                            crc32c: r.crc32c,
-                        })
-                        .collect();
-                    if parts.len() != expected as usize
-                        || parts.iter().zip(1..).any(|(p, n)| p.part_number != n)
-                    {
-                        return Err(BackupError::Internal(format!(
-                            "chunk {chunk}: {} parts committed, {expected} expected",
-                            parts.len()
-                        )));
-                    }
-                    if gone.contains(&chunk) {
-                        // Every part is committed and verified, but the upload is gone: a crash
-                        // after CompleteMultipartUpload, before its journal commit. Adopt the
-                        // completed object when it is there whole; otherwise upload again.
-                        let etag = match self.store.head_object(&c.key).await? {
-                            Some(o) if o.size == size => o.etag.unwrap_or_default(),
-                            _ => {
-                                return Err(BackupError::RestartChunk {
+                        ChunkEndAction::AdoptIfComplete => {
+                            // A crash after CompleteMultipartUpload, before its journal
+                            // commit: adopt the object when S3 has it whole.
+                            let etag = match self.store.head_object(&c.key).await? {
+                                    Some(o) if o.size == size => o.etag.unwrap_or_default(),
+                                    _ => {
+                                        return Err(BackupError::RestartChunk {
+                                            chunk,
+                                            reason: format!(
+                                                "upload {} is gone from S3 and no complete object replaced it",
+                                                c.upload_id
+                                            ),
+                                        })
+                                    }
+                                };
+                            self.append(
+                                run,
+                                Transition::ChunkSealed {
                                     chunk,
-                                    reason: format!(
-                                    "upload {} is gone from S3 and no complete object replaced it",
-                                    c.upload_id
-                                ),
-                                })
-                            }
-                        };
-                        self.append(
-                            run,
-                            Transition::ChunkSealed {
-                                chunk,
-                                size,
-                                sha256,
-                                etag: etag.clone(),
-                            },
-                        )?;
-                        c.sealed = Some(Sealed { size, sha256, etag });
-                        continue;
-                    }
+                                    size,
+                                    sha256,
+                                    etag: etag.clone(),
+                                },
+                            )?;
+                            c.sealed = Some(Sealed { size, sha256, etag });
+                            continue;
+                        }
+                        ChunkEndAction::Complete(parts) => parts
+                            .into_iter()
+                            .map(|(part_number, etag, crc32c)| CompletePart {
+                                part_number,
+                                etag,
+                                crc32c,
+                            })
+                            .collect(),
+                    };
                     failpoint!("before-chunk-seal");
                     let etag = match self
                         .store
@@ -691,7 +739,7 @@ impl Context {
                             });
                         }
                     }
-                    return Ok((total, sha256));
+                    return Ok(((total, sha256), reused));
                 }
                 Event::Failed(e) => return Err(e.into()),
             }

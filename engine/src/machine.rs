@@ -418,6 +418,99 @@ pub mod run {
         }
     }
 
+    /// What resume does with one part of the regenerated stream.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum PartAction {
+        /// Open the chunk's multipart upload first (no upload yet for this chunk).
+        OpenThenUpload,
+        Upload,
+        /// Committed before, same offset, length and xxh3: do not send again.
+        Reuse,
+        /// The chunk cannot continue on its upload: abort it and start the chunk over.
+        RestartChunk(String),
+    }
+
+    /// Decides a part's fate from the journal's view of its chunk. `upload_gone`: S3 no
+    /// longer knows the chunk's upload (completed before a crash, or aborted by someone).
+    pub fn decide_part(
+        chunk: Option<&ChunkState>,
+        upload_gone: bool,
+        number: u32,
+        offset: u64,
+        length: u64,
+        xxh3: u128,
+    ) -> PartAction {
+        let Some(c) = chunk else {
+            return PartAction::OpenThenUpload;
+        };
+        match c.parts.get(&number) {
+            Some(r) if r.xxh3 == xxh3 && r.length == length && r.offset == offset => {
+                PartAction::Reuse
+            }
+            Some(r) => PartAction::RestartChunk(format!(
+                "part {number} differs from the committed one (xxh3 {:032x} vs {:032x}, length {length} vs {}): the regenerated send stream changed",
+                xxh3, r.xxh3, r.length
+            )),
+            None if c.sealed.is_some() || upload_gone => PartAction::RestartChunk(format!(
+                "part {number} was never committed and the chunk's upload is closed"
+            )),
+            None => PartAction::Upload,
+        }
+    }
+
+    /// What resume does when the regenerated stream reaches the end of a chunk (all its
+    /// parts settled).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum ChunkEndAction {
+        /// Sealed before with the same size and SHA-256: nothing to do.
+        AlreadySealed,
+        /// CompleteMultipartUpload with these parts (number, etag, crc32c).
+        Complete(Vec<(u32, String, u32)>),
+        /// The upload is gone but every part verified: adopt the completed object if S3 has
+        /// it whole, else restart.
+        AdoptIfComplete,
+        RestartChunk(String),
+    }
+
+    pub fn decide_chunk_end(
+        c: &ChunkState,
+        upload_gone: bool,
+        size: u64,
+        sha256: &[u8; 32],
+        part_size: u64,
+    ) -> ChunkEndAction {
+        if let Some(s) = &c.sealed {
+            return if &s.sha256 == sha256 && s.size == size {
+                ChunkEndAction::AlreadySealed
+            } else {
+                ChunkEndAction::RestartChunk(
+                    "the regenerated chunk differs from the sealed one (size or SHA-256)".into(),
+                )
+            };
+        }
+        let expected = size.div_ceil(part_size);
+        let contiguous = c
+            .parts
+            .keys()
+            .copied()
+            .eq(1..=u32::try_from(expected).unwrap_or(0));
+        if !contiguous {
+            return ChunkEndAction::RestartChunk(format!(
+                "{} parts committed where the chunk has {expected}",
+                c.parts.len()
+            ));
+        }
+        if upload_gone {
+            return ChunkEndAction::AdoptIfComplete;
+        }
+        ChunkEndAction::Complete(
+            c.parts
+                .values()
+                .map(|r| (r.part_number, r.etag.clone(), r.crc32c))
+                .collect(),
+        )
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;
@@ -524,6 +617,115 @@ pub mod run {
             assert_eq!(s.chunks[&0].upload_id, "c");
             assert!(s.chunks[&0].parts.is_empty());
             assert_eq!(s.chunks[&1].parts.len(), 1);
+        }
+
+        fn chunk_with(parts: &[(u32, u64, u128)], sealed: Option<Sealed>) -> ChunkState {
+            ChunkState {
+                key: "k".into(),
+                upload_id: "u".into(),
+                parts: parts
+                    .iter()
+                    .map(|&(n, len, h)| {
+                        (
+                            n,
+                            PartRecord {
+                                chunk: 0,
+                                part_number: n,
+                                offset: u64::from(n - 1) * 5,
+                                length: len,
+                                etag: format!("e{n}"),
+                                xxh3: h,
+                                crc32c: n,
+                            },
+                        )
+                    })
+                    .collect(),
+                sealed,
+            }
+        }
+
+        #[test]
+        fn part_decisions() {
+            let c = chunk_with(&[(1, 5, 11), (3, 5, 33)], None);
+            assert_eq!(
+                decide_part(None, false, 1, 0, 5, 11),
+                PartAction::OpenThenUpload
+            );
+            assert_eq!(decide_part(Some(&c), false, 1, 0, 5, 11), PartAction::Reuse);
+            // Committed parts need not be a prefix: part 2 is uploaded, part 3 reused.
+            assert_eq!(
+                decide_part(Some(&c), false, 2, 5, 5, 22),
+                PartAction::Upload
+            );
+            assert_eq!(
+                decide_part(Some(&c), false, 3, 10, 5, 33),
+                PartAction::Reuse
+            );
+            for (off, len, h) in [(0, 5, 12), (0, 4, 11), (1, 5, 11)] {
+                assert!(matches!(
+                    decide_part(Some(&c), false, 1, off, len, h),
+                    PartAction::RestartChunk(_)
+                ));
+            }
+            // Upload gone or chunk sealed: a missing part cannot be added any more.
+            assert!(matches!(
+                decide_part(Some(&c), true, 2, 5, 5, 22),
+                PartAction::RestartChunk(r) if r.contains("never committed")
+            ));
+            assert_eq!(decide_part(Some(&c), true, 3, 10, 5, 33), PartAction::Reuse);
+            let sealed = chunk_with(
+                &[(1, 5, 11)],
+                Some(Sealed {
+                    size: 5,
+                    sha256: [1; 32],
+                    etag: "E".into(),
+                }),
+            );
+            assert!(matches!(
+                decide_part(Some(&sealed), false, 2, 5, 5, 22),
+                PartAction::RestartChunk(_)
+            ));
+        }
+
+        #[test]
+        fn chunk_end_decisions() {
+            let full = chunk_with(&[(1, 5, 11), (2, 5, 22), (3, 2, 33)], None);
+            match decide_chunk_end(&full, false, 12, &[0; 32], 5) {
+                ChunkEndAction::Complete(parts) => {
+                    let numbers: Vec<u32> = parts.iter().map(|p| p.0).collect();
+                    assert_eq!(numbers, vec![1, 2, 3]);
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(
+                decide_chunk_end(&full, true, 12, &[0; 32], 5),
+                ChunkEndAction::AdoptIfComplete
+            );
+            let holey = chunk_with(&[(1, 5, 11), (3, 2, 33)], None);
+            assert!(matches!(
+                decide_chunk_end(&holey, false, 12, &[0; 32], 5),
+                ChunkEndAction::RestartChunk(_)
+            ));
+            let sealed = chunk_with(
+                &[(1, 5, 11), (2, 5, 22), (3, 2, 33)],
+                Some(Sealed {
+                    size: 12,
+                    sha256: [7; 32],
+                    etag: "E".into(),
+                }),
+            );
+            assert_eq!(
+                decide_chunk_end(&sealed, false, 12, &[7; 32], 5),
+                ChunkEndAction::AlreadySealed
+            );
+            assert!(matches!(
+                decide_chunk_end(&sealed, false, 12, &[8; 32], 5),
+                ChunkEndAction::RestartChunk(_)
+            ));
+            assert!(matches!(
+                decide_chunk_end(&sealed, false, 13, &[7; 32], 5),
+                ChunkEndAction::RestartChunk(_)
+            ));
         }
 
         #[test]

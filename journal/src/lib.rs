@@ -61,6 +61,7 @@ pub struct RunHeader {
     pub id: RunId,
     pub subvolume: String,
     pub backup_id: String,
+    pub snapshot_name: String,
     pub status: RunStatus,
 }
 
@@ -132,6 +133,21 @@ impl Journal {
             db,
             path: path.to_path_buf(),
         };
+        j.init_meta()?;
+        Ok(j)
+    }
+
+    /// A journal held in memory only, never on disk: for the benchmark that measures what
+    /// durable journaling costs (`--features bench-no-journal`). Never for real backups.
+    pub fn in_memory() -> Result<Journal, JournalError> {
+        let path = PathBuf::from(":memory:");
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| JournalError::Damaged {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+        let j = Journal { db, path };
         j.init_meta()?;
         Ok(j)
     }
@@ -235,6 +251,7 @@ impl Journal {
                 id,
                 subvolume: planned.subvolume.clone(),
                 backup_id: planned.backup_id.clone(),
+                snapshot_name: planned.snapshot_name.clone(),
                 status,
             };
             let mut runs = tx.open_table(RUNS).map_err(|e| self.err(e))?;

@@ -1,0 +1,224 @@
+//! Guards the decisions resume takes when the world changed under a crashed run: a send
+//! stream that no longer matches the journaled hashes restarts the affected chunks; an
+//! upload aborted behind our back (NoSuchUpload) restarts its chunk; a deleted snapshot or a
+//! changed configuration abandons the run cleanly (uploads aborted, reason journaled and
+//! shown) and the next backup starts afresh. Each outcome is proven restorable.
+
+use harness::btrfs::sh;
+use harness::{tool_bin, Flavor, Opts, Setup};
+
+fn opts() -> Opts {
+    Opts {
+        chunk_size: "12MiB".into(),
+        part_size: "5MiB".into(),
+        concurrency: 2,
+        ..Opts::default()
+    }
+}
+
+/// Runs a backup that dies at `spec`, leaving one open run.
+fn crash(s: &Setup, spec: &str) {
+    let env: Vec<(String, String)> =
+        s.s3.env()
+            .into_iter()
+            .chain([("FAILPOINTS".to_string(), spec.to_string())])
+            .collect();
+    let out = s.run_with(tool_bin("btrfs-to-s3-failpoints"), &["backup"], &env);
+    assert_eq!(out.code, -1, "{spec}: {}", out.stderr);
+    assert_eq!(s.open_runs().len(), 1, "one open run after the crash");
+}
+
+fn changed_stream(flavor: Flavor) {
+    let s = Setup::new(flavor, opts());
+    // Die after the first chunk is sealed and part of the second is committed.
+    crash(&s, "after-part-upload=4*off->return");
+    let snap = s.snapshot_dir.join(s.snapshots().pop().expect("snapshot"));
+    let snap_str = snap.to_str().expect("utf8");
+    // Change the snapshot's content so the regenerated stream differs from the journal.
+    sh(
+        "btrfs",
+        &["property", "set", "-f", "-ts", snap_str, "ro", "false"],
+    );
+    harness::btrfs::write_file(
+        &snap.join("big/large.bin"),
+        &harness::btrfs::Rng::new(5).bytes(3 << 20),
+    );
+    sh("btrfs", &["property", "set", "-ts", snap_str, "ro", "true"]);
+    let f = s.resume_and_prove(Some(1));
+    assert_eq!(f.reused_bytes, 0, "nothing of the old stream may be reused");
+    let out = s.run(&["status", "--json"]);
+    out.assert_code(0);
+}
+
+fn upload_aborted_behind_our_back(flavor: Flavor) {
+    let s = Setup::new(flavor, opts());
+    crash(&s, "after-part-upload=1*off->return");
+    let client = s.s3.client();
+    let bucket = s.s3.bucket.clone();
+    let aborted = harness::block_on(async move {
+        let r = client
+            .list_multipart_uploads()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("list");
+        let mut n = 0;
+        for u in r.uploads() {
+            client
+                .abort_multipart_upload()
+                .bucket(&bucket)
+                .key(u.key().unwrap_or_default())
+                .upload_id(u.upload_id().unwrap_or_default())
+                .send()
+                .await
+                .expect("abort");
+            n += 1;
+        }
+        n
+    });
+    assert!(aborted >= 1);
+    s.resume_and_prove(Some(1));
+}
+
+fn snapshot_deleted(flavor: Flavor) {
+    let s = Setup::new(flavor, opts());
+    crash(&s, "after-part-upload=2*off->return");
+    let snap = s.snapshot_dir.join(s.snapshots().pop().expect("snapshot"));
+    sh(
+        "btrfs",
+        &["subvolume", "delete", snap.to_str().expect("utf8")],
+    );
+    let out = s.run(&["resume"]);
+    out.assert_code(0);
+    assert!(
+        out.stderr.contains("abandoned") && out.stderr.contains("vanished"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        s.open_uploads().is_empty(),
+        "the abandoned run's uploads are aborted"
+    );
+    assert!(s.open_runs().is_empty());
+    assert!(s
+        .objects()
+        .iter()
+        .all(|(k, _)| !k.ends_with("manifest.json")));
+    s.run(&["backup"]).assert_code(0);
+    s.prove_restorable(&s.pointer().manifest_key);
+}
+
+fn config_changed(flavor: Flavor) {
+    let s = Setup::new(flavor, opts());
+    crash(&s, "after-part-upload=2*off->return");
+    let crashed_snapshot = s.snapshots().pop().expect("snapshot");
+    s.write_config(
+        &s.default_config()
+            .replace("part_size = \"5MiB\"", "part_size = \"6MiB\""),
+    );
+    let out = s.run(&["backup", "--json"]);
+    out.assert_code(0);
+    assert!(
+        out.stderr.contains("configuration changed"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !s.snapshots().contains(&crashed_snapshot),
+        "the abandoned run's snapshot is removed (no backup needs it)"
+    );
+    assert!(s.open_uploads().is_empty());
+    let m = s.prove_restorable(&s.pointer().manifest_key);
+    assert_eq!(m.part_size, 6 << 20, "the new run uses the new settings");
+}
+
+#[test]
+fn garage_changed_stream_restarts_chunks() {
+    changed_stream(Flavor::Garage);
+}
+#[test]
+fn moto_changed_stream_restarts_chunks() {
+    changed_stream(Flavor::Moto);
+}
+#[test]
+fn garage_upload_aborted_behind_our_back() {
+    upload_aborted_behind_our_back(Flavor::Garage);
+}
+#[test]
+fn moto_upload_aborted_behind_our_back() {
+    upload_aborted_behind_our_back(Flavor::Moto);
+}
+#[test]
+fn garage_snapshot_deleted_abandons_run() {
+    snapshot_deleted(Flavor::Garage);
+}
+#[test]
+fn moto_snapshot_deleted_abandons_run() {
+    snapshot_deleted(Flavor::Moto);
+}
+#[test]
+fn garage_config_changed_abandons_run() {
+    config_changed(Flavor::Garage);
+}
+#[test]
+fn moto_config_changed_abandons_run() {
+    config_changed(Flavor::Moto);
+}
+
+fn status_reports_leaks(flavor: Flavor) {
+    let s = Setup::new(flavor, opts());
+    // Dies right after CreateMultipartUpload: the upload exists, the journal does not know it.
+    crash(&s, "after-chunk-open=return");
+    let stray = s.snapshot_dir.join("data.20200101T000000Z");
+    sh(
+        "btrfs",
+        &[
+            "subvolume",
+            "snapshot",
+            "-r",
+            s.subvolume.to_str().expect("utf8"),
+            stray.to_str().expect("utf8"),
+        ],
+    );
+    let status = |s: &Setup| -> serde_json::Value {
+        let out = s.run(&["status", "--json"]);
+        out.assert_code(0);
+        serde_json::from_str(&out.stdout).expect("json")
+    };
+    let st = status(&s);
+    let leaked = st["leaked"].as_array().expect("leaked").clone();
+    assert!(
+        leaked.iter().any(|l| l["kind"] == "multipart-upload"),
+        "unjournaled upload reported: {st}"
+    );
+    assert!(
+        leaked.iter().any(|l| l["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("data.20200101T000000Z"))),
+        "stray snapshot reported: {st}"
+    );
+    assert_eq!(st["in_progress"].as_array().map(Vec::len), Some(1));
+    assert!(st["remote_error"].is_null());
+    s.resume_and_prove(Some(1));
+    let st = status(&s);
+    let leaked = st["leaked"].as_array().expect("leaked");
+    assert!(
+        leaked.iter().all(|l| l["kind"] == "snapshot"),
+        "upload leak cleared by resume: {st}"
+    );
+    assert_eq!(
+        leaked.len(),
+        1,
+        "the stray snapshot is reported, never deleted"
+    );
+    assert!(stray.exists());
+}
+
+#[test]
+fn garage_status_reports_leaks() {
+    status_reports_leaks(Flavor::Garage);
+}
+#[test]
+fn moto_status_reports_leaks() {
+    status_reports_leaks(Flavor::Moto);
+}
