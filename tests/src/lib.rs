@@ -110,11 +110,12 @@ impl Setup {
             .tempdir()
             .expect("tempdir");
         let config = state.path().join("config.toml");
+        let prefix = format!("{}/host1", s3.base_prefix);
         let s = Setup {
             s3,
             fs,
             config,
-            prefix: "test/host1".into(),
+            prefix,
             name: "data".into(),
             subvolume,
             snapshot_dir,
@@ -137,8 +138,7 @@ path = "{path}"
 [s3]
 bucket = "{bucket}"
 region = "{region}"
-endpoint = "{endpoint}"
-path_style = true
+{endpoint}
 prefix = "{prefix}"
 storage_class_chunks = "{class}"
 sse = "{sse}"
@@ -154,7 +154,11 @@ attempt_timeout_secs = 60
             path = self.subvolume.display(),
             bucket = self.s3.bucket,
             region = self.s3.region,
-            endpoint = self.s3.endpoint,
+            endpoint = if self.s3.endpoint.is_empty() {
+                "path_style = false".to_string()
+            } else {
+                format!("endpoint = \"{}\"\npath_style = true", self.s3.endpoint)
+            },
             prefix = self.prefix,
             class = self.opts.storage_class_chunks,
             sse = self.opts.sse,

@@ -40,24 +40,35 @@ fn wait_port(port: u16, what: &str, log: &Path) {
 pub enum Flavor {
     Garage,
     Moto,
+    /// Real AWS, opt-in: BTRFS_TO_S3_AWS_CONFIG names a TOML file with `bucket`, `region`
+    /// and optionally `prefix`; credentials come from the standard AWS environment.
+    Aws,
 }
 
 /// A running S3 server with one bucket and one key that may use it.
 pub struct S3Server {
     pub flavor: Flavor,
+    /// Empty for real AWS (the SDK's default endpoint).
     pub endpoint: String,
     pub region: String,
     pub access_key: String,
     pub secret_key: String,
     pub bucket: String,
-    child: Child,
-    _dir: tempfile::TempDir,
+    /// Key prefix the tests must stay under (real AWS: a unique one, removed on drop).
+    pub base_prefix: String,
+    child: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if self.flavor == Flavor::Aws {
+            self.remove_prefix();
+        }
     }
 }
 
@@ -77,7 +88,89 @@ impl S3Server {
         match flavor {
             Flavor::Garage => S3Server::garage(),
             Flavor::Moto => S3Server::moto(),
+            Flavor::Aws => S3Server::aws(),
         }
+    }
+
+    pub fn aws() -> S3Server {
+        let path = std::env::var("BTRFS_TO_S3_AWS_CONFIG").unwrap_or_else(|_| {
+            panic!("real-AWS tests need BTRFS_TO_S3_AWS_CONFIG=FILE (TOML: bucket, region, prefix) and AWS credentials in the environment; see scripts/test-aws.sh")
+        });
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let conf: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let get = |k: &str| conf.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let bucket = get("bucket").unwrap_or_else(|| panic!("{path}: `bucket` is required"));
+        let region = get("region").unwrap_or_else(|| panic!("{path}: `region` is required"));
+        let unique = format!(
+            "{}-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0),
+            std::process::id()
+        );
+        let base = get("prefix").unwrap_or_else(|| "btrfs-to-s3-tests".into());
+        S3Server {
+            flavor: Flavor::Aws,
+            endpoint: String::new(),
+            region,
+            access_key: String::new(),
+            secret_key: String::new(),
+            bucket,
+            base_prefix: format!("{}/{unique}", base.trim_matches('/')),
+            child: None,
+            _dir: None,
+        }
+    }
+
+    /// Deletes every object and aborts every upload under `base_prefix` (real AWS cleanup).
+    fn remove_prefix(&self) {
+        let client = self.client();
+        let (bucket, prefix) = (self.bucket.clone(), format!("{}/", self.base_prefix));
+        crate::block_on(async move {
+            if let Ok(r) = client
+                .list_multipart_uploads()
+                .bucket(&bucket)
+                .prefix(&prefix)
+                .send()
+                .await
+            {
+                for u in r.uploads() {
+                    let _ = client
+                        .abort_multipart_upload()
+                        .bucket(&bucket)
+                        .key(u.key().unwrap_or_default())
+                        .upload_id(u.upload_id().unwrap_or_default())
+                        .send()
+                        .await;
+                }
+            }
+            let mut token = None;
+            loop {
+                let Ok(r) = client
+                    .list_objects_v2()
+                    .bucket(&bucket)
+                    .prefix(&prefix)
+                    .set_continuation_token(token)
+                    .send()
+                    .await
+                else {
+                    break;
+                };
+                for o in r.contents() {
+                    let _ = client
+                        .delete_object()
+                        .bucket(&bucket)
+                        .key(o.key().unwrap_or_default())
+                        .send()
+                        .await;
+                }
+                token = r.next_continuation_token().map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+        });
     }
 
     pub fn garage() -> S3Server {
@@ -159,8 +252,9 @@ api_bind_addr = "127.0.0.1:{admin}"
             access_key,
             secret_key,
             bucket,
-            child,
-            _dir: dir,
+            base_prefix: "test".into(),
+            child: Some(child),
+            _dir: Some(dir),
         }
     }
 
@@ -191,8 +285,9 @@ api_bind_addr = "127.0.0.1:{admin}"
             access_key: "AKIAMOTOTESTKEY00001".into(),
             secret_key: "moto-test-secret-key".into(),
             bucket: "b2s3-test".into(),
-            child,
-            _dir: dir,
+            base_prefix: "test".into(),
+            child: Some(child),
+            _dir: Some(dir),
         };
         let client = s.client();
         let bucket = s.bucket.clone();
@@ -209,6 +304,16 @@ api_bind_addr = "127.0.0.1:{admin}"
 
     /// An SDK client for assertions, independent of the tool under test.
     pub fn client(&self) -> aws_sdk_s3::Client {
+        if self.flavor == Flavor::Aws {
+            let region = self.region.clone();
+            let sdk = crate::block_on(async move {
+                aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .region(Region::new(region))
+                    .load()
+                    .await
+            });
+            return aws_sdk_s3::Client::new(&sdk);
+        }
         let conf = aws_sdk_s3::config::Builder::new()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .region(Region::new(self.region.clone()))
@@ -227,6 +332,10 @@ api_bind_addr = "127.0.0.1:{admin}"
 
     /// Environment for the tool: standard AWS variables, nothing else.
     pub fn env(&self) -> Vec<(String, String)> {
+        if self.flavor == Flavor::Aws {
+            // The caller's own AWS environment is passed through unchanged.
+            return Vec::new();
+        }
         vec![
             ("AWS_ACCESS_KEY_ID".into(), self.access_key.clone()),
             ("AWS_SECRET_ACCESS_KEY".into(), self.secret_key.clone()),

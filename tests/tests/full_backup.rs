@@ -2,7 +2,9 @@
 //! backup must have exactly its chunks, manifest and pointer in S3, objects of the recorded
 //! sizes and part counts, a manifest that matches the schema, and a stream that `btrfs
 //! receive` turns back into the source tree (content, modes, owners, links, xattrs).
-//! Runs against garage and moto; storage class and SSE are asserted on moto.
+//! Runs against garage and moto; storage class and SSE are asserted on moto. The `aws_`
+//! tests run against real AWS only on request (scripts/test-aws.sh); they are ignored, not
+//! passed, otherwise.
 
 use harness::{assert_matches_schema, Flavor, Opts, Setup};
 
@@ -167,6 +169,30 @@ fn moto_full_backup_multi_chunk_storage_class_and_sse() {
         assert_eq!(
             h.server_side_encryption().map(|s| s.as_str().to_string()),
             Some("AES256".to_string())
+        );
+    }
+}
+
+#[test]
+#[ignore = "real AWS: set BTRFS_TO_S3_AWS_CONFIG and credentials, run scripts/test-aws.sh"]
+fn aws_full_backup_multi_chunk_storage_class_and_sse() {
+    let p = multi_chunk(
+        Flavor::Aws,
+        Opts {
+            storage_class_chunks: "STANDARD_IA".into(),
+            sse: "AES256".into(),
+            ..small_chunks()
+        },
+    );
+    for c in &p.manifest.chunks {
+        let h = p.setup.head(&c.key);
+        assert_eq!(
+            h.storage_class().map(|s| s.as_str().to_string()),
+            Some("STANDARD_IA".into())
+        );
+        assert_eq!(
+            h.server_side_encryption().map(|s| s.as_str().to_string()),
+            Some("AES256".into())
         );
     }
 }

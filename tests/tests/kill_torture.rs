@@ -34,7 +34,7 @@ fn torture(flavor: Flavor) {
     s.run(&["backup"]).assert_code(0);
     let full = t0.elapsed();
     let mut rng = Rng::new(0x5EED ^ flavor as u64);
-    let (mut mid_run, mut worst_resent, mut total_resent) = (0, 0u64, 0u64);
+    let (mut mid_run, mut worst_resent, mut total_resent, mut stream) = (0, 0u64, 0u64, 0u64);
     for i in 0..iterations {
         // Past most of the start-up, up to the end of an undisturbed run.
         let window = full.as_micros() as u64;
@@ -61,10 +61,11 @@ fn torture(flavor: Flavor) {
             f.resent_bytes
         );
         worst_resent = worst_resent.max(f.resent_bytes);
+        stream = f.stream_bytes;
         total_resent += f.resent_bytes;
     }
     eprintln!(
-        "{flavor:?}: {iterations} kills, {mid_run} mid-run; sent again: worst {worst_resent} B, mean {} B per kill; limit {} B",
+        "{flavor:?}: {iterations} kills, {mid_run} mid-run; stream {stream} B; sent again: worst {worst_resent} B, mean {} B per kill; limit {} B",
         total_resent / iterations.max(1) as u64,
         u64::from(CONCURRENCY) * PART
     );
