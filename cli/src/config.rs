@@ -160,6 +160,22 @@ fn default_attempt_timeout() -> u64 {
     600
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    full_every_days: Option<u32>,
+    incremental_every_days: Option<u32>,
+    max_chain_length: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    keep_local_snapshots: Option<Spanned<u32>>,
+    keep_chains: Option<Spanned<u32>>,
+    abort_uploads_older_than_hours: Option<u64>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -169,6 +185,10 @@ struct RawConfig {
     lock_path: Option<PathBuf>,
     subvolumes: Spanned<Vec<RawSubvolume>>,
     s3: RawS3,
+    #[serde(default)]
+    schedule: RawSchedule,
+    #[serde(default)]
+    retention: RawRetention,
 }
 
 fn span_of<T>(s: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
@@ -352,6 +372,61 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         ));
     }
     let lock_path = raw.lock_path.unwrap_or_else(|| raw.state_dir.join("lock"));
+    let defaults = engine::plan::Schedule::default();
+    let max_chain_length = raw
+        .schedule
+        .max_chain_length
+        .as_ref()
+        .map_or(defaults.max_chain_length, |v| *v.get_ref());
+    if max_chain_length == 0 {
+        return Err(invalid_at(
+            span_of(&raw.schedule.max_chain_length),
+            "max_chain_length must be at least 1".into(),
+            "1 makes every backup a full one; the default is 60".into(),
+        ));
+    }
+    let schedule = engine::plan::Schedule {
+        full_every_days: raw
+            .schedule
+            .full_every_days
+            .unwrap_or(defaults.full_every_days),
+        incremental_every_days: raw
+            .schedule
+            .incremental_every_days
+            .unwrap_or(defaults.incremental_every_days),
+        max_chain_length,
+    };
+    let rdef = engine::settings::Retention::default();
+    for (v, what) in [
+        (&raw.retention.keep_local_snapshots, "keep_local_snapshots"),
+        (&raw.retention.keep_chains, "keep_chains"),
+    ] {
+        if v.as_ref().is_some_and(|v| *v.get_ref() == 0) {
+            return Err(invalid_at(
+                span_of(v),
+                format!("{what} must be at least 1"),
+                "the newest backup is always kept; 1 keeps only it".into(),
+            ));
+        }
+    }
+    let retention = engine::settings::Retention {
+        keep_local_snapshots: raw
+            .retention
+            .keep_local_snapshots
+            .as_ref()
+            .map_or(rdef.keep_local_snapshots, |v| *v.get_ref() as usize),
+        keep_chains: raw
+            .retention
+            .keep_chains
+            .as_ref()
+            .map_or(rdef.keep_chains, |v| *v.get_ref() as usize),
+        abort_uploads_older_than: raw
+            .retention
+            .abort_uploads_older_than_hours
+            .map_or(rdef.abort_uploads_older_than, |h| {
+                Duration::from_secs(h * 3600)
+            }),
+    };
     Ok(Settings {
         subvolumes,
         snapshot_dir: raw.snapshot_dir,
@@ -373,6 +448,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             max_attempts,
             attempt_timeout: Duration::from_secs(s3.attempt_timeout_secs.max(1)),
         },
+        schedule,
+        retention,
     })
 }
 

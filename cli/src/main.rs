@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use engine::backup::{BackupError, Context, Progress, RunReport};
 use engine::btrfs::{BtrfsCli, BtrfsError};
 use engine::journal::{Journal, JournalError};
+use engine::plan::{Decision, Force};
 use engine::settings::Settings;
 use engine::store::{ObjectStore, S3Store, StoreErrorKind};
 
@@ -77,7 +78,19 @@ enum Command {
         /// Only this subvolume (repeatable); default: every configured one.
         #[arg(long = "subvolume", value_name = "NAME")]
         subvolumes: Vec<String>,
+        /// Back up now, ignoring the schedule (full or incremental as the chain allows).
+        #[arg(long)]
+        once: bool,
+        /// Start a new chain with a full backup now.
+        #[arg(long, conflicts_with = "once")]
+        full: bool,
+        /// Print what would be done and why; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
+    /// List the backups in S3 per subvolume, chain by chain: kind, time, size, storage class,
+    /// and whether each is restorable (all its objects and its parents' are there).
+    List,
     /// Continue every unfinished run from its last committed part.
     Resume,
     /// Show runs in progress, the last success per subvolume, and leaked resources.
@@ -208,11 +221,34 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             output::print_status(&settings, &journal, remote, cli.json).map_err(journal_failure)?;
             Ok(exit::OK)
         }
-        Command::Backup { subvolumes } => {
+        Command::Backup {
+            subvolumes,
+            once,
+            full,
+            dry_run,
+        } => {
             let selected = select(&settings, subvolumes)?;
-            backup(&cli, settings, selected, true).await
+            let force = if *full {
+                Force::Full
+            } else if *once {
+                Force::Once
+            } else {
+                Force::Schedule
+            };
+            if *dry_run {
+                return plan_only(&cli, settings, selected, force).await;
+            }
+            backup(&cli, settings, selected, Some(force)).await
         }
-        Command::Resume => backup(&cli, settings, Vec::new(), false).await,
+        Command::Resume => backup(&cli, settings, Vec::new(), None).await,
+        Command::List => {
+            let store = S3Store::connect(&settings.s3).await;
+            let listing = engine::listing::list(&settings, &store)
+                .await
+                .map_err(|e| Failure::new(code_for_store(&e), e.to_string()))?;
+            output::print_list(&listing, cli.json);
+            Ok(exit::OK)
+        }
         Command::Journal(JournalCommand::Rebuild { force }) => {
             rebuild(&cli, settings, *force).await
         }
@@ -330,12 +366,66 @@ fn select(
         .collect()
 }
 
-/// Resumes every open run, then (when `new_runs`) plans and runs one backup per subvolume.
+fn code_for_store(e: &engine::store::StoreError) -> u8 {
+    match e.kind {
+        StoreErrorKind::AccessDenied | StoreErrorKind::NoSuchBucket => exit::S3_ACCESS,
+        _ => exit::FAILED,
+    }
+}
+
+/// `backup --dry-run`: what would be resumed and planned, and why. Reads only.
+async fn plan_only(
+    cli: &Cli,
+    settings: Settings,
+    subvolumes: Vec<engine::settings::SubvolumeSpec>,
+    force: Force,
+) -> Result<u8, Failure> {
+    let path = settings.journal_path();
+    let journal = Arc::new(if path.exists() {
+        Journal::open(&path).map_err(journal_failure)?
+    } else {
+        Journal::in_memory().map_err(journal_failure)?
+    });
+    let ctx = Context {
+        store: Arc::new(S3Store::connect(&settings.s3).await),
+        settings,
+        btrfs: Arc::new(BtrfsCli::default()),
+        journal: journal.clone(),
+        progress: Arc::new(Progress::default()),
+    };
+    ctx.preflight_readonly(&subvolumes)
+        .await
+        .map_err(|e| Failure::new(code_for(&e), e.to_string()))?;
+    let mut plans = Vec::new();
+    for h in journal.open_runs().map_err(journal_failure)? {
+        plans.push(serde_json::json!({"subvolume": h.subvolume, "action": "resume", "run": h.id, "reason": format!("unfinished run {} ({})", h.id, h.backup_id)}));
+    }
+    let now = chrono::Utc::now();
+    for sv in &subvolumes {
+        let d = ctx
+            .decide(sv, now, force)
+            .await
+            .map_err(|e| Failure::new(code_for(&e), e.to_string()))?;
+        let action = match &d {
+            Decision::Skip { .. } => "skip",
+            Decision::Full { .. } => "full",
+            Decision::Incremental { .. } => "incremental",
+        };
+        plans.push(
+            serde_json::json!({"subvolume": sv.name, "action": action, "reason": d.reason()}),
+        );
+    }
+    output::print_plans(&plans, cli.json);
+    Ok(exit::OK)
+}
+
+/// Resumes every open run, then (when `force` is given) decides and runs one backup per
+/// subvolume.
 async fn backup(
     cli: &Cli,
     settings: Settings,
     subvolumes: Vec<engine::settings::SubvolumeSpec>,
-    new_runs: bool,
+    force: Option<Force>,
 ) -> Result<u8, Failure> {
     let _lock = lock::Lock::acquire(&settings.lock_path)
         .map_err(|e| Failure::new(if e.held { exit::LOCKED } else { exit::FAILED }, e.message))?;
@@ -373,7 +463,8 @@ async fn backup(
             Err(e) => failures.push((h.subvolume.clone(), e)),
         }
     }
-    if new_runs {
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    if let Some(force) = force {
         for sv in &subvolumes {
             // A subvolume whose resumed run failed is not backed up again on top of it.
             if failures.iter().any(|(s, _)| s == &sv.name) {
@@ -381,12 +472,21 @@ async fn backup(
             }
             let result = async {
                 let now = next_free_time(&ctx, sv).await?;
-                let run = ctx.plan(sv, now)?;
-                ctx.drive(run).await
+                let decision = ctx.decide(sv, now, force).await?;
+                if let Decision::Skip { reason } = &decision {
+                    return Ok(Err(reason.clone()));
+                }
+                tracing::info!(subvolume = %sv.name, reason = decision.reason(), "planned");
+                let run = ctx.plan(sv, now, &decision)?;
+                ctx.drive(run).await.map(Ok)
             }
             .await;
             match result {
-                Ok(r) => reports.push(r),
+                Ok(Ok(r)) => reports.push(r),
+                Ok(Err(reason)) => skipped.push((sv.name.clone(), reason)),
+                Err(BackupError::Abandoned { run, reason }) => {
+                    abandoned.push((sv.name.clone(), format!("run {run} abandoned: {reason}")))
+                }
                 Err(e) => failures.push((sv.name.clone(), e)),
             }
         }
@@ -395,7 +495,7 @@ async fn backup(
         t.abort();
         eprint!("\r\x1b[2K");
     }
-    output::print_backup(&reports, &failures, &abandoned, cli.json);
+    output::print_backup(&reports, &failures, &abandoned, &skipped, cli.json);
     Ok(failures
         .iter()
         .map(|(_, e)| code_for(e))

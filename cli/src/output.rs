@@ -50,14 +50,71 @@ pub fn spawn_progress(p: Arc<Progress>) -> tokio::task::JoinHandle<()> {
     })
 }
 
+pub fn print_plans(plans: &[serde_json::Value], as_json: bool) {
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"dry_run": true, "plan": plans}))
+                .unwrap_or_default()
+        );
+        return;
+    }
+    println!("dry run: nothing is changed");
+    for p in plans {
+        println!(
+            "  {}: {} ({})",
+            p["subvolume"].as_str().unwrap_or(""),
+            p["action"].as_str().unwrap_or(""),
+            p["reason"].as_str().unwrap_or("")
+        );
+    }
+}
+
+pub fn print_list(l: &engine::listing::Listing, as_json: bool) {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(l).unwrap_or_default());
+        return;
+    }
+    for sv in &l.subvolumes {
+        println!("{}:", sv.subvolume);
+        if sv.chains.is_empty() {
+            println!("  no backups");
+        }
+        for c in &sv.chains {
+            println!("  chain {}", c.chain_id);
+            for b in &c.backups {
+                println!(
+                    "    {} {:<11} {:>12} {:<12} {}{}",
+                    b.backup_id,
+                    b.kind,
+                    human_bytes(b.total_bytes),
+                    b.storage_class,
+                    if b.restorable {
+                        "restorable"
+                    } else {
+                        "NOT restorable: "
+                    },
+                    b.problem.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+}
+
 pub fn print_backup(
     reports: &[RunReport],
     failures: &[(String, BackupError)],
     abandoned: &[(String, String)],
+    skipped: &[(String, String)],
     as_json: bool,
 ) {
     for (s, why) in abandoned {
         eprintln!("warning: {s}: {why}");
+    }
+    if !as_json {
+        for (s, why) in skipped {
+            println!("{s}: skipped, {why}");
+        }
     }
     if as_json {
         let failed: Vec<_> = failures
@@ -68,7 +125,11 @@ pub fn print_backup(
             .iter()
             .map(|(s, why)| json!({"subvolume": s, "reason": why}))
             .collect();
-        let doc = json!({"ok": failures.is_empty(), "runs": reports, "failures": failed, "abandoned": abandoned});
+        let skipped: Vec<_> = skipped
+            .iter()
+            .map(|(s, why)| json!({"subvolume": s, "reason": why}))
+            .collect();
+        let doc = json!({"ok": failures.is_empty(), "runs": reports, "failures": failed, "abandoned": abandoned, "skipped": skipped});
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return;
     }

@@ -11,7 +11,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use fault_injection::failpoint;
-use journal::{BackupKind, Journal, JournalError, PartRecord, Planned, RunId, Transition};
+use journal::{
+    BackupKind, Journal, JournalError, PartRecord, Planned, RunId, RunStatus, Transition,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -25,6 +27,7 @@ use crate::machine::run::{
 use crate::machine::{self, Keys, Layout, LayoutError};
 use crate::manifest::{self, ChunkEntry, Kind, Manifest, PartEntry, Pointer, SnapshotRef};
 use crate::pipeline::{self, BufferPool, Event, Part, PipelineError};
+use crate::plan::{self, Decision, Force, LastBackup, ParentCheck};
 use crate::settings::{Settings, SubvolumeSpec};
 use crate::store::{CompletePart, ObjectStore, PutOptions, StoreError, StoreErrorKind};
 
@@ -183,6 +186,19 @@ impl Context {
         Ok(())
     }
 
+    /// `preflight` without creating anything (for `--dry-run`).
+    pub async fn preflight_readonly(
+        &self,
+        subvolumes: &[SubvolumeSpec],
+    ) -> Result<(), BackupError> {
+        for sv in subvolumes {
+            self.btrfs.show(&sv.path)?;
+        }
+        Layout::new(self.settings.s3.chunk_size, self.settings.s3.part_size)?;
+        self.store.check_access().await?;
+        Ok(())
+    }
+
     /// True when no snapshot on disk and no journaled run uses this name (and so this
     /// backup id): ids are never reused, even after a run was abandoned.
     pub fn name_free(&self, name: &str) -> Result<bool, BackupError> {
@@ -190,21 +206,112 @@ impl Context {
             && !self.journal.runs()?.iter().any(|h| h.snapshot_name == name))
     }
 
-    /// Journals a new full backup of `sv` (snapshot name chosen from `now`).
-    pub fn plan(&self, sv: &SubvolumeSpec, now: DateTime<Utc>) -> Result<RunId, BackupError> {
+    /// The newest published (finished) backup of a subvolume, from the journal.
+    pub fn last_published(&self, subvolume: &str) -> Result<Option<LastBackup>, BackupError> {
+        let runs = self.journal.runs()?;
+        let Some(h) = runs
+            .iter()
+            .rev()
+            .find(|h| h.subvolume == subvolume && h.status == RunStatus::Finished)
+        else {
+            return Ok(None);
+        };
+        let st = self.state(h.id)?;
+        let p = &st.planned;
+        let chain_length = u32::try_from(
+            runs.iter()
+                .filter(|r| r.subvolume == subvolume && r.status == RunStatus::Finished)
+                .filter(|r| {
+                    self.state(r.id)
+                        .map(|s| s.planned.chain_id == p.chain_id)
+                        .unwrap_or(false)
+                })
+                .count(),
+        )
+        .unwrap_or(u32::MAX);
+        let created_at = DateTime::parse_from_rfc3339(&p.created_at)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| BackupError::Internal(format!("run {}: created_at: {e}", h.id)))?;
+        let chain_started = chrono::NaiveDateTime::parse_from_str(&p.chain_id, "%Y%m%dT%H%M%SZ")
+            .map(|t| t.and_utc())
+            .unwrap_or(created_at);
+        Ok(Some(LastBackup {
+            backup_id: p.backup_id.clone(),
+            chain_id: p.chain_id.clone(),
+            manifest_key: st.manifest.clone().map(|m| m.0).unwrap_or_default(),
+            snapshot_path: p.snapshot_path.clone(),
+            snapshot_uuid: st.snapshot_uuid.clone().unwrap_or_default(),
+            created_at,
+            chain_started,
+            chain_length,
+        }))
+    }
+
+    /// Full, incremental or skip for `sv`, with the reason. Reads only (btrfs show, HeadObject).
+    pub async fn decide(
+        &self,
+        sv: &SubvolumeSpec,
+        now: DateTime<Utc>,
+        force: Force,
+    ) -> Result<Decision, BackupError> {
+        let last = self.last_published(&sv.name)?;
+        let parent = match &last {
+            Some(l) => Some(ParentCheck {
+                local_uuid: self
+                    .btrfs
+                    .show(Path::new(&l.snapshot_path))
+                    .ok()
+                    .map(|i| i.uuid),
+                manifest_in_s3: self.store.head_object(&l.manifest_key).await?.is_some(),
+            }),
+            None => None,
+        };
+        Ok(plan::decide(
+            last.as_ref(),
+            parent.as_ref(),
+            now,
+            &self.settings.schedule,
+            force,
+        ))
+    }
+
+    /// Journals a new backup of `sv` as `decision` says (snapshot name chosen from `now`).
+    pub fn plan(
+        &self,
+        sv: &SubvolumeSpec,
+        now: DateTime<Utc>,
+        decision: &Decision,
+    ) -> Result<RunId, BackupError> {
         let name = machine::snapshot_name(&sv.name, now);
         let path = self.settings.snapshot_dir.join(&name);
         if !self.name_free(&name)? {
             return Err(BackupError::NameTaken(name));
         }
         let backup_id = machine::timestamp(now);
+        let (kind, chain_id) = match decision {
+            Decision::Incremental { parent, .. } => (
+                BackupKind::Incremental {
+                    parent_backup_id: parent.backup_id.clone(),
+                    parent_manifest_key: parent.manifest_key.clone(),
+                    parent_snapshot_path: parent.snapshot_path.clone(),
+                    parent_uuid: parent.snapshot_uuid.clone(),
+                },
+                parent.chain_id.clone(),
+            ),
+            Decision::Full { .. } => (BackupKind::Full, backup_id.clone()),
+            Decision::Skip { reason } => {
+                return Err(BackupError::Internal(format!(
+                    "planning a skipped backup: {reason}"
+                )))
+            }
+        };
         let planned = Planned {
             subvolume: sv.name.clone(),
             source_path: sv.path.display().to_string(),
-            kind: BackupKind::Full,
+            kind,
             snapshot_name: name,
             snapshot_path: path.display().to_string(),
-            chain_id: backup_id.clone(),
+            chain_id,
             backup_id,
             created_at: now.to_rfc3339_opts(SecondsFormat::Secs, true),
             chunk_size: self.settings.s3.chunk_size,
@@ -299,6 +406,19 @@ impl Context {
                         self.abandon(run, &reason).await?;
                         return Err(BackupError::Abandoned { run, reason });
                     }
+                    if let BackupKind::Incremental {
+                        parent_snapshot_path,
+                        ..
+                    } = &st.planned.kind
+                    {
+                        if !Path::new(parent_snapshot_path).exists() {
+                            let reason = format!(
+                                "parent snapshot {parent_snapshot_path} vanished before the incremental was complete; the next backup will be a full one"
+                            );
+                            self.abandon(run, &reason).await?;
+                            return Err(BackupError::Abandoned { run, reason });
+                        }
+                    }
                     if !Path::new(&st.planned.snapshot_path).exists() {
                         let reason = format!(
                             "snapshot {} vanished before the backup was complete",
@@ -323,6 +443,7 @@ impl Context {
                     }
                 }
                 Step::PublishPointer => self.publish_pointer(run, &st).await?,
+                Step::Prune => self.prune(run, &st).await?,
                 Step::Finish => {
                     failpoint!("before-finish");
                     self.append(run, Transition::Finished)?;
@@ -869,6 +990,131 @@ impl Context {
             .await?;
         failpoint!("after-pointer");
         self.append(run, Transition::PointerPublished { key })
+    }
+}
+
+impl Context {
+    /// Snapshot names (and chain ids) that unfinished runs of `subvolume` use, parents included.
+    fn in_use_by_open_runs(
+        &self,
+        subvolume: &str,
+    ) -> Result<(BTreeSet<String>, BTreeSet<String>), BackupError> {
+        let mut snaps = BTreeSet::new();
+        let mut chains = BTreeSet::new();
+        for h in self.journal.open_runs()? {
+            if h.subvolume != subvolume {
+                continue;
+            }
+            let st = self.state(h.id)?;
+            snaps.insert(st.planned.snapshot_name.clone());
+            chains.insert(st.planned.chain_id.clone());
+            if let BackupKind::Incremental {
+                parent_snapshot_path,
+                ..
+            } = &st.planned.kind
+            {
+                if let Some(n) = Path::new(parent_snapshot_path).file_name() {
+                    snaps.insert(n.to_string_lossy().to_string());
+                }
+            }
+        }
+        Ok((snaps, chains))
+    }
+
+    /// Retention after a published backup. Every deletion is idempotent, so a crash here is
+    /// resumed by running the same step again; `PruningDone` closes it.
+    async fn prune(&self, run: RunId, st: &RunState) -> Result<(), BackupError> {
+        let p = &st.planned;
+        let (mut protected, open_chains) = self.in_use_by_open_runs(&p.subvolume)?;
+        // This run's snapshot is the parent of the next incremental.
+        protected.insert(p.snapshot_name.clone());
+
+        failpoint!("before-prune-local");
+        let names = crate::rebuild::local_snapshots(&self.settings.snapshot_dir, &p.subvolume);
+        let doomed = plan::local_to_delete(
+            &names,
+            self.settings.retention.keep_local_snapshots,
+            &protected,
+        );
+        for name in &doomed {
+            let path = self.settings.snapshot_dir.join(name);
+            if path.exists() {
+                self.btrfs.delete(&path)?;
+            }
+            failpoint!("after-prune-snapshot");
+        }
+        if !doomed.is_empty() {
+            self.append(run, Transition::LocalPruned { snapshots: doomed })?;
+        }
+        failpoint!("after-prune-local");
+
+        failpoint!("before-prune-remote");
+        let keys = self.keys();
+        let sv_prefix = keys.subvolume_prefix(&p.subvolume);
+        let objects = self.store.list(&sv_prefix).await?;
+        let mut chains: BTreeMap<String, bool> = BTreeMap::new();
+        for o in &objects {
+            let Some(rest) = o.key.strip_prefix(&sv_prefix) else {
+                continue;
+            };
+            let parts: Vec<&str> = rest.split('/').collect();
+            if parts.len() == 3 {
+                let full = parts[0] == parts[1] && parts[2] == "manifest.json";
+                *chains.entry(parts[0].to_string()).or_default() |= full;
+            }
+        }
+        let views: Vec<plan::ChainView> = chains
+            .iter()
+            .map(|(id, full)| plan::ChainView {
+                chain_id: id.clone(),
+                full_published: *full,
+            })
+            .collect();
+        let doomed = plan::chains_to_delete(
+            &views,
+            self.settings.retention.keep_chains,
+            Some(&p.chain_id),
+        );
+        for chain in doomed.iter().filter(|c| !open_chains.contains(*c)) {
+            let chain_prefix = format!("{sv_prefix}{chain}/");
+            for u in self.store.list_uploads(&chain_prefix).await? {
+                self.store.abort_multipart(&u.key, &u.upload_id).await?;
+            }
+            let mut deleted = Vec::new();
+            // Pointer-visible order matters to a reader: delete manifests first, so no
+            // manifest ever names a chunk that is gone.
+            let mut keys_in_chain: Vec<String> = objects
+                .iter()
+                .filter(|o| o.key.starts_with(&chain_prefix))
+                .map(|o| o.key.clone())
+                .collect();
+            keys_in_chain.sort_by_key(|k| !k.ends_with("manifest.json"));
+            for k in keys_in_chain {
+                self.store.delete(&k).await?;
+                failpoint!("after-prune-object");
+                deleted.push(k);
+            }
+            self.append(run, Transition::RemotePruned { keys: deleted })?;
+        }
+        // Stray uploads: under this subvolume, unknown to every open run, old enough.
+        let known: BTreeSet<String> = self
+            .journal
+            .open_runs()?
+            .iter()
+            .filter_map(|h| self.state(h.id).ok())
+            .flat_map(|s| s.chunks.into_values().map(|c| c.upload_id))
+            .collect();
+        let cutoff = Utc::now().timestamp()
+            - i64::try_from(self.settings.retention.abort_uploads_older_than.as_secs())
+                .unwrap_or(i64::MAX);
+        for u in self.store.list_uploads(&sv_prefix).await? {
+            if !known.contains(&u.upload_id) && u.initiated.is_some_and(|t| t < cutoff) {
+                self.store.abort_multipart(&u.key, &u.upload_id).await?;
+                tracing::info!(key = %u.key, "aborted a stray multipart upload");
+            }
+        }
+        failpoint!("after-prune-remote");
+        self.append(run, Transition::PruningDone)
     }
 }
 

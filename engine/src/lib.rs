@@ -5,9 +5,11 @@
 
 pub mod backup;
 pub mod btrfs;
+pub mod listing;
 pub mod machine;
 pub mod manifest;
 pub mod pipeline;
+pub mod plan;
 pub mod rebuild;
 pub mod settings;
 pub mod store;

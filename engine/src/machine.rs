@@ -281,6 +281,7 @@ pub mod run {
         pub restarts: u32,
         pub manifest: Option<(String, u64, [u8; 32])>,
         pub pointer_published: bool,
+        pub pruning_done: bool,
         pub finished: bool,
         pub abandoned: Option<String>,
     }
@@ -292,6 +293,8 @@ pub mod run {
         /// Stream, upload what is missing, seal chunks, write the manifest.
         Upload,
         PublishPointer,
+        /// Retention: local snapshots, then old chains in S3, then stray uploads.
+        Prune,
         Finish,
         Done,
     }
@@ -317,6 +320,7 @@ pub mod run {
                 restarts: 0,
                 manifest: None,
                 pointer_published: false,
+                pruning_done: false,
                 finished: false,
                 abandoned: None,
             };
@@ -373,6 +377,7 @@ pub mod run {
                     } => s.manifest = Some((key.clone(), *total_bytes, *stream_sha256)),
                     Transition::PointerPublished { .. } => s.pointer_published = true,
                     Transition::LocalPruned { .. } | Transition::RemotePruned { .. } => {}
+                    Transition::PruningDone => s.pruning_done = true,
                     Transition::Finished => s.finished = true,
                     Transition::Abandoned { reason } => s.abandoned = Some(reason.clone()),
                 }
@@ -390,6 +395,8 @@ pub mod run {
                 Step::Upload
             } else if !self.pointer_published {
                 Step::PublishPointer
+            } else if !self.pruning_done {
+                Step::Prune
             } else {
                 Step::Finish
             }
@@ -572,6 +579,16 @@ pub mod run {
             });
             assert_eq!(step(&ts), Step::PublishPointer);
             ts.push(Transition::PointerPublished { key: "p".into() });
+            assert_eq!(step(&ts), Step::Prune);
+            ts.push(Transition::LocalPruned {
+                snapshots: vec!["old".into()],
+            });
+            assert_eq!(
+                step(&ts),
+                Step::Prune,
+                "pruning is done only when it says so"
+            );
+            ts.push(Transition::PruningDone);
             assert_eq!(step(&ts), Step::Finish);
             ts.push(Transition::Finished);
             assert_eq!(step(&ts), Step::Done);

@@ -161,6 +161,7 @@ pub async fn rebuild(
             rest.push(Transition::PointerPublished {
                 key: pointer_key.clone(),
             });
+            rest.push(Transition::PruningDone);
             rest.push(Transition::Finished);
             journal.import_run(planned, &rest, RunStatus::Finished)?;
             report
@@ -188,7 +189,7 @@ pub async fn rebuild(
 }
 
 /// Snapshot names in `dir` that look like ours for `name` (`<name>.<timestamp>`).
-fn local_snapshots(dir: &Path, name: &str) -> Vec<String> {
+pub fn local_snapshots(dir: &Path, name: &str) -> Vec<String> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
     };

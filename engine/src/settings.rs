@@ -52,12 +52,35 @@ pub struct S3Settings {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Newest local snapshots kept per subvolume (the next incremental's parent and snapshots
+    /// of unfinished runs are always kept on top).
+    pub keep_local_snapshots: usize,
+    /// Newest chains (a full and its incrementals) kept in S3 per subvolume.
+    pub keep_chains: usize,
+    /// Open multipart uploads under the prefix that no run knows are aborted after this.
+    pub abort_uploads_older_than: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            keep_local_snapshots: 3,
+            keep_chains: 2,
+            abort_uploads_older_than: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub subvolumes: Vec<SubvolumeSpec>,
     pub snapshot_dir: PathBuf,
     pub state_dir: PathBuf,
     pub lock_path: PathBuf,
     pub s3: S3Settings,
+    pub schedule: crate::plan::Schedule,
+    pub retention: Retention,
 }
 
 impl Settings {

@@ -20,10 +20,18 @@ pub const FAILPOINTS: &[&str] = &[
     "after-manifest",
     "before-pointer",
     "after-pointer",
+    "before-prune-local",
+    "after-prune-local",
+    "before-prune-remote",
+    "after-prune-remote",
     "before-finish",
     "journal-before-commit",
     "journal-after-commit",
 ];
+
+/// Failpoints hit only when retention deletes something (one hit per deleted snapshot or
+/// object); the retention crash test walks these with the pruning phases above.
+pub const PRUNE_FAILPOINTS: &[&str] = &["after-prune-snapshot", "after-prune-object"];
 
 /// Dies at once, as a crash would. Exit status is SIGABRT.
 pub fn crash(name: &str) -> ! {

@@ -183,6 +183,26 @@ impl Journal {
     }
 
     fn init_meta(&self) -> Result<(), JournalError> {
+        // Opening an initialised journal writes nothing (`--dry-run` and `status` rely on it).
+        {
+            let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+            if let Ok(meta) = tx.open_table(META) {
+                match meta
+                    .get("format")
+                    .map_err(|e| self.err(e))?
+                    .map(|v| v.value())
+                {
+                    Some(FORMAT_VERSION) => return Ok(()),
+                    Some(found) => {
+                        return Err(JournalError::WrongVersion {
+                            path: self.path.clone(),
+                            found,
+                        })
+                    }
+                    None => {}
+                }
+            }
+        }
         let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
         tx.set_durability(Durability::Immediate)
             .map_err(|e| self.err(redb::Error::from(e)))?;

@@ -88,4 +88,6 @@ pub enum Transition {
     Abandoned {
         reason: String,
     },
+    /// Retention ran to its end for this run (local and remote).
+    PruningDone,
 }

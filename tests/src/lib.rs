@@ -147,6 +147,15 @@ part_size = "{part}"
 concurrency = {conc}
 max_attempts = 3
 attempt_timeout_secs = 60
+
+[schedule]
+incremental_every_days = 0
+full_every_days = 180
+max_chain_length = 60
+
+[retention]
+keep_local_snapshots = 1000
+keep_chains = 1000
 "#,
             snap = self.snapshot_dir.display(),
             state = self.state.path().join("state").display(),
@@ -358,16 +367,47 @@ attempt_timeout_secs = 60
         );
     }
 
-    /// Proves the published backup: download, verify, receive into a scratch filesystem,
-    /// compare with the source snapshot.
+    /// The manifests of a backup's chain, from its full backup to it.
+    pub fn chain(&self, manifest_key: &str) -> Vec<Manifest> {
+        let mut chain = vec![self.manifest(manifest_key)];
+        while let Some(p) = chain.last().and_then(|m| m.parent.clone()) {
+            let parent = self.manifest(&p.manifest_key);
+            assert_eq!(parent.backup_id, p.backup_id, "parent link");
+            assert_eq!(parent.snapshot.uuid, p.snapshot_uuid, "parent uuid link");
+            assert_eq!(
+                parent.chain_id, chain[0].chain_id,
+                "a chain never crosses chains"
+            );
+            chain.push(parent);
+        }
+        chain.reverse();
+        assert_eq!(
+            chain[0].kind,
+            engine::manifest::Kind::Full,
+            "a chain starts with a full backup"
+        );
+        chain
+    }
+
+    /// Proves a published backup: downloads and verifies every stream of its chain, receives
+    /// them in order into a scratch filesystem, and compares the result with the source
+    /// snapshot (and every intermediate one that still exists locally).
     pub fn prove_restorable(&self, manifest_key: &str) -> Manifest {
-        let m = self.manifest(manifest_key);
-        let stream = self.download_verified(&m);
+        let chain = self.chain(manifest_key);
         let scratch = LoopFs::new(1024);
-        Setup::receive(&stream, &scratch.mnt);
-        let received = scratch.mnt.join(&m.snapshot.name);
-        let source = self.snapshot_dir.join(&m.snapshot.name);
-        assert_same_tree(&source, &received);
+        for m in &chain {
+            let stream = self.download_verified(m);
+            Setup::receive(&stream, &scratch.mnt);
+            let source = self.snapshot_dir.join(&m.snapshot.name);
+            if source.exists() {
+                assert_same_tree(&source, &scratch.mnt.join(&m.snapshot.name));
+            }
+        }
+        let m = chain.last().cloned().expect("chain");
+        assert!(
+            self.snapshot_dir.join(&m.snapshot.name).exists(),
+            "the newest backup's snapshot is kept locally"
+        );
         m
     }
 

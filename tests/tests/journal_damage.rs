@@ -68,7 +68,11 @@ fn damaged(flavor: Flavor, damage: fn(&Path), expect_in_message: &str) {
                 "after-part-upload=3*off->return".to_string(),
             )])
             .collect();
-    let crashed = s.run_with(tool_bin("btrfs-to-s3-failpoints"), &["backup"], &env);
+    let crashed = s.run_with(
+        tool_bin("btrfs-to-s3-failpoints"),
+        &["backup", "--full"],
+        &env,
+    );
     assert_eq!(crashed.code, -1, "{}", crashed.stderr);
     assert_eq!(s.open_runs().len(), 1);
     let crashed_snapshot = s.snapshots().into_iter().max().expect("snapshot");

@@ -1,0 +1,409 @@
+//! Pure decisions of the schedule: full or incremental (and why), and what retention may
+//! delete, locally and in S3. No I/O: callers gather the facts and pass the clock in.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Duration, Utc};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    pub full_every_days: u32,
+    pub incremental_every_days: u32,
+    /// Backups per chain (the full included) before a new full starts.
+    pub max_chain_length: u32,
+}
+
+impl Default for Schedule {
+    fn default() -> Schedule {
+        Schedule {
+            full_every_days: 180,
+            incremental_every_days: 7,
+            max_chain_length: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Force {
+    /// Follow the schedule: skip a subvolume that is not due.
+    Schedule,
+    /// `--once`: back up now, full or incremental as the chain allows.
+    Once,
+    /// `--full`: a new full backup now.
+    Full,
+}
+
+/// The last published backup of a subvolume, as the journal knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastBackup {
+    pub backup_id: String,
+    pub chain_id: String,
+    pub manifest_key: String,
+    pub snapshot_path: String,
+    pub snapshot_uuid: String,
+    pub created_at: DateTime<Utc>,
+    /// When the chain's full backup was made.
+    pub chain_started: DateTime<Utc>,
+    /// Backups in the chain so far, the full included.
+    pub chain_length: u32,
+}
+
+/// What was checked about the would-be parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentCheck {
+    /// UUID of the snapshot at `snapshot_path`, if it exists locally.
+    pub local_uuid: Option<String>,
+    /// Whether the parent's manifest is still in S3.
+    pub manifest_in_s3: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Skip { reason: String },
+    Full { reason: String },
+    Incremental { parent: LastBackup, reason: String },
+}
+
+impl Decision {
+    pub fn reason(&self) -> &str {
+        match self {
+            Decision::Skip { reason }
+            | Decision::Full { reason }
+            | Decision::Incremental { reason, .. } => reason,
+        }
+    }
+}
+
+pub fn decide(
+    last: Option<&LastBackup>,
+    parent: Option<&ParentCheck>,
+    now: DateTime<Utc>,
+    schedule: &Schedule,
+    force: Force,
+) -> Decision {
+    let Some(last) = last else {
+        return Decision::Full {
+            reason: "no published backup yet".into(),
+        };
+    };
+    let full_due = now - last.chain_started >= Duration::days(schedule.full_every_days.into());
+    if force == Force::Schedule {
+        let next = last.created_at + Duration::days(schedule.incremental_every_days.into());
+        if now < next && !full_due {
+            return Decision::Skip {
+                reason: format!(
+                    "not due: last backup {} , next due {} (incremental_every_days = {}); use --once to back up now",
+                    last.backup_id,
+                    next.format("%Y-%m-%dT%H:%M:%SZ"),
+                    schedule.incremental_every_days
+                ),
+            };
+        }
+    }
+    if force == Force::Full {
+        return Decision::Full {
+            reason: "forced by --full".into(),
+        };
+    }
+    let full = |reason: String| Decision::Full { reason };
+    match parent {
+        None => return full("the parent snapshot could not be checked".into()),
+        Some(p) => match &p.local_uuid {
+            None => {
+                return full(format!(
+                    "parent snapshot {} is missing locally",
+                    last.snapshot_path
+                ))
+            }
+            Some(u) if *u != last.snapshot_uuid => {
+                return full(format!(
+                    "parent snapshot {} has uuid {u}, the manifest says {}",
+                    last.snapshot_path, last.snapshot_uuid
+                ))
+            }
+            Some(_) if !p.manifest_in_s3 => {
+                return full(format!(
+                    "chain broken: the parent manifest {} is missing from S3",
+                    last.manifest_key
+                ))
+            }
+            Some(_) => {}
+        },
+    }
+    if full_due {
+        return full(format!(
+            "the chain started {} is older than full_every_days = {}",
+            last.chain_id, schedule.full_every_days
+        ));
+    }
+    if last.chain_length >= schedule.max_chain_length {
+        return full(format!(
+            "the chain {} has {} backups, max_chain_length = {}",
+            last.chain_id, last.chain_length, schedule.max_chain_length
+        ));
+    }
+    Decision::Incremental {
+        reason: format!("on {} in chain {}", last.backup_id, last.chain_id),
+        parent: last.clone(),
+    }
+}
+
+/// Local snapshots to delete: all but the newest `keep`, never a protected one (the parent of
+/// the next incremental, anything an unfinished run uses). `names` are this subvolume's
+/// snapshots (`<name>.<timestamp>`, which sort by time).
+pub fn local_to_delete(names: &[String], keep: usize, protected: &BTreeSet<String>) -> Vec<String> {
+    let mut sorted: Vec<&String> = names.iter().collect();
+    sorted.sort();
+    let cut = sorted.len().saturating_sub(keep);
+    sorted[..cut]
+        .iter()
+        .filter(|n| !protected.contains(n.as_str()))
+        .map(|n| n.to_string())
+        .collect()
+}
+
+/// One chain as S3 shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainView {
+    pub chain_id: String,
+    /// The full backup's manifest exists.
+    pub full_published: bool,
+}
+
+/// Chains to delete in S3: keep the newest `keep` published chains and everything newer than
+/// the oldest of them; delete only chains older than that. `pointer_chain` is the chain the
+/// pointer names: a chain newer than it is not published yet and never counts as kept.
+/// Chains are self-contained (an incremental's parent is in its own chain), so no kept
+/// backup depends on a deleted one.
+pub fn chains_to_delete(
+    chains: &[ChainView],
+    keep: usize,
+    pointer_chain: Option<&str>,
+) -> Vec<String> {
+    let keep = keep.max(1);
+    let Some(pointer_chain) = pointer_chain else {
+        return Vec::new();
+    };
+    let mut ids: Vec<&ChainView> = chains.iter().collect();
+    ids.sort_by(|a, b| a.chain_id.cmp(&b.chain_id));
+    let published: Vec<&str> = ids
+        .iter()
+        .filter(|c| c.full_published && c.chain_id.as_str() <= pointer_chain)
+        .map(|c| c.chain_id.as_str())
+        .collect();
+    if published.len() <= keep {
+        return Vec::new();
+    }
+    let oldest_kept = published[published.len() - keep];
+    ids.iter()
+        .filter(|c| c.chain_id.as_str() < oldest_kept)
+        .map(|c| c.chain_id.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(day: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+            .single()
+            .expect("t")
+            + Duration::days(day)
+    }
+
+    fn last(day: i64, chain_day: i64, len: u32) -> LastBackup {
+        LastBackup {
+            backup_id: format!("B{day}"),
+            chain_id: format!("C{chain_day}"),
+            manifest_key: "m".into(),
+            snapshot_path: "/s/x".into(),
+            snapshot_uuid: "u1".into(),
+            created_at: t(day),
+            chain_started: t(chain_day),
+            chain_length: len,
+        }
+    }
+
+    fn ok_parent() -> ParentCheck {
+        ParentCheck {
+            local_uuid: Some("u1".into()),
+            manifest_in_s3: true,
+        }
+    }
+
+    #[test]
+    fn planning_rules() {
+        let s = Schedule {
+            full_every_days: 180,
+            incremental_every_days: 7,
+            max_chain_length: 5,
+        };
+        let l = last(10, 0, 2);
+        let p = ok_parent();
+        let d = |last: Option<&LastBackup>, p: Option<&ParentCheck>, day, f| {
+            decide(last, p, t(day), &s, f)
+        };
+        assert!(matches!(
+            d(None, None, 0, Force::Schedule),
+            Decision::Full { .. }
+        ));
+        assert!(
+            matches!(d(Some(&l), Some(&p), 12, Force::Schedule), Decision::Skip { reason } if reason.contains("--once"))
+        );
+        assert!(matches!(
+            d(Some(&l), Some(&p), 12, Force::Once),
+            Decision::Incremental { .. }
+        ));
+        assert!(matches!(
+            d(Some(&l), Some(&p), 17, Force::Schedule),
+            Decision::Incremental { .. }
+        ));
+        assert!(
+            matches!(d(Some(&l), Some(&p), 12, Force::Full), Decision::Full { reason } if reason.contains("--full"))
+        );
+        let missing = ParentCheck {
+            local_uuid: None,
+            manifest_in_s3: true,
+        };
+        assert!(
+            matches!(d(Some(&l), Some(&missing), 17, Force::Schedule), Decision::Full { reason } if reason.contains("missing locally"))
+        );
+        let other = ParentCheck {
+            local_uuid: Some("u2".into()),
+            manifest_in_s3: true,
+        };
+        assert!(
+            matches!(d(Some(&l), Some(&other), 17, Force::Schedule), Decision::Full { reason } if reason.contains("uuid"))
+        );
+        let broken = ParentCheck {
+            local_uuid: Some("u1".into()),
+            manifest_in_s3: false,
+        };
+        assert!(
+            matches!(d(Some(&l), Some(&broken), 17, Force::Schedule), Decision::Full { reason } if reason.contains("chain broken"))
+        );
+        // Chain too old: full, even before the incremental interval.
+        let old = last(179, 0, 2);
+        assert!(
+            matches!(d(Some(&old), Some(&p), 181, Force::Schedule), Decision::Full { reason } if reason.contains("full_every_days"))
+        );
+        let long = last(10, 0, 5);
+        assert!(
+            matches!(d(Some(&long), Some(&p), 17, Force::Schedule), Decision::Full { reason } if reason.contains("max_chain_length"))
+        );
+        assert!(matches!(
+            d(Some(&l), None, 17, Force::Once),
+            Decision::Full { .. }
+        ));
+    }
+
+    #[test]
+    fn local_retention_keeps_newest_and_protected() {
+        let names: Vec<String> = (1..=6).map(|i| format!("h.2026010{i}T000000Z")).collect();
+        let protected: BTreeSet<String> = [names[1].clone()].into();
+        assert_eq!(
+            local_to_delete(&names, 2, &protected),
+            vec![names[0].clone(), names[2].clone(), names[3].clone()]
+        );
+        assert!(local_to_delete(&names, 10, &BTreeSet::new()).is_empty());
+    }
+
+    fn chain(id: &str, published: bool) -> ChainView {
+        ChainView {
+            chain_id: id.into(),
+            full_published: published,
+        }
+    }
+
+    #[test]
+    fn remote_retention_waits_for_a_published_newer_full() {
+        let chains = vec![chain("A", true), chain("B", true), chain("C", false)];
+        // Pointer still on B: C is not published, A goes only when 2 newer published exist.
+        assert_eq!(
+            chains_to_delete(&chains, 1, Some("B")),
+            vec!["A".to_string()]
+        );
+        assert!(chains_to_delete(&chains, 2, Some("B")).is_empty());
+        // C's full is written but the pointer is not on it yet: B is kept.
+        let chains = vec![chain("A", true), chain("B", true), chain("C", true)];
+        assert_eq!(
+            chains_to_delete(&chains, 1, Some("B")),
+            vec!["A".to_string()]
+        );
+        assert_eq!(
+            chains_to_delete(&chains, 1, Some("C")),
+            vec!["A".to_string(), "B".to_string()]
+        );
+        assert!(chains_to_delete(&chains, 1, None).is_empty());
+        // keep = 0 is treated as 1: the newest restorable point always stays.
+        assert_eq!(chains_to_delete(&chains, 0, Some("C")).len(), 2);
+    }
+
+    /// Property: over random histories, retention never deletes the chain the pointer names,
+    /// never a chain newer than the oldest kept published one (so no kept backup loses a
+    /// dependency), and always keeps `keep` published chains when that many exist.
+    #[test]
+    fn remote_retention_property_over_random_histories() {
+        let mut x: u64 = 0x1234_5678;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..5000 {
+            let n = 1 + rnd(12) as usize;
+            let chains: Vec<ChainView> = (0..n)
+                .map(|i| chain(&format!("C{i:02}"), rnd(4) != 0))
+                .collect();
+            let keep = rnd(4) as usize;
+            let pointer = {
+                let published: Vec<&ChainView> =
+                    chains.iter().filter(|c| c.full_published).collect();
+                if published.is_empty() {
+                    None
+                } else {
+                    Some(
+                        published[rnd(published.len() as u64) as usize]
+                            .chain_id
+                            .clone(),
+                    )
+                }
+            };
+            let deleted: BTreeSet<String> = chains_to_delete(&chains, keep, pointer.as_deref())
+                .into_iter()
+                .collect();
+            if let Some(p) = &pointer {
+                assert!(!deleted.contains(p), "deleted the pointer's chain");
+                let kept_published = chains
+                    .iter()
+                    .filter(|c| {
+                        c.full_published && c.chain_id <= *p && !deleted.contains(&c.chain_id)
+                    })
+                    .count();
+                let published = chains
+                    .iter()
+                    .filter(|c| c.full_published && c.chain_id <= *p)
+                    .count();
+                assert!(kept_published >= keep.max(1).min(published));
+                // Deleted chains are all older than every kept published chain.
+                if let (Some(newest_deleted), Some(oldest_kept)) = (
+                    deleted.iter().max(),
+                    chains
+                        .iter()
+                        .filter(|c| {
+                            c.full_published && c.chain_id <= *p && !deleted.contains(&c.chain_id)
+                        })
+                        .map(|c| &c.chain_id)
+                        .min(),
+                ) {
+                    assert!(newest_deleted < oldest_kept);
+                }
+            } else {
+                assert!(deleted.is_empty());
+            }
+        }
+    }
+}
