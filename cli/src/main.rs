@@ -380,9 +380,21 @@ async fn plan_only(
     subvolumes: Vec<engine::settings::SubvolumeSpec>,
     force: Force,
 ) -> Result<u8, Failure> {
+    // redb writes to a file it opens, even to read: a dry run reads a private copy.
     let path = settings.journal_path();
+    let copy = tempfile::Builder::new()
+        .prefix("btrfs-to-s3-dry-run-")
+        .tempdir()
+        .map_err(|e| Failure::new(exit::FAILED, format!("temporary directory: {e}")))?;
     let journal = Arc::new(if path.exists() {
-        Journal::open(&path).map_err(journal_failure)?
+        let p = copy.path().join("journal.redb");
+        std::fs::copy(&path, &p).map_err(|e| {
+            Failure::new(
+                exit::JOURNAL,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        Journal::open(&p).map_err(journal_failure)?
     } else {
         Journal::in_memory().map_err(journal_failure)?
     });

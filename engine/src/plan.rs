@@ -171,9 +171,10 @@ pub struct ChainView {
 }
 
 /// Chains to delete in S3: keep the newest `keep` published chains and everything newer than
-/// the oldest of them; delete only chains older than that. `pointer_chain` is the chain the
-/// pointer names: a chain newer than it is not published yet and never counts as kept.
-/// Chains are self-contained (an incremental's parent is in its own chain), so no kept
+/// the oldest of them; delete every chain older than that, published or not (an unpublished
+/// older chain is debris: a half-deleted chain or an abandoned full). `pointer_chain` is the
+/// chain the pointer names: a chain newer than it is not published yet and never counts as
+/// kept. Chains are self-contained (an incremental's parent is in its own chain), so no kept
 /// backup depends on a deleted one.
 pub fn chains_to_delete(
     chains: &[ChainView],
@@ -191,12 +192,11 @@ pub fn chains_to_delete(
         .filter(|c| c.full_published && c.chain_id.as_str() <= pointer_chain)
         .map(|c| c.chain_id.as_str())
         .collect();
-    if published.len() <= keep {
+    let Some(oldest_kept) = published.get(published.len().saturating_sub(keep)) else {
         return Vec::new();
-    }
-    let oldest_kept = published[published.len() - keep];
+    };
     ids.iter()
-        .filter(|c| c.chain_id.as_str() < oldest_kept)
+        .filter(|c| c.chain_id.as_str() < *oldest_kept)
         .map(|c| c.chain_id.clone())
         .collect()
 }
@@ -319,6 +319,12 @@ mod tests {
 
     #[test]
     fn remote_retention_waits_for_a_published_newer_full() {
+        // A half-deleted older chain (its full manifest already gone) is finished off.
+        let debris = vec![chain("A", false), chain("B", true)];
+        assert_eq!(
+            chains_to_delete(&debris, 1, Some("B")),
+            vec!["A".to_string()]
+        );
         let chains = vec![chain("A", true), chain("B", true), chain("C", false)];
         // Pointer still on B: C is not published, A goes only when 2 newer published exist.
         assert_eq!(

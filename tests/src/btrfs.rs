@@ -195,8 +195,18 @@ pub fn mutate(root: &Path, seed: u64) {
         .open(root.join("files/f5.bin"))
         .expect("append");
     f.write_all(&rng.bytes(12345)).expect("append");
-    fs::remove_file(root.join("files/f0.bin")).expect("rm");
-    fs::rename(root.join("noms/Ünïcødé"), root.join("noms/renamed")).expect("mv");
+    // Repeatable: each seed removes and renames something that exists.
+    let _ = fs::remove_file(root.join("files/f0.bin"));
+    let _ = fs::remove_file(root.join(format!("new/added-{}.bin", seed.wrapping_sub(1))));
+    if root.join("noms/Ünïcødé").exists() {
+        fs::rename(root.join("noms/Ünïcødé"), root.join("noms/renamed")).expect("mv");
+    } else if root.join("noms/renamed").exists() {
+        fs::rename(
+            root.join("noms/renamed"),
+            root.join(format!("noms/renamed-{seed}")),
+        )
+        .expect("mv");
+    }
     write_file(
         &root.join(format!("new/added-{seed}.bin")),
         &rng.bytes(2 << 20),

@@ -240,13 +240,16 @@ keep_chains = 1000
         })
     }
 
+    /// Open multipart uploads under the test prefix.
     pub fn open_uploads(&self) -> Vec<String> {
         let client = self.s3.client();
         let bucket = self.s3.bucket.clone();
+        let prefix = format!("{}/", self.prefix);
         block_on(async move {
             let r = client
                 .list_multipart_uploads()
                 .bucket(&bucket)
+                .prefix(prefix)
                 .send()
                 .await
                 .expect("list uploads");
