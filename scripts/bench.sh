@@ -6,12 +6,16 @@
 #   sudo scripts/bench.sh --journal-overhead [--sizes 1] [--repeat 3]
 #     compares the same backups with a benchmark-only build whose journal is in memory
 #     (feature bench-no-journal): the cost of durable journaling.
+#   sudo scripts/bench.sh --incremental
+#     full backup of ~1 GiB, then 1% of it changed, then an incremental: bytes uploaded
+#     against the size of the `btrfs send -p` stream.
 # Needs root. Uses a release build. Not part of the tests (numbers, not assertions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-sizes="1 4"; repeat=1; overhead=0
+sizes="1 4"; repeat=1; overhead=0; incremental=0
 while [ $# -gt 0 ]; do
   case "$1" in
+    --incremental) incremental=1; sizes=1; shift ;;
     --journal-overhead) overhead=1; shift ;;
     --sizes) sizes="$2"; shift 2 ;;
     --repeat) repeat="$2"; shift 2 ;;
@@ -70,12 +74,42 @@ sse = "none"
 chunk_size = "1GiB"
 part_size = "8MiB"
 concurrency = 4
+[schedule]
+incremental_every_days = 0
 CONF
     sync; echo 3 > /proc/sys/vm/drop_caches
     /usr/bin/time -f "%M %e" -o "$OUT/time.txt" "$BIN" --config "$W/config.toml" --quiet backup --json > "$OUT/run.json"
     read -r rss_kib wall < "$OUT/time.txt"
     bytes=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["runs"][0]["total_bytes"])' "$OUT/run.json")
     snap=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["runs"][0]["snapshot"])' "$OUT/run.json")
+    if [ $incremental = 1 ]; then
+      # Change 1% of the data: 10 MiB rewritten in place across blobs, one small file added.
+      python3 - "$sv" <<'PY'
+import os, sys
+root = sys.argv[1]
+blobs = sorted(f for f in os.listdir(root) if f.startswith("blob"))
+for i, name in enumerate(blobs):
+    with open(os.path.join(root, name), "r+b") as f:
+        f.seek((i * 37 << 20) % (200 << 20))
+        f.write(os.urandom((10 << 20) // len(blobs)))
+with open(os.path.join(root, "small", "new-file"), "wb") as f:
+    f.write(os.urandom(4096))
+PY
+      sync; sleep 1
+      "$BIN" --config "$W/config.toml" --quiet backup --json > "$OUT/run-inc.json"
+      inc_snap=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["runs"][0]["snapshot"])' "$OUT/run-inc.json")
+      send_p=$(btrfs send -q -p "$snap" "$inc_snap" | wc -c)
+      python3 - "$OUT/run-inc.json" "$send_p" "$bytes" <<'PY' | tee "$OUT/incremental.json"
+import json, sys
+run = json.load(open(sys.argv[1]))["runs"][0]
+send_p, full = int(sys.argv[2]), int(sys.argv[3])
+print(json.dumps({"full_stream_bytes": full, "kind": run["kind"],
+  "send_p_stream_bytes": send_p, "incremental_total_bytes": run["total_bytes"],
+  "uploaded_chunk_bytes": run["uploaded_bytes"], "extra_bytes_over_stream": run["uploaded_bytes"] - send_p,
+  "manifest_key": run["manifest_key"]}, indent=2))
+PY
+      continue
+    fi
     if [ $overhead = 1 ]; then
       btrfs subvolume delete "$snap" > /dev/null; rm -rf "$W/state"
       sync; echo 3 > /proc/sys/vm/drop_caches
@@ -119,7 +153,9 @@ PY
     rm -rf "$W/state"
   done
 done
-if [ $overhead = 1 ]; then
+if [ $incremental = 1 ]; then
+  echo "incremental: see $OUT/incremental.json"
+elif [ $overhead = 1 ]; then
   python3 -c '
 import json, statistics, sys
 rows = json.load(open(sys.argv[1]))

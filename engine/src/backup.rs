@@ -769,7 +769,7 @@ impl Context {
                     let c = chunks.get_mut(&chunk).ok_or_else(|| {
                         BackupError::Internal(format!("chunk {chunk} ended unopened"))
                     })?;
-                    let parts: Vec<CompletePart> = match decide_chunk_end(
+                    let etag = match decide_chunk_end(
                         c,
                         gone.contains(&chunk),
                         size,
@@ -780,61 +780,53 @@ impl Context {
                         ChunkEndAction::RestartChunk(reason) => {
                             return Err(BackupError::RestartChunk { chunk, reason })
                         }
+                        // A crash after CompleteMultipartUpload, before its journal commit:
+                        // adopt the object when S3 has it whole.
                         ChunkEndAction::AdoptIfComplete => {
-                            // A crash after CompleteMultipartUpload, before its journal
-                            // commit: adopt the object when S3 has it whole.
-                            let etag = match self.store.head_object(&c.key).await? {
-                                    Some(o) if o.size == size => o.etag.unwrap_or_default(),
-                                    _ => {
-                                        return Err(BackupError::RestartChunk {
-                                            chunk,
-                                            reason: format!(
-                                                "upload {} is gone from S3 and no complete object replaced it",
-                                                c.upload_id
-                                            ),
-                                        })
-                                    }
-                                };
-                            self.append(
-                                run,
-                                Transition::ChunkSealed {
-                                    chunk,
-                                    size,
-                                    sha256,
-                                    etag: etag.clone(),
-                                },
-                            )?;
-                            c.sealed = Some(Sealed { size, sha256, etag });
-                            continue;
+                            match self.store.head_object(&c.key).await? {
+                                Some(o) if o.size == size => o.etag.unwrap_or_default(),
+                                _ => {
+                                    return Err(BackupError::RestartChunk {
+                                        chunk,
+                                        reason: format!(
+                                            "upload {} is gone from S3 and no complete object replaced it",
+                                            c.upload_id
+                                        ),
+                                    })
+                                }
+                            }
                         }
-                        ChunkEndAction::Complete(parts) => parts
-                            .into_iter()
-                            .map(|(part_number, etag, crc32c)| CompletePart {
-                                part_number,
-                                etag,
-                                crc32c,
-                            })
-                            .collect(),
-                    };
-                    failpoint!("before-chunk-seal");
-                    let etag = match self
-                        .store
-                        .complete_multipart(&c.key, &c.upload_id, &parts)
-                        .await
-                    {
-                        Ok(etag) => etag,
-                        Err(e)
-                            if e.kind == StoreErrorKind::NoSuchUpload
-                                || e.kind == StoreErrorKind::InvalidPart =>
-                        {
-                            return Err(BackupError::RestartChunk {
-                                chunk,
-                                reason: format!("completing the upload failed: {e}"),
-                            })
+                        ChunkEndAction::Complete(parts) => {
+                            let parts: Vec<CompletePart> = parts
+                                .into_iter()
+                                .map(|(part_number, etag, crc32c)| CompletePart {
+                                    part_number,
+                                    etag,
+                                    crc32c,
+                                })
+                                .collect();
+                            failpoint!("before-chunk-seal");
+                            let etag = match self
+                                .store
+                                .complete_multipart(&c.key, &c.upload_id, &parts)
+                                .await
+                            {
+                                Ok(etag) => etag,
+                                Err(e)
+                                    if e.kind == StoreErrorKind::NoSuchUpload
+                                        || e.kind == StoreErrorKind::InvalidPart =>
+                                {
+                                    return Err(BackupError::RestartChunk {
+                                        chunk,
+                                        reason: format!("completing the upload failed: {e}"),
+                                    })
+                                }
+                                Err(e) => return Err(e.into()),
+                            };
+                            failpoint!("after-chunk-seal");
+                            etag
                         }
-                        Err(e) => return Err(e.into()),
                     };
-                    failpoint!("after-chunk-seal");
                     self.append(
                         run,
                         Transition::ChunkSealed {

@@ -205,6 +205,29 @@ keep_chains = 1000
         }
     }
 
+    /// Runs the failpoints build with `FAILPOINTS=spec` and asserts that it crashed there.
+    pub fn crash(&self, args: &[&str], spec: &str) -> Output {
+        let env: Vec<(String, String)> = self
+            .s3
+            .env()
+            .into_iter()
+            .chain([("FAILPOINTS".to_string(), spec.to_string())])
+            .collect();
+        let out = self.run_with(tool_bin("btrfs-to-s3-failpoints"), args, &env);
+        assert_eq!(
+            out.code, -1,
+            "{spec} should kill the run; stderr:\n{}",
+            out.stderr
+        );
+        let name = spec.split('=').next().unwrap_or(spec);
+        assert!(
+            out.stderr.contains(&format!("failpoint {name}: crashing")),
+            "{spec}: {}",
+            out.stderr
+        );
+        out
+    }
+
     pub fn pointer_key(&self) -> String {
         format!("{}/{}/current.json", self.prefix, self.name)
     }

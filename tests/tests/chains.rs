@@ -5,7 +5,7 @@
 //! anything outside the prefix; a crash at every pruning failpoint resumes to the same end.
 
 use harness::btrfs::{mutate, sh, write_file, Rng};
-use harness::{tool_bin, Flavor, Opts, Setup};
+use harness::{Flavor, Opts, Setup};
 
 fn opts() -> Opts {
     Opts {
@@ -364,13 +364,7 @@ fn crash_while_pruning(name: &str, skip: u32) {
     } else {
         format!("{name}={skip}*off->return")
     };
-    let env: Vec<(String, String)> =
-        s.s3.env()
-            .into_iter()
-            .chain([("FAILPOINTS".to_string(), spec.clone())])
-            .collect();
-    let out = s.run_with(tool_bin("btrfs-to-s3-failpoints"), &["backup"], &env);
-    assert_eq!(out.code, -1, "{spec}: {}", out.stderr);
+    s.crash(&["backup"], &spec);
     s.resume_and_prove(Some(1));
     let chains = chains_in_s3(&s);
     assert_eq!(chains.len(), 1, "{spec}: {chains:?}");

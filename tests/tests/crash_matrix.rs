@@ -5,7 +5,7 @@
 //! concurrency × part_size bytes sent again. The same matrix runs for an incremental backup
 //! (on top of a published full, after a change large enough for several chunks).
 
-use harness::{tool_bin, Flavor, Opts, Setup};
+use harness::{Flavor, Opts, Setup};
 
 const CONCURRENCY: u32 = 3;
 const PART: u64 = 5 << 20;
@@ -38,24 +38,7 @@ fn crash_then_resume(flavor: Flavor, name: &str, skip: u32, incremental: bool) {
     } else {
         format!("{name}={skip}*off->return")
     };
-    let env: Vec<(String, String)> =
-        s.s3.env()
-            .into_iter()
-            .chain([("FAILPOINTS".to_string(), spec.clone())])
-            .collect();
-    let crashed = s.run_with(tool_bin("btrfs-to-s3-failpoints"), &["backup"], &env);
-    assert_eq!(
-        crashed.code, -1,
-        "{spec} should kill the run; stderr:\n{}",
-        crashed.stderr
-    );
-    assert!(
-        crashed
-            .stderr
-            .contains(&format!("failpoint {name}: crashing")),
-        "{spec}: {}",
-        crashed.stderr
-    );
+    s.crash(&["backup"], &spec);
     let f = s.resume_and_prove(Some(expected));
     if incremental {
         let m = s.manifest(&s.pointer().manifest_key);

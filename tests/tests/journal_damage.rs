@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use harness::{tool_bin, Flavor, Opts, Setup};
+use harness::{Flavor, Opts, Setup};
 
 fn truncate(p: &Path) {
     let len = std::fs::metadata(p).expect("journal").len();
@@ -60,20 +60,7 @@ fn damaged(flavor: Flavor, damage: fn(&Path), expect_in_message: &str) {
     assert!(out.stderr.contains("--force"), "{}", out.stderr);
 
     // A second backup dies mid-upload, leaving an open run with an open upload.
-    let env: Vec<(String, String)> =
-        s.s3.env()
-            .into_iter()
-            .chain([(
-                "FAILPOINTS".to_string(),
-                "after-part-upload=3*off->return".to_string(),
-            )])
-            .collect();
-    let crashed = s.run_with(
-        tool_bin("btrfs-to-s3-failpoints"),
-        &["backup", "--full"],
-        &env,
-    );
-    assert_eq!(crashed.code, -1, "{}", crashed.stderr);
+    s.crash(&["backup", "--full"], "after-part-upload=3*off->return");
     assert_eq!(s.open_runs().len(), 1);
     let crashed_snapshot = s.snapshots().into_iter().max().expect("snapshot");
 

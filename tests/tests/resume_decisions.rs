@@ -5,7 +5,7 @@
 //! shown) and the next backup starts afresh. Each outcome is proven restorable.
 
 use harness::btrfs::sh;
-use harness::{tool_bin, Flavor, Opts, Setup};
+use harness::{Flavor, Opts, Setup};
 
 fn opts() -> Opts {
     Opts {
@@ -18,13 +18,7 @@ fn opts() -> Opts {
 
 /// Runs a backup that dies at `spec`, leaving one open run.
 fn crash(s: &Setup, spec: &str) {
-    let env: Vec<(String, String)> =
-        s.s3.env()
-            .into_iter()
-            .chain([("FAILPOINTS".to_string(), spec.to_string())])
-            .collect();
-    let out = s.run_with(tool_bin("btrfs-to-s3-failpoints"), &["backup"], &env);
-    assert_eq!(out.code, -1, "{spec}: {}", out.stderr);
+    s.crash(&["backup"], spec);
     assert_eq!(s.open_runs().len(), 1, "one open run after the crash");
 }
 
