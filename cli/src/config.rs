@@ -176,6 +176,15 @@ struct RawRetention {
     abort_uploads_older_than_hours: Option<u64>,
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRestore {
+    tier: Option<Spanned<String>>,
+    days: Option<i32>,
+    timeout_hours: Option<u64>,
+    poll_seconds: Option<u64>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -189,6 +198,8 @@ struct RawConfig {
     schedule: RawSchedule,
     #[serde(default)]
     retention: RawRetention,
+    #[serde(default)]
+    restore: RawRestore,
 }
 
 fn span_of<T>(s: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
@@ -427,6 +438,31 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
                 Duration::from_secs(h * 3600)
             }),
     };
+    let rsdef = engine::restore::RestoreSettings::default();
+    let tier = raw
+        .restore
+        .tier
+        .as_ref()
+        .map_or(rsdef.tier.clone(), |t| t.get_ref().clone());
+    if !["Bulk", "Standard", "Expedited"].contains(&tier.as_str()) {
+        return Err(invalid_at(
+            span_of(&raw.restore.tier),
+            format!("unknown restore tier `{tier}`"),
+            "use \"Bulk\" (cheapest), \"Standard\" or \"Expedited\"".into(),
+        ));
+    }
+    let restore = engine::restore::RestoreSettings {
+        tier,
+        days: raw.restore.days.unwrap_or(rsdef.days).max(1),
+        timeout: raw
+            .restore
+            .timeout_hours
+            .map_or(rsdef.timeout, |h| Duration::from_secs(h * 3600)),
+        poll: raw
+            .restore
+            .poll_seconds
+            .map_or(rsdef.poll, |s| Duration::from_secs(s.max(1))),
+    };
     Ok(Settings {
         subvolumes,
         snapshot_dir: raw.snapshot_dir,
@@ -450,6 +486,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         },
         schedule,
         retention,
+        restore,
     })
 }
 

@@ -14,6 +14,7 @@ use engine::backup::{BackupError, Context, Progress, RunReport};
 use engine::btrfs::{BtrfsCli, BtrfsError};
 use engine::journal::{Journal, JournalError};
 use engine::plan::{Decision, Force};
+use engine::restore::{RestoreError, RestoreRequest, Restorer, Selector, VerifyMode};
 use engine::settings::Settings;
 use engine::store::{ObjectStore, S3Store, StoreErrorKind};
 
@@ -32,6 +33,10 @@ pub mod exit {
     pub const SOURCE: u8 = 5;
     /// The journal is damaged or unreadable.
     pub const JOURNAL: u8 = 6;
+    /// Backup data damaged or missing (hash mismatch, missing object, broken chain).
+    pub const DAMAGED: u8 = 7;
+    /// Archived objects are thawing: run the same restore again later (EX_TEMPFAIL).
+    pub const THAWING: u8 = 75;
 }
 
 const AFTER_HELP: &str = "\
@@ -43,6 +48,8 @@ Exit codes:
   4  S3 refused: unknown bucket, wrong credentials or access denied
   5  a source is not a Btrfs subvolume, or btrfs-progs is missing
   6  the journal is damaged (see `btrfs-to-s3 journal rebuild`)
+  7  backup data damaged or missing (restore, verify)
+  75 archived objects are thawing: run the same restore again later
 
 Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY,
 AWS_PROFILE, instance metadata), never from the configuration file.";
@@ -87,6 +94,44 @@ enum Command {
         /// Print what would be done and why; change nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Restore a backup (newest by default) into a directory on a Btrfs filesystem.
+    Restore {
+        #[arg(long)]
+        subvolume: String,
+        /// Directory on a Btrfs filesystem that receives the snapshot.
+        #[arg(long)]
+        target: PathBuf,
+        /// Backup id (as `list` shows it).
+        #[arg(long, group = "which")]
+        backup: Option<String>,
+        #[arg(long, group = "which")]
+        manifest_key: Option<String>,
+        /// The newest backup at or before this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+        #[arg(long, group = "which")]
+        before: Option<String>,
+        /// Make the restored snapshot writable (it is read-only as received).
+        #[arg(long)]
+        writable: bool,
+        /// Compare the result with the source snapshot: full, sample, none (default: full
+        /// when the source snapshot still exists on this host).
+        #[arg(long, value_parser = ["full", "sample", "none"])]
+        verify: Option<String>,
+        /// Request the thaw of archived objects and exit (code 75) instead of waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Check a backup without restoring it: every object exists with its recorded size and
+    /// parts; --deep downloads and checks every byte and parses the stream.
+    Verify {
+        #[arg(long)]
+        subvolume: String,
+        #[arg(long, group = "which")]
+        backup: Option<String>,
+        #[arg(long, group = "which")]
+        manifest_key: Option<String>,
+        #[arg(long)]
+        deep: bool,
     },
     /// List the backups in S3 per subvolume, chain by chain: kind, time, size, storage class,
     /// and whether each is restorable (all its objects and its parents' are there).
@@ -185,6 +230,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 
@@ -241,6 +287,99 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             backup(&cli, settings, selected, Some(force)).await
         }
         Command::Resume => backup(&cli, settings, Vec::new(), None).await,
+        Command::Restore {
+            subvolume,
+            target,
+            backup,
+            manifest_key,
+            before,
+            writable,
+            verify,
+            no_wait,
+        } => {
+            select(&settings, std::slice::from_ref(subvolume))?;
+            let selector = selector(backup, manifest_key, before)?;
+            let verify = match verify.as_deref() {
+                Some("full") => VerifyMode::Full,
+                Some("sample") => VerifyMode::Sample,
+                Some("none") => VerifyMode::None,
+                _ => VerifyMode::Auto,
+            };
+            let r = Restorer {
+                store: Arc::new(S3Store::connect(&settings.s3).await),
+                restore: settings.restore.clone(),
+                btrfs: Arc::new(BtrfsCli::default()),
+                settings,
+            };
+            let req = RestoreRequest {
+                subvolume: subvolume.clone(),
+                target: target.clone(),
+                selector,
+                writable: *writable,
+                verify,
+                wait: !*no_wait,
+            };
+            let report = r
+                .restore(&req)
+                .await
+                .map_err(|e| Failure::new(code_for_restore(&e), e.to_string()))?;
+            output::print_json_or(&report, cli.json, || {
+                format!(
+                    "{}: restored backup {} to {} ({} snapshot(s) received, {} skipped, {}, {:.1} s); verify: {}",
+                    report.subvolume,
+                    report.backup_id,
+                    report.restored.display(),
+                    report.received.len(),
+                    report.skipped.len(),
+                    output::human_bytes(report.bytes),
+                    report.seconds,
+                    report.verified
+                )
+            });
+            Ok(exit::OK)
+        }
+        Command::Verify {
+            subvolume,
+            backup,
+            manifest_key,
+            deep,
+        } => {
+            select(&settings, std::slice::from_ref(subvolume))?;
+            let store: Arc<dyn ObjectStore> = Arc::new(S3Store::connect(&settings.s3).await);
+            let keys = engine::machine::Keys::new(&settings.s3.prefix);
+            let sel = selector(backup, manifest_key, &None)?;
+            let fail = |e: RestoreError| Failure::new(code_for_restore(&e), e.to_string());
+            let key = engine::restore::resolve(store.as_ref(), &keys, subvolume, &sel)
+                .await
+                .map_err(fail)?;
+            let reports = engine::restore::verify(store, &key, *deep, settings.s3.concurrency)
+                .await
+                .map_err(fail)?;
+            let bad = reports.iter().any(|r| !r.problems.is_empty());
+            output::print_json_or(&reports, cli.json, || {
+                reports
+                    .iter()
+                    .map(|r| {
+                        if r.problems.is_empty() {
+                            format!(
+                                "{}: ok ({} objects{})",
+                                r.backup_id,
+                                r.objects_checked,
+                                if r.deep {
+                                    ", every byte checked, stream parses"
+                                } else {
+                                    ""
+                                }
+                            )
+                        } else {
+                            format!("{}: {}", r.backup_id, r.problems.join("; "))
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            Ok(if bad { exit::DAMAGED } else { exit::OK })
+        }
         Command::List => {
             let store = S3Store::connect(&settings.s3).await;
             let listing = engine::listing::list(&settings, &store)
@@ -364,6 +503,42 @@ fn select(
                 })
         })
         .collect()
+}
+
+fn selector(
+    backup: &Option<String>,
+    manifest_key: &Option<String>,
+    before: &Option<String>,
+) -> Result<Selector, Failure> {
+    Ok(match (backup, manifest_key, before) {
+        (Some(b), _, _) => Selector::BackupId(b.clone()),
+        (_, Some(k), _) => Selector::ManifestKey(k.clone()),
+        (_, _, Some(t)) => Selector::Before(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|e| {
+                    Failure::new(
+                        exit::USAGE,
+                        format!("--before {t}: {e}; write it as 2026-11-01T00:00:00Z"),
+                    )
+                })?
+                .with_timezone(&chrono::Utc),
+        ),
+        _ => Selector::Newest,
+    })
+}
+
+fn code_for_restore(e: &RestoreError) -> u8 {
+    match e {
+        RestoreError::Store(s) => code_for_store(s),
+        RestoreError::Damaged { .. } | RestoreError::Manifest(_) => exit::DAMAGED,
+        RestoreError::ThawPending { .. } | RestoreError::ThawTimeout { .. } => exit::THAWING,
+        RestoreError::TargetExists(_) | RestoreError::BadTarget(_) | RestoreError::NoSource(..) => {
+            exit::USAGE
+        }
+        RestoreError::NotFound(_) => exit::USAGE,
+        RestoreError::Btrfs(BtrfsError::Missing(_)) => exit::SOURCE,
+        _ => exit::FAILED,
+    }
 }
 
 fn code_for_store(e: &engine::store::StoreError) -> u8 {

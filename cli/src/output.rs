@@ -50,6 +50,15 @@ pub fn spawn_progress(p: Arc<Progress>) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// JSON on stdout for scripts, or the text `human` makes.
+pub fn print_json_or<T: serde::Serialize>(v: &T, as_json: bool, human: impl FnOnce() -> String) {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        println!("{}", human());
+    }
+}
+
 pub fn print_plans(plans: &[serde_json::Value], as_json: bool) {
     if as_json {
         println!(

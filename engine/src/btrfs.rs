@@ -58,6 +58,8 @@ pub trait Snapshotter: Send + Sync {
     fn show(&self, path: &Path) -> Result<SubvolumeInfo, BtrfsError>;
     fn snapshot_readonly(&self, source: &Path, dest: &Path) -> Result<(), BtrfsError>;
     fn delete(&self, path: &Path) -> Result<(), BtrfsError>;
+    /// Makes a (received) read-only snapshot writable; clears its received UUID.
+    fn set_writable(&self, path: &Path) -> Result<(), BtrfsError>;
     /// Starts `btrfs send` with stdout piped.
     fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<Child, BtrfsError>;
     /// Starts `btrfs receive DIR` with stdin piped.
@@ -152,6 +154,19 @@ impl Snapshotter for BtrfsCli {
     fn delete(&self, path: &Path) -> Result<(), BtrfsError> {
         self.run(&["subvolume".as_ref(), "delete".as_ref(), path.as_os_str()])
             .map(drop)
+    }
+
+    fn set_writable(&self, path: &Path) -> Result<(), BtrfsError> {
+        self.run(&[
+            "property".as_ref(),
+            "set".as_ref(),
+            "-f".as_ref(),
+            "-ts".as_ref(),
+            path.as_os_str(),
+            "ro".as_ref(),
+            "false".as_ref(),
+        ])
+        .map(drop)
     }
 
     fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<Child, BtrfsError> {

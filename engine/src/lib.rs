@@ -11,8 +11,10 @@ pub mod manifest;
 pub mod pipeline;
 pub mod plan;
 pub mod rebuild;
+pub mod restore;
 pub mod settings;
 pub mod store;
+pub mod tree;
 
 pub use journal;
 

@@ -81,6 +81,7 @@ pub struct Settings {
     pub s3: S3Settings,
     pub schedule: crate::plan::Schedule,
     pub retention: Retention,
+    pub restore: crate::restore::RestoreSettings,
 }
 
 impl Settings {

@@ -74,6 +74,33 @@ pub struct ObjectInfo {
     pub storage_class: Option<String>,
     pub sse: Option<String>,
     pub etag: Option<String>,
+    /// The `x-amz-restore` header of an archived object (HeadObject only).
+    pub restore: Option<String>,
+}
+
+/// Where an object stands for reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Readable,
+    /// Archived, no restore requested.
+    Archived,
+    /// Archived, restore in progress.
+    Thawing,
+}
+
+impl ObjectInfo {
+    pub fn readiness(&self) -> Readiness {
+        let archived = matches!(
+            self.storage_class.as_deref(),
+            Some("GLACIER") | Some("DEEP_ARCHIVE")
+        );
+        match (&self.restore, archived) {
+            (_, false) => Readiness::Readable,
+            (Some(r), true) if r.contains("ongoing-request=\"false\"") => Readiness::Readable,
+            (Some(r), true) if r.contains("ongoing-request=\"true\"") => Readiness::Thawing,
+            _ => Readiness::Archived,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +152,10 @@ pub trait ObjectStore: Send + Sync {
     async fn put_object(&self, key: &str, body: Bytes, opts: &PutOptions)
         -> Result<(), StoreError>;
     async fn get_object(&self, key: &str) -> Result<Bytes, StoreError>;
+    /// `len` bytes at `offset` of an object.
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError>;
+    /// Asks S3 to thaw an archived object for `days` at `tier` (Bulk, Standard, Expedited).
+    async fn restore_object(&self, key: &str, days: i32, tier: &str) -> Result<(), StoreError>;
     async fn head_object(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError>;
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
@@ -522,6 +553,65 @@ impl ObjectStore for S3Store {
             })
     }
 
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", offset, offset + len.max(1) - 1))
+            .send()
+            .await
+            .map_err(|e| self.err("GetObject", key, e))?;
+        let body = out.body.collect().await.map_err(|e| StoreError {
+            op: "GetObject",
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            kind: StoreErrorKind::Transient,
+            message: format!("reading the body: {e}"),
+        })?;
+        Ok(body.into_bytes())
+    }
+
+    async fn restore_object(&self, key: &str, days: i32, tier: &str) -> Result<(), StoreError> {
+        use aws_sdk_s3::types::{GlacierJobParameters, RestoreRequest, Tier};
+        let req = RestoreRequest::builder()
+            .days(days)
+            .glacier_job_parameters(
+                GlacierJobParameters::builder()
+                    .tier(Tier::from(tier))
+                    .build()
+                    .map_err(|e| StoreError {
+                        op: "RestoreObject",
+                        bucket: self.bucket.clone(),
+                        key: key.to_string(),
+                        kind: StoreErrorKind::Other,
+                        message: e.to_string(),
+                    })?,
+            )
+            .build();
+        match self
+            .client
+            .restore_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .restore_request(req)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = self.err("RestoreObject", key, e);
+                // Asked before and still running: that is what we wanted.
+                if err.message.contains("RestoreAlreadyInProgress") {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
     async fn head_object(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
         match self
             .client
@@ -537,6 +627,7 @@ impl ObjectStore for S3Store {
                 storage_class: o.storage_class().map(|s| s.as_str().to_string()),
                 sse: o.server_side_encryption().map(|s| s.as_str().to_string()),
                 etag: o.e_tag().map(str::to_string),
+                restore: o.restore().map(str::to_string),
             })),
             Err(e) => {
                 let err = self.err("HeadObject", key, e);
@@ -569,6 +660,7 @@ impl ObjectStore for S3Store {
                     storage_class: o.storage_class().map(|s| s.as_str().to_string()),
                     sse: None,
                     etag: o.e_tag().map(str::to_string),
+                    restore: None,
                 });
             }
             token = resp.next_continuation_token().map(str::to_string);
@@ -632,6 +724,36 @@ mod tests {
         assert_eq!(classify("", Some(503)), StoreErrorKind::Transient);
         assert_eq!(classify("SlowDown", Some(503)), StoreErrorKind::Transient);
         assert_eq!(classify("", Some(400)), StoreErrorKind::Other);
+    }
+
+    #[test]
+    fn readiness_of_archived_objects() {
+        let o = |class: Option<&str>, restore: Option<&str>| ObjectInfo {
+            key: "k".into(),
+            size: 1,
+            storage_class: class.map(str::to_string),
+            sse: None,
+            etag: None,
+            restore: restore.map(str::to_string),
+        };
+        assert_eq!(o(None, None).readiness(), Readiness::Readable);
+        assert_eq!(o(Some("GLACIER_IR"), None).readiness(), Readiness::Readable);
+        assert_eq!(
+            o(Some("DEEP_ARCHIVE"), None).readiness(),
+            Readiness::Archived
+        );
+        assert_eq!(
+            o(Some("GLACIER"), Some("ongoing-request=\"true\"")).readiness(),
+            Readiness::Thawing
+        );
+        assert_eq!(
+            o(
+                Some("DEEP_ARCHIVE"),
+                Some("ongoing-request=\"false\", expiry-date=\"Fri, 21 Dec 2012 00:00:00 GMT\"")
+            )
+            .readiness(),
+            Readiness::Readable
+        );
     }
 
     #[test]

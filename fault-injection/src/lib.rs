@@ -33,6 +33,14 @@ pub const FAILPOINTS: &[&str] = &[
 /// object); the retention crash test walks these with the pruning phases above.
 pub const PRUNE_FAILPOINTS: &[&str] = &["after-prune-snapshot", "after-prune-object"];
 
+/// Failpoints of `restore`: before and after each snapshot's receive, and in the middle of
+/// a stream (after two parts went to `btrfs receive`).
+pub const RESTORE_FAILPOINTS: &[&str] = &[
+    "restore-before-receive",
+    "restore-mid-stream",
+    "restore-after-receive",
+];
+
 /// Dies at once, as a crash would. Exit status is SIGABRT.
 pub fn crash(name: &str) -> ! {
     eprintln!("failpoint {name}: crashing");
@@ -67,6 +75,28 @@ macro_rules! failpoint {
 macro_rules! failpoint {
     ($name:literal) => {};
 }
+
+/// `failpoint_err!("name", expr)`: with `FAILPOINTS=name=return`, evaluates to `Some(expr)`
+/// (an injected error the caller returns), otherwise `None`. Compiles to `None` without the
+/// feature. For transient faults that must be retried, not crashes.
+#[cfg(feature = "failpoints")]
+#[macro_export]
+macro_rules! failpoint_err {
+    ($name:literal, $err:expr) => {
+        $crate::__fail::eval($name, |_| $err)
+    };
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[macro_export]
+macro_rules! failpoint_err {
+    ($name:literal, $err:expr) => {
+        None
+    };
+}
+
+/// Failpoints that inject a transient error instead of a crash.
+pub const TRANSIENT_FAILPOINTS: &[&str] = &["restore-part-transient"];
 
 #[doc(hidden)]
 pub use fail as __fail;

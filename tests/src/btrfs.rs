@@ -1,14 +1,11 @@
 //! Loop-device Btrfs filesystems that clean up after themselves, deterministic seed data, and
 //! a tree comparison that sees content, sizes, modes, ownership, symlinks, hard links, xattrs.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-use sha2::{Digest, Sha256};
 
 /// Runs a command and panics with its output when it fails.
 pub fn sh(cmd: &str, args: &[&str]) -> String {
@@ -214,119 +211,16 @@ pub fn mutate(root: &Path, seed: u64) {
     xattr::set(root.join("files/f1.bin"), "user.origin", b"mutated").expect("xattr");
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub kind: &'static str,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub size: u64,
-    pub mtime: i64,
-    pub sha256: Option<String>,
-    pub link: Option<String>,
-    pub xattrs: BTreeMap<String, Vec<u8>>,
-    /// Path of the first entry sharing this inode (hard links), relative.
-    pub hardlink_of: Option<String>,
-}
-
-/// Everything about a tree that a restore must reproduce, keyed by relative path.
-pub fn tree(root: &Path) -> BTreeMap<String, Entry> {
-    let mut out = BTreeMap::new();
-    let mut inodes: BTreeMap<u64, String> = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let mut entries: Vec<_> = fs::read_dir(&dir)
-            .expect("read_dir")
-            .map(|e| e.expect("entry").path())
-            .collect();
-        entries.sort();
-        for p in entries {
-            let rel = p
-                .strip_prefix(root)
-                .expect("prefix")
-                .to_string_lossy()
-                .to_string();
-            let md = fs::symlink_metadata(&p).expect("lstat");
-            let ft = md.file_type();
-            let kind = if ft.is_dir() {
-                "dir"
-            } else if ft.is_symlink() {
-                "symlink"
-            } else if ft.is_file() {
-                "file"
-            } else {
-                "other"
-            };
-            let mut xattrs = BTreeMap::new();
-            if !ft.is_symlink() {
-                for name in xattr::list(&p).expect("listxattr") {
-                    let n = name.to_string_lossy().to_string();
-                    let v = xattr::get(&p, &name).expect("getxattr").unwrap_or_default();
-                    xattrs.insert(n, v);
-                }
-            }
-            let hardlink_of = if ft.is_file() && md.nlink() > 1 {
-                Some(
-                    inodes
-                        .entry(md.ino())
-                        .or_insert_with(|| rel.clone())
-                        .clone(),
-                )
-            } else {
-                None
-            };
-            let sha256 = ft
-                .is_file()
-                .then(|| hex::encode(Sha256::digest(fs::read(&p).expect("read"))));
-            let link = ft.is_symlink().then(|| {
-                fs::read_link(&p)
-                    .expect("readlink")
-                    .to_string_lossy()
-                    .to_string()
-            });
-            out.insert(
-                rel,
-                Entry {
-                    kind,
-                    mode: md.mode(),
-                    uid: md.uid(),
-                    gid: md.gid(),
-                    size: if ft.is_dir() { 0 } else { md.size() },
-                    mtime: if ft.is_file() { md.mtime() } else { 0 },
-                    sha256,
-                    link,
-                    xattrs,
-                    hardlink_of,
-                },
-            );
-            if ft.is_dir() {
-                stack.push(p);
-            }
-        }
-    }
-    out
-}
+pub use engine::tree::{tree, Entry};
 
 /// Panics with the first differences when two trees differ.
 pub fn assert_same_tree(expected: &Path, actual: &Path) {
-    let a = tree(expected);
-    let b = tree(actual);
+    let count = engine::tree::tree(expected, engine::tree::Coverage::All).len();
     assert!(
-        a.len() > 10,
-        "source tree suspiciously small: {} entries",
-        a.len()
+        count > 10,
+        "source tree suspiciously small: {count} entries"
     );
-    let mut diffs = Vec::new();
-    for (k, v) in &a {
-        match b.get(k) {
-            None => diffs.push(format!("missing: {k}")),
-            Some(w) if w != v => diffs.push(format!("differs: {k}\n  want {v:?}\n  got  {w:?}")),
-            _ => {}
-        }
-    }
-    for k in b.keys().filter(|k| !a.contains_key(*k)) {
-        diffs.push(format!("extra: {k}"));
-    }
+    let diffs = engine::tree::diff(expected, actual, engine::tree::Coverage::All);
     assert!(
         diffs.is_empty(),
         "restored tree differs from {} in {} place(s):\n{}",
