@@ -9,12 +9,16 @@
 #   sudo scripts/bench.sh --incremental
 #     full backup of ~1 GiB, then 1% of it changed, then an incremental: bytes uploaded
 #     against the size of the `btrfs send -p` stream.
+#   sudo scripts/bench.sh --restore [--repeat N]
+#     restore of the ~1 GiB full backup beside `s5cmd cat` of the same chunk objects piped
+#     into `btrfs receive`: MiB/s and peak memory.
 # Needs root. Uses a release build. Not part of the tests (numbers, not assertions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-sizes="1 4"; repeat=1; overhead=0; incremental=0
+sizes="1 4"; repeat=1; overhead=0; incremental=0; restore=0
 while [ $# -gt 0 ]; do
   case "$1" in
+    --restore) restore=1; sizes=1; shift ;;
     --incremental) incremental=1; sizes=1; shift ;;
     --journal-overhead) overhead=1; shift ;;
     --sizes) sizes="$2"; shift 2 ;;
@@ -82,6 +86,34 @@ CONF
     read -r rss_kib wall < "$OUT/time.txt"
     bytes=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["runs"][0]["total_bytes"])' "$OUT/run.json")
     snap=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["runs"][0]["snapshot"])' "$OUT/run.json")
+    if [ $restore = 1 ]; then
+      mkey=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["runs"][0]["manifest_key"])' "$OUT/run.json")
+      "$S5" --endpoint-url "$S3_ENDPOINT" cat "s3://$S3_BUCKET/$mkey" > "$OUT/manifest.json"
+      mkdir -p "$W/mnt/r1" "$W/mnt/r2"
+      sync; echo 3 > /proc/sys/vm/drop_caches
+      /usr/bin/time -f "%M %e" -o "$OUT/time-r.txt" "$BIN" --config "$W/config.toml" --quiet restore --json \
+        --subvolume "vol${s}g" --target "$W/mnt/r1" --verify none > "$OUT/restore.json"
+      read -r r_rss r_wall < "$OUT/time-r.txt"
+      keys=$(python3 -c 'import json,sys; print(" ".join(c["key"] for c in json.load(open(sys.argv[1]))["chunks"]))' "$OUT/manifest.json")
+      sync; echo 3 > /proc/sys/vm/drop_caches
+      /usr/bin/time -f "%M %e" -o "$OUT/time-rs5.txt" bash -c "for k in $keys; do '$S5' --endpoint-url '$S3_ENDPOINT' cat \"s3://$S3_BUCKET/\$k\"; done | btrfs receive -q '$W/mnt/r2'"
+      read -r p_rss p_wall < "$OUT/time-rs5.txt"
+      results=$(python3 - "$results" <<PY
+import json, sys
+r = json.loads(sys.argv[1])
+mib = $bytes / 2**20
+r.append({"stream_gib": round($bytes / 2**30, 3), "repeat": $r,
+  "restore_mib_s": round(mib / $r_wall, 1), "restore_peak_rss_mib": round($r_rss / 1024, 1),
+  "memory_limit_mib": (4 + 2) * 8 + 64,
+  "s5cmd_cat_receive_mib_s": round(mib / $p_wall, 1), "s5cmd_cat_peak_rss_mib": round($p_rss / 1024, 1)})
+print(json.dumps(r))
+PY
+)
+      echo "$results" > "$OUT/restore-results.json"
+      for d in "$W/mnt/r1"/* "$W/mnt/r2"/*; do btrfs subvolume delete "$d" > /dev/null; done
+      btrfs subvolume delete "$snap" > /dev/null; rm -rf "$W/state"
+      continue
+    fi
     if [ $incremental = 1 ]; then
       # Change 1% of the data: 10 MiB rewritten in place across blobs, one small file added.
       python3 - "$sv" <<'PY'
@@ -153,7 +185,9 @@ PY
     rm -rf "$W/state"
   done
 done
-if [ $incremental = 1 ]; then
+if [ $restore = 1 ]; then
+  cat "$OUT/restore-results.json"
+elif [ $incremental = 1 ]; then
   echo "incremental: see $OUT/incremental.json"
 elif [ $overhead = 1 ]; then
   python3 -c '

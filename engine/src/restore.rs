@@ -345,13 +345,15 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
             off += p.size;
         }
     }
+    // Each fetch is its own task, so downloads (and their part checks) go on while the
+    // loop below writes to `btrfs receive`; at most `concurrency` are in flight.
     let mut parts = futures::stream::iter(jobs.into_iter().map(|(idx, key, off, p)| {
         let store = store.clone();
-        async move {
+        tokio::spawn(async move {
             fetch_part(store.as_ref(), &key, off, &p)
                 .await
                 .map(|d| (idx, d))
-        }
+        })
     }))
     .buffered(concurrency.max(1));
     let mut stream_sha = Sha256::new();
@@ -371,7 +373,8 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
     };
     let mut written_parts = 0u32;
     while let Some(r) = parts.next().await {
-        let (idx, data) = r?;
+        let (idx, data) =
+            r.map_err(|e| RestoreError::NotFound(format!("download task failed: {e}")))??;
         if idx != current {
             check_chunk(current, std::mem::take(&mut chunk_sha))?;
             current = idx;
