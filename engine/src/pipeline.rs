@@ -183,7 +183,11 @@ pub fn split_stream<R: Read>(
         if n > 0 {
             let (xxh3, crc32c) = part_hashes(&buf);
             stream_sha.update(&buf);
-            chunk_sha.update(&buf);
+            // Chunk 0 starts where the stream starts: its hash is the stream hasher's state,
+            // so the (common) single-chunk stream is hashed once, not twice.
+            if chunk > 0 {
+                chunk_sha.update(&buf);
+            }
             let part = Part {
                 chunk,
                 number,
@@ -215,7 +219,11 @@ pub fn split_stream<R: Read>(
             }
         }
         if (eof && in_chunk > 0) || chunk_full {
-            let sha = std::mem::take(&mut chunk_sha).finalize().into();
+            let sha = if chunk == 0 {
+                stream_sha.clone().finalize().into()
+            } else {
+                std::mem::take(&mut chunk_sha).finalize().into()
+            };
             if !send(Event::ChunkEnd {
                 chunk,
                 size: in_chunk,
@@ -307,6 +315,15 @@ mod tests {
             assert_eq!(part_hashes(range), (ev.xxh3, ev.crc32c));
         }
         assert_eq!(chunk_ends.len(), 3);
+        // Chunk 0's hash comes from the stream hasher's state: it must still be its own.
+        assert_eq!(
+            chunk_ends[0].2.as_slice(),
+            Sha256::digest(&data[..12 * m as usize]).as_slice()
+        );
+        assert_eq!(
+            chunk_ends[2].2.as_slice(),
+            Sha256::digest(&data[24 * m as usize..]).as_slice()
+        );
         assert_eq!(chunk_ends[2].1, 6 * m + 7);
         assert_eq!(
             chunk_ends[1].2.as_slice(),

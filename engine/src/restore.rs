@@ -376,10 +376,18 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
         let (idx, data) =
             r.map_err(|e| RestoreError::NotFound(format!("download task failed: {e}")))??;
         if idx != current {
-            check_chunk(current, std::mem::take(&mut chunk_sha))?;
+            // Chunk 0's hash is the stream hasher's state at its end (see pipeline).
+            let done = if current == 0 {
+                stream_sha.clone()
+            } else {
+                std::mem::take(&mut chunk_sha)
+            };
+            check_chunk(current, done)?;
             current = idx;
         }
-        chunk_sha.update(&data);
+        if idx > 0 {
+            chunk_sha.update(&data);
+        }
         stream_sha.update(&data);
         total += data.len() as u64;
         sink.write_all(&data)
@@ -393,7 +401,14 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
             failpoint!("restore-mid-stream");
         }
     }
-    check_chunk(current, chunk_sha)?;
+    check_chunk(
+        current,
+        if current == 0 {
+            stream_sha.clone()
+        } else {
+            chunk_sha
+        },
+    )?;
     let got = hex::encode(stream_sha.finalize());
     if got != m.stream_sha256 || total != m.total_bytes {
         return Err(RestoreError::Damaged {
