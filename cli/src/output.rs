@@ -145,9 +145,12 @@ pub fn print_backup(
     for r in reports {
         let rate = r.uploaded_bytes as f64 / r.seconds.max(0.001) / (1024.0 * 1024.0);
         println!(
-            "{}: published {:?} backup {} ({} in {} chunk(s), {} parts; sent {}, reused {}; {:.1} s, {rate:.1} MiB/s{})",
+            "{}: published {} backup {} ({} in {} chunk(s), {} parts; sent {}, reused {}; {:.1} s, {rate:.1} MiB/s{})",
             r.subvolume,
-            r.kind,
+            match r.kind {
+                engine::manifest::Kind::Full => "full",
+                engine::manifest::Kind::Incremental => "incremental",
+            },
             r.backup_id,
             human_bytes(r.total_bytes),
             r.chunks,

@@ -533,49 +533,8 @@ impl Restorer {
     }
 
     async fn receive(&self, m: &Manifest, target: &Path) -> Result<u64, RestoreError> {
-        let mut child = tokio::process::Command::new("btrfs")
-            .arg("receive")
-            .arg(target)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| BtrfsError::Missing(format!("btrfs receive: {e}")))?;
-        let mut stdin = child.stdin.take().ok_or_else(|| RestoreError::Receive {
-            snapshot: m.snapshot.name.clone(),
-            detail: "no stdin".into(),
-        })?;
-        let streamed = stream_verified(
-            self.store.clone(),
-            m,
-            self.settings.s3.concurrency,
-            &mut stdin,
-        )
-        .await;
-        let bytes = match streamed {
-            Ok(b) => b,
-            Err(e) => {
-                // Never let receive finish on an unverified stream.
-                let _ = child.kill().await;
-                return Err(e);
-            }
-        };
-        drop(stdin);
-        let out = child
-            .wait_with_output()
-            .await
-            .map_err(|e| RestoreError::Receive {
-                snapshot: m.snapshot.name.clone(),
-                detail: e.to_string(),
-            })?;
-        if !out.status.success() {
-            return Err(RestoreError::Receive {
-                snapshot: m.snapshot.name.clone(),
-                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(bytes)
+        let args = ["receive".as_ref(), target.as_os_str()];
+        into_btrfs(self.store.clone(), m, self.settings.s3.concurrency, &args).await
     }
 
     pub async fn restore(&self, req: &RestoreRequest) -> Result<RestoreReport, RestoreError> {
@@ -702,6 +661,50 @@ impl Restorer {
     }
 }
 
+/// Pipes a backup's verified stream into `btrfs ARGS` (receive, or receive --dump). The
+/// process is killed, never allowed to finish, if the stream fails a check.
+async fn into_btrfs(
+    store: Arc<dyn ObjectStore>,
+    m: &Manifest,
+    concurrency: usize,
+    args: &[&std::ffi::OsStr],
+) -> Result<u64, RestoreError> {
+    let mut child = tokio::process::Command::new("btrfs")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| BtrfsError::Missing(format!("btrfs {args:?}: {e}")))?;
+    let mut stdin = child.stdin.take().ok_or_else(|| RestoreError::Receive {
+        snapshot: m.snapshot.name.clone(),
+        detail: "no stdin".into(),
+    })?;
+    let bytes = match stream_verified(store, m, concurrency, &mut stdin).await {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = child.kill().await;
+            return Err(e);
+        }
+    };
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| RestoreError::Receive {
+            snapshot: m.snapshot.name.clone(),
+            detail: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(RestoreError::Receive {
+            snapshot: m.snapshot.name.clone(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(bytes)
+}
+
 /// What `verify` found for one backup of a chain.
 #[derive(Debug, Serialize)]
 pub struct VerifyReport {
@@ -747,37 +750,14 @@ pub async fn verify(
             }
         }
         if deep && problems.is_empty() {
-            let mut child = tokio::process::Command::new("btrfs")
-                .args(["receive", "--dump"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| BtrfsError::Missing(format!("btrfs receive --dump: {e}")))?;
-            let mut stdin = child
-                .stdin
-                .take()
-                .ok_or_else(|| RestoreError::NotFound("stdin".into()))?;
-            match stream_verified(store.clone(), m, concurrency, &mut stdin).await {
-                Ok(_) => {
-                    drop(stdin);
-                    let o = child
-                        .wait_with_output()
-                        .await
-                        .map_err(|e| RestoreError::Receive {
-                            snapshot: m.snapshot.name.clone(),
-                            detail: e.to_string(),
-                        })?;
-                    if !o.status.success() {
-                        problems.push(format!(
-                            "the stream does not parse: {}",
-                            String::from_utf8_lossy(&o.stderr).trim()
-                        ));
-                    }
+            let args = ["receive".as_ref(), "--dump".as_ref()];
+            match into_btrfs(store.clone(), m, concurrency, &args).await {
+                Ok(_) => {}
+                Err(RestoreError::Receive { detail, .. }) => {
+                    problems.push(format!("the stream does not parse: {detail}"))
                 }
                 Err(RestoreError::Damaged { key, detail }) => {
-                    problems.push(format!("{key}: {detail}"));
+                    problems.push(format!("{key}: {detail}"))
                 }
                 Err(e) => return Err(e),
             }
