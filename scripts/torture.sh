@@ -7,5 +7,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo build --quiet -p btrfs-to-s3
 BTRFS_TO_S3_TORTURE_ITERATIONS="${1:-200}" \
-  cargo nextest run -p btrfs-to-s3-tests --test kill_torture --no-capture --no-fail-fast \
-  --slow-timeout 600s
+  cargo nextest run -p btrfs-to-s3-tests --test kill_torture --no-capture --no-fail-fast
