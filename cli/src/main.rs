@@ -176,14 +176,7 @@ impl Failure {
 
 fn code_for(e: &BackupError) -> u8 {
     match e {
-        BackupError::Store(s)
-            if matches!(
-                s.kind,
-                StoreErrorKind::AccessDenied | StoreErrorKind::NoSuchBucket
-            ) =>
-        {
-            exit::S3_ACCESS
-        }
+        BackupError::Store(s) => code_for_store(s),
         BackupError::Btrfs(BtrfsError::NotASubvolume { .. } | BtrfsError::Missing(_)) => {
             exit::SOURCE
         }
@@ -395,8 +388,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
 }
 
 async fn rebuild(cli: &Cli, settings: Settings, force: bool) -> Result<u8, Failure> {
-    let _lock = lock::Lock::acquire(&settings.lock_path)
-        .map_err(|e| Failure::new(if e.held { exit::LOCKED } else { exit::FAILED }, e.message))?;
+    let _lock = take_lock(&settings)?;
     let path = settings.journal_path();
     let healthy = path.exists()
         && Journal::open(&path)
@@ -417,13 +409,10 @@ async fn rebuild(cli: &Cli, settings: Settings, force: bool) -> Result<u8, Failu
         ));
     }
     let store = S3Store::connect(&settings.s3).await;
-    store.check_access().await.map_err(|e| {
-        let code = match e.kind {
-            StoreErrorKind::AccessDenied | StoreErrorKind::NoSuchBucket => exit::S3_ACCESS,
-            _ => exit::FAILED,
-        };
-        Failure::new(code, e.to_string())
-    })?;
+    store
+        .check_access()
+        .await
+        .map_err(|e| Failure::new(code_for_store(&e), e.to_string()))?;
     let kept = if path.exists() {
         let aside = path.with_extension(format!(
             "redb.damaged-{}",
@@ -541,6 +530,12 @@ fn code_for_restore(e: &RestoreError) -> u8 {
     }
 }
 
+/// The run lock, or the failure that says who holds it (exit 3).
+fn take_lock(settings: &Settings) -> Result<lock::Lock, Failure> {
+    lock::Lock::acquire(&settings.lock_path)
+        .map_err(|e| Failure::new(if e.held { exit::LOCKED } else { exit::FAILED }, e.message))
+}
+
 fn code_for_store(e: &engine::store::StoreError) -> u8 {
     match e.kind {
         StoreErrorKind::AccessDenied | StoreErrorKind::NoSuchBucket => exit::S3_ACCESS,
@@ -614,8 +609,7 @@ async fn backup(
     subvolumes: Vec<engine::settings::SubvolumeSpec>,
     force: Option<Force>,
 ) -> Result<u8, Failure> {
-    let _lock = lock::Lock::acquire(&settings.lock_path)
-        .map_err(|e| Failure::new(if e.held { exit::LOCKED } else { exit::FAILED }, e.message))?;
+    let _lock = take_lock(&settings)?;
     let journal = Arc::new(open_journal(&settings).map_err(journal_failure)?);
     let store = Arc::new(S3Store::connect(&settings.s3).await);
     let progress = Arc::new(Progress::default());

@@ -258,23 +258,15 @@ pub fn print_status(
         .filter(|h| h.status != RunStatus::Abandoned)
         .map(|h| h.snapshot_name.as_str())
         .collect();
-    if let Ok(rd) = std::fs::read_dir(&s.snapshot_dir) {
-        let mut names: Vec<String> = rd
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_string_lossy().to_string())
-            .filter(|n| {
-                s.subvolumes.iter().any(|sv| {
-                    n.strip_prefix(&sv.name)
-                        .and_then(|r| r.strip_prefix('.'))
-                        .is_some_and(|ts| ts.len() == 16 && ts.ends_with('Z'))
-                })
-            })
-            .filter(|n| !accounted.contains(n.as_str()))
-            .collect();
-        names.sort();
-        for n in names {
-            leaked.push(json!({"kind": "snapshot", "path": s.snapshot_dir.join(n)}));
-        }
+    let mut names: Vec<String> = s
+        .subvolumes
+        .iter()
+        .flat_map(|sv| engine::rebuild::local_snapshots(&s.snapshot_dir, &sv.name))
+        .filter(|n| !accounted.contains(n.as_str()))
+        .collect();
+    names.sort();
+    for n in names {
+        leaked.push(json!({"kind": "snapshot", "path": s.snapshot_dir.join(n)}));
     }
     let mut last = Vec::new();
     for sv in &s.subvolumes {
