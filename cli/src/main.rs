@@ -1,8 +1,11 @@
 //! `btrfs-to-s3`: back up Btrfs subvolumes to S3, resumably.
 
+mod commands;
 mod config;
 mod lock;
 mod output;
+
+use commands::{backup, plan_only, rebuild};
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -299,9 +302,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 _ => VerifyMode::Auto,
             };
             let r = Restorer {
-                store: Arc::new(S3Store::connect(&settings.s3).await),
+                store: connect(&settings).await,
                 restore: settings.restore.clone(),
                 btrfs: Arc::new(BtrfsCli::default()),
+                state: Arc::new(engine::restore::state::FsStateFiles),
                 settings,
             };
             let req = RestoreRequest {
@@ -338,16 +342,22 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             deep,
         } => {
             select(&settings, std::slice::from_ref(subvolume))?;
-            let store: Arc<dyn ObjectStore> = Arc::new(S3Store::connect(&settings.s3).await);
+            let store: Arc<dyn ObjectStore> = connect(&settings).await;
             let keys = engine::machine::Keys::new(&settings.s3.prefix);
             let sel = selector(backup, manifest_key, &None)?;
             let fail = |e: RestoreError| Failure::new(code_for_restore(&e), e.to_string());
             let key = engine::restore::resolve(store.as_ref(), &keys, subvolume, &sel)
                 .await
                 .map_err(fail)?;
-            let reports = engine::restore::verify(store, &key, *deep, settings.s3.concurrency)
-                .await
-                .map_err(fail)?;
+            let reports = engine::restore::verify(
+                &BtrfsCli::default(),
+                store,
+                &key,
+                *deep,
+                settings.s3.concurrency,
+            )
+            .await
+            .map_err(fail)?;
             let bad = reports.iter().any(|r| !r.problems.is_empty());
             output::print_json_or(&reports, cli.json, || {
                 reports
@@ -374,8 +384,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(if bad { exit::DAMAGED } else { exit::OK })
         }
         Command::List => {
-            let store = S3Store::connect(&settings.s3).await;
-            let listing = engine::listing::list(&settings, &store)
+            let store = connect(&settings).await;
+            let listing = engine::listing::list(&settings, store.as_ref())
                 .await
                 .map_err(|e| Failure::new(code_for_store(&e), e.to_string()))?;
             output::print_list(&listing, cli.json);
@@ -387,68 +397,18 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     }
 }
 
-async fn rebuild(cli: &Cli, settings: Settings, force: bool) -> Result<u8, Failure> {
-    let _lock = take_lock(&settings)?;
-    let path = settings.journal_path();
-    let healthy = path.exists()
-        && Journal::open(&path)
-            .and_then(|j| {
-                for h in j.runs()? {
-                    j.transitions(h.id)?;
-                }
-                Ok(())
-            })
-            .is_ok();
-    if healthy && !force {
-        return Err(Failure::new(
-            exit::USAGE,
-            format!(
-                "the journal {} is readable; `journal rebuild --force` replaces it (its unfinished runs are given up)",
-                path.display()
-            ),
-        ));
-    }
-    let store = S3Store::connect(&settings.s3).await;
-    store
-        .check_access()
-        .await
-        .map_err(|e| Failure::new(code_for_store(&e), e.to_string()))?;
-    let kept = if path.exists() {
-        let aside = path.with_extension(format!(
-            "redb.damaged-{}",
-            engine::machine::timestamp(chrono::Utc::now())
-        ));
-        std::fs::rename(&path, &aside).map_err(|e| {
-            Failure::new(
-                exit::JOURNAL,
-                format!("cannot move {} aside: {e}", path.display()),
-            )
-        })?;
-        Some(aside)
-    } else {
-        None
-    };
-    let journal = Journal::open(&path).map_err(journal_failure)?;
-    let report = engine::rebuild::rebuild(&settings, &store, &journal)
-        .await
-        .map_err(|e| {
-            Failure::new(
-                exit::FAILED,
-                format!(
-                    "rebuild stopped: {e}; the old journal is kept at {}",
-                    kept.as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default()
-                ),
-            )
-        })?;
-    output::print_rebuild(&report, kept.as_deref(), cli.json);
-    Ok(exit::OK)
+/// The S3 store behind the prefix guard: nothing outside `<prefix>/<subvolume>/` of a
+/// configured subvolume can be written or deleted, whatever the engine asks.
+async fn connect(settings: &Settings) -> Arc<dyn ObjectStore> {
+    let s3: Arc<dyn ObjectStore> = Arc::new(S3Store::connect(&settings.s3).await);
+    Arc::new(engine::store::layers::PrefixGuard::for_settings(
+        s3, settings,
+    ))
 }
 
 /// Open multipart uploads under every configured subvolume's prefix.
 async fn remote_uploads(settings: &Settings) -> output::RemoteUploads {
-    let store = S3Store::connect(&settings.s3).await;
+    let store = connect(settings).await;
     let keys = engine::machine::Keys::new(&settings.s3.prefix);
     let mut out = Vec::new();
     for sv in &settings.subvolumes {
@@ -541,160 +501,4 @@ fn code_for_store(e: &engine::store::StoreError) -> u8 {
         StoreErrorKind::AccessDenied | StoreErrorKind::NoSuchBucket => exit::S3_ACCESS,
         _ => exit::FAILED,
     }
-}
-
-/// `backup --dry-run`: what would be resumed and planned, and why. Reads only.
-async fn plan_only(
-    cli: &Cli,
-    settings: Settings,
-    subvolumes: Vec<engine::settings::SubvolumeSpec>,
-    force: Force,
-) -> Result<u8, Failure> {
-    // redb writes to a file it opens, even to read: a dry run reads a private copy.
-    let path = settings.journal_path();
-    let copy = tempfile::Builder::new()
-        .prefix("btrfs-to-s3-dry-run-")
-        .tempdir()
-        .map_err(|e| Failure::new(exit::FAILED, format!("temporary directory: {e}")))?;
-    let journal = Arc::new(if path.exists() {
-        let p = copy.path().join("journal.redb");
-        std::fs::copy(&path, &p).map_err(|e| {
-            Failure::new(
-                exit::JOURNAL,
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?;
-        Journal::open(&p).map_err(journal_failure)?
-    } else {
-        Journal::in_memory().map_err(journal_failure)?
-    });
-    let ctx = Context {
-        store: Arc::new(S3Store::connect(&settings.s3).await),
-        settings,
-        btrfs: Arc::new(BtrfsCli::default()),
-        journal: journal.clone(),
-        progress: Arc::new(Progress::default()),
-    };
-    ctx.preflight_readonly(&subvolumes)
-        .await
-        .map_err(|e| Failure::new(code_for(&e), e.to_string()))?;
-    let mut plans = Vec::new();
-    for h in journal.open_runs().map_err(journal_failure)? {
-        plans.push(serde_json::json!({"subvolume": h.subvolume, "action": "resume", "run": h.id, "reason": format!("unfinished run {} ({})", h.id, h.backup_id)}));
-    }
-    let now = chrono::Utc::now();
-    for sv in &subvolumes {
-        let d = ctx
-            .decide(sv, now, force)
-            .await
-            .map_err(|e| Failure::new(code_for(&e), e.to_string()))?;
-        let action = match &d {
-            Decision::Skip { .. } => "skip",
-            Decision::Full { .. } => "full",
-            Decision::Incremental { .. } => "incremental",
-        };
-        plans.push(
-            serde_json::json!({"subvolume": sv.name, "action": action, "reason": d.reason()}),
-        );
-    }
-    output::print_plans(&plans, cli.json);
-    Ok(exit::OK)
-}
-
-/// Resumes every open run, then (when `force` is given) decides and runs one backup per
-/// subvolume.
-async fn backup(
-    cli: &Cli,
-    settings: Settings,
-    subvolumes: Vec<engine::settings::SubvolumeSpec>,
-    force: Option<Force>,
-) -> Result<u8, Failure> {
-    let _lock = take_lock(&settings)?;
-    let journal = Arc::new(open_journal(&settings).map_err(journal_failure)?);
-    let store = Arc::new(S3Store::connect(&settings.s3).await);
-    let progress = Arc::new(Progress::default());
-    let ctx = Context {
-        settings,
-        store,
-        btrfs: Arc::new(BtrfsCli::default()),
-        journal: journal.clone(),
-        progress: progress.clone(),
-    };
-    ctx.preflight(&subvolumes)
-        .await
-        .map_err(|e| Failure::new(code_for(&e), e.to_string()))?;
-
-    let ticker = (!cli.quiet && !cli.json && std::io::stderr().is_terminal())
-        .then(|| output::spawn_progress(progress.clone()));
-    let mut reports: Vec<RunReport> = Vec::new();
-    let mut failures: Vec<(String, BackupError)> = Vec::new();
-
-    let open = journal.open_runs().map_err(journal_failure)?;
-    let mut abandoned: Vec<(String, String)> = Vec::new();
-    for h in open {
-        tracing::info!(run = h.id, subvolume = %h.subvolume, "resuming");
-        match ctx.drive(h.id).await {
-            Ok(r) => reports.push(r),
-            // Abandoning (changed settings, vanished snapshot) is the right outcome, journaled
-            // and cleaned up; it is reported, not counted as a failure of this invocation.
-            Err(BackupError::Abandoned { run, reason }) => abandoned.push((
-                h.subvolume.clone(),
-                format!("run {run} abandoned: {reason}"),
-            )),
-            Err(e) => failures.push((h.subvolume.clone(), e)),
-        }
-    }
-    let mut skipped: Vec<(String, String)> = Vec::new();
-    if let Some(force) = force {
-        for sv in &subvolumes {
-            // A subvolume whose resumed run failed is not backed up again on top of it.
-            if failures.iter().any(|(s, _)| s == &sv.name) {
-                continue;
-            }
-            let result = async {
-                let now = next_free_time(&ctx, sv).await?;
-                let decision = ctx.decide(sv, now, force).await?;
-                if let Decision::Skip { reason } = &decision {
-                    return Ok(Err(reason.clone()));
-                }
-                tracing::info!(subvolume = %sv.name, reason = decision.reason(), "planned");
-                let run = ctx.plan(sv, now, &decision)?;
-                ctx.drive(run).await.map(Ok)
-            }
-            .await;
-            match result {
-                Ok(Ok(r)) => reports.push(r),
-                Ok(Err(reason)) => skipped.push((sv.name.clone(), reason)),
-                Err(BackupError::Abandoned { run, reason }) => {
-                    abandoned.push((sv.name.clone(), format!("run {run} abandoned: {reason}")))
-                }
-                Err(e) => failures.push((sv.name.clone(), e)),
-            }
-        }
-    }
-    if let Some(t) = ticker {
-        t.abort();
-        eprint!("\r\x1b[2K");
-    }
-    output::print_backup(&reports, &failures, &abandoned, &skipped, cli.json);
-    Ok(failures
-        .iter()
-        .map(|(_, e)| code_for(e))
-        .max()
-        .unwrap_or(exit::OK))
-}
-
-/// The snapshot name has one-second resolution: wait for a second whose name is free.
-async fn next_free_time(
-    ctx: &Context,
-    sv: &engine::settings::SubvolumeSpec,
-) -> Result<chrono::DateTime<chrono::Utc>, BackupError> {
-    for _ in 0..3 {
-        let now = chrono::Utc::now();
-        if ctx.name_free(&engine::machine::snapshot_name(&sv.name, now))? {
-            return Ok(now);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
-    }
-    Err(BackupError::NameTaken(sv.name.clone()))
 }

@@ -5,6 +5,8 @@
 
 pub mod backup;
 pub mod btrfs;
+pub mod clock;
+pub mod crash;
 pub mod listing;
 pub mod machine;
 pub mod manifest;
@@ -12,6 +14,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod rebuild;
 pub mod restore;
+pub mod runlog;
 pub mod settings;
 pub mod store;
 pub mod tree;

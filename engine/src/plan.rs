@@ -201,6 +201,56 @@ pub fn chains_to_delete(
         .collect()
 }
 
+/// The chains under a subvolume's prefix, from the keys listed there
+/// (`<sv prefix><chain>/<backup>/<file>`): a chain's full backup is published when
+/// `<chain>/<chain>/manifest.json` exists.
+pub fn chain_views(keys: &[String], sv_prefix: &str) -> Vec<ChainView> {
+    let mut chains: std::collections::BTreeMap<String, bool> = Default::default();
+    for k in keys {
+        let Some(rest) = k.strip_prefix(sv_prefix) else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        if parts.len() == 3 {
+            let full = parts[0] == parts[1] && parts[2] == "manifest.json";
+            *chains.entry(parts[0].to_string()).or_default() |= full;
+        }
+    }
+    chains
+        .into_iter()
+        .map(|(chain_id, full_published)| ChainView {
+            chain_id,
+            full_published,
+        })
+        .collect()
+}
+
+/// The keys of one chain in the order they are deleted: manifests first, so no manifest ever
+/// names a chunk that is gone.
+pub fn deletion_order(keys: &[String], chain_prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = keys
+        .iter()
+        .filter(|k| k.starts_with(chain_prefix))
+        .cloned()
+        .collect();
+    v.sort_by_key(|k| !k.ends_with("manifest.json"));
+    v
+}
+
+/// Stray multipart uploads to abort: `(key, upload id, initiated)` unknown to every open run
+/// and initiated before `cutoff` (seconds since the epoch); an upload of unknown age is kept.
+pub fn stray_uploads(
+    uploads: &[(String, String, Option<i64>)],
+    known: &BTreeSet<String>,
+    cutoff: i64,
+) -> Vec<(String, String)> {
+    uploads
+        .iter()
+        .filter(|(_, id, at)| !known.contains(id) && at.is_some_and(|t| t < cutoff))
+        .map(|(k, id, _)| (k.clone(), id.clone()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,9 +13,9 @@ use std::path::Path;
 use journal::{BackupKind, Journal, JournalError, Planned, RunStatus, Transition};
 use serde::Serialize;
 
-use crate::backup::settings_fingerprint;
 use crate::machine::Keys;
 use crate::manifest::{Kind, Manifest, ManifestError, Pointer};
+use crate::settings::settings_fingerprint;
 use crate::settings::Settings;
 use crate::store::{ObjectStore, StoreError};
 
@@ -193,15 +193,10 @@ pub fn local_snapshots(dir: &Path, name: &str) -> Vec<String> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut v: Vec<String> = rd
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| {
-            n.strip_prefix(name)
-                .and_then(|r| r.strip_prefix('.'))
-                .is_some_and(|ts| ts.len() == 16 && ts.ends_with('Z'))
-        })
-        .collect();
-    v.sort();
-    v
+    crate::machine::snapshot_names(
+        rd.filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect(),
+        name,
+    )
 }

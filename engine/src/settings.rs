@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
+
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * KIB;
 pub const GIB: u64 = 1024 * MIB;
@@ -73,6 +75,27 @@ impl Default for Retention {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreSettings {
+    /// Bulk, Standard or Expedited.
+    pub tier: String,
+    pub days: i32,
+    pub timeout: Duration,
+    /// First wait between polls; doubles up to 15 minutes.
+    pub poll: Duration,
+}
+
+impl Default for RestoreSettings {
+    fn default() -> RestoreSettings {
+        RestoreSettings {
+            tier: "Bulk".into(),
+            days: 3,
+            timeout: Duration::from_secs(48 * 3600),
+            poll: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub subvolumes: Vec<SubvolumeSpec>,
     pub snapshot_dir: PathBuf,
@@ -81,11 +104,30 @@ pub struct Settings {
     pub s3: S3Settings,
     pub schedule: crate::plan::Schedule,
     pub retention: Retention,
-    pub restore: crate::restore::RestoreSettings,
+    pub restore: RestoreSettings,
 }
 
 impl Settings {
     pub fn journal_path(&self) -> PathBuf {
         self.state_dir.join("journal.redb")
     }
+}
+
+/// Fingerprint of the settings that shape a run's objects; a resume under other settings
+/// would mix layouts, so it restarts the run instead.
+pub fn settings_fingerprint(s: &Settings) -> String {
+    let s3 = &s.s3;
+    let text = format!(
+        "{:?}|{}|{}|{}|{}|{}|{}|{}|{:?}",
+        s3.endpoint,
+        s3.bucket,
+        s3.prefix,
+        s3.chunk_size,
+        s3.part_size,
+        s3.storage_class_chunks,
+        s3.storage_class_manifest,
+        s3.sse.as_str(),
+        s3.kms_key_id
+    );
+    hex::encode(&Sha256::digest(text.as_bytes())[..16])
 }

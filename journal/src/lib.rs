@@ -7,19 +7,25 @@
 //!   error, never silently skipped.
 //! - A run's header (`runs` table) and its closing transition are written in the same
 //!   transaction, so "open runs" is always exactly the runs without Finished/Abandoned.
+//! - Closing a run compacts it in that same transaction: its chunk and part records are
+//!   dropped (a published backup's manifest holds them) and a finished run's header gets a
+//!   `RunSummary`. Planning, `status` and `list` read headers and open runs only, so their
+//!   cost grows with the number of runs, never with the parts ever uploaded.
 
 use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+mod migrate;
 mod records;
 pub use records::*;
 
 /// Version of the record encoding (first byte of every value).
-pub const RECORD_VERSION: u8 = 1;
-/// Version of the table layout, kept in the `meta` table.
-pub const FORMAT_VERSION: u64 = 1;
+pub const RECORD_VERSION: u8 = 2;
+/// Version of the table layout, kept in the `meta` table. Version 1 journals (record version
+/// 1: headers without chain id or summary, closed runs not compacted) are migrated on open.
+pub const FORMAT_VERSION: u64 = 2;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs");
@@ -37,6 +43,10 @@ pub enum JournalError {
     Corrupt { path: PathBuf, detail: String },
     #[error("journal {path} is in use by another process")]
     InUse { path: PathBuf },
+    #[error("journal {path} was opened read-only and cannot be written")]
+    ReadOnly { path: PathBuf },
+    #[error("journal {path} needs the recovery an interrupted run leaves to the next writer; `btrfs-to-s3 resume` performs it")]
+    NeedsRecovery { path: PathBuf },
     #[error("cannot create the journal directory {path}: {source}")]
     CreateDir {
         path: PathBuf,
@@ -62,7 +72,20 @@ pub struct RunHeader {
     pub subvolume: String,
     pub backup_id: String,
     pub snapshot_name: String,
+    pub chain_id: String,
     pub status: RunStatus,
+    /// Set when the run finished with its manifest written.
+    pub summary: Option<RunSummary>,
+}
+
+/// The header as record version 1 stored it (migration only).
+#[derive(Deserialize)]
+struct RunHeaderV1 {
+    id: RunId,
+    subvolume: String,
+    backup_id: String,
+    snapshot_name: String,
+    status: RunStatus,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -73,8 +96,23 @@ pub enum RunStatus {
 }
 
 pub struct Journal {
-    db: Database,
+    db: Db,
     path: PathBuf,
+}
+
+/// The database, open for writing, or for reading only (`Journal::open_read_only`).
+enum Db {
+    Rw(Database),
+    Ro(redb::ReadOnlyDatabase),
+}
+
+impl Db {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, redb::TransactionError> {
+        match self {
+            Db::Rw(d) => d.begin_read(),
+            Db::Ro(d) => d.begin_read(),
+        }
+    }
 }
 
 /// redb panics on some corrupt pages; a panic inside the journal is a damaged journal.
@@ -130,11 +168,58 @@ impl Journal {
         };
         let db = Database::create(path).map_err(|e| damaged(e.into()))?;
         let j = Journal {
-            db,
+            db: Db::Rw(db),
             path: path.to_path_buf(),
         };
         j.init_meta()?;
         Ok(j)
+    }
+
+    /// Opens an existing journal without writing to it in any way (for `--dry-run`): refused
+    /// while another process holds it (`InUse`), when it needs the recovery an unclean
+    /// shutdown leaves to the next writer (`NeedsRecovery`), or when it is of an older format
+    /// (`WrongVersion`: the migration is a write). Every write is refused (`ReadOnly`).
+    pub fn open_read_only(path: &Path) -> Result<Journal, JournalError> {
+        guard(path, || {
+            let db = redb::ReadOnlyDatabase::open(path).map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => JournalError::InUse {
+                    path: path.to_path_buf(),
+                },
+                redb::DatabaseError::RepairAborted => JournalError::NeedsRecovery {
+                    path: path.to_path_buf(),
+                },
+                e => JournalError::Damaged {
+                    path: path.to_path_buf(),
+                    source: e.into(),
+                },
+            })?;
+            let j = Journal {
+                db: Db::Ro(db),
+                path: path.to_path_buf(),
+            };
+            let tx = j.db.begin_read().map_err(|e| j.err(e))?;
+            let found = match tx.open_table(META) {
+                Ok(meta) => meta.get("format").map_err(|e| j.err(e))?.map(|v| v.value()),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(j.err(e)),
+            };
+            match found {
+                Some(FORMAT_VERSION) => Ok(j),
+                found => Err(JournalError::WrongVersion {
+                    path: path.to_path_buf(),
+                    found: found.unwrap_or(0),
+                }),
+            }
+        })
+    }
+
+    fn writer(&self) -> Result<&Database, JournalError> {
+        match &self.db {
+            Db::Rw(d) => Ok(d),
+            Db::Ro(_) => Err(JournalError::ReadOnly {
+                path: self.path.clone(),
+            }),
+        }
     }
 
     /// A journal held in memory only, never on disk: for the benchmark that measures what
@@ -147,7 +232,10 @@ impl Journal {
                 path: path.clone(),
                 source: e.into(),
             })?;
-        let j = Journal { db, path };
+        let j = Journal {
+            db: Db::Rw(db),
+            path,
+        };
         j.init_meta()?;
         Ok(j)
     }
@@ -164,8 +252,17 @@ impl Journal {
     }
 
     fn decode<T: for<'a> Deserialize<'a>>(&self, bytes: &[u8]) -> Result<T, JournalError> {
+        self.decode_as(bytes, RECORD_VERSION)
+    }
+
+    /// Decodes a record that must be of record version `version`.
+    fn decode_as<T: for<'a> Deserialize<'a>>(
+        &self,
+        bytes: &[u8],
+        version: u8,
+    ) -> Result<T, JournalError> {
         match bytes.split_first() {
-            Some((&RECORD_VERSION, rest)) => {
+            Some((v, rest)) if *v == version => {
                 postcard::from_bytes(rest).map_err(|e| JournalError::BadRecord {
                     path: self.path.clone(),
                     detail: e.to_string(),
@@ -173,7 +270,7 @@ impl Journal {
             }
             Some((v, _)) => Err(JournalError::BadRecord {
                 path: self.path.clone(),
-                detail: format!("record version {v}, expected {RECORD_VERSION}"),
+                detail: format!("record version {v}, expected {version}"),
             }),
             None => Err(JournalError::BadRecord {
                 path: self.path.clone(),
@@ -183,7 +280,8 @@ impl Journal {
     }
 
     fn init_meta(&self) -> Result<(), JournalError> {
-        // Opening an initialised journal writes nothing (`--dry-run` and `status` rely on it).
+        // Opening an initialised journal of this version writes nothing (`--dry-run` and
+        // `status` rely on it).
         {
             let tx = self.db.begin_read().map_err(|e| self.err(e))?;
             if let Ok(meta) = tx.open_table(META) {
@@ -193,17 +291,17 @@ impl Journal {
                     .map(|v| v.value())
                 {
                     Some(FORMAT_VERSION) => return Ok(()),
+                    Some(1) | None => {}
                     Some(found) => {
                         return Err(JournalError::WrongVersion {
                             path: self.path.clone(),
                             found,
                         })
                     }
-                    None => {}
                 }
             }
         }
-        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut tx = self.writer()?.begin_write().map_err(|e| self.err(e))?;
         tx.set_durability(Durability::Immediate)
             .map_err(|e| self.err(redb::Error::from(e)))?;
         {
@@ -212,8 +310,15 @@ impl Journal {
                 .get("format")
                 .map_err(|e| self.err(e))?
                 .map(|v| v.value());
+            let mut runs = tx.open_table(RUNS).map_err(|e| self.err(e))?;
+            let mut tr = tx.open_table(TRANSITIONS).map_err(|e| self.err(e))?;
             match found {
                 Some(FORMAT_VERSION) => {}
+                Some(1) => {
+                    self.migrate_v1(&mut runs, &mut tr)?;
+                    meta.insert("format", FORMAT_VERSION)
+                        .map_err(|e| self.err(e))?;
+                }
                 Some(found) => {
                     return Err(JournalError::WrongVersion {
                         path: self.path.clone(),
@@ -226,8 +331,6 @@ impl Journal {
                     meta.insert("next_run", 1).map_err(|e| self.err(e))?;
                 }
             }
-            tx.open_table(RUNS).map_err(|e| self.err(e))?;
-            tx.open_table(TRANSITIONS).map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
     }
@@ -239,7 +342,8 @@ impl Journal {
         })
     }
 
-    /// Records a whole run at once (used by `journal rebuild` for published backups).
+    /// Records a whole run at once (used by `journal rebuild` for published backups). The
+    /// records are stored as given; a finished run's header gets its summary from them.
     pub fn import_run(
         &self,
         planned: Planned,
@@ -255,7 +359,7 @@ impl Journal {
         rest: &[Transition],
         status: RunStatus,
     ) -> Result<RunId, JournalError> {
-        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut tx = self.writer()?.begin_write().map_err(|e| self.err(e))?;
         tx.set_durability(Durability::Immediate)
             .map_err(|e| self.err(redb::Error::from(e)))?;
         let id;
@@ -267,22 +371,29 @@ impl Journal {
                 .map(|v| v.value())
                 .unwrap_or(1);
             meta.insert("next_run", id + 1).map_err(|e| self.err(e))?;
+            let first = Transition::Planned(Box::new(planned.clone()));
+            let summary = (status == RunStatus::Finished)
+                .then(|| {
+                    let mut all = vec![first.clone()];
+                    all.extend_from_slice(rest);
+                    RunSummary::of(&all)
+                })
+                .flatten();
             let header = RunHeader {
                 id,
-                subvolume: planned.subvolume.clone(),
-                backup_id: planned.backup_id.clone(),
-                snapshot_name: planned.snapshot_name.clone(),
+                subvolume: planned.subvolume,
+                backup_id: planned.backup_id,
+                snapshot_name: planned.snapshot_name,
+                chain_id: planned.chain_id,
                 status,
+                summary,
             };
             let mut runs = tx.open_table(RUNS).map_err(|e| self.err(e))?;
             runs.insert(id, encode(&header).as_slice())
                 .map_err(|e| self.err(e))?;
             let mut tr = tx.open_table(TRANSITIONS).map_err(|e| self.err(e))?;
-            tr.insert(
-                (id, 0),
-                encode(&Transition::Planned(Box::new(planned))).as_slice(),
-            )
-            .map_err(|e| self.err(e))?;
+            tr.insert((id, 0), encode(&first).as_slice())
+                .map_err(|e| self.err(e))?;
             for (seq, t) in (1..).zip(rest) {
                 tr.insert((id, seq), encode(t).as_slice())
                     .map_err(|e| self.err(e))?;
@@ -293,13 +404,14 @@ impl Journal {
     }
 
     /// Appends one transition to an open run, durably. Closing transitions
-    /// (Finished, Abandoned) update the run header in the same transaction.
+    /// (Finished, Abandoned) update the run header and compact the run in the same
+    /// transaction.
     pub fn append(&self, run: RunId, t: &Transition) -> Result<(), JournalError> {
         guard(&self.path, || self.append_inner(run, t))
     }
 
     fn append_inner(&self, run: RunId, t: &Transition) -> Result<(), JournalError> {
-        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut tx = self.writer()?.begin_write().map_err(|e| self.err(e))?;
         tx.set_durability(Durability::Immediate)
             .map_err(|e| self.err(redb::Error::from(e)))?;
         {
@@ -330,6 +442,32 @@ impl Journal {
                 _ => None,
             };
             if let Some(status) = status {
+                if status == RunStatus::Finished {
+                    let mut all = Vec::new();
+                    for row in tr
+                        .range((run, 0)..=(run, u64::MAX))
+                        .map_err(|e| self.err(e))?
+                    {
+                        let (_, v) = row.map_err(|e| self.err(e))?;
+                        all.push(self.decode::<Transition>(v.value())?);
+                    }
+                    header.summary = RunSummary::of(&all);
+                }
+                // Chunk and part records are decoded by nobody once the run is closed.
+                let mut bad = None;
+                tr.retain_in((run, 0)..=(run, u64::MAX), |_, v| {
+                    match self.decode::<Transition>(v) {
+                        Ok(t) => !t.is_chunk_detail(),
+                        Err(e) => {
+                            bad.get_or_insert(e);
+                            true
+                        }
+                    }
+                })
+                .map_err(|e| self.err(e))?;
+                if let Some(e) = bad {
+                    return Err(e);
+                }
                 header.status = status;
                 runs.insert(run, encode(&header).as_slice())
                     .map_err(|e| self.err(e))?;
@@ -390,118 +528,4 @@ impl Journal {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn planned(sub: &str) -> Planned {
-        Planned {
-            subvolume: sub.into(),
-            source_path: format!("/mnt/{sub}"),
-            kind: BackupKind::Full,
-            snapshot_name: format!("{sub}.20260101T000000Z"),
-            snapshot_path: format!("/mnt/.snap/{sub}.20260101T000000Z"),
-            backup_id: "20260101T000000Z".into(),
-            chain_id: "20260101T000000Z".into(),
-            created_at: "2026-01-01T00:00:00Z".into(),
-            chunk_size: 64 << 20,
-            part_size: 8 << 20,
-            settings: "fp".into(),
-        }
-    }
-
-    #[test]
-    fn runs_survive_reopen_and_close_correctly() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("j.redb");
-        let (a, b);
-        {
-            let j = Journal::open(&path).expect("open");
-            a = j.begin_run(planned("a")).expect("begin");
-            b = j.begin_run(planned("b")).expect("begin");
-            assert_ne!(a, b);
-            j.append(
-                a,
-                &Transition::ChunkOpened {
-                    chunk: 0,
-                    key: "k".into(),
-                    upload_id: "u".into(),
-                },
-            )
-            .expect("append");
-            j.append(a, &Transition::Finished).expect("finish");
-        }
-        let j = Journal::open(&path).expect("reopen");
-        let open: Vec<_> = j
-            .open_runs()
-            .expect("open runs")
-            .iter()
-            .map(|h| h.id)
-            .collect();
-        assert_eq!(open, vec![b]);
-        let ta = j.transitions(a).expect("transitions");
-        assert_eq!(ta.len(), 3);
-        assert!(matches!(ta[0], Transition::Planned(ref p) if p.subvolume == "a"));
-        assert_eq!(ta[2], Transition::Finished);
-        assert!(matches!(
-            j.transitions(999),
-            Err(JournalError::UnknownRun { run: 999, .. })
-        ));
-    }
-
-    #[test]
-    fn garbage_file_is_reported_damaged() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("j.redb");
-        std::fs::write(&path, vec![0x5a; 8192]).expect("write");
-        let err = Journal::open(&path).err().expect("must fail");
-        assert!(matches!(err, JournalError::Damaged { .. }), "{err}");
-        assert!(err.to_string().contains("journal rebuild"));
-    }
-
-    #[test]
-    fn garbled_pages_are_reported_not_panicked() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("j.redb");
-        {
-            let j = Journal::open(&path).expect("open");
-            for _ in 0..20 {
-                let r = j.begin_run(planned("a")).expect("begin");
-                j.append(r, &Transition::Finished).expect("append");
-            }
-        }
-        let mut bytes = std::fs::read(&path).expect("read");
-        let mut x: u32 = 12345;
-        for b in bytes.iter_mut().skip(4096) {
-            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            *b = (x >> 16) as u8;
-        }
-        std::fs::write(&path, bytes).expect("write");
-        let outcome = Journal::open(&path).and_then(|j| {
-            let runs = j.runs()?;
-            for h in runs {
-                j.transitions(h.id)?;
-            }
-            Ok(())
-        });
-        let err = outcome.expect_err("garbage must not read as a journal");
-        assert!(err.to_string().contains("journal rebuild"), "{err}");
-    }
-
-    #[test]
-    fn a_directory_is_not_a_journal() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let err = Journal::open(dir.path())
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("directory"), "{err}");
-    }
-
-    #[test]
-    fn unknown_record_version_is_an_error() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let j = Journal::open(&dir.path().join("j.redb")).expect("open");
-        let err = j.decode::<Transition>(&[9, 1, 2]).expect_err("must fail");
-        assert!(matches!(err, JournalError::BadRecord { .. }));
-    }
-}
+mod tests;

@@ -91,3 +91,75 @@ pub enum Transition {
     /// Retention ran to its end for this run (local and remote).
     PruningDone,
 }
+
+impl Transition {
+    /// Records about chunks and parts: needed while a run can still upload, dropped when it
+    /// closes (the manifest in S3 holds them for a published backup).
+    pub fn is_chunk_detail(&self) -> bool {
+        matches!(
+            self,
+            Transition::ChunkOpened { .. }
+                | Transition::PartCommitted(_)
+                | Transition::ChunkSealed { .. }
+                | Transition::ChunkRestarted { .. }
+        )
+    }
+}
+
+/// What later runs, `status` and planning need of a finished run, kept in its header so that
+/// none of them reads its transitions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunSummary {
+    pub kind: BackupKind,
+    pub snapshot_path: String,
+    pub snapshot_uuid: String,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub manifest_key: String,
+    pub total_bytes: u64,
+    pub chunks: u32,
+    pub parts: u64,
+}
+
+impl RunSummary {
+    /// Summarises a run from its transitions (the first being `Planned`). `None` when the run
+    /// never wrote its manifest.
+    pub fn of(transitions: &[Transition]) -> Option<RunSummary> {
+        use std::collections::{BTreeMap, BTreeSet};
+        let Some(Transition::Planned(p)) = transitions.first() else {
+            return None;
+        };
+        let mut uuid = String::new();
+        let mut manifest = None;
+        let mut chunks: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+        for t in &transitions[1..] {
+            match t {
+                Transition::SnapshotTaken { uuid: u, .. } => uuid = u.clone(),
+                Transition::ChunkOpened { chunk, .. } => {
+                    chunks.insert(*chunk, BTreeSet::new());
+                }
+                Transition::PartCommitted(r) => {
+                    chunks.entry(r.chunk).or_default().insert(r.part_number);
+                }
+                Transition::ChunkRestarted { chunk, .. } => {
+                    chunks.remove(chunk);
+                }
+                Transition::ManifestWritten {
+                    key, total_bytes, ..
+                } => manifest = Some((key.clone(), *total_bytes)),
+                _ => {}
+            }
+        }
+        let (manifest_key, total_bytes) = manifest?;
+        Some(RunSummary {
+            kind: p.kind.clone(),
+            snapshot_path: p.snapshot_path.clone(),
+            snapshot_uuid: uuid,
+            created_at: p.created_at.clone(),
+            manifest_key,
+            total_bytes,
+            chunks: u32::try_from(chunks.len()).unwrap_or(u32::MAX),
+            parts: chunks.values().map(|s| s.len() as u64).sum(),
+        })
+    }
+}

@@ -1,8 +1,13 @@
-//! The `btrfs` process adapter: subvolume show, snapshot, send, receive, delete.
-//! Output of `btrfs subvolume show` is parsed by the pure `parse_show`.
+//! The Btrfs edge: the `Snapshotter` trait the engine talks to; `BtrfsCli`, the `btrfs`
+//! process adapter (subvolume show, snapshot, send, receive, delete), whose `subvolume show`
+//! output is parsed by the pure `parse_show`; `memory::MemoryBtrfs`, an in-memory twin; and
+//! `memory::CrashingBtrfs`, the crash-matrix layer.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+pub mod memory;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtrfsError {
@@ -53,17 +58,69 @@ pub fn parse_show(out: &str) -> Option<SubvolumeInfo> {
     })
 }
 
-/// The Btrfs operations the engine needs. One real implementation (`BtrfsCli`).
+/// A running `btrfs send`: the stream, and the process that produces it.
+pub struct SendStream {
+    pub reader: Box<dyn Read + Send>,
+    pub producer: Box<dyn Producer>,
+}
+
+/// The producer of a send stream.
+pub trait Producer: Send {
+    /// Waits for the producer to end (after its stream was read to the end): `Err((status,
+    /// stderr))` when it failed.
+    fn wait(&mut self) -> Result<(), (String, String)>;
+    /// Stops the producer early and reaps it.
+    fn kill(&mut self);
+}
+
+/// The Btrfs operations the engine needs. The real implementation is `BtrfsCli`; the
+/// in-memory twin is `memory::MemoryBtrfs`.
 pub trait Snapshotter: Send + Sync {
+    /// Whether anything exists at `path` (a snapshot, or whatever took its name).
+    fn exists(&self, path: &Path) -> bool;
+    /// Names of the entries of directory `dir` (empty when it cannot be read).
+    fn list(&self, dir: &Path) -> Vec<String>;
     fn show(&self, path: &Path) -> Result<SubvolumeInfo, BtrfsError>;
     fn snapshot_readonly(&self, source: &Path, dest: &Path) -> Result<(), BtrfsError>;
     fn delete(&self, path: &Path) -> Result<(), BtrfsError>;
     /// Makes a (received) read-only snapshot writable; clears its received UUID.
     fn set_writable(&self, path: &Path) -> Result<(), BtrfsError>;
-    /// Starts `btrfs send` with stdout piped.
-    fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<Child, BtrfsError>;
-    /// Starts `btrfs receive DIR` with stdin piped.
-    fn receive(&self, dir: &Path) -> Result<Child, BtrfsError>;
+    /// Starts `btrfs send` (of `snapshot`, incremental from `parent` when given).
+    fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<SendStream, BtrfsError>;
+    /// Starts `btrfs receive DIR` (or, without a directory, `btrfs receive --dump`, which
+    /// only parses the stream).
+    fn receive(&self, dir: Option<&Path>) -> Result<ReceiveSink, BtrfsError>;
+}
+
+/// A running `btrfs receive`: write the stream to `writer`, drop it, then `finish`.
+pub struct ReceiveSink {
+    pub writer: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+    pub end: Box<dyn ReceiveEnd>,
+}
+
+#[async_trait::async_trait]
+pub trait ReceiveEnd: Send {
+    /// Waits for the receiver once the writer is dropped. Err: what it said.
+    async fn finish(self: Box<Self>) -> Result<(), String>;
+    /// Stops the receiver before the end of the stream (it failed a check).
+    async fn kill(self: Box<Self>);
+}
+
+struct ChildReceive(tokio::process::Child);
+
+#[async_trait::async_trait]
+impl ReceiveEnd for ChildReceive {
+    async fn finish(self: Box<Self>) -> Result<(), String> {
+        let out = self.0.wait_with_output().await.map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+    async fn kill(mut self: Box<Self>) {
+        let _ = self.0.kill().await;
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -118,7 +175,50 @@ impl BtrfsCli {
     }
 }
 
+/// A `btrfs send` child process, its stderr read on a thread so it never blocks on a full pipe.
+struct ChildProducer {
+    child: Child,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Producer for ChildProducer {
+    fn wait(&mut self) -> Result<(), (String, String)> {
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| ("not reaped".to_string(), e.to_string()))?;
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        if status.success() {
+            Ok(())
+        } else {
+            Err((status.to_string(), stderr.trim().to_string()))
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Snapshotter for BtrfsCli {
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    fn list(&self, dir: &Path) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect()
+    }
+
     fn show(&self, path: &Path) -> Result<SubvolumeInfo, BtrfsError> {
         if !path.is_dir() {
             return Err(BtrfsError::NotASubvolume {
@@ -169,7 +269,7 @@ impl Snapshotter for BtrfsCli {
         .map(drop)
     }
 
-    fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<Child, BtrfsError> {
+    fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<SendStream, BtrfsError> {
         let mut c = Command::new(&self.bin);
         c.arg("send").arg("-q");
         if let Some(p) = parent {
@@ -179,18 +279,46 @@ impl Snapshotter for BtrfsCli {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        c.spawn().map_err(|e| self.spawn_error(e))
+        let mut child = c.spawn().map_err(|e| self.spawn_error(e))?;
+        let stdout = child.stdout.take().ok_or_else(|| BtrfsError::Output {
+            cmd: "btrfs send".into(),
+            detail: "no stdout".into(),
+        })?;
+        let stderr = child.stderr.take().map(|mut e| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = e.read_to_string(&mut s);
+                s
+            })
+        });
+        Ok(SendStream {
+            reader: Box::new(stdout),
+            producer: Box::new(ChildProducer { child, stderr }),
+        })
     }
 
-    fn receive(&self, dir: &Path) -> Result<Child, BtrfsError> {
-        Command::new(&self.bin)
-            .arg("receive")
-            .arg(dir)
+    fn receive(&self, dir: Option<&Path>) -> Result<ReceiveSink, BtrfsError> {
+        let mut c = tokio::process::Command::new(&self.bin);
+        c.arg("receive");
+        match dir {
+            Some(d) => c.arg(d),
+            None => c.arg("--dump"),
+        };
+        let mut child = c
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
+            .kill_on_drop(true)
             .spawn()
-            .map_err(|e| self.spawn_error(e))
+            .map_err(|e| self.spawn_error(e))?;
+        let stdin = child.stdin.take().ok_or_else(|| BtrfsError::Output {
+            cmd: "btrfs receive".into(),
+            detail: "no stdin".into(),
+        })?;
+        Ok(ReceiveSink {
+            writer: Box::new(stdin),
+            end: Box::new(ChildReceive(child)),
+        })
     }
 }
 

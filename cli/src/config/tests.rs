@@ -1,0 +1,94 @@
+use super::*;
+
+const GOOD: &str = r#"
+snapshot_dir = "/mnt/pool/.snapshots"
+state_dir = "/var/lib/b2s3"
+
+[[subvolumes]]
+name = "home"
+path = "/mnt/pool/home"
+
+[s3]
+bucket = "my-backups"
+endpoint = "http://127.0.0.1:3900"
+path_style = true
+prefix = "/host1/"
+chunk_size = "1GiB"
+"#;
+
+fn err(text: &str) -> String {
+    parse(Path::new("/etc/x.toml"), text)
+        .expect_err("must be rejected")
+        .to_string()
+}
+
+#[test]
+fn good_config_gets_defaults() {
+    let s = parse(Path::new("x"), GOOD).expect("valid");
+    assert_eq!(s.s3.chunk_size, GIB);
+    assert_eq!(s.s3.part_size, 8 * MIB);
+    assert_eq!(s.s3.concurrency, 4);
+    assert_eq!(s.s3.prefix, "host1");
+    assert_eq!(s.s3.sse, Sse::Aes256);
+    assert_eq!(s.lock_path, PathBuf::from("/var/lib/b2s3/lock"));
+    let d = parse(Path::new("x"), &GOOD.replace("chunk_size = \"1GiB\"", "")).expect("valid");
+    assert_eq!(d.s3.chunk_size, 200 * GIB);
+    assert_eq!(d.s3.part_size, 21 * MIB);
+}
+
+#[test]
+fn unknown_key_names_file_line_and_hint() {
+    let e = err(&GOOD.replace("path_style = true", "path_stlye = true"));
+    assert!(e.contains("/etc/x.toml"), "{e}");
+    assert!(e.contains("line 12"), "{e}");
+    assert!(e.contains("path_stlye"), "{e}");
+    assert!(e.contains("examples/config.toml"), "{e}");
+}
+
+#[test]
+fn credentials_in_file_are_refused_with_the_reason() {
+    let e = err(&GOOD.replace("path_style = true", "secret_access_key = \"x\""));
+    assert!(e.contains("never read from the config file"), "{e}");
+    assert!(!e.contains("\"x\""), "must not echo the secret: {e}");
+}
+
+#[test]
+fn bad_values_are_refused_with_line() {
+    let e = err(&GOOD.replace("\"1GiB\"", "\"1 gigabyte\""));
+    assert!(e.contains("not a size") && e.contains("line 14"), "{e}");
+    let e = err(&GOOD.replace("prefix", "storage_class_chunks = \"COLD\"\nprefix"));
+    assert!(e.contains("unknown storage class `COLD`"), "{e}");
+    let e = err(&GOOD.replace(
+        "prefix",
+        "storage_class_manifest = \"DEEP_ARCHIVE\"\nprefix",
+    ));
+    assert!(e.contains("archive class"), "{e}");
+    let e = err(&GOOD.replace("prefix", "part_size = \"4MiB\"\nprefix"));
+    assert!(
+        e.contains("below the S3 minimum") && e.contains("line 13"),
+        "{e}"
+    );
+    let e = err(&GOOD.replace("\"1GiB\"", "\"200GiB\"\npart_size = \"8MiB\""));
+    assert!(e.contains("raise part_size to at least 22020096"), "{e}");
+    let e = err(&GOOD.replace("prefix", "concurrency = 0\nprefix"));
+    assert!(e.contains("concurrency 0"), "{e}");
+    let e = err(&GOOD.replace("prefix", "sse = \"AES128\"\nprefix"));
+    assert!(e.contains("unknown sse"), "{e}");
+    let e = err(&GOOD.replace("name = \"home\"", "name = \"my home\""));
+    assert!(e.contains("not allowed"), "{e}");
+    let e = err(&GOOD.replace("my-backups", "b"));
+    assert!(e.contains("not a valid bucket"), "{e}");
+    let e = err("this is not toml");
+    assert!(e.contains("line 1"), "{e}");
+    let e = err(&GOOD.replace("snapshot_dir = \"/mnt/pool/.snapshots\"", ""));
+    assert!(e.contains("missing field `snapshot_dir`"), "{e}");
+}
+
+#[test]
+fn sizes() {
+    assert_eq!(parse_size("8MiB"), Some(8 * MIB));
+    assert_eq!(parse_size("8 MiB"), Some(8 * MIB));
+    assert_eq!(parse_size("123"), Some(123));
+    assert_eq!(parse_size("8MB"), None);
+    assert_eq!(parse_size("99999999999999TiB"), None);
+}

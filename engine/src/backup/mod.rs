@@ -1,0 +1,347 @@
+//! The backup driver: the only code that performs backup side effects. It follows the one
+//! decider, `machine::run::next_action` (and the stream-time decisions beside it), journaling
+//! each transition after its side effect is confirmed, so the same code runs a fresh backup
+//! and resumes a killed one.
+//!
+//! - `planning`: checks before a run exists, the last published backup, full or incremental;
+//! - `upload`: reconcile with S3, stream, upload or reuse parts, seal chunks;
+//! - `publish`: manifest, then pointer;
+//! - `retention`: local snapshots, old chains, stray uploads.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use fault_injection::failpoint;
+use journal::{BackupKind, JournalError, RunId, Transition};
+use serde::Serialize;
+
+use crate::btrfs::{BtrfsError, Snapshotter};
+use crate::clock::Clock;
+use crate::machine::run::{next_action, Action, Facts, FoldError, RunState, Step};
+use crate::machine::{Keys, LayoutError};
+use crate::manifest::Kind;
+use crate::pipeline::PipelineError;
+use crate::runlog::RunLog;
+pub use crate::settings::settings_fingerprint;
+use crate::settings::Settings;
+use crate::store::{ObjectStore, PutOptions, StoreError};
+
+mod planning;
+mod publish;
+mod retention;
+mod upload;
+
+pub use planning::last_published;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Btrfs(#[from] BtrfsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("invalid sizes: {0}")]
+    Layout(#[from] LayoutError),
+    #[error("journal run {run} is inconsistent: {source}")]
+    Fold { run: RunId, source: FoldError },
+    #[error("snapshot directory {path}: {source}; create it on the same Btrfs filesystem as the subvolumes")]
+    SnapshotDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no free snapshot name for {0} (a snapshot with this second's timestamp exists)")]
+    NameTaken(String),
+    #[error("chunk {chunk} must be uploaded again: {reason}")]
+    RestartChunk { chunk: u32, reason: String },
+    #[error("run {run} abandoned: {reason}")]
+    Abandoned { run: RunId, reason: String },
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl BackupError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            BackupError::Store(e) => e.is_retryable(),
+            BackupError::Pipeline(e) => e.is_retryable(),
+            BackupError::RestartChunk { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Live counters for progress output.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub stream_bytes: AtomicU64,
+    pub uploaded_bytes: AtomicU64,
+    pub reused_bytes: AtomicU64,
+    pub parts_uploaded: AtomicU64,
+    pub current: Mutex<String>,
+}
+
+impl Progress {
+    fn set_current(&self, s: String) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+}
+
+/// What one run did, for the summary and `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub run_id: RunId,
+    pub subvolume: String,
+    pub backup_id: String,
+    pub chain_id: String,
+    pub kind: Kind,
+    pub snapshot: String,
+    pub manifest_key: String,
+    pub pointer_key: String,
+    pub total_bytes: u64,
+    pub chunks: usize,
+    pub parts: usize,
+    /// Bytes sent to S3 in this process (parts uploaded again after a crash count again).
+    pub uploaded_bytes: u64,
+    /// Bytes of parts a previous attempt committed, verified and not uploaded again.
+    pub reused_bytes: u64,
+    pub resumed: bool,
+    pub seconds: f64,
+}
+
+pub struct Context {
+    pub settings: Settings,
+    pub store: Arc<dyn ObjectStore>,
+    pub btrfs: Arc<dyn Snapshotter>,
+    pub journal: Arc<dyn RunLog>,
+    pub progress: Arc<Progress>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Context {
+    fn keys(&self) -> Keys {
+        Keys::new(&self.settings.s3.prefix)
+    }
+
+    fn chunk_opts(&self) -> PutOptions {
+        PutOptions {
+            storage_class: Some(self.settings.s3.storage_class_chunks.clone()),
+            sse: Some(self.settings.s3.sse),
+            kms_key_id: self.settings.s3.kms_key_id.clone(),
+            content_type: Some("application/octet-stream".into()),
+        }
+    }
+
+    fn manifest_opts(&self) -> PutOptions {
+        PutOptions {
+            storage_class: Some(self.settings.s3.storage_class_manifest.clone()),
+            sse: Some(self.settings.s3.sse),
+            kms_key_id: self.settings.s3.kms_key_id.clone(),
+            content_type: Some("application/json".into()),
+        }
+    }
+
+    fn state(&self, run: RunId) -> Result<RunState, BackupError> {
+        RunState::fold(&self.journal.transitions(run)?)
+            .map_err(|source| BackupError::Fold { run, source })
+    }
+
+    fn append(&self, run: RunId, t: Transition) -> Result<(), BackupError> {
+        failpoint!("journal-before-commit");
+        self.journal.append(run, &t)?;
+        failpoint!("journal-after-commit");
+        Ok(())
+    }
+
+    /// Journals `t` and applies it to `view`, the driver's copy of the run's state: the same
+    /// transition, so the copy never drifts from what a fold of the journal gives.
+    fn commit(&self, run: RunId, view: &mut RunState, t: Transition) -> Result<(), BackupError> {
+        self.append(run, t.clone())?;
+        view.apply(&t)
+            .map_err(|source| BackupError::Fold { run, source })
+    }
+
+    /// Gives up a run that has no manifest yet: aborts every upload and deletes every object
+    /// under its own backup prefix (unique to the run), deletes its snapshot (no published
+    /// backup uses it), and journals why.
+    pub async fn abandon(&self, run: RunId, reason: &str) -> Result<(), BackupError> {
+        let st = self.state(run)?;
+        if st.manifest.is_some() {
+            return Err(BackupError::Internal(format!(
+                "run {run} has a manifest and must not be abandoned"
+            )));
+        }
+        let p = &st.planned;
+        let prefix = self
+            .keys()
+            .backup_prefix(&p.subvolume, &p.chain_id, &p.backup_id);
+        for u in self.store.list_uploads(&prefix).await? {
+            self.store.abort_multipart(&u.key, &u.upload_id).await?;
+        }
+        for (key, id) in st.open_uploads() {
+            self.store.abort_multipart(&key, &id).await?;
+        }
+        for o in self.store.list(&prefix).await? {
+            self.store.delete(&o.key).await?;
+        }
+        let snap = PathBuf::from(&p.snapshot_path);
+        if self.btrfs.exists(&snap) {
+            self.btrfs.delete(&snap)?;
+        }
+        self.append(
+            run,
+            Transition::Abandoned {
+                reason: reason.to_string(),
+            },
+        )
+    }
+
+    /// The facts `next_action` needs, gathered afresh before every step.
+    fn facts(&self, st: &RunState) -> Facts {
+        let parent_exists = match &st.planned.kind {
+            BackupKind::Incremental {
+                parent_snapshot_path,
+                ..
+            } => self.btrfs.exists(Path::new(parent_snapshot_path)),
+            BackupKind::Full => true,
+        };
+        Facts {
+            settings: settings_fingerprint(&self.settings),
+            snapshot_exists: self.btrfs.exists(Path::new(&st.planned.snapshot_path)),
+            parent_exists,
+        }
+    }
+
+    /// Runs (or resumes) one journaled run to its end: gathers the facts, asks
+    /// `machine::run::next_action`, performs it, journals the transition, and asks again.
+    /// The journal is the only state: every turn folds it afresh.
+    pub async fn drive(&self, run: RunId) -> Result<RunReport, BackupError> {
+        let started = Instant::now();
+        let first = self.state(run)?;
+        let resumed = first.next_step() != Step::TakeSnapshot || first.committed_parts() > 0;
+        let uploaded_before = self.progress.uploaded_bytes.load(Ordering::Relaxed);
+        // Parts committed before this drive: only those count as reused (a part uploaded by an
+        // earlier pass of this same drive, before a chunk restart, was sent by this process).
+        let initial: BTreeSet<(u32, u32, u128)> = first
+            .chunks
+            .iter()
+            .flat_map(|(c, st)| st.parts.values().map(move |r| (*c, r.part_number, r.xxh3)))
+            .collect();
+        let mut reused = 0u64;
+        loop {
+            let st = self.state(run)?;
+            let (chunks, parts) = match next_action(&st, &self.facts(&st)) {
+                Action::TakeSnapshot => {
+                    self.take_snapshot(run, &st)?;
+                    continue;
+                }
+                Action::Abandon(reason) => {
+                    self.abandon(run, &reason).await?;
+                    return Err(BackupError::Abandoned { run, reason });
+                }
+                Action::Upload => {
+                    match self.upload(run, &st, &initial).await {
+                        Ok((end, pass_reused)) => {
+                            reused = pass_reused;
+                            self.write_manifest(run, end).await?
+                        }
+                        Err(BackupError::RestartChunk { chunk, reason }) => {
+                            if let Some(c) = st.chunks.get(&chunk) {
+                                self.store.abort_multipart(&c.key, &c.upload_id).await?;
+                            }
+                            tracing::warn!(run, chunk, %reason, "restarting chunk");
+                            self.append(run, Transition::ChunkRestarted { chunk, reason })?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    continue;
+                }
+                Action::PublishPointer => {
+                    self.publish_pointer(run, &st).await?;
+                    continue;
+                }
+                Action::Prune => {
+                    self.prune(run, &st).await?;
+                    continue;
+                }
+                // The report's counts are read before Finished: closing compacts the run's
+                // chunk records away.
+                Action::Finish => {
+                    failpoint!("before-finish");
+                    self.append(run, Transition::Finished)?;
+                    (st.chunks.len(), st.committed_parts())
+                }
+                Action::Over => {
+                    if let Some(reason) = st.abandoned {
+                        return Err(BackupError::Abandoned { run, reason });
+                    }
+                    let h = self.journal.runs()?.into_iter().find(|h| h.id == run);
+                    let sum = h.and_then(|h| h.summary);
+                    (
+                        sum.as_ref().map_or(0, |s| s.chunks as usize),
+                        sum.map_or(0, |s| usize::try_from(s.parts).unwrap_or(usize::MAX)),
+                    )
+                }
+            };
+            let keys = self.keys();
+            let p = &st.planned;
+            let (mkey, total, _) = st.manifest.clone().unwrap_or_default();
+            return Ok(RunReport {
+                run_id: run,
+                subvolume: p.subvolume.clone(),
+                backup_id: p.backup_id.clone(),
+                chain_id: p.chain_id.clone(),
+                kind: kind_of(&p.kind),
+                snapshot: p.snapshot_path.clone(),
+                manifest_key: mkey,
+                pointer_key: keys.pointer(&p.subvolume),
+                total_bytes: total,
+                chunks,
+                parts,
+                uploaded_bytes: self.progress.uploaded_bytes.load(Ordering::Relaxed)
+                    - uploaded_before,
+                reused_bytes: reused,
+                resumed,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+    }
+
+    fn take_snapshot(&self, run: RunId, st: &RunState) -> Result<(), BackupError> {
+        let p = &st.planned;
+        let dest = PathBuf::from(&p.snapshot_path);
+        self.progress
+            .set_current(format!("{}: snapshot {}", p.subvolume, p.snapshot_name));
+        // A snapshot that exists but was not journaled was made by this run before a crash:
+        // adopt it (the name is unique to the run and checked free when planning).
+        let info = match self.btrfs.show(&dest) {
+            Ok(info) if info.readonly => info,
+            _ => {
+                failpoint!("before-snapshot");
+                self.btrfs
+                    .snapshot_readonly(Path::new(&p.source_path), &dest)?;
+                failpoint!("after-snapshot");
+                self.btrfs.show(&dest)?
+            }
+        };
+        self.append(
+            run,
+            Transition::SnapshotTaken {
+                path: p.snapshot_path.clone(),
+                uuid: info.uuid,
+            },
+        )
+    }
+}
+
+fn kind_of(k: &BackupKind) -> Kind {
+    match k {
+        BackupKind::Full => Kind::Full,
+        BackupKind::Incremental { .. } => Kind::Incremental,
+    }
+}

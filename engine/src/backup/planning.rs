@@ -1,0 +1,172 @@
+//! Before a run exists: checks that leave nothing behind, the last published backup (from run
+//! headers alone), the full/incremental/skip decision, and journaling the plan.
+
+use std::path::Path;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use journal::{BackupKind, Planned, RunHeader, RunId, RunStatus};
+
+use super::{BackupError, Context};
+use crate::machine::{self, Layout};
+use crate::plan::{self, Decision, Force, LastBackup, ParentCheck};
+use crate::settings::{settings_fingerprint, SubvolumeSpec};
+
+impl Context {
+    /// Checks everything that can be checked before a snapshot is taken, so that a bad path,
+    /// bucket or credential leaves nothing behind.
+    pub async fn preflight(&self, subvolumes: &[SubvolumeSpec]) -> Result<(), BackupError> {
+        for sv in subvolumes {
+            self.btrfs.show(&sv.path)?;
+        }
+        let dir = &self.settings.snapshot_dir;
+        std::fs::create_dir_all(dir).map_err(|source| BackupError::SnapshotDir {
+            path: dir.clone(),
+            source,
+        })?;
+        Layout::new(self.settings.s3.chunk_size, self.settings.s3.part_size)?;
+        self.store.check_access().await?;
+        Ok(())
+    }
+
+    /// `preflight` without creating anything (for `--dry-run`).
+    pub async fn preflight_readonly(
+        &self,
+        subvolumes: &[SubvolumeSpec],
+    ) -> Result<(), BackupError> {
+        for sv in subvolumes {
+            self.btrfs.show(&sv.path)?;
+        }
+        Layout::new(self.settings.s3.chunk_size, self.settings.s3.part_size)?;
+        self.store.check_access().await?;
+        Ok(())
+    }
+
+    /// True when no snapshot on disk and no journaled run uses this name (and so this
+    /// backup id): ids are never reused, even after a run was abandoned.
+    pub fn name_free(&self, name: &str) -> Result<bool, BackupError> {
+        Ok(!self.btrfs.exists(&self.settings.snapshot_dir.join(name))
+            && !self.journal.runs()?.iter().any(|h| h.snapshot_name == name))
+    }
+
+    /// The newest published (finished) backup of a subvolume, from the run headers alone.
+    pub fn last_published(&self, subvolume: &str) -> Result<Option<LastBackup>, BackupError> {
+        let runs = self.journal.runs()?;
+        last_published(&runs, subvolume)
+    }
+
+    /// Full, incremental or skip for `sv`, with the reason. Reads only (btrfs show, HeadObject).
+    pub async fn decide(
+        &self,
+        sv: &SubvolumeSpec,
+        now: DateTime<Utc>,
+        force: Force,
+    ) -> Result<Decision, BackupError> {
+        let last = self.last_published(&sv.name)?;
+        let parent = match &last {
+            Some(l) => Some(ParentCheck {
+                local_uuid: self
+                    .btrfs
+                    .show(Path::new(&l.snapshot_path))
+                    .ok()
+                    .map(|i| i.uuid),
+                manifest_in_s3: self.store.head_object(&l.manifest_key).await?.is_some(),
+            }),
+            None => None,
+        };
+        Ok(plan::decide(
+            last.as_ref(),
+            parent.as_ref(),
+            now,
+            &self.settings.schedule,
+            force,
+        ))
+    }
+
+    /// Journals a new backup of `sv` as `decision` says (snapshot name chosen from `now`).
+    pub fn plan(
+        &self,
+        sv: &SubvolumeSpec,
+        now: DateTime<Utc>,
+        decision: &Decision,
+    ) -> Result<RunId, BackupError> {
+        let name = machine::snapshot_name(&sv.name, now);
+        let path = self.settings.snapshot_dir.join(&name);
+        if !self.name_free(&name)? {
+            return Err(BackupError::NameTaken(name));
+        }
+        let backup_id = machine::timestamp(now);
+        let (kind, chain_id) = match decision {
+            Decision::Incremental { parent, .. } => (
+                BackupKind::Incremental {
+                    parent_backup_id: parent.backup_id.clone(),
+                    parent_manifest_key: parent.manifest_key.clone(),
+                    parent_snapshot_path: parent.snapshot_path.clone(),
+                    parent_uuid: parent.snapshot_uuid.clone(),
+                },
+                parent.chain_id.clone(),
+            ),
+            Decision::Full { .. } => (BackupKind::Full, backup_id.clone()),
+            Decision::Skip { reason } => {
+                return Err(BackupError::Internal(format!(
+                    "planning a skipped backup: {reason}"
+                )))
+            }
+        };
+        let planned = Planned {
+            subvolume: sv.name.clone(),
+            source_path: sv.path.display().to_string(),
+            kind,
+            snapshot_name: name,
+            snapshot_path: path.display().to_string(),
+            chain_id,
+            backup_id,
+            created_at: now.to_rfc3339_opts(SecondsFormat::Secs, true),
+            chunk_size: self.settings.s3.chunk_size,
+            part_size: self.settings.s3.part_size,
+            settings: settings_fingerprint(&self.settings),
+        };
+        Ok(self.journal.begin_run(planned)?)
+    }
+}
+
+/// The newest finished run of `subvolume` with its summary, and how many finished runs its
+/// chain has: reads headers only (O(runs), whatever their part counts).
+pub fn last_published(
+    runs: &[RunHeader],
+    subvolume: &str,
+) -> Result<Option<LastBackup>, BackupError> {
+    let Some((h, sum)) = runs
+        .iter()
+        .rev()
+        .filter(|h| h.subvolume == subvolume && h.status == RunStatus::Finished)
+        .find_map(|h| h.summary.as_ref().map(|s| (h, s)))
+    else {
+        return Ok(None);
+    };
+    let chain_length = u32::try_from(
+        runs.iter()
+            .filter(|r| {
+                r.subvolume == subvolume
+                    && r.status == RunStatus::Finished
+                    && r.chain_id == h.chain_id
+            })
+            .count(),
+    )
+    .unwrap_or(u32::MAX);
+    let created_at = DateTime::parse_from_rfc3339(&sum.created_at)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| BackupError::Internal(format!("run {}: created_at: {e}", h.id)))?;
+    let chain_started = chrono::NaiveDateTime::parse_from_str(&h.chain_id, "%Y%m%dT%H%M%SZ")
+        .map(|t| t.and_utc())
+        .unwrap_or(created_at);
+    Ok(Some(LastBackup {
+        backup_id: h.backup_id.clone(),
+        chain_id: h.chain_id.clone(),
+        manifest_key: sum.manifest_key.clone(),
+        snapshot_path: sum.snapshot_path.clone(),
+        snapshot_uuid: sum.snapshot_uuid.clone(),
+        created_at,
+        chain_started,
+        chain_length,
+    }))
+}

@@ -1,0 +1,141 @@
+//! Publishing: the manifest (only once every chunk is sealed), then the pointer (only once
+//! the manifest is written), each journaled after S3 confirmed it.
+
+use bytes::Bytes;
+use fault_injection::failpoint;
+use journal::{BackupKind, RunId, Transition};
+
+use super::{kind_of, BackupError, Context};
+use crate::machine::run::RunState;
+use crate::manifest::{self, ChunkEntry, Manifest, PartEntry, Pointer, SnapshotRef};
+
+impl Context {
+    /// Writes the manifest (only once every chunk is sealed) and journals it.
+    pub(super) async fn write_manifest(
+        &self,
+        run: RunId,
+        (total, sha): (u64, [u8; 32]),
+    ) -> Result<(), BackupError> {
+        let st = self.state(run)?;
+        let m = self.build_manifest(&st, total, sha)?;
+        let key = self.keys().manifest(
+            &st.planned.subvolume,
+            &st.planned.chain_id,
+            &st.planned.backup_id,
+        );
+        failpoint!("before-manifest");
+        self.store
+            .put_object(&key, Bytes::from(m.to_json()), &self.manifest_opts())
+            .await?;
+        failpoint!("after-manifest");
+        self.append(
+            run,
+            Transition::ManifestWritten {
+                key,
+                total_bytes: total,
+                stream_sha256: sha,
+            },
+        )
+    }
+
+    fn build_manifest(
+        &self,
+        st: &RunState,
+        total: u64,
+        sha: [u8; 32],
+    ) -> Result<Manifest, BackupError> {
+        let p = &st.planned;
+        let mut chunks = Vec::new();
+        for (i, (idx, c)) in st.chunks.iter().enumerate() {
+            let sealed = c.sealed.as_ref().ok_or_else(|| {
+                BackupError::Internal(format!("manifest requested with chunk {idx} unsealed"))
+            })?;
+            if *idx as usize != i {
+                return Err(BackupError::Internal(format!("chunk {i} missing")));
+            }
+            chunks.push(ChunkEntry {
+                index: *idx,
+                key: c.key.clone(),
+                size: sealed.size,
+                sha256: hex::encode(sealed.sha256),
+                etag: sealed.etag.clone(),
+                parts: c
+                    .parts
+                    .values()
+                    .map(|r| PartEntry {
+                        number: r.part_number,
+                        size: r.length,
+                        xxh3: manifest::hex_u128(r.xxh3),
+                        crc32c: manifest::hex_u32(r.crc32c),
+                    })
+                    .collect(),
+            });
+        }
+        let (parent, parent_uuid) = match &p.kind {
+            BackupKind::Full => (None, None),
+            BackupKind::Incremental {
+                parent_backup_id,
+                parent_manifest_key,
+                parent_uuid,
+                ..
+            } => (
+                Some(manifest::ParentRef {
+                    backup_id: parent_backup_id.clone(),
+                    manifest_key: parent_manifest_key.clone(),
+                    snapshot_uuid: parent_uuid.clone(),
+                }),
+                Some(parent_uuid.clone()),
+            ),
+        };
+        Ok(Manifest {
+            format_version: manifest::FORMAT_VERSION,
+            tool_version: crate::TOOL_VERSION.to_string(),
+            subvolume: p.subvolume.clone(),
+            kind: kind_of(&p.kind),
+            backup_id: p.backup_id.clone(),
+            chain_id: p.chain_id.clone(),
+            parent,
+            snapshot: SnapshotRef {
+                name: p.snapshot_name.clone(),
+                uuid: st.snapshot_uuid.clone().unwrap_or_default(),
+                parent_uuid,
+            },
+            created_at: p.created_at.clone(),
+            chunk_size: p.chunk_size,
+            part_size: p.part_size,
+            storage_class: self.settings.s3.storage_class_chunks.clone(),
+            sse: self.settings.s3.sse.as_str().to_string(),
+            total_bytes: total,
+            stream_sha256: hex::encode(sha),
+            chunks,
+        })
+    }
+
+    pub(super) async fn publish_pointer(
+        &self,
+        run: RunId,
+        st: &RunState,
+    ) -> Result<(), BackupError> {
+        let p = &st.planned;
+        let (manifest_key, _, _) = st
+            .manifest
+            .clone()
+            .ok_or_else(|| BackupError::Internal("pointer before manifest".into()))?;
+        let pointer = Pointer {
+            format_version: manifest::FORMAT_VERSION,
+            subvolume: p.subvolume.clone(),
+            backup_id: p.backup_id.clone(),
+            chain_id: p.chain_id.clone(),
+            kind: kind_of(&p.kind),
+            manifest_key,
+            created_at: p.created_at.clone(),
+        };
+        let key = self.keys().pointer(&p.subvolume);
+        failpoint!("before-pointer");
+        self.store
+            .put_object(&key, Bytes::from(pointer.to_json()), &self.manifest_opts())
+            .await?;
+        failpoint!("after-pointer");
+        self.append(run, Transition::PointerPublished { key })
+    }
+}

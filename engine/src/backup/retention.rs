@@ -1,0 +1,126 @@
+//! Retention after a published backup: local snapshots, old chains in S3, stray uploads.
+//! What to delete is decided by the pure functions of `plan`; every deletion is idempotent,
+//! so a crash here is resumed by running the same step again.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use fault_injection::failpoint;
+use journal::{BackupKind, RunId, Transition};
+
+use super::{BackupError, Context};
+use crate::machine::run::RunState;
+use crate::plan;
+
+impl Context {
+    /// Snapshot names (and chain ids) that unfinished runs of `subvolume` use, parents included.
+    fn in_use_by_open_runs(
+        &self,
+        subvolume: &str,
+    ) -> Result<(BTreeSet<String>, BTreeSet<String>), BackupError> {
+        let mut snaps = BTreeSet::new();
+        let mut chains = BTreeSet::new();
+        for h in self.journal.open_runs()? {
+            if h.subvolume != subvolume {
+                continue;
+            }
+            let st = self.state(h.id)?;
+            snaps.insert(st.planned.snapshot_name.clone());
+            chains.insert(st.planned.chain_id.clone());
+            if let BackupKind::Incremental {
+                parent_snapshot_path,
+                ..
+            } = &st.planned.kind
+            {
+                if let Some(n) = Path::new(parent_snapshot_path).file_name() {
+                    snaps.insert(n.to_string_lossy().to_string());
+                }
+            }
+        }
+        Ok((snaps, chains))
+    }
+
+    /// Retention after a published backup. Every deletion is idempotent, so a crash here is
+    /// resumed by running the same step again; `PruningDone` closes it.
+    pub(super) async fn prune(&self, run: RunId, st: &RunState) -> Result<(), BackupError> {
+        let p = &st.planned;
+        let (mut protected, open_chains) = self.in_use_by_open_runs(&p.subvolume)?;
+        // This run's snapshot is the parent of the next incremental.
+        protected.insert(p.snapshot_name.clone());
+
+        failpoint!("before-prune-local");
+        let names = crate::machine::snapshot_names(
+            self.btrfs.list(&self.settings.snapshot_dir),
+            &p.subvolume,
+        );
+        let doomed = plan::local_to_delete(
+            &names,
+            self.settings.retention.keep_local_snapshots,
+            &protected,
+        );
+        for name in &doomed {
+            let path = self.settings.snapshot_dir.join(name);
+            if self.btrfs.exists(&path) {
+                self.btrfs.delete(&path)?;
+            }
+            failpoint!("after-prune-snapshot");
+        }
+        if !doomed.is_empty() {
+            self.append(run, Transition::LocalPruned { snapshots: doomed })?;
+        }
+        failpoint!("after-prune-local");
+
+        failpoint!("before-prune-remote");
+        let keys = self.keys();
+        let sv_prefix = keys.subvolume_prefix(&p.subvolume);
+        let objects: Vec<String> = self
+            .store
+            .list(&sv_prefix)
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        let doomed = plan::chains_to_delete(
+            &plan::chain_views(&objects, &sv_prefix),
+            self.settings.retention.keep_chains,
+            Some(&p.chain_id),
+        );
+        for chain in doomed.iter().filter(|c| !open_chains.contains(*c)) {
+            let chain_prefix = format!("{sv_prefix}{chain}/");
+            for u in self.store.list_uploads(&chain_prefix).await? {
+                self.store.abort_multipart(&u.key, &u.upload_id).await?;
+            }
+            let mut deleted = Vec::new();
+            for k in plan::deletion_order(&objects, &chain_prefix) {
+                self.store.delete(&k).await?;
+                failpoint!("after-prune-object");
+                deleted.push(k);
+            }
+            self.append(run, Transition::RemotePruned { keys: deleted })?;
+        }
+        // Stray uploads: under this subvolume, unknown to every open run, old enough.
+        let known: BTreeSet<String> = self
+            .journal
+            .open_runs()?
+            .iter()
+            .filter_map(|h| self.state(h.id).ok())
+            .flat_map(|s| s.chunks.into_values().map(|c| c.upload_id))
+            .collect();
+        let cutoff = self.clock.now().timestamp()
+            - i64::try_from(self.settings.retention.abort_uploads_older_than.as_secs())
+                .unwrap_or(i64::MAX);
+        let uploads: Vec<(String, String, Option<i64>)> = self
+            .store
+            .list_uploads(&sv_prefix)
+            .await?
+            .into_iter()
+            .map(|u| (u.key, u.upload_id, u.initiated))
+            .collect();
+        for (key, id) in plan::stray_uploads(&uploads, &known, cutoff) {
+            self.store.abort_multipart(&key, &id).await?;
+            tracing::info!(%key, "aborted a stray multipart upload");
+        }
+        failpoint!("after-prune-remote");
+        self.append(run, Transition::PruningDone)
+    }
+}

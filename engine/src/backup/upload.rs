@@ -1,0 +1,377 @@
+//! The upload step: reconcile the journal with S3, regenerate the send stream, and for each
+//! part and chunk end do what `machine::run` decides — reuse, upload, open, complete, adopt or
+//! restart — journaling each confirmed effect.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use fault_injection::failpoint;
+use journal::{BackupKind, PartRecord, RunId, Transition};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::{BackupError, Context};
+use crate::machine::run::{
+    decide_adoption, decide_chunk_end, decide_part, decide_stream_end, reconcile, ChunkEndAction,
+    Listed, PartAction, Reconciled, RunState,
+};
+use crate::machine::Layout;
+use crate::pipeline::{self, BufferPool, Event, Part, PipelineError};
+use crate::store::{CompletePart, ObjectStore, StoreError, StoreErrorKind};
+
+/// What a pass knows before it streams: chunks whose upload S3 no longer knows, and the
+/// parts committed before this drive began (the only ones that count as reused).
+#[derive(Clone, Copy)]
+struct ResumeFacts<'a> {
+    gone: &'a BTreeSet<u32>,
+    initial: &'a BTreeSet<(u32, u32, u128)>,
+}
+
+impl Context {
+    /// Streams the snapshot, uploading every part not already committed and verifying the
+    /// committed ones against their journaled hash. Returns the stream's size and SHA-256.
+    pub(super) async fn upload(
+        &self,
+        run: RunId,
+        st: &RunState,
+        initial: &BTreeSet<(u32, u32, u128)>,
+    ) -> Result<((u64, [u8; 32]), u64), BackupError> {
+        let p = &st.planned;
+        let layout = Layout::new(p.chunk_size, p.part_size)?;
+        // The run as S3 confirms it: the journal less the parts S3 lacks. Every transition
+        // journaled from here on is applied to it too (`commit`).
+        let Reconciled { chunks, gone, .. } = self.reconcile(st).await?;
+        let mut view = RunState {
+            chunks,
+            ..st.clone()
+        };
+
+        let parent = match &p.kind {
+            BackupKind::Incremental {
+                parent_snapshot_path,
+                ..
+            } => Some(PathBuf::from(parent_snapshot_path)),
+            BackupKind::Full => None,
+        };
+        self.progress
+            .set_current(format!("{}: upload {}", p.subvolume, p.backup_id));
+        let send = self
+            .btrfs
+            .send(Path::new(&p.snapshot_path), parent.as_deref())?;
+        // Shared by the splitter (which waits for the end of a stream it read whole) and this
+        // task (which stops the producer whatever happened).
+        let producer = Arc::new(Mutex::new(Some(send.producer)));
+        let concurrency = self.settings.s3.concurrency.max(1);
+        let pool = Arc::new(BufferPool::new(concurrency + 2));
+        let (tx, mut rx) = mpsc::channel::<Event>(1);
+        let splitter = {
+            let pool = pool.clone();
+            let producer = producer.clone();
+            let reader = send.reader;
+            std::thread::spawn(move || {
+                let finish = move || {
+                    let taken = producer.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let Some(mut c) = taken else {
+                        return Err(PipelineError::Closed);
+                    };
+                    c.wait()
+                        .map_err(|(status, stderr)| PipelineError::Producer { status, stderr })
+                };
+                pipeline::split_stream(reader, layout, &pool, &tx, finish);
+            })
+        };
+
+        let result = self
+            .consume(
+                run,
+                &mut view,
+                ResumeFacts {
+                    gone: &gone,
+                    initial,
+                },
+                &pool,
+                &mut rx,
+            )
+            .await;
+        // Stop the producer side whatever happened, and never leave a zombie.
+        pool.close();
+        drop(rx);
+        if let Some(mut c) = producer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            c.kill();
+        }
+        let _ = tokio::task::spawn_blocking(move || splitter.join()).await;
+        result
+    }
+
+    /// Gathers what S3 says about the run's uploads (ListMultipartUploads under the run's own
+    /// prefix, ListParts per unsealed chunk), lets `machine::run::reconcile` decide, and aborts
+    /// the uploads it names.
+    async fn reconcile(&self, st: &RunState) -> Result<Reconciled, BackupError> {
+        let p = &st.planned;
+        let prefix = self
+            .keys()
+            .backup_prefix(&p.subvolume, &p.chain_id, &p.backup_id);
+        let uploads: Vec<(String, String)> = self
+            .store
+            .list_uploads(&prefix)
+            .await?
+            .into_iter()
+            .map(|u| (u.key, u.upload_id))
+            .collect();
+        let mut listed = BTreeMap::new();
+        for (idx, c) in st.chunks.iter().filter(|(_, c)| c.sealed.is_none()) {
+            let l = match self.store.list_parts(&c.key, &c.upload_id).await {
+                Ok(parts) => Listed::Parts(
+                    parts
+                        .into_iter()
+                        .map(|p| (p.part_number, p.etag, p.size))
+                        .collect(),
+                ),
+                Err(e)
+                    if e.kind == StoreErrorKind::NoSuchUpload
+                        || e.kind == StoreErrorKind::NotFound =>
+                {
+                    Listed::Gone
+                }
+                Err(e) if e.kind == StoreErrorKind::Other => {
+                    tracing::warn!(key = %c.key, error = %e, "ListParts unusable; trusting the journal");
+                    Listed::Unusable
+                }
+                Err(e) => return Err(e.into()),
+            };
+            listed.insert(*idx, l);
+        }
+        let r = reconcile(st, &uploads, &listed);
+        for (key, id) in &r.abort {
+            tracing::info!(%key, upload_id = %id, "aborting an upload the journal never recorded");
+            self.store.abort_multipart(key, id).await?;
+        }
+        Ok(r)
+    }
+
+    async fn consume(
+        &self,
+        run: RunId,
+        view: &mut RunState,
+        facts: ResumeFacts<'_>,
+        pool: &Arc<BufferPool>,
+        rx: &mut mpsc::Receiver<Event>,
+    ) -> Result<((u64, [u8; 32]), u64), BackupError> {
+        let ResumeFacts { gone, initial } = facts;
+        let mut reused = 0u64;
+        let concurrency = self.settings.s3.concurrency.max(1);
+        type Done = Result<(PartRecord, Bytes), (u32, StoreError)>;
+        let p = view.planned.clone();
+        let keys = self.keys();
+        let opts = self.chunk_opts();
+        let mut inflight: JoinSet<Done> = JoinSet::new();
+
+        let settle = |done: Done, view: &mut RunState| -> Result<(), BackupError> {
+            match done {
+                Ok((rec, data)) => {
+                    failpoint!("after-part-upload");
+                    let length = rec.length;
+                    self.commit(run, view, Transition::PartCommitted(rec))?;
+                    self.progress
+                        .uploaded_bytes
+                        .fetch_add(length, Ordering::Relaxed);
+                    self.progress.parts_uploaded.fetch_add(1, Ordering::Relaxed);
+                    pool.give(data);
+                    Ok(())
+                }
+                Err((chunk, e)) if e.kind == StoreErrorKind::NoSuchUpload => {
+                    Err(BackupError::RestartChunk {
+                        chunk,
+                        reason: format!("S3 no longer knows the upload ({e})"),
+                    })
+                }
+                Err((_, e)) => Err(e.into()),
+            }
+        };
+
+        loop {
+            let Some(ev) = rx.recv().await else {
+                return Err(PipelineError::Closed.into());
+            };
+            match ev {
+                Event::Part(part) => {
+                    self.progress
+                        .stream_bytes
+                        .fetch_add(part.data.len() as u64, Ordering::Relaxed);
+                    match decide_part(
+                        view.chunks.get(&part.chunk),
+                        gone.contains(&part.chunk),
+                        part.number,
+                        part.offset,
+                        part.data.len() as u64,
+                        part.xxh3,
+                    ) {
+                        PartAction::Reuse => {
+                            let len = part.data.len() as u64;
+                            self.progress.reused_bytes.fetch_add(len, Ordering::Relaxed);
+                            if initial.contains(&(part.chunk, part.number, part.xxh3)) {
+                                reused += len;
+                            }
+                            pool.give(part.data);
+                            continue;
+                        }
+                        PartAction::RestartChunk(reason) => {
+                            return Err(BackupError::RestartChunk {
+                                chunk: part.chunk,
+                                reason,
+                            })
+                        }
+                        PartAction::Upload => {}
+                        PartAction::OpenThenUpload => {
+                            let key =
+                                keys.chunk(&p.subvolume, &p.chain_id, &p.backup_id, part.chunk);
+                            failpoint!("before-chunk-open");
+                            let upload_id = self.store.create_multipart(&key, &opts).await?;
+                            failpoint!("after-chunk-open");
+                            self.commit(
+                                run,
+                                view,
+                                Transition::ChunkOpened {
+                                    chunk: part.chunk,
+                                    key,
+                                    upload_id,
+                                },
+                            )?;
+                        }
+                    }
+                    while inflight.len() >= concurrency {
+                        if let Some(done) = inflight.join_next().await {
+                            settle(done.map_err(join_err)?, view)?;
+                        }
+                    }
+                    let c = view
+                        .chunks
+                        .get(&part.chunk)
+                        .ok_or_else(|| BackupError::Internal("chunk not open".into()))?;
+                    let (store, key, id) = (self.store.clone(), c.key.clone(), c.upload_id.clone());
+                    inflight.spawn(upload_one(store, key, id, part));
+                }
+                Event::ChunkEnd {
+                    chunk,
+                    size,
+                    sha256,
+                } => {
+                    while let Some(done) = inflight.join_next().await {
+                        settle(done.map_err(join_err)?, view)?;
+                    }
+                    let c = view.chunks.get(&chunk).ok_or_else(|| {
+                        BackupError::Internal(format!("chunk {chunk} ended unopened"))
+                    })?;
+                    let etag = match decide_chunk_end(
+                        c,
+                        gone.contains(&chunk),
+                        size,
+                        &sha256,
+                        p.part_size,
+                    ) {
+                        ChunkEndAction::AlreadySealed => continue,
+                        ChunkEndAction::RestartChunk(reason) => {
+                            return Err(BackupError::RestartChunk { chunk, reason })
+                        }
+                        // A crash after CompleteMultipartUpload, before its journal commit:
+                        // adopt the object when S3 has it whole.
+                        ChunkEndAction::AdoptIfComplete => {
+                            let head = self.store.head_object(&c.key).await?;
+                            decide_adoption(
+                                head.map(|o| (o.size, o.etag)),
+                                size,
+                                c.parts.len(),
+                                &c.upload_id,
+                            )
+                            .map_err(|reason| BackupError::RestartChunk { chunk, reason })?
+                        }
+                        ChunkEndAction::Complete(parts) => {
+                            let parts: Vec<CompletePart> = parts
+                                .into_iter()
+                                .map(|(part_number, etag, crc32c)| CompletePart {
+                                    part_number,
+                                    etag,
+                                    crc32c,
+                                })
+                                .collect();
+                            failpoint!("before-chunk-seal");
+                            let etag = match self
+                                .store
+                                .complete_multipart(&c.key, &c.upload_id, &parts)
+                                .await
+                            {
+                                Ok(etag) => etag,
+                                Err(e)
+                                    if e.kind == StoreErrorKind::NoSuchUpload
+                                        || e.kind == StoreErrorKind::InvalidPart =>
+                                {
+                                    return Err(BackupError::RestartChunk {
+                                        chunk,
+                                        reason: format!("completing the upload failed: {e}"),
+                                    })
+                                }
+                                Err(e) => return Err(e.into()),
+                            };
+                            failpoint!("after-chunk-seal");
+                            etag
+                        }
+                    };
+                    self.commit(
+                        run,
+                        view,
+                        Transition::ChunkSealed {
+                            chunk,
+                            size,
+                            sha256,
+                            etag,
+                        },
+                    )?;
+                }
+                Event::End { total, sha256 } => {
+                    decide_stream_end(&view.chunks, total, p.chunk_size)
+                        .map_err(|(chunk, reason)| BackupError::RestartChunk { chunk, reason })?;
+                    return Ok(((total, sha256), reused));
+                }
+                Event::Failed(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+fn join_err(e: tokio::task::JoinError) -> BackupError {
+    BackupError::Internal(format!("upload task failed: {e}"))
+}
+
+async fn upload_one(
+    store: Arc<dyn ObjectStore>,
+    key: String,
+    upload_id: String,
+    part: Part,
+) -> Result<(PartRecord, Bytes), (u32, StoreError)> {
+    failpoint!("before-part-upload");
+    let etag = store
+        .upload_part(
+            &key,
+            &upload_id,
+            part.number,
+            part.data.clone(),
+            part.crc32c,
+        )
+        .await
+        .map_err(|e| (part.chunk, e))?;
+    Ok((
+        PartRecord {
+            chunk: part.chunk,
+            part_number: part.number,
+            offset: part.offset,
+            length: part.data.len() as u64,
+            etag,
+            xxh3: part.xxh3,
+            crc32c: part.crc32c,
+        },
+        part.data,
+    ))
+}

@@ -1,0 +1,489 @@
+//! What the journal says about one run, folded from its transitions, and the pure
+//! decisions the driver follows: the driver gathers facts, asks, performs, journals.
+
+use std::collections::BTreeMap;
+
+use journal::{PartRecord, Planned, Transition};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub size: u64,
+    pub sha256: [u8; 32],
+    pub etag: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkState {
+    pub key: String,
+    pub upload_id: String,
+    pub parts: BTreeMap<u32, PartRecord>,
+    pub sealed: Option<Sealed>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunState {
+    pub planned: Planned,
+    pub snapshot_uuid: Option<String>,
+    pub chunks: BTreeMap<u32, ChunkState>,
+    pub restarts: u32,
+    pub manifest: Option<(String, u64, [u8; 32])>,
+    pub pointer_published: bool,
+    pub pruning_done: bool,
+    pub finished: bool,
+    pub abandoned: Option<String>,
+}
+
+/// The next thing a run must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    TakeSnapshot,
+    /// Stream, upload what is missing, seal chunks, write the manifest.
+    Upload,
+    PublishPointer,
+    /// Retention: local snapshots, then old chains in S3, then stray uploads.
+    Prune,
+    Finish,
+    Done,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FoldError {
+    #[error("journal run does not start with Planned")]
+    NoPlan,
+    #[error("journal run has {0} before its chunk was opened")]
+    Orphan(&'static str),
+}
+
+impl RunState {
+    /// The state after `transitions`, the first of which must be `Planned`.
+    pub fn fold(transitions: &[Transition]) -> Result<RunState, FoldError> {
+        let mut it = transitions.iter();
+        let Some(Transition::Planned(planned)) = it.next() else {
+            return Err(FoldError::NoPlan);
+        };
+        let mut s = RunState::new((**planned).clone());
+        for t in it {
+            s.apply(t)?;
+        }
+        Ok(s)
+    }
+
+    /// A run just planned.
+    pub fn new(planned: Planned) -> RunState {
+        RunState {
+            planned,
+            snapshot_uuid: None,
+            chunks: BTreeMap::new(),
+            restarts: 0,
+            manifest: None,
+            pointer_published: false,
+            pruning_done: false,
+            finished: false,
+            abandoned: None,
+        }
+    }
+
+    /// The state after one more transition: the driver applies each transition it journals,
+    /// and folding a journal applies them all, so both see the same state.
+    pub fn apply(&mut self, t: &Transition) -> Result<(), FoldError> {
+        let s = self;
+        match t {
+            Transition::Planned(_) => return Err(FoldError::NoPlan),
+            Transition::SnapshotTaken { uuid, .. } => s.snapshot_uuid = Some(uuid.clone()),
+            Transition::ChunkOpened {
+                chunk,
+                key,
+                upload_id,
+            } => {
+                s.chunks.insert(
+                    *chunk,
+                    ChunkState {
+                        key: key.clone(),
+                        upload_id: upload_id.clone(),
+                        parts: BTreeMap::new(),
+                        sealed: None,
+                    },
+                );
+            }
+            Transition::PartCommitted(p) => {
+                let c = s
+                    .chunks
+                    .get_mut(&p.chunk)
+                    .ok_or(FoldError::Orphan("PartCommitted"))?;
+                c.parts.insert(p.part_number, p.clone());
+            }
+            Transition::ChunkSealed {
+                chunk,
+                size,
+                sha256,
+                etag,
+            } => {
+                let c = s
+                    .chunks
+                    .get_mut(chunk)
+                    .ok_or(FoldError::Orphan("ChunkSealed"))?;
+                c.sealed = Some(Sealed {
+                    size: *size,
+                    sha256: *sha256,
+                    etag: etag.clone(),
+                });
+            }
+            Transition::ChunkRestarted { chunk, .. } => {
+                s.chunks.remove(chunk);
+                s.restarts += 1;
+            }
+            Transition::ManifestWritten {
+                key,
+                total_bytes,
+                stream_sha256,
+            } => s.manifest = Some((key.clone(), *total_bytes, *stream_sha256)),
+            Transition::PointerPublished { .. } => s.pointer_published = true,
+            Transition::LocalPruned { .. } | Transition::RemotePruned { .. } => {}
+            Transition::PruningDone => s.pruning_done = true,
+            Transition::Finished => s.finished = true,
+            Transition::Abandoned { reason } => s.abandoned = Some(reason.clone()),
+        }
+        Ok(())
+    }
+
+    pub fn next_step(&self) -> Step {
+        if self.finished || self.abandoned.is_some() {
+            Step::Done
+        } else if self.snapshot_uuid.is_none() {
+            Step::TakeSnapshot
+        } else if self.manifest.is_none() {
+            // Whether every chunk is sealed is only known at the end of the stream.
+            Step::Upload
+        } else if !self.pointer_published {
+            Step::PublishPointer
+        } else if !self.pruning_done {
+            Step::Prune
+        } else {
+            Step::Finish
+        }
+    }
+
+    /// Parts already committed, across chunks.
+    pub fn committed_parts(&self) -> usize {
+        self.chunks.values().map(|c| c.parts.len()).sum()
+    }
+
+    pub fn committed_bytes(&self) -> u64 {
+        self.chunks
+            .values()
+            .flat_map(|c| c.parts.values())
+            .map(|p| p.length)
+            .sum()
+    }
+
+    /// Open multipart uploads this run owns (opened, not sealed).
+    pub fn open_uploads(&self) -> Vec<(String, String)> {
+        self.chunks
+            .values()
+            .filter(|c| c.sealed.is_none())
+            .map(|c| (c.key.clone(), c.upload_id.clone()))
+            .collect()
+    }
+}
+
+/// What resume does with one part of the regenerated stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartAction {
+    /// Open the chunk's multipart upload first (no upload yet for this chunk).
+    OpenThenUpload,
+    Upload,
+    /// Committed before, same offset, length and xxh3: do not send again.
+    Reuse,
+    /// The chunk cannot continue on its upload: abort it and start the chunk over.
+    RestartChunk(String),
+}
+
+/// Decides a part's fate from the journal's view of its chunk. `upload_gone`: S3 no
+/// longer knows the chunk's upload (completed before a crash, or aborted by someone).
+pub fn decide_part(
+    chunk: Option<&ChunkState>,
+    upload_gone: bool,
+    number: u32,
+    offset: u64,
+    length: u64,
+    xxh3: u128,
+) -> PartAction {
+    let Some(c) = chunk else {
+        return PartAction::OpenThenUpload;
+    };
+    match c.parts.get(&number) {
+        Some(r) if r.xxh3 == xxh3 && r.length == length && r.offset == offset => {
+            PartAction::Reuse
+        }
+        Some(r) => PartAction::RestartChunk(format!(
+            "part {number} differs from the committed one (xxh3 {:032x} vs {:032x}, length {length} vs {}): the regenerated send stream changed",
+            xxh3, r.xxh3, r.length
+        )),
+        None if c.sealed.is_some() || upload_gone => PartAction::RestartChunk(format!(
+            "part {number} was never committed and the chunk's upload is closed"
+        )),
+        None => PartAction::Upload,
+    }
+}
+
+/// What resume does when the regenerated stream reaches the end of a chunk (all its
+/// parts settled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkEndAction {
+    /// Sealed before with the same size and SHA-256: nothing to do.
+    AlreadySealed,
+    /// CompleteMultipartUpload with these parts (number, etag, crc32c).
+    Complete(Vec<(u32, String, u32)>),
+    /// The upload is gone but every part verified: adopt the completed object if S3 has
+    /// it whole, else restart.
+    AdoptIfComplete,
+    RestartChunk(String),
+}
+
+pub fn decide_chunk_end(
+    c: &ChunkState,
+    upload_gone: bool,
+    size: u64,
+    sha256: &[u8; 32],
+    part_size: u64,
+) -> ChunkEndAction {
+    if let Some(s) = &c.sealed {
+        return if &s.sha256 == sha256 && s.size == size {
+            ChunkEndAction::AlreadySealed
+        } else {
+            ChunkEndAction::RestartChunk(
+                "the regenerated chunk differs from the sealed one (size or SHA-256)".into(),
+            )
+        };
+    }
+    let expected = size.div_ceil(part_size);
+    let contiguous = c
+        .parts
+        .keys()
+        .copied()
+        .eq(1..=u32::try_from(expected).unwrap_or(0));
+    if !contiguous {
+        return ChunkEndAction::RestartChunk(format!(
+            "{} parts committed where the chunk has {expected}",
+            c.parts.len()
+        ));
+    }
+    if upload_gone {
+        return ChunkEndAction::AdoptIfComplete;
+    }
+    ChunkEndAction::Complete(
+        c.parts
+            .values()
+            .map(|r| (r.part_number, r.etag.clone(), r.crc32c))
+            .collect(),
+    )
+}
+
+/// How often one run may restart a chunk (hash mismatch, vanished upload) before giving up.
+pub const MAX_RESTARTS: u32 = 3;
+
+/// What the driver observed before asking `next_action` (cheap local checks, made afresh
+/// before every step).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    /// Fingerprint of the settings in force now (`settings_fingerprint`).
+    pub settings: String,
+    /// Whether the run's snapshot exists on this host.
+    pub snapshot_exists: bool,
+    /// Whether the incremental's parent snapshot exists (`true` for a full backup).
+    pub parent_exists: bool,
+}
+
+/// The next thing the driver does for a run: one of the protocol's steps, or giving the run
+/// up with a reason, or reporting a run that is over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    TakeSnapshot,
+    /// Stream, upload what is missing, seal chunks, write the manifest.
+    Upload,
+    PublishPointer,
+    /// Retention: local snapshots, then old chains in S3, then stray uploads.
+    Prune,
+    Finish,
+    /// Abort the run's uploads, delete its objects and snapshot, journal why. Only ever
+    /// decided before the manifest is written: a published backup is never given up.
+    Abandon(String),
+    /// Finished (or abandoned before): nothing left to do.
+    Over,
+}
+
+/// The one decider of a backup run: from the journal's state and the facts, what to do next.
+/// Every resume decision that does not need the stream lives here; the stream-time ones are
+/// `decide_part`, `decide_chunk_end`, `decide_adoption` and `decide_stream_end`, and the
+/// reconciliation with S3 is `reconcile`.
+pub fn next_action(st: &RunState, f: &Facts) -> Action {
+    if st.finished || st.abandoned.is_some() {
+        return Action::Over;
+    }
+    // Settings shape the objects; once the manifest is written they no longer matter.
+    if st.manifest.is_none() && st.planned.settings != f.settings {
+        return Action::Abandon(
+            "the configuration changed since the run started (bucket, prefix, sizes, storage class or SSE)".into(),
+        );
+    }
+    match st.next_step() {
+        Step::TakeSnapshot => Action::TakeSnapshot,
+        Step::Upload => {
+            if st.restarts > MAX_RESTARTS {
+                Action::Abandon(format!(
+                    "restarted chunks {} times; the send stream is not reproducible",
+                    st.restarts
+                ))
+            } else if !f.parent_exists {
+                let parent = match &st.planned.kind {
+                    journal::BackupKind::Incremental {
+                        parent_snapshot_path,
+                        ..
+                    } => parent_snapshot_path.as_str(),
+                    journal::BackupKind::Full => "",
+                };
+                Action::Abandon(format!(
+                    "parent snapshot {parent} vanished before the incremental was complete; the next backup will be a full one"
+                ))
+            } else if !f.snapshot_exists {
+                Action::Abandon(format!(
+                    "snapshot {} vanished before the backup was complete",
+                    st.planned.snapshot_path
+                ))
+            } else {
+                Action::Upload
+            }
+        }
+        Step::PublishPointer => Action::PublishPointer,
+        Step::Prune => Action::Prune,
+        Step::Finish => Action::Finish,
+        Step::Done => Action::Over,
+    }
+}
+
+/// What S3 said about one open chunk upload when asked for its parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listed {
+    /// The parts S3 holds: `(part number, etag, size)`.
+    Parts(Vec<(u32, String, u64)>),
+    /// NoSuchUpload or NotFound: completed just before a crash, or aborted by someone.
+    Gone,
+    /// A server whose ListParts is missing or malformed.
+    Unusable,
+}
+
+/// The run's view after reconciling the journal with S3, before streaming.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconciled {
+    /// The journal's chunks less the parts S3 does not hold as journaled.
+    pub chunks: BTreeMap<u32, ChunkState>,
+    /// Chunks whose upload S3 no longer knows.
+    pub gone: std::collections::BTreeSet<u32>,
+    /// Uploads under the run's own prefix the journal never recorded (opened just before a
+    /// crash): `(key, upload id)`, to abort.
+    pub abort: Vec<(String, String)>,
+}
+
+/// Reconciles the journal with S3: `uploads` are the open uploads under the run's backup
+/// prefix (which belongs to this run alone), `listed` what ListParts said per unsealed chunk.
+/// A part S3 lacks (or holds with another size or ETag) is uploaded again; a chunk whose
+/// upload is gone is decided at its end (`decide_chunk_end`); with an unusable ListParts the
+/// journal is trusted (a missing part surfaces as InvalidPart at completion).
+pub fn reconcile(
+    st: &RunState,
+    uploads: &[(String, String)],
+    listed: &BTreeMap<u32, Listed>,
+) -> Reconciled {
+    let mut chunks = st.chunks.clone();
+    let known: std::collections::BTreeSet<&str> =
+        st.chunks.values().map(|c| c.upload_id.as_str()).collect();
+    let abort = uploads
+        .iter()
+        .filter(|(_, id)| !known.contains(id.as_str()))
+        .cloned()
+        .collect();
+    let mut gone = std::collections::BTreeSet::new();
+    for (idx, c) in chunks.iter_mut() {
+        if c.sealed.is_some() {
+            continue;
+        }
+        match listed.get(idx) {
+            Some(Listed::Parts(parts)) => {
+                let by_number: BTreeMap<u32, (&str, u64)> = parts
+                    .iter()
+                    .map(|(n, e, size)| (*n, (e.as_str(), *size)))
+                    .collect();
+                c.parts.retain(|n, rec| {
+                    by_number
+                        .get(n)
+                        .is_some_and(|(e, size)| *size == rec.length && same_etag(e, &rec.etag))
+                });
+            }
+            Some(Listed::Gone) => {
+                gone.insert(*idx);
+            }
+            Some(Listed::Unusable) | None => {}
+        }
+    }
+    Reconciled {
+        chunks,
+        gone,
+        abort,
+    }
+}
+
+/// ETags compare without their quotes (servers differ in quoting).
+pub fn same_etag(a: &str, b: &str) -> bool {
+    a.trim_matches('"') == b.trim_matches('"')
+}
+
+/// A chunk whose upload is gone but whose parts all verified: adopt the object S3 holds when
+/// it is whole (a crash after CompleteMultipartUpload, before its journal commit). `head`:
+/// the object's size and ETag, if it exists. Ok: the ETag to seal with; Err: why the chunk
+/// must be uploaded again.
+pub fn decide_adoption(
+    head: Option<(u64, Option<String>)>,
+    size: u64,
+    parts: usize,
+    upload_id: &str,
+) -> Result<String, String> {
+    match head {
+        // A multipart object's ETag ends in -<parts> on every S3 we know; a plain one (no
+        // dash) is accepted too, since some servers do not follow that convention.
+        Some((s, etag)) if s == size => {
+            let etag = etag.unwrap_or_default();
+            let suffix = etag
+                .trim_matches('"')
+                .rsplit_once('-')
+                .map(|(_, n)| n.to_string());
+            match suffix {
+                Some(n) if n != parts.to_string() => Err(format!(
+                    "the object left by upload {upload_id} has {n} parts where {parts} were committed"
+                )),
+                _ => Ok(etag),
+            }
+        }
+        _ => Err(format!(
+            "upload {upload_id} is gone from S3 and no complete object replaced it"
+        )),
+    }
+}
+
+/// At the end of the regenerated stream: chunks past its end (left by an earlier, longer
+/// attempt) would make the manifest lie. Err: the last chunk to restart, and why.
+pub fn decide_stream_end(
+    chunks: &BTreeMap<u32, ChunkState>,
+    total: u64,
+    chunk_size: u64,
+) -> Result<(), (u32, String)> {
+    let expected = u32::try_from(total.div_ceil(chunk_size)).unwrap_or(u32::MAX);
+    match chunks.keys().next_back() {
+        Some(&last) if last + 1 != expected => {
+            Err((last, "the regenerated stream has a different length".into()))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,503 @@
+use super::*;
+use journal::BackupKind;
+
+fn planned() -> Planned {
+    Planned {
+        subvolume: "s".into(),
+        source_path: "/s".into(),
+        kind: BackupKind::Full,
+        snapshot_name: "s.T".into(),
+        snapshot_path: "/snap/s.T".into(),
+        backup_id: "T".into(),
+        chain_id: "T".into(),
+        created_at: "t".into(),
+        chunk_size: 10,
+        part_size: 5,
+        settings: "x".into(),
+    }
+}
+
+fn part(chunk: u32, n: u32) -> Transition {
+    Transition::PartCommitted(PartRecord {
+        chunk,
+        part_number: n,
+        offset: 0,
+        length: 5,
+        etag: "e".into(),
+        xxh3: 1,
+        crc32c: 2,
+    })
+}
+
+fn opened(chunk: u32, id: &str) -> Transition {
+    Transition::ChunkOpened {
+        chunk,
+        key: format!("k{chunk}"),
+        upload_id: id.into(),
+    }
+}
+
+#[test]
+fn steps_follow_the_protocol() {
+    let mut ts = vec![Transition::Planned(Box::new(planned()))];
+    let step = |ts: &[Transition]| RunState::fold(ts).expect("fold").next_step();
+    assert_eq!(step(&ts), Step::TakeSnapshot);
+    ts.push(Transition::SnapshotTaken {
+        path: "/snap/s.T".into(),
+        uuid: "u".into(),
+    });
+    assert_eq!(step(&ts), Step::Upload);
+    ts.push(opened(0, "a"));
+    ts.push(part(0, 2));
+    assert_eq!(step(&ts), Step::Upload);
+    ts.push(Transition::ManifestWritten {
+        key: "m".into(),
+        total_bytes: 10,
+        stream_sha256: [0; 32],
+    });
+    assert_eq!(step(&ts), Step::PublishPointer);
+    ts.push(Transition::PointerPublished { key: "p".into() });
+    assert_eq!(step(&ts), Step::Prune);
+    ts.push(Transition::LocalPruned {
+        snapshots: vec!["old".into()],
+    });
+    assert_eq!(
+        step(&ts),
+        Step::Prune,
+        "pruning is done only when it says so"
+    );
+    ts.push(Transition::PruningDone);
+    assert_eq!(step(&ts), Step::Finish);
+    ts.push(Transition::Finished);
+    assert_eq!(step(&ts), Step::Done);
+    let abandoned = vec![
+        Transition::Planned(Box::new(planned())),
+        Transition::Abandoned { reason: "r".into() },
+    ];
+    assert_eq!(step(&abandoned), Step::Done);
+}
+
+#[test]
+fn committed_parts_need_not_be_contiguous() {
+    let ts = vec![
+        Transition::Planned(Box::new(planned())),
+        opened(0, "a"),
+        part(0, 2),
+        part(0, 5),
+        part(0, 2),
+    ];
+    let s = RunState::fold(&ts).expect("fold");
+    let parts: Vec<u32> = s.chunks[&0].parts.keys().copied().collect();
+    assert_eq!(parts, vec![2, 5]);
+    assert_eq!(s.committed_bytes(), 10);
+    assert_eq!(s.open_uploads(), vec![("k0".to_string(), "a".to_string())]);
+}
+
+#[test]
+fn restart_forgets_the_chunk_and_a_new_upload_replaces_it() {
+    let ts = vec![
+        Transition::Planned(Box::new(planned())),
+        opened(0, "a"),
+        part(0, 1),
+        opened(1, "b"),
+        part(1, 1),
+        Transition::ChunkRestarted {
+            chunk: 0,
+            reason: "hash mismatch".into(),
+        },
+        opened(0, "c"),
+    ];
+    let s = RunState::fold(&ts).expect("fold");
+    assert_eq!(s.restarts, 1);
+    assert_eq!(s.chunks[&0].upload_id, "c");
+    assert!(s.chunks[&0].parts.is_empty());
+    assert_eq!(s.chunks[&1].parts.len(), 1);
+}
+
+fn chunk_with(parts: &[(u32, u64, u128)], sealed: Option<Sealed>) -> ChunkState {
+    ChunkState {
+        key: "k".into(),
+        upload_id: "u".into(),
+        parts: parts
+            .iter()
+            .map(|&(n, len, h)| {
+                (
+                    n,
+                    PartRecord {
+                        chunk: 0,
+                        part_number: n,
+                        offset: u64::from(n - 1) * 5,
+                        length: len,
+                        etag: format!("e{n}"),
+                        xxh3: h,
+                        crc32c: n,
+                    },
+                )
+            })
+            .collect(),
+        sealed,
+    }
+}
+
+#[test]
+fn part_decisions() {
+    let c = chunk_with(&[(1, 5, 11), (3, 5, 33)], None);
+    assert_eq!(
+        decide_part(None, false, 1, 0, 5, 11),
+        PartAction::OpenThenUpload
+    );
+    assert_eq!(decide_part(Some(&c), false, 1, 0, 5, 11), PartAction::Reuse);
+    // Committed parts need not be a prefix: part 2 is uploaded, part 3 reused.
+    assert_eq!(
+        decide_part(Some(&c), false, 2, 5, 5, 22),
+        PartAction::Upload
+    );
+    assert_eq!(
+        decide_part(Some(&c), false, 3, 10, 5, 33),
+        PartAction::Reuse
+    );
+    for (off, len, h) in [(0, 5, 12), (0, 4, 11), (1, 5, 11)] {
+        assert!(matches!(
+            decide_part(Some(&c), false, 1, off, len, h),
+            PartAction::RestartChunk(_)
+        ));
+    }
+    // Upload gone or chunk sealed: a missing part cannot be added any more.
+    assert!(matches!(
+        decide_part(Some(&c), true, 2, 5, 5, 22),
+        PartAction::RestartChunk(r) if r.contains("never committed")
+    ));
+    assert_eq!(decide_part(Some(&c), true, 3, 10, 5, 33), PartAction::Reuse);
+    let sealed = chunk_with(
+        &[(1, 5, 11)],
+        Some(Sealed {
+            size: 5,
+            sha256: [1; 32],
+            etag: "E".into(),
+        }),
+    );
+    assert!(matches!(
+        decide_part(Some(&sealed), false, 2, 5, 5, 22),
+        PartAction::RestartChunk(_)
+    ));
+}
+
+#[test]
+fn chunk_end_decisions() {
+    let full = chunk_with(&[(1, 5, 11), (2, 5, 22), (3, 2, 33)], None);
+    match decide_chunk_end(&full, false, 12, &[0; 32], 5) {
+        ChunkEndAction::Complete(parts) => {
+            let numbers: Vec<u32> = parts.iter().map(|p| p.0).collect();
+            assert_eq!(numbers, vec![1, 2, 3]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        decide_chunk_end(&full, true, 12, &[0; 32], 5),
+        ChunkEndAction::AdoptIfComplete
+    );
+    let holey = chunk_with(&[(1, 5, 11), (3, 2, 33)], None);
+    assert!(matches!(
+        decide_chunk_end(&holey, false, 12, &[0; 32], 5),
+        ChunkEndAction::RestartChunk(_)
+    ));
+    let sealed = chunk_with(
+        &[(1, 5, 11), (2, 5, 22), (3, 2, 33)],
+        Some(Sealed {
+            size: 12,
+            sha256: [7; 32],
+            etag: "E".into(),
+        }),
+    );
+    assert_eq!(
+        decide_chunk_end(&sealed, false, 12, &[7; 32], 5),
+        ChunkEndAction::AlreadySealed
+    );
+    assert!(matches!(
+        decide_chunk_end(&sealed, false, 12, &[8; 32], 5),
+        ChunkEndAction::RestartChunk(_)
+    ));
+    assert!(matches!(
+        decide_chunk_end(&sealed, false, 13, &[7; 32], 5),
+        ChunkEndAction::RestartChunk(_)
+    ));
+}
+
+#[test]
+fn malformed_runs_are_rejected() {
+    assert_eq!(RunState::fold(&[]), Err(FoldError::NoPlan));
+    assert_eq!(
+        RunState::fold(&[Transition::Planned(Box::new(planned())), part(3, 1)]),
+        Err(FoldError::Orphan("PartCommitted"))
+    );
+}
+
+/// A small deterministic generator (xorshift), as the retention property tests use.
+struct Rnd(u64);
+impl Rnd {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+    fn coin(&mut self) -> bool {
+        self.below(2) == 0
+    }
+}
+
+/// A random, mostly protocol-shaped history: what a driver that crashed at random points
+/// and resumed any number of times could have journaled.
+fn random_history(r: &mut Rnd) -> Vec<Transition> {
+    let mut ts = vec![Transition::Planned(Box::new(planned()))];
+    let mut open = std::collections::BTreeSet::new();
+    for _ in 0..r.below(30) {
+        let mut chunk = r.below(3) as u32;
+        let mut pick = r.below(14);
+        if (3..=9).contains(&pick) {
+            // Records about a chunk come after it was opened.
+            match open.iter().nth(r.below(3) as usize % open.len().max(1)) {
+                Some(&c) => chunk = c,
+                None => pick = 1,
+            }
+        }
+        match pick {
+            1 | 2 => {
+                open.insert(chunk);
+            }
+            9 => {
+                open.remove(&chunk);
+            }
+            _ => {}
+        }
+        let t = match pick {
+            0 => Transition::SnapshotTaken {
+                path: "/snap/s.T".into(),
+                uuid: "u".into(),
+            },
+            1 | 2 => opened(chunk, &format!("up{}", r.below(5))),
+            3..=7 => {
+                let n = 1 + r.below(3) as u32;
+                Transition::PartCommitted(PartRecord {
+                    chunk,
+                    part_number: n,
+                    offset: u64::from(chunk) * 10 + u64::from(n - 1) * 5,
+                    length: 5,
+                    etag: format!("e{chunk}{n}"),
+                    xxh3: u128::from(r.below(2)),
+                    crc32c: 0,
+                })
+            }
+            8 => Transition::ChunkSealed {
+                chunk,
+                size: 10,
+                sha256: [0; 32],
+                etag: "E".into(),
+            },
+            9 => Transition::ChunkRestarted {
+                chunk,
+                reason: "r".into(),
+            },
+            10 => Transition::ManifestWritten {
+                key: "m".into(),
+                total_bytes: 30,
+                stream_sha256: [0; 32],
+            },
+            11 => Transition::PointerPublished { key: "p".into() },
+            12 => Transition::PruningDone,
+            _ if r.below(4) == 0 => Transition::Finished,
+            _ => Transition::LocalPruned { snapshots: vec![] },
+        };
+        ts.push(t);
+    }
+    ts
+}
+
+/// Properties of the decider over 20,000 random histories and random facts: it never
+/// publishes a pointer before the manifest, never prunes before the pointer, never
+/// abandons a run whose manifest is written, uploads only with its snapshot (and parent)
+/// present under unchanged settings; a committed part whose bytes match is always reused,
+/// never sent again; reconciling with an S3 that holds every journaled part keeps them
+/// all and never aborts an upload the journal knows.
+#[test]
+fn decider_properties_over_random_histories() {
+    let mut r = Rnd(0x9E37_79B9_7F4A_7C15);
+    let mut checked = 0;
+    for _ in 0..20_000 {
+        let ts = random_history(&mut r);
+        let Ok(st) = RunState::fold(&ts) else {
+            continue;
+        };
+        checked += 1;
+        let facts = Facts {
+            settings: if r.below(5) == 0 {
+                "other".into()
+            } else {
+                "x".into()
+            },
+            snapshot_exists: r.below(5) != 0,
+            parent_exists: r.below(5) != 0,
+        };
+        match next_action(&st, &facts) {
+            Action::PublishPointer => assert!(st.manifest.is_some(), "{ts:?}"),
+            Action::Prune => assert!(st.pointer_published && st.manifest.is_some()),
+            Action::Finish => assert!(st.pruning_done && st.pointer_published),
+            Action::Abandon(_) => {
+                assert!(st.manifest.is_none(), "abandoning a published run: {ts:?}")
+            }
+            Action::Upload => {
+                assert!(st.snapshot_uuid.is_some() && st.manifest.is_none());
+                assert!(facts.snapshot_exists && facts.parent_exists);
+                assert_eq!(facts.settings, st.planned.settings);
+                assert!(st.restarts <= MAX_RESTARTS);
+            }
+            Action::TakeSnapshot => assert!(st.snapshot_uuid.is_none()),
+            Action::Over => assert!(st.finished || st.abandoned.is_some()),
+        }
+        for (idx, c) in &st.chunks {
+            for rec in c.parts.values() {
+                let a = decide_part(
+                    Some(c),
+                    r.coin(),
+                    rec.part_number,
+                    rec.offset,
+                    rec.length,
+                    rec.xxh3,
+                );
+                assert_eq!(
+                    a,
+                    PartAction::Reuse,
+                    "committed part {idx}/{} sent again",
+                    rec.part_number
+                );
+            }
+        }
+        // S3 holds every journaled part (and maybe an upload the journal never saw).
+        let listed: BTreeMap<u32, Listed> = st
+            .chunks
+            .iter()
+            .filter(|(_, c)| c.sealed.is_none())
+            .map(|(i, c)| {
+                (
+                    *i,
+                    Listed::Parts(
+                        c.parts
+                            .values()
+                            .map(|p| (p.part_number, format!("\"{}\"", p.etag), p.length))
+                            .collect(),
+                    ),
+                )
+            })
+            .collect();
+        let mut uploads: Vec<(String, String)> = st
+            .chunks
+            .values()
+            .map(|c| (c.key.clone(), c.upload_id.clone()))
+            .collect();
+        uploads.push(("k9".into(), "stranger".into()));
+        let rec = reconcile(&st, &uploads, &listed);
+        assert_eq!(rec.chunks, st.chunks, "reconcile dropped parts S3 holds");
+        assert!(rec.gone.is_empty());
+        assert_eq!(rec.abort, vec![("k9".to_string(), "stranger".to_string())]);
+    }
+    assert!(checked > 5_000, "only {checked} histories were well-formed");
+}
+
+#[test]
+fn reconcile_drops_what_s3_lacks_and_marks_gone_uploads() {
+    let ts = vec![
+        Transition::Planned(Box::new(planned())),
+        opened(0, "a"),
+        part(0, 1),
+        part(0, 2),
+        opened(1, "b"),
+        part(1, 1),
+    ];
+    let st = RunState::fold(&ts).expect("fold");
+    let listed = BTreeMap::from([
+        // Part 2 missing, part 1 with another size: both uploaded again.
+        (0, Listed::Parts(vec![(1, "e".into(), 4)])),
+        (1, Listed::Gone),
+    ]);
+    let r = reconcile(&st, &[], &listed);
+    assert!(r.chunks[&0].parts.is_empty());
+    assert_eq!(r.gone, [1].into_iter().collect());
+    assert_eq!(
+        r.chunks[&1].parts.len(),
+        1,
+        "a gone chunk is decided at its end"
+    );
+    let trusting = reconcile(&st, &[], &BTreeMap::from([(0, Listed::Unusable)]));
+    assert_eq!(trusting.chunks[&0].parts.len(), 2);
+}
+
+#[test]
+fn adoption_needs_the_whole_object() {
+    assert_eq!(
+        decide_adoption(Some((12, Some("\"abc-3\"".into()))), 12, 3, "u"),
+        Ok("\"abc-3\"".to_string())
+    );
+    assert!(decide_adoption(Some((12, Some("\"abc-2\"".into()))), 12, 3, "u").is_err());
+    assert!(decide_adoption(Some((11, Some("\"abc-3\"".into()))), 12, 3, "u").is_err());
+    assert!(decide_adoption(None, 12, 3, "u").is_err());
+    // A server whose multipart ETags carry no part count: the size decides.
+    assert!(decide_adoption(Some((12, Some("\"abc\"".into()))), 12, 3, "u").is_ok());
+}
+
+#[test]
+fn a_stream_shorter_than_the_chunks_journaled_restarts_the_last() {
+    let ts = vec![
+        Transition::Planned(Box::new(planned())),
+        opened(0, "a"),
+        opened(1, "b"),
+        opened(2, "c"),
+    ];
+    let st = RunState::fold(&ts).expect("fold");
+    assert_eq!(decide_stream_end(&st.chunks, 30, 10), Ok(()));
+    assert!(matches!(decide_stream_end(&st.chunks, 20, 10), Err((2, _))));
+}
+
+#[test]
+fn next_action_gives_up_only_before_the_manifest() {
+    let mut ts = vec![
+        Transition::Planned(Box::new(planned())),
+        Transition::SnapshotTaken {
+            path: "/snap/s.T".into(),
+            uuid: "u".into(),
+        },
+    ];
+    let same = Facts {
+        settings: "x".into(),
+        snapshot_exists: true,
+        parent_exists: true,
+    };
+    let st = RunState::fold(&ts).expect("fold");
+    assert_eq!(next_action(&st, &same), Action::Upload);
+    let changed = Facts {
+        settings: "y".into(),
+        ..same.clone()
+    };
+    assert!(
+        matches!(next_action(&st, &changed), Action::Abandon(r) if r.contains("configuration"))
+    );
+    let vanished = Facts {
+        snapshot_exists: false,
+        ..same.clone()
+    };
+    assert!(matches!(next_action(&st, &vanished), Action::Abandon(r) if r.contains("vanished")));
+    for _ in 0..=MAX_RESTARTS {
+        ts.push(Transition::ChunkRestarted {
+            chunk: 0,
+            reason: "r".into(),
+        });
+    }
+    let st = RunState::fold(&ts).expect("fold");
+    assert!(matches!(next_action(&st, &same), Action::Abandon(r) if r.contains("reproducible")));
+    ts.push(Transition::ManifestWritten {
+        key: "m".into(),
+        total_bytes: 1,
+        stream_sha256: [0; 32],
+    });
+    let st = RunState::fold(&ts).expect("fold");
+    assert_eq!(next_action(&st, &changed), Action::PublishPointer);
+}

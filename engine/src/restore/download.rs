@@ -1,0 +1,216 @@
+//! Downloading a backup's verified stream: parts fetched in parallel and checked before any
+//! byte is written, chunks and stream checked before the receiver may finish.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fault_injection::{failpoint, failpoint_err};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::RestoreError;
+use crate::btrfs::Snapshotter;
+use crate::manifest::{self, Manifest, PartEntry};
+use crate::store::{ObjectStore, StoreErrorKind};
+
+/// Downloads one part and checks it against the manifest; transient errors are retried, so a
+/// download resumes at the failed part.
+async fn fetch_part(
+    store: &dyn ObjectStore,
+    key: &str,
+    offset: u64,
+    p: &PartEntry,
+) -> Result<Bytes, RestoreError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let injected = failpoint_err!(
+            "restore-part-transient",
+            crate::store::StoreError {
+                op: "GetObject",
+                bucket: String::new(),
+                key: key.to_string(),
+                kind: StoreErrorKind::Transient,
+                message: "injected transient failure".into(),
+            }
+        );
+        let got = match injected {
+            Some(e) => Err(e),
+            None => store.get_range(key, offset, p.size).await,
+        };
+        if let Err(e) = &got {
+            if e.is_retryable() {
+                tracing::warn!(key, part = p.number, attempt, error = %e, "part download failed; retrying this part");
+            }
+        }
+        let data = match got {
+            Ok(d) => d,
+            Err(e) if e.kind == StoreErrorKind::NotFound => {
+                return Err(RestoreError::Damaged {
+                    key: key.to_string(),
+                    detail: "object missing".into(),
+                })
+            }
+            Err(e) if e.kind == StoreErrorKind::InvalidObjectState => {
+                return Err(RestoreError::ThawPending {
+                    requested: 0,
+                    waiting: 1,
+                })
+            }
+            Err(e) if e.is_retryable() && attempt < 5 => {
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (xxh3, crc) = crate::pipeline::part_hashes(&data);
+        if data.len() as u64 == p.size
+            && manifest::hex_u128(xxh3) == p.xxh3
+            && manifest::hex_u32(crc) == p.crc32c
+        {
+            return Ok(data);
+        }
+        // One more try covers a corruption in transit; twice is the stored data.
+        if attempt >= 2 {
+            return Err(RestoreError::Damaged {
+                key: key.to_string(),
+                detail: format!(
+                    "part {} (bytes {}..{}) fails its check: {} bytes, xxh3 {}, crc32c {} (manifest: {} bytes, xxh3 {}, crc32c {})",
+                    p.number,
+                    offset,
+                    offset + p.size,
+                    data.len(),
+                    manifest::hex_u128(xxh3),
+                    manifest::hex_u32(crc),
+                    p.size,
+                    p.xxh3,
+                    p.crc32c
+                ),
+            });
+        }
+    }
+}
+
+/// Streams a backup's verified bytes to `sink`, part by part in order, with up to
+/// `concurrency` parts downloading. Checks chunk and stream SHA-256 before returning.
+pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
+    store: Arc<dyn ObjectStore>,
+    m: &Manifest,
+    concurrency: usize,
+    sink: &mut W,
+) -> Result<u64, RestoreError> {
+    let mut jobs = Vec::new();
+    for c in &m.chunks {
+        let mut off = 0;
+        for p in &c.parts {
+            jobs.push((c.index, c.key.clone(), off, p.clone()));
+            off += p.size;
+        }
+    }
+    // Each fetch is its own task, so downloads (and their part checks) go on while the
+    // loop below writes to `btrfs receive`; at most `concurrency` are in flight.
+    let mut parts = futures::stream::iter(jobs.into_iter().map(|(idx, key, off, p)| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            fetch_part(store.as_ref(), &key, off, &p)
+                .await
+                .map(|d| (idx, d))
+        })
+    }))
+    .buffered(concurrency.max(1));
+    let mut stream_sha = Sha256::new();
+    let mut chunk_sha = Sha256::new();
+    let mut current = 0u32;
+    let mut total = 0u64;
+    let check_chunk = |idx: u32, sha: Sha256| -> Result<(), RestoreError> {
+        let c = &m.chunks[idx as usize];
+        let got = hex::encode(sha.finalize());
+        if got != c.sha256 {
+            return Err(RestoreError::Damaged {
+                key: c.key.clone(),
+                detail: format!("chunk SHA-256 {got}, manifest {}", c.sha256),
+            });
+        }
+        Ok(())
+    };
+    let mut written_parts = 0u32;
+    while let Some(r) = parts.next().await {
+        let (idx, data) =
+            r.map_err(|e| RestoreError::NotFound(format!("download task failed: {e}")))??;
+        if idx != current {
+            // Chunk 0's hash is the stream hasher's state at its end (see pipeline).
+            let done = if current == 0 {
+                stream_sha.clone()
+            } else {
+                std::mem::take(&mut chunk_sha)
+            };
+            check_chunk(current, done)?;
+            current = idx;
+        }
+        if idx > 0 {
+            chunk_sha.update(&data);
+        }
+        stream_sha.update(&data);
+        total += data.len() as u64;
+        sink.write_all(&data)
+            .await
+            .map_err(|e| RestoreError::Receive {
+                snapshot: m.snapshot.name.clone(),
+                detail: format!("writing the stream: {e}"),
+            })?;
+        written_parts += 1;
+        if written_parts == 2 {
+            failpoint!("restore-mid-stream");
+        }
+    }
+    check_chunk(
+        current,
+        if current == 0 {
+            stream_sha.clone()
+        } else {
+            chunk_sha
+        },
+    )?;
+    let got = hex::encode(stream_sha.finalize());
+    if got != m.stream_sha256 || total != m.total_bytes {
+        return Err(RestoreError::Damaged {
+            key: m.chunks.last().map(|c| c.key.clone()).unwrap_or_default(),
+            detail: format!(
+                "stream SHA-256 {got} over {total} bytes, manifest {} over {}",
+                m.stream_sha256, m.total_bytes
+            ),
+        });
+    }
+    Ok(total)
+}
+
+/// Pipes a backup's verified stream into `btrfs receive DIR` (or `--dump` without a
+/// directory). The receiver is killed, never allowed to finish, if the stream fails a check.
+pub(super) async fn into_receiver(
+    btrfs: &dyn Snapshotter,
+    store: Arc<dyn ObjectStore>,
+    m: &Manifest,
+    concurrency: usize,
+    dir: Option<&std::path::Path>,
+) -> Result<u64, RestoreError> {
+    let mut sink = btrfs.receive(dir)?;
+    let bytes = match stream_verified(store, m, concurrency, &mut sink.writer).await {
+        Ok(b) => b,
+        Err(e) => {
+            sink.end.kill().await;
+            return Err(e);
+        }
+    };
+    let _ = sink.writer.shutdown().await;
+    drop(sink.writer);
+    sink.end
+        .finish()
+        .await
+        .map_err(|detail| RestoreError::Receive {
+            snapshot: m.snapshot.name.clone(),
+            detail,
+        })?;
+    Ok(bytes)
+}

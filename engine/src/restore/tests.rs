@@ -1,0 +1,280 @@
+//! The thaw loop against a fake store whose archived objects become readable after a
+//! number of HeadObject calls (moto thaws at once, so the end-to-end tests cannot show
+//! the waiting, the backoff or the timeout).
+use super::*;
+use crate::manifest::{self, Kind};
+use crate::settings::{Retention, S3Settings, Sse, SubvolumeSpec};
+use crate::store::{
+    CompletePart, ObjectInfo, OpenUpload, PutOptions, StoreErrorKind, UploadedPart,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+struct ThawingStore {
+    /// HeadObject calls after the restore request before the object is readable.
+    thaw_after: u32,
+    heads_since_request: Mutex<std::collections::BTreeMap<String, u32>>,
+    restore_calls: AtomicU32,
+}
+
+fn unsupported(op: &'static str) -> StoreError {
+    StoreError {
+        op,
+        bucket: "fake".into(),
+        key: String::new(),
+        kind: StoreErrorKind::Other,
+        message: "not used by this test".into(),
+    }
+}
+
+#[async_trait]
+impl ObjectStore for ThawingStore {
+    fn bucket(&self) -> &str {
+        "fake"
+    }
+    async fn check_access(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn create_multipart(&self, _: &str, _: &PutOptions) -> Result<String, StoreError> {
+        Err(unsupported("create"))
+    }
+    async fn upload_part(
+        &self,
+        _: &str,
+        _: &str,
+        _: u32,
+        _: Bytes,
+        _: u32,
+    ) -> Result<String, StoreError> {
+        Err(unsupported("upload"))
+    }
+    async fn complete_multipart(
+        &self,
+        _: &str,
+        _: &str,
+        _: &[CompletePart],
+    ) -> Result<String, StoreError> {
+        Err(unsupported("complete"))
+    }
+    async fn abort_multipart(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Err(unsupported("abort"))
+    }
+    async fn list_parts(&self, _: &str, _: &str) -> Result<Vec<UploadedPart>, StoreError> {
+        Err(unsupported("list_parts"))
+    }
+    async fn list_uploads(&self, _: &str) -> Result<Vec<OpenUpload>, StoreError> {
+        Err(unsupported("list_uploads"))
+    }
+    async fn put_object(&self, _: &str, _: Bytes, _: &PutOptions) -> Result<(), StoreError> {
+        Err(unsupported("put"))
+    }
+    async fn get_object(&self, _: &str) -> Result<Bytes, StoreError> {
+        Err(unsupported("get"))
+    }
+    async fn get_range(&self, _: &str, _: u64, _: u64) -> Result<Bytes, StoreError> {
+        Err(unsupported("get_range"))
+    }
+    async fn restore_object(&self, key: &str, _: i32, _: &str) -> Result<(), StoreError> {
+        self.restore_calls.fetch_add(1, Ordering::SeqCst);
+        self.heads_since_request
+            .lock()
+            .map_err(|_| unsupported("lock"))?
+            .insert(key.to_string(), 0);
+        Ok(())
+    }
+    async fn head_object(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        let mut m = self
+            .heads_since_request
+            .lock()
+            .map_err(|_| unsupported("lock"))?;
+        let restore = m.get_mut(key).map(|n| {
+            *n += 1;
+            if *n > self.thaw_after {
+                "ongoing-request=\"false\", expiry-date=\"Fri, 01 Jan 2027 00:00:00 GMT\""
+            } else {
+                "ongoing-request=\"true\""
+            }
+            .to_string()
+        });
+        Ok(Some(ObjectInfo {
+            key: key.to_string(),
+            size: 1,
+            storage_class: Some("DEEP_ARCHIVE".into()),
+            sse: None,
+            etag: None,
+            restore,
+        }))
+    }
+    async fn list(&self, _: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        Err(unsupported("list"))
+    }
+    async fn delete(&self, _: &str) -> Result<(), StoreError> {
+        Err(unsupported("delete"))
+    }
+}
+
+fn restorer(state: &Path, thaw_after: u32, timeout: Duration) -> (Restorer, Arc<ThawingStore>) {
+    let store = Arc::new(ThawingStore {
+        thaw_after,
+        heads_since_request: Mutex::new(Default::default()),
+        restore_calls: AtomicU32::new(0),
+    });
+    let settings = Settings {
+        subvolumes: vec![SubvolumeSpec {
+            name: "s".into(),
+            path: "/s".into(),
+        }],
+        snapshot_dir: state.join("snap"),
+        state_dir: state.to_path_buf(),
+        lock_path: state.join("lock"),
+        s3: S3Settings {
+            bucket: "fake".into(),
+            region: "us-east-1".into(),
+            endpoint: None,
+            path_style: true,
+            prefix: String::new(),
+            storage_class_chunks: "DEEP_ARCHIVE".into(),
+            storage_class_manifest: "STANDARD".into(),
+            sse: Sse::None,
+            kms_key_id: None,
+            chunk_size: 64 << 20,
+            part_size: 8 << 20,
+            concurrency: 2,
+            max_attempts: 1,
+            attempt_timeout: Duration::from_secs(1),
+        },
+        schedule: Default::default(),
+        retention: Retention::default(),
+        restore: RestoreSettings::default(),
+    };
+    let r = Restorer {
+        settings,
+        restore: RestoreSettings {
+            tier: "Bulk".into(),
+            days: 1,
+            timeout,
+            poll: Duration::from_millis(5),
+        },
+        store: store.clone(),
+        btrfs: Arc::new(crate::btrfs::memory::MemoryBtrfs::new()),
+        state: Arc::new(state::FsStateFiles),
+    };
+    (r, store)
+}
+
+fn chain_of(keys: &[&str]) -> Vec<(String, Manifest)> {
+    let m = Manifest {
+        format_version: 1,
+        tool_version: "t".into(),
+        subvolume: "s".into(),
+        kind: Kind::Full,
+        backup_id: "B".into(),
+        chain_id: "B".into(),
+        parent: None,
+        snapshot: manifest::SnapshotRef {
+            name: "s.B".into(),
+            uuid: "u".into(),
+            parent_uuid: None,
+        },
+        created_at: "t".into(),
+        chunk_size: 1,
+        part_size: 1,
+        storage_class: "DEEP_ARCHIVE".into(),
+        sse: "none".into(),
+        total_bytes: 1,
+        stream_sha256: String::new(),
+        chunks: keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| manifest::ChunkEntry {
+                index: i as u32,
+                key: k.to_string(),
+                size: 1,
+                sha256: String::new(),
+                etag: String::new(),
+                parts: Vec::new(),
+            })
+            .collect(),
+    };
+    vec![("m".into(), m)]
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn waits_with_backoff_until_every_object_thaws_and_asks_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (r, store) = restorer(dir.path(), 3, Duration::from_secs(30));
+    let chain = chain_of(&["a", "b"]);
+    let path = dir.path().join("restore/x.json");
+    let mut st = RestoreState::default();
+    rt().block_on(r.thaw(&chain, &mut st, &path, true))
+        .expect("thawed");
+    assert_eq!(
+        store.restore_calls.load(Ordering::SeqCst),
+        2,
+        "one request per object"
+    );
+    let saved = std::fs::read_to_string(&path).expect("journal written");
+    assert!(
+        saved.contains("\"a\"") && saved.contains("\"b\""),
+        "{saved}"
+    );
+}
+
+#[test]
+fn no_wait_requests_then_a_rerun_does_not_pay_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (r, store) = restorer(dir.path(), 1000, Duration::from_secs(30));
+    let chain = chain_of(&["a", "b", "c"]);
+    let path = dir.path().join("restore/x.json");
+    let mut st = RestoreState::default();
+    let err = rt()
+        .block_on(r.thaw(&chain, &mut st, &path, false))
+        .expect_err("pending");
+    assert!(
+        matches!(
+            err,
+            RestoreError::ThawPending {
+                requested: 3,
+                waiting: 3
+            }
+        ),
+        "{err}"
+    );
+    // A second run, from the journal on disk: no new request.
+    let mut again = state::load(r.state.as_ref(), &path)
+        .expect("load")
+        .expect("state");
+    let err = rt()
+        .block_on(r.thaw(&chain, &mut again, &path, false))
+        .expect_err("still pending");
+    assert!(matches!(err, RestoreError::ThawPending { waiting: 3, .. }));
+    assert_eq!(store.restore_calls.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn gives_up_after_the_timeout_and_says_to_come_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (r, _) = restorer(dir.path(), 1_000_000, Duration::from_millis(40));
+    let chain = chain_of(&["a"]);
+    let path = dir.path().join("restore/x.json");
+    let mut st = RestoreState::default();
+    let started = Instant::now();
+    let err = rt()
+        .block_on(r.thaw(&chain, &mut st, &path, true))
+        .expect_err("timeout");
+    assert!(
+        matches!(err, RestoreError::ThawTimeout { waiting: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("run the same restore again later"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

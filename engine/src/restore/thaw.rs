@@ -1,0 +1,156 @@
+//! Thawing archived chunks before a restore: one RestoreObject per object, remembered in the
+//! restore journal, then polls with backoff until every object is readable. The decisions are
+//! the pure `object_step` and `pass_end`; `Restorer::thaw` performs them.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::state::{self, RestoreState};
+use super::{RestoreError, Restorer};
+use crate::manifest::Manifest;
+use crate::store::Readiness;
+
+/// What to do about one object in a thaw pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectStep {
+    Ready,
+    /// Ask S3 to thaw it (never asked before by this restore), then wait for it.
+    Request,
+    Wait,
+}
+
+pub fn object_step(readiness: Readiness, requested: bool) -> ObjectStep {
+    match readiness {
+        Readiness::Readable => ObjectStep::Ready,
+        Readiness::Thawing => ObjectStep::Wait,
+        Readiness::Archived if requested => ObjectStep::Wait,
+        Readiness::Archived => ObjectStep::Request,
+    }
+}
+
+/// After a pass over every object: go on, stop for now, give up, or sleep and poll again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassEnd {
+    AllReadable,
+    /// `--no-wait`: the requests are made and remembered; come back later.
+    Pending,
+    TimedOut,
+    /// Sleep this long, then poll again.
+    Poll(Duration),
+}
+
+/// `delay` is the current wait between polls; it doubles up to 15 minutes.
+pub fn pass_end(
+    waiting: usize,
+    wait: bool,
+    elapsed: Duration,
+    timeout: Duration,
+    delay: Duration,
+) -> PassEnd {
+    if waiting == 0 {
+        PassEnd::AllReadable
+    } else if !wait {
+        PassEnd::Pending
+    } else if elapsed >= timeout {
+        PassEnd::TimedOut
+    } else {
+        PassEnd::Poll(delay)
+    }
+}
+
+pub fn next_delay(delay: Duration) -> Duration {
+    (delay * 2).min(Duration::from_secs(900))
+}
+
+impl Restorer {
+    /// Thaws every archived chunk of the chain: one RestoreObject per object, remembered.
+    pub(super) async fn thaw(
+        &self,
+        chain: &[(String, Manifest)],
+        st: &mut RestoreState,
+        state_path: &Path,
+        wait: bool,
+    ) -> Result<(), RestoreError> {
+        let keys: Vec<String> = chain
+            .iter()
+            .flat_map(|(_, m)| m.chunks.iter().map(|c| c.key.clone()))
+            .collect();
+        let started = Instant::now();
+        let mut delay = self.restore.poll;
+        loop {
+            let mut waiting = 0;
+            for k in &keys {
+                let info =
+                    self.store
+                        .head_object(k)
+                        .await?
+                        .ok_or_else(|| RestoreError::Damaged {
+                            key: k.clone(),
+                            detail: "object missing".into(),
+                        })?;
+                match object_step(info.readiness(), st.thaw_requested.contains(k)) {
+                    ObjectStep::Ready => {}
+                    ObjectStep::Wait => waiting += 1,
+                    ObjectStep::Request => {
+                        self.store
+                            .restore_object(k, self.restore.days, &self.restore.tier)
+                            .await?;
+                        st.thaw_requested.insert(k.clone());
+                        state::save(self.state.as_ref(), state_path, st)?;
+                        waiting += 1;
+                    }
+                }
+            }
+            match pass_end(
+                waiting,
+                wait,
+                started.elapsed(),
+                self.restore.timeout,
+                delay,
+            ) {
+                PassEnd::AllReadable => return Ok(()),
+                PassEnd::Pending => {
+                    return Err(RestoreError::ThawPending {
+                        requested: st.thaw_requested.len(),
+                        waiting,
+                    })
+                }
+                PassEnd::TimedOut => {
+                    return Err(RestoreError::ThawTimeout {
+                        waiting,
+                        waited: started.elapsed(),
+                    })
+                }
+                PassEnd::Poll(d) => {
+                    tracing::warn!(waiting, "waiting for archived objects to thaw");
+                    eprintln!(
+                        "waiting for {waiting} archived object(s) to thaw (tier {}), next check in {}s",
+                        self.restore.tier,
+                        d.as_secs()
+                    );
+                    tokio::time::sleep(d).await;
+                    delay = next_delay(d);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_request_per_object_then_wait() {
+        assert_eq!(object_step(Readiness::Archived, false), ObjectStep::Request);
+        assert_eq!(object_step(Readiness::Archived, true), ObjectStep::Wait);
+        assert_eq!(object_step(Readiness::Thawing, false), ObjectStep::Wait);
+        assert_eq!(object_step(Readiness::Readable, true), ObjectStep::Ready);
+        let s = Duration::from_secs;
+        assert_eq!(pass_end(0, false, s(0), s(10), s(1)), PassEnd::AllReadable);
+        assert_eq!(pass_end(2, false, s(0), s(10), s(1)), PassEnd::Pending);
+        assert_eq!(pass_end(2, true, s(10), s(10), s(1)), PassEnd::TimedOut);
+        assert_eq!(pass_end(2, true, s(3), s(10), s(4)), PassEnd::Poll(s(4)));
+        assert_eq!(next_delay(s(600)), s(900));
+    }
+}

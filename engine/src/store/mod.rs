@@ -1,0 +1,164 @@
+//! Object storage: the `ObjectStore` trait the engine talks to, and its implementations.
+//!
+//! - `s3`: the real one (aws-sdk-s3, configured for AWS and for S3-compatible servers alike);
+//! - `memory`: an in-memory twin with S3's multipart semantics, for tests and benchmarks;
+//! - `layers`: wrappers that add a guarantee to any store (the prefix guard, crash injection).
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use bytes::Bytes;
+
+use crate::settings::Sse;
+
+pub mod layers;
+pub mod memory;
+mod s3;
+
+pub use s3::S3Store;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    NotFound,
+    NoSuchBucket,
+    NoSuchUpload,
+    /// CompleteMultipartUpload named a part the server does not have (or not with that ETag).
+    InvalidPart,
+    AccessDenied,
+    InvalidObjectState,
+    /// Timeouts, connection failures, 5xx, throttling: worth retrying later.
+    Transient,
+    Other,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("S3 {op} s3://{bucket}/{key}: {message}{}", hint(*kind, bucket))]
+pub struct StoreError {
+    pub op: &'static str,
+    pub bucket: String,
+    pub key: String,
+    pub kind: StoreErrorKind,
+    pub message: String,
+}
+
+fn hint(kind: StoreErrorKind, bucket: &str) -> String {
+    match kind {
+        StoreErrorKind::NoSuchBucket => format!(
+            " (bucket `{bucket}` does not exist: create it or fix [s3].bucket in the config)"
+        ),
+        StoreErrorKind::AccessDenied => " (credentials refused: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, and the bucket policy)".to_string(),
+        StoreErrorKind::Transient => " (network or server trouble; `btrfs-to-s3 resume` continues where this stopped)".to_string(),
+        _ => String::new(),
+    }
+}
+
+impl StoreError {
+    pub fn is_retryable(&self) -> bool {
+        self.kind == StoreErrorKind::Transient
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    pub storage_class: Option<String>,
+    pub sse: Option<Sse>,
+    pub kms_key_id: Option<String>,
+    pub content_type: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub storage_class: Option<String>,
+    pub sse: Option<String>,
+    pub etag: Option<String>,
+    /// The `x-amz-restore` header of an archived object (HeadObject only).
+    pub restore: Option<String>,
+}
+
+/// Where an object stands for reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Readable,
+    /// Archived, no restore requested.
+    Archived,
+    /// Archived, restore in progress.
+    Thawing,
+}
+
+impl ObjectInfo {
+    pub fn readiness(&self) -> Readiness {
+        let archived = matches!(
+            self.storage_class.as_deref(),
+            Some("GLACIER") | Some("DEEP_ARCHIVE")
+        );
+        match (&self.restore, archived) {
+            (_, false) => Readiness::Readable,
+            (Some(r), true) if r.contains("ongoing-request=\"false\"") => Readiness::Readable,
+            (Some(r), true) if r.contains("ongoing-request=\"true\"") => Readiness::Thawing,
+            _ => Readiness::Archived,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadedPart {
+    pub part_number: u32,
+    pub etag: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenUpload {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletePart {
+    pub part_number: u32,
+    pub etag: String,
+    pub crc32c: u32,
+}
+
+/// The object-storage operations the engine needs.
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    fn bucket(&self) -> &str;
+    /// Fails unless the bucket exists and the credentials may use it.
+    async fn check_access(&self) -> Result<(), StoreError>;
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String, StoreError>;
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+        crc32c: u32,
+    ) -> Result<String, StoreError>;
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletePart],
+    ) -> Result<String, StoreError>;
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
+    async fn list_parts(&self, key: &str, upload_id: &str)
+        -> Result<Vec<UploadedPart>, StoreError>;
+    async fn list_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, StoreError>;
+    async fn put_object(&self, key: &str, body: Bytes, opts: &PutOptions)
+        -> Result<(), StoreError>;
+    async fn get_object(&self, key: &str) -> Result<Bytes, StoreError>;
+    /// `len` bytes at `offset` of an object.
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError>;
+    /// Asks S3 to thaw an archived object for `days` at `tier` (Bulk, Standard, Expedited).
+    async fn restore_object(&self, key: &str, days: i32, tier: &str) -> Result<(), StoreError>;
+    async fn head_object(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError>;
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+}
+
+pub fn crc32c_base64(crc: u32) -> String {
+    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
+}
