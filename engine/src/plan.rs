@@ -462,4 +462,36 @@ mod tests {
             }
         }
     }
+
+    /// Property: over random snapshot sets, local retention deletes only names it was given,
+    /// never a protected one (a run's snapshot, the next incremental's parent) and never one
+    /// of the newest `keep`, and leaves at least `keep` snapshots.
+    #[test]
+    fn local_retention_property_over_random_sets() {
+        let mut x: u64 = 0x0bad_5eed;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..5000 {
+            let mut names: Vec<String> = (0..rnd(12))
+                .map(|i| format!("data.2026010{}T0000{:02}Z", rnd(9) + 1, i))
+                .collect();
+            names.sort();
+            names.dedup();
+            let protected: BTreeSet<String> =
+                names.iter().filter(|_| rnd(3) == 0).cloned().collect();
+            let keep = rnd(5) as usize;
+            let doomed = local_to_delete(&names, keep, &protected);
+            let newest: BTreeSet<&String> = names.iter().rev().take(keep).collect();
+            for d in &doomed {
+                assert!(names.contains(d), "{d} was not there");
+                assert!(!protected.contains(d), "deleted protected {d}");
+                assert!(!newest.contains(d), "deleted one of the newest {keep}: {d}");
+            }
+            assert!(names.len() - doomed.len() >= keep.min(names.len()));
+        }
+    }
 }
