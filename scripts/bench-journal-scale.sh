@@ -21,8 +21,9 @@ W="${BTRFS_TO_S3_BENCH_DIR:-/var/tmp/btrfs-to-s3-journal-scale}"
 OUT="$PWD/run/bench"; mkdir -p "$OUT"
 bash scripts/install-deps.sh --no-moto
 cargo build --quiet --release -p btrfs-to-s3 -p btrfs-to-s3-tests --bin btrfs-to-s3 --bin journal_scale
-BIN="$PWD/target/release/btrfs-to-s3"
-GEN="$PWD/target/release/journal_scale"
+T="${CARGO_TARGET_DIR:-$PWD/target}"
+BIN="$T/release/btrfs-to-s3"
+GEN="$T/release/journal_scale"
 cleanup() { scripts/garage-local.sh stop "$W/garage" || true; rm -rf "$W"; }
 trap cleanup EXIT
 rm -rf "$W"; mkdir -p "$W"

@@ -80,9 +80,10 @@ pub(crate) async fn plan_only(
     let opened = if path.exists() {
         match Journal::open_read_only(&path) {
             Ok(j) => j,
-            Err(
-                JournalError::NeedsRecovery { .. } | JournalError::WrongVersion { found: 1, .. },
-            ) => {
+            Err(e @ JournalError::InUse { .. }) => return Err(journal_failure(e)),
+            // Recovery or an older format (both writes), or damage (diagnosed by the writer's
+            // open): read a private copy, as a writer would see it.
+            Err(_) => {
                 let p = copy.path().join("journal.redb");
                 std::fs::copy(&path, &p).map_err(|e| {
                     Failure::new(
@@ -92,7 +93,6 @@ pub(crate) async fn plan_only(
                 })?;
                 Journal::open(&p).map_err(journal_failure)?
             }
-            Err(e) => return Err(journal_failure(e)),
         }
     } else {
         Journal::in_memory().map_err(journal_failure)?

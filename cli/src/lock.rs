@@ -67,3 +67,12 @@ impl Lock {
         Ok(Lock { _file: file })
     }
 }
+
+/// Whether another process holds the lock now (for `status`): tries a shared lock on the
+/// file without creating or writing it.
+pub fn held(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    matches!(file.try_lock_shared(), Err(TryLockError::WouldBlock))
+}

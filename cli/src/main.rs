@@ -258,9 +258,25 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(exit::OK)
         }
         Command::Status => {
-            let journal = Journal::open(&settings.journal_path()).map_err(journal_failure)?;
+            // Read-only: a running backup keeps its journal open for writing and `status`
+            // follows its commits. A journal an interrupted run left needing recovery (and so
+            // no running writer) is opened for writing, which performs it.
+            let path = settings.journal_path();
+            let journal = if !path.exists() {
+                Journal::in_memory().map_err(journal_failure)?
+            } else {
+                match Journal::open_read_only(&path) {
+                    Ok(j) => j,
+                    Err(e @ JournalError::InUse { .. }) => return Err(journal_failure(e)),
+                    // Recovery, an older format or damage: the writer's open performs the
+                    // first two and gives the full diagnosis of the last.
+                    Err(_) => Journal::open(&path).map_err(journal_failure)?,
+                }
+            };
+            let running = lock::held(&settings.lock_path);
             let remote = remote_uploads(&settings).await;
-            output::print_status(&settings, &journal, remote, cli.json).map_err(journal_failure)?;
+            output::print_status(&settings, &journal, remote, running, cli.json)
+                .map_err(journal_failure)?;
             Ok(exit::OK)
         }
         Command::Backup {
@@ -352,6 +368,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let reports = engine::restore::verify(
                 &BtrfsCli::default(),
                 store,
+                &keys,
+                subvolume,
                 &key,
                 *deep,
                 settings.s3.concurrency,

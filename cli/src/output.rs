@@ -202,13 +202,53 @@ pub fn print_settings(s: &Settings, as_json: bool) {
 /// they could not be listed.
 pub type RemoteUploads = Result<Vec<(String, String)>, String>;
 
+/// Progress of a run from what its journal committed: bytes per second since it was planned
+/// (`running`: a process holds the lock now), and the time left if the stream is as large as
+/// the subvolume's last published backup of the same kind (the size of this one is known only
+/// at its end).
+fn progress(
+    st: &RunState,
+    runs: &[engine::journal::RunHeader],
+    running: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> serde_json::Value {
+    let committed = st.committed_bytes();
+    let started = chrono::DateTime::parse_from_rfc3339(&st.planned.created_at).ok();
+    let secs =
+        started.map(|t| (now - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0);
+    let rate = secs.filter(|s| *s > 0.0).map(|s| committed as f64 / s);
+    let full = matches!(st.planned.kind, engine::journal::BackupKind::Full);
+    let expected = runs
+        .iter()
+        .rev()
+        .filter(|h| h.subvolume == st.planned.subvolume)
+        .filter_map(|h| h.summary.as_ref())
+        .find(|sum| matches!(sum.kind, engine::journal::BackupKind::Full) == full)
+        .map(|sum| sum.total_bytes);
+    let eta = match (running, rate, expected) {
+        (true, Some(r), Some(e)) if r > 0.0 && e > committed => {
+            Some(((e - committed) as f64 / r).round())
+        }
+        (true, Some(_), Some(_)) => Some(0.0),
+        _ => None,
+    };
+    json!({
+        "running": running,
+        "bytes_per_second": if running { rate.map(|r| r.round()) } else { None },
+        "expected_bytes": expected,
+        "seconds_left": eta,
+    })
+}
+
 pub fn print_status(
     s: &Settings,
     j: &Journal,
     remote: RemoteUploads,
+    running: bool,
     as_json: bool,
 ) -> Result<(), JournalError> {
     let runs = j.runs()?;
+    let now = chrono::Utc::now();
     let mut in_progress = Vec::new();
     let mut held = Vec::new();
     let mut owned_uploads = std::collections::BTreeSet::new();
@@ -238,6 +278,7 @@ pub fn print_status(
             "parts_committed": st.committed_parts(),
             "bytes_committed": st.committed_bytes(),
             "chunks_sealed": st.chunks.values().filter(|c| c.sealed.is_some()).count(),
+            "progress": progress(&st, &runs, running, now),
         }));
     }
     // Leaked: what exists but no open or finished run accounts for.
@@ -302,16 +343,28 @@ pub fn print_status(
     if in_progress.is_empty() {
         println!("no run in progress");
     } else {
-        println!("in progress (`btrfs-to-s3 resume` continues them):");
+        if running {
+            println!("in progress (a btrfs-to-s3 process is running it now):");
+        } else {
+            println!("in progress (interrupted; `btrfs-to-s3 resume` continues them):");
+        }
         for r in &in_progress {
+            let p = &r["progress"];
+            let mut extra = String::new();
+            if let Some(rate) = p["bytes_per_second"].as_f64() {
+                extra.push_str(&format!(", {}/s", human_bytes(rate as u64)));
+            }
+            if let Some(left) = p["seconds_left"].as_f64() {
+                extra.push_str(&format!(", about {left:.0} s left"));
+            }
             println!(
-                "  run {} {} {}: next step {}, {} parts ({} bytes) committed, {} chunk(s) sealed",
+                "  run {} {} {}: next step {}, {} parts ({}) committed, {} chunk(s) sealed{extra}",
                 r["run"],
                 r["subvolume"].as_str().unwrap_or(""),
                 r["backup_id"].as_str().unwrap_or(""),
                 r["step"].as_str().unwrap_or("?"),
                 r["parts_committed"],
-                r["bytes_committed"],
+                human_bytes(r["bytes_committed"].as_u64().unwrap_or(0)),
                 r["chunks_sealed"]
             );
         }

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::machine::Keys;
-use crate::manifest::{Kind, Manifest, Pointer};
+use crate::manifest::fetch::{self, Fetch};
+use crate::manifest::Kind;
 use crate::settings::Settings;
 use crate::store::{ObjectStore, StoreError};
 
@@ -58,9 +59,12 @@ pub async fn list(settings: &Settings, store: &dyn ObjectStore) -> Result<Listin
         let sizes: BTreeMap<&str, u64> = objects.iter().map(|o| (o.key.as_str(), o.size)).collect();
         let pointer_key = keys.pointer(&sv.name);
         let current = if sizes.contains_key(pointer_key.as_str()) {
-            Pointer::parse(&pointer_key, &store.get_object(&pointer_key).await?)
-                .ok()
-                .map(|p| p.backup_id)
+            match fetch::pointer(store, &keys, &sv.name).await {
+                Ok(p) => Some(p.backup_id),
+                Err(Fetch::Store(e)) => return Err(e),
+                // A pointer that fails its checks names no current backup.
+                Err(Fetch::Invalid(_)) => None,
+            }
         } else {
             None
         };
@@ -75,9 +79,10 @@ pub async fn list(settings: &Settings, store: &dyn ObjectStore) -> Result<Listin
         manifest_keys.sort_by_key(|k| k.rsplit('/').nth(1).unwrap_or("").to_string());
         let mut chain_of: BTreeMap<String, String> = BTreeMap::new();
         for mkey in manifest_keys {
-            let m = match Manifest::parse(mkey, &store.get_object(mkey).await?) {
+            let m = match fetch::manifest(store, &keys, &sv.name, mkey).await {
                 Ok(m) => m,
-                Err(e) => {
+                Err(Fetch::Store(e)) => return Err(e),
+                Err(Fetch::Invalid(e)) => {
                     let id = mkey.rsplit('/').nth(1).unwrap_or("?").to_string();
                     chain_of.insert(
                         id.clone(),

@@ -162,6 +162,24 @@ pub fn local_to_delete(names: &[String], keep: usize, protected: &BTreeSet<Strin
         .collect()
 }
 
+/// The snapshot names (of one subvolume) that the journal records as this tool's own: made by
+/// a run that was not given up, or imported by `journal rebuild`.
+pub fn own_snapshots(
+    names: Vec<String>,
+    runs: &[journal::RunHeader],
+    subvolume: &str,
+) -> Vec<String> {
+    let own: BTreeSet<&str> = runs
+        .iter()
+        .filter(|h| h.subvolume == subvolume && h.status != journal::RunStatus::Abandoned)
+        .map(|h| h.snapshot_name.as_str())
+        .collect();
+    names
+        .into_iter()
+        .filter(|n| own.contains(n.as_str()))
+        .collect()
+}
+
 /// One chain as S3 shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainView {

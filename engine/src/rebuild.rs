@@ -14,7 +14,8 @@ use journal::{BackupKind, Journal, JournalError, Planned, RunStatus, Transition}
 use serde::Serialize;
 
 use crate::machine::Keys;
-use crate::manifest::{Kind, Manifest, ManifestError, Pointer};
+use crate::manifest::fetch::{self, Fetch};
+use crate::manifest::{Kind, ManifestError};
 use crate::settings::settings_fingerprint;
 use crate::settings::Settings;
 use crate::store::{ObjectStore, StoreError};
@@ -29,6 +30,15 @@ pub enum RebuildError {
     Manifest(#[from] ManifestError),
     #[error("manifest {key}: {detail}")]
     BadManifest { key: String, detail: String },
+}
+
+impl From<Fetch> for RebuildError {
+    fn from(f: Fetch) -> RebuildError {
+        match f {
+            Fetch::Store(e) => e.into(),
+            Fetch::Invalid(e) => e.into(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -68,10 +78,7 @@ pub async fn rebuild(
         let objects = store.list(&prefix).await?;
         let pointer_key = keys.pointer(&sv.name);
         let pointer = match objects.iter().find(|o| o.key == pointer_key) {
-            Some(_) => Some(Pointer::parse(
-                &pointer_key,
-                &store.get_object(&pointer_key).await?,
-            )?),
+            Some(_) => Some(fetch::pointer(store, &keys, &sv.name).await?),
             None => None,
         };
         // Group objects by backup directory: <prefix>/<sv>/<chain>/<backup>/.
@@ -89,7 +96,7 @@ pub async fn rebuild(
         for (dir, keys_in_dir) in &dirs {
             let mkey = format!("{dir}manifest.json");
             if keys_in_dir.contains(&mkey) {
-                let m = Manifest::parse(&mkey, &store.get_object(&mkey).await?)?;
+                let m = fetch::manifest(store, &keys, &sv.name, &mkey).await?;
                 manifests.push((mkey, m));
             } else {
                 for k in keys_in_dir {

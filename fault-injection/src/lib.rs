@@ -41,6 +41,8 @@ pub const RESTORE_FAILPOINTS: &[&str] = &[
     "restore-after-receive",
 ];
 
+pub mod fuzz;
+
 /// Dies at once, as a crash would. Exit status is SIGABRT.
 pub fn crash(name: &str) -> ! {
     eprintln!("failpoint {name}: crashing");

@@ -41,6 +41,8 @@ pub enum JournalError {
     BadRecord { path: PathBuf, detail: String },
     #[error("journal {path} is corrupt ({detail}); run `btrfs-to-s3 journal rebuild` to reconstruct it from the manifests in S3")]
     Corrupt { path: PathBuf, detail: String },
+    #[error("a journal record cannot be encoded ({detail})")]
+    Encode { detail: String },
     #[error("journal {path} is in use by another process")]
     InUse { path: PathBuf },
     #[error("journal {path} was opened read-only and cannot be written")]
@@ -130,11 +132,14 @@ fn guard<T>(path: &Path, f: impl FnOnce() -> Result<T, JournalError>) -> Result<
     })
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+/// A record as stored: the record version, then postcard. A record that cannot be encoded is
+/// an error, never an empty record.
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, JournalError> {
     let mut out = vec![RECORD_VERSION];
-    // Serialising plain data into a Vec cannot fail.
-    out.extend(postcard::to_allocvec(v).unwrap_or_default());
-    out
+    out.extend(postcard::to_allocvec(v).map_err(|e| JournalError::Encode {
+        detail: e.to_string(),
+    })?);
+    Ok(out)
 }
 
 impl Journal {
@@ -166,7 +171,12 @@ impl Journal {
                 source,
             },
         };
-        let db = Database::create(path).map_err(|e| damaged(e.into()))?;
+        // SingleWriter: one process writes, and read-only opens (`status`, `--dry-run`) may
+        // follow its commits at the same time.
+        let db = Database::builder()
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .create(path)
+            .map_err(|e| damaged(e.into()))?;
         let j = Journal {
             db: Db::Rw(db),
             path: path.to_path_buf(),
@@ -181,18 +191,21 @@ impl Journal {
     /// (`WrongVersion`: the migration is a write). Every write is refused (`ReadOnly`).
     pub fn open_read_only(path: &Path) -> Result<Journal, JournalError> {
         guard(path, || {
-            let db = redb::ReadOnlyDatabase::open(path).map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => JournalError::InUse {
-                    path: path.to_path_buf(),
-                },
-                redb::DatabaseError::RepairAborted => JournalError::NeedsRecovery {
-                    path: path.to_path_buf(),
-                },
-                e => JournalError::Damaged {
-                    path: path.to_path_buf(),
-                    source: e.into(),
-                },
-            })?;
+            let db = Database::builder()
+                .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+                .open_read_only(path)
+                .map_err(|e| match e {
+                    redb::DatabaseError::DatabaseAlreadyOpen => JournalError::InUse {
+                        path: path.to_path_buf(),
+                    },
+                    redb::DatabaseError::RepairAborted => JournalError::NeedsRecovery {
+                        path: path.to_path_buf(),
+                    },
+                    e => JournalError::Damaged {
+                        path: path.to_path_buf(),
+                        source: e.into(),
+                    },
+                })?;
             let j = Journal {
                 db: Db::Ro(db),
                 path: path.to_path_buf(),
@@ -389,13 +402,13 @@ impl Journal {
                 summary,
             };
             let mut runs = tx.open_table(RUNS).map_err(|e| self.err(e))?;
-            runs.insert(id, encode(&header).as_slice())
+            runs.insert(id, encode(&header)?.as_slice())
                 .map_err(|e| self.err(e))?;
             let mut tr = tx.open_table(TRANSITIONS).map_err(|e| self.err(e))?;
-            tr.insert((id, 0), encode(&first).as_slice())
+            tr.insert((id, 0), encode(&first)?.as_slice())
                 .map_err(|e| self.err(e))?;
             for (seq, t) in (1..).zip(rest) {
-                tr.insert((id, seq), encode(t).as_slice())
+                tr.insert((id, seq), encode(t)?.as_slice())
                     .map_err(|e| self.err(e))?;
             }
         }
@@ -434,7 +447,7 @@ impl Journal {
                 .map_err(|e| self.err(e))?
                 .map(|(k, _)| k.value().1 + 1)
                 .unwrap_or(0);
-            tr.insert((run, next), encode(t).as_slice())
+            tr.insert((run, next), encode(t)?.as_slice())
                 .map_err(|e| self.err(e))?;
             let status = match t {
                 Transition::Finished => Some(RunStatus::Finished),
@@ -469,7 +482,7 @@ impl Journal {
                     return Err(e);
                 }
                 header.status = status;
-                runs.insert(run, encode(&header).as_slice())
+                runs.insert(run, encode(&header)?.as_slice())
                     .map_err(|e| self.err(e))?;
             }
         }

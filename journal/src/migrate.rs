@@ -42,7 +42,7 @@ impl Journal {
                 if closed && t.is_chunk_detail() {
                     continue;
                 }
-                tr.insert((h.id, *seq), encode(t).as_slice())
+                tr.insert((h.id, *seq), encode(t)?.as_slice())
                     .map_err(|e| self.err(e))?;
             }
             let header = RunHeader {
@@ -54,7 +54,7 @@ impl Journal {
                 status: h.status,
                 summary,
             };
-            runs.insert(h.id, encode(&header).as_slice())
+            runs.insert(h.id, encode(&header)?.as_slice())
                 .map_err(|e| self.err(e))?;
         }
         Ok(())

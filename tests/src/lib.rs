@@ -208,6 +208,29 @@ keep_chains = 1000
         }
     }
 
+    /// Starts the tool in the background with the S3 server's credentials and `extra` env.
+    pub fn spawn_with(
+        &self,
+        bin: PathBuf,
+        args: &[&str],
+        extra: &[(&str, &str)],
+    ) -> std::process::Child {
+        let mut c = Command::new(bin);
+        c.arg("--config").arg(&self.config).args(args);
+        c.env_remove("AWS_PROFILE").env_remove("AWS_SESSION_TOKEN");
+        for (k, v) in self.s3.env() {
+            c.env(k, v);
+        }
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn btrfs-to-s3")
+    }
+
     /// Runs the failpoints build with `FAILPOINTS=spec` and asserts that it crashed there.
     pub fn crash(&self, args: &[&str], spec: &str) -> Output {
         let env: Vec<(String, String)> = self

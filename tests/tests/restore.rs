@@ -150,10 +150,19 @@ fn moto_chain_restore_newest_older_and_by_time() {
 
 #[test]
 fn moto_deep_archive_is_thawed_through_restore_object() {
+    archive_is_thawed("DEEP_ARCHIVE");
+}
+
+#[test]
+fn moto_glacier_is_thawed_through_restore_object() {
+    archive_is_thawed("GLACIER");
+}
+
+fn archive_is_thawed(class: &str) {
     let s = Setup::new(
         Flavor::Moto,
         Opts {
-            storage_class_chunks: "DEEP_ARCHIVE".into(),
+            storage_class_chunks: class.into(),
             ..opts()
         },
     );
@@ -167,7 +176,7 @@ fn moto_deep_archive_is_thawed_through_restore_object() {
         let h = s.head(&c.key);
         assert_eq!(
             h.storage_class().map(|c| c.as_str().to_string()),
-            Some("DEEP_ARCHIVE".into())
+            Some(class.to_string())
         );
     }
     let scratch = LoopFs::new(1024);

@@ -92,3 +92,18 @@ fn sizes() {
     assert_eq!(parse_size("8MB"), None);
     assert_eq!(parse_size("99999999999999TiB"), None);
 }
+
+/// Fuzz: mutated configuration files are accepted or refused with an error, never a panic.
+#[test]
+fn fuzz_config_parser() {
+    let example = include_str!("../../../examples/config.toml");
+    let seeds = vec![GOOD.as_bytes().to_vec(), example.as_bytes().to_vec()];
+    let mut accepted = 0u64;
+    let n = fault_injection::fuzz::run(&seeds, |b| {
+        let text = String::from_utf8_lossy(b);
+        if parse(Path::new("/etc/x.toml"), &text).is_ok() {
+            accepted += 1;
+        }
+    });
+    eprintln!("config parser: {n} mutants, {accepted} accepted, none panicked");
+}

@@ -46,6 +46,8 @@ pub enum BackupError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
     #[error("invalid sizes: {0}")]
     Layout(#[from] LayoutError),
     #[error("journal run {run} is inconsistent: {source}")]
@@ -189,9 +191,21 @@ impl Context {
         for o in self.store.list(&prefix).await? {
             self.store.delete(&o.key).await?;
         }
+        // The journal names the snapshot; only a subvolume named `<subvolume>.<backup id>`,
+        // in the directory the run made it in, is deleted.
         let snap = PathBuf::from(&p.snapshot_path);
         if self.btrfs.exists(&snap) {
-            self.btrfs.delete(&snap)?;
+            let dir = snap.parent().unwrap_or(Path::new(""));
+            let named = snap.file_name().is_some_and(|n| *n == *p.snapshot_name)
+                && p.snapshot_name == format!("{}.{}", p.subvolume, p.backup_id);
+            if !named {
+                return Err(BtrfsError::Refused {
+                    path: snap.clone(),
+                    dir: dir.to_path_buf(),
+                }
+                .into());
+            }
+            crate::btrfs::delete_inside(self.btrfs.as_ref(), dir, &p.snapshot_name)?;
         }
         self.append(
             run,

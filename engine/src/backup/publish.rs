@@ -25,7 +25,7 @@ impl Context {
         );
         failpoint!("before-manifest");
         self.store
-            .put_object(&key, Bytes::from(m.to_json()), &self.manifest_opts())
+            .put_object(&key, Bytes::from(m.to_json()?), &self.manifest_opts())
             .await?;
         failpoint!("after-manifest");
         self.append(
@@ -133,7 +133,7 @@ impl Context {
         let key = self.keys().pointer(&p.subvolume);
         failpoint!("before-pointer");
         self.store
-            .put_object(&key, Bytes::from(pointer.to_json()), &self.manifest_opts())
+            .put_object(&key, Bytes::from(pointer.to_json()?), &self.manifest_opts())
             .await?;
         failpoint!("after-pointer");
         self.append(run, Transition::PointerPublished { key })

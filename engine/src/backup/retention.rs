@@ -49,8 +49,16 @@ impl Context {
         protected.insert(p.snapshot_name.clone());
 
         failpoint!("before-prune-local");
-        let names = crate::machine::snapshot_names(
-            self.btrfs.list(&self.settings.snapshot_dir),
+        // Only snapshots the journal records as this tool's own (made by a run that was not
+        // given up, or imported by `journal rebuild`) are candidates: a snapshot someone else
+        // made in snapshot_dir is never deleted, whatever its name.
+        let runs = self.journal.runs()?;
+        let names = plan::own_snapshots(
+            crate::machine::snapshot_names(
+                self.btrfs.list(&self.settings.snapshot_dir),
+                &p.subvolume,
+            ),
+            &runs,
             &p.subvolume,
         );
         let doomed = plan::local_to_delete(
@@ -61,7 +69,11 @@ impl Context {
         for name in &doomed {
             let path = self.settings.snapshot_dir.join(name);
             if self.btrfs.exists(&path) {
-                self.btrfs.delete(&path)?;
+                crate::btrfs::delete_inside(
+                    self.btrfs.as_ref(),
+                    &self.settings.snapshot_dir,
+                    name,
+                )?;
             }
             failpoint!("after-prune-snapshot");
         }
@@ -99,13 +111,12 @@ impl Context {
             self.append(run, Transition::RemotePruned { keys: deleted })?;
         }
         // Stray uploads: under this subvolume, unknown to every open run, old enough.
-        let known: BTreeSet<String> = self
-            .journal
-            .open_runs()?
-            .iter()
-            .filter_map(|h| self.state(h.id).ok())
-            .flat_map(|s| s.chunks.into_values().map(|c| c.upload_id))
-            .collect();
+        // An open run whose journal cannot be folded fails the step: its uploads must not be
+        // taken for strays.
+        let mut known = BTreeSet::new();
+        for h in self.journal.open_runs()? {
+            known.extend(self.state(h.id)?.chunks.into_values().map(|c| c.upload_id));
+        }
         let cutoff = self.clock.now().timestamp()
             - i64::try_from(self.settings.retention.abort_uploads_older_than.as_secs())
                 .unwrap_or(i64::MAX);

@@ -21,6 +21,8 @@ pub enum BtrfsError {
         status: String,
         stderr: String,
     },
+    #[error("refusing to delete {path}: it is not a subvolume directly inside {dir} (a tampered manifest or journal?)")]
+    Refused { path: PathBuf, dir: PathBuf },
     #[error("`{cmd}`: unexpected output: {detail}")]
     Output { cmd: String, detail: String },
 }
@@ -56,6 +58,26 @@ pub fn parse_show(out: &str) -> Option<SubvolumeInfo> {
         received_uuid: opt(field("Received UUID")),
         readonly: field("Flags").is_some_and(|f| f.contains("readonly")),
     })
+}
+
+/// Deletes subvolume `name` of directory `dir`, checking at this moment that `name` is one
+/// plain path component (no `/`, not `.` or `..`), so whatever a manifest or the journal said,
+/// the delete cannot reach outside `dir`. Every subvolume delete of the engine goes through it.
+pub fn delete_inside(btrfs: &dyn Snapshotter, dir: &Path, name: &str) -> Result<(), BtrfsError> {
+    let path = dir.join(name);
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\0')
+        && path.parent() == Some(dir);
+    if !plain {
+        return Err(BtrfsError::Refused {
+            path,
+            dir: dir.to_path_buf(),
+        });
+    }
+    btrfs.delete(&path)
 }
 
 /// A running `btrfs send`: the stream, and the process that produces it.

@@ -1,10 +1,22 @@
 //! Which manifests a restore needs: the one a selector names, and its chain back to the full
 //! backup, every link checked.
 
+use std::collections::BTreeSet;
+
 use super::{RestoreError, Selector};
 use crate::machine::Keys;
-use crate::manifest::{Kind, Manifest, Pointer};
+use crate::manifest::fetch::{self, Fetch};
+use crate::manifest::{next_in_chain, Manifest};
 use crate::store::{ObjectStore, StoreErrorKind};
+
+impl From<Fetch> for RestoreError {
+    fn from(f: Fetch) -> RestoreError {
+        match f {
+            Fetch::Store(e) => e.into(),
+            Fetch::Invalid(e) => e.into(),
+        }
+    }
+}
 
 /// Finds the manifest a selector names, among a subvolume's manifests.
 pub async fn resolve(
@@ -15,17 +27,16 @@ pub async fn resolve(
 ) -> Result<String, RestoreError> {
     match selector {
         Selector::ManifestKey(k) => Ok(k.clone()),
-        Selector::Newest => {
-            let pk = keys.pointer(subvolume);
-            let bytes = store.get_object(&pk).await.map_err(|e| {
-                if e.kind == StoreErrorKind::NotFound {
-                    RestoreError::NotFound(format!("no backup of `{subvolume}` ({pk} is missing)"))
-                } else {
-                    e.into()
-                }
-            })?;
-            Ok(Pointer::parse(&pk, &bytes)?.manifest_key)
-        }
+        Selector::Newest => match fetch::pointer(store, keys, subvolume).await {
+            Ok(p) => Ok(p.manifest_key),
+            Err(Fetch::Store(e)) if e.kind == StoreErrorKind::NotFound => {
+                Err(RestoreError::NotFound(format!(
+                    "no backup of `{subvolume}` ({} is missing)",
+                    keys.pointer(subvolume)
+                )))
+            }
+            Err(e) => Err(e.into()),
+        },
         Selector::BackupId(_) | Selector::Before(_) => {
             let mut manifests: Vec<(String, String)> = store
                 .list(&keys.subvolume_prefix(subvolume))
@@ -55,45 +66,42 @@ pub async fn resolve(
     }
 }
 
-/// The manifests from the chain's full backup to `key`, checking every link.
+/// The manifests from the chain's full backup to `key`, each validated against its key and
+/// the layout, every link checked (the parent's id, snapshot UUID and chain), never following
+/// a key twice or more than `MAX_CHAIN` links.
 pub async fn chain(
     store: &dyn ObjectStore,
+    keys: &Keys,
+    subvolume: &str,
     key: &str,
 ) -> Result<Vec<(String, Manifest)>, RestoreError> {
     let mut out: Vec<(String, Manifest)> = Vec::new();
+    let mut visited = BTreeSet::new();
     let mut next = Some(key.to_string());
     while let Some(k) = next.take() {
-        let bytes = store.get_object(&k).await.map_err(|e| {
-            if e.kind == StoreErrorKind::NotFound {
-                RestoreError::Damaged {
-                    key: k.clone(),
+        let m = match fetch::manifest(store, keys, subvolume, &k).await {
+            Ok(m) => m,
+            Err(Fetch::Store(e)) if e.kind == StoreErrorKind::NotFound => {
+                return Err(RestoreError::Damaged {
+                    key: k,
                     detail: "manifest missing: the chain is broken".into(),
-                }
-            } else {
-                e.into()
+                })
             }
-        })?;
-        let m = Manifest::parse(&k, &bytes)?;
+            Err(e) => return Err(e.into()),
+        };
         if let Some((_, child)) = out.last() {
             let p = child.parent.as_ref();
-            if p.map(|p| &p.snapshot_uuid) != Some(&m.snapshot.uuid) || m.chain_id != child.chain_id
+            if p.map(|p| (&p.snapshot_uuid, &p.backup_id)) != Some((&m.snapshot.uuid, &m.backup_id))
+                || m.chain_id != child.chain_id
             {
                 return Err(RestoreError::Damaged {
                     key: k,
-                    detail: "parent link does not match (uuid or chain)".into(),
+                    detail: "parent link does not match (id, uuid or chain)".into(),
                 });
             }
         }
-        next = match (m.kind, &m.parent) {
-            (Kind::Full, _) => None,
-            (Kind::Incremental, Some(p)) => Some(p.manifest_key.clone()),
-            (Kind::Incremental, None) => {
-                return Err(RestoreError::Damaged {
-                    key: k,
-                    detail: "incremental without parent".into(),
-                })
-            }
-        };
+        visited.insert(k.clone());
+        next = next_in_chain(&k, &m, &visited)?;
         out.push((k, m));
     }
     out.reverse();

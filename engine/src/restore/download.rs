@@ -137,8 +137,7 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
     };
     let mut written_parts = 0u32;
     while let Some(r) = parts.next().await {
-        let (idx, data) =
-            r.map_err(|e| RestoreError::NotFound(format!("download task failed: {e}")))??;
+        let (idx, data) = r.map_err(|e| RestoreError::Task(e.to_string()))??;
         if idx != current {
             // Chunk 0's hash is the stream hasher's state at its end (see pipeline).
             let done = if current == 0 {

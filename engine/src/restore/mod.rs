@@ -27,7 +27,7 @@ use fault_injection::failpoint;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::btrfs::{BtrfsError, Snapshotter};
+use crate::btrfs::{delete_inside, BtrfsError, Snapshotter};
 use crate::machine::Keys;
 use crate::manifest::{Manifest, ManifestError};
 use crate::settings::Settings;
@@ -54,6 +54,10 @@ pub enum RestoreError {
     Btrfs(#[from] BtrfsError),
     #[error("{0}")]
     NotFound(String),
+    #[error(
+        "a download task failed ({0}); nothing unverified was received: run the same restore again"
+    )]
+    Task(String),
     #[error("backup data damaged: {key}: {detail}; the partial subvolume was removed")]
     Damaged { key: String, detail: String },
     #[error("the target already holds {0}; restore into another directory or remove it first")]
@@ -203,7 +207,7 @@ impl Restorer {
         }
         let keys = self.keys();
         let key = resolve(self.store.as_ref(), &keys, &req.subvolume, &req.selector).await?;
-        let chain = chain(self.store.as_ref(), &key).await?;
+        let chain = chain(self.store.as_ref(), &keys, &req.subvolume, &key).await?;
         let last = &chain
             .last()
             .ok_or_else(|| RestoreError::NotFound(key.clone()))?
@@ -234,7 +238,9 @@ impl Restorer {
                     skipped.push(name.clone());
                     continue;
                 }
-                SnapshotStep::RemoveThenReceive => self.btrfs.delete(&path)?,
+                SnapshotStep::RemoveThenReceive => {
+                    delete_inside(self.btrfs.as_ref(), &req.target, name)?
+                }
                 SnapshotStep::Receive => {}
             }
             st.receiving = Some(name.clone());
@@ -245,7 +251,7 @@ impl Restorer {
                 Ok(b) => bytes += b,
                 Err(e) => {
                     if self.btrfs.exists(&path) {
-                        let _ = self.btrfs.delete(&path);
+                        let _ = delete_inside(self.btrfs.as_ref(), &req.target, name);
                     }
                     st.receiving = None;
                     state::save(self.state.as_ref(), &state_path, &st)?;
@@ -263,7 +269,7 @@ impl Restorer {
         for (_, m) in &chain[..chain.len() - 1] {
             let p = req.target.join(&m.snapshot.name);
             if self.btrfs.exists(&p) {
-                self.btrfs.delete(&p)?;
+                delete_inside(self.btrfs.as_ref(), &req.target, &m.snapshot.name)?;
             }
         }
         let verified = self.verify_tree(req.verify, &last.snapshot.name, &restored)?;

@@ -1,5 +1,6 @@
-//! Thawing archived chunks before a restore: one RestoreObject per object, remembered in the
-//! restore journal, then polls with backoff until every object is readable. The decisions are
+//! Thawing archived chunks before a restore: a RestoreObject for every object S3 reports
+//! archived and not being restored (recorded in the restore journal), then polls with backoff
+//! until every object is readable. The decisions are
 //! the pure `object_step` and `pass_end`; `Restorer::thaw` performs them.
 
 use std::path::Path;
@@ -19,11 +20,13 @@ pub enum ObjectStep {
     Wait,
 }
 
-pub fn object_step(readiness: Readiness, requested: bool) -> ObjectStep {
+/// S3's word decides, not the restore journal's: an object HeadObject reports archived and not
+/// being restored is asked for again — its thawed copy expired after `days`, or the request
+/// was lost — while one being restored is waited for (so a rerun does not pay twice).
+pub fn object_step(readiness: Readiness) -> ObjectStep {
     match readiness {
         Readiness::Readable => ObjectStep::Ready,
         Readiness::Thawing => ObjectStep::Wait,
-        Readiness::Archived if requested => ObjectStep::Wait,
         Readiness::Archived => ObjectStep::Request,
     }
 }
@@ -88,7 +91,7 @@ impl Restorer {
                             key: k.clone(),
                             detail: "object missing".into(),
                         })?;
-                match object_step(info.readiness(), st.thaw_requested.contains(k)) {
+                match object_step(info.readiness()) {
                     ObjectStep::Ready => {}
                     ObjectStep::Wait => waiting += 1,
                     ObjectStep::Request => {
@@ -142,10 +145,9 @@ mod tests {
 
     #[test]
     fn one_request_per_object_then_wait() {
-        assert_eq!(object_step(Readiness::Archived, false), ObjectStep::Request);
-        assert_eq!(object_step(Readiness::Archived, true), ObjectStep::Wait);
-        assert_eq!(object_step(Readiness::Thawing, false), ObjectStep::Wait);
-        assert_eq!(object_step(Readiness::Readable, true), ObjectStep::Ready);
+        assert_eq!(object_step(Readiness::Archived), ObjectStep::Request);
+        assert_eq!(object_step(Readiness::Thawing), ObjectStep::Wait);
+        assert_eq!(object_step(Readiness::Readable), ObjectStep::Ready);
         let s = Duration::from_secs;
         assert_eq!(pass_end(0, false, s(0), s(10), s(1)), PassEnd::AllReadable);
         assert_eq!(pass_end(2, false, s(0), s(10), s(1)), PassEnd::Pending);

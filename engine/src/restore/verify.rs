@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::download::into_receiver;
 use super::{chain, RestoreError, Restorer, VerifyMode};
 use crate::btrfs::Snapshotter;
+use crate::machine::Keys;
 use crate::store::ObjectStore;
 use crate::tree::{self, Coverage};
 
@@ -28,11 +29,13 @@ pub struct VerifyReport {
 pub async fn verify(
     btrfs: &dyn Snapshotter,
     store: Arc<dyn ObjectStore>,
+    keys: &Keys,
+    subvolume: &str,
     key: &str,
     deep: bool,
     concurrency: usize,
 ) -> Result<Vec<VerifyReport>, RestoreError> {
-    let chain = chain(store.as_ref(), key).await?;
+    let chain = chain(store.as_ref(), keys, subvolume, key).await?;
     let mut out = Vec::new();
     for (k, m) in &chain {
         let mut problems = Vec::new();

@@ -300,3 +300,96 @@ async fn the_guard_stops_a_delete_outside_the_prefix() {
         .is_err());
     assert_eq!(w.store.keys(), vec!["backups/host/other/x".to_string()]);
 }
+
+/// Local retention deletes only snapshots the journal records as the tool's own: one named
+/// exactly like the tool's, made by someone else, survives while the tool's own older one is
+/// pruned.
+#[tokio::test]
+async fn retention_never_deletes_a_snapshot_the_tool_did_not_make() {
+    let w = World::new(Retention {
+        keep_local_snapshots: 1,
+        keep_chains: 1,
+        abort_uploads_older_than: Duration::from_secs(3600),
+    });
+    let foreign = w.settings.snapshot_dir.join("data.20200101T000000Z");
+    w.btrfs
+        .write(&foreign, Bytes::from_static(b"someone else's"));
+    for i in 0..3 {
+        w.mutate(u64::from(i) + 1);
+        published(&w, t(i), Force::Once).await;
+    }
+    assert!(
+        w.btrfs.exists(&foreign),
+        "a snapshot the tool did not make was deleted"
+    );
+    // The tool's own: the oldest pruned; the newest kept (with the parent its run used).
+    assert!(!w.btrfs.exists(&w.settings.snapshot_dir.join(snap(0))));
+    assert!(w.btrfs.exists(&w.settings.snapshot_dir.join(snap(2))));
+}
+
+/// A manifest edited in the bucket (its snapshot name made `../outside`) is refused by
+/// restore and verify before any chunk is read or anything is received.
+#[tokio::test]
+async fn a_tampered_manifest_is_refused_before_anything_is_read_or_written() {
+    let w = World::new(Retention::default());
+    published(&w, t(0), Force::Once).await;
+    let pkey = engine::machine::Keys::new(&w.settings.s3.prefix).pointer("data");
+    let pointer: serde_json::Value =
+        serde_json::from_slice(&w.store.bytes(&pkey).expect("pointer")).expect("json");
+    let mkey = pointer["manifest_key"].as_str().expect("key").to_string();
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&w.store.bytes(&mkey).expect("manifest")).expect("json");
+    doc["snapshot"]["name"] = "../outside".into();
+    w.store
+        .tamper(&mkey, Bytes::from(serde_json::to_vec(&doc).expect("json")));
+    let target = w._dir.path().join("restore");
+    std::fs::create_dir_all(&target).expect("target");
+    let before = w.store.log().len();
+    let req = RestoreRequest {
+        subvolume: "data".into(),
+        target: target.clone(),
+        selector: Selector::Newest,
+        writable: false,
+        verify: VerifyMode::Auto,
+        wait: true,
+    };
+    let err = restorer(&w, None)
+        .restore(&req)
+        .await
+        .expect_err("a tampered manifest must be refused");
+    assert!(
+        matches!(
+            err,
+            engine::restore::RestoreError::Manifest(
+                engine::manifest::ManifestError::Invalid { .. }
+            )
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("snapshot name"), "{err}");
+    let keys = engine::machine::Keys::new(&w.settings.s3.prefix);
+    let verified = engine::restore::verify(
+        w.btrfs.as_ref(),
+        w.store.clone(),
+        &keys,
+        "data",
+        &mkey,
+        true,
+        2,
+    )
+    .await;
+    assert!(verified.is_err(), "verify accepted a tampered manifest");
+    let reads: Vec<_> = w.store.log()[before..]
+        .iter()
+        .filter(|(op, k)| *op == "GetObject" && k.contains("chunk-"))
+        .cloned()
+        .collect();
+    assert!(reads.is_empty(), "chunks were read: {reads:?}");
+    let outside: Vec<_> = w
+        .btrfs
+        .paths()
+        .into_iter()
+        .filter(|p| !p.starts_with(&w.settings.snapshot_dir) && *p != w.source())
+        .collect();
+    assert!(outside.is_empty(), "subvolumes created: {outside:?}");
+}

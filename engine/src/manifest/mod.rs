@@ -3,6 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod fetch;
+mod validate;
+pub use validate::{
+    check_manifest, check_pointer, is_backup_id, next_in_chain, MAX_CHAIN, MAX_DOCUMENT_BYTES,
+};
+
 pub const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +20,12 @@ pub enum ManifestError {
     },
     #[error("{key}: format_version {found} is newer than this build reads ({FORMAT_VERSION}); upgrade btrfs-to-s3")]
     TooNew { key: String, found: u32 },
+    #[error("{key}: refused, it cannot be a manifest or pointer this tool wrote: {problem}; the backup data was tampered with or damaged")]
+    Invalid { key: String, problem: String },
+    #[error("{key}: {size} bytes, more than any manifest this tool writes ({MAX_DOCUMENT_BYTES}); refused")]
+    TooLarge { key: String, size: u64 },
+    #[error("cannot encode a manifest or pointer: {0}")]
+    Encode(serde_json::Error),
 }
 
 impl ManifestError {
@@ -121,9 +133,8 @@ impl Manifest {
         parse(key, bytes)
     }
 
-    pub fn to_json(&self) -> Vec<u8> {
-        // Plain data with string keys: serialisation cannot fail.
-        serde_json::to_vec_pretty(self).unwrap_or_default()
+    pub fn to_json(&self) -> Result<Vec<u8>, ManifestError> {
+        serde_json::to_vec_pretty(self).map_err(ManifestError::Encode)
     }
 }
 
@@ -132,8 +143,8 @@ impl Pointer {
         parse(key, bytes)
     }
 
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(self).unwrap_or_default()
+    pub fn to_json(&self) -> Result<Vec<u8>, ManifestError> {
+        serde_json::to_vec_pretty(self).map_err(ManifestError::Encode)
     }
 }
 
@@ -166,8 +177,11 @@ mod tests {
             manifest_key: "x/home/C/B/manifest.json".into(),
             created_at: "2026-11-22T03:15:00Z".into(),
         };
-        assert_eq!(Pointer::parse("k", &p.to_json()).expect("parse"), p);
-        assert!(String::from_utf8_lossy(&p.to_json()).contains("\"kind\": \"full\""));
+        assert_eq!(
+            Pointer::parse("k", &p.to_json().expect("json")).expect("parse"),
+            p
+        );
+        assert!(String::from_utf8_lossy(&p.to_json().expect("json")).contains("\"kind\": \"full\""));
     }
 
     #[test]

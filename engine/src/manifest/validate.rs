@@ -1,0 +1,449 @@
+//! Trust nothing read back: a manifest or pointer is checked against the key it was read
+//! from and the fixed layout before anything it says is used. Every key it names must be the
+//! one the layout derives (so nothing elsewhere in the bucket is ever read or deleted on its
+//! word), the snapshot name must be `<subvolume>.<backup id>` (so no path it yields can leave
+//! the target), and its sizes must add up (so nothing it claims can make memory grow).
+
+use super::{Kind, Manifest, ManifestError, Pointer};
+use crate::machine::{Keys, Layout, MAX_PARTS};
+
+/// Longest chain a restore follows (a full and its incrementals).
+pub const MAX_CHAIN: usize = 10_000;
+/// Largest manifest or pointer read: 5 TiB in 5 MiB parts is about 1 million part entries,
+/// some 140 MB of JSON.
+pub const MAX_DOCUMENT_BYTES: u64 = 256 << 20;
+
+fn bad(key: &str, problem: impl Into<String>) -> ManifestError {
+    ManifestError::Invalid {
+        key: key.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// A backup or chain id: a UTC timestamp `YYYYMMDDTHHMMSSZ`.
+pub fn is_backup_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 16
+        && b[8] == b'T'
+        && b[15] == b'Z'
+        && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Checks a manifest read from `key` for subvolume `subvolume` (see the module documentation).
+pub fn check_manifest(
+    key: &str,
+    keys: &Keys,
+    subvolume: &str,
+    m: &Manifest,
+) -> Result<(), ManifestError> {
+    if m.subvolume != subvolume {
+        return Err(bad(
+            key,
+            format!("names subvolume {:?}, not {subvolume:?}", m.subvolume),
+        ));
+    }
+    if !is_backup_id(&m.backup_id) || !is_backup_id(&m.chain_id) {
+        return Err(bad(
+            key,
+            "backup or chain id is not a UTC timestamp (YYYYMMDDTHHMMSSZ)",
+        ));
+    }
+    if key != keys.manifest(subvolume, &m.chain_id, &m.backup_id) {
+        return Err(bad(
+            key,
+            "is not where its subvolume, chain and backup ids put it",
+        ));
+    }
+    if m.snapshot.name != format!("{subvolume}.{}", m.backup_id) {
+        return Err(bad(
+            key,
+            format!(
+                "snapshot name {:?} is not {subvolume}.{}",
+                m.snapshot.name, m.backup_id
+            ),
+        ));
+    }
+    match (&m.kind, &m.parent) {
+        (Kind::Full, None) if m.chain_id == m.backup_id => {}
+        (Kind::Full, _) => return Err(bad(key, "a full backup has a parent or another chain id")),
+        (Kind::Incremental, None) => return Err(bad(key, "an incremental without a parent")),
+        (Kind::Incremental, Some(p)) => {
+            if !is_backup_id(&p.backup_id) || p.backup_id >= m.backup_id || p.backup_id < m.chain_id
+            {
+                return Err(bad(
+                    key,
+                    "parent backup id is not an earlier backup of the chain",
+                ));
+            }
+            if p.manifest_key != keys.manifest(subvolume, &m.chain_id, &p.backup_id) {
+                return Err(bad(
+                    key,
+                    "parent manifest key is not where the layout puts it",
+                ));
+            }
+        }
+    }
+    let layout = Layout::new(m.chunk_size, m.part_size)
+        .map_err(|e| bad(key, format!("chunk and part sizes: {e}")))?;
+    if m.chunks.is_empty() || !is_hex(&m.stream_sha256, 64) {
+        return Err(bad(key, "no chunks, or a malformed stream SHA-256"));
+    }
+    let mut total: u64 = 0;
+    let last = m.chunks.len() - 1;
+    for (i, c) in m.chunks.iter().enumerate() {
+        let where_ = format!("chunk {i}");
+        if c.index as usize != i {
+            return Err(bad(
+                key,
+                format!("{where_}: index {} (chunks must be 0, 1, 2, …)", c.index),
+            ));
+        }
+        if c.key != keys.chunk(subvolume, &m.chain_id, &m.backup_id, c.index) {
+            return Err(bad(
+                key,
+                format!("{where_}: key {:?} is not where the layout puts it", c.key),
+            ));
+        }
+        if !is_hex(&c.sha256, 64) {
+            return Err(bad(key, format!("{where_}: malformed SHA-256")));
+        }
+        if c.size == 0 || c.size > m.chunk_size || (i < last && c.size != m.chunk_size) {
+            return Err(bad(
+                key,
+                format!(
+                    "{where_}: size {} does not fit chunk_size {}",
+                    c.size, m.chunk_size
+                ),
+            ));
+        }
+        if c.parts.is_empty()
+            || c.parts.len() as u64 > MAX_PARTS.min(u64::from(layout.parts_per_chunk()))
+        {
+            return Err(bad(key, format!("{where_}: {} parts", c.parts.len())));
+        }
+        let mut sum: u64 = 0;
+        let plast = c.parts.len() - 1;
+        for (j, p) in c.parts.iter().enumerate() {
+            if p.number as usize != j + 1 {
+                return Err(bad(
+                    key,
+                    format!("{where_}: part {} where {} was due", p.number, j + 1),
+                ));
+            }
+            if p.size == 0 || p.size > m.part_size || (j < plast && p.size != m.part_size) {
+                return Err(bad(
+                    key,
+                    format!(
+                        "{where_}: part {} has {} bytes (part_size {})",
+                        p.number, p.size, m.part_size
+                    ),
+                ));
+            }
+            if !is_hex(&p.xxh3, 32) || !is_hex(&p.crc32c, 8) {
+                return Err(bad(
+                    key,
+                    format!("{where_}: part {} has malformed hashes", p.number),
+                ));
+            }
+            sum += p.size;
+        }
+        if sum != c.size {
+            return Err(bad(
+                key,
+                format!("{where_}: parts add up to {sum}, not {}", c.size),
+            ));
+        }
+        total += c.size;
+    }
+    if total != m.total_bytes {
+        return Err(bad(
+            key,
+            format!(
+                "chunks add up to {total}, not total_bytes {}",
+                m.total_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a pointer read from `key` for subvolume `subvolume`.
+pub fn check_pointer(
+    key: &str,
+    keys: &Keys,
+    subvolume: &str,
+    p: &Pointer,
+) -> Result<(), ManifestError> {
+    if key != keys.pointer(subvolume) || p.subvolume != subvolume {
+        return Err(bad(key, format!("names subvolume {:?}", p.subvolume)));
+    }
+    if !is_backup_id(&p.backup_id) || !is_backup_id(&p.chain_id) {
+        return Err(bad(key, "backup or chain id is not a UTC timestamp"));
+    }
+    if p.manifest_key != keys.manifest(subvolume, &p.chain_id, &p.backup_id) {
+        return Err(bad(
+            key,
+            format!(
+                "manifest key {:?} is not where the layout puts it",
+                p.manifest_key
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The manifest key a manifest's parent must be at, checked against the chain walk: visited
+/// keys are never followed again and a chain is at most `MAX_CHAIN` long.
+pub fn next_in_chain(
+    key: &str,
+    m: &Manifest,
+    visited: &std::collections::BTreeSet<String>,
+) -> Result<Option<String>, ManifestError> {
+    let Some(p) = &m.parent else {
+        return Ok(None);
+    };
+    if visited.contains(&p.manifest_key) {
+        return Err(bad(key, "the chain loops back on itself"));
+    }
+    if visited.len() >= MAX_CHAIN {
+        return Err(bad(
+            key,
+            format!("the chain is longer than {MAX_CHAIN} backups"),
+        ));
+    }
+    Ok(Some(p.manifest_key.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{ChunkEntry, ParentRef, PartEntry, SnapshotRef};
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn keys() -> Keys {
+        Keys::new("p")
+    }
+
+    /// A valid incremental: two chunks of 10 MiB (two 5 MiB parts) and 3 MiB.
+    pub(super) fn good() -> (String, Manifest) {
+        let k = keys();
+        let (sv, chain, id) = ("data", "20260101T000000Z", "20260108T000000Z");
+        let part = |n: u32, size: u64| PartEntry {
+            number: n,
+            size,
+            xxh3: "0".repeat(32),
+            crc32c: "0".repeat(8),
+        };
+        let chunk = |i: u32, parts: Vec<PartEntry>| ChunkEntry {
+            index: i,
+            key: k.chunk(sv, chain, id, i),
+            size: parts.iter().map(|p| p.size).sum(),
+            sha256: "a".repeat(64),
+            etag: "\"e-2\"".into(),
+            parts,
+        };
+        let m = Manifest {
+            format_version: 1,
+            tool_version: "t".into(),
+            subvolume: sv.into(),
+            kind: Kind::Incremental,
+            backup_id: id.into(),
+            chain_id: chain.into(),
+            parent: Some(ParentRef {
+                backup_id: chain.into(),
+                manifest_key: k.manifest(sv, chain, chain),
+                snapshot_uuid: "u".into(),
+            }),
+            snapshot: SnapshotRef {
+                name: format!("{sv}.{id}"),
+                uuid: "v".into(),
+                parent_uuid: Some("u".into()),
+            },
+            created_at: "2026-01-08T00:00:00Z".into(),
+            chunk_size: 10 * MIB,
+            part_size: 5 * MIB,
+            storage_class: "STANDARD".into(),
+            sse: "none".into(),
+            total_bytes: 23 * MIB,
+            stream_sha256: "b".repeat(64),
+            chunks: vec![
+                chunk(0, vec![part(1, 5 * MIB), part(2, 5 * MIB)]),
+                chunk(1, vec![part(1, 5 * MIB), part(2, 5 * MIB)]),
+                chunk(2, vec![part(1, 3 * MIB)]),
+            ],
+        };
+        (k.manifest(sv, chain, id), m)
+    }
+
+    fn refused(change: impl Fn(&mut Manifest), why: &str) {
+        let (key, mut m) = good();
+        change(&mut m);
+        let err = check_manifest(&key, &keys(), "data", &m).expect_err(why);
+        assert!(matches!(err, ManifestError::Invalid { .. }), "{why}: {err}");
+    }
+
+    #[test]
+    fn a_manifest_the_tool_writes_passes() {
+        let (key, m) = good();
+        check_manifest(&key, &keys(), "data", &m).expect("valid");
+    }
+
+    /// Each tampering the issue names, refused before anything is read or written.
+    #[test]
+    fn tampered_manifests_are_refused() {
+        refused(
+            |m| m.snapshot.name = "../outside".into(),
+            "snapshot name with ..",
+        );
+        refused(
+            |m| m.snapshot.name = "data.20990101T000000Z".into(),
+            "another id's name",
+        );
+        refused(
+            |m| m.snapshot.name = "/etc".into(),
+            "absolute snapshot name",
+        );
+        refused(|m| m.subvolume = "other".into(), "another subvolume");
+        refused(
+            |m| m.backup_id = "../../x".into(),
+            "backup id not a timestamp",
+        );
+        refused(
+            |m| m.chunks[1].key = "p/other/x.bin".into(),
+            "chunk key elsewhere",
+        );
+        refused(|m| m.chunks[1].index = 2, "chunk indices not dense");
+        refused(|m| m.chunks.swap(0, 1), "chunks out of order");
+        refused(
+            |m| m.chunks[0].parts[1].number = 3,
+            "part numbers with a gap",
+        );
+        refused(
+            |m| m.chunks[0].parts[0].size = 6 * MIB,
+            "a part above part_size",
+        );
+        refused(
+            |m| m.chunks[2].parts[0].size = 4 * MIB,
+            "parts not adding up to the chunk",
+        );
+        refused(
+            |m| m.total_bytes = u64::MAX,
+            "chunks not adding up to the stream",
+        );
+        refused(|m| m.chunks[2].size = 11 * MIB, "a chunk above chunk_size");
+        refused(|m| m.part_size = 6 << 30, "a part size above S3's 5 GiB");
+        refused(|m| m.chunks.clear(), "no chunks");
+        refused(|m| m.chunks[0].sha256 = "zz".into(), "malformed hash");
+        refused(
+            |m| {
+                if let Some(p) = &mut m.parent {
+                    p.manifest_key = "p/data/../../etc/manifest.json".into()
+                }
+            },
+            "parent key elsewhere",
+        );
+        refused(
+            |m| {
+                if let Some(p) = &mut m.parent {
+                    p.backup_id = m.backup_id.clone()
+                }
+            },
+            "a parent that is not earlier",
+        );
+        refused(|m| m.parent = None, "an incremental without parent");
+        refused(|m| m.kind = Kind::Full, "a full with a parent");
+        // Read from another key than the layout gives it.
+        let (_, m) = good();
+        assert!(check_manifest("p/data/x/manifest.json", &keys(), "data", &m).is_err());
+    }
+
+    #[test]
+    fn pointers_must_name_their_own_manifest() {
+        let k = keys();
+        let p = Pointer {
+            format_version: 1,
+            subvolume: "data".into(),
+            backup_id: "20260108T000000Z".into(),
+            chain_id: "20260101T000000Z".into(),
+            kind: Kind::Incremental,
+            manifest_key: k.manifest("data", "20260101T000000Z", "20260108T000000Z"),
+            created_at: "t".into(),
+        };
+        check_pointer(&k.pointer("data"), &k, "data", &p).expect("valid");
+        let mut bad = p.clone();
+        bad.manifest_key = "p/other/20260101T000000Z/20260108T000000Z/manifest.json".into();
+        assert!(check_pointer(&k.pointer("data"), &k, "data", &bad).is_err());
+        assert!(check_pointer(&k.pointer("other"), &k, "data", &p).is_err());
+    }
+
+    #[test]
+    fn chain_walks_stop_at_loops() {
+        let (key, m) = good();
+        let parent = m.parent.as_ref().map(|p| p.manifest_key.clone());
+        let mut visited = std::collections::BTreeSet::from([key.clone()]);
+        assert_eq!(next_in_chain(&key, &m, &visited).expect("next"), parent);
+        visited.insert(parent.unwrap_or_default());
+        assert!(next_in_chain(&key, &m, &visited).is_err());
+        assert!(is_backup_id("20260101T000000Z"));
+        for bad in [
+            "2026010T000000Z",
+            "20260101T000000",
+            "../0101T000000Z",
+            "20260101X000000Z",
+        ] {
+            assert!(!is_backup_id(bad), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::super::Pointer;
+    use super::tests::good as good_manifest;
+    use super::*;
+
+    /// Fuzz: mutated manifests and pointers are refused (parse or check) or pass the check,
+    /// never a panic; whatever passes keeps every key under the layout and the snapshot name
+    /// plain.
+    #[test]
+    fn fuzz_manifest_and_pointer() {
+        let keys = Keys::new("p");
+        let (mkey, m) = good_manifest();
+        let pkey = keys.pointer("data");
+        let p = Pointer {
+            format_version: 1,
+            subvolume: "data".into(),
+            backup_id: m.backup_id.clone(),
+            chain_id: m.chain_id.clone(),
+            kind: m.kind,
+            manifest_key: mkey.clone(),
+            created_at: m.created_at.clone(),
+        };
+        let seeds = vec![
+            m.to_json().expect("json"),
+            p.to_json().expect("json"),
+            serde_json::to_vec(&m).expect("json"),
+        ];
+        let mut passed = 0u64;
+        let n = fault_injection::fuzz::run(&seeds, |bytes| {
+            if let Ok(got) = Manifest::parse(&mkey, bytes) {
+                if check_manifest(&mkey, &keys, "data", &got).is_ok() {
+                    passed += 1;
+                    assert_eq!(got.snapshot.name, format!("data.{}", got.backup_id));
+                    assert!(got.chunks.iter().all(|c| c.key.starts_with("p/data/")));
+                }
+            }
+            if let Ok(got) = Pointer::parse(&pkey, bytes) {
+                if check_pointer(&pkey, &keys, "data", &got).is_ok() {
+                    assert!(got.manifest_key.starts_with("p/data/"));
+                }
+            }
+        });
+        eprintln!("manifest/pointer parser: {n} mutants, {passed} manifests passed the check");
+    }
+}
