@@ -235,6 +235,26 @@ impl Journal {
         }
     }
 
+    /// A journal on a storage backend of the caller's (the power-loss tests use one that
+    /// forgets what was not synced), in redb's default exclusive mode.
+    pub fn with_backend(backend: impl redb::StorageBackend) -> Result<Journal, JournalError> {
+        let path = PathBuf::from(":backend:");
+        guard(&path.clone(), move || {
+            let db = Database::builder()
+                .create_with_backend(backend)
+                .map_err(|e| JournalError::Damaged {
+                    path: path.clone(),
+                    source: e.into(),
+                })?;
+            let j = Journal {
+                db: Db::Rw(db),
+                path,
+            };
+            j.init_meta()?;
+            Ok(j)
+        })
+    }
+
     /// A journal held in memory only, never on disk: for the benchmark that measures what
     /// durable journaling costs (`--features bench-no-journal`). Never for real backups.
     pub fn in_memory() -> Result<Journal, JournalError> {
