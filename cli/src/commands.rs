@@ -84,6 +84,8 @@ pub(crate) async fn plan_only(
             // Recovery or an older format (both writes), or damage (diagnosed by the writer's
             // open): read a private copy, as a writer would see it.
             Err(_) => {
+                // Copied under the run lock, so no backup writes it while it is read.
+                let _lock = take_lock(&settings)?;
                 let p = copy.path().join("journal.redb");
                 std::fs::copy(&path, &p).map_err(|e| {
                     Failure::new(

@@ -486,13 +486,8 @@ mod tests {
     /// of the newest `keep`, and leaves at least `keep` snapshots.
     #[test]
     fn local_retention_property_over_random_sets() {
-        let mut x: u64 = 0x0bad_5eed;
-        let mut rnd = |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut m = fault_injection::fuzz::Mutator::new(0x0bad_5eed);
+        let mut rnd = |n: u64| m.below(n as usize) as u64;
         for _ in 0..5000 {
             let mut names: Vec<String> = (0..rnd(12))
                 .map(|i| format!("data.2026010{}T0000{:02}Z", rnd(9) + 1, i))

@@ -238,7 +238,11 @@ impl Journal {
     /// A journal on a storage backend of the caller's (the power-loss tests use one that
     /// forgets what was not synced), in redb's default exclusive mode.
     pub fn with_backend(backend: impl redb::StorageBackend) -> Result<Journal, JournalError> {
-        let path = PathBuf::from(":backend:");
+        Journal::on_backend(":backend:", backend)
+    }
+
+    fn on_backend(name: &str, backend: impl redb::StorageBackend) -> Result<Journal, JournalError> {
+        let path = PathBuf::from(name);
         guard(&path.clone(), move || {
             let db = Database::builder()
                 .create_with_backend(backend)
@@ -258,19 +262,7 @@ impl Journal {
     /// A journal held in memory only, never on disk: for the benchmark that measures what
     /// durable journaling costs (`--features bench-no-journal`). Never for real backups.
     pub fn in_memory() -> Result<Journal, JournalError> {
-        let path = PathBuf::from(":memory:");
-        let db = Database::builder()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .map_err(|e| JournalError::Damaged {
-                path: path.clone(),
-                source: e.into(),
-            })?;
-        let j = Journal {
-            db: Db::Rw(db),
-            path,
-        };
-        j.init_meta()?;
-        Ok(j)
+        Journal::on_backend(":memory:", redb::backends::InMemoryBackend::new())
     }
 
     pub fn path(&self) -> &Path {

@@ -211,19 +211,22 @@ fn version_1_journals_are_migrated() {
     assert_eq!(j.runs().expect("runs").len(), 3);
 }
 
+/// A journal file that says it is of `format` and holds nothing else.
+fn with_format(path: &Path, format: u64) {
+    let db = Database::create(path).expect("create");
+    let tx = db.begin_write().expect("tx");
+    tx.open_table(META)
+        .expect("meta")
+        .insert("format", format)
+        .expect("insert");
+    tx.commit().expect("commit");
+}
+
 #[test]
 fn newer_formats_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j.redb");
-    {
-        let db = Database::create(&path).expect("create");
-        let tx = db.begin_write().expect("tx");
-        tx.open_table(META)
-            .expect("meta")
-            .insert("format", 3)
-            .expect("insert");
-        tx.commit().expect("commit");
-    }
+    with_format(&path, 3);
     assert!(matches!(
         Journal::open(&path),
         Err(JournalError::WrongVersion { found: 3, .. })
@@ -368,15 +371,7 @@ fn read_only_opens_write_nothing_and_refuse_writes() {
 fn read_only_refuses_an_older_format() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j.redb");
-    {
-        let db = Database::create(&path).expect("create");
-        let tx = db.begin_write().expect("tx");
-        tx.open_table(META)
-            .expect("meta")
-            .insert("format", 1)
-            .expect("insert");
-        tx.commit().expect("commit");
-    }
+    with_format(&path, 1);
     assert!(matches!(
         Journal::open_read_only(&path),
         Err(JournalError::WrongVersion { found: 1, .. })

@@ -183,6 +183,19 @@ fn restorer(w: &World, plan: Option<Arc<CrashPlan>>) -> Restorer {
     }
 }
 
+/// Restore the newest backup of `data` into `target`, waiting for thaws, verification as the
+/// host allows.
+fn newest_into(target: &std::path::Path) -> RestoreRequest {
+    RestoreRequest {
+        subvolume: "data".into(),
+        target: target.to_path_buf(),
+        selector: Selector::Newest,
+        writable: false,
+        verify: VerifyMode::Auto,
+        wait: true,
+    }
+}
+
 /// Restores the newest backup of a chain of two (a full and an incremental) into an empty
 /// target, crashing after `crash_after` events; then, if it crashed, checks that nothing
 /// left looks complete unless it is, runs the same restore again and proves the result: the
@@ -196,14 +209,7 @@ async fn restore_case(crash_after: Option<u64>) -> u64 {
     published(&w, t(1), Force::Once).await;
     let target = w._dir.path().join("restore");
     std::fs::create_dir_all(&target).expect("target");
-    let req = RestoreRequest {
-        subvolume: "data".into(),
-        target: target.clone(),
-        selector: Selector::Newest,
-        writable: false,
-        verify: VerifyMode::Auto,
-        wait: true,
-    };
+    let req = newest_into(&target);
     let source = w.settings.snapshot_dir.join(snap(1));
     let want = w.btrfs.content(&source).expect("source snapshot");
     let source_uuid = w.btrfs.show(&source).expect("show").uuid;
@@ -345,14 +351,7 @@ async fn a_tampered_manifest_is_refused_before_anything_is_read_or_written() {
     let target = w._dir.path().join("restore");
     std::fs::create_dir_all(&target).expect("target");
     let before = w.store.log().len();
-    let req = RestoreRequest {
-        subvolume: "data".into(),
-        target: target.clone(),
-        selector: Selector::Newest,
-        writable: false,
-        verify: VerifyMode::Auto,
-        wait: true,
-    };
+    let req = newest_into(&target);
     let err = restorer(&w, None)
         .restore(&req)
         .await
