@@ -94,3 +94,106 @@ fn unknown_subvolume_name_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("configured: home, root"));
 }
+
+/// Bad flags are usage errors (exit 2) that name the flag, before anything is touched.
+#[test]
+fn bad_flags_exit_2_and_name_the_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().display().to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (&["backup", "--bogus"], "--bogus"),
+        (
+            &[
+                "restore",
+                "--subvolume",
+                "home",
+                "--target",
+                &target,
+                "--verify",
+                "most",
+            ],
+            "--verify",
+        ),
+        (
+            &[
+                "restore",
+                "--subvolume",
+                "home",
+                "--target",
+                &target,
+                "--before",
+                "yesterday",
+            ],
+            "--before",
+        ),
+        (
+            &[
+                "restore",
+                "--subvolume",
+                "home",
+                "--target",
+                &target,
+                "--backup",
+                "x",
+                "--before",
+                "2026-01-01T00:00:00Z",
+            ],
+            "--backup",
+        ),
+        (&["restore", "--target", &target], "--subvolume"),
+        (&["frobnicate"], "frobnicate"),
+    ];
+    for (args, needle) in cases {
+        let out = bin()
+            .arg("--config")
+            .arg(example())
+            .args(*args)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?} does not name {needle}: {err}"
+        );
+    }
+}
+
+/// Without btrfs-progs, `backup` stops before touching anything, with exit 5 and the package
+/// to install.
+#[test]
+fn missing_btrfs_progs_exits_5_and_says_what_to_install() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = dir.path().join("data");
+    let empty_path = dir.path().join("bin");
+    std::fs::create_dir_all(&source).expect("mkdir");
+    std::fs::create_dir_all(&empty_path).expect("mkdir");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "snapshot_dir = \"{snap}\"\nstate_dir = \"{state}\"\n[[subvolumes]]\nname = \"data\"\npath = \"{src}\"\n[s3]\nbucket = \"backups\"\nendpoint = \"http://127.0.0.1:9\"\npath_style = true\n",
+            snap = dir.path().join("snapshots").display(),
+            state = dir.path().join("state").display(),
+            src = source.display()
+        ),
+    )
+    .expect("write");
+    let out = bin()
+        .arg("--config")
+        .arg(&config)
+        .args(["backup", "--once"])
+        .env("PATH", &empty_path)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("btrfs-progs"), "{err}");
+    assert!(
+        !dir.path().join("snapshots").exists()
+            || std::fs::read_dir(dir.path().join("snapshots"))
+                .map(|d| d.count() == 0)
+                .unwrap_or(true),
+        "a snapshot was made"
+    );
+}
