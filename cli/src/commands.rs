@@ -101,6 +101,9 @@ pub(crate) async fn plan_only(
     };
     let journal: Arc<dyn engine::runlog::RunLog> =
         Arc::new(engine::runlog::DryRunLog::new(Arc::new(opened)));
+    let stores = Arc::new(engine::store::S3Stores {
+        s3: settings.s3.clone(),
+    });
     let ctx = Context {
         store: connect(&settings).await,
         settings,
@@ -108,6 +111,7 @@ pub(crate) async fn plan_only(
         journal: journal.clone(),
         progress: Arc::new(Progress::default()),
         clock: Arc::new(engine::clock::SystemClock),
+        stores,
     };
     ctx.preflight_readonly(&subvolumes)
         .await
@@ -147,6 +151,9 @@ pub(crate) async fn backup(
     let journal = Arc::new(open_journal(&settings).map_err(journal_failure)?);
     let store = connect(&settings).await;
     let progress = Arc::new(Progress::default());
+    let stores = Arc::new(engine::store::S3Stores {
+        s3: settings.s3.clone(),
+    });
     let ctx = Context {
         settings,
         store,
@@ -154,6 +161,7 @@ pub(crate) async fn backup(
         journal: journal.clone(),
         progress: progress.clone(),
         clock: Arc::new(engine::clock::SystemClock),
+        stores,
     };
     ctx.preflight(&subvolumes)
         .await

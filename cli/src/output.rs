@@ -229,7 +229,8 @@ fn progress(
         (true, Some(r), Some(e)) if r > 0.0 && e > committed => {
             Some(((e - committed) as f64 / r).round())
         }
-        (true, Some(_), Some(_)) => Some(0.0),
+        // Past the expected size: nearly done, by the estimate.
+        (true, Some(_), Some(e)) if committed >= e => Some(0.0),
         _ => None,
     };
     json!({
@@ -252,6 +253,15 @@ pub fn print_status(
     let mut in_progress = Vec::new();
     let mut held = Vec::new();
     let mut owned_uploads = std::collections::BTreeSet::new();
+    // While a backup runs, an upload under an open run's backup prefix is that run's,
+    // journaled or not yet (it opens and completes uploads between the listing and this
+    // read). When none runs, one the journal does not know is a leak, which resume aborts.
+    let keys = engine::machine::Keys::new(&s.s3.prefix);
+    let owned_prefixes: Vec<String> = runs
+        .iter()
+        .filter(|h| running && h.status == RunStatus::Open)
+        .map(|h| keys.backup_prefix(&h.subvolume, &h.chain_id, &h.backup_id))
+        .collect();
     for h in runs.iter().filter(|h| h.status == RunStatus::Open) {
         let st = match RunState::fold(&j.transitions(h.id)?) {
             Ok(st) => st,
@@ -286,7 +296,9 @@ pub fn print_status(
     let remote_error = match &remote {
         Ok(uploads) => {
             for (key, id) in uploads {
-                if !owned_uploads.contains(id) {
+                if !owned_uploads.contains(id)
+                    && !owned_prefixes.iter().any(|p| key.starts_with(p.as_str()))
+                {
                     leaked.push(json!({"kind": "multipart-upload", "key": key, "upload_id": id}));
                 }
             }

@@ -55,6 +55,9 @@ pub struct ParentCheck {
     pub local_uuid: Option<String>,
     /// Whether the parent's manifest is still in S3.
     pub manifest_in_s3: bool,
+    /// Whether the parent's manifest is where the configured prefix puts it (a manifest must
+    /// name a parent under its own layout, so after a prefix change a new chain starts).
+    pub in_layout: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +122,12 @@ pub fn decide(
                 return full(format!(
                     "parent snapshot {} has uuid {u}, the manifest says {}",
                     last.snapshot_path, last.snapshot_uuid
+                ))
+            }
+            Some(_) if !p.in_layout => {
+                return full(format!(
+                    "the configured prefix changed since the parent {} was published ({}): a new chain starts",
+                    last.backup_id, last.manifest_key
                 ))
             }
             Some(_) if !p.manifest_in_s3 => {
@@ -298,6 +307,7 @@ mod tests {
         ParentCheck {
             local_uuid: Some("u1".into()),
             manifest_in_s3: true,
+            in_layout: true,
         }
     }
 
@@ -334,6 +344,7 @@ mod tests {
         let missing = ParentCheck {
             local_uuid: None,
             manifest_in_s3: true,
+            in_layout: true,
         };
         assert!(
             matches!(d(Some(&l), Some(&missing), 17, Force::Schedule), Decision::Full { reason } if reason.contains("missing locally"))
@@ -341,6 +352,7 @@ mod tests {
         let other = ParentCheck {
             local_uuid: Some("u2".into()),
             manifest_in_s3: true,
+            in_layout: true,
         };
         assert!(
             matches!(d(Some(&l), Some(&other), 17, Force::Schedule), Decision::Full { reason } if reason.contains("uuid"))
@@ -348,6 +360,7 @@ mod tests {
         let broken = ParentCheck {
             local_uuid: Some("u1".into()),
             manifest_in_s3: false,
+            in_layout: true,
         };
         assert!(
             matches!(d(Some(&l), Some(&broken), 17, Force::Schedule), Decision::Full { reason } if reason.contains("chain broken"))
@@ -506,5 +519,26 @@ mod tests {
             }
             assert!(names.len() - doomed.len() >= keep.min(names.len()));
         }
+    }
+
+    /// After the configured prefix changed, the last backup's manifest is not where the
+    /// layout puts it: a new chain starts instead of an incremental naming a parent elsewhere.
+    #[test]
+    fn a_parent_outside_the_layout_starts_a_new_chain() {
+        let moved = ParentCheck {
+            in_layout: false,
+            ..ok_parent()
+        };
+        let d = decide(
+            Some(&last(10, 0, 2)),
+            Some(&moved),
+            t(12),
+            &Schedule::default(),
+            Force::Once,
+        );
+        assert!(
+            matches!(&d, Decision::Full { reason } if reason.contains("prefix changed")),
+            "{d:?}"
+        );
     }
 }

@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use journal::{Journal, JournalError, Planned, RunHeader, RunId, RunStatus, Transition};
+use journal::{Journal, JournalError, Location, Planned, RunHeader, RunId, RunStatus, Transition};
 
 use crate::crash::CrashPlan;
 
 pub trait RunLog: Send + Sync {
-    /// Commits a new run's header and plan; returns its id.
-    fn begin_run(&self, planned: Planned) -> Result<RunId, JournalError>;
+    /// Commits a new run's header (with where it writes) and plan; returns its id.
+    fn begin_run(&self, planned: Planned, location: Location) -> Result<RunId, JournalError>;
     /// Commits one transition of an open run, durably.
     fn append(&self, run: RunId, t: &Transition) -> Result<(), JournalError>;
     /// Every run header, oldest first.
@@ -27,8 +27,8 @@ pub trait RunLog: Send + Sync {
 }
 
 impl RunLog for Journal {
-    fn begin_run(&self, planned: Planned) -> Result<RunId, JournalError> {
-        Journal::begin_run(self, planned)
+    fn begin_run(&self, planned: Planned, location: Location) -> Result<RunId, JournalError> {
+        Journal::begin_run_at(self, planned, Some(location))
     }
     fn append(&self, run: RunId, t: &Transition) -> Result<(), JournalError> {
         Journal::append(self, run, t)
@@ -67,7 +67,7 @@ impl DryRunLog {
 }
 
 impl RunLog for DryRunLog {
-    fn begin_run(&self, planned: Planned) -> Result<RunId, JournalError> {
+    fn begin_run(&self, planned: Planned, _: Location) -> Result<RunId, JournalError> {
         let id = self.inner.runs()?.last().map_or(1, |h| h.id + 1);
         self.pending
             .lock()
@@ -111,10 +111,10 @@ impl CrashingRunLog {
 }
 
 impl RunLog for CrashingRunLog {
-    fn begin_run(&self, planned: Planned) -> Result<RunId, JournalError> {
+    fn begin_run(&self, planned: Planned, location: Location) -> Result<RunId, JournalError> {
         self.plan.alive().map_err(Self::dead)?;
         let what = format!("commit Planned {}", planned.backup_id);
-        let r = self.inner.begin_run(planned);
+        let r = self.inner.begin_run(planned, location);
         self.plan.effect(&what).map_err(Self::dead)?;
         r
     }
@@ -159,12 +159,20 @@ mod tests {
         }
     }
 
+    fn here() -> Location {
+        Location {
+            endpoint: None,
+            bucket: "b".into(),
+            prefix: "p".into(),
+        }
+    }
+
     #[test]
     fn the_dry_run_layer_keeps_writes_from_the_journal() {
         let j = Arc::new(Journal::in_memory().expect("journal"));
         let first = j.begin_run(planned()).expect("begin");
         let dry = DryRunLog::new(j.clone());
-        let run = dry.begin_run(planned()).expect("begin");
+        let run = dry.begin_run(planned(), here()).expect("begin");
         assert_eq!(run, first + 1);
         dry.append(first, &Transition::Finished).expect("append");
         assert_eq!(dry.pending().len(), 2);
@@ -182,7 +190,7 @@ mod tests {
         let j = Arc::new(Journal::in_memory().expect("journal"));
         let plan = Arc::new(CrashPlan::after(2));
         let log = CrashingRunLog::new(j.clone(), plan.clone());
-        let run = log.begin_run(planned()).expect("first event");
+        let run = log.begin_run(planned(), here()).expect("first event");
         assert!(log.append(run, &Transition::PruningDone).is_err());
         assert!(log.append(run, &Transition::Finished).is_err());
         assert!(log.runs().is_err(), "a dead process reads nothing");

@@ -131,3 +131,12 @@ pub fn settings_fingerprint(s: &Settings) -> String {
     );
     hex::encode(&Sha256::digest(text.as_bytes())[..16])
 }
+
+/// Where runs started under these settings write.
+pub fn location(s3: &S3Settings) -> journal::Location {
+    journal::Location {
+        endpoint: s3.endpoint.clone(),
+        bucket: s3.bucket.clone(),
+        prefix: s3.prefix.clone(),
+    }
+}

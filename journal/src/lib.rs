@@ -78,6 +78,9 @@ pub struct RunHeader {
     pub status: RunStatus,
     /// Set when the run finished with its manifest written.
     pub summary: Option<RunSummary>,
+    /// Where the run writes (endpoint, bucket, prefix): a run given up after the
+    /// configuration moved is cleaned up there. `None` for runs of format-1 journals.
+    pub location: Option<Location>,
 }
 
 /// The header as record version 1 stored it (migration only).
@@ -362,8 +365,17 @@ impl Journal {
 
     /// Starts a run: allocates its id and commits its header with the `Planned` record.
     pub fn begin_run(&self, planned: Planned) -> Result<RunId, JournalError> {
+        self.begin_run_at(planned, None)
+    }
+
+    /// `begin_run`, recording where the run writes.
+    pub fn begin_run_at(
+        &self,
+        planned: Planned,
+        location: Option<Location>,
+    ) -> Result<RunId, JournalError> {
         guard(&self.path, || {
-            self.insert_run(planned, &[], RunStatus::Open)
+            self.insert_run(planned, &[], RunStatus::Open, location)
         })
     }
 
@@ -375,7 +387,7 @@ impl Journal {
         rest: &[Transition],
         status: RunStatus,
     ) -> Result<RunId, JournalError> {
-        guard(&self.path, || self.insert_run(planned, rest, status))
+        guard(&self.path, || self.insert_run(planned, rest, status, None))
     }
 
     fn insert_run(
@@ -383,6 +395,7 @@ impl Journal {
         planned: Planned,
         rest: &[Transition],
         status: RunStatus,
+        location: Option<Location>,
     ) -> Result<RunId, JournalError> {
         let mut tx = self.writer()?.begin_write().map_err(|e| self.err(e))?;
         tx.set_durability(Durability::Immediate)
@@ -412,6 +425,7 @@ impl Journal {
                 chain_id: planned.chain_id,
                 status,
                 summary,
+                location,
             };
             let mut runs = tx.open_table(RUNS).map_err(|e| self.err(e))?;
             runs.insert(id, encode(&header)?.as_slice())

@@ -53,6 +53,7 @@ impl Journal {
                 chain_id,
                 status: h.status,
                 summary,
+                location: None,
             };
             runs.insert(h.id, encode(&header)?.as_slice())
                 .map_err(|e| self.err(e))?;

@@ -163,3 +163,11 @@ impl RunSummary {
         })
     }
 }
+
+/// Where a run writes: the S3 endpoint (`None`: AWS), bucket and key prefix.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Location {
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    pub prefix: String,
+}

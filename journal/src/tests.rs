@@ -406,6 +406,11 @@ fn fuzz_record_decoder() {
             chain_id: "c".into(),
             status: RunStatus::Finished,
             summary: RunSummary::of(&all),
+            location: Some(Location {
+                endpoint: Some("http://127.0.0.1:3900".into()),
+                bucket: "b".into(),
+                prefix: "p".into(),
+            }),
         })
         .expect("encode"),
     );
@@ -423,26 +428,42 @@ fn fuzz_record_decoder() {
 }
 
 /// A disk that loses power: writes land in a volatile image (the page cache) and reach the
-/// durable image only at `sync_data`; the `fail_at`-th sync does not complete, and from then
-/// on nothing is written. What the next boot sees is the durable image.
+/// durable image at `sync_data`; during the `fail_at`-th sync power is lost — only a prefix of
+/// the writes since the previous sync reaches the disk, possibly tearing the commit in flight
+/// — and from then on nothing is written. What the next boot sees is the durable image.
 #[derive(Debug)]
 struct PowerLoss {
     durable: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     volatile: std::sync::Mutex<Vec<u8>>,
+    /// Writes and resizes since the last completed sync, in order.
+    pending: std::sync::Mutex<Vec<(u64, Option<Vec<u8>>)>>,
     syncs: std::sync::atomic::AtomicU64,
     fail_at: u64,
+    /// How much of the pending writes reaches the disk at the failing sync: none, half, or
+    /// all but the last.
+    torn: usize,
     dead: std::sync::atomic::AtomicBool,
 }
 
 impl PowerLoss {
     fn new(image: Vec<u8>, fail_at: u64) -> (PowerLoss, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+        PowerLoss::torn(image, fail_at, 0)
+    }
+
+    fn torn(
+        image: Vec<u8>,
+        fail_at: u64,
+        torn: usize,
+    ) -> (PowerLoss, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
         let durable = std::sync::Arc::new(std::sync::Mutex::new(image.clone()));
         (
             PowerLoss {
                 durable: durable.clone(),
                 volatile: std::sync::Mutex::new(image),
+                pending: Default::default(),
                 syncs: Default::default(),
                 fail_at,
+                torn,
                 dead: Default::default(),
             },
             durable,
@@ -474,21 +495,48 @@ impl redb::StorageBackend for PowerLoss {
     }
     fn set_len(&self, len: u64) -> std::io::Result<()> {
         self.check()?;
+        self.pending.lock().expect("lock").push((len, None));
         self.volatile.lock().expect("lock").resize(len as usize, 0);
         Ok(())
     }
     fn sync_data(&self) -> std::io::Result<()> {
         self.check()?;
         let n = self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let mut pending = self.pending.lock().expect("lock");
         if n >= self.fail_at {
+            // Power is lost while the disk flushes: a prefix of what was written since the
+            // last sync reaches it, the rest does not.
+            let reached = match self.torn {
+                0 => 0,
+                1 => pending.len() / 2,
+                _ => pending.len().saturating_sub(1),
+            };
+            let mut d = self.durable.lock().expect("lock");
+            for (offset, op) in pending.iter().take(reached) {
+                match op {
+                    Some(data) => {
+                        let end = *offset as usize + data.len();
+                        if end > d.len() {
+                            d.resize(end, 0);
+                        }
+                        d[*offset as usize..end].copy_from_slice(data);
+                    }
+                    None => d.resize(*offset as usize, 0),
+                }
+            }
             self.dead.store(true, std::sync::atomic::Ordering::SeqCst);
             return Err(std::io::Error::other("power lost during sync"));
         }
+        pending.clear();
         *self.durable.lock().expect("lock") = self.volatile.lock().expect("lock").clone();
         Ok(())
     }
     fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         self.check()?;
+        self.pending
+            .lock()
+            .expect("lock")
+            .push((offset, Some(data.to_vec())));
         let mut v = self.volatile.lock().expect("lock");
         let end = offset as usize + data.len();
         if end > v.len() {
@@ -534,11 +582,11 @@ fn power_loss_at_every_sync_loses_no_acknowledged_transition() {
     };
     assert!(total > 20, "only {total} syncs");
     eprintln!(
-        "power loss at each of {total} syncs of a backup's {} commits",
+        "power loss at each of {total} syncs of a backup's {} commits, flushed three ways each (none, half, all but the last write)",
         backup_commits().len() + 1
     );
-    for fail_at in 1..=total {
-        let (b, disk) = PowerLoss::new(image.clone(), fail_at);
+    for (fail_at, torn) in (1..=total).flat_map(|n| (0..3).map(move |t| (n, t))) {
+        let (b, disk) = PowerLoss::torn(image.clone(), fail_at, torn);
         let mut acknowledged: Vec<Transition> = Vec::new();
         let mut began = false;
         if let Ok(j) = Journal::with_backend(b) {

@@ -126,6 +126,69 @@ fn config_changed(flavor: Flavor) {
     assert_eq!(m.part_size, 6 << 20, "the new run uses the new settings");
 }
 
+/// The prefix moved while a run was unfinished: the run is given up where it wrote (its
+/// sealed chunk and its open upload under the old prefix are removed, the backup published
+/// there before is left alone), not where the configuration points now, and the next backup
+/// starts a new chain under the new prefix (a full: its manifest may not name a parent
+/// elsewhere).
+fn prefix_changed(flavor: Flavor) {
+    let s = Setup::new(flavor, opts());
+    s.run(&["backup"]).assert_code(0);
+    let old = format!("{}/", s.prefix);
+    let published: Vec<String> = s.objects().into_iter().map(|(k, _)| k).collect();
+    // A second backup dies after its first chunk is sealed and part of the second committed.
+    s.crash(&["backup", "--full"], "after-part-upload=4*off->return");
+    assert_eq!(s.open_runs().len(), 1, "one open run after the crash");
+    assert!(
+        s.objects()
+            .iter()
+            .any(|(k, _)| k.starts_with(&old) && !published.contains(k)),
+        "the crashed run sealed a chunk under the old prefix"
+    );
+    assert!(!s.open_uploads().is_empty());
+    s.write_config(&s.default_config().replace(
+        &format!("prefix = \"{}\"", s.prefix),
+        &format!("prefix = \"{}-moved\"", s.prefix),
+    ));
+    let out = s.run(&["backup", "--once", "--json"]);
+    out.assert_code(0);
+    assert!(
+        out.stderr.contains("configuration changed"),
+        "{}",
+        out.stderr
+    );
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(doc["runs"][0]["kind"], "full", "{doc}");
+    let under_old: Vec<String> = s
+        .objects()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with(&old))
+        .collect();
+    assert_eq!(
+        under_old, published,
+        "under the old prefix only the backup published there is left"
+    );
+    assert!(s.open_uploads().is_empty(), "{:?}", s.open_uploads());
+    assert!(
+        s.objects()
+            .iter()
+            .any(|(k, _)| k.starts_with(&format!("{}-moved/", s.prefix))
+                && k.ends_with("current.json")),
+        "the new backup is published under the new prefix"
+    );
+}
+
+#[test]
+fn garage_prefix_changed_cleans_up_where_the_run_wrote() {
+    prefix_changed(Flavor::Garage);
+}
+
+#[test]
+fn moto_prefix_changed_cleans_up_where_the_run_wrote() {
+    prefix_changed(Flavor::Moto);
+}
+
 #[test]
 fn garage_changed_stream_restarts_chunks() {
     changed_stream(Flavor::Garage);

@@ -27,7 +27,7 @@ use crate::pipeline::PipelineError;
 use crate::runlog::RunLog;
 pub use crate::settings::settings_fingerprint;
 use crate::settings::Settings;
-use crate::store::{ObjectStore, PutOptions, StoreError};
+use crate::store::{ObjectStore, PutOptions, StoreError, StoreFactory};
 
 mod planning;
 mod publish;
@@ -57,6 +57,8 @@ pub enum BackupError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the clock says {now}, not later than the last backup {last}: backup ids are UTC timestamps and must increase; fix the system clock (e.g. enable NTP) and run again")]
+    ClockBehind { now: String, last: String },
     #[error("no free snapshot name for {0} (a snapshot with this second's timestamp exists)")]
     NameTaken(String),
     #[error("chunk {chunk} must be uploaded again: {reason}")]
@@ -123,6 +125,8 @@ pub struct Context {
     pub journal: Arc<dyn RunLog>,
     pub progress: Arc<Progress>,
     pub clock: Arc<dyn Clock>,
+    /// Stores for where unfinished runs wrote, if the configuration moved since.
+    pub stores: Arc<dyn StoreFactory>,
 }
 
 impl Context {
@@ -179,17 +183,32 @@ impl Context {
             )));
         }
         let p = &st.planned;
-        let prefix = self
-            .keys()
-            .backup_prefix(&p.subvolume, &p.chain_id, &p.backup_id);
-        for u in self.store.list_uploads(&prefix).await? {
-            self.store.abort_multipart(&u.key, &u.upload_id).await?;
+        // Clean up where the run wrote, which is not where the configuration points now when
+        // the bucket, endpoint or prefix changed while it was unfinished.
+        let here = crate::settings::location(&self.settings.s3);
+        let there = self
+            .journal
+            .runs()?
+            .into_iter()
+            .find(|h| h.id == run)
+            .and_then(|h| h.location)
+            .unwrap_or_else(|| here.clone());
+        let store = if there == here && self.configured(&p.subvolume) {
+            self.store.clone()
+        } else {
+            tracing::info!(bucket = %there.bucket, prefix = %there.prefix, "cleaning up where the abandoned run wrote");
+            self.stores.at(&there, &p.subvolume).await
+        };
+        let prefix =
+            Keys::new(&there.prefix).backup_prefix(&p.subvolume, &p.chain_id, &p.backup_id);
+        for u in store.list_uploads(&prefix).await? {
+            store.abort_multipart(&u.key, &u.upload_id).await?;
         }
         for (key, id) in st.open_uploads() {
-            self.store.abort_multipart(&key, &id).await?;
+            store.abort_multipart(&key, &id).await?;
         }
-        for o in self.store.list(&prefix).await? {
-            self.store.delete(&o.key).await?;
+        for o in store.list(&prefix).await? {
+            store.delete(&o.key).await?;
         }
         // The journal names the snapshot; only a subvolume named `<subvolume>.<backup id>`,
         // in the directory the run made it in, is deleted.
@@ -215,6 +234,10 @@ impl Context {
         )
     }
 
+    fn configured(&self, subvolume: &str) -> bool {
+        self.settings.subvolumes.iter().any(|s| s.name == subvolume)
+    }
+
     /// The facts `next_action` needs, gathered afresh before every step.
     fn facts(&self, st: &RunState) -> Facts {
         let parent_exists = match &st.planned.kind {
@@ -228,6 +251,7 @@ impl Context {
             settings: settings_fingerprint(&self.settings),
             snapshot_exists: self.btrfs.exists(Path::new(&st.planned.snapshot_path)),
             parent_exists,
+            configured: self.configured(&st.planned.subvolume),
         }
     }
 
@@ -267,6 +291,10 @@ impl Context {
                         Err(BackupError::RestartChunk { chunk, reason }) => {
                             if let Some(c) = st.chunks.get(&chunk) {
                                 self.store.abort_multipart(&c.key, &c.upload_id).await?;
+                                // An object completed earlier at this key is stale now: left,
+                                // a later adoption could take it for the new chunk. No
+                                // manifest names it yet (the key is this run's own).
+                                self.store.delete(&c.key).await?;
                             }
                             tracing::warn!(run, chunk, %reason, "restarting chunk");
                             self.append(run, Transition::ChunkRestarted { chunk, reason })?;

@@ -70,6 +70,8 @@ impl Context {
                     .ok()
                     .map(|i| i.uuid),
                 manifest_in_s3: self.store.head_object(&l.manifest_key).await?.is_some(),
+                in_layout: l.manifest_key
+                    == self.keys().manifest(&sv.name, &l.chain_id, &l.backup_id),
             }),
             None => None,
         };
@@ -95,6 +97,16 @@ impl Context {
             return Err(BackupError::NameTaken(name));
         }
         let backup_id = machine::timestamp(now);
+        // Backup ids are timestamps and must increase along a chain (a manifest whose parent
+        // is not earlier is refused on restore): a clock that went back stops here.
+        if let Some(last) = self.last_published(&sv.name)? {
+            if backup_id <= last.backup_id {
+                return Err(BackupError::ClockBehind {
+                    now: backup_id,
+                    last: last.backup_id,
+                });
+            }
+        }
         let (kind, chain_id) = match decision {
             Decision::Incremental { parent, .. } => (
                 BackupKind::Incremental {
@@ -125,7 +137,9 @@ impl Context {
             part_size: self.settings.s3.part_size,
             settings: settings_fingerprint(&self.settings),
         };
-        Ok(self.journal.begin_run(planned)?)
+        Ok(self
+            .journal
+            .begin_run(planned, crate::settings::location(&self.settings.s3))?)
     }
 }
 

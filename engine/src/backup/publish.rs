@@ -23,9 +23,20 @@ impl Context {
             &st.planned.chain_id,
             &st.planned.backup_id,
         );
+        // Only what restore will read back is written: a manifest above the size readers
+        // accept fails here, before anything is published.
+        let json = m.to_json()?;
+        crate::manifest::check_manifest(&key, &self.keys(), &st.planned.subvolume, &m)?;
+        if json.len() as u64 > crate::manifest::MAX_DOCUMENT_BYTES {
+            return Err(crate::manifest::ManifestError::TooLarge {
+                key,
+                size: json.len() as u64,
+            }
+            .into());
+        }
         failpoint!("before-manifest");
         self.store
-            .put_object(&key, Bytes::from(m.to_json()?), &self.manifest_opts())
+            .put_object(&key, Bytes::from(json), &self.manifest_opts())
             .await?;
         failpoint!("after-manifest");
         self.append(

@@ -292,6 +292,8 @@ pub struct Facts {
     pub snapshot_exists: bool,
     /// Whether the incremental's parent snapshot exists (`true` for a full backup).
     pub parent_exists: bool,
+    /// Whether the run's subvolume is still in the configuration.
+    pub configured: bool,
 }
 
 /// The next thing the driver does for a run: one of the protocol's steps, or giving the run
@@ -319,6 +321,12 @@ pub enum Action {
 pub fn next_action(st: &RunState, f: &Facts) -> Action {
     if st.finished || st.abandoned.is_some() {
         return Action::Over;
+    }
+    if st.manifest.is_none() && !f.configured {
+        return Action::Abandon(format!(
+            "subvolume {} is no longer in the configuration",
+            st.planned.subvolume
+        ));
     }
     // Settings shape the objects; once the manifest is written they no longer matter.
     if st.manifest.is_none() && st.planned.settings != f.settings {

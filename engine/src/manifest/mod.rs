@@ -133,8 +133,10 @@ impl Manifest {
         parse(key, bytes)
     }
 
+    /// Compact JSON: a manifest has an entry per part, and readers accept at most
+    /// `MAX_DOCUMENT_BYTES` (about 2.3 million parts this way).
     pub fn to_json(&self) -> Result<Vec<u8>, ManifestError> {
-        serde_json::to_vec_pretty(self).map_err(ManifestError::Encode)
+        serde_json::to_vec(self).map_err(ManifestError::Encode)
     }
 }
 

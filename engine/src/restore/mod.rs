@@ -250,11 +250,14 @@ impl Restorer {
             match self.receive(m, &req.target).await {
                 Ok(b) => bytes += b,
                 Err(e) => {
-                    if self.btrfs.exists(&path) {
-                        let _ = delete_inside(self.btrfs.as_ref(), &req.target, name);
+                    // The journal forgets the half-received snapshot only once it is gone, so
+                    // a rerun removes what a failed delete left.
+                    let left = self.btrfs.exists(&path)
+                        && delete_inside(self.btrfs.as_ref(), &req.target, name).is_err();
+                    if !left {
+                        st.receiving = None;
+                        state::save(self.state.as_ref(), &state_path, &st)?;
                     }
-                    st.receiving = None;
-                    state::save(self.state.as_ref(), &state_path, &st)?;
                     return Err(e);
                 }
             }

@@ -412,5 +412,24 @@ fn info(key: &str, o: &Object) -> ObjectInfo {
     }
 }
 
+/// `StoreFactory` for tests: every location is the same in-memory bucket (prefix changes),
+/// behind a prefix guard for the run's subvolume there.
+pub struct MemoryStores(pub std::sync::Arc<MemoryStore>);
+
+#[async_trait]
+impl super::StoreFactory for MemoryStores {
+    async fn at(
+        &self,
+        location: &journal::Location,
+        subvolume: &str,
+    ) -> std::sync::Arc<dyn ObjectStore> {
+        let keys = crate::machine::Keys::new(&location.prefix);
+        std::sync::Arc::new(super::layers::PrefixGuard::new(
+            self.0.clone(),
+            vec![keys.subvolume_prefix(subvolume)],
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -14,7 +14,7 @@ pub mod layers;
 pub mod memory;
 mod s3;
 
-pub use s3::S3Store;
+pub use s3::{S3Store, S3Stores};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreErrorKind {
@@ -161,4 +161,16 @@ pub trait ObjectStore: Send + Sync {
 
 pub fn crc32c_base64(crc: u32) -> String {
     base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
+}
+
+/// Stores for where a run wrote, when that is no longer where the configuration points (a
+/// bucket, endpoint or prefix changed while the run was unfinished): giving the run up cleans
+/// up there. What it returns must refuse writes outside `<location prefix>/<subvolume>/`.
+#[async_trait]
+pub trait StoreFactory: Send + Sync {
+    async fn at(
+        &self,
+        location: &journal::Location,
+        subvolume: &str,
+    ) -> std::sync::Arc<dyn ObjectStore>;
 }

@@ -15,6 +15,8 @@ use aws_sdk_s3::types::{
 use bytes::Bytes;
 
 use super::*;
+use std::sync::Arc;
+
 use crate::settings::S3Settings;
 
 pub struct S3Store {
@@ -551,6 +553,28 @@ fn apply_create(
             .server_side_encryption(ServerSideEncryption::AwsKms)
             .set_ssekms_key_id(opts.kms_key_id.clone()),
         _ => req,
+    }
+}
+
+/// `StoreFactory` for S3: the same credentials and client settings, at another endpoint,
+/// bucket and prefix, behind a prefix guard for the run's subvolume there.
+pub struct S3Stores {
+    pub s3: S3Settings,
+}
+
+#[async_trait]
+impl StoreFactory for S3Stores {
+    async fn at(&self, location: &journal::Location, subvolume: &str) -> Arc<dyn ObjectStore> {
+        let mut s3 = self.s3.clone();
+        s3.endpoint = location.endpoint.clone();
+        s3.bucket = location.bucket.clone();
+        s3.prefix = location.prefix.clone();
+        let inner: Arc<dyn ObjectStore> = Arc::new(S3Store::connect(&s3).await);
+        let keys = crate::machine::Keys::new(&location.prefix);
+        Arc::new(super::layers::PrefixGuard::new(
+            inner,
+            vec![keys.subvolume_prefix(subvolume)],
+        ))
     }
 }
 

@@ -392,3 +392,40 @@ async fn a_tampered_manifest_is_refused_before_anything_is_read_or_written() {
         .collect();
     assert!(outside.is_empty(), "subvolumes created: {outside:?}");
 }
+
+/// A subvolume removed from the configuration while its run was unfinished: the run is given
+/// up (not left to fail on every backup behind the prefix guard), cleaned up where it wrote.
+#[tokio::test]
+async fn a_run_of_a_subvolume_no_longer_configured_is_given_up() {
+    let w = World::new(Retention::default());
+    // Die mid-upload: after the snapshot, the first chunk's upload and a part or two.
+    let plan = Arc::new(CrashPlan::after(9));
+    let crashed = backup(&w.process(Some(plan.clone())), t(10), Force::Once).await;
+    assert!(crashed.is_err() && plan.crashed());
+    assert_eq!(
+        RunLog::open_runs(w.journal.as_ref()).expect("runs").len(),
+        1
+    );
+    assert!(!w.store.open_uploads().is_empty(), "{:?}", plan.log());
+    let mut ctx = w.process(None);
+    ctx.settings.subvolumes.clear();
+    ctx.store = Arc::new(PrefixGuard::for_settings(w.store.clone(), &ctx.settings));
+    let err = resume(&ctx).await.expect_err("the run is given up");
+    assert!(
+        err.to_string().contains("no longer in the configuration"),
+        "{err}"
+    );
+    assert!(RunLog::open_runs(w.journal.as_ref())
+        .expect("runs")
+        .is_empty());
+    assert!(w.store.open_uploads().is_empty(), "uploads left");
+    assert!(
+        w.store.keys().is_empty(),
+        "objects left: {:?}",
+        w.store.keys()
+    );
+    assert!(
+        !w.btrfs.exists(&w.settings.snapshot_dir.join(snap(10))),
+        "the run's snapshot is left"
+    );
+}

@@ -124,6 +124,7 @@ impl World {
             journal,
             progress: Arc::new(Progress::default()),
             clock: Arc::new(engine::clock::SystemClock),
+            stores: Arc::new(engine::store::memory::MemoryStores(self.store.clone())),
         }
     }
 
@@ -198,6 +199,9 @@ pub async fn prove(w: &World, expect: &Expect, sent: u64, case: &str) {
             .find(|k| k.ends_with(&format!("/{id}/manifest.json")))
             .unwrap_or_else(|| panic!("{case}: no manifest for {id}"));
         let m = Manifest::parse(&mkey, &w.store.bytes(&mkey).expect("manifest")).expect("parse");
+        // What restore will accept: the same checks, against the key it was read from.
+        engine::manifest::check_manifest(&mkey, &keys, sv, &m)
+            .unwrap_or_else(|e| panic!("{case}: a published manifest fails its checks: {e}"));
         assert_eq!(&m.kind, kind, "{case}: kind of {id}");
         expected_keys.insert(mkey.clone());
         let mut stream = Vec::new();

@@ -198,6 +198,9 @@ fn main() {
             journal: j,
             progress: Arc::new(Progress::default()),
             clock: Arc::new(engine::clock::SystemClock),
+            stores: Arc::new(engine::store::memory::MemoryStores(Arc::new(
+                MemoryStore::new("b"),
+            ))),
         };
         let now = Utc::now();
         let t = Instant::now();

@@ -337,6 +337,7 @@ fn decider_properties_over_random_histories() {
             },
             snapshot_exists: r.below(5) != 0,
             parent_exists: r.below(5) != 0,
+            configured: r.below(8) != 0,
         };
         match next_action(&st, &facts) {
             Action::PublishPointer => assert!(st.manifest.is_some(), "{ts:?}"),
@@ -347,7 +348,7 @@ fn decider_properties_over_random_histories() {
             }
             Action::Upload => {
                 assert!(st.snapshot_uuid.is_some() && st.manifest.is_none());
-                assert!(facts.snapshot_exists && facts.parent_exists);
+                assert!(facts.snapshot_exists && facts.parent_exists && facts.configured);
                 assert_eq!(facts.settings, st.planned.settings);
                 assert!(st.restarts <= MAX_RESTARTS);
             }
@@ -470,6 +471,7 @@ fn next_action_gives_up_only_before_the_manifest() {
         settings: "x".into(),
         snapshot_exists: true,
         parent_exists: true,
+        configured: true,
     };
     let st = RunState::fold(&ts).expect("fold");
     assert_eq!(next_action(&st, &same), Action::Upload);
