@@ -429,3 +429,158 @@ async fn a_run_of_a_subvolume_no_longer_configured_is_given_up() {
         "the run's snapshot is left"
     );
 }
+
+/// A store that, at the `at`-th ranged GET of a chunk, first deletes or rewrites that chunk
+/// behind the restore's back (another tool, a person, a bug).
+struct ChangesUnderfoot {
+    inner: Arc<engine::store::memory::MemoryStore>,
+    at: usize,
+    delete: bool,
+    gets: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for ChangesUnderfoot {
+    fn bucket(&self) -> &str {
+        self.inner.bucket()
+    }
+    async fn check_access(&self) -> Result<(), engine::store::StoreError> {
+        self.inner.check_access().await
+    }
+    async fn create_multipart(
+        &self,
+        key: &str,
+        opts: &engine::store::PutOptions,
+    ) -> Result<String, engine::store::StoreError> {
+        self.inner.create_multipart(key, opts).await
+    }
+    async fn upload_part(
+        &self,
+        key: &str,
+        id: &str,
+        n: u32,
+        body: Bytes,
+        crc: u32,
+    ) -> Result<String, engine::store::StoreError> {
+        self.inner.upload_part(key, id, n, body, crc).await
+    }
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        id: &str,
+        parts: &[engine::store::CompletePart],
+    ) -> Result<String, engine::store::StoreError> {
+        self.inner.complete_multipart(key, id, parts).await
+    }
+    async fn abort_multipart(&self, key: &str, id: &str) -> Result<(), engine::store::StoreError> {
+        self.inner.abort_multipart(key, id).await
+    }
+    async fn list_parts(
+        &self,
+        key: &str,
+        id: &str,
+    ) -> Result<Vec<engine::store::UploadedPart>, engine::store::StoreError> {
+        self.inner.list_parts(key, id).await
+    }
+    async fn list_uploads(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<engine::store::OpenUpload>, engine::store::StoreError> {
+        self.inner.list_uploads(prefix).await
+    }
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        opts: &engine::store::PutOptions,
+    ) -> Result<(), engine::store::StoreError> {
+        self.inner.put_object(key, body, opts).await
+    }
+    async fn get_object(&self, key: &str) -> Result<Bytes, engine::store::StoreError> {
+        self.inner.get_object(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, engine::store::StoreError> {
+        if key.contains("chunk-") {
+            let n = self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if n == self.at {
+                if self.delete {
+                    self.inner.delete(key).await?;
+                } else {
+                    let len = self.inner.bytes(key).map_or(0, |b| b.len());
+                    self.inner.tamper(key, Bytes::from(vec![0x5a; len]));
+                }
+            }
+        }
+        self.inner.get_range(key, offset, len).await
+    }
+    async fn restore_object(
+        &self,
+        key: &str,
+        days: i32,
+        tier: &str,
+    ) -> Result<(), engine::store::StoreError> {
+        self.inner.restore_object(key, days, tier).await
+    }
+    async fn head_object(
+        &self,
+        key: &str,
+    ) -> Result<Option<engine::store::ObjectInfo>, engine::store::StoreError> {
+        self.inner.head_object(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<engine::store::ObjectInfo>, engine::store::StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), engine::store::StoreError> {
+        self.inner.delete(key).await
+    }
+}
+
+/// A chunk deleted, or rewritten with other bytes of the same size, while a restore reads it:
+/// the restore stops with `Damaged` naming the chunk, and leaves nothing in the target that
+/// looks restored (the half-received subvolume is removed).
+#[tokio::test]
+async fn objects_deleted_or_replaced_under_a_running_restore() {
+    for delete in [true, false] {
+        let w = World::new(Retention::default());
+        published(&w, t(0), Force::Once).await;
+        let target = w._dir.path().join("restore");
+        std::fs::create_dir_all(&target).expect("target");
+        let store = Arc::new(ChangesUnderfoot {
+            inner: w.store.clone(),
+            at: 2,
+            delete,
+            gets: Default::default(),
+        });
+        let r = Restorer {
+            settings: w.settings.clone(),
+            restore: Default::default(),
+            store: store.clone(),
+            btrfs: w.btrfs.clone(),
+            state: Arc::new(FsStateFiles),
+        };
+        let err = r
+            .restore(&newest_into(&target))
+            .await
+            .expect_err("a changed chunk must stop the restore");
+        let how = if delete { "deleted" } else { "rewritten" };
+        assert!(
+            matches!(&err, engine::restore::RestoreError::Damaged { key, .. } if key.contains("chunk-")),
+            "{how}: {err}"
+        );
+        let left: Vec<_> = w
+            .btrfs
+            .paths()
+            .into_iter()
+            .filter(|p| p.starts_with(&target))
+            .collect();
+        assert!(left.is_empty(), "{how}: left in the target: {left:?}");
+    }
+}
