@@ -141,23 +141,7 @@ impl RunLog for CrashingRunLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use journal::BackupKind;
-
-    fn planned() -> Planned {
-        Planned {
-            subvolume: "s".into(),
-            source_path: "/s".into(),
-            kind: BackupKind::Full,
-            snapshot_name: "s.T".into(),
-            snapshot_path: "/snap/s.T".into(),
-            backup_id: "T".into(),
-            chain_id: "T".into(),
-            created_at: "t".into(),
-            chunk_size: 10,
-            part_size: 5,
-            settings: "x".into(),
-        }
-    }
+    use crate::machine::run::tests::planned;
 
     fn here() -> Location {
         Location {

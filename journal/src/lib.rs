@@ -481,31 +481,24 @@ impl Journal {
                 _ => None,
             };
             if let Some(status) = status {
-                if status == RunStatus::Finished {
-                    let mut all = Vec::new();
-                    for row in tr
-                        .range((run, 0)..=(run, u64::MAX))
-                        .map_err(|e| self.err(e))?
-                    {
-                        let (_, v) = row.map_err(|e| self.err(e))?;
-                        all.push(self.decode::<Transition>(v.value())?);
-                    }
-                    header.summary = RunSummary::of(&all);
+                // Read once: the summary comes from the records, and the chunk and part
+                // records, which nobody decodes once the run is closed, are dropped.
+                let mut all = Vec::new();
+                for row in tr
+                    .range((run, 0)..=(run, u64::MAX))
+                    .map_err(|e| self.err(e))?
+                {
+                    let (k, v) = row.map_err(|e| self.err(e))?;
+                    all.push((k.value().1, self.decode::<Transition>(v.value())?));
                 }
-                // Chunk and part records are decoded by nobody once the run is closed.
-                let mut bad = None;
-                tr.retain_in((run, 0)..=(run, u64::MAX), |_, v| {
-                    match self.decode::<Transition>(v) {
-                        Ok(t) => !t.is_chunk_detail(),
-                        Err(e) => {
-                            bad.get_or_insert(e);
-                            true
-                        }
+                if status == RunStatus::Finished {
+                    let ts: Vec<Transition> = all.iter().map(|(_, t)| t.clone()).collect();
+                    header.summary = RunSummary::of(&ts);
+                }
+                for (seq, t) in &all {
+                    if t.is_chunk_detail() {
+                        tr.remove((run, *seq)).map_err(|e| self.err(e))?;
                     }
-                })
-                .map_err(|e| self.err(e))?;
-                if let Some(e) = bad {
-                    return Err(e);
                 }
                 header.status = status;
                 runs.insert(run, encode(&header)?.as_slice())

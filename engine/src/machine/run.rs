@@ -440,6 +440,11 @@ pub fn reconcile(
     }
 }
 
+/// The part count a multipart object's ETag ends with (`"<hash>-<parts>"`), if it has one.
+pub fn etag_part_count(etag: &str) -> Option<&str> {
+    etag.trim_matches('"').rsplit_once('-').map(|(_, n)| n)
+}
+
 /// ETags compare without their quotes (servers differ in quoting).
 pub fn same_etag(a: &str, b: &str) -> bool {
     a.trim_matches('"') == b.trim_matches('"')
@@ -460,11 +465,7 @@ pub fn decide_adoption(
         // dash) is accepted too, since some servers do not follow that convention.
         Some((s, etag)) if s == size => {
             let etag = etag.unwrap_or_default();
-            let suffix = etag
-                .trim_matches('"')
-                .rsplit_once('-')
-                .map(|(_, n)| n.to_string());
-            match suffix {
+            match etag_part_count(&etag) {
                 Some(n) if n != parts.to_string() => Err(format!(
                     "the object left by upload {upload_id} has {n} parts where {parts} were committed"
                 )),
@@ -494,4 +495,4 @@ pub fn decide_stream_end(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

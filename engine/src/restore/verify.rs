@@ -47,8 +47,7 @@ pub async fn verify(
                         problems.push(format!("{}: {} bytes, manifest {}", c.key, o.size, c.size));
                     }
                     let etag = o.etag.unwrap_or_default();
-                    let etag = etag.trim_matches('"');
-                    if let Some((_, n)) = etag.rsplit_once('-') {
+                    if let Some(n) = crate::machine::run::etag_part_count(&etag) {
                         if n.parse::<usize>().ok() != Some(c.parts.len()) {
                             problems.push(format!(
                                 "{}: ETag names {n} parts, manifest {}",

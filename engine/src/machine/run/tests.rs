@@ -1,7 +1,7 @@
 use super::*;
 use journal::BackupKind;
 
-fn planned() -> Planned {
+pub(crate) fn planned() -> Planned {
     Planned {
         subvolume: "s".into(),
         source_path: "/s".into(),
@@ -232,14 +232,11 @@ fn malformed_runs_are_rejected() {
     );
 }
 
-/// A small deterministic generator (xorshift), as the retention property tests use.
-struct Rnd(u64);
+/// The project's seeded generator (`fault_injection::fuzz::Mutator`), in u64 terms.
+struct Rnd(fault_injection::fuzz::Mutator);
 impl Rnd {
     fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
+        self.0.below(n as usize) as u64
     }
     fn coin(&mut self) -> bool {
         self.below(2) == 0
@@ -321,7 +318,7 @@ fn random_history(r: &mut Rnd) -> Vec<Transition> {
 /// all and never aborts an upload the journal knows.
 #[test]
 fn decider_properties_over_random_histories() {
-    let mut r = Rnd(0x9E37_79B9_7F4A_7C15);
+    let mut r = Rnd(fault_injection::fuzz::Mutator::new(0x9E37_79B9_7F4A_7C15));
     let mut checked = 0;
     for _ in 0..20_000 {
         let ts = random_history(&mut r);
