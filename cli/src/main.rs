@@ -26,11 +26,13 @@ pub mod exit {
     pub const OK: u8 = 0;
     /// A backup did not complete; `resume` (or the next `backup`) continues it.
     pub const FAILED: u8 = 1;
-    /// Bad command line or configuration file.
+    /// Bad command line or configuration file (also: state_dir not a writable directory,
+    /// snapshot_dir not on the source's filesystem).
     pub const USAGE: u8 = 2;
     /// Another btrfs-to-s3 run holds the lock.
     pub const LOCKED: u8 = 3;
-    /// S3 refused: unknown bucket, wrong credentials, access denied.
+    /// S3 refused: unknown bucket, wrong or expired credentials, access denied, or this
+    /// host's clock more than 15 minutes off the server's.
     pub const S3_ACCESS: u8 = 4;
     /// A source is not a Btrfs subvolume, or btrfs-progs is missing.
     pub const SOURCE: u8 = 5;
@@ -46,9 +48,10 @@ const AFTER_HELP: &str = "\
 Exit codes:
   0  success: every subvolume's pointer is published
   1  a backup did not complete (run `btrfs-to-s3 resume`, or the next `backup` resumes it)
-  2  bad command line or configuration file
+  2  bad command line or configuration file (or state_dir / snapshot_dir unusable)
   3  another btrfs-to-s3 run holds the lock
-  4  S3 refused: unknown bucket, wrong credentials or access denied
+  4  S3 refused: unknown bucket, wrong or expired credentials, access denied,
+     or this host's clock more than 15 minutes off the server's
   5  a source is not a Btrfs subvolume, or btrfs-progs is missing
   6  the journal is damaged (see `btrfs-to-s3 journal rebuild`)
   7  backup data damaged or missing (restore, verify)
@@ -183,7 +186,9 @@ fn code_for(e: &BackupError) -> u8 {
         BackupError::Btrfs(BtrfsError::NotASubvolume { .. } | BtrfsError::Missing(_)) => {
             exit::SOURCE
         }
-        BackupError::Journal(_) => exit::JOURNAL,
+        BackupError::Btrfs(BtrfsError::CrossDevice { .. }) => exit::USAGE,
+        BackupError::ClockSkewed { .. } => exit::S3_ACCESS,
+        BackupError::Journal(e) => journal_code(e),
         BackupError::Layout(_) => exit::USAGE,
         _ => exit::FAILED,
     }
@@ -200,12 +205,17 @@ fn open_journal(_settings: &Settings) -> Result<Journal, JournalError> {
     Journal::in_memory()
 }
 
-fn journal_failure(e: JournalError) -> Failure {
-    let code = match e {
+fn journal_code(e: &JournalError) -> u8 {
+    match e {
         JournalError::InUse { .. } => exit::LOCKED,
+        // Not damage: the last commit stands; free space and run again.
+        JournalError::NoSpace { .. } => exit::FAILED,
         _ => exit::JOURNAL,
-    };
-    Failure::new(code, e.to_string())
+    }
+}
+
+fn journal_failure(e: JournalError) -> Failure {
+    Failure::new(journal_code(&e), e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -261,6 +271,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             // Read-only: a running backup keeps its journal open for writing and `status`
             // follows its commits. A journal an interrupted run left needing recovery (and so
             // no running writer) is opened for writing, which performs it.
+            check_state_dir(&settings)?;
             let path = settings.journal_path();
             let journal = if !path.exists() {
                 Journal::in_memory().map_err(journal_failure)?
@@ -508,15 +519,30 @@ fn code_for_restore(e: &RestoreError) -> u8 {
     }
 }
 
-/// The run lock, or the failure that says who holds it (exit 3).
+/// The run lock, or the failure that says who holds it (exit 3) or why the configured
+/// directory cannot hold it (exit 2).
 fn take_lock(settings: &Settings) -> Result<lock::Lock, Failure> {
-    lock::Lock::acquire(&settings.lock_path)
-        .map_err(|e| Failure::new(if e.held { exit::LOCKED } else { exit::FAILED }, e.message))
+    check_state_dir(settings)?;
+    lock::Lock::acquire(&settings.lock_path).map_err(|e| {
+        let code = match e.kind {
+            lock::LockErrorKind::Held => exit::LOCKED,
+            lock::LockErrorKind::Unusable => exit::USAGE,
+            lock::LockErrorKind::Io => exit::FAILED,
+        };
+        Failure::new(code, e.message)
+    })
+}
+
+/// state_dir, if it exists, must be a directory (exit 2 naming it otherwise).
+fn check_state_dir(settings: &Settings) -> Result<(), Failure> {
+    lock::check_dir("state_dir", &settings.state_dir).map_err(|m| Failure::new(exit::USAGE, m))
 }
 
 fn code_for_store(e: &engine::store::StoreError) -> u8 {
     match e.kind {
-        StoreErrorKind::AccessDenied | StoreErrorKind::NoSuchBucket => exit::S3_ACCESS,
+        StoreErrorKind::AccessDenied
+        | StoreErrorKind::NoSuchBucket
+        | StoreErrorKind::ClockSkewed => exit::S3_ACCESS,
         _ => exit::FAILED,
     }
 }

@@ -56,6 +56,40 @@ pub enum JournalError {
     },
     #[error("journal {path}: run {run} does not exist")]
     UnknownRun { path: PathBuf, run: RunId },
+    #[error("journal {path}: no space left on its filesystem ({source}); the last commit stands: free space there, then run again (`btrfs-to-s3 resume` continues an unfinished run)")]
+    NoSpace {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("journal {path} cannot be written ({source}): make its directory (state_dir) writable, or set state_dir in the config to a writable directory")]
+    Unwritable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A redb error on the journal at `path`: a full or read-only filesystem is named as such
+/// (the journal is intact: redb's last commit stands), anything else is damage.
+fn storage_error(path: &Path, e: redb::Error) -> JournalError {
+    use std::io::ErrorKind as K;
+    match e {
+        redb::Error::Io(io) if io.kind() == K::StorageFull || io.raw_os_error() == Some(28) => {
+            JournalError::NoSpace {
+                path: path.to_path_buf(),
+                source: io,
+            }
+        }
+        redb::Error::Io(io) if matches!(io.kind(), K::ReadOnlyFilesystem | K::PermissionDenied) => {
+            JournalError::Unwritable {
+                path: path.to_path_buf(),
+                source: io,
+            }
+        }
+        source => JournalError::Damaged {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
 }
 
 impl JournalError {
@@ -169,23 +203,28 @@ impl Journal {
             redb::Error::DatabaseAlreadyOpen => JournalError::InUse {
                 path: path.to_path_buf(),
             },
-            source => JournalError::Damaged {
-                path: path.to_path_buf(),
-                source,
-            },
+            source => storage_error(path, source),
         };
         // SingleWriter: one process writes, and read-only opens (`status`, `--dry-run`) may
         // follow its commits at the same time.
-        let db = Database::builder()
+        // A journal this open creates and cannot finish (a full disk) is removed again: a
+        // file without redb's header would read as damaged on the next run.
+        let created = !path.exists();
+        let opened = Database::builder()
             .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
             .create(path)
-            .map_err(|e| damaged(e.into()))?;
-        let j = Journal {
-            db: Db::Rw(db),
-            path: path.to_path_buf(),
-        };
-        j.init_meta()?;
-        Ok(j)
+            .map_err(|e| damaged(e.into()))
+            .and_then(|db| {
+                let j = Journal {
+                    db: Db::Rw(db),
+                    path: path.to_path_buf(),
+                };
+                j.init_meta().map(|()| j)
+            });
+        if opened.is_err() && created {
+            let _ = std::fs::remove_file(path);
+        }
+        opened
     }
 
     /// Opens an existing journal without writing to it in any way (for `--dry-run`): refused
@@ -204,10 +243,7 @@ impl Journal {
                     redb::DatabaseError::RepairAborted => JournalError::NeedsRecovery {
                         path: path.to_path_buf(),
                     },
-                    e => JournalError::Damaged {
-                        path: path.to_path_buf(),
-                        source: e.into(),
-                    },
+                    e => storage_error(path, e.into()),
                 })?;
             let j = Journal {
                 db: Db::Ro(db),
@@ -273,10 +309,7 @@ impl Journal {
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> JournalError {
-        JournalError::Damaged {
-            path: self.path.clone(),
-            source: e.into(),
-        }
+        storage_error(&self.path, e.into())
     }
 
     fn decode<T: for<'a> Deserialize<'a>>(&self, bytes: &[u8]) -> Result<T, JournalError> {

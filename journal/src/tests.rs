@@ -667,3 +667,108 @@ impl redb::StorageBackend for Shared {
         self.0.write(offset, data)
     }
 }
+
+/// A disk that fills up. Files are sparse, as redb's are on ext4 or tmpfs: growing one costs
+/// nothing, writing a 4 KiB page never written before takes a page of space, and once `cap`
+/// pages are taken such a write fails with ENOSPC.
+#[derive(Debug)]
+struct FillingDisk {
+    data: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    pages: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<u64>>>,
+    cap: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl redb::StorageBackend for FillingDisk {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.data.lock().expect("lock").len() as u64)
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let d = self.data.lock().expect("lock");
+        let end = offset as usize + out.len();
+        if end > d.len() {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        }
+        out.copy_from_slice(&d[offset as usize..end]);
+        Ok(())
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.data.lock().expect("lock").resize(len as usize, 0);
+        Ok(())
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let end = offset + data.len() as u64;
+        {
+            let mut pages = self.pages.lock().expect("lock");
+            let new: Vec<u64> = (offset / 4096..end.div_ceil(4096))
+                .filter(|p| !pages.contains(p))
+                .collect();
+            let cap = self.cap.load(std::sync::atomic::Ordering::SeqCst);
+            if pages.len() + new.len() > cap {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            pages.extend(new);
+        }
+        let mut d = self.data.lock().expect("lock");
+        if end as usize > d.len() {
+            d.resize(end as usize, 0);
+        }
+        d[offset as usize..end as usize].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// The disk holding the journal fills up mid-run: the failing append is named as a full
+/// disk (not damage, which would send the operator to `journal rebuild`), and once space is
+/// freed the journal reopens with every acknowledged transition and takes more.
+#[test]
+fn a_full_disk_is_named_and_loses_no_acknowledged_transition() {
+    let data = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let pages = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let cap = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    let disk = || FillingDisk {
+        data: data.clone(),
+        pages: pages.clone(),
+        cap: cap.clone(),
+    };
+    let mut acknowledged = vec![Transition::Planned(Box::new(planned("a")))];
+    let failure = {
+        let j = Journal::with_backend(disk()).expect("journal");
+        let r = j.begin_run(planned("a")).expect("begin");
+        // The disk is full from here on: no page not yet written may be.
+        let taken = pages.lock().expect("lock").len();
+        cap.store(taken, std::sync::atomic::Ordering::SeqCst);
+        let mut failure = None;
+        for n in 1..=2_000u32 {
+            let t = if n == 1 { opened(0) } else { part(0, n - 1) };
+            match j.append(r, &t) {
+                Ok(()) => acknowledged.push(t),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        failure.expect("2,000 records never needed a new page")
+    };
+    assert!(
+        matches!(failure, JournalError::NoSpace { .. }),
+        "a full disk reported as {failure}"
+    );
+    assert!(failure.to_string().contains("free space"), "{failure}");
+    // Space is freed; the next process opens the journal.
+    cap.store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    let j = Journal::with_backend(disk()).expect("reopens after space is freed");
+    let runs = j.runs().expect("runs");
+    assert_eq!(runs.len(), 1);
+    let got = j.transitions(runs[0].id).expect("transitions");
+    assert!(
+        got.len() >= acknowledged.len() && got[..acknowledged.len()] == acknowledged[..],
+        "acknowledged transitions lost: {} acknowledged, {} read back",
+        acknowledged.len(),
+        got.len()
+    );
+    j.append(runs[0].id, &sealed(0)).expect("appends again");
+}

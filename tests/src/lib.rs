@@ -231,6 +231,26 @@ keep_chains = 1000
             .expect("spawn btrfs-to-s3")
     }
 
+    /// Starts the failpoints build with `FAILPOINTS=spec` (typically `name=sleep(ms)`, a pause
+    /// during which the test changes the world under the run); `finish` collects it.
+    pub fn spawn_failpoints(&self, args: &[&str], spec: &str) -> std::process::Child {
+        self.spawn_with(
+            tool_bin("btrfs-to-s3-failpoints"),
+            args,
+            &[("FAILPOINTS", spec)],
+        )
+    }
+
+    /// Waits for a child started with `spawn_with` and returns its output.
+    pub fn finish(child: std::process::Child) -> Output {
+        let out = child.wait_with_output().expect("wait for btrfs-to-s3");
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     /// Runs the failpoints build with `FAILPOINTS=spec` and asserts that it crashed there.
     pub fn crash(&self, args: &[&str], spec: &str) -> Output {
         let env: Vec<(String, String)> = self
@@ -475,4 +495,16 @@ keep_chains = 1000
             Err(_) => Vec::new(),
         }
     }
+}
+
+/// Polls `cond` every 50 ms until it holds; panics naming `what` after `secs` seconds.
+pub fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{what}: not seen within {secs} s");
 }

@@ -57,6 +57,8 @@ pub struct S3Server {
     /// Key prefix the tests must stay under (real AWS: a unique one, removed on drop).
     pub base_prefix: String,
     child: Option<Child>,
+    /// garage's config file (garage only), for `garage_cli`.
+    garage_conf: Option<PathBuf>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -119,6 +121,7 @@ impl S3Server {
             bucket,
             base_prefix: format!("{}/{unique}", base.trim_matches('/')),
             child: None,
+            garage_conf: None,
             _dir: None,
         }
     }
@@ -254,8 +257,21 @@ api_bind_addr = "127.0.0.1:{admin}"
             bucket,
             base_prefix: "test".into(),
             child: Some(child),
+            garage_conf: Some(conf),
             _dir: Some(dir),
         }
+    }
+
+    /// Runs garage's own CLI against this server (garage only): what an operator would do
+    /// to the bucket or the key while a run is going on.
+    pub fn garage_cli(&self, args: &[&str]) -> String {
+        let conf = self
+            .garage_conf
+            .as_ref()
+            .expect("garage_cli is for the garage flavor");
+        let mut c = Command::new(tools_dir().join("bin/garage"));
+        c.arg("-c").arg(conf).args(args);
+        run_ok(&mut c, &format!("garage {args:?}"))
     }
 
     pub fn moto() -> S3Server {
@@ -287,6 +303,7 @@ api_bind_addr = "127.0.0.1:{admin}"
             bucket: "b2s3-test".into(),
             base_prefix: "test".into(),
             child: Some(child),
+            garage_conf: None,
             _dir: Some(dir),
         };
         let client = s.client();

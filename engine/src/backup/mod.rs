@@ -59,6 +59,8 @@ pub enum BackupError {
     },
     #[error("the clock says {now}, not later than the last backup {last}: backup ids are UTC timestamps and must increase; fix the system clock (e.g. enable NTP) and run again")]
     ClockBehind { now: String, last: String },
+    #[error("this host's clock is {} the S3 server's (by the Date of its reply): backup ids are UTC timestamps from this clock and S3 refuses requests signed more than 15 minutes off; fix the clock (e.g. `timedatectl set-ntp true`) and run again (nothing was changed)", skew_words(*host_ahead_secs))]
+    ClockSkewed { host_ahead_secs: i64 },
     #[error("no free snapshot name for {0} (a snapshot with this second's timestamp exists)")]
     NameTaken(String),
     #[error("chunk {chunk} must be uploaded again: {reason}")]
@@ -67,6 +69,22 @@ pub enum BackupError {
     Abandoned { run: RunId, reason: String },
     #[error("internal: {0}")]
     Internal(String),
+}
+
+/// "3 h 2 min ahead of" / "40 min behind".
+fn skew_words(host_ahead_secs: i64) -> String {
+    let m = host_ahead_secs.unsigned_abs() / 60;
+    let amount = if m >= 60 {
+        format!("{} h {} min", m / 60, m % 60)
+    } else {
+        format!("{m} min")
+    };
+    let dir = if host_ahead_secs > 0 {
+        "ahead of"
+    } else {
+        "behind"
+    };
+    format!("{amount} {dir}")
 }
 
 impl BackupError {
@@ -365,8 +383,23 @@ impl Context {
             Ok(info) if info.readonly => info,
             _ => {
                 failpoint!("before-snapshot");
-                self.btrfs
-                    .snapshot_readonly(Path::new(&p.source_path), &dest)?;
+                if let Err(e) = self
+                    .btrfs
+                    .snapshot_readonly(Path::new(&p.source_path), &dest)
+                {
+                    // Nothing was made: the run holds nothing and is given up, so it does not
+                    // linger as in progress (a snapshot_dir on another filesystem, a full
+                    // disk); the next run plans afresh.
+                    if !self.btrfs.exists(&dest) {
+                        self.append(
+                            run,
+                            Transition::Abandoned {
+                                reason: format!("the snapshot could not be made: {e}"),
+                            },
+                        )?;
+                    }
+                    return Err(e.into());
+                }
                 failpoint!("after-snapshot");
                 self.btrfs.show(&dest)?
             }

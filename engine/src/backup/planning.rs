@@ -24,7 +24,7 @@ impl Context {
             source,
         })?;
         Layout::new(self.settings.s3.chunk_size, self.settings.s3.part_size)?;
-        self.store.check_access().await?;
+        clock_check(self.store.check_access().await?)?;
         Ok(())
     }
 
@@ -37,7 +37,7 @@ impl Context {
             self.btrfs.show(&sv.path)?;
         }
         Layout::new(self.settings.s3.chunk_size, self.settings.s3.part_size)?;
-        self.store.check_access().await?;
+        clock_check(self.store.check_access().await?)?;
         Ok(())
     }
 
@@ -183,4 +183,41 @@ pub fn last_published(
         chain_started,
         chain_length,
     }))
+}
+
+/// The most this host's clock may differ from the S3 server's: S3's own limit for a
+/// request's signing time.
+pub const MAX_CLOCK_SKEW_SECS: i64 = 15 * 60;
+
+/// Refuses a backup whose backup id (this host's UTC time) would be more than
+/// `MAX_CLOCK_SKEW_SECS` off the server's clock. `server_ahead`: from `check_access`.
+pub fn clock_check(server_ahead: Option<i64>) -> Result<(), BackupError> {
+    match server_ahead {
+        Some(s) if s.saturating_abs() > MAX_CLOCK_SKEW_SECS => Err(BackupError::ClockSkewed {
+            host_ahead_secs: s.saturating_neg(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_check_allows_fifteen_minutes_either_way() {
+        assert!(clock_check(None).is_ok());
+        assert!(clock_check(Some(0)).is_ok());
+        assert!(clock_check(Some(MAX_CLOCK_SKEW_SECS)).is_ok());
+        assert!(clock_check(Some(-MAX_CLOCK_SKEW_SECS)).is_ok());
+        assert!(clock_check(Some(i64::MIN)).is_err());
+        // The server 3 h behind: this host is 3 h ahead.
+        let e = clock_check(Some(-3 * 3600 - 120)).expect_err("refused");
+        assert!(
+            matches!(e, BackupError::ClockSkewed { host_ahead_secs } if host_ahead_secs == 3 * 3600 + 120)
+        );
+        assert!(e.to_string().contains("3 h 2 min ahead of"), "{e}");
+        let e = clock_check(Some(MAX_CLOCK_SKEW_SECS + 60)).expect_err("refused");
+        assert!(e.to_string().contains("16 min behind"), "{e}");
+    }
 }

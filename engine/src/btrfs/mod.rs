@@ -25,6 +25,12 @@ pub enum BtrfsError {
     Refused { path: PathBuf, dir: PathBuf },
     #[error("`{cmd}`: unexpected output: {detail}")]
     Output { cmd: String, detail: String },
+    #[error("snapshot_dir {dir} is not on the same Btrfs filesystem as {source_path} (btrfs: {stderr}); a snapshot can only be made inside its subvolume's filesystem: set snapshot_dir in the config to a directory on that filesystem")]
+    CrossDevice {
+        source_path: PathBuf,
+        dir: PathBuf,
+        stderr: String,
+    },
 }
 
 impl BtrfsError {
@@ -271,6 +277,17 @@ impl Snapshotter for BtrfsCli {
             dest.as_os_str(),
         ])
         .map(drop)
+        .map_err(|e| match e {
+            // EXDEV: the destination is on another filesystem (Btrfs or not).
+            BtrfsError::Command { stderr, .. } if stderr.contains("cross-device") => {
+                BtrfsError::CrossDevice {
+                    source_path: source.to_path_buf(),
+                    dir: dest.parent().unwrap_or(dest).to_path_buf(),
+                    stderr,
+                }
+            }
+            e => e,
+        })
     }
 
     fn delete(&self, path: &Path) -> Result<(), BtrfsError> {

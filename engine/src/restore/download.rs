@@ -195,8 +195,18 @@ pub(super) async fn into_receiver(
     dir: Option<&std::path::Path>,
 ) -> Result<u64, RestoreError> {
     let mut sink = btrfs.receive(dir)?;
+    let failed = |detail: String| RestoreError::Receive {
+        snapshot: m.snapshot.name.clone(),
+        detail: receive_hint(detail, dir, m.total_bytes),
+    };
     let bytes = match stream_verified(store, m, concurrency, &mut sink.writer).await {
         Ok(b) => b,
+        Err(RestoreError::Receive { detail, .. }) => {
+            // The receiver stopped reading (a broken pipe): what it said is the cause.
+            drop(sink.writer);
+            let said = sink.end.finish().await.err().filter(|s| !s.is_empty());
+            return Err(failed(said.unwrap_or(detail)));
+        }
         Err(e) => {
             sink.end.kill().await;
             return Err(e);
@@ -204,12 +214,17 @@ pub(super) async fn into_receiver(
     };
     let _ = sink.writer.shutdown().await;
     drop(sink.writer);
-    sink.end
-        .finish()
-        .await
-        .map_err(|detail| RestoreError::Receive {
-            snapshot: m.snapshot.name.clone(),
-            detail,
-        })?;
+    sink.end.finish().await.map_err(failed)?;
     Ok(bytes)
+}
+
+/// What `btrfs receive` said, with the fix when the target filesystem is full.
+fn receive_hint(detail: String, dir: Option<&std::path::Path>, stream_bytes: u64) -> String {
+    match dir {
+        Some(d) if detail.contains("No space left on device") => format!(
+            "{detail}; no space left on the target filesystem {}: the stream is {stream_bytes} bytes, restore to a filesystem with more free space than that",
+            d.display()
+        ),
+        _ => detail,
+    }
 }

@@ -34,8 +34,8 @@ impl ObjectStore for ThawingStore {
     fn bucket(&self) -> &str {
         "fake"
     }
-    async fn check_access(&self) -> Result<(), StoreError> {
-        Ok(())
+    async fn check_access(&self) -> Result<Option<i64>, StoreError> {
+        Ok(None)
     }
     async fn create_multipart(&self, _: &str, _: &PutOptions) -> Result<String, StoreError> {
         Err(unsupported("create"))

@@ -78,7 +78,7 @@ impl ObjectStore for PrefixGuard {
     fn bucket(&self) -> &str {
         self.inner.bucket()
     }
-    async fn check_access(&self) -> Result<(), StoreError> {
+    async fn check_access(&self) -> Result<Option<i64>, StoreError> {
         self.inner.check_access().await
     }
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String, StoreError> {
@@ -194,7 +194,7 @@ impl ObjectStore for CrashingStore {
     fn bucket(&self) -> &str {
         self.inner.bucket()
     }
-    async fn check_access(&self) -> Result<(), StoreError> {
+    async fn check_access(&self) -> Result<Option<i64>, StoreError> {
         self.call("CheckAccess", "", self.inner.check_access())
             .await
     }

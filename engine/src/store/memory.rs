@@ -147,8 +147,8 @@ impl ObjectStore for MemoryStore {
         &self.bucket
     }
 
-    async fn check_access(&self) -> Result<(), StoreError> {
-        Ok(())
+    async fn check_access(&self) -> Result<Option<i64>, StoreError> {
+        Ok(None)
     }
 
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String, StoreError> {

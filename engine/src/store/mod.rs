@@ -24,6 +24,8 @@ pub enum StoreErrorKind {
     /// CompleteMultipartUpload named a part the server does not have (or not with that ETag).
     InvalidPart,
     AccessDenied,
+    /// The server refused a request signed at a time too far from its own.
+    ClockSkewed,
     InvalidObjectState,
     /// Timeouts, connection failures, 5xx, throttling: worth retrying later.
     Transient,
@@ -46,6 +48,7 @@ fn hint(kind: StoreErrorKind, bucket: &str) -> String {
             " (bucket `{bucket}` does not exist: create it or fix [s3].bucket in the config)"
         ),
         StoreErrorKind::AccessDenied => " (credentials refused: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, and the bucket policy)".to_string(),
+        StoreErrorKind::ClockSkewed => " (the server says this host's clock is off by more than it accepts: fix the clock, e.g. `timedatectl set-ntp true`, and run again)".to_string(),
         StoreErrorKind::Transient => " (network or server trouble; `btrfs-to-s3 resume` continues where this stopped)".to_string(),
         _ => String::new(),
     }
@@ -126,8 +129,9 @@ pub struct CompletePart {
 #[async_trait]
 pub trait ObjectStore: Send + Sync {
     fn bucket(&self) -> &str;
-    /// Fails unless the bucket exists and the credentials may use it.
-    async fn check_access(&self) -> Result<(), StoreError>;
+    /// Fails unless the bucket exists and the credentials may use it. Ok: how many seconds
+    /// the server's clock (the `Date` of its reply) is ahead of this host's, when it said.
+    async fn check_access(&self) -> Result<Option<i64>, StoreError>;
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String, StoreError>;
     async fn upload_part(
         &self,

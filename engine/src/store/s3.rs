@@ -103,6 +103,39 @@ impl S3Store {
     }
 }
 
+/// Reads the `Date` of a reply: how far the server's clock is ahead of this host's.
+#[derive(Debug, Clone, Default)]
+struct ServerDate(Arc<std::sync::Mutex<Option<i64>>>);
+
+impl ServerDate {
+    fn server_ahead_secs(&self) -> Option<i64> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl aws_sdk_s3::config::Intercept for ServerDate {
+    fn name(&self) -> &'static str {
+        "ServerDate"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        ctx: &aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextRef<'_>,
+        _: &aws_sdk_s3::config::RuntimeComponents,
+        _: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let server = ctx.response().headers().get("date").and_then(|d| {
+            aws_smithy_types::DateTime::from_str(d, aws_smithy_types::date_time::Format::HttpDate)
+                .ok()
+        });
+        let local = aws_smithy_types::DateTime::from(std::time::SystemTime::now());
+        if let Some(server) = server {
+            *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(server.secs() - local.secs());
+        }
+        Ok(())
+    }
+}
+
 fn classify(code: &str, status: Option<u16>) -> StoreErrorKind {
     match code {
         "NoSuchKey" | "NotFound" => StoreErrorKind::NotFound,
@@ -115,12 +148,13 @@ fn classify(code: &str, status: Option<u16>) -> StoreErrorKind {
         | "Forbidden"
         | "InvalidToken"
         | "ExpiredToken" => StoreErrorKind::AccessDenied,
+        // The SDK corrects its signing time from the server's Date and retries; if that
+        // still fails, the clock is for a person to fix.
+        "RequestTimeTooSkewed" => StoreErrorKind::ClockSkewed,
         "InvalidObjectState" => StoreErrorKind::InvalidObjectState,
-        "SlowDown"
-        | "InternalError"
-        | "ServiceUnavailable"
-        | "RequestTimeout"
-        | "RequestTimeTooSkewed" => StoreErrorKind::Transient,
+        "SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout" => {
+            StoreErrorKind::Transient
+        }
         _ => match status {
             Some(404) => StoreErrorKind::NotFound,
             Some(401 | 403) => StoreErrorKind::AccessDenied,
@@ -154,13 +188,16 @@ impl ObjectStore for S3Store {
         &self.bucket
     }
 
-    async fn check_access(&self) -> Result<(), StoreError> {
+    async fn check_access(&self) -> Result<Option<i64>, StoreError> {
+        let date = ServerDate::default();
         self.client
             .head_bucket()
             .bucket(&self.bucket)
+            .customize()
+            .interceptor(date.clone())
             .send()
             .await
-            .map(drop)
+            .map(|_| date.server_ahead_secs())
             .map_err(|e| {
                 let mut err = self.err("HeadBucket", "", e);
                 // HeadBucket has no body: a 404 can only mean the bucket.

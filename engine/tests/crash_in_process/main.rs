@@ -444,7 +444,7 @@ impl ObjectStore for ChangesUnderfoot {
     fn bucket(&self) -> &str {
         self.inner.bucket()
     }
-    async fn check_access(&self) -> Result<(), engine::store::StoreError> {
+    async fn check_access(&self) -> Result<Option<i64>, engine::store::StoreError> {
         self.inner.check_access().await
     }
     async fn create_multipart(

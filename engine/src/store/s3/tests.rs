@@ -18,6 +18,24 @@ fn classifies_errors() {
     assert_eq!(classify("", Some(503)), StoreErrorKind::Transient);
     assert_eq!(classify("SlowDown", Some(503)), StoreErrorKind::Transient);
     assert_eq!(classify("", Some(400)), StoreErrorKind::Other);
+    // Credentials that expire mid-run (STS tokens) are refused credentials, not a blip.
+    assert_eq!(
+        classify("ExpiredToken", Some(400)),
+        StoreErrorKind::AccessDenied
+    );
+    assert_eq!(
+        classify("RequestTimeTooSkewed", Some(403)),
+        StoreErrorKind::ClockSkewed
+    );
+    let e = StoreError {
+        op: "UploadPart",
+        bucket: "b".into(),
+        key: "k".into(),
+        kind: StoreErrorKind::ClockSkewed,
+        message: "RequestTimeTooSkewed".into(),
+    };
+    assert!(e.to_string().contains("fix the clock"), "{e}");
+    assert!(!e.is_retryable());
 }
 
 #[test]
