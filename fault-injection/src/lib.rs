@@ -42,6 +42,7 @@ pub const RESTORE_FAILPOINTS: &[&str] = &[
 ];
 
 pub mod fuzz;
+pub mod proxy;
 
 /// Dies at once, as a crash would. Exit status is SIGABRT.
 pub fn crash(name: &str) -> ! {

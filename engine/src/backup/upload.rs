@@ -289,6 +289,7 @@ impl Context {
                             .map_err(|reason| BackupError::RestartChunk { chunk, reason })?
                         }
                         ChunkEndAction::Complete(parts) => {
+                            let count = parts.len();
                             let parts: Vec<CompletePart> = parts
                                 .into_iter()
                                 .map(|(part_number, etag, crc32c)| CompletePart {
@@ -304,10 +305,28 @@ impl Context {
                                 .await
                             {
                                 Ok(etag) => etag,
-                                Err(e)
-                                    if e.kind == StoreErrorKind::NoSuchUpload
-                                        || e.kind == StoreErrorKind::InvalidPart =>
-                                {
+                                // The upload is gone: an earlier attempt of this request was
+                                // applied and its reply lost (the SDK's retry then meets
+                                // NoSuchUpload), or someone aborted it. What S3 holds decides:
+                                // the object whole is adopted, else the chunk starts over.
+                                Err(e) if e.kind == StoreErrorKind::NoSuchUpload => {
+                                    let head = self.store.head_object(&c.key).await?;
+                                    decide_adoption(
+                                        head.map(|o| (o.size, o.etag)),
+                                        size,
+                                        count,
+                                        &c.upload_id,
+                                    )
+                                    .map_err(|reason| {
+                                        BackupError::RestartChunk {
+                                            chunk,
+                                            reason: format!(
+                                                "completing the upload failed ({e}): {reason}"
+                                            ),
+                                        }
+                                    })?
+                                }
+                                Err(e) if e.kind == StoreErrorKind::InvalidPart => {
                                     return Err(BackupError::RestartChunk {
                                         chunk,
                                         reason: format!("completing the upload failed: {e}"),

@@ -1,0 +1,179 @@
+//! Backup and restore through a link that drops and lies: the S3 fault proxy
+//! (`fault_injection::proxy`) between the tool and garage injects each fault type once on each
+//! S3 operation a backup (and a restore) uses. Each run must end published (or exit 1 and then
+//! resume to published), the fault must really have been injected (the proxy's log), and the
+//! part bytes that reached the server may exceed the stream by at most concurrency × part_size.
+
+use std::net::SocketAddr;
+
+use fault_injection::proxy::{Config, Fault, Op, Proxy, Rule, OPS};
+use harness::{Flavor, LoopFs, Opts, Setup};
+
+const CONCURRENCY: u64 = 3;
+const PART: u64 = 5 << 20;
+
+fn faults() -> Vec<Fault> {
+    vec![
+        Fault::ResetBeforeForward,
+        Fault::ResetMidResponse,
+        Fault::Reply(500),
+        Fault::Reply(503),
+        Fault::Reply(400),
+        Fault::LoseReply,
+        Fault::TruncateBody,
+        Fault::StallResponse(std::time::Duration::from_millis(1500)),
+    ]
+}
+
+fn through_proxy(s: &Setup) -> Proxy {
+    let upstream: SocketAddr =
+        s.s3.endpoint
+            .trim_start_matches("http://")
+            .parse()
+            .expect("endpoint host:port");
+    let proxy = Proxy::start_local(Config::new(upstream)).expect("proxy");
+    s.write_config(&s.default_config().replace(&s.s3.endpoint, &proxy.url()));
+    proxy
+}
+
+fn setup() -> Setup {
+    Setup::new(
+        Flavor::Garage,
+        Opts {
+            chunk_size: "20MiB".into(),
+            part_size: "5MiB".into(),
+            concurrency: CONCURRENCY as u32,
+            big_file_mib: 24,
+            ..Opts::default()
+        },
+    )
+}
+
+/// Runs `args`; on exit 1 (the retry budget spent) runs `resume`, which must publish.
+fn run_to_published(s: &Setup, args: &[&str], case: &str) -> u32 {
+    let out = s.run(args);
+    match out.code {
+        0 => 0,
+        1 => {
+            let again = s.run(&["resume"]);
+            assert_eq!(
+                again.code, 0,
+                "{case}: resume after exit 1 failed\nfirst: {}\nresume: {}",
+                out.stderr, again.stderr
+            );
+            1
+        }
+        c => panic!("{case}: exit {c}\n{}", out.stderr),
+    }
+}
+
+#[test]
+fn garage_backup_survives_each_fault_on_each_operation() {
+    let s = setup();
+    let proxy = through_proxy(&s);
+    // A clean run shows which operations a backup uses.
+    s.run(&["backup", "--full"]).assert_code(0);
+    let used: Vec<Op> = OPS
+        .iter()
+        .copied()
+        .filter(|op| proxy.forwarded(*op).0 > 0)
+        .collect();
+    for op in [Op::Create, Op::Part, Op::Complete, Op::Put, Op::Head] {
+        assert!(used.contains(&op), "a backup made no {op:?} request");
+    }
+    let mut resumed = Vec::new();
+    let mut worst = 0u64;
+    for op in &used {
+        for fault in faults() {
+            let case = format!("{} {}", op.name(), fault.name());
+            proxy.set_rules(vec![Rule::once(*op, fault)]);
+            let before_faults = proxy.injected().len();
+            let before_bytes = proxy.forwarded(Op::Part).1;
+            if run_to_published(&s, &["backup", "--full"], &case) > 0 {
+                resumed.push(case.clone());
+            }
+            let injected = proxy.injected();
+            assert_eq!(
+                injected.len(),
+                before_faults + 1,
+                "{case}: the fault was not injected exactly once"
+            );
+            let last = injected.last().expect("one");
+            assert_eq!((last.op, last.fault), (*op, fault), "{case}");
+            let m = s.manifest(&s.pointer().manifest_key);
+            let sent = proxy.forwarded(Op::Part).1 - before_bytes;
+            let again = sent.saturating_sub(m.total_bytes);
+            worst = worst.max(again);
+            assert!(
+                again <= CONCURRENCY * PART,
+                "{case}: {again} bytes sent again (stream {}, bound {})",
+                m.total_bytes,
+                CONCURRENCY * PART
+            );
+            assert!(
+                s.open_uploads().is_empty(),
+                "{case}: uploads left open: {:?}",
+                s.open_uploads()
+            );
+        }
+    }
+    proxy.set_rules(Vec::new());
+    eprintln!(
+        "{} faults on {} operations: worst {worst} bytes sent again; needed resume: {resumed:?}",
+        faults().len(),
+        used.len()
+    );
+    s.prove_restorable(&s.pointer().manifest_key);
+}
+
+#[test]
+fn garage_restore_survives_each_fault_on_each_operation() {
+    let s = setup();
+    s.run(&["backup", "--full"]).assert_code(0);
+    let proxy = through_proxy(&s);
+    let target = LoopFs::new(1024);
+    for (i, fault) in faults().into_iter().enumerate() {
+        for op in [Op::Get, Op::Head, Op::List] {
+            proxy.set_rules(vec![Rule::once(op, fault)]);
+            let before = proxy.injected().len();
+            let dir = target.path(&format!("r{i}-{}", op.name()));
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            let case = format!("restore {} {}", op.name(), fault.name());
+            let out = s.run(&[
+                "restore",
+                "--subvolume",
+                "data",
+                "--target",
+                &dir.display().to_string(),
+            ]);
+            if proxy.injected().len() == before {
+                // This restore made no request of `op`.
+                out.assert_code(0);
+                continue;
+            }
+            let out = if out.code == 1 {
+                // The retry budget was spent: the same restore again completes.
+                s.run(&[
+                    "restore",
+                    "--subvolume",
+                    "data",
+                    "--target",
+                    &dir.display().to_string(),
+                ])
+            } else {
+                out
+            };
+            assert_eq!(out.code, 0, "{case}: {}", out.stderr);
+            let m = s.manifest(&s.pointer().manifest_key);
+            harness::assert_same_tree(
+                &s.snapshot_dir.join(&m.snapshot.name),
+                &dir.join(&m.snapshot.name),
+            );
+        }
+    }
+    assert!(
+        proxy.injected().iter().filter(|i| i.op == Op::Get).count() >= faults().len(),
+        "every fault hit a GET: {:?}",
+        proxy.injected()
+    );
+}
