@@ -148,6 +148,9 @@ struct RawS3 {
     max_attempts: Option<Spanned<u32>>,
     #[serde(default = "default_attempt_timeout")]
     attempt_timeout_secs: u64,
+    stall_timeout_secs: Option<Spanned<u64>>,
+    limit_upload: Option<Size>,
+    limit_download: Option<Size>,
 }
 
 fn default_region() -> String {
@@ -382,6 +385,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             "use 10 or more on a flaky link".into(),
         ));
     }
+    let stall = s3.stall_timeout_secs.as_ref().map_or(30, |c| *c.get_ref());
+    if stall == 0 || stall >= s3.attempt_timeout_secs.max(1) {
+        return Err(invalid_at(
+            span_of(&s3.stall_timeout_secs),
+            format!(
+                "stall_timeout_secs {stall} must be at least 1 and below attempt_timeout_secs ({})",
+                s3.attempt_timeout_secs
+            ),
+            "the default 30 detects a stalled transfer in half a minute".into(),
+        ));
+    }
     let lock_path = raw.lock_path.unwrap_or_else(|| raw.state_dir.join("lock"));
     let defaults = engine::plan::Schedule::default();
     let max_chain_length = raw
@@ -483,6 +497,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             concurrency: concurrency as usize,
             max_attempts,
             attempt_timeout: Duration::from_secs(s3.attempt_timeout_secs.max(1)),
+            stall_timeout: Duration::from_secs(stall),
+            limit_upload: s3.limit_upload.map(|s| s.0).filter(|b| *b > 0),
+            limit_download: s3.limit_download.map(|s| s.0).filter(|b| *b > 0),
         },
         schedule,
         retention,

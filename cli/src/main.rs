@@ -80,6 +80,12 @@ struct Cli {
     /// Log filter (e.g. `info`, `debug`, `engine=debug`); also RUST_LOG.
     #[arg(long, global = true, default_value = "warn")]
     log: String,
+    /// Upload bandwidth limit per second, e.g. `2MiB` (overrides [s3].limit_upload).
+    #[arg(long, global = true, value_name = "SIZE", value_parser = bandwidth)]
+    limit_upload: Option<u64>,
+    /// Download bandwidth limit per second, e.g. `8MiB` (overrides [s3].limit_download).
+    #[arg(long, global = true, value_name = "SIZE", value_parser = bandwidth)]
+    limit_download: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -259,9 +265,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// A bandwidth flag: a size in binary units per second (`0` = no limit).
+fn bandwidth(s: &str) -> Result<u64, String> {
+    config::parse_size(s).ok_or_else(|| {
+        format!("`{s}` is not a size: use bytes per second in binary units, e.g. 512KiB or 2MiB")
+    })
+}
+
 async fn run(cli: Cli) -> Result<u8, Failure> {
-    let settings =
+    let mut settings =
         config::load(&cli.config).map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
+    if let Some(b) = cli.limit_upload {
+        settings.s3.limit_upload = Some(b).filter(|b| *b > 0);
+    }
+    if let Some(b) = cli.limit_download {
+        settings.s3.limit_download = Some(b).filter(|b| *b > 0);
+    }
     match &cli.command {
         Command::CheckConfig => {
             output::print_settings(&settings, cli.json);

@@ -188,6 +188,8 @@ pub fn print_settings(s: &Settings, as_json: bool) {
             "chunk_size": s.s3.chunk_size, "part_size": s.s3.part_size,
             "concurrency": s.s3.concurrency, "max_attempts": s.s3.max_attempts,
             "attempt_timeout_secs": s.s3.attempt_timeout.as_secs(),
+            "stall_timeout_secs": s.s3.stall_timeout.as_secs(),
+            "limit_upload": s.s3.limit_upload, "limit_download": s.s3.limit_download,
         }
     });
     if as_json {

@@ -51,6 +51,12 @@ pub struct S3Settings {
     pub concurrency: usize,
     pub max_attempts: u32,
     pub attempt_timeout: Duration,
+    /// A part upload or a download that moves no byte for this long is given up and tried
+    /// again (far below `attempt_timeout`).
+    pub stall_timeout: Duration,
+    /// Bytes per second for part uploads and for downloads (None: as fast as the link).
+    pub limit_upload: Option<u64>,
+    pub limit_download: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -177,3 +177,106 @@ fn garage_restore_survives_each_fault_on_each_operation() {
         proxy.injected()
     );
 }
+
+/// A transfer that stops moving (the server holds the reply, or never gets the request) is
+/// given up after stall_timeout_secs and made again, long before the 600 s attempt timeout
+/// and before the stall would have ended by itself.
+#[test]
+fn garage_stalled_transfers_are_detected_and_retried() {
+    let s = setup();
+    let proxy = through_proxy(&s);
+    let config = std::fs::read_to_string(&s.config).expect("config");
+    s.write_config(&config.replace(
+        "attempt_timeout_secs = 60",
+        "attempt_timeout_secs = 60\nstall_timeout_secs = 2",
+    ));
+    let stall = std::time::Duration::from_secs(120);
+    let target = LoopFs::new(1024);
+    let cases = [
+        (Op::Part, Fault::StallResponse(stall), "backup"),
+        (Op::Part, Fault::StallRequest(stall), "backup"),
+        (Op::Get, Fault::StallResponse(stall), "restore"),
+    ];
+    for (i, (op, fault, what)) in cases.into_iter().enumerate() {
+        proxy.set_rules(vec![Rule::once(op, fault)]);
+        let before = proxy.injected().len();
+        let started = std::time::Instant::now();
+        let out = if what == "backup" {
+            s.run(&["backup", "--full"])
+        } else {
+            let dir = target.path(&format!("r{i}"));
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            s.run(&[
+                "restore",
+                "--subvolume",
+                "data",
+                "--target",
+                &dir.display().to_string(),
+            ])
+        };
+        let took = started.elapsed();
+        let case = format!("{what} {} {}", op.name(), fault.name());
+        assert_eq!(out.code, 0, "{case}: {}", out.stderr);
+        assert_eq!(
+            proxy.injected().len(),
+            before + 1,
+            "{case}: no stall injected"
+        );
+        assert!(
+            took < stall / 2,
+            "{case}: took {took:?}; the stall was not detected"
+        );
+        eprintln!("{case}: done in {took:.1?} (stall {stall:?}, stall_timeout_secs 2)");
+    }
+    s.prove_restorable(&s.pointer().manifest_key);
+}
+
+/// `--limit-upload` and `limit_download` hold transfers to the rate asked: the part bytes take
+/// at least the time the limit allows (measured through the proxy), and the run completes.
+#[test]
+fn garage_bandwidth_limits_hold() {
+    let s = setup();
+    let proxy = through_proxy(&s);
+    let rate: u64 = 8 << 20;
+    let started = std::time::Instant::now();
+    s.run(&["--limit-upload", "8MiB", "backup", "--full"])
+        .assert_code(0);
+    let took = started.elapsed().as_secs_f64();
+    let sent = proxy.forwarded(Op::Part).1;
+    let floor = sent as f64 / rate as f64;
+    assert!(
+        took >= floor * 0.9,
+        "uploaded {sent} bytes in {took:.2} s: faster than the 8 MiB/s limit allows ({floor:.2} s)"
+    );
+    eprintln!("upload: {sent} bytes in {took:.2} s at an 8 MiB/s limit");
+    // The download limit, from the config file this time.
+    let config = std::fs::read_to_string(&s.config).expect("config");
+    s.write_config(&config.replace(
+        "attempt_timeout_secs = 60",
+        "attempt_timeout_secs = 60\nlimit_download = \"8MiB\"",
+    ));
+    let m = s.manifest(&s.pointer().manifest_key);
+    let target = LoopFs::new(1024);
+    let dir = target.path("r");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let started = std::time::Instant::now();
+    s.run(&[
+        "restore",
+        "--subvolume",
+        "data",
+        "--target",
+        &dir.display().to_string(),
+    ])
+    .assert_code(0);
+    let took = started.elapsed().as_secs_f64();
+    let floor = m.total_bytes as f64 / rate as f64;
+    assert!(
+        took >= floor * 0.9,
+        "restored {} bytes in {took:.2} s: faster than the 8 MiB/s limit allows ({floor:.2} s)",
+        m.total_bytes
+    );
+    eprintln!(
+        "download: {} bytes in {took:.2} s at an 8 MiB/s limit",
+        m.total_bytes
+    );
+}

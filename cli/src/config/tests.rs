@@ -82,6 +82,15 @@ fn bad_values_are_refused_with_line() {
     assert!(e.contains("line 1"), "{e}");
     let e = err(&GOOD.replace("snapshot_dir = \"/mnt/pool/.snapshots\"", ""));
     assert!(e.contains("missing field `snapshot_dir`"), "{e}");
+    let e = err(&GOOD.replace("prefix", "stall_timeout_secs = 0\nprefix"));
+    assert!(e.contains("stall_timeout_secs 0 must be at least 1"), "{e}");
+    let e = err(&GOOD.replace(
+        "prefix",
+        "attempt_timeout_secs = 20\nstall_timeout_secs = 30\nprefix",
+    ));
+    assert!(e.contains("below attempt_timeout_secs (20)"), "{e}");
+    let e = err(&GOOD.replace("prefix", "limit_upload = \"2 MB/s\"\nprefix"));
+    assert!(e.contains("not a size"), "{e}");
 }
 
 #[test]

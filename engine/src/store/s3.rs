@@ -13,6 +13,7 @@ use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
 };
 use bytes::Bytes;
+use futures::TryFutureExt;
 
 use super::*;
 use std::sync::Arc;
@@ -22,6 +23,13 @@ use crate::settings::S3Settings;
 pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: String,
+    /// No byte moved for this long: the transfer is stalled (see `watched`).
+    stall: Duration,
+    /// Attempts of a transfer that stalls (the SDK's own retries count inside each).
+    attempts: u32,
+    /// Bandwidth limits shared by every transfer of this store.
+    upload_limit: Option<Arc<RateLimit>>,
+    download_limit: Option<Arc<RateLimit>>,
 }
 
 impl S3Store {
@@ -41,7 +49,8 @@ impl S3Store {
                 RetryConfig::standard()
                     .with_max_attempts(s.max_attempts.max(1))
                     .with_initial_backoff(Duration::from_millis(500))
-                    .with_max_backoff(Duration::from_secs(20)),
+                    // Below the stall timeout: a backoff is not a stall.
+                    .with_max_backoff(Duration::from_secs(20).min(s.stall_timeout / 2)),
             )
             .timeout_config(
                 TimeoutConfig::builder()
@@ -57,7 +66,46 @@ impl S3Store {
         S3Store {
             client: aws_sdk_s3::Client::from_conf(b.build()),
             bucket: s.bucket.clone(),
+            stall: s.stall_timeout,
+            attempts: s.max_attempts.max(1),
+            upload_limit: s.limit_upload.map(|r| Arc::new(RateLimit::new(r))),
+            download_limit: s.limit_download.map(|r| Arc::new(RateLimit::new(r))),
         }
+    }
+
+    /// Runs the transfer `attempt` makes, watching it: when `Activity` shows no byte moved for
+    /// the stall timeout (a request body not taken, a reply not coming, a body not arriving),
+    /// the attempt is dropped (its connection with it) and made again, up to `attempts` times.
+    async fn watched<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &str,
+        attempt: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn(Arc<Activity>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        for n in 1..=self.attempts {
+            let activity = Arc::new(Activity::new());
+            tokio::select! {
+                r = attempt(activity.clone()) => return r,
+                () = activity.stalled(self.stall) => {
+                    tracing::warn!(op, key, attempt = n, stall_secs = self.stall.as_secs(), "transfer stalled; trying again");
+                }
+            }
+        }
+        Err(StoreError {
+            op,
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            kind: StoreErrorKind::Transient,
+            message: format!(
+                "stalled {} times: no byte moved for {} s (stall_timeout_secs)",
+                self.attempts,
+                self.stall.as_secs()
+            ),
+        })
     }
 
     fn err<E>(&self, op: &'static str, key: &str, e: SdkError<E, HttpResponse>) -> StoreError
@@ -101,6 +149,137 @@ impl S3Store {
             message,
         }
     }
+}
+
+/// When a transfer last moved a byte.
+struct Activity(std::sync::Mutex<std::time::Instant>);
+
+impl Activity {
+    fn new() -> Activity {
+        Activity(std::sync::Mutex::new(std::time::Instant::now()))
+    }
+
+    fn touch(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+    }
+
+    fn last(&self) -> std::time::Instant {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns once nothing moved for `limit`.
+    async fn stalled(&self, limit: Duration) {
+        loop {
+            let deadline = self.last() + limit;
+            if std::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+/// A bandwidth limit: bytes per second, shared by the transfers that use it.
+struct RateLimit {
+    rate: u64,
+    next_free: std::sync::Mutex<std::time::Instant>,
+}
+
+impl RateLimit {
+    fn new(rate: u64) -> RateLimit {
+        RateLimit {
+            rate: rate.max(1),
+            next_free: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    /// Pieces small enough that one takes at most a quarter of a second at the limit (so a
+    /// throttled transfer never looks stalled).
+    fn piece(&self) -> usize {
+        usize::try_from(self.rate / 4)
+            .unwrap_or(usize::MAX)
+            .clamp(1024, 64 * 1024)
+    }
+
+    /// When `n` more bytes may go.
+    fn reserve(&self, n: usize) -> std::time::Instant {
+        let mut next = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
+        let start = (*next).max(std::time::Instant::now());
+        *next = start + Duration::from_secs_f64(n as f64 / self.rate as f64);
+        start
+    }
+}
+
+/// A part's body handed to the HTTP client a piece at a time (at the upload limit, if any),
+/// each piece marking activity: the client takes a piece only when the socket accepted the
+/// last, so a stalled link stops the marks.
+struct WatchedBody {
+    data: Bytes,
+    pos: usize,
+    activity: Arc<Activity>,
+    limit: Option<Arc<RateLimit>>,
+    /// A piece waiting for the limit, and the wait.
+    held: Option<(Bytes, std::pin::Pin<Box<tokio::time::Sleep>>)>,
+}
+
+impl http_body::Body for WatchedBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        use std::future::Future;
+        let this = self.get_mut();
+        this.activity.touch();
+        if this.held.is_none() {
+            if this.pos >= this.data.len() {
+                return std::task::Poll::Ready(None);
+            }
+            let size = this.limit.as_ref().map_or(64 * 1024, |l| l.piece());
+            let end = (this.pos + size).min(this.data.len());
+            let piece = this.data.slice(this.pos..end);
+            this.pos = end;
+            let Some(limit) = &this.limit else {
+                return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(piece))));
+            };
+            let at = limit.reserve(piece.len());
+            this.held = Some((piece, Box::pin(tokio::time::sleep_until(at.into()))));
+        }
+        if let Some((_, wait)) = this.held.as_mut() {
+            if wait.as_mut().poll(cx).is_pending() {
+                return std::task::Poll::Pending;
+            }
+        }
+        this.activity.touch();
+        match this.held.take() {
+            Some((piece, _)) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(piece)))),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.held.is_none() && self.pos >= self.data.len()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let held = self.held.as_ref().map_or(0, |(p, _)| p.len());
+        http_body::SizeHint::with_exact((self.data.len() - self.pos + held) as u64)
+    }
+}
+
+fn watched_body(data: Bytes, activity: Arc<Activity>, limit: Option<Arc<RateLimit>>) -> ByteStream {
+    // Retryable: the SDK's own retries take the body again from the start.
+    ByteStream::new(aws_smithy_types::body::SdkBody::retryable(move || {
+        aws_smithy_types::body::SdkBody::from_body_1_x(WatchedBody {
+            data: data.clone(),
+            pos: 0,
+            activity: activity.clone(),
+            limit: limit.clone(),
+            held: None,
+        })
+    }))
 }
 
 /// Reads the `Date` of a reply: how far the server's clock is ahead of this host's.
@@ -240,21 +419,28 @@ impl ObjectStore for S3Store {
     ) -> Result<String, StoreError> {
         let len = body.len();
         let out = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(i32::try_from(part_number).unwrap_or(i32::MAX))
-            .content_length(i64::try_from(len).unwrap_or(i64::MAX))
-            .checksum_crc32_c(crc32c_base64(crc32c))
-            .body(ByteStream::from(body))
-            .customize()
-            // The CRC32C header protects the payload; signing it would hash every byte again.
-            .disable_payload_signing()
-            .send()
-            .await
-            .map_err(|e| self.err("UploadPart", key, e))?;
+            .watched("UploadPart", key, |activity| {
+                self.client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .part_number(i32::try_from(part_number).unwrap_or(i32::MAX))
+                    .content_length(i64::try_from(len).unwrap_or(i64::MAX))
+                    .checksum_crc32_c(crc32c_base64(crc32c))
+                    .body(watched_body(
+                        body.clone(),
+                        activity,
+                        self.upload_limit.clone(),
+                    ))
+                    .customize()
+                    // The CRC32C header protects the payload; signing it would hash every
+                    // byte again.
+                    .disable_payload_signing()
+                    .send()
+                    .map_err(|e| self.err("UploadPart", key, e))
+            })
+            .await?;
         Ok(etag_of(out.e_tag()))
     }
 
@@ -445,23 +631,47 @@ impl ObjectStore for S3Store {
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes={}-{}", offset, offset + len.max(1) - 1))
-            .send()
-            .await
-            .map_err(|e| self.err("GetObject", key, e))?;
-        let body = out.body.collect().await.map_err(|e| StoreError {
-            op: "GetObject",
-            bucket: self.bucket.clone(),
-            key: key.to_string(),
-            kind: StoreErrorKind::Transient,
-            message: format!("reading the body: {e}"),
-        })?;
-        Ok(body.into_bytes())
+        self.watched("GetObject", key, |activity| async move {
+            let mut out = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .range(format!("bytes={}-{}", offset, offset + len.max(1) - 1))
+                .send()
+                .await
+                .map_err(|e| self.err("GetObject", key, e))?;
+            let mut data =
+                bytes::BytesMut::with_capacity(usize::try_from(len.min(64 << 20)).unwrap_or(0));
+            loop {
+                activity.touch();
+                match out.body.try_next().await {
+                    Ok(Some(piece)) => {
+                        if let Some(limit) = &self.download_limit {
+                            // Waiting for the limit is not a stall.
+                            let at = limit.reserve(piece.len());
+                            while std::time::Instant::now() < at {
+                                let step = at - std::time::Instant::now();
+                                tokio::time::sleep(step.min(Duration::from_millis(250))).await;
+                                activity.touch();
+                            }
+                        }
+                        data.extend_from_slice(&piece);
+                    }
+                    Ok(None) => return Ok(data.freeze()),
+                    Err(e) => {
+                        return Err(StoreError {
+                            op: "GetObject",
+                            bucket: self.bucket.clone(),
+                            key: key.to_string(),
+                            kind: StoreErrorKind::Transient,
+                            message: format!("reading the body: {e}"),
+                        })
+                    }
+                }
+            }
+        })
+        .await
     }
 
     async fn restore_object(&self, key: &str, days: i32, tier: &str) -> Result<(), StoreError> {
