@@ -2,10 +2,12 @@
 
 mod commands;
 mod config;
+mod failure;
 mod lock;
 mod output;
 
 use commands::{backup, plan_only, rebuild};
+use failure::{code_for, code_for_restore, code_for_store, exit, journal_failure, Failure};
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -14,35 +16,12 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use engine::backup::{BackupError, Context, Progress, RunReport};
-use engine::btrfs::{BtrfsCli, BtrfsError};
+use engine::btrfs::BtrfsCli;
 use engine::journal::{Journal, JournalError};
 use engine::plan::{Decision, Force};
 use engine::restore::{RestoreError, RestoreRequest, Restorer, Selector, VerifyMode};
 use engine::settings::Settings;
-use engine::store::{ObjectStore, S3Store, StoreErrorKind};
-
-/// Exit codes, documented in the README and `--help`.
-pub mod exit {
-    pub const OK: u8 = 0;
-    /// A backup did not complete; `resume` (or the next `backup`) continues it.
-    pub const FAILED: u8 = 1;
-    /// Bad command line or configuration file (also: state_dir not a writable directory,
-    /// snapshot_dir not on the source's filesystem).
-    pub const USAGE: u8 = 2;
-    /// Another btrfs-to-s3 run holds the lock.
-    pub const LOCKED: u8 = 3;
-    /// S3 refused: unknown bucket, wrong or expired credentials, access denied, or this
-    /// host's clock more than 15 minutes off the server's.
-    pub const S3_ACCESS: u8 = 4;
-    /// A source is not a Btrfs subvolume, or btrfs-progs is missing.
-    pub const SOURCE: u8 = 5;
-    /// The journal is damaged or unreadable.
-    pub const JOURNAL: u8 = 6;
-    /// Backup data damaged or missing (hash mismatch, missing object, broken chain).
-    pub const DAMAGED: u8 = 7;
-    /// Archived objects are thawing: run the same restore again later (EX_TEMPFAIL).
-    pub const THAWING: u8 = 75;
-}
+use engine::store::{ObjectStore, S3Store};
 
 const AFTER_HELP: &str = "\
 Exit codes:
@@ -171,35 +150,6 @@ enum JournalCommand {
     },
 }
 
-/// An error with the exit code it deserves.
-struct Failure {
-    code: u8,
-    message: String,
-}
-
-impl Failure {
-    fn new(code: u8, message: impl Into<String>) -> Failure {
-        Failure {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-fn code_for(e: &BackupError) -> u8 {
-    match e {
-        BackupError::Store(s) => code_for_store(s),
-        BackupError::Btrfs(BtrfsError::NotASubvolume { .. } | BtrfsError::Missing(_)) => {
-            exit::SOURCE
-        }
-        BackupError::Btrfs(BtrfsError::CrossDevice { .. }) => exit::USAGE,
-        BackupError::ClockSkewed { .. } => exit::S3_ACCESS,
-        BackupError::Journal(e) => journal_code(e),
-        BackupError::Layout(_) => exit::USAGE,
-        _ => exit::FAILED,
-    }
-}
-
 #[cfg(not(feature = "bench-no-journal"))]
 fn open_journal(settings: &Settings) -> Result<Journal, JournalError> {
     Journal::open(&settings.journal_path())
@@ -209,19 +159,6 @@ fn open_journal(settings: &Settings) -> Result<Journal, JournalError> {
 fn open_journal(_settings: &Settings) -> Result<Journal, JournalError> {
     eprintln!("warning: benchmark build: the journal is in memory, nothing can be resumed");
     Journal::in_memory()
-}
-
-fn journal_code(e: &JournalError) -> u8 {
-    match e {
-        JournalError::InUse { .. } => exit::LOCKED,
-        // Not damage: the last commit stands; free space and run again.
-        JournalError::NoSpace { .. } => exit::FAILED,
-        _ => exit::JOURNAL,
-    }
-}
-
-fn journal_failure(e: JournalError) -> Failure {
-    Failure::new(journal_code(&e), e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -524,20 +461,6 @@ fn selector(
     })
 }
 
-fn code_for_restore(e: &RestoreError) -> u8 {
-    match e {
-        RestoreError::Store(s) => code_for_store(s),
-        RestoreError::Damaged { .. } | RestoreError::Manifest(_) => exit::DAMAGED,
-        RestoreError::ThawPending { .. } | RestoreError::ThawTimeout { .. } => exit::THAWING,
-        RestoreError::TargetExists(_) | RestoreError::BadTarget(_) | RestoreError::NoSource(..) => {
-            exit::USAGE
-        }
-        RestoreError::NotFound(_) => exit::USAGE,
-        RestoreError::Btrfs(BtrfsError::Missing(_)) => exit::SOURCE,
-        _ => exit::FAILED,
-    }
-}
-
 /// The run lock, or the failure that says who holds it (exit 3) or why the configured
 /// directory cannot hold it (exit 2).
 fn take_lock(settings: &Settings) -> Result<lock::Lock, Failure> {
@@ -555,13 +478,4 @@ fn take_lock(settings: &Settings) -> Result<lock::Lock, Failure> {
 /// state_dir, if it exists, must be a directory (exit 2 naming it otherwise).
 fn check_state_dir(settings: &Settings) -> Result<(), Failure> {
     lock::check_dir("state_dir", &settings.state_dir).map_err(|m| Failure::new(exit::USAGE, m))
-}
-
-fn code_for_store(e: &engine::store::StoreError) -> u8 {
-    match e.kind {
-        StoreErrorKind::AccessDenied
-        | StoreErrorKind::NoSuchBucket
-        | StoreErrorKind::ClockSkewed => exit::S3_ACCESS,
-        _ => exit::FAILED,
-    }
 }

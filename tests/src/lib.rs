@@ -231,6 +231,17 @@ keep_chains = 1000
             .expect("spawn btrfs-to-s3")
     }
 
+    /// `restore --subvolume <name> --target <target>` (the newest backup).
+    pub fn restore(&self, target: &Path) -> Output {
+        self.run(&[
+            "restore",
+            "--subvolume",
+            &self.name,
+            "--target",
+            &target.display().to_string(),
+        ])
+    }
+
     /// Starts the failpoints build with `FAILPOINTS=spec` (typically `name=sleep(ms)`, a pause
     /// during which the test changes the world under the run); `finish` collects it.
     pub fn spawn_failpoints(&self, args: &[&str], spec: &str) -> std::process::Child {

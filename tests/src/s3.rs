@@ -126,7 +126,8 @@ impl S3Server {
         }
     }
 
-    /// Deletes every object and aborts every upload under `base_prefix` (real AWS cleanup).
+    /// Deletes every object and aborts every upload under `base_prefix` (real AWS cleanup, and
+    /// `delete_bucket`). Errors are ignored: it also runs on drop.
     fn remove_prefix(&self) {
         let client = self.client();
         let (bucket, prefix) = (self.bucket.clone(), format!("{}/", self.base_prefix));
@@ -306,17 +307,38 @@ api_bind_addr = "127.0.0.1:{admin}"
             garage_conf: None,
             _dir: Some(dir),
         };
-        let client = s.client();
-        let bucket = s.bucket.clone();
+        s.create_bucket();
+        s
+    }
+
+    /// Creates the bucket through the S3 API (moto's start, or a test recreating it).
+    pub fn create_bucket(&self) {
+        let client = self.client();
+        let bucket = self.bucket.clone();
         crate::block_on(async move {
             client
                 .create_bucket()
                 .bucket(bucket)
                 .send()
                 .await
-                .expect("create bucket on moto");
+                .expect("create bucket");
         });
-        s
+    }
+
+    /// Deletes the bucket as someone with access could: empties the test prefix (aborting
+    /// its uploads), then DeleteBucket, which fails if anything else is left.
+    pub fn delete_bucket(&self) {
+        self.remove_prefix();
+        let client = self.client();
+        let bucket = self.bucket.clone();
+        crate::block_on(async move {
+            client
+                .delete_bucket()
+                .bucket(bucket)
+                .send()
+                .await
+                .expect("delete bucket");
+        });
     }
 
     /// An SDK client for assertions, independent of the tool under test.

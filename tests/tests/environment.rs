@@ -201,7 +201,7 @@ fn garage_restore_into_a_full_filesystem_fails_clean() {
     let target = small.path("restored");
     std::fs::create_dir_all(&target).expect("mkdir");
     let t = target.display().to_string();
-    let out = s.run(&["restore", "--subvolume", "data", "--target", &t]);
+    let out = s.restore(&target);
     out.assert_code(1);
     assert!(
         out.stderr.contains("no space left") && out.stderr.contains(&t),
@@ -218,14 +218,7 @@ fn garage_restore_into_a_full_filesystem_fails_clean() {
     let big = LoopFs::new(1024);
     let t2 = big.path("restored");
     std::fs::create_dir_all(&t2).expect("mkdir");
-    s.run(&[
-        "restore",
-        "--subvolume",
-        "data",
-        "--target",
-        &t2.display().to_string(),
-    ])
-    .assert_code(0);
+    s.restore(&t2).assert_code(0);
 }
 
 #[test]
@@ -270,55 +263,11 @@ fn garage_credentials_revoked_mid_run_exit_4_and_resume_after() {
     assert_eq!(in_progress(&s), 0);
 }
 
-fn delete_bucket(s: &Setup) {
-    let client = s.s3.client();
-    let bucket = s.s3.bucket.clone();
-    harness::block_on(async move {
-        let ups = client
-            .list_multipart_uploads()
-            .bucket(&bucket)
-            .send()
-            .await
-            .expect("list uploads");
-        for u in ups.uploads() {
-            client
-                .abort_multipart_upload()
-                .bucket(&bucket)
-                .key(u.key().unwrap_or_default())
-                .upload_id(u.upload_id().unwrap_or_default())
-                .send()
-                .await
-                .expect("abort");
-        }
-        let objs = client
-            .list_objects_v2()
-            .bucket(&bucket)
-            .send()
-            .await
-            .expect("list objects");
-        for o in objs.contents() {
-            client
-                .delete_object()
-                .bucket(&bucket)
-                .key(o.key().unwrap_or_default())
-                .send()
-                .await
-                .expect("delete object");
-        }
-        client
-            .delete_bucket()
-            .bucket(&bucket)
-            .send()
-            .await
-            .expect("delete bucket");
-    });
-}
-
 #[test]
 fn moto_bucket_deleted_mid_run_exit_4_and_resume_after() {
     let s = Setup::new(Flavor::Moto, several_chunks());
     let child = backup_paused_after_first_chunk(&s, 4000);
-    delete_bucket(&s);
+    s.s3.delete_bucket();
     let out = Setup::finish(child);
     out.assert_code(4);
     assert!(
@@ -330,16 +279,7 @@ fn moto_bucket_deleted_mid_run_exit_4_and_resume_after() {
     assert_eq!(s.snapshots().len(), 1, "{:?}", s.snapshots());
     assert_eq!(in_progress(&s), 1);
     // The operator recreates the bucket; the next run starts the backup over in it.
-    let client = s.s3.client();
-    let bucket = s.s3.bucket.clone();
-    harness::block_on(async move {
-        client
-            .create_bucket()
-            .bucket(bucket)
-            .send()
-            .await
-            .expect("recreate bucket")
-    });
+    s.s3.create_bucket();
     s.run(&["backup"]).assert_code(0);
     s.prove_restorable(&s.pointer().manifest_key);
     assert!(s.open_uploads().is_empty(), "{:?}", s.open_uploads());

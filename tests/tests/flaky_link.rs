@@ -50,10 +50,11 @@ fn setup() -> Setup {
 }
 
 /// Runs `args`; on exit 1 (the retry budget spent) runs `resume`, which must publish.
-fn run_to_published(s: &Setup, args: &[&str], case: &str) -> u32 {
+/// True when it took the resume.
+fn run_to_published(s: &Setup, args: &[&str], case: &str) -> bool {
     let out = s.run(args);
     match out.code {
-        0 => 0,
+        0 => false,
         1 => {
             let again = s.run(&["resume"]);
             assert_eq!(
@@ -61,7 +62,7 @@ fn run_to_published(s: &Setup, args: &[&str], case: &str) -> u32 {
                 "{case}: resume after exit 1 failed\nfirst: {}\nresume: {}",
                 out.stderr, again.stderr
             );
-            1
+            true
         }
         c => panic!("{case}: exit {c}\n{}", out.stderr),
     }
@@ -89,7 +90,7 @@ fn garage_backup_survives_each_fault_on_each_operation() {
             proxy.set_rules(vec![Rule::once(*op, fault)]);
             let before_faults = proxy.injected().len();
             let before_bytes = proxy.forwarded(Op::Part).1;
-            if run_to_published(&s, &["backup", "--full"], &case) > 0 {
+            if run_to_published(&s, &["backup", "--full"], &case) {
                 resumed.push(case.clone());
             }
             let injected = proxy.injected();
@@ -139,13 +140,7 @@ fn garage_restore_survives_each_fault_on_each_operation() {
             let dir = target.path(&format!("r{i}-{}", op.name()));
             std::fs::create_dir_all(&dir).expect("mkdir");
             let case = format!("restore {} {}", op.name(), fault.name());
-            let out = s.run(&[
-                "restore",
-                "--subvolume",
-                "data",
-                "--target",
-                &dir.display().to_string(),
-            ]);
+            let out = s.restore(&dir);
             if proxy.injected().len() == before {
                 // This restore made no request of `op`.
                 out.assert_code(0);
@@ -153,13 +148,7 @@ fn garage_restore_survives_each_fault_on_each_operation() {
             }
             let out = if out.code == 1 {
                 // The retry budget was spent: the same restore again completes.
-                s.run(&[
-                    "restore",
-                    "--subvolume",
-                    "data",
-                    "--target",
-                    &dir.display().to_string(),
-                ])
+                s.restore(&dir)
             } else {
                 out
             };
@@ -206,13 +195,7 @@ fn garage_stalled_transfers_are_detected_and_retried() {
         } else {
             let dir = target.path(&format!("r{i}"));
             std::fs::create_dir_all(&dir).expect("mkdir");
-            s.run(&[
-                "restore",
-                "--subvolume",
-                "data",
-                "--target",
-                &dir.display().to_string(),
-            ])
+            s.restore(&dir)
         };
         let took = started.elapsed();
         let case = format!("{what} {} {}", op.name(), fault.name());
@@ -260,14 +243,7 @@ fn garage_bandwidth_limits_hold() {
     let dir = target.path("r");
     std::fs::create_dir_all(&dir).expect("mkdir");
     let started = std::time::Instant::now();
-    s.run(&[
-        "restore",
-        "--subvolume",
-        "data",
-        "--target",
-        &dir.display().to_string(),
-    ])
-    .assert_code(0);
+    s.restore(&dir).assert_code(0);
     let took = started.elapsed().as_secs_f64();
     let floor = m.total_bytes as f64 / rate as f64;
     assert!(
