@@ -11,6 +11,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub const DEFAULT_PATH: &str = "/etc/btrfs-to-s3/config.toml";
+/// The longest `outage_wait_mins` accepted: a week.
+const MAX_OUTAGE_WAIT_MINS: u64 = 7 * 24 * 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -151,6 +153,7 @@ struct RawS3 {
     stall_timeout_secs: Option<Spanned<u64>>,
     limit_upload: Option<Size>,
     limit_download: Option<Size>,
+    outage_wait_mins: Option<Spanned<u64>>,
 }
 
 fn default_region() -> String {
@@ -396,6 +399,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             "the default 30 detects a stalled transfer in half a minute".into(),
         ));
     }
+    let outage_wait = s3.outage_wait_mins.as_ref().map_or(0, |c| *c.get_ref());
+    if outage_wait > MAX_OUTAGE_WAIT_MINS {
+        return Err(invalid_at(
+            span_of(&s3.outage_wait_mins),
+            format!("outage_wait_mins {outage_wait} is more than a week ({MAX_OUTAGE_WAIT_MINS})"),
+            "a run that waits longer holds the lock and its snapshot that long; use at most 10080"
+                .into(),
+        ));
+    }
     let lock_path = raw.lock_path.unwrap_or_else(|| raw.state_dir.join("lock"));
     let defaults = engine::plan::Schedule::default();
     let max_chain_length = raw
@@ -500,6 +512,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             stall_timeout: Duration::from_secs(stall),
             limit_upload: s3.limit_upload.map(|s| s.0).filter(|b| *b > 0),
             limit_download: s3.limit_download.map(|s| s.0).filter(|b| *b > 0),
+            outage_wait: Duration::from_secs(outage_wait * 60),
         },
         schedule,
         retention,

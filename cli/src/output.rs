@@ -190,6 +190,7 @@ pub fn print_settings(s: &Settings, as_json: bool) {
             "attempt_timeout_secs": s.s3.attempt_timeout.as_secs(),
             "stall_timeout_secs": s.s3.stall_timeout.as_secs(),
             "limit_upload": s.s3.limit_upload, "limit_download": s.s3.limit_download,
+            "outage_wait_mins": s.s3.outage_wait.as_secs() / 60,
         }
     });
     if as_json {

@@ -57,6 +57,9 @@ pub struct S3Settings {
     /// Bytes per second for part uploads and for downloads (None: as fast as the link).
     pub limit_upload: Option<u64>,
     pub limit_download: Option<u64>,
+    /// How long in all one run may wait for an unreachable S3 to answer again before it
+    /// gives up (exit 1, resumable). Zero: give up once the SDK's retries are spent.
+    pub outage_wait: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

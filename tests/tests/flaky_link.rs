@@ -256,3 +256,79 @@ fn garage_bandwidth_limits_hold() {
         m.total_bytes
     );
 }
+
+/// A link that goes down mid-backup: with the default `outage_wait_mins = 0` the run ends with
+/// exit 1 once the SDK's retries are spent, and `resume` publishes it; with
+/// `outage_wait_mins = 1` the same outage is waited out and the run publishes by itself. Either
+/// way at most concurrency × part_size bytes are sent again.
+#[test]
+fn garage_outage_ends_resumable_or_is_waited_out() {
+    let s = setup();
+    let proxy = through_proxy(&s);
+    let config = std::fs::read_to_string(&s.config).expect("config");
+    let outage = std::time::Duration::from_secs(8);
+    for wait_mins in [0, 1] {
+        s.write_config(&config.replace(
+            "max_attempts = 3",
+            &format!("max_attempts = 2\noutage_wait_mins = {wait_mins}"),
+        ));
+        let before = proxy.forwarded(Op::Part).1;
+        let started = std::time::Instant::now();
+        // Slowed to 4 MiB/s so the outage lands mid-upload.
+        let child = s.spawn_with(
+            harness::tool_bin("btrfs-to-s3"),
+            &["--limit-upload", "4MiB", "backup", "--full"],
+            &[],
+        );
+        harness::wait_until("a part upload reached the server", 30, || {
+            proxy.forwarded(Op::Part).1 > before + PART
+        });
+        proxy.set_down(true);
+        let down_at = started.elapsed();
+        std::thread::sleep(outage);
+        proxy.set_down(false);
+        let out = Setup::finish(child);
+        let took = started.elapsed();
+        if wait_mins == 0 {
+            assert_eq!(out.code, 1, "no outage wait: exit 1\n{}", out.stderr);
+            assert!(
+                took < down_at + outage + std::time::Duration::from_secs(2),
+                "exit 1 came {took:?} after start, not during the {outage:?} outage"
+            );
+            assert!(out.stderr.contains("resume"), "{}", out.stderr);
+            assert!(!s.open_runs().is_empty(), "the run is kept for resume");
+            let f = s.resume_and_prove(None);
+            assert!(
+                f.resent_bytes <= CONCURRENCY * PART,
+                "resume sent {} bytes again",
+                f.resent_bytes
+            );
+            eprintln!(
+                "outage_wait_mins 0: exit 1 after {took:.1?}; resume sent {} bytes again",
+                f.resent_bytes
+            );
+        } else {
+            assert_eq!(out.code, 0, "the outage was waited out\n{}", out.stderr);
+            assert!(
+                out.stderr.contains("waiting for the link"),
+                "the wait is logged\n{}",
+                out.stderr
+            );
+            assert!(
+                took > down_at + outage,
+                "done {took:?}: before the link came back?"
+            );
+            let key = s.pointer().manifest_key;
+            let m = s.manifest(&key);
+            let again = (proxy.forwarded(Op::Part).1 - before).saturating_sub(m.total_bytes);
+            assert!(
+                again <= CONCURRENCY * PART,
+                "{again} bytes sent again (bound {})",
+                CONCURRENCY * PART
+            );
+            assert!(s.open_runs().is_empty() && s.open_uploads().is_empty());
+            s.prove_restorable(&key);
+            eprintln!("outage_wait_mins 1: published after {took:.1?} ({outage:?} down), {again} bytes sent again");
+        }
+    }
+}

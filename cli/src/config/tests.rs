@@ -89,6 +89,11 @@ fn bad_values_are_refused_with_line() {
         "attempt_timeout_secs = 20\nstall_timeout_secs = 30\nprefix",
     ));
     assert!(e.contains("below attempt_timeout_secs (20)"), "{e}");
+    let e = err(&GOOD.replace("prefix", "outage_wait_mins = 20000\nprefix"));
+    assert!(
+        e.contains("outage_wait_mins 20000 is more than a week"),
+        "{e}"
+    );
     let e = err(&GOOD.replace("prefix", "limit_upload = \"2 MB/s\"\nprefix"));
     assert!(e.contains("not a size"), "{e}");
 }

@@ -29,11 +29,13 @@ pub use crate::settings::settings_fingerprint;
 use crate::settings::Settings;
 use crate::store::{ObjectStore, PutOptions, StoreError, StoreFactory};
 
+mod outage;
 mod planning;
 mod publish;
 mod retention;
 mod upload;
 
+pub use outage::OutageWait;
 pub use planning::last_published;
 
 #[derive(Debug, thiserror::Error)]
@@ -289,64 +291,19 @@ impl Context {
             .flat_map(|(c, st)| st.parts.values().map(move |r| (*c, r.part_number, r.xxh3)))
             .collect();
         let mut reused = 0u64;
+        let mut outage = OutageWait::new(self.settings.s3.outage_wait);
         loop {
             let st = self.state(run)?;
-            let (chunks, parts) = match next_action(&st, &self.facts(&st)) {
-                Action::TakeSnapshot => {
-                    self.take_snapshot(run, &st)?;
+            let (chunks, parts) = match self.turn(run, &st, &initial, &mut reused).await {
+                Ok(Some(counts)) => counts,
+                Ok(None) => continue,
+                // The journal holds what the failed step committed: after the link is back
+                // the next turn folds it afresh and goes on from there.
+                Err(e) if e.is_retryable() => {
+                    self.wait_for_link(&mut outage, e).await?;
                     continue;
                 }
-                Action::Abandon(reason) => {
-                    self.abandon(run, &reason).await?;
-                    return Err(BackupError::Abandoned { run, reason });
-                }
-                Action::Upload => {
-                    match self.upload(run, &st, &initial).await {
-                        Ok((end, pass_reused)) => {
-                            reused = pass_reused;
-                            self.write_manifest(run, end).await?
-                        }
-                        Err(BackupError::RestartChunk { chunk, reason }) => {
-                            if let Some(c) = st.chunks.get(&chunk) {
-                                self.store.abort_multipart(&c.key, &c.upload_id).await?;
-                                // An object completed earlier at this key is stale now: left,
-                                // a later adoption could take it for the new chunk. No
-                                // manifest names it yet (the key is this run's own).
-                                self.store.delete(&c.key).await?;
-                            }
-                            tracing::warn!(run, chunk, %reason, "restarting chunk");
-                            self.append(run, Transition::ChunkRestarted { chunk, reason })?;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                    continue;
-                }
-                Action::PublishPointer => {
-                    self.publish_pointer(run, &st).await?;
-                    continue;
-                }
-                Action::Prune => {
-                    self.prune(run, &st).await?;
-                    continue;
-                }
-                // The report's counts are read before Finished: closing compacts the run's
-                // chunk records away.
-                Action::Finish => {
-                    failpoint!("before-finish");
-                    self.append(run, Transition::Finished)?;
-                    (st.chunks.len(), st.committed_parts())
-                }
-                Action::Over => {
-                    if let Some(reason) = st.abandoned {
-                        return Err(BackupError::Abandoned { run, reason });
-                    }
-                    let h = self.journal.runs()?.into_iter().find(|h| h.id == run);
-                    let sum = h.and_then(|h| h.summary);
-                    (
-                        sum.as_ref().map_or(0, |s| s.chunks as usize),
-                        sum.map_or(0, |s| usize::try_from(s.parts).unwrap_or(usize::MAX)),
-                    )
-                }
+                Err(e) => return Err(e),
             };
             let keys = self.keys();
             let p = &st.planned;
@@ -370,6 +327,74 @@ impl Context {
                 seconds: started.elapsed().as_secs_f64(),
             });
         }
+    }
+
+    /// One turn of `drive`: performs the action the decider names for `st`. None: go on
+    /// (fold again); Some: the run is over, with its chunk and part counts.
+    async fn turn(
+        &self,
+        run: RunId,
+        st: &RunState,
+        initial: &BTreeSet<(u32, u32, u128)>,
+        reused: &mut u64,
+    ) -> Result<Option<(usize, usize)>, BackupError> {
+        Ok(Some(match next_action(st, &self.facts(st)) {
+            Action::TakeSnapshot => {
+                self.take_snapshot(run, st)?;
+                return Ok(None);
+            }
+            Action::Abandon(reason) => {
+                self.abandon(run, &reason).await?;
+                return Err(BackupError::Abandoned { run, reason });
+            }
+            Action::Upload => {
+                match self.upload(run, st, initial).await {
+                    Ok((end, pass_reused)) => {
+                        *reused = pass_reused;
+                        self.write_manifest(run, end).await?
+                    }
+                    Err(BackupError::RestartChunk { chunk, reason }) => {
+                        if let Some(c) = st.chunks.get(&chunk) {
+                            self.store.abort_multipart(&c.key, &c.upload_id).await?;
+                            // An object completed earlier at this key is stale now: left,
+                            // a later adoption could take it for the new chunk. No
+                            // manifest names it yet (the key is this run's own).
+                            self.store.delete(&c.key).await?;
+                        }
+                        tracing::warn!(run, chunk, %reason, "restarting chunk");
+                        self.append(run, Transition::ChunkRestarted { chunk, reason })?;
+                    }
+                    Err(e) => return Err(e),
+                }
+                return Ok(None);
+            }
+            Action::PublishPointer => {
+                self.publish_pointer(run, st).await?;
+                return Ok(None);
+            }
+            Action::Prune => {
+                self.prune(run, st).await?;
+                return Ok(None);
+            }
+            // The report's counts are read before Finished: closing compacts the run's
+            // chunk records away.
+            Action::Finish => {
+                failpoint!("before-finish");
+                self.append(run, Transition::Finished)?;
+                (st.chunks.len(), st.committed_parts())
+            }
+            Action::Over => {
+                if let Some(reason) = st.abandoned.clone() {
+                    return Err(BackupError::Abandoned { run, reason });
+                }
+                let h = self.journal.runs()?.into_iter().find(|h| h.id == run);
+                let sum = h.and_then(|h| h.summary);
+                (
+                    sum.as_ref().map_or(0, |s| s.chunks as usize),
+                    sum.map_or(0, |s| usize::try_from(s.parts).unwrap_or(usize::MAX)),
+                )
+            }
+        }))
     }
 
     fn take_snapshot(&self, run: RunId, st: &RunState) -> Result<(), BackupError> {

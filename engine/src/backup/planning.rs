@@ -24,7 +24,16 @@ impl Context {
             source,
         })?;
         Layout::new(self.settings.s3.chunk_size, self.settings.s3.part_size)?;
-        clock_check(self.store.check_access().await?)?;
+        // An unattended run started while the link is down waits for it (outage_wait_mins).
+        let mut outage = super::OutageWait::new(self.settings.s3.outage_wait);
+        let ahead = loop {
+            match self.store.check_access().await {
+                Ok(ahead) => break ahead,
+                Err(e) if e.is_retryable() => self.wait_for_link(&mut outage, e.into()).await?,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        clock_check(ahead)?;
         Ok(())
     }
 

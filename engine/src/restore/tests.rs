@@ -147,6 +147,7 @@ fn restorer(state: &Path, thaw_after: u32, timeout: Duration) -> (Restorer, Arc<
             stall_timeout: Duration::from_secs(1),
             limit_upload: None,
             limit_download: None,
+            outage_wait: Duration::ZERO,
         },
         schedule: Default::default(),
         retention: Retention::default(),

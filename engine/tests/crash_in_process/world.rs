@@ -89,6 +89,7 @@ impl World {
                 stall_timeout: Duration::from_secs(1),
                 limit_upload: None,
                 limit_download: None,
+                outage_wait: Duration::ZERO,
             },
             schedule: Schedule::default(),
             retention,

@@ -182,6 +182,7 @@ fn main() {
             stall_timeout: Duration::from_secs(1),
             limit_upload: None,
             limit_download: None,
+            outage_wait: Duration::ZERO,
         },
         schedule: Schedule::default(),
         retention: Retention::default(),
