@@ -4,6 +4,7 @@
 pub mod btrfs;
 mod prove;
 pub mod s3;
+pub mod torture;
 
 pub use prove::*;
 
@@ -32,12 +33,15 @@ pub fn tool_bin(name: &str) -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
-    // target/debug/deps/<test>  ->  target/debug/<name>
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join(name);
+    // target/debug/deps/<test> (a test) or target/debug/<bin> (the torture command)
+    //   ->  target/debug/<name>
+    let dir = exe.parent().expect("exe dir");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("target dir")
+    } else {
+        dir
+    };
+    let p = dir.join(name);
     assert!(
         p.exists(),
         "{} is not built: run scripts/test.sh, or `cargo build -p btrfs-to-s3` first",
@@ -229,6 +233,26 @@ keep_chains = 1000
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn btrfs-to-s3")
+    }
+
+    /// Starts the S3 fault proxy in front of this setup's server and points the config at it.
+    pub fn through_proxy(&self) -> fault_injection::proxy::Proxy {
+        let upstream: std::net::SocketAddr = self
+            .s3
+            .endpoint
+            .trim_start_matches("http://")
+            .parse()
+            .expect("endpoint host:port");
+        let proxy = fault_injection::proxy::Proxy::start_local(
+            fault_injection::proxy::Config::new(upstream),
+        )
+        .expect("proxy");
+        self.write_config(
+            &self
+                .default_config()
+                .replace(&self.s3.endpoint, &proxy.url()),
+        );
+        proxy
     }
 
     /// `restore --subvolume <name> --target <target>` (the newest backup).

@@ -263,6 +263,50 @@ api_bind_addr = "127.0.0.1:{admin}"
         }
     }
 
+    /// SIGKILLs the server process (garage only: its data survives on disk), the way a crash
+    /// or an OOM kill would, while a run may be talking to it.
+    pub fn kill(&mut self) {
+        assert_eq!(
+            self.flavor,
+            Flavor::Garage,
+            "only garage keeps its data over a kill"
+        );
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts garage again after `kill` with the same configuration, ports and data, and
+    /// waits until its S3 API listens.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "start_again after kill");
+        let conf = self.garage_conf.clone().expect("garage config");
+        let log = conf.with_file_name("garage.log");
+        let child = Command::new(tools_dir().join("bin/garage"))
+            .arg("-c")
+            .arg(&conf)
+            .arg("server")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&log)
+                    .expect("garage log"),
+            )
+            .spawn()
+            .expect("start garage again");
+        self.child = Some(child);
+        let port: u16 = self
+            .endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("endpoint port");
+        wait_port(port, "garage S3 API (restarted)", &log);
+    }
+
     /// Runs garage's own CLI against this server (garage only): what an operator would do
     /// to the bucket or the key while a run is going on.
     pub fn garage_cli(&self, args: &[&str]) -> String {

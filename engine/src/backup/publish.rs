@@ -18,6 +18,11 @@ impl Context {
     ) -> Result<(), BackupError> {
         let st = self.state(run)?;
         let m = self.build_manifest(&st, total, sha)?;
+        // A CreateMultipartUpload whose reply was lost (the SDK's retry made another) left an
+        // upload the journal never heard of. Every chunk is sealed now, so reconciling aborts
+        // whatever is still open under the run's own prefix; a crash before the manifest
+        // comes back here, and nothing is uploaded after it.
+        self.reconcile(&st).await?;
         let key = self.keys().manifest(
             &st.planned.subvolume,
             &st.planned.chain_id,

@@ -109,7 +109,7 @@ impl Context {
     /// Gathers what S3 says about the run's uploads (ListMultipartUploads under the run's own
     /// prefix, ListParts per unsealed chunk), lets `machine::run::reconcile` decide, and aborts
     /// the uploads it names.
-    async fn reconcile(&self, st: &RunState) -> Result<Reconciled, BackupError> {
+    pub(super) async fn reconcile(&self, st: &RunState) -> Result<Reconciled, BackupError> {
         let p = &st.planned;
         let prefix = self
             .keys()
