@@ -12,13 +12,18 @@
 #   sudo scripts/bench.sh --restore [--repeat N]
 #     restore of the ~1 GiB full backup beside `s5cmd cat` of the same chunk objects piped
 #     into `btrfs receive`: MiB/s and peak memory.
+#   sudo scripts/bench.sh --flaky-link [--repeat N]
+#     a 128 MiB full backup (5 MiB parts) direct to garage, then through s3-fault-proxy capped at 2 MiB/s
+#     with 100 ms added latency, then the same with 5 % of requests failing (503, 500, reset):
+#     MiB/s of each beside the cap, faults injected, exit code.
 # Needs root. Uses a release build. Not part of the tests (numbers, not assertions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-sizes="1 4"; repeat=1; overhead=0; incremental=0; restore=0
+sizes="1 4"; repeat=1; overhead=0; incremental=0; restore=0; flaky=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --restore) restore=1; sizes=1; shift ;;
+    --flaky-link) flaky=1; sizes=1; shift ;;
     --incremental) incremental=1; sizes=1; shift ;;
     --journal-overhead) overhead=1; shift ;;
     --sizes) sizes="$2"; shift 2 ;;
@@ -53,6 +58,81 @@ truncate -s $(( (total_gib + 2) * 2 ))G "$W/fs.img"
 LOOP=$(losetup --find --show "$W/fs.img")
 mkfs.btrfs -q "$LOOP"; mount "$LOOP" "$W/mnt"
 eval "$(scripts/garage-local.sh start "$W/garage")"
+
+if [ $flaky = 1 ]; then
+  cargo build --quiet --release -p btrfs-to-s3-fault-injection --bin s3-fault-proxy
+  PROXY="$PWD/target/release/s3-fault-proxy"
+  sv="$W/mnt/vol128m"; btrfs subvolume create "$sv" > /dev/null
+  for i in $(seq 1 8); do head -c 16M /dev/urandom > "$sv/blob$i"; done
+  sync
+  upstream="${S3_ENDPOINT#http://}"
+  results="[]"
+  for r in $(seq 1 "$repeat"); do
+    for mode in clean capped capped-failing; do
+      endpoint="$S3_ENDPOINT"; proxy_pid=""
+      if [ $mode != clean ]; then
+        port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+        rules=()
+        [ $mode = capped-failing ] && rules=(--rule fault=503,p=0.02 --rule fault=500,p=0.02 --rule fault=reset,p=0.0102)
+        "$PROXY" --upstream "$upstream" --listen "127.0.0.1:$port" --latency-ms 100 \
+          --bandwidth $((2 << 20)) --seed "$r" "${rules[@]}" 2> "$OUT/proxy-$mode.log" &
+        proxy_pid=$!
+        endpoint="http://127.0.0.1:$port"
+        for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+      fi
+      cat > "$W/config.toml" <<CONF
+snapshot_dir = "$W/mnt/.snapshots"
+state_dir = "$W/state"
+[[subvolumes]]
+name = "vol128m"
+path = "$sv"
+[s3]
+bucket = "$S3_BUCKET"
+endpoint = "$endpoint"
+path_style = true
+prefix = "bench-link-$mode-$r"
+sse = "none"
+chunk_size = "1GiB"
+part_size = "5MiB"
+concurrency = 4
+[schedule]
+incremental_every_days = 0
+CONF
+      set +e
+      /usr/bin/time -f "%M %e" -o "$OUT/time.txt" "$BIN" --config "$W/config.toml" --quiet backup --json > "$OUT/run.json"
+      code=$?
+      set -e
+      [ -n "$proxy_pid" ] && kill "$proxy_pid" && wait "$proxy_pid" 2>/dev/null || true
+      read -r rss_kib wall < "$OUT/time.txt"
+      faults=0; [ -f "$OUT/proxy-$mode.log" ] && [ $mode != clean ] && faults=$(grep -c '"fault"' "$OUT/proxy-$mode.log" || true)
+      results=$(python3 - "$results" "$OUT/run.json" <<PY
+import json, sys
+r = json.loads(sys.argv[1])
+try:
+    run = json.load(open(sys.argv[2]))["runs"][0]
+    total = run["total_bytes"]
+except Exception:
+    total = 0
+r.append({"mode": "$mode", "repeat": $r, "exit_code": $code, "stream_mib": round(total / 2**20, 1),
+  "wall_s": $wall, "mib_s": round(total / 2**20 / $wall, 2), "cap_mib_s": None if "$mode" == "clean" else 2.0,
+  "latency_ms": 0 if "$mode" == "clean" else 100, "faults_injected": $faults,
+  "peak_rss_mib": round($rss_kib / 1024, 1)})
+print(json.dumps(r))
+PY
+)
+      snap=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["runs"][0]["snapshot"])' "$OUT/run.json" 2>/dev/null || true)
+      [ -n "$snap" ] && btrfs subvolume delete "$snap" > /dev/null
+      rm -rf "$W/state"
+    done
+  done
+  echo "$results" > "$OUT/flaky-link.json"
+  python3 -c '
+import json, sys
+for r in json.load(open(sys.argv[1])):
+    print("{mode:15} exit {exit_code}  {stream_mib} MiB in {wall_s} s = {mib_s} MiB/s  (cap {cap_mib_s}, latency {latency_ms} ms, faults {faults_injected}, peak {peak_rss_mib} MiB)".format(**r))
+' "$OUT/flaky-link.json"
+  exit 0
+fi
 
 results="[]"
 for s in $sizes; do

@@ -79,8 +79,8 @@ enum Command {
         /// Back up now, ignoring the schedule (full or incremental as the chain allows).
         #[arg(long)]
         once: bool,
-        /// Start a new chain with a full backup now.
-        #[arg(long, conflicts_with = "once")]
+        /// Start a new chain with a full backup now (implies --once).
+        #[arg(long)]
         full: bool,
         /// Print what would be done and why; change nothing.
         #[arg(long)]
@@ -136,6 +136,17 @@ enum Command {
     /// Journal maintenance.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// Print a shell completion script; needs no configuration file.
+    ///
+    /// Example: btrfs-to-s3 completions bash > /etc/bash_completion.d/btrfs-to-s3
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from this help; needs no configuration file.
+    ///
+    /// Example: btrfs-to-s3 man | man -l -
+    Man,
 }
 
 #[derive(Subcommand, Debug)]
@@ -209,7 +220,36 @@ fn bandwidth(s: &str) -> Result<u64, String> {
     })
 }
 
+/// `completions` and `man`: generated from the clap definitions, no configuration needed.
+fn generated(command: &Command) -> Option<Result<u8, Failure>> {
+    use clap::CommandFactory;
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "btrfs-to-s3", &mut out);
+            Some(Ok(exit::OK))
+        }
+        Command::Man => Some(
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .map(|()| exit::OK)
+                .or_else(|e| match e.kind() {
+                    // `btrfs-to-s3 man | head` is not a failure.
+                    std::io::ErrorKind::BrokenPipe => Ok(exit::OK),
+                    _ => Err(Failure::new(
+                        exit::FAILED,
+                        format!("cannot write the man page: {e}"),
+                    )),
+                }),
+        ),
+        _ => None,
+    }
+}
+
 async fn run(cli: Cli) -> Result<u8, Failure> {
+    if let Some(r) = generated(&cli.command) {
+        return r;
+    }
     let mut settings =
         config::load(&cli.config).map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
     if let Some(b) = cli.limit_upload {
@@ -278,6 +318,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         } => {
             select(&settings, std::slice::from_ref(subvolume))?;
             let selector = selector(backup, manifest_key, before)?;
+            make_target(target)?;
             let verify = match verify.as_deref() {
                 Some("full") => VerifyMode::Full,
                 Some("sample") => VerifyMode::Sample,
@@ -350,9 +391,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     .map(|r| {
                         if r.problems.is_empty() {
                             format!(
-                                "{}: ok ({} objects{})",
+                                "{}: ok ({}{})",
                                 r.backup_id,
-                                r.objects_checked,
+                                output::count(r.objects_checked, "object"),
                                 if r.deep {
                                     ", every byte checked, stream parses"
                                 } else {
@@ -379,7 +420,36 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Journal(JournalCommand::Rebuild { force }) => {
             rebuild(&cli, settings, *force).await
         }
+        // Answered by `generated` before the configuration is read.
+        Command::Completions { .. } | Command::Man => Ok(exit::OK),
     }
+}
+
+/// `restore --target DIR` with a DIR that does not exist yet: made (one level) when its parent
+/// is a directory on a Btrfs filesystem; otherwise left to the restore's own refusal.
+fn make_target(target: &std::path::Path) -> Result<(), Failure> {
+    if target.exists() {
+        return Ok(());
+    }
+    let parent = match target.parent() {
+        Some(p) if p.as_os_str().is_empty() => std::path::Path::new("."),
+        Some(p) => p,
+        None => return Ok(()),
+    };
+    let on_btrfs = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(parent)
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "btrfs");
+    if !parent.is_dir() || !on_btrfs {
+        return Ok(());
+    }
+    std::fs::create_dir(target).map_err(|e| {
+        Failure::new(
+            exit::USAGE,
+            format!("cannot create the restore target {}: {e}", target.display()),
+        )
+    })
 }
 
 /// The S3 store behind the prefix guard: nothing outside `<prefix>/<subvolume>/` of a

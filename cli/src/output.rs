@@ -26,6 +26,21 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A transfer rate in the unit that shows it (a tiny backup is "12.0 KiB/s", not "0.0 MiB/s").
+pub fn human_rate(bytes: u64, seconds: f64) -> String {
+    let per_sec = (bytes as f64 / seconds.max(0.001)).round() as u64;
+    format!("{}/s", human_bytes(per_sec))
+}
+
+/// "1 object", "2 objects".
+pub fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 /// A line on stderr, redrawn twice a second: stream position, bytes sent, rate.
 pub fn spawn_progress(p: Arc<Progress>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -35,12 +50,12 @@ pub fn spawn_progress(p: Arc<Progress>) -> tokio::task::JoinHandle<()> {
             let sent = p.uploaded_bytes.load(Ordering::Relaxed);
             let reused = p.reused_bytes.load(Ordering::Relaxed);
             let read = p.stream_bytes.load(Ordering::Relaxed);
-            let rate = sent as f64 / start.elapsed().as_secs_f64().max(0.001) / (1024.0 * 1024.0);
+            let rate = human_rate(sent, start.elapsed().as_secs_f64());
             let current = p.current.lock().map(|c| c.clone()).unwrap_or_default();
             let mut err = std::io::stderr().lock();
             let _ = write!(
                 err,
-                "\r\x1b[2K{current}: read {}, sent {}, reused {}, {rate:.1} MiB/s",
+                "\r\x1b[2K{current}: read {}, sent {}, reused {}, {rate}",
                 human_bytes(read),
                 human_bytes(sent),
                 human_bytes(reused)
@@ -143,9 +158,9 @@ pub fn print_backup(
         return;
     }
     for r in reports {
-        let rate = r.uploaded_bytes as f64 / r.seconds.max(0.001) / (1024.0 * 1024.0);
+        let rate = human_rate(r.uploaded_bytes, r.seconds);
         println!(
-            "{}: published {} backup {} ({} in {} chunk(s), {} parts; sent {}, reused {}; {:.1} s, {rate:.1} MiB/s{})",
+            "{}: published {} backup {} ({} in {} chunk(s), {} parts; sent {}, reused {}; {:.1} s, {rate}{})",
             r.subvolume,
             match r.kind {
                 engine::manifest::Kind::Full => "full",
@@ -444,5 +459,14 @@ mod tests {
         assert_eq!(human_bytes(5), "5 B");
         assert_eq!(human_bytes(1536), "1.50 KiB");
         assert_eq!(human_bytes(3 << 30), "3.00 GiB");
+    }
+
+    #[test]
+    fn rates_and_counts_read_well() {
+        assert_eq!(human_rate(12 << 10, 1.0), "12.00 KiB/s");
+        assert_eq!(human_rate(300 << 20, 2.0), "150.00 MiB/s");
+        assert_eq!(human_rate(0, 0.0), "0 B/s");
+        assert_eq!(count(1, "object"), "1 object");
+        assert_eq!(count(3, "object"), "3 objects");
     }
 }

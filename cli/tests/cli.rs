@@ -197,3 +197,35 @@ fn missing_btrfs_progs_exits_5_and_says_what_to_install() {
         "a snapshot was made"
     );
 }
+
+#[test]
+fn completions_and_man_page_need_no_config() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = bin()
+            .args(["--config", "/nonexistent/config.toml", "completions", shell])
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "completions {shell}: {:?}", out);
+        let text = String::from_utf8_lossy(&out.stdout);
+        for needle in ["btrfs-to-s3", "restore", "resume", "limit-upload"] {
+            assert!(text.contains(needle), "completions {shell} lack {needle:?}");
+        }
+    }
+    let out = bin()
+        .args(["--config", "/nonexistent/config.toml", "man"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "man: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(".TH btrfs-to-s3"), "not a man page:\n{text}");
+    assert!(
+        text.contains("Exit codes"),
+        "the man page keeps the exit codes"
+    );
+    let out = bin().args(["completions", "tcsh"]).output().expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+}

@@ -82,6 +82,29 @@ fn full_restore(flavor: Flavor) {
     assert_same_tree(&s.snapshot_dir.join(&name), &restored);
 }
 
+/// `restore --target DIR` with DIR missing: made when its parent is on Btrfs, refused (exit 2,
+/// nothing made) when it is not. `backup --full --once` is accepted (--full implies --once).
+#[test]
+fn garage_restore_makes_a_missing_target_only_on_btrfs() {
+    let s = Setup::new(Flavor::Garage, opts());
+    s.run(&["backup", "--full", "--once"]).assert_code(0);
+    let name = s.manifest(&s.pointer().manifest_key).snapshot.name;
+    let scratch = LoopFs::new(1024);
+    let dir = scratch.mnt.join("not-yet");
+    restore(&s, &dir, &[]).assert_code(0);
+    assert_same_tree(&s.snapshot_dir.join(&name), &dir.join(&name));
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let not_btrfs = elsewhere.path().join("not-yet");
+    let out = restore(&s, &not_btrfs, &[]);
+    out.assert_code(2);
+    assert!(
+        out.stderr.contains("not a directory on a Btrfs filesystem"),
+        "{}",
+        out.stderr
+    );
+    assert!(!not_btrfs.exists(), "nothing made outside Btrfs");
+}
+
 #[test]
 fn garage_full_restore() {
     full_restore(Flavor::Garage);
