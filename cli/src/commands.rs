@@ -163,9 +163,16 @@ pub(crate) async fn backup(
         clock: Arc::new(engine::clock::SystemClock),
         stores,
     };
-    ctx.preflight(&subvolumes)
-        .await
-        .map_err(|e| Failure::new(code_for(&e), e.to_string()))?;
+    if let Err(e) = ctx.preflight(&subvolumes).await {
+        // Nothing ran, and every selected subvolume's run failed: the metrics say so.
+        let failed: Vec<(String, BackupError)> = subvolumes
+            .iter()
+            .map(|sv| (sv.name.clone(), BackupError::Internal(e.to_string())))
+            .collect();
+        let runs = journal.runs().unwrap_or_default();
+        metrics::update(&ctx.settings, &runs, &[], &failed);
+        return Err(Failure::new(code_for(&e), e.to_string()));
+    }
 
     let ticker = (!cli.quiet && !cli.json && std::io::stderr().is_terminal())
         .then(|| output::spawn_progress(progress.clone()));
@@ -220,6 +227,12 @@ pub(crate) async fn backup(
         eprint!("\r\x1b[2K");
     }
     output::print_backup(&reports, &failures, &abandoned, &skipped, cli.json);
+    metrics::update(
+        &ctx.settings,
+        &journal.runs().unwrap_or_default(),
+        &reports,
+        &failures,
+    );
     Ok(failures
         .iter()
         .map(|(_, e)| code_for(e))

@@ -198,6 +198,7 @@ struct RawConfig {
     #[serde(default = "default_state_dir")]
     state_dir: PathBuf,
     lock_path: Option<PathBuf>,
+    metrics_file: Option<Spanned<PathBuf>>,
     subvolumes: Spanned<Vec<RawSubvolume>>,
     s3: RawS3,
     #[serde(default)]
@@ -408,6 +409,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
                 .into(),
         ));
     }
+    if let Some(m) = &raw.metrics_file {
+        let p = m.get_ref();
+        let dir_ok =
+            p.is_absolute() && p.file_name().is_some() && p.parent().is_some_and(Path::is_dir);
+        if !dir_ok {
+            return Err(invalid_at(
+                Some(m.span()),
+                format!(
+                    "metrics_file {} is not a file name in an existing directory (absolute path)",
+                    p.display()
+                ),
+                "use node_exporter's textfile directory, e.g. /var/lib/prometheus/node-exporter/btrfs_to_s3.prom".into(),
+            ));
+        }
+    }
     let lock_path = raw.lock_path.unwrap_or_else(|| raw.state_dir.join("lock"));
     let defaults = engine::plan::Schedule::default();
     let max_chain_length = raw
@@ -517,6 +533,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         schedule,
         retention,
         restore,
+        metrics_file: raw.metrics_file.map(Spanned::into_inner),
     })
 }
 

@@ -4,6 +4,7 @@ mod commands;
 mod config;
 mod failure;
 mod lock;
+mod metrics;
 mod output;
 
 use commands::{backup, plan_only, rebuild};

@@ -114,6 +114,8 @@ pub struct Settings {
     pub schedule: crate::plan::Schedule,
     pub retention: Retention,
     pub restore: RestoreSettings,
+    /// The Prometheus textfile rewritten after every backup and resume (None: none).
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Settings {

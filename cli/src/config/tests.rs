@@ -89,6 +89,18 @@ fn bad_values_are_refused_with_line() {
         "attempt_timeout_secs = 20\nstall_timeout_secs = 30\nprefix",
     ));
     assert!(e.contains("below attempt_timeout_secs (20)"), "{e}");
+    let e = err(&GOOD.replace(
+        "state_dir",
+        "metrics_file = \"/nonexistent-dir/b.prom\"\nstate_dir",
+    ));
+    assert!(
+        e.contains(
+            "metrics_file /nonexistent-dir/b.prom is not a file name in an existing directory"
+        ),
+        "{e}"
+    );
+    let e = err(&GOOD.replace("state_dir", "metrics_file = \"b.prom\"\nstate_dir"));
+    assert!(e.contains("(absolute path)"), "{e}");
     let e = err(&GOOD.replace("prefix", "outage_wait_mins = 20000\nprefix"));
     assert!(
         e.contains("outage_wait_mins 20000 is more than a week"),

@@ -129,6 +129,7 @@ fn restorer(state: &Path, thaw_after: u32, timeout: Duration) -> (Restorer, Arc<
         snapshot_dir: state.join("snap"),
         state_dir: state.to_path_buf(),
         lock_path: state.join("lock"),
+        metrics_file: None,
         s3: S3Settings {
             bucket: "fake".into(),
             region: "us-east-1".into(),

@@ -69,6 +69,7 @@ impl World {
             snapshot_dir: dir.path().join("snapshots"),
             state_dir: dir.path().join("state"),
             lock_path: dir.path().join("lock"),
+            metrics_file: None,
             s3: S3Settings {
                 bucket: "mem".into(),
                 region: "us-east-1".into(),

@@ -164,6 +164,7 @@ fn main() {
         snapshot_dir: "/pool/.snapshots".into(),
         state_dir: "/var/empty".into(),
         lock_path: "/var/empty/lock".into(),
+        metrics_file: None,
         s3: S3Settings {
             bucket: "b".into(),
             region: "us-east-1".into(),
