@@ -46,6 +46,8 @@ fi
 command -v losetup >/dev/null || apt_install mount
 # The clock-skew test runs the tool under libfaketime.
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || apt_install faketime
+# systemd-analyze verifies the units in packaging/systemd (cli/tests/systemd.rs).
+command -v systemd-analyze >/dev/null || apt_install systemd
 
 if [ $want_garage = 1 ]; then
   if [ -x "$TOOLS/bin/garage" ] && "$TOOLS/bin/garage" --version 2>/dev/null | grep -qF "$GARAGE_VERSION"; then
