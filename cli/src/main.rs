@@ -1,5 +1,6 @@
 //! `btrfs-to-s3`: back up Btrfs subvolumes to S3, resumably.
 
+mod check;
 mod commands;
 mod config;
 mod failure;
@@ -134,6 +135,14 @@ enum Command {
     Status,
     /// Check the configuration file and print the settings it yields.
     CheckConfig,
+    /// Prove before the first backup that every assumption holds, touching no backup:
+    /// btrfs-progs, each subvolume (a read-only snapshot into snapshot_dir, deleted),
+    /// state_dir, the bucket, the clock, and the credentials' rights under the prefix (a
+    /// probe object put, read, listed and deleted; a multipart upload made and aborted).
+    /// Each failure names the fix; the exit code is the worst failure's.
+    ///
+    /// Example: btrfs-to-s3 --config /etc/btrfs-to-s3/config.toml check
+    Check,
     /// Journal maintenance.
     #[command(subcommand)]
     Journal(JournalCommand),
@@ -268,6 +277,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::CheckConfig => {
             output::print_settings(&settings, cli.json);
             Ok(exit::OK)
+        }
+        Command::Check => {
+            let checks = check::run(&settings, connect(&settings).await).await;
+            output::print_checks(&checks, cli.json);
+            Ok(check::exit_code(&checks))
         }
         Command::Status => {
             // Read-only: a running backup keeps its journal open for writing and `status`

@@ -188,6 +188,32 @@ pub fn print_backup(
     }
 }
 
+/// `check`: a line per check (✓ or ✗), the fix under each failure; or JSON.
+pub fn print_checks(checks: &[crate::check::Check], as_json: bool) {
+    if as_json {
+        let doc = json!({"ok": checks.iter().all(|c| c.ok), "checks": checks});
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return;
+    }
+    for c in checks {
+        println!(
+            "{} {}: {}",
+            if c.ok { "ok  " } else { "FAIL" },
+            c.name,
+            c.detail
+        );
+        if let Some(fix) = &c.fix {
+            println!("     fix: {fix}");
+        }
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if failed == 0 {
+        println!("all {} checks passed", checks.len());
+    } else {
+        println!("{failed} of {} checks failed", checks.len());
+    }
+}
+
 pub fn print_settings(s: &Settings, as_json: bool) {
     let doc = json!({
         "subvolumes": s.subvolumes.iter().map(|v| json!({"name": v.name, "path": v.path})).collect::<Vec<_>>(),

@@ -62,6 +62,28 @@ pub struct S3Settings {
     pub outage_wait: Duration,
 }
 
+impl S3Settings {
+    /// How chunks are stored: their storage class, encryption.
+    pub fn chunk_opts(&self) -> crate::store::PutOptions {
+        crate::store::PutOptions {
+            storage_class: Some(self.storage_class_chunks.clone()),
+            sse: Some(self.sse),
+            kms_key_id: self.kms_key_id.clone(),
+            content_type: Some("application/octet-stream".into()),
+        }
+    }
+
+    /// How manifests and pointers are stored (never an archive class).
+    pub fn manifest_opts(&self) -> crate::store::PutOptions {
+        crate::store::PutOptions {
+            storage_class: Some(self.storage_class_manifest.clone()),
+            sse: Some(self.sse),
+            kms_key_id: self.kms_key_id.clone(),
+            content_type: Some("application/json".into()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retention {
     /// Newest local snapshots kept per subvolume (the next incremental's parent and snapshots

@@ -36,7 +36,7 @@ mod retention;
 mod upload;
 
 pub use outage::OutageWait;
-pub use planning::last_published;
+pub use planning::{clock_check, last_published, MAX_CLOCK_SKEW_SECS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -155,21 +155,11 @@ impl Context {
     }
 
     fn chunk_opts(&self) -> PutOptions {
-        PutOptions {
-            storage_class: Some(self.settings.s3.storage_class_chunks.clone()),
-            sse: Some(self.settings.s3.sse),
-            kms_key_id: self.settings.s3.kms_key_id.clone(),
-            content_type: Some("application/octet-stream".into()),
-        }
+        self.settings.s3.chunk_opts()
     }
 
     fn manifest_opts(&self) -> PutOptions {
-        PutOptions {
-            storage_class: Some(self.settings.s3.storage_class_manifest.clone()),
-            sse: Some(self.settings.s3.sse),
-            kms_key_id: self.settings.s3.kms_key_id.clone(),
-            content_type: Some("application/json".into()),
-        }
+        self.settings.s3.manifest_opts()
     }
 
     fn state(&self, run: RunId) -> Result<RunState, BackupError> {
