@@ -76,7 +76,7 @@ pub fn s3_fix(e: &StoreError, action: &str, settings: &Settings) -> (String, u8)
     };
     match e.kind {
         StoreErrorKind::AccessDenied => (
-            format!("allow {action} on {resource} for these credentials (see the README's least-privilege policy), or use credentials that have it"),
+            format!("allow {action} on {resource} for these credentials, or use credentials that have it"),
             exit::S3_ACCESS,
         ),
         StoreErrorKind::NoSuchBucket => (
