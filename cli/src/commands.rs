@@ -174,8 +174,8 @@ pub(crate) async fn backup(
         return Err(Failure::new(code_for(&e), e.to_string()));
     }
 
-    let ticker = (!cli.quiet && !cli.json && std::io::stderr().is_terminal())
-        .then(|| output::spawn_progress(progress.clone()));
+    let ticker =
+        (!cli.quiet && !cli.json).then(|| output::ProgressDisplay::start(progress.clone(), false));
     let mut reports: Vec<RunReport> = Vec::new();
     let mut failures: Vec<(String, BackupError)> = Vec::new();
 
@@ -223,8 +223,7 @@ pub(crate) async fn backup(
         }
     }
     if let Some(t) = ticker {
-        t.abort();
-        eprint!("\r\x1b[2K");
+        t.stop();
     }
     output::print_backup(&reports, &failures, &abandoned, &skipped, cli.json);
     metrics::update(

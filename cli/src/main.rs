@@ -199,7 +199,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| output::LogWriter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     // journald stamps every line itself: a second timestamp only clutters journalctl.
@@ -345,7 +345,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 Some("none") => VerifyMode::None,
                 _ => VerifyMode::Auto,
             };
+            let progress = Arc::new(Progress::default());
+            let ticker = (!cli.quiet && !cli.json)
+                .then(|| output::ProgressDisplay::start(progress.clone(), true));
             let r = Restorer {
+                progress,
                 store: connect(&settings).await,
                 restore: settings.restore.clone(),
                 btrfs: Arc::new(BtrfsCli::default()),
@@ -360,10 +364,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 verify,
                 wait: !*no_wait,
             };
-            let report = r
-                .restore(&req)
-                .await
-                .map_err(|e| Failure::new(code_for_restore(&e), e.to_string()))?;
+            let report = r.restore(&req).await;
+            if let Some(t) = ticker {
+                t.stop();
+            }
+            let report = report.map_err(|e| Failure::new(code_for_restore(&e), e.to_string()))?;
             output::print_json_or(&report, cli.json, || {
                 format!(
                     "{}: restored backup {} to {} ({} snapshot(s) received, {} skipped, {}, {:.1} s); verify: {}",

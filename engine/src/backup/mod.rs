@@ -103,16 +103,30 @@ impl BackupError {
 /// Live counters for progress output.
 #[derive(Debug, Default)]
 pub struct Progress {
+    /// Bytes of the send stream read (backup) or written to `btrfs receive` (restore).
     pub stream_bytes: AtomicU64,
     pub uploaded_bytes: AtomicU64,
     pub reused_bytes: AtomicU64,
     pub parts_uploaded: AtomicU64,
+    pub parts_in_flight: AtomicU64,
+    /// `stream_bytes` when the current run (or received snapshot) began.
+    pub run_base: AtomicU64,
+    /// The current run's expected stream size (the last backup of its kind; the manifest's
+    /// for a restore); 0 when unknown.
+    pub expected_bytes: AtomicU64,
     pub current: Mutex<String>,
 }
 
 impl Progress {
-    fn set_current(&self, s: String) {
+    pub fn set_current(&self, s: String) {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    /// A new run (or snapshot to receive) begins, of about `expected` bytes (0: unknown).
+    pub fn begin(&self, expected: u64) {
+        self.run_base
+            .store(self.stream_bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.expected_bytes.store(expected, Ordering::Relaxed);
     }
 }
 
@@ -271,6 +285,17 @@ impl Context {
     pub async fn drive(&self, run: RunId) -> Result<RunReport, BackupError> {
         let started = Instant::now();
         let first = self.state(run)?;
+        // The bar's length: the last published backup of the same kind, if any.
+        let expected = self
+            .journal
+            .runs()?
+            .iter()
+            .rev()
+            .filter(|h| h.subvolume == first.planned.subvolume)
+            .filter_map(|h| h.summary.as_ref())
+            .find(|s| kind_of(&s.kind) == kind_of(&first.planned.kind))
+            .map_or(0, |s| s.total_bytes);
+        self.progress.begin(expected);
         let resumed = first.next_step() != Step::TakeSnapshot || first.committed_parts() > 0;
         let uploaded_before = self.progress.uploaded_bytes.load(Ordering::Relaxed);
         // Parts committed before this drive: only those count as reused (a part uploaded by an

@@ -170,6 +170,11 @@ impl Context {
         let mut inflight: JoinSet<Done> = JoinSet::new();
 
         let settle = |done: Done, view: &mut RunState| -> Result<(), BackupError> {
+            let _ = self.progress.parts_in_flight.fetch_update(
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+                |v| Some(v.saturating_sub(1)),
+            );
             match done {
                 Ok((rec, data)) => {
                     failpoint!("after-part-upload");
@@ -253,6 +258,9 @@ impl Context {
                         .ok_or_else(|| BackupError::Internal("chunk not open".into()))?;
                     let (store, key, id) = (self.store.clone(), c.key.clone(), c.upload_id.clone());
                     inflight.spawn(upload_one(store, key, id, part));
+                    self.progress
+                        .parts_in_flight
+                        .store(inflight.len() as u64, Ordering::Relaxed);
                 }
                 Event::ChunkEnd {
                     chunk,

@@ -100,6 +100,7 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
     m: &Manifest,
     concurrency: usize,
     sink: &mut W,
+    progress: Option<&crate::backup::Progress>,
 ) -> Result<u64, RestoreError> {
     let mut jobs = Vec::new();
     for c in &m.chunks {
@@ -159,6 +160,10 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
                 snapshot: m.snapshot.name.clone(),
                 detail: format!("writing the stream: {e}"),
             })?;
+        if let Some(p) = progress {
+            p.stream_bytes
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         written_parts += 1;
         if written_parts == 2 {
             failpoint!("restore-mid-stream");
@@ -193,13 +198,14 @@ pub(super) async fn into_receiver(
     m: &Manifest,
     concurrency: usize,
     dir: Option<&std::path::Path>,
+    progress: Option<&crate::backup::Progress>,
 ) -> Result<u64, RestoreError> {
     let mut sink = btrfs.receive(dir)?;
     let failed = |detail: String| RestoreError::Receive {
         snapshot: m.snapshot.name.clone(),
         detail: receive_hint(detail, dir, m.total_bytes),
     };
-    let bytes = match stream_verified(store, m, concurrency, &mut sink.writer).await {
+    let bytes = match stream_verified(store, m, concurrency, &mut sink.writer, progress).await {
         Ok(b) => b,
         Err(RestoreError::Receive { detail, .. }) => {
             // The receiver stopped reading (a broken pipe): what it said is the cause.

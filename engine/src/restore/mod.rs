@@ -143,6 +143,8 @@ pub struct Restorer {
     pub btrfs: Arc<dyn Snapshotter>,
     /// Where restore journals are kept (`state::FsStateFiles` on a real host).
     pub state: Arc<dyn StateFiles>,
+    /// Bytes written to `btrfs receive`, for a progress display.
+    pub progress: Arc<crate::backup::Progress>,
 }
 
 /// What to do with one snapshot of the chain, from the restore journal and the target.
@@ -190,12 +192,16 @@ impl Restorer {
     }
 
     async fn receive(&self, m: &Manifest, target: &Path) -> Result<u64, RestoreError> {
+        self.progress
+            .set_current(format!("{}: receive {}", m.subvolume, m.snapshot.name));
+        self.progress.begin(m.total_bytes);
         download::into_receiver(
             self.btrfs.as_ref(),
             self.store.clone(),
             m,
             self.settings.s3.concurrency,
             Some(target),
+            Some(&self.progress),
         )
         .await
     }

@@ -155,6 +155,7 @@ fn restorer(state: &Path, thaw_after: u32, timeout: Duration) -> (Restorer, Arc<
         restore: RestoreSettings::default(),
     };
     let r = Restorer {
+        progress: Default::default(),
         settings,
         restore: RestoreSettings {
             tier: "Bulk".into(),

@@ -60,7 +60,7 @@ pub async fn verify(
             }
         }
         if deep && problems.is_empty() {
-            match into_receiver(btrfs, store.clone(), m, concurrency, None).await {
+            match into_receiver(btrfs, store.clone(), m, concurrency, None, None).await {
                 Ok(_) => {}
                 Err(RestoreError::Receive { detail, .. }) => {
                     problems.push(format!("the stream does not parse: {detail}"))

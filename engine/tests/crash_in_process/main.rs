@@ -175,6 +175,7 @@ fn restorer(w: &World, plan: Option<Arc<CrashPlan>>) -> Restorer {
         state = Arc::new(CrashingStateFiles { inner: state, plan });
     }
     Restorer {
+        progress: Default::default(),
         settings: w.settings.clone(),
         restore: Default::default(),
         store: Arc::new(PrefixGuard::for_settings(store, &w.settings)),
@@ -560,6 +561,7 @@ async fn objects_deleted_or_replaced_under_a_running_restore() {
             gets: Default::default(),
         });
         let r = Restorer {
+            progress: Default::default(),
             settings: w.settings.clone(),
             restore: Default::default(),
             store: store.clone(),

@@ -1,0 +1,67 @@
+//! Progress on a terminal (a pseudo-terminal from util-linux's `script`): `backup` and
+//! `restore` draw an indicatif bar with the stream position, rate, time left, parts in
+//! flight and bytes reused; `--quiet` draws nothing; the bar is cleared at the end, so the
+//! summary stands alone.
+
+use std::process::Command;
+
+use harness::{tool_bin, Flavor, LoopFs, Opts, Setup};
+
+/// Runs the tool under a pseudo-terminal; returns everything the terminal showed.
+fn on_terminal(s: &Setup, args: &[&str]) -> String {
+    let mut cmd = format!(
+        "{} --config {}",
+        tool_bin("btrfs-to-s3").display(),
+        s.config.display()
+    );
+    for a in args {
+        cmd.push(' ');
+        cmd.push_str(a);
+    }
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .envs(s.s3.env())
+        .output()
+        .expect("script (util-linux) is missing: apt-get install bsdutils");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn garage_backup_and_restore_draw_a_bar_on_a_terminal_only_without_quiet() {
+    let s = Setup::new(Flavor::Garage, Opts::default());
+    // Slowed to 4 MiB/s: several seconds of bar for ~26 MiB.
+    let shown = on_terminal(&s, &["--limit-upload", "4MiB", "backup"]);
+    for needle in ["data: ", "read ", "sent ", "reused ", "in flight", "/s"] {
+        assert!(shown.contains(needle), "the bar lacks {needle:?}:\n{shown}");
+    }
+    assert!(shown.contains("published full backup"), "{shown}");
+    // The next full backup knows the size to expect: a bar with a length and time left.
+    let shown = on_terminal(&s, &["--limit-upload", "4MiB", "backup", "--full"]);
+    assert!(shown.contains("of ~") && shown.contains(" left"), "no expected size or ETA:\n{shown}");
+
+    let quiet = on_terminal(&s, &["--quiet", "--limit-upload", "4MiB", "backup", "--full"]);
+    assert!(!quiet.contains("in flight"), "--quiet drew progress:\n{quiet}");
+
+    let target = LoopFs::new(1024);
+    let dir = target.path("r");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let shown = on_terminal(
+        &s,
+        &[
+            "--limit-download",
+            "4MiB",
+            "restore",
+            "--subvolume",
+            "data",
+            "--target",
+            &dir.display().to_string(),
+        ],
+    );
+    assert!(shown.contains("receive data.") && shown.contains("received"), "{shown}");
+    assert!(shown.contains("restored backup"), "{shown}");
+}
