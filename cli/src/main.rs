@@ -74,6 +74,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Resume unfinished runs, then snapshot each subvolume and upload it.
+    #[command(
+        after_help = "Examples:\n  btrfs-to-s3 backup (what the schedule says is due)\n  btrfs-to-s3 backup --subvolume home --once (now, incremental if the chain allows)\n  btrfs-to-s3 backup --dry-run --json (the plan and why, changing nothing)"
+    )]
     Backup {
         /// Only this subvolume (repeatable); default: every configured one.
         #[arg(long = "subvolume", value_name = "NAME")]
@@ -89,6 +92,9 @@ enum Command {
         dry_run: bool,
     },
     /// Restore a backup (newest by default) into a directory on a Btrfs filesystem.
+    #[command(
+        after_help = "Examples:\n  btrfs-to-s3 restore --subvolume home --target /mnt/pool/restored\n  btrfs-to-s3 restore --subvolume home --target /mnt/pool/r --before 2026-11-01T00:00:00Z"
+    )]
     Restore {
         #[arg(long)]
         subvolume: String,
@@ -116,6 +122,7 @@ enum Command {
     },
     /// Check a backup without restoring it: every object exists with its recorded size and
     /// parts; --deep downloads and checks every byte and parses the stream.
+    #[command(after_help = "Examples:\n  btrfs-to-s3 verify --subvolume home --deep")]
     Verify {
         #[arg(long)]
         subvolume: String,
@@ -128,34 +135,42 @@ enum Command {
     },
     /// List the backups in S3 per subvolume, chain by chain: kind, time, size, storage class,
     /// and whether each is restorable (all its objects and its parents' are there).
+    #[command(after_help = "Examples:\n  btrfs-to-s3 list --json")]
     List,
     /// Continue every unfinished run from its last committed part.
+    #[command(
+        after_help = "Examples:\n  btrfs-to-s3 resume (after a crash, a reboot or a lost link)"
+    )]
     Resume,
     /// Show runs in progress, the last success per subvolume, and leaked resources.
+    #[command(
+        after_help = "Examples:\n  btrfs-to-s3 status (also while a backup runs: its parts, rate, time left)"
+    )]
     Status,
     /// Check the configuration file and print the settings it yields.
+    #[command(after_help = "Examples:\n  btrfs-to-s3 --config ./config.toml check-config")]
     CheckConfig,
     /// Prove before the first backup that every assumption holds, touching no backup:
     /// btrfs-progs, each subvolume (a read-only snapshot into snapshot_dir, deleted),
     /// state_dir, the bucket, the clock, and the credentials' rights under the prefix (a
     /// probe object put, read, listed and deleted; a multipart upload made and aborted).
     /// Each failure names the fix; the exit code is the worst failure's.
-    ///
-    /// Example: btrfs-to-s3 --config /etc/btrfs-to-s3/config.toml check
+    #[command(after_help = "Examples:\n  btrfs-to-s3 --config /etc/btrfs-to-s3/config.toml check")]
     Check,
     /// Journal maintenance.
+    #[command(after_help = "Examples:\n  btrfs-to-s3 journal rebuild")]
     #[command(subcommand)]
     Journal(JournalCommand),
     /// Print a shell completion script; needs no configuration file.
-    ///
-    /// Example: btrfs-to-s3 completions bash > /etc/bash_completion.d/btrfs-to-s3
+    #[command(
+        after_help = "Examples:\n  btrfs-to-s3 completions bash > /etc/bash_completion.d/btrfs-to-s3"
+    )]
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
     /// Print the man page (roff), generated from this help; needs no configuration file.
-    ///
-    /// Example: btrfs-to-s3 man | man -l -
+    #[command(after_help = "Examples:\n  btrfs-to-s3 man | man -l -")]
     Man,
 }
 
@@ -164,6 +179,9 @@ enum JournalCommand {
     /// Reconstruct the journal from the manifests in S3 after it was lost or damaged: the
     /// damaged file is kept beside it, published backups are imported, uploads and objects of
     /// runs nobody can resume any more are removed (under the prefix only).
+    #[command(
+        after_help = "Examples:\n  btrfs-to-s3 journal rebuild (after `status` said the journal is damaged)"
+    )]
     Rebuild {
         /// Rebuild even though the journal opens fine (its unfinished runs are given up).
         #[arg(long)]

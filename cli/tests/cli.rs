@@ -229,3 +229,29 @@ fn completions_and_man_page_need_no_config() {
         "an unknown shell is a usage error"
     );
 }
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    for cmd in [
+        vec!["backup"],
+        vec!["resume"],
+        vec!["restore"],
+        vec!["verify"],
+        vec!["list"],
+        vec!["status"],
+        vec!["check-config"],
+        vec!["check"],
+        vec!["journal"],
+        vec!["journal", "rebuild"],
+        vec!["completions"],
+        vec!["man"],
+    ] {
+        let out = bin().args(&cmd).arg("--help").output().expect("run");
+        assert!(out.status.success(), "{cmd:?} --help");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Example"),
+            "{cmd:?} --help has no example:\n{text}"
+        );
+    }
+}

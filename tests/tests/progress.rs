@@ -42,10 +42,19 @@ fn garage_backup_and_restore_draw_a_bar_on_a_terminal_only_without_quiet() {
     assert!(shown.contains("published full backup"), "{shown}");
     // The next full backup knows the size to expect: a bar with a length and time left.
     let shown = on_terminal(&s, &["--limit-upload", "4MiB", "backup", "--full"]);
-    assert!(shown.contains("of ~") && shown.contains(" left"), "no expected size or ETA:\n{shown}");
+    assert!(
+        shown.contains("of ~") && shown.contains(" left"),
+        "no expected size or ETA:\n{shown}"
+    );
 
-    let quiet = on_terminal(&s, &["--quiet", "--limit-upload", "4MiB", "backup", "--full"]);
-    assert!(!quiet.contains("in flight"), "--quiet drew progress:\n{quiet}");
+    let quiet = on_terminal(
+        &s,
+        &["--quiet", "--limit-upload", "4MiB", "backup", "--full"],
+    );
+    assert!(
+        !quiet.contains("in flight"),
+        "--quiet drew progress:\n{quiet}"
+    );
 
     let target = LoopFs::new(1024);
     let dir = target.path("r");
@@ -62,6 +71,9 @@ fn garage_backup_and_restore_draw_a_bar_on_a_terminal_only_without_quiet() {
             &dir.display().to_string(),
         ],
     );
-    assert!(shown.contains("receive data.") && shown.contains("received"), "{shown}");
+    assert!(
+        shown.contains("receive data.") && shown.contains("received"),
+        "{shown}"
+    );
     assert!(shown.contains("restored backup"), "{shown}");
 }
