@@ -10,4 +10,6 @@ cargo clippy --all-targets --quiet -- -D warnings
 cargo build --quiet -p btrfs-to-s3 --features failpoints
 cp target/debug/btrfs-to-s3 target/debug/btrfs-to-s3-failpoints
 cargo build --quiet -p btrfs-to-s3
+# The Debian package of this debug build, for tests/tests/package.rs (dpkg installs it).
+bash scripts/package.sh --debug > /dev/null
 cargo nextest run --workspace --no-fail-fast "$@"
