@@ -265,15 +265,22 @@ pub fn deletion_order(keys: &[String], chain_prefix: &str) -> Vec<String> {
 }
 
 /// Stray multipart uploads to abort: `(key, upload id, initiated)` unknown to every open run
-/// and initiated before `cutoff` (seconds since the epoch); an upload of unknown age is kept.
+/// and either initiated before `cutoff` (seconds since the epoch; an upload of unknown age is
+/// kept) or under the backup prefix of a run that is over (`finished`: no run will ever use
+/// it — a request its dead process sent that S3 applied late, say — whatever its age).
 pub fn stray_uploads(
     uploads: &[(String, String, Option<i64>)],
     known: &BTreeSet<String>,
     cutoff: i64,
+    finished: &BTreeSet<String>,
 ) -> Vec<(String, String)> {
     uploads
         .iter()
-        .filter(|(_, id, at)| !known.contains(id) && at.is_some_and(|t| t < cutoff))
+        .filter(|(key, id, at)| {
+            !known.contains(id)
+                && (at.is_some_and(|t| t < cutoff)
+                    || finished.iter().any(|p| key.starts_with(p.as_str())))
+        })
         .map(|(k, id, _)| (k.clone(), id.clone()))
         .collect()
 }
@@ -282,6 +289,29 @@ pub fn stray_uploads(
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn stray_uploads_are_old_or_under_a_finished_run_and_never_an_open_runs() {
+        let set = |v: &[&str]| {
+            v.iter()
+                .map(|s| s.to_string())
+                .collect::<BTreeSet<String>>()
+        };
+        let up = |k: &str, id: &str, at: Option<i64>| (k.to_string(), id.to_string(), at);
+        let uploads = vec![
+            up("p/sv/c1/b1/chunk-000000.bin", "old", Some(10)),
+            up("p/sv/c1/b2/chunk-000000.bin", "late", Some(1000)),
+            up("p/sv/c1/b3/chunk-000000.bin", "open", Some(10)),
+            up("p/sv/c1/b4/chunk-000000.bin", "young", Some(1000)),
+            up("p/sv/c1/b2/chunk-000001.bin", "unknown-age", None),
+        ];
+        let strays = stray_uploads(&uploads, &set(&["open"]), 100, &set(&["p/sv/c1/b2/"]));
+        let ids: Vec<&str> = strays.iter().map(|(_, id)| id.as_str()).collect();
+        assert_eq!(ids, vec!["old", "late", "unknown-age"]);
+        // Without finished runs only age counts.
+        let strays = stray_uploads(&uploads, &set(&["open"]), 100, &BTreeSet::new());
+        assert_eq!(strays.len(), 1);
+    }
 
     fn t(day: i64) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0)

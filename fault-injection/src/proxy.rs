@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -294,6 +294,8 @@ struct Shared {
     cfg: Config,
     state: Mutex<State>,
     down: AtomicBool,
+    /// Requests read from a client whose handling has not ended (forwarding, stalled, ...).
+    in_flight: AtomicU64,
     /// When the bandwidth cap lets the next byte through.
     next_free: tokio::sync::Mutex<Instant>,
 }
@@ -425,6 +427,7 @@ impl Proxy {
             }),
             cfg,
             down: AtomicBool::new(false),
+            in_flight: AtomicU64::new(0),
             next_free: tokio::sync::Mutex::new(Instant::now()),
         });
         let sh = shared.clone();
@@ -474,6 +477,14 @@ impl Proxy {
     /// An outage: while down, every request is reset before it is forwarded.
     pub fn set_down(&self, down: bool) {
         self.shared.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Requests the proxy holds now: read from a client, not yet answered or dropped. A
+    /// request stalled before forwarding is still forwarded after its client died, as a
+    /// network may deliver it; a test that wants the server to have seen everything a
+    /// killed process sent waits for this to reach zero.
+    pub fn in_flight(&self) -> u64 {
+        self.shared.in_flight.load(Ordering::SeqCst)
     }
 
     /// Requests of `op` forwarded to the server, and their body bytes.
@@ -678,6 +689,21 @@ fn reset(s: &TcpStream) {
     let _ = s.set_linger(Some(Duration::ZERO));
 }
 
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn new(sh: &'a Shared) -> InFlight<'a> {
+        sh.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(sh)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn serve(client: TcpStream, sh: Arc<Shared>) -> std::io::Result<()> {
     let _ = client.set_nodelay(true);
     let (cr, mut cw) = client.into_split();
@@ -686,6 +712,8 @@ async fn serve(client: TcpStream, sh: Arc<Shared>) -> std::io::Result<()> {
         let Some(req) = read_request(&mut cr, &mut cw).await? else {
             return Ok(());
         };
+        // Counted until this request's handling ends, however it ends.
+        let _busy = InFlight::new(&sh);
         let op = Op::of(&req.method, &req.target);
         let fault = sh.decide(op, &req.method, &req.target);
         if !sh.cfg.latency.is_zero() {
@@ -818,6 +846,7 @@ mod tests {
             }),
             cfg: Config::new(SocketAddr::from(([127, 0, 0, 1], 1))),
             down: AtomicBool::new(false),
+            in_flight: AtomicU64::new(0),
             next_free: tokio::sync::Mutex::new(Instant::now()),
         };
         let s = sh(

@@ -394,6 +394,14 @@ impl Torture {
             (status, events.join().expect("events thread"))
         });
         let stderr = reader.join().unwrap_or_default();
+        // What a killed process sent may still be on its way (a request the link stalled):
+        // the next process starts once the link has delivered it, as after a real restart.
+        // (If it lands later still, the next run's retention aborts the orphan: uploads under
+        // a finished run's prefix are strays at any age.)
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.proxy.in_flight() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let Some(status) = status else {
             return Err(format!("`{}` hung for {HANG:?}\n{stderr}", args.join(" ")));
         };

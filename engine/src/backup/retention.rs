@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use fault_injection::failpoint;
-use journal::{BackupKind, RunId, Transition};
+use journal::{BackupKind, RunId, RunStatus, Transition};
 
 use super::{BackupError, Context};
 use crate::machine::run::RunState;
@@ -127,7 +127,15 @@ impl Context {
             .into_iter()
             .map(|u| (u.key, u.upload_id, u.initiated))
             .collect();
-        for (key, id) in plan::stray_uploads(&uploads, &known, cutoff) {
+        // Runs of this subvolume that are over: an upload under one of their prefixes is an
+        // orphan at any age (only their own process could have made it, and it is gone).
+        let keys = self.keys();
+        let finished: BTreeSet<String> = runs
+            .iter()
+            .filter(|h| h.subvolume == p.subvolume && h.status != RunStatus::Open)
+            .map(|h| keys.backup_prefix(&h.subvolume, &h.chain_id, &h.backup_id))
+            .collect();
+        for (key, id) in plan::stray_uploads(&uploads, &known, cutoff, &finished) {
             self.store.abort_multipart(&key, &id).await?;
             tracing::info!(%key, "aborted a stray multipart upload");
         }
