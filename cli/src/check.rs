@@ -19,7 +19,7 @@ use crate::failure::exit;
 /// The oldest btrfs-progs known to do what the tool asks of it (Debian 11's).
 pub const MIN_BTRFS_PROGS: (u32, u32) = (5, 10);
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Check {
     pub name: String,
     pub ok: bool,

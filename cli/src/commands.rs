@@ -118,7 +118,12 @@ pub(crate) async fn plan_only(
         .map_err(|e| Failure::new(code_for(&e), e.to_string()))?;
     let mut plans = Vec::new();
     for h in journal.open_runs().map_err(journal_failure)? {
-        plans.push(serde_json::json!({"subvolume": h.subvolume, "action": "resume", "run": h.id, "reason": format!("unfinished run {} ({})", h.id, h.backup_id)}));
+        plans.push(crate::docs::PlanDoc {
+            subvolume: h.subvolume.clone(),
+            action: "resume".into(),
+            reason: format!("unfinished run {} ({})", h.id, h.backup_id),
+            run: Some(h.id),
+        });
     }
     let now = ctx.clock.now();
     for sv in &subvolumes {
@@ -131,11 +136,14 @@ pub(crate) async fn plan_only(
             Decision::Full { .. } => "full",
             Decision::Incremental { .. } => "incremental",
         };
-        plans.push(
-            serde_json::json!({"subvolume": sv.name, "action": action, "reason": d.reason()}),
-        );
+        plans.push(crate::docs::PlanDoc {
+            subvolume: sv.name.clone(),
+            action: action.into(),
+            reason: d.reason().to_string(),
+            run: None,
+        });
     }
-    output::print_plans(&plans, cli.json);
+    output::print_plans(plans, cli.json);
     Ok(exit::OK)
 }
 

@@ -3,6 +3,7 @@
 mod check;
 mod commands;
 mod config;
+mod docs;
 mod failure;
 mod lock;
 mod metrics;

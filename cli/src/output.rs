@@ -9,7 +9,11 @@ use engine::backup::{BackupError, Progress, RunReport};
 use engine::journal::{Journal, JournalError, RunStatus};
 use engine::machine::run::RunState;
 use engine::settings::Settings;
-use serde_json::json;
+
+use crate::docs::{
+    BackupDoc, CheckDoc, DryRunDoc, FailureDoc, InProgressDoc, LastSuccessDoc, PlanDoc,
+    ProgressDoc, ReasonDoc, RebuildDoc, ResourceDoc, SettingsDoc, StatusDoc,
+};
 
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -165,23 +169,18 @@ pub fn print_json_or<T: serde::Serialize>(v: &T, as_json: bool, human: impl FnOn
     }
 }
 
-pub fn print_plans(plans: &[serde_json::Value], as_json: bool) {
+pub fn print_plans(plan: Vec<PlanDoc>, as_json: bool) {
     if as_json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({"dry_run": true, "plan": plans}))
-                .unwrap_or_default()
-        );
+        let doc = DryRunDoc {
+            dry_run: true,
+            plan,
+        };
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return;
     }
     println!("dry run: nothing is changed");
-    for p in plans {
-        println!(
-            "  {}: {} ({})",
-            p["subvolume"].as_str().unwrap_or(""),
-            p["action"].as_str().unwrap_or(""),
-            p["reason"].as_str().unwrap_or("")
-        );
+    for p in &plan {
+        println!("  {}: {} ({})", p.subvolume, p.action, p.reason);
     }
 }
 
@@ -232,19 +231,28 @@ pub fn print_backup(
         }
     }
     if as_json {
-        let failed: Vec<_> = failures
-            .iter()
-            .map(|(s, e)| json!({"subvolume": s, "error": e.to_string(), "retryable": e.is_retryable()}))
-            .collect();
-        let abandoned: Vec<_> = abandoned
-            .iter()
-            .map(|(s, why)| json!({"subvolume": s, "reason": why}))
-            .collect();
-        let skipped: Vec<_> = skipped
-            .iter()
-            .map(|(s, why)| json!({"subvolume": s, "reason": why}))
-            .collect();
-        let doc = json!({"ok": failures.is_empty(), "runs": reports, "failures": failed, "abandoned": abandoned, "skipped": skipped});
+        let reasons = |v: &[(String, String)]| {
+            v.iter()
+                .map(|(s, why)| ReasonDoc {
+                    subvolume: s.clone(),
+                    reason: why.clone(),
+                })
+                .collect()
+        };
+        let doc = BackupDoc {
+            ok: failures.is_empty(),
+            runs: reports.to_vec(),
+            failures: failures
+                .iter()
+                .map(|(s, e)| FailureDoc {
+                    subvolume: s.clone(),
+                    error: e.to_string(),
+                    retryable: e.is_retryable(),
+                })
+                .collect(),
+            abandoned: reasons(abandoned),
+            skipped: reasons(skipped),
+        };
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return;
     }
@@ -282,7 +290,10 @@ pub fn print_backup(
 /// `check`: a line per check (✓ or ✗), the fix under each failure; or JSON.
 pub fn print_checks(checks: &[crate::check::Check], as_json: bool) {
     if as_json {
-        let doc = json!({"ok": checks.iter().all(|c| c.ok), "checks": checks});
+        let doc = CheckDoc {
+            ok: checks.iter().all(|c| c.ok),
+            checks: checks.to_vec(),
+        };
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return;
     }
@@ -306,31 +317,11 @@ pub fn print_checks(checks: &[crate::check::Check], as_json: bool) {
 }
 
 pub fn print_settings(s: &Settings, as_json: bool) {
-    let doc = json!({
-        "subvolumes": s.subvolumes.iter().map(|v| json!({"name": v.name, "path": v.path})).collect::<Vec<_>>(),
-        "snapshot_dir": s.snapshot_dir,
-        "state_dir": s.state_dir,
-        "lock_path": s.lock_path,
-        "s3": {
-            "bucket": s.s3.bucket, "region": s.s3.region, "endpoint": s.s3.endpoint,
-            "path_style": s.s3.path_style, "prefix": s.s3.prefix,
-            "storage_class_chunks": s.s3.storage_class_chunks,
-            "storage_class_manifest": s.s3.storage_class_manifest,
-            "sse": s.s3.sse.as_str(), "kms_key_id": s.s3.kms_key_id,
-            "chunk_size": s.s3.chunk_size, "part_size": s.s3.part_size,
-            "concurrency": s.s3.concurrency, "max_attempts": s.s3.max_attempts,
-            "attempt_timeout_secs": s.s3.attempt_timeout.as_secs(),
-            "stall_timeout_secs": s.s3.stall_timeout.as_secs(),
-            "limit_upload": s.s3.limit_upload, "limit_download": s.s3.limit_download,
-            "outage_wait_mins": s.s3.outage_wait.as_secs() / 60,
-        }
-    });
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
-    } else {
+    let doc = SettingsDoc::of(s);
+    if !as_json {
         println!("configuration is valid");
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     }
+    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
 }
 
 /// What `status` found in S3: uploads under the configured subvolume prefixes, or why
@@ -346,7 +337,7 @@ fn progress(
     runs: &[engine::journal::RunHeader],
     running: bool,
     now: chrono::DateTime<chrono::Utc>,
-) -> serde_json::Value {
+) -> ProgressDoc {
     let committed = st.committed_bytes();
     let started = chrono::DateTime::parse_from_rfc3339(&st.planned.created_at).ok();
     let secs =
@@ -368,12 +359,22 @@ fn progress(
         (true, Some(_), Some(e)) if committed >= e => Some(0.0),
         _ => None,
     };
-    json!({
-        "running": running,
-        "bytes_per_second": if running { rate.map(|r| r.round()) } else { None },
-        "expected_bytes": expected,
-        "seconds_left": eta,
-    })
+    ProgressDoc {
+        running,
+        bytes_per_second: if running {
+            rate.map(|r| r.round())
+        } else {
+            None
+        },
+        expected_bytes: expected,
+        seconds_left: eta,
+    }
+}
+
+fn as_values<T: serde::Serialize>(v: &[T]) -> Vec<serde_json::Value> {
+    v.iter()
+        .filter_map(|x| serde_json::to_value(x).ok())
+        .collect()
 }
 
 pub fn print_status(
@@ -401,30 +402,41 @@ pub fn print_status(
         let st = match RunState::fold(&j.transitions(h.id)?) {
             Ok(st) => st,
             Err(e) => {
-                in_progress
-                    .push(json!({"run": h.id, "subvolume": h.subvolume, "error": e.to_string()}));
+                in_progress.push(InProgressDoc {
+                    run: h.id,
+                    subvolume: h.subvolume.clone(),
+                    error: Some(e.to_string()),
+                    backup_id: None,
+                    step: None,
+                    parts_committed: None,
+                    bytes_committed: None,
+                    chunks_sealed: None,
+                    progress: None,
+                });
                 continue;
             }
         };
         for (key, id) in st.open_uploads() {
             owned_uploads.insert(id.clone());
-            held.push(
-                json!({"kind": "multipart-upload", "key": key, "upload_id": id, "run": h.id}),
-            );
+            held.push(ResourceDoc::upload(&key, &id, Some(h.id)));
         }
         if st.snapshot_uuid.is_some() {
-            held.push(json!({"kind": "snapshot", "path": st.planned.snapshot_path, "run": h.id}));
+            held.push(ResourceDoc::snapshot(
+                st.planned.snapshot_path.clone().into(),
+                Some(h.id),
+            ));
         }
-        in_progress.push(json!({
-            "run": h.id,
-            "subvolume": h.subvolume,
-            "backup_id": h.backup_id,
-            "step": format!("{:?}", st.next_step()),
-            "parts_committed": st.committed_parts(),
-            "bytes_committed": st.committed_bytes(),
-            "chunks_sealed": st.chunks.values().filter(|c| c.sealed.is_some()).count(),
-            "progress": progress(&st, &runs, running, now),
-        }));
+        in_progress.push(InProgressDoc {
+            run: h.id,
+            subvolume: h.subvolume.clone(),
+            error: None,
+            backup_id: Some(h.backup_id.clone()),
+            step: Some(format!("{:?}", st.next_step())),
+            parts_committed: Some(st.committed_parts() as u64),
+            bytes_committed: Some(st.committed_bytes()),
+            chunks_sealed: Some(st.chunks.values().filter(|c| c.sealed.is_some()).count() as u64),
+            progress: Some(progress(&st, &runs, running, now)),
+        });
     }
     // Leaked: what exists but no open or finished run accounts for.
     let mut leaked = Vec::new();
@@ -434,7 +446,7 @@ pub fn print_status(
                 if !owned_uploads.contains(id)
                     && !owned_prefixes.iter().any(|p| key.starts_with(p.as_str()))
                 {
-                    leaked.push(json!({"kind": "multipart-upload", "key": key, "upload_id": id}));
+                    leaked.push(ResourceDoc::upload(key, id, None));
                 }
             }
             None
@@ -454,7 +466,7 @@ pub fn print_status(
         .collect();
     names.sort();
     for n in names {
-        leaked.push(json!({"kind": "snapshot", "path": s.snapshot_dir.join(n)}));
+        leaked.push(ResourceDoc::snapshot(s.snapshot_dir.join(n), None));
     }
     let mut last = Vec::new();
     for sv in &s.subvolumes {
@@ -462,23 +474,29 @@ pub fn print_status(
             .iter()
             .rev()
             .find(|h| h.subvolume == sv.name && h.status == RunStatus::Finished);
-        last.push(json!({
-            "subvolume": sv.name,
-            "last_success": done.map(|h| h.backup_id.clone()),
-            "run": done.map(|h| h.id),
-        }));
+        last.push(LastSuccessDoc {
+            subvolume: sv.name.clone(),
+            last_success: done.map(|h| h.backup_id.clone()),
+            run: done.map(|h| h.id),
+        });
     }
-    let doc = json!({
-        "in_progress": in_progress,
-        "last_success": last,
-        "held_by_open_runs": held,
-        "leaked": leaked,
-        "remote_error": remote_error,
-    });
+    let doc = StatusDoc {
+        in_progress,
+        last_success: last,
+        held_by_open_runs: held,
+        leaked,
+        remote_error,
+    };
     if as_json {
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return Ok(());
     }
+    // The text is drawn from the same document.
+    let last = as_values(&doc.last_success);
+    let in_progress = as_values(&doc.in_progress);
+    let held = as_values(&doc.held_by_open_runs);
+    let leaked = as_values(&doc.leaked);
+    let remote_error = doc.remote_error;
     println!("last success:");
     for l in &last {
         println!(
@@ -542,7 +560,10 @@ pub fn print_rebuild(
     as_json: bool,
 ) {
     if as_json {
-        let doc = json!({"report": r, "old_journal": kept});
+        let doc = RebuildDoc {
+            report: r,
+            old_journal: kept,
+        };
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return;
     }

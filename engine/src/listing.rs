@@ -14,12 +14,12 @@ use crate::store::{ObjectStore, StoreError};
 /// Storage classes whose objects need RestoreObject before they can be read.
 pub const ARCHIVE_CLASSES: &[&str] = &["GLACIER", "DEEP_ARCHIVE"];
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Listing {
     pub subvolumes: Vec<SubvolumeListing>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct SubvolumeListing {
     pub subvolume: String,
     /// Backup the pointer names.
@@ -27,13 +27,13 @@ pub struct SubvolumeListing {
     pub chains: Vec<ChainListing>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct ChainListing {
     pub chain_id: String,
     pub backups: Vec<BackupListing>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct BackupListing {
     pub backup_id: String,
     pub kind: String,

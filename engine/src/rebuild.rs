@@ -41,7 +41,7 @@ impl From<Fetch> for RebuildError {
     }
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct RebuildReport {
     /// Published backups imported, per subvolume, oldest first.
     pub imported: BTreeMap<String, Vec<String>>,

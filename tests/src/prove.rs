@@ -13,18 +13,30 @@ pub fn crc32c_of(data: &[u8]) -> u32 {
 
 /// Validates a manifest against the JSON schema kept in the repository.
 pub fn assert_matches_schema(doc: &serde_json::Value) {
-    let schema_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/manifest.schema.json");
-    let schema: serde_json::Value =
+    assert_valid(doc, "manifest.schema.json");
+}
+
+/// Validates `doc` against `schemas/<schema>` (e.g. `output/status.schema.json`).
+pub fn assert_valid(doc: &serde_json::Value, schema: &str) {
+    let schema_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../schemas")
+        .join(schema);
+    let compiled: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&schema_path).expect("schema file"))
             .expect("schema JSON");
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let validator = jsonschema::validator_for(&compiled).expect("schema compiles");
     let errors: Vec<String> = validator
         .iter_errors(doc)
         .map(|e| format!("{} at {}", e, e.instance_path))
         .collect();
     assert!(
         errors.is_empty(),
-        "manifest violates the schema:\n{}",
+        "{} violates {schema}:\n{}\n{doc:#}",
+        if schema.starts_with("output/") {
+            "output"
+        } else {
+            "manifest"
+        },
         errors.join("\n")
     );
 }

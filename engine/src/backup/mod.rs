@@ -131,7 +131,7 @@ impl Progress {
 }
 
 /// What one run did, for the summary and `--json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct RunReport {
     pub run_id: RunId,
     pub subvolume: String,

@@ -121,7 +121,7 @@ pub struct RestoreRequest {
     pub wait: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct RestoreReport {
     pub subvolume: String,
     pub backup_id: String,

@@ -14,7 +14,7 @@ use crate::store::ObjectStore;
 use crate::tree::{self, Coverage};
 
 /// What `verify` found for one backup of a chain.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct VerifyReport {
     pub backup_id: String,
     pub manifest_key: String,
