@@ -74,6 +74,17 @@ impl Drop for S3Server {
     }
 }
 
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn run_ok(cmd: &mut Command, what: &str) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
@@ -177,7 +188,27 @@ impl S3Server {
         });
     }
 
+    /// A fresh garage. Its ports are picked free but may be taken by another test's server
+    /// before garage binds them (tests run in parallel): a setup that fails is made again on
+    /// other ports, twice at most.
     pub fn garage() -> S3Server {
+        for attempt in 1.. {
+            match std::panic::catch_unwind(S3Server::garage_once) {
+                Ok(s) => return s,
+                Err(e) if attempt < 3 => {
+                    let why = e
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .unwrap_or_else(|| "panic".into());
+                    eprintln!("garage setup attempt {attempt} failed, trying other ports: {why}");
+                }
+                Err(e) => std::panic::resume_unwind(e),
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    fn garage_once() -> S3Server {
         let bin = tools_dir().join("bin/garage");
         assert!(
             bin.exists(),
@@ -222,6 +253,8 @@ api_bind_addr = "127.0.0.1:{admin}"
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
             .expect("start garage");
+        // Killed if the setup below fails: a half-set-up server must not keep its ports.
+        let mut child = KillOnDrop(Some(child));
         wait_port(rpc, "garage", &log);
         let g = |args: &[&str]| {
             let mut c = Command::new(&bin);
@@ -257,7 +290,7 @@ api_bind_addr = "127.0.0.1:{admin}"
             secret_key,
             bucket,
             base_prefix: "test".into(),
-            child: Some(child),
+            child: child.0.take(),
             garage_conf: Some(conf),
             _dir: Some(dir),
         }
