@@ -324,8 +324,13 @@ async fn s3_probes(store: &Arc<dyn ObjectStore>, settings: &Settings, out: &mut 
                         s3.sse.as_str()
                     ),
                 ),
+                // An upload that could not be aborted outlives the check: say so first.
+                (_, Err(e)) => fail(
+                    "multipart",
+                    &format!("s3:AbortMultipartUpload (upload {id} of {mkey} is left open)"),
+                    &e,
+                ),
                 (Err(e), _) => fail("multipart", "s3:PutObject (UploadPart)", &e),
-                (_, Err(e)) => fail("multipart", "s3:AbortMultipartUpload", &e),
             });
         }
     }

@@ -172,10 +172,21 @@ pub(crate) async fn backup(
         stores,
     };
     if let Err(e) = ctx.preflight(&subvolumes).await {
-        // Nothing ran, and every selected subvolume's run failed: the metrics say so.
-        let failed: Vec<(String, BackupError)> = subvolumes
-            .iter()
-            .map(|sv| (sv.name.clone(), BackupError::Internal(e.to_string())))
+        // Nothing ran, and every selected subvolume's run (for `resume`: every unfinished
+        // run's) failed: the metrics say so.
+        let mut names: Vec<String> = subvolumes.iter().map(|sv| sv.name.clone()).collect();
+        if names.is_empty() {
+            names = journal
+                .open_runs()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|h| h.subvolume)
+                .collect();
+            names.dedup();
+        }
+        let failed: Vec<(String, BackupError)> = names
+            .into_iter()
+            .map(|n| (n, BackupError::Internal(e.to_string())))
             .collect();
         let runs = journal.runs().unwrap_or_default();
         metrics::update(&ctx.settings, &runs, &[], &failed);

@@ -128,19 +128,19 @@ pub fn render(subvolumes: &[(String, FromJournal)], state: &State) -> String {
     family(
         "btrfs_to_s3_last_run_duration_seconds",
         "gauge",
-        "How long the subvolume's last run took.",
+        "How long the subvolume's last run that published took.",
         per(&|_, _, r| r.map(|r| format!("{:.3}", r.seconds))),
     );
     family(
         "btrfs_to_s3_last_run_sent_bytes",
         "gauge",
-        "Bytes the subvolume's last run uploaded.",
+        "Bytes the subvolume's last run that published uploaded.",
         per(&|_, _, r| r.map(|r| r.sent_bytes.to_string())),
     );
     family(
         "btrfs_to_s3_last_run_resent_bytes",
         "gauge",
-        "Bytes the subvolume's last run uploaded beyond what its stream needed.",
+        "Bytes the subvolume's last run that published uploaded beyond what its stream needed.",
         per(&|_, _, r| r.map(|r| r.resent_bytes.to_string())),
     );
     family(

@@ -4,12 +4,12 @@
 //! is resumed, under the same faults and then on a clean link; a random published backup is
 //! restored, under faults and perhaps killed, then restored again. After every iteration the
 //! end state is proven: no open run, no open multipart upload, one manifest per backup
-//! directory, the pointer on the newest, every local snapshot named by a manifest, the
+//! directory, the pointer on the newest, every local snapshot one of a published backup, the
 //! newest backup's chain downloaded, verified and received identical to its snapshots, part
 //! bytes sent again within concurrency × part_size per interruption (and one part per
 //! injected part fault), and a restore that did not finish never left a read-only snapshot
-//! that differs from its backup. Every published backup restores to the tree it was taken
-//! from (recorded at publication; all retained ones are restored again at the end).
+//! that differs from its backup. Restores by the tool (a random retained backup in half the
+//! iterations, every retained one at the end) give the tree recorded at publication.
 //!
 //! `run` is the library (tests/tests/torture.rs runs 20 iterations in the normal test run);
 //! `torture` (tests/src/bin/torture.rs, scripts/torture.sh) is the command. A failure names
@@ -399,7 +399,14 @@ impl Torture {
         // (If it lands later still, the next run's retention aborts the orphan: uploads under
         // a finished run's prefix are strays at any age.)
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.proxy.in_flight() > 0 && Instant::now() < deadline {
+        while self.proxy.in_flight() > 0 {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the proxy still holds {} request(s) 30 s after `{}` ended",
+                    self.proxy.in_flight(),
+                    args.join(" ")
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         let Some(status) = status else {
@@ -691,13 +698,20 @@ impl Torture {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .to_string();
-            let ro = Command::new("btrfs")
+            let out = Command::new("btrfs")
                 .args(["property", "get", "-ts"])
                 .arg(&p)
                 .arg("ro")
                 .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).contains("ro=true"))
-                .unwrap_or(false);
+                .map_err(|e| format!("btrfs property get: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "btrfs property get {}: {}",
+                    p.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            let ro = String::from_utf8_lossy(&out.stdout).contains("ro=true");
             if !ro {
                 continue;
             }

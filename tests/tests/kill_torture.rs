@@ -2,7 +2,8 @@
 //! outside at a random moment, then `resume` must leave every backup published whole (one
 //! manifest per backup, the pointer on the newest, nothing open, the newest restorable) and
 //! send again at most concurrency × part_size bytes. 20 kills per server in the normal run;
-//! BTRFS_TO_S3_TORTURE_ITERATIONS=200 (scripts/torture.sh) for the long run.
+//! BTRFS_TO_S3_TORTURE_ITERATIONS=200 for a long run (scripts/torture.sh runs the torture
+//! driver, harness::torture, which adds link faults and server kills).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -5,9 +5,10 @@ use harness::torture::{run, Options};
 const HELP: &str = "\
 torture: backups, resumes and restores of btrfs-to-s3 under random SIGKILLs, random faults on
 the link (the S3 fault proxy) and S3 server (garage) kills, with the end state proven after
-every iteration: every published backup restores to the tree it was taken from, one manifest
+every iteration: the newest backup's chain received identical to its snapshots, one manifest
 per backup, the pointer on the newest, no open multipart upload, no leaked snapshot, part bytes
-sent again within concurrency x part_size per interruption.
+sent again within concurrency x part_size per interruption; random restores during the run and
+every retained backup at the end restore to the tree each was taken from.
 
 Needs root, btrfs-progs and garage (scripts/install-deps.sh), and a built btrfs-to-s3
 (target/debug, or BTRFS_TO_S3_BIN). Usually run as scripts/torture.sh.
