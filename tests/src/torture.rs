@@ -672,20 +672,33 @@ impl Torture {
         // is the whole backup it is named after.
         self.check_read_only_snapshots(&dir)?;
         if ended.code != Some(0) {
-            let out = self
-                .s
-                .run(&args.iter().map(String::as_str).collect::<Vec<_>>());
-            if out.code != 0 {
-                return Err(format!(
-                    "restore of {id} again: exit {}\n{}",
-                    out.code, out.stderr
-                ));
-            }
+            self.restore_clean(&id, &dir)?;
         }
-        self.compare(&id, &dir.join(&name))?;
-        self.figures.restores_proven += 1;
-        self.clear(&dir);
+        self.prove_restored(&id, &name, &dir)?;
         Ok(format!("restore {id} {first}"))
+    }
+
+    /// `restore` of `id` into `dir` on a clean link, which must exit 0.
+    fn restore_clean(&self, id: &str, dir: &Path) -> Result<(), String> {
+        let args = self.restore_args(id, dir);
+        let out = self
+            .s
+            .run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        if out.code != 0 {
+            return Err(format!(
+                "restore of {id}: exit {}\n{}",
+                out.code, out.stderr
+            ));
+        }
+        Ok(())
+    }
+
+    /// The restored snapshot equals the tree recorded for `id`; then the target is cleared.
+    fn prove_restored(&mut self, id: &str, name: &str, dir: &Path) -> Result<(), String> {
+        self.compare(id, &dir.join(name))?;
+        self.figures.restores_proven += 1;
+        self.clear(dir);
+        Ok(())
     }
 
     fn check_read_only_snapshots(&self, dir: &Path) -> Result<(), String> {
@@ -764,19 +777,8 @@ impl Torture {
         for (id, name) in self.retained() {
             let dir = self.target.path(&format!("final-{id}"));
             std::fs::create_dir_all(&dir).expect("mkdir");
-            let args = self.restore_args(&id, &dir);
-            let out = self
-                .s
-                .run(&args.iter().map(String::as_str).collect::<Vec<_>>());
-            if out.code != 0 {
-                return Err(format!(
-                    "restore of {id}: exit {}\n{}",
-                    out.code, out.stderr
-                ));
-            }
-            self.compare(&id, &dir.join(&name))?;
-            self.figures.restores_proven += 1;
-            self.clear(&dir);
+            self.restore_clean(&id, &dir)?;
+            self.prove_restored(&id, &name, &dir)?;
         }
         Ok(())
     }
