@@ -16,6 +16,8 @@ use serde::Serialize;
 
 use crate::failure::exit;
 
+const FIX_CLOCK: &str = "set this host's clock right (enable NTP: timedatectl set-ntp true)";
+
 /// The oldest btrfs-progs known to do what the tool asks of it (Debian 11's).
 pub const MIN_BTRFS_PROGS: (u32, u32) = (5, 10);
 
@@ -84,7 +86,7 @@ pub fn s3_fix(e: &StoreError, action: &str, settings: &Settings) -> (String, u8)
             exit::S3_ACCESS,
         ),
         StoreErrorKind::ClockSkewed => (
-            "set this host's clock right (enable NTP: timedatectl set-ntp true)".into(),
+            FIX_CLOCK.into(),
             exit::S3_ACCESS,
         ),
         StoreErrorKind::Transient => (
@@ -244,12 +246,7 @@ async fn s3_probes(store: &Arc<dyn ObjectStore>, settings: &Settings, out: &mut 
                         None => "the server sent no Date".into(),
                     },
                 ),
-                Err(e) => Check::failed(
-                    "clock",
-                    e.to_string(),
-                    "set this host's clock right (enable NTP: timedatectl set-ntp true)".into(),
-                    exit::S3_ACCESS,
-                ),
+                Err(e) => Check::failed("clock", e.to_string(), FIX_CLOCK.into(), exit::S3_ACCESS),
             });
         }
         Err(e) => {

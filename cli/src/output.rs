@@ -94,10 +94,7 @@ impl ProgressDisplay {
                 let mut was_known = None;
                 loop {
                     let expected = p.expected_bytes.load(Ordering::Relaxed);
-                    let pos = p.stream_bytes.load(Ordering::Relaxed)
-                        - p.run_base
-                            .load(Ordering::Relaxed)
-                            .min(p.stream_bytes.load(Ordering::Relaxed));
+                    let pos = p.run_bytes();
                     if was_known != Some(expected > 0) {
                         bar.set_style(if expected > 0 {
                             known.clone()
@@ -138,10 +135,7 @@ impl ProgressDisplay {
 
 fn progress_message(p: &Progress, restore: bool) -> String {
     let current = p.current.lock().map(|c| c.clone()).unwrap_or_default();
-    let read = p.stream_bytes.load(Ordering::Relaxed)
-        - p.run_base
-            .load(Ordering::Relaxed)
-            .min(p.stream_bytes.load(Ordering::Relaxed));
+    let read = p.run_bytes();
     if restore {
         return format!("{current}: {} received", human_bytes(read));
     }
@@ -343,14 +337,8 @@ fn progress(
     let secs =
         started.map(|t| (now - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0);
     let rate = secs.filter(|s| *s > 0.0).map(|s| committed as f64 / s);
-    let full = matches!(st.planned.kind, engine::journal::BackupKind::Full);
-    let expected = runs
-        .iter()
-        .rev()
-        .filter(|h| h.subvolume == st.planned.subvolume)
-        .filter_map(|h| h.summary.as_ref())
-        .find(|sum| matches!(sum.kind, engine::journal::BackupKind::Full) == full)
-        .map(|sum| sum.total_bytes);
+    let expected =
+        engine::backup::expected_stream_bytes(runs, &st.planned.subvolume, &st.planned.kind);
     let eta = match (running, rate, expected) {
         (true, Some(r), Some(e)) if r > 0.0 && e > committed => {
             Some(((e - committed) as f64 / r).round())

@@ -36,7 +36,7 @@ mod retention;
 mod upload;
 
 pub use outage::OutageWait;
-pub use planning::{clock_check, last_published, MAX_CLOCK_SKEW_SECS};
+pub use planning::{clock_check, expected_stream_bytes, last_published, MAX_CLOCK_SKEW_SECS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -120,6 +120,12 @@ pub struct Progress {
 impl Progress {
     pub fn set_current(&self, s: String) {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    /// Bytes of the current run's stream so far.
+    pub fn run_bytes(&self) -> u64 {
+        let total = self.stream_bytes.load(Ordering::Relaxed);
+        total - self.run_base.load(Ordering::Relaxed).min(total)
     }
 
     /// A new run (or snapshot to receive) begins, of about `expected` bytes (0: unknown).
@@ -286,16 +292,12 @@ impl Context {
         let started = Instant::now();
         let first = self.state(run)?;
         // The bar's length: the last published backup of the same kind, if any.
-        let expected = self
-            .journal
-            .runs()?
-            .iter()
-            .rev()
-            .filter(|h| h.subvolume == first.planned.subvolume)
-            .filter_map(|h| h.summary.as_ref())
-            .find(|s| kind_of(&s.kind) == kind_of(&first.planned.kind))
-            .map_or(0, |s| s.total_bytes);
-        self.progress.begin(expected);
+        let expected = planning::expected_stream_bytes(
+            &self.journal.runs()?,
+            &first.planned.subvolume,
+            &first.planned.kind,
+        );
+        self.progress.begin(expected.unwrap_or(0));
         let resumed = first.next_step() != Step::TakeSnapshot || first.committed_parts() > 0;
         let uploaded_before = self.progress.uploaded_bytes.load(Ordering::Relaxed);
         // Parts committed before this drive: only those count as reused (a part uploaded by an

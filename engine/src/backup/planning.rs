@@ -194,6 +194,22 @@ pub fn last_published(
     }))
 }
 
+/// The size to expect of a run's stream: the subvolume's newest published backup of the same
+/// kind (headers only), for progress and time-left estimates. None before the first of it.
+pub fn expected_stream_bytes(
+    runs: &[RunHeader],
+    subvolume: &str,
+    kind: &BackupKind,
+) -> Option<u64> {
+    let full = matches!(kind, BackupKind::Full);
+    runs.iter()
+        .rev()
+        .filter(|h| h.subvolume == subvolume)
+        .filter_map(|h| h.summary.as_ref())
+        .find(|s| matches!(s.kind, BackupKind::Full) == full)
+        .map(|s| s.total_bytes)
+}
+
 /// The most this host's clock may differ from the S3 server's: S3's own limit for a
 /// request's signing time.
 pub const MAX_CLOCK_SKEW_SECS: i64 = 15 * 60;
