@@ -532,6 +532,15 @@ keep_chains = 1000
     }
 }
 
+/// Panics naming `what` and its entries unless `dir` is empty.
+pub fn assert_empty_dir(dir: &Path, what: &str) {
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("ls {}: {e}", dir.display()))
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "left in {what}: {left:?}");
+}
+
 /// Polls `cond` every 50 ms until it holds; panics naming `what` after `secs` seconds.
 pub fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);

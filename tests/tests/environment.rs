@@ -178,11 +178,7 @@ fn garage_snapshot_dir_on_another_filesystem_is_refused() {
         "{}",
         out.stderr
     );
-    let left: Vec<_> = std::fs::read_dir(&elsewhere)
-        .expect("ls")
-        .map(|e| e.expect("entry").file_name())
-        .collect();
-    assert!(left.is_empty(), "left in snapshot_dir: {left:?}");
+    harness::assert_empty_dir(&elsewhere, "snapshot_dir");
     assert_no_objects(&s);
     assert_eq!(in_progress(&s), 0);
 }
@@ -209,11 +205,7 @@ fn garage_restore_into_a_full_filesystem_fails_clean() {
         out.stderr
     );
     // Nothing left looking restored: the half-received subvolume is gone.
-    let left: Vec<_> = std::fs::read_dir(&target)
-        .expect("ls")
-        .map(|e| e.expect("entry").file_name())
-        .collect();
-    assert!(left.is_empty(), "left in the target: {left:?}");
+    harness::assert_empty_dir(&target, "the target");
     // A target with room takes the same restore.
     let big = LoopFs::new(1024);
     let t2 = big.path("restored");
