@@ -193,8 +193,8 @@ pub(crate) async fn backup(
         return Err(Failure::new(code_for(&e), e.to_string()));
     }
 
-    let ticker =
-        (!cli.quiet && !cli.json).then(|| output::ProgressDisplay::start(progress.clone(), false));
+    let ticker = (!cli.quiet && !cli.json)
+        .then(|| progress::ProgressDisplay::start(progress.clone(), false));
     let mut reports: Vec<RunReport> = Vec::new();
     let mut failures: Vec<(String, BackupError)> = Vec::new();
 

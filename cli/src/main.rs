@@ -8,6 +8,7 @@ mod failure;
 mod lock;
 mod metrics;
 mod output;
+mod progress;
 
 use commands::{backup, plan_only, rebuild};
 use failure::{code_for, code_for_restore, code_for_store, exit, journal_failure, Failure};
@@ -218,7 +219,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(|| output::LogWriter)
+        .with_writer(|| progress::LogWriter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     // journald stamps every line itself: a second timestamp only clutters journalctl.
@@ -366,7 +367,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             };
             let progress = Arc::new(Progress::default());
             let ticker = (!cli.quiet && !cli.json)
-                .then(|| output::ProgressDisplay::start(progress.clone(), true));
+                .then(|| progress::ProgressDisplay::start(progress.clone(), true));
             let r = Restorer {
                 progress,
                 store: connect(&settings).await,
