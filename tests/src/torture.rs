@@ -398,17 +398,7 @@ impl Torture {
         // the next process starts once the link has delivered it, as after a real restart.
         // (If it lands later still, the next run's retention aborts the orphan: uploads under
         // a finished run's prefix are strays at any age.)
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.proxy.in_flight() > 0 {
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "the proxy still holds {} request(s) 30 s after `{}` ended",
-                    self.proxy.in_flight(),
-                    args.join(" ")
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.drain(&args.join(" "))?;
         let Some(status) = status else {
             return Err(format!("`{}` hung for {HANG:?}\n{stderr}", args.join(" ")));
         };
@@ -419,6 +409,23 @@ impl Torture {
             },
             server_killed,
         ))
+    }
+
+    /// Waits until the link has delivered every request it holds: a request the link stalled
+    /// past the tool's stall timeout is sent again by the tool and then, late, forwarded
+    /// still; its bytes belong to the iteration whose fault caused them.
+    fn drain(&self, after: &str) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.proxy.in_flight() > 0 {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the proxy still holds {} request(s) 30 s after `{after}` ended",
+                    self.proxy.in_flight(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     /// One iteration; `line` tells what it did so far.
@@ -444,6 +451,7 @@ impl Torture {
                 .collect::<Vec<_>>()
                 .join(" ")
         ));
+        self.drain("the last iteration")?;
         self.proxy.set_rules(rules);
         let faults_before = self.proxy.injected().len();
         let part_bytes_before = self.proxy.forwarded(Op::Part).1;
@@ -523,7 +531,8 @@ impl Torture {
             }
         }
 
-        // The end state.
+        // The end state, once late requests (resumes under faults) have landed.
+        self.drain("the resumes")?;
         let new_bytes = self.record_new(&manifests_before);
         let sent = self.proxy.forwarded(Op::Part).1 - part_bytes_before;
         let again = sent.saturating_sub(new_bytes);
@@ -647,6 +656,7 @@ impl Torture {
         let dir = self.target.path(&format!("r-{id}"));
         std::fs::create_dir_all(&dir).expect("mkdir");
         let rules = random_rules(rng);
+        self.drain("the last iteration")?;
         self.proxy.set_rules(rules);
         let faults_before = self.proxy.injected().len();
         let kill = chance(rng, 0.4)
