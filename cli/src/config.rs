@@ -154,6 +154,7 @@ struct RawS3 {
     limit_upload: Option<Size>,
     limit_download: Option<Size>,
     outage_wait_mins: Option<Spanned<u64>>,
+    credentials_file: Option<Spanned<PathBuf>>,
 }
 
 fn default_region() -> String {
@@ -211,6 +212,33 @@ struct RawConfig {
 
 fn span_of<T>(s: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
     s.as_ref().map(Spanned::span)
+}
+
+/// The credentials file holds secrets: it must be a file that only its owner can read, as
+/// ssh insists for keys. (Its contents are the SDK's to parse; nothing here reads them.)
+fn check_credentials_file(path: &std::path::Path) -> Result<(), (String, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| {
+        (
+            format!("credentials_file `{shown}` cannot be read: {e}"),
+            format!("create it with `install -m 600 /dev/null {shown}`, then add a [default] section with aws_access_key_id and aws_secret_access_key"),
+        )
+    })?;
+    if !meta.is_file() {
+        return Err((
+            format!("credentials_file `{shown}` is not a regular file"),
+            "point credentials_file at an AWS shared-credentials file".into(),
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err((
+            format!("credentials_file `{shown}` is readable by others (mode {mode:03o})"),
+            format!("chmod 600 {shown}"),
+        ));
+    }
+    Ok(())
 }
 
 fn default_state_dir() -> PathBuf {
@@ -356,6 +384,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             "set sse = \"aws:kms\" or remove kms_key_id".into(),
         ));
     }
+    if let Some(f) = &s3.credentials_file {
+        check_credentials_file(f.get_ref())
+            .map_err(|(message, hint)| invalid_at(Some(f.span()), message, hint))?;
+    }
     let chunk_size = s3.chunk_size.as_ref().map_or(200 * GIB, |s| s.get_ref().0);
     let part_size = s3
         .part_size
@@ -411,13 +443,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
     }
     if let Some(m) = &raw.metrics_file {
         let p = m.get_ref();
-        let dir_ok =
-            p.is_absolute() && p.file_name().is_some() && p.parent().is_some_and(Path::is_dir);
-        if !dir_ok {
+        // Its directory is made at the first write if missing (node_exporter may come later).
+        let path_ok = p.is_absolute() && p.file_name().is_some() && !p.is_dir();
+        if !path_ok {
             return Err(invalid_at(
                 Some(m.span()),
                 format!(
-                    "metrics_file {} is not a file name in an existing directory (absolute path)",
+                    "metrics_file {} is not an absolute path to a file",
                     p.display()
                 ),
                 "use node_exporter's textfile directory, e.g. /var/lib/prometheus/node-exporter/btrfs_to_s3.prom".into(),
@@ -529,6 +561,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             limit_upload: s3.limit_upload.map(|s| s.0).filter(|b| *b > 0),
             limit_download: s3.limit_download.map(|s| s.0).filter(|b| *b > 0),
             outage_wait: Duration::from_secs(outage_wait * 60),
+            credentials_file: s3.credentials_file.map(|f| f.into_inner()),
         },
         schedule,
         retention,

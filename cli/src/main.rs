@@ -60,7 +60,8 @@ struct Cli {
     /// No progress display.
     #[arg(long, short, global = true)]
     quiet: bool,
-    /// Log filter (e.g. `info`, `debug`, `engine=debug`); also RUST_LOG.
+    /// Log level of this tool (`info`, `debug`; the AWS SDK stays at `warn`), or filter
+    /// directives (`engine=debug,aws_config=info`); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "warn")]
     log: String,
     /// Upload bandwidth limit per second, e.g. `2MiB` (overrides [s3].limit_upload).
@@ -202,6 +203,16 @@ fn open_journal(_settings: &Settings) -> Result<Journal, JournalError> {
     Journal::in_memory()
 }
 
+/// A bare level (`info`, `debug`) is this tool's: the AWS SDK and HTTP crates stay at `warn`
+/// (at `info` the SDK logs the access key id of every credentials file it loads). Directives
+/// that name targets (`aws_config=debug`) pass through unchanged.
+fn log_directives(log: &str) -> String {
+    if log.contains('=') || log.contains(',') {
+        return log.to_string();
+    }
+    format!("warn,btrfs_to_s3={log},engine={log},journal={log},fault_injection={log}")
+}
+
 fn main() -> ExitCode {
     let _failpoints = fault_injection::setup();
     let cli = match Cli::try_parse() {
@@ -216,7 +227,7 @@ fn main() -> ExitCode {
         }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_directives(&cli.log)));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| progress::LogWriter)

@@ -242,6 +242,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    // node_exporter may come later than this tool: its directory is made if missing.
+    std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".btrfs-to-s3-")
         .tempfile_in(dir)?;

@@ -60,6 +60,10 @@ pub struct S3Settings {
     /// How long in all one run may wait for an unreachable S3 to answer again before it
     /// gives up (exit 1, resumable). Zero: give up once the SDK's retries are spent.
     pub outage_wait: Duration,
+    /// An AWS shared-credentials file (`[default]` with aws_access_key_id and
+    /// aws_secret_access_key) read instead of ~/.aws/credentials; the environment still wins.
+    /// Only its path is kept here: the secrets stay in the SDK.
+    pub credentials_file: Option<std::path::PathBuf>,
 }
 
 impl S3Settings {

@@ -53,6 +53,42 @@ fn credentials_in_file_are_refused_with_the_reason() {
 }
 
 #[test]
+fn credentials_file_must_exist_and_be_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("credentials");
+    let with = |p: &Path| {
+        GOOD.replace(
+            "path_style = true",
+            &format!("path_style = true\ncredentials_file = \"{}\"", p.display()),
+        )
+    };
+    let e = err(&with(&f));
+    assert!(
+        e.contains("cannot be read") && e.contains("install -m 600"),
+        "{e}"
+    );
+    std::fs::write(&f, "[default]\naws_access_key_id = AKIAEXAMPLE\n").expect("write");
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let e = err(&with(&f));
+    assert!(e.contains("readable by others (mode 644)"), "{e}");
+    assert!(e.contains(&format!("chmod 600 {}", f.display())), "{e}");
+    assert!(!e.contains("AKIAEXAMPLE"), "must not echo the file: {e}");
+    let e = err(&with(dir.path()));
+    assert!(e.contains("not a regular file"), "{e}");
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let s = parse(Path::new("x"), &with(&f)).expect("a private file is accepted");
+    assert_eq!(s.s3.credentials_file.as_deref(), Some(f.as_path()));
+    assert_eq!(
+        parse(Path::new("x"), GOOD)
+            .expect("valid")
+            .s3
+            .credentials_file,
+        None
+    );
+}
+
+#[test]
 fn bad_values_are_refused_with_line() {
     let e = err(&GOOD.replace("\"1GiB\"", "\"1 gigabyte\""));
     assert!(e.contains("not a size") && e.contains("line 14"), "{e}");
@@ -89,18 +125,22 @@ fn bad_values_are_refused_with_line() {
         "attempt_timeout_secs = 20\nstall_timeout_secs = 30\nprefix",
     ));
     assert!(e.contains("below attempt_timeout_secs (20)"), "{e}");
-    let e = err(&GOOD.replace(
-        "state_dir",
-        "metrics_file = \"/nonexistent-dir/b.prom\"\nstate_dir",
-    ));
+    let e = err(&GOOD.replace("state_dir", "metrics_file = \"/tmp\"\nstate_dir"));
     assert!(
-        e.contains(
-            "metrics_file /nonexistent-dir/b.prom is not a file name in an existing directory"
-        ),
+        e.contains("metrics_file /tmp is not an absolute path to a file"),
         "{e}"
     );
     let e = err(&GOOD.replace("state_dir", "metrics_file = \"b.prom\"\nstate_dir"));
-    assert!(e.contains("(absolute path)"), "{e}");
+    assert!(e.contains("not an absolute path"), "{e}");
+    // A directory that does not exist yet is made at the first write.
+    parse(
+        Path::new("x"),
+        &GOOD.replace(
+            "state_dir",
+            "metrics_file = \"/nonexistent-dir/b.prom\"\nstate_dir",
+        ),
+    )
+    .expect("valid");
     let e = err(&GOOD.replace("prefix", "outage_wait_mins = 20000\nprefix"));
     assert!(
         e.contains("outage_wait_mins 20000 is more than a week"),

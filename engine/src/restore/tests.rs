@@ -149,6 +149,7 @@ fn restorer(state: &Path, thaw_after: u32, timeout: Duration) -> (Restorer, Arc<
             limit_upload: None,
             limit_download: None,
             outage_wait: Duration::ZERO,
+            credentials_file: None,
         },
         schedule: Default::default(),
         retention: Retention::default(),

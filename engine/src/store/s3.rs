@@ -34,12 +34,21 @@ pub struct S3Store {
 
 impl S3Store {
     /// Builds a client from the standard AWS credential chain (environment, profile, instance
-    /// metadata); credentials never come from the config file.
+    /// metadata), with `credentials_file` in place of ~/.aws/credentials when set;
+    /// credentials never come from the config file itself.
     pub async fn connect(s: &S3Settings) -> S3Store {
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(Region::new(s.region.clone()))
-            .load()
-            .await;
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(Region::new(s.region.clone()));
+        if let Some(path) = &s.credentials_file {
+            use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
+            loader = loader.profile_files(
+                EnvConfigFiles::builder()
+                    .include_default_config_file(true)
+                    .with_file(EnvConfigFileKind::Credentials, path)
+                    .build(),
+            );
+        }
+        let sdk = loader.load().await;
         let mut b = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(s.path_style)
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)

@@ -91,6 +91,7 @@ impl World {
                 limit_upload: None,
                 limit_download: None,
                 outage_wait: Duration::ZERO,
+                credentials_file: None,
             },
             schedule: Schedule::default(),
             retention,

@@ -184,6 +184,7 @@ fn main() {
             limit_upload: None,
             limit_download: None,
             outage_wait: Duration::ZERO,
+            credentials_file: None,
         },
         schedule: Schedule::default(),
         retention: Retention::default(),
