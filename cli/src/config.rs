@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use engine::machine::{default_part_size, valid_name, Layout};
-use engine::settings::{S3Settings, Settings, Sse, SubvolumeSpec, GIB, KIB, MIB, TIB};
+use engine::settings::{S3Settings, Settings, Sse, SubvolumeSpec, GIB};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use toml::Spanned;
@@ -34,20 +34,12 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size(pub u64);
 
+/// bytesize's grammar: "8MiB", "8 MiB", "1.5GiB" (binary), "8MB" (decimal), "123" (bytes).
+/// It saturates where a size overflows; that is refused here.
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => KIB,
-        "MiB" => MIB,
-        "GiB" => GIB,
-        "TiB" => TIB,
-        _ => return None,
-    };
-    n.checked_mul(mult)
+    let n = s.parse::<bytesize::ByteSize>().ok()?.as_u64();
+    (n != u64::MAX || s == u64::MAX.to_string()).then_some(n)
 }
 
 impl<'de> Deserialize<'de> for Size {
@@ -65,7 +57,7 @@ impl<'de> Deserialize<'de> for Size {
             Raw::Int(n) => Ok(Size(n)),
             Raw::Str(s) => parse_size(&s).map(Size).ok_or_else(|| {
                 de::Error::custom(format!(
-                    "`{s}` is not a size; write a number of bytes or a string like \"8MiB\", \"200GiB\" (units B, KiB, MiB, GiB, TiB)"
+                    "`{s}` is not a size; write a number of bytes or a string like \"8MiB\", \"200GiB\" (KiB, MiB, GiB, TiB are powers of 1024; KB, MB, GB, TB of 1000)"
                 ))
             }),
         }

@@ -5,6 +5,7 @@ mod commands;
 mod config;
 mod docs;
 mod failure;
+mod init;
 mod lock;
 mod metrics;
 mod output;
@@ -164,6 +165,32 @@ enum Command {
     #[command(after_help = "Examples:\n  btrfs-to-s3 journal rebuild")]
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// Write a configuration for the Btrfs subvolumes mounted on this machine (read-only
+    /// snapshots left out): examples/config.toml, every key explained, with its subvolumes,
+    /// snapshot_dir and bucket filled in. Needs no configuration file; never overwrites one.
+    #[command(
+        after_help = "Examples:\n  sudo btrfs-to-s3 init --bucket my-backups --output /etc/btrfs-to-s3/config.toml\n  btrfs-to-s3 init --path /mnt/pool --endpoint http://127.0.0.1:3900 --bucket b (print it)"
+    )]
+    Init {
+        /// Only filesystems mounted at or below this path (repeatable; default: every Btrfs mount).
+        #[arg(long = "path", value_name = "PATH")]
+        paths: Vec<std::path::PathBuf>,
+        /// The bucket (default: a placeholder to replace).
+        #[arg(long)]
+        bucket: Option<String>,
+        /// An S3-compatible server's URL (sets path_style = true).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// The bucket's region (default us-east-1).
+        #[arg(long)]
+        region: Option<String>,
+        /// Key prefix (default btrfs/<hostname>).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Write here (mode 600; refused if it exists) instead of standard output.
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
     /// Print a shell completion script; needs no configuration file.
     #[command(
         after_help = "Examples:\n  btrfs-to-s3 completions bash > /etc/bash_completion.d/btrfs-to-s3"
@@ -266,11 +293,27 @@ fn bandwidth(s: &str) -> Result<u64, String> {
     })
 }
 
-/// `completions` and `man`: generated from the clap definitions, no configuration needed.
+/// `completions`, `man` (generated from the clap definitions) and `init`: no configuration
+/// needed.
 fn generated(command: &Command) -> Option<Result<u8, Failure>> {
     use clap::CommandFactory;
     let mut out = std::io::stdout().lock();
     match command {
+        Command::Init {
+            paths,
+            bucket,
+            endpoint,
+            region,
+            prefix,
+            output,
+        } => Some(init::run(&init::InitArgs {
+            paths: paths.clone(),
+            bucket: bucket.clone(),
+            endpoint: endpoint.clone(),
+            region: region.clone(),
+            prefix: prefix.clone(),
+            output: output.clone(),
+        })),
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "btrfs-to-s3", &mut out);
             Some(Ok(exit::OK))
@@ -477,7 +520,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             rebuild(&cli, settings, *force).await
         }
         // Answered by `generated` before the configuration is read.
-        Command::Completions { .. } | Command::Man => Ok(exit::OK),
+        Command::Completions { .. } | Command::Man | Command::Init { .. } => Ok(exit::OK),
     }
 }
 

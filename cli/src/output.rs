@@ -10,19 +10,9 @@ use crate::docs::{
     ProgressDoc, ReasonDoc, RebuildDoc, ResourceDoc, SettingsDoc, StatusDoc,
 };
 
+/// "5 B", "1.50 KiB", "3.00 GiB" (bytesize, binary units).
 pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.2} {}", UNITS[u])
-    }
+    format!("{:.2}", bytesize::ByteSize(n).display().iec())
 }
 
 /// A transfer rate in the unit that shows it (a tiny backup is "12.0 KiB/s", not "0.0 MiB/s").

@@ -1,4 +1,5 @@
 use super::*;
+use engine::settings::MIB;
 
 const GOOD: &str = r#"
 snapshot_dir = "/mnt/pool/.snapshots"
@@ -155,8 +156,11 @@ fn sizes() {
     assert_eq!(parse_size("8MiB"), Some(8 * MIB));
     assert_eq!(parse_size("8 MiB"), Some(8 * MIB));
     assert_eq!(parse_size("123"), Some(123));
-    assert_eq!(parse_size("8MB"), None);
+    assert_eq!(parse_size("8MB"), Some(8_000_000));
+    assert_eq!(parse_size("1.5 GiB"), Some(3 * GIB / 2));
     assert_eq!(parse_size("99999999999999TiB"), None);
+    assert_eq!(parse_size("8 MiBs"), None);
+    assert_eq!(parse_size("-8MiB"), None);
 }
 
 /// Fuzz: mutated configuration files are accepted or refused with an error, never a panic.
