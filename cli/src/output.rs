@@ -21,6 +21,16 @@ pub fn human_rate(bytes: u64, seconds: f64) -> String {
     format!("{}/s", human_bytes(per_sec))
 }
 
+/// A duration for people: "4.2 s" under a minute, then humantime's "1h 2m 5s".
+pub fn human_duration(seconds: f64) -> String {
+    if seconds < 59.95 {
+        format!("{:.1} s", seconds.max(0.0))
+    } else {
+        humantime::format_duration(std::time::Duration::from_secs(seconds.round() as u64))
+            .to_string()
+    }
+}
+
 /// "1 object", "2 objects".
 pub fn count(n: usize, what: &str) -> String {
     if n == 1 {
@@ -129,7 +139,7 @@ pub fn print_backup(
     for r in reports {
         let rate = human_rate(r.uploaded_bytes, r.seconds);
         println!(
-            "{}: published {} backup {} ({} in {} chunk(s), {} parts; sent {}, reused {}; {:.1} s, {rate}{})",
+            "{}: published {} backup {} ({} in {} chunk(s), {} parts; sent {}, reused {}; {}, {rate}{})",
             r.subvolume,
             match r.kind {
                 engine::manifest::Kind::Full => "full",
@@ -141,7 +151,7 @@ pub fn print_backup(
             r.parts,
             human_bytes(r.uploaded_bytes),
             human_bytes(r.reused_bytes),
-            r.seconds,
+            human_duration(r.seconds),
             if r.resumed { ", resumed" } else { "" }
         );
         println!(
@@ -384,7 +394,7 @@ pub fn print_status(
                 extra.push_str(&format!(", {}/s", human_bytes(rate as u64)));
             }
             if let Some(left) = p["seconds_left"].as_f64() {
-                extra.push_str(&format!(", about {left:.0} s left"));
+                extra.push_str(&format!(", about {} left", human_duration(left)));
             }
             println!(
                 "  run {} {} {}: next step {}, {} parts ({}) committed, {} chunk(s) sealed{extra}",
@@ -468,6 +478,9 @@ mod tests {
         assert_eq!(human_rate(12 << 10, 1.0), "12.00 KiB/s");
         assert_eq!(human_rate(300 << 20, 2.0), "150.00 MiB/s");
         assert_eq!(human_rate(0, 0.0), "0 B/s");
+        assert_eq!(human_duration(4.24), "4.2 s");
+        assert_eq!(human_duration(3725.4), "1h 2m 5s");
+        assert_eq!(human_duration(86_400.0 * 2.0 + 1.0), "2days 1s");
         assert_eq!(count(1, "object"), "1 object");
         assert_eq!(count(3, "object"), "3 objects");
     }
