@@ -194,7 +194,7 @@ pub(crate) async fn backup(
     }
 
     let ticker = (!cli.quiet && !cli.json)
-        .then(|| progress::ProgressDisplay::start(progress.clone(), false));
+        .then(|| progress::ProgressDisplay::start(progress.clone(), false, cli.progress_every));
     let mut reports: Vec<RunReport> = Vec::new();
     let mut failures: Vec<(String, BackupError)> = Vec::new();
 

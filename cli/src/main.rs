@@ -61,6 +61,11 @@ struct Cli {
     /// No progress display.
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// When stderr is not a terminal (a log file, the journal): seconds between plain
+    /// progress lines of `backup` and `restore`.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    progress_every: u64,
     /// Log level of this tool (`info`, `debug`; the AWS SDK stays at `warn`), or filter
     /// directives (`engine=debug,aws_config=info`); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "warn")]
@@ -420,8 +425,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 _ => VerifyMode::Auto,
             };
             let progress = Arc::new(Progress::default());
-            let ticker = (!cli.quiet && !cli.json)
-                .then(|| progress::ProgressDisplay::start(progress.clone(), true));
+            let ticker = (!cli.quiet && !cli.json).then(|| {
+                progress::ProgressDisplay::start(progress.clone(), true, cli.progress_every)
+            });
             let r = Restorer {
                 progress,
                 store: connect(&settings).await,

@@ -34,14 +34,14 @@ impl Write for LogWriter {
 /// Progress while a backup or restore runs. On a terminal an indicatif bar: the current
 /// subvolume, bytes of the stream against the expected size (the last backup of the same
 /// kind; the manifest's for a restore), rate, time left, parts in flight and bytes reused on
-/// resume. Elsewhere (a log, the journal) a plain line every 30 s. The caller spawns none
-/// with --quiet or --json; `stop` clears it.
+/// resume. Elsewhere (a log, the journal) a plain line every `every_secs` (--progress-every,
+/// default 30). The caller spawns none with --quiet or --json; `stop` clears it.
 pub struct ProgressDisplay {
     task: tokio::task::JoinHandle<()>,
 }
 
 impl ProgressDisplay {
-    pub fn start(p: Arc<Progress>, restore: bool) -> ProgressDisplay {
+    pub fn start(p: Arc<Progress>, restore: bool, every_secs: u64) -> ProgressDisplay {
         let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let task = if terminal {
             let bar = indicatif::ProgressBar::new(0);
@@ -78,7 +78,7 @@ impl ProgressDisplay {
             tokio::spawn(async move {
                 let start = Instant::now();
                 loop {
-                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    tokio::time::sleep(Duration::from_secs(every_secs)).await;
                     let rate = human_rate(
                         p.stream_bytes.load(Ordering::Relaxed),
                         start.elapsed().as_secs_f64(),

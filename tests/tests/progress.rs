@@ -77,3 +77,45 @@ fn garage_backup_and_restore_draw_a_bar_on_a_terminal_only_without_quiet() {
     );
     assert!(shown.contains("restored backup"), "{shown}");
 }
+
+/// Off a terminal (stderr a pipe, as under systemd or cron): no bar, no control characters,
+/// a plain line every --progress-every seconds; none with --quiet.
+#[test]
+fn garage_backup_off_a_terminal_prints_plain_periodic_lines() {
+    let s = Setup::new(Flavor::Garage, Opts::default());
+    // ~26 MiB at 4 MiB/s: about 6 s, so several 1 s lines.
+    let out = s.run(&["--progress-every", "1", "--limit-upload", "4MiB", "backup"]);
+    out.assert_code(0);
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("progress: "))
+        .collect();
+    assert!(
+        lines.len() >= 3,
+        "{} progress lines:\n{}",
+        lines.len(),
+        out.stderr
+    );
+    for l in &lines {
+        assert!(l.contains("data: ") && l.contains("/s"), "{l}");
+    }
+    assert!(
+        !out.stderr.contains('\r') && !out.stderr.contains('\u{1b}'),
+        "terminal control characters off a terminal:\n{:?}",
+        out.stderr
+    );
+    let quiet = s.run(&[
+        "--quiet",
+        "--progress-every",
+        "1",
+        "--limit-upload",
+        "4MiB",
+        "backup",
+        "--full",
+    ]);
+    quiet.assert_code(0);
+    assert!(!quiet.stderr.contains("progress: "), "{}", quiet.stderr);
+    let bad = s.run(&["--progress-every", "0", "status"]);
+    bad.assert_code(2);
+}
