@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use engine::codec::Compression;
 use engine::machine::{default_part_size, valid_name, Layout};
 use engine::settings::{S3Settings, Settings, Sse, SubvolumeSpec, GIB};
 use serde::de::{self, Deserializer};
@@ -192,6 +193,7 @@ struct RawConfig {
     state_dir: PathBuf,
     lock_path: Option<PathBuf>,
     metrics_file: Option<Spanned<PathBuf>>,
+    compression: Option<Spanned<String>>,
     subvolumes: Spanned<Vec<RawSubvolume>>,
     s3: RawS3,
     #[serde(default)]
@@ -433,6 +435,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
                 .into(),
         ));
     }
+    let compression = match &raw.compression {
+        None => Compression::default(),
+        Some(c) => Compression::parse(c.get_ref()).map_err(|message| {
+            invalid_at(
+                Some(c.span()),
+                message,
+                "compression is \"off\", \"zstd\" (level 3) or \"zstd:LEVEL\" with LEVEL 1 to 19"
+                    .into(),
+            )
+        })?,
+    };
     if let Some(m) = &raw.metrics_file {
         let p = m.get_ref();
         // Its directory is made at the first write if missing (node_exporter may come later).
@@ -559,6 +572,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         retention,
         restore,
         metrics_file: raw.metrics_file.map(Spanned::into_inner),
+        compression,
     })
 }
 

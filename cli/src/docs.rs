@@ -156,6 +156,8 @@ pub struct SettingsDoc {
     pub state_dir: PathBuf,
     pub lock_path: PathBuf,
     pub metrics_file: Option<PathBuf>,
+    /// "off" or "zstd:LEVEL".
+    pub compression: String,
     pub s3: S3Doc,
 }
 
@@ -203,6 +205,7 @@ impl SettingsDoc {
             state_dir: s.state_dir.clone(),
             lock_path: s.lock_path.clone(),
             metrics_file: s.metrics_file.clone(),
+            compression: s.compression.as_str(),
             s3: S3Doc {
                 bucket: c.bucket.clone(),
                 region: c.region.clone(),

@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod btrfs;
 pub mod clock;
+pub mod codec;
 pub mod crash;
 pub mod listing;
 pub mod machine;

@@ -142,6 +142,8 @@ pub struct Settings {
     pub restore: RestoreSettings,
     /// The Prometheus textfile rewritten after every backup and resume (None: none).
     pub metrics_file: Option<PathBuf>,
+    /// What is done to the send stream before it is stored (`codec`).
+    pub compression: crate::codec::Compression,
 }
 
 impl Settings {
@@ -166,6 +168,16 @@ pub fn settings_fingerprint(s: &Settings) -> String {
         s3.sse.as_str(),
         s3.kms_key_id
     );
+    // Appended only when on, so runs begun before compression existed keep their fingerprint.
+    // The libzstd version is in it: another version may compress to other bytes.
+    let text = match s.compression {
+        crate::codec::Compression::Off => text,
+        c => format!(
+            "{text}|{}|libzstd {}",
+            c.as_str(),
+            crate::codec::zstd_version()
+        ),
+    };
     hex::encode(&Sha256::digest(text.as_bytes())[..16])
 }
 

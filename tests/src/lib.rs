@@ -447,6 +447,18 @@ keep_chains = 1000
             m.stream_sha256,
             "stream sha256"
         );
+        // A compressed backup: the send stream is its frames decoded, and checked.
+        if let Some(c) = &m.compression {
+            let mut d = engine::codec::Decoder::new(
+                c.frame_bytes,
+                c.stream_bytes,
+                c.stream_sha256().expect("stream sha256"),
+            )
+            .expect("decoder");
+            let plain = d.feed(&stream).expect("the frames decode");
+            assert_eq!(d.finish(), Ok(c.stream_bytes), "decoded stream");
+            return plain;
+        }
         stream
     }
 

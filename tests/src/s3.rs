@@ -282,7 +282,7 @@ api_bind_addr = "127.0.0.1:{admin}"
             "bucket", "allow", "--read", "--write", "--owner", &bucket, "--key", "test",
         ]);
         wait_port(s3, "garage S3 API", &log);
-        S3Server {
+        let server = S3Server {
             flavor: Flavor::Garage,
             endpoint: format!("http://127.0.0.1:{s3}"),
             region: "us-east-1".into(),
@@ -293,7 +293,27 @@ api_bind_addr = "127.0.0.1:{admin}"
             child: child.0.take(),
             garage_conf: Some(conf),
             _dir: Some(dir),
-        }
+        };
+        // The port was free when chosen, but another server started at the same time may
+        // have taken it first (then this garage could not bind it, and the port answers for
+        // someone else): only our own key on our own bucket proves it is ours. A panic here
+        // drops (kills) this garage and `garage()` tries other ports.
+        let client = server.client();
+        let bucket = server.bucket.clone();
+        let ours = crate::block_on(async move {
+            for _ in 0..50 {
+                if client.head_bucket().bucket(&bucket).send().await.is_ok() {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            false
+        });
+        assert!(
+            ours,
+            "garage's S3 port {s3} does not answer for our key and bucket (taken by another server?)"
+        );
+        server
     }
 
     /// SIGKILLs the server process (garage only: its data survives on disk), the way a crash

@@ -14,10 +14,11 @@ impl Context {
     pub(super) async fn write_manifest(
         &self,
         run: RunId,
-        (total, sha): (u64, [u8; 32]),
+        end: super::upload::StreamEnd,
     ) -> Result<(), BackupError> {
         let st = self.state(run)?;
-        let m = self.build_manifest(&st, total, sha)?;
+        let (total, sha) = (end.total, end.sha256);
+        let m = self.build_manifest(&st, &end)?;
         // A CreateMultipartUpload whose reply was lost (the SDK's retry made another) left an
         // upload the journal never heard of. Every chunk is sealed now, so reconciling aborts
         // whatever is still open under the run's own prefix; a crash before the manifest
@@ -57,8 +58,7 @@ impl Context {
     fn build_manifest(
         &self,
         st: &RunState,
-        total: u64,
-        sha: [u8; 32],
+        end: &super::upload::StreamEnd,
     ) -> Result<Manifest, BackupError> {
         let p = &st.planned;
         let mut chunks = Vec::new();
@@ -103,8 +103,15 @@ impl Context {
                 Some(parent_uuid.clone()),
             ),
         };
+        // Format 1 unless the stream is compressed: builds that predate compression keep
+        // reading what they can read.
+        let compression = end.framing.as_ref().map(manifest::Compressed::of);
         Ok(Manifest {
-            format_version: manifest::FORMAT_VERSION,
+            format_version: if compression.is_some() {
+                manifest::FORMAT_COMPRESSED
+            } else {
+                manifest::FORMAT_PLAIN
+            },
             tool_version: crate::TOOL_VERSION.to_string(),
             subvolume: p.subvolume.clone(),
             kind: kind_of(&p.kind),
@@ -121,9 +128,10 @@ impl Context {
             part_size: p.part_size,
             storage_class: self.settings.s3.storage_class_chunks.clone(),
             sse: self.settings.s3.sse.as_str().to_string(),
-            total_bytes: total,
-            stream_sha256: hex::encode(sha),
+            total_bytes: end.total,
+            stream_sha256: hex::encode(end.sha256),
             chunks,
+            compression,
         })
     }
 
@@ -138,7 +146,7 @@ impl Context {
             .clone()
             .ok_or_else(|| BackupError::Internal("pointer before manifest".into()))?;
         let pointer = Pointer {
-            format_version: manifest::FORMAT_VERSION,
+            format_version: manifest::FORMAT_PLAIN,
             subvolume: p.subvolume.clone(),
             backup_id: p.backup_id.clone(),
             chain_id: p.chain_id.clone(),

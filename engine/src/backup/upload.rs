@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::{BackupError, Context};
+use crate::codec::{CompressingReader, Compression, Framing};
 use crate::machine::run::{
     decide_adoption, decide_chunk_end, decide_part, decide_stream_end, reconcile, ChunkEndAction,
     Listed, PartAction, Reconciled, RunState,
@@ -21,6 +22,15 @@ use crate::machine::run::{
 use crate::machine::Layout;
 use crate::pipeline::{self, BufferPool, Event, Part, PipelineError};
 use crate::store::{CompletePart, ObjectStore, StoreError, StoreErrorKind};
+
+/// The stored stream's end: its size and SHA-256 (what the chunks hold), and for a compressed
+/// stream the framing that leads back to the send stream.
+#[derive(Debug, Clone)]
+pub(super) struct StreamEnd {
+    pub total: u64,
+    pub sha256: [u8; 32],
+    pub framing: Option<Framing>,
+}
 
 /// What a pass knows before it streams: chunks whose upload S3 no longer knows, and the
 /// parts committed before this drive began (the only ones that count as reused).
@@ -32,13 +42,13 @@ struct ResumeFacts<'a> {
 
 impl Context {
     /// Streams the snapshot, uploading every part not already committed and verifying the
-    /// committed ones against their journaled hash. Returns the stream's size and SHA-256.
+    /// committed ones against their journaled hash. Returns the stored stream's end.
     pub(super) async fn upload(
         &self,
         run: RunId,
         st: &RunState,
         initial: &BTreeSet<(u32, u32, u128)>,
-    ) -> Result<((u64, [u8; 32]), u64), BackupError> {
+    ) -> Result<(StreamEnd, u64), BackupError> {
         let p = &st.planned;
         let layout = Layout::new(p.chunk_size, p.part_size)?;
         // The run as S3 confirms it: the journal less the parts S3 lacks. Every transition
@@ -67,10 +77,22 @@ impl Context {
         let concurrency = self.settings.s3.concurrency.max(1);
         let pool = Arc::new(BufferPool::new(concurrency + 2));
         let (tx, mut rx) = mpsc::channel::<Event>(1);
+        // The stored stream: the send stream itself, or its zstd frames (`codec`), which the
+        // splitter cuts into parts exactly as it would the send stream.
+        let (reader, framing): (Box<dyn std::io::Read + Send>, _) = match self.settings.compression
+        {
+            Compression::Off => (send.reader, None),
+            Compression::Zstd { level } => {
+                // At most 8 frames in flight (about 3 MiB each with their output): memory stays
+                // within the 64 MiB beside the part buffers.
+                let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+                let (r, log) = CompressingReader::new(send.reader, level, workers);
+                (Box::new(r), Some((level, log)))
+            }
+        };
         let splitter = {
             let pool = pool.clone();
             let producer = producer.clone();
-            let reader = send.reader;
             std::thread::spawn(move || {
                 let finish = move || {
                     let taken = producer.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -103,7 +125,21 @@ impl Context {
             c.kill();
         }
         let _ = tokio::task::spawn_blocking(move || splitter.join()).await;
-        result
+        let ((total, sha256), reused) = result?;
+        let framing = match framing {
+            None => None,
+            Some((level, log)) => Some(log.framing(level).ok_or_else(|| {
+                BackupError::Internal("the stream ended before its compressor did".into())
+            })?),
+        };
+        Ok((
+            StreamEnd {
+                total,
+                sha256,
+                framing,
+            },
+            reused,
+        ))
     }
 
     /// Gathers what S3 says about the run's uploads (ListMultipartUploads under the run's own

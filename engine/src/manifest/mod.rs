@@ -1,5 +1,6 @@
-//! The manifest and pointer JSON model (format_version 1). The schema lives in
-//! `schemas/manifest.schema.json` and the tests hold every written manifest to it.
+//! The manifest and pointer JSON model. format_version 1: the chunks hold the send stream;
+//! 2: they hold it compressed (`compression` says how). Pointers are format 1. The schema
+//! lives in `schemas/manifest.schema.json` and the tests hold every written manifest to it.
 
 use serde::{Deserialize, Serialize};
 
@@ -9,7 +10,12 @@ pub use validate::{
     check_manifest, check_pointer, is_backup_id, next_in_chain, MAX_CHAIN, MAX_DOCUMENT_BYTES,
 };
 
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format this build reads.
+pub const FORMAT_VERSION: u32 = 2;
+/// Manifests of uncompressed streams, and every pointer.
+pub const FORMAT_PLAIN: u32 = 1;
+/// Manifests with `compression`.
+pub const FORMAT_COMPRESSED: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -75,6 +81,54 @@ pub struct ChunkEntry {
     pub parts: Vec<PartEntry>,
 }
 
+/// How the chunks hold the send stream when it is compressed (`codec`): independent zstd
+/// frames of `frame_bytes` of the stream each. `total_bytes` and `stream_sha256` of the
+/// manifest are the stored bytes'; these are the send stream's.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Compressed {
+    /// "zstd".
+    pub codec: String,
+    pub level: i32,
+    pub frame_bytes: u64,
+    pub stream_bytes: u64,
+    /// SHA-256 of the send stream, 64 lowercase hex digits.
+    pub stream_sha256: String,
+    /// Stored size of each frame in order: little-endian u32s, base64 (standard, padded).
+    pub frame_sizes: String,
+}
+
+impl Compressed {
+    pub fn of(f: &crate::codec::Framing) -> Compressed {
+        use base64::Engine;
+        let raw: Vec<u8> = f.frames.iter().flat_map(|s| s.to_le_bytes()).collect();
+        Compressed {
+            codec: "zstd".into(),
+            level: f.level,
+            frame_bytes: f.frame_bytes,
+            stream_bytes: f.stream_bytes,
+            stream_sha256: hex::encode(f.stream_sha256),
+            frame_sizes: base64::engine::general_purpose::STANDARD.encode(raw),
+        }
+    }
+
+    /// The frames' stored sizes; None if `frame_sizes` is not whole u32s in base64.
+    pub fn frames(&self) -> Option<Vec<u32>> {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&self.frame_sizes)
+            .ok()?;
+        (raw.len() % 4 == 0).then(|| {
+            raw.chunks_exact(4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        })
+    }
+
+    pub fn stream_sha256(&self) -> Option<[u8; 32]> {
+        hex::decode(&self.stream_sha256).ok()?.try_into().ok()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Manifest {
     pub format_version: u32,
@@ -93,6 +147,9 @@ pub struct Manifest {
     pub total_bytes: u64,
     pub stream_sha256: String,
     pub chunks: Vec<ChunkEntry>,
+    /// Format 2 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compressed>,
 }
 
 /// `<prefix>/<subvolume>/current.json`: the newest published backup.

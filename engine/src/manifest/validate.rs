@@ -168,6 +168,67 @@ pub fn check_manifest(
             ),
         ));
     }
+    check_compression(key, m)
+}
+
+/// Largest frame a manifest may declare: a decoder holds at most one frame's output.
+pub const MAX_FRAME_BYTES: u64 = 64 << 20;
+
+/// Format 2 and `compression` go together; the framing must describe exactly the stored
+/// bytes and a send stream of the recorded size.
+fn check_compression(key: &str, m: &Manifest) -> Result<(), ManifestError> {
+    let c = match (m.format_version, &m.compression) {
+        (super::FORMAT_PLAIN, None) => return Ok(()),
+        (super::FORMAT_COMPRESSED, Some(c)) => c,
+        (v, c) => {
+            return Err(bad(
+                key,
+                format!(
+                    "format_version {v} {} compression",
+                    if c.is_some() { "with" } else { "without" }
+                ),
+            ))
+        }
+    };
+    if c.codec != "zstd" || !(1..=22).contains(&c.level) {
+        return Err(bad(
+            key,
+            format!("unknown compression {} level {}", c.codec, c.level),
+        ));
+    }
+    if !(64 << 10..=MAX_FRAME_BYTES).contains(&c.frame_bytes) {
+        return Err(bad(
+            key,
+            format!("frame size {} out of range", c.frame_bytes),
+        ));
+    }
+    if c.stream_bytes == 0 || c.stream_sha256().is_none() {
+        return Err(bad(key, "an empty stream, or a malformed stream SHA-256"));
+    }
+    let frames = c
+        .frames()
+        .ok_or_else(|| bad(key, "frame_sizes is not base64 of u32s"))?;
+    if frames.len() as u64 != c.stream_bytes.div_ceil(c.frame_bytes) {
+        return Err(bad(
+            key,
+            format!(
+                "{} frames for a stream of {} bytes in frames of {}",
+                frames.len(),
+                c.stream_bytes,
+                c.frame_bytes
+            ),
+        ));
+    }
+    let stored: u64 = frames.iter().map(|&f| u64::from(f)).sum();
+    if frames.contains(&0) || stored != m.total_bytes {
+        return Err(bad(
+            key,
+            format!(
+                "frames add up to {stored}, not total_bytes {}",
+                m.total_bytes
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -276,6 +337,7 @@ mod tests {
                 chunk(1, vec![part(1, 5 * MIB), part(2, 5 * MIB)]),
                 chunk(2, vec![part(1, 3 * MIB)]),
             ],
+            compression: None,
         };
         (k.manifest(sv, chain, id), m)
     }
@@ -285,6 +347,64 @@ mod tests {
         change(&mut m);
         let err = check_manifest(&key, &keys(), "data", &m).expect_err(why);
         assert!(matches!(err, ManifestError::Invalid { .. }), "{why}: {err}");
+    }
+
+    /// `good()` compressed: a 40 MiB stream in 1 MiB frames stored in 23 MiB.
+    fn compressed() -> (String, Manifest) {
+        let (key, mut m) = good();
+        let mut frames = vec![600 * 1024u32; 39];
+        let rest = (23 * MIB - 39 * 600 * 1024) as u32;
+        frames.push(rest);
+        m.format_version = 2;
+        m.compression = Some(crate::manifest::Compressed::of(&crate::codec::Framing {
+            level: 3,
+            frame_bytes: MIB,
+            stream_bytes: 40 * MIB,
+            stream_sha256: [7; 32],
+            frames,
+        }));
+        (key, m)
+    }
+
+    #[test]
+    fn compression_must_describe_the_stored_bytes() {
+        let (key, m) = compressed();
+        check_manifest(&key, &keys(), "data", &m).expect("valid");
+        let bad = |change: &dyn Fn(&mut Manifest), why: &str| {
+            let (key, mut m) = compressed();
+            change(&mut m);
+            let err = check_manifest(&key, &keys(), "data", &m).expect_err(why);
+            assert!(matches!(err, ManifestError::Invalid { .. }), "{why}: {err}");
+        };
+        bad(&|m| m.format_version = 1, "format 1 with compression");
+        bad(&|m| m.compression = None, "format 2 without compression");
+        fn c(m: &mut Manifest) -> &mut crate::manifest::Compressed {
+            m.compression.as_mut().expect("compressed")
+        }
+        bad(&|m| c(m).codec = "lz4".into(), "another codec");
+        bad(&|m| c(m).level = 40, "a level zstd lacks");
+        bad(&|m| c(m).frame_bytes = 1 << 30, "a frame of 1 GiB");
+        bad(
+            &|m| c(m).stream_bytes = 41 * MIB,
+            "a frame count off the stream size",
+        );
+        bad(&|m| c(m).stream_bytes = 0, "an empty stream");
+        bad(
+            &|m| c(m).stream_sha256 = "x".into(),
+            "a malformed stream hash",
+        );
+        bad(
+            &|m| c(m).frame_sizes = "!!".into(),
+            "frame sizes not base64",
+        );
+        bad(
+            &|m| c(m).frame_sizes = "AAA=".into(),
+            "frame sizes not whole u32s",
+        );
+        bad(
+            &|m| m.total_bytes += 1,
+            "frames not adding up to the stored bytes",
+        );
     }
 
     #[test]

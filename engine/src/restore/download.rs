@@ -94,7 +94,9 @@ async fn fetch_part(
 }
 
 /// Streams a backup's verified bytes to `sink`, part by part in order, with up to
-/// `concurrency` parts downloading. Checks chunk and stream SHA-256 before returning.
+/// `concurrency` parts downloading. Checks chunk and stream SHA-256 before returning. A
+/// compressed backup's stored bytes are checked first, then decoded (`codec::Decoder`) and the
+/// send stream checked against the manifest's framing; `sink` gets the send stream.
 pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
     store: Arc<dyn ObjectStore>,
     m: &Manifest,
@@ -136,6 +138,22 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
         }
         Ok(())
     };
+    let damaged = |detail: String| RestoreError::Damaged {
+        key: m.chunks.last().map(|c| c.key.clone()).unwrap_or_default(),
+        detail,
+    };
+    let mut decoder = match &m.compression {
+        None => None,
+        Some(c) => {
+            let sha = c
+                .stream_sha256()
+                .ok_or_else(|| damaged("a malformed stream SHA-256".into()))?;
+            Some(
+                crate::codec::Decoder::new(c.frame_bytes, c.stream_bytes, sha)
+                    .map_err(|e| damaged(format!("cannot start the zstd decoder: {e}")))?,
+            )
+        }
+    };
     let mut written_parts = 0u32;
     while let Some(r) = parts.next().await {
         let (idx, data) = r.map_err(|e| RestoreError::Task(e.to_string()))??;
@@ -154,7 +172,14 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
         }
         stream_sha.update(&data);
         total += data.len() as u64;
-        sink.write_all(&data)
+        let plain = match decoder.as_mut() {
+            None => data.clone(),
+            Some(d) => Bytes::from(d.feed(&data).map_err(|e| RestoreError::Damaged {
+                key: m.chunks[idx as usize].key.clone(),
+                detail: format!("its zstd frames do not decode: {e}"),
+            })?),
+        };
+        sink.write_all(&plain)
             .await
             .map_err(|e| RestoreError::Receive {
                 snapshot: m.snapshot.name.clone(),
@@ -187,6 +212,9 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
             ),
         });
     }
+    if let Some(d) = decoder {
+        d.finish().map_err(damaged)?;
+    }
     Ok(total)
 }
 
@@ -203,7 +231,13 @@ pub(super) async fn into_receiver(
     let mut sink = btrfs.receive(dir)?;
     let failed = |detail: String| RestoreError::Receive {
         snapshot: m.snapshot.name.clone(),
-        detail: receive_hint(detail, dir, m.total_bytes),
+        detail: receive_hint(
+            detail,
+            dir,
+            m.compression
+                .as_ref()
+                .map_or(m.total_bytes, |c| c.stream_bytes),
+        ),
     };
     let bytes = match stream_verified(store, m, concurrency, &mut sink.writer, progress).await {
         Ok(b) => b,

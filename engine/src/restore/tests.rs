@@ -130,6 +130,7 @@ fn restorer(state: &Path, thaw_after: u32, timeout: Duration) -> (Restorer, Arc<
         state_dir: state.to_path_buf(),
         lock_path: state.join("lock"),
         metrics_file: None,
+        compression: crate::codec::Compression::Off,
         s3: S3Settings {
             bucket: "fake".into(),
             region: "us-east-1".into(),
@@ -204,6 +205,7 @@ fn chain_of(keys: &[&str]) -> Vec<(String, Manifest)> {
                 parts: Vec::new(),
             })
             .collect(),
+        compression: None,
     };
     vec![("m".into(), m)]
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use engine::btrfs::memory::CrashingBtrfs;
 use engine::btrfs::Snapshotter;
+use engine::codec::Compression;
 use engine::crash::CrashPlan;
 use engine::manifest::Kind;
 use engine::plan::Force;
@@ -31,7 +32,7 @@ use engine::store::ObjectStore;
 use world::*;
 
 fn scenarios() -> Vec<Scenario> {
-    vec![
+    let mut v = vec![
         Scenario {
             name: "full",
             setup: |_| Box::pin(async {}),
@@ -42,6 +43,7 @@ fn scenarios() -> Vec<Scenario> {
                 backups: vec![(id(10), Kind::Full)],
                 snapshots: vec![snap(10)],
             },
+            compression: Compression::Off,
         },
         Scenario {
             name: "incremental",
@@ -58,6 +60,7 @@ fn scenarios() -> Vec<Scenario> {
                 backups: vec![(id(0), Kind::Full), (id(10), Kind::Incremental)],
                 snapshots: vec![snap(0), snap(10)],
             },
+            compression: Compression::Off,
         },
         Scenario {
             name: "retention",
@@ -82,8 +85,27 @@ fn scenarios() -> Vec<Scenario> {
                 backups: vec![(id(10), Kind::Full)],
                 snapshots: vec![snap(10)],
             },
+            compression: Compression::Off,
         },
-    ]
+    ];
+    // The same full backup and incremental with the stream stored compressed: a resume must
+    // regenerate the same zstd frames and reuse every committed part.
+    let zstd: Vec<Scenario> = v
+        .iter()
+        .filter(|s| s.name == "full" || s.name == "incremental")
+        .map(|s| Scenario {
+            name: if s.name == "full" {
+                "full-zstd"
+            } else {
+                "incremental-zstd"
+            },
+            compression: Compression::Zstd { level: 3 },
+            retention: s.retention.clone(),
+            ..*s
+        })
+        .collect();
+    v.extend(zstd);
+    v
 }
 
 /// Runs the step of `s` crashing after `crash_after` events (never, when `None`); then, if it
@@ -91,7 +113,7 @@ fn scenarios() -> Vec<Scenario> {
 /// was journaled. Returns the world, the number of events the crashing process saw, and the
 /// part bytes sent by the step and its recovery.
 async fn run_case(s: &Scenario, crash_after: Option<u64>) -> (World, u64, u64) {
-    let w = World::new(s.retention.clone());
+    let w = World::new(s.retention.clone(), s.compression);
     (s.setup)(&w).await;
     let before = w.store.part_bytes_received();
     let plan = Arc::new(crash_after.map_or_else(CrashPlan::never, CrashPlan::after));
@@ -159,6 +181,16 @@ async fn crash_at_every_side_effect_of_an_incremental() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_at_every_side_effect_of_a_compressed_full_backup() {
+    matrix("full-zstd").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_at_every_side_effect_of_a_compressed_incremental() {
+    matrix("incremental-zstd").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_at_every_side_effect_of_a_retention_pass() {
     matrix("retention").await;
 }
@@ -203,8 +235,8 @@ fn newest_into(target: &std::path::Path) -> RestoreRequest {
 /// target holds exactly the newest snapshot, read-only, received from the source snapshot's
 /// UUID, with its content; no parent or half-received subvolume is left; the restore journal
 /// is gone.
-async fn restore_case(crash_after: Option<u64>) -> u64 {
-    let w = World::new(Retention::default());
+async fn restore_case(crash_after: Option<u64>, compression: Compression) -> u64 {
+    let w = World::new(Retention::default(), compression);
     published(&w, t(0), Force::Once).await;
     w.mutate(31);
     published(&w, t(1), Force::Once).await;
@@ -215,7 +247,10 @@ async fn restore_case(crash_after: Option<u64>) -> u64 {
     let want = w.btrfs.content(&source).expect("source snapshot");
     let source_uuid = w.btrfs.show(&source).expect("show").uuid;
     let restored = target.join(snap(1));
-    let case = format!("restore crash after event {crash_after:?}");
+    let case = format!(
+        "restore ({}) crash after event {crash_after:?}",
+        compression.as_str()
+    );
     let plan = Arc::new(crash_after.map_or_else(CrashPlan::never, CrashPlan::after));
     let first = restorer(&w, Some(plan.clone())).restore(&req).await;
     match (&first, plan.crashed()) {
@@ -273,23 +308,33 @@ async fn restore_case(crash_after: Option<u64>) -> u64 {
     plan.events()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_at_every_side_effect_of_a_restore() {
+async fn restore_matrix(compression: Compression) {
     let started = std::time::Instant::now();
-    let events = restore_case(None).await;
+    let events = restore_case(None, compression).await;
     assert!(events > 10, "only {events} events");
     for n in 1..=events {
-        restore_case(Some(n)).await;
+        restore_case(Some(n), compression).await;
     }
     eprintln!(
-        "in-process crash matrix, restore: {events} side effects, each a crash point, in {:.1} s",
+        "in-process crash matrix, restore ({}): {events} side effects, each a crash point, in {:.1} s",
+        compression.as_str(),
         started.elapsed().as_secs_f64()
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_at_every_side_effect_of_a_restore() {
+    restore_matrix(Compression::Off).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_at_every_side_effect_of_a_compressed_restore() {
+    restore_matrix(Compression::Zstd { level: 3 }).await;
+}
+
 #[tokio::test]
 async fn the_guard_stops_a_delete_outside_the_prefix() {
-    let w = World::new(Retention::default());
+    let w = World::new(Retention::default(), Compression::Off);
     let ctx = w.process(None);
     w.store
         .put_object(
@@ -313,11 +358,14 @@ async fn the_guard_stops_a_delete_outside_the_prefix() {
 /// pruned.
 #[tokio::test]
 async fn retention_never_deletes_a_snapshot_the_tool_did_not_make() {
-    let w = World::new(Retention {
-        keep_local_snapshots: 1,
-        keep_chains: 1,
-        abort_uploads_older_than: Duration::from_secs(3600),
-    });
+    let w = World::new(
+        Retention {
+            keep_local_snapshots: 1,
+            keep_chains: 1,
+            abort_uploads_older_than: Duration::from_secs(3600),
+        },
+        Compression::Off,
+    );
     let foreign = w.settings.snapshot_dir.join("data.20200101T000000Z");
     w.btrfs
         .write(&foreign, Bytes::from_static(b"someone else's"));
@@ -338,7 +386,7 @@ async fn retention_never_deletes_a_snapshot_the_tool_did_not_make() {
 /// restore and verify before any chunk is read or anything is received.
 #[tokio::test]
 async fn a_tampered_manifest_is_refused_before_anything_is_read_or_written() {
-    let w = World::new(Retention::default());
+    let w = World::new(Retention::default(), Compression::Off);
     published(&w, t(0), Force::Once).await;
     let pkey = engine::machine::Keys::new(&w.settings.s3.prefix).pointer("data");
     let pointer: serde_json::Value =
@@ -398,7 +446,7 @@ async fn a_tampered_manifest_is_refused_before_anything_is_read_or_written() {
 /// up (not left to fail on every backup behind the prefix guard), cleaned up where it wrote.
 #[tokio::test]
 async fn a_run_of_a_subvolume_no_longer_configured_is_given_up() {
-    let w = World::new(Retention::default());
+    let w = World::new(Retention::default(), Compression::Off);
     // Die mid-upload: after the snapshot, the first chunk's upload and a part or two.
     let plan = Arc::new(CrashPlan::after(9));
     let crashed = backup(&w.process(Some(plan.clone())), t(10), Force::Once).await;
@@ -550,7 +598,7 @@ impl ObjectStore for ChangesUnderfoot {
 #[tokio::test]
 async fn objects_deleted_or_replaced_under_a_running_restore() {
     for delete in [true, false] {
-        let w = World::new(Retention::default());
+        let w = World::new(Retention::default(), Compression::Off);
         published(&w, t(0), Force::Once).await;
         let target = w._dir.path().join("restore");
         std::fs::create_dir_all(&target).expect("target");

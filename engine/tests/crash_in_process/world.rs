@@ -58,7 +58,7 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 impl World {
-    pub fn new(retention: Retention) -> World {
+    pub fn new(retention: Retention, compression: engine::codec::Compression) -> World {
         let dir = tempfile::tempdir().expect("tempdir");
         let src = dir.path().join("data");
         let settings = Settings {
@@ -70,6 +70,7 @@ impl World {
             state_dir: dir.path().join("state"),
             lock_path: dir.path().join("lock"),
             metrics_file: None,
+            compression,
             s3: S3Settings {
                 bucket: "mem".into(),
                 region: "us-east-1".into(),
@@ -230,6 +231,24 @@ pub async fn prove(w: &World, expect: &Expect, sent: u64, case: &str) {
             m.stream_sha256,
             "{case}: stream hash of {id}"
         );
+        assert_eq!(
+            m.compression.is_some(),
+            w.settings.compression != engine::codec::Compression::Off,
+            "{case}: compression of {id}"
+        );
+        let stored_len = stream.len() as u64;
+        // A compressed backup: its frames must decode to the snapshot's stream.
+        if let Some(c) = &m.compression {
+            let mut d = engine::codec::Decoder::new(
+                c.frame_bytes,
+                c.stream_bytes,
+                c.stream_sha256().expect("sha"),
+            )
+            .expect("decoder");
+            stream = d.feed(&stream).expect("frames decode");
+            d.finish()
+                .unwrap_or_else(|e| panic!("{case}: {id} decodes wrong: {e}"));
+        }
         let snap = w.settings.snapshot_dir.join(&m.snapshot.name);
         if w.btrfs.exists(&snap) {
             let parent = m.parent.as_ref().map(|p| {
@@ -246,7 +265,7 @@ pub async fn prove(w: &World, expect: &Expect, sent: u64, case: &str) {
             }
         }
         if id == newest {
-            new_stream = stream.len() as u64;
+            new_stream = stored_len;
         }
     }
     let all: BTreeSet<String> = w.store.keys().into_iter().collect();
@@ -275,6 +294,7 @@ pub struct Scenario {
     pub now: DateTime<Utc>,
     pub force: Force,
     pub expect: fn(&World) -> Expect,
+    pub compression: engine::codec::Compression,
 }
 
 pub fn snap(sec: u32) -> String {

@@ -165,6 +165,7 @@ fn main() {
         state_dir: "/var/empty".into(),
         lock_path: "/var/empty/lock".into(),
         metrics_file: None,
+        compression: engine::codec::Compression::Off,
         s3: S3Settings {
             bucket: "b".into(),
             region: "us-east-1".into(),
