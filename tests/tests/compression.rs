@@ -142,3 +142,56 @@ fn a_bad_compression_setting_is_refused_with_the_fix() {
     );
     assert!(s.snapshots().is_empty(), "a snapshot was taken");
 }
+
+/// The README's disaster-recovery pipeline, as written there, on a compressed backup the
+/// tool made: s5cmd, zstd and btrfs receive, no btrfs-to-s3.
+#[test]
+fn garage_compressed_backup_restores_with_the_readme_pipeline_without_the_tool() {
+    let s = compressed_setup("zstd");
+    s.run(&["backup"]).assert_code(0);
+    let m = s.manifest(&s.pointer().manifest_key);
+    assert!(
+        m.chunks.len() > 1,
+        "one chunk only: the loop is not exercised"
+    );
+
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .expect("README");
+    let line = readme
+        .lines()
+        .find(|l| l.contains("| zstd -d | btrfs receive") && l.starts_with("for k in"))
+        .expect("the README's zstd recovery line");
+    let pipeline = line[..line.find("  #").unwrap_or(line.len())].trim();
+    let keys: Vec<&str> = m.chunks.iter().map(|c| c.key.as_str()).collect();
+    let target = LoopFs::new(1024);
+    let dir = target.path("dr");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let script = pipeline
+        .replace("K0 K1 …", &keys.join(" "))
+        .replace("BUCKET", &s.s3.bucket)
+        .replace("/mnt/restore", &dir.display().to_string())
+        .replace(
+            "s5cmd cat",
+            &format!(
+                "{} --endpoint-url {} cat",
+                harness::s3::tools_dir().join("venv/bin/s5cmd").display(),
+                s.s3.endpoint
+            ),
+        );
+    let out = std::process::Command::new("bash")
+        .args(["-o", "pipefail", "-c", &script])
+        .envs(s.s3.env())
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "`{script}`:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(
+        &s.snapshot_dir.join(&m.snapshot.name),
+        &dir.join(&m.snapshot.name),
+    );
+}

@@ -366,6 +366,24 @@ mod tests {
         (key, m)
     }
 
+    /// An uncompressed backup's manifest is still format 1, without a `compression` key: what
+    /// builds before compression wrote and read. Such a manifest (no key at all) still parses.
+    #[test]
+    fn uncompressed_manifests_stay_format_1_and_old_ones_parse() {
+        let (key, m) = good();
+        let json = m.to_json().expect("json");
+        let text = String::from_utf8(json.clone()).expect("utf8");
+        assert!(text.contains("\"format_version\":1"), "{text}");
+        assert!(!text.contains("compression"), "{text}");
+        let back = Manifest::parse(&key, &json).expect("parses");
+        assert_eq!(back, m);
+        check_manifest(&key, &keys(), "data", &back).expect("valid");
+        // A format this build does not know is refused with the upgrade hint.
+        let newer = text.replace("\"format_version\":1", "\"format_version\":3");
+        let err = Manifest::parse(&key, newer.as_bytes()).expect_err("too new");
+        assert!(err.to_string().contains("upgrade btrfs-to-s3"), "{err}");
+    }
+
     #[test]
     fn compression_must_describe_the_stored_bytes() {
         let (key, m) = compressed();
