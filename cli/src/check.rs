@@ -89,6 +89,13 @@ pub fn s3_fix(e: &StoreError, action: &str, settings: &Settings) -> (String, u8)
             FIX_CLOCK.into(),
             exit::S3_ACCESS,
         ),
+        StoreErrorKind::ChecksumRefused => (
+            format!(
+                "this server refuses the {} checksum header: set checksum = \"md5\" in [s3]",
+                s3.checksum.as_str()
+            ),
+            exit::S3_ACCESS,
+        ),
         StoreErrorKind::Transient => (
             "check [s3].endpoint and region, and that this host reaches S3 (proxy, firewall, DNS)".into(),
             exit::FAILED,

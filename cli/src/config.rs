@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use engine::codec::Compression;
 use engine::machine::{default_part_size, valid_name, Layout};
-use engine::settings::{S3Settings, Settings, Sse, SubvolumeSpec, GIB};
+use engine::settings::{Checksum, S3Settings, Settings, Sse, SubvolumeSpec, GIB};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use toml::Spanned;
@@ -148,6 +148,7 @@ struct RawS3 {
     limit_download: Option<Size>,
     outage_wait_mins: Option<Spanned<u64>>,
     credentials_file: Option<Spanned<PathBuf>>,
+    checksum: Option<Spanned<String>>,
 }
 
 fn default_region() -> String {
@@ -378,6 +379,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             "set sse = \"aws:kms\" or remove kms_key_id".into(),
         ));
     }
+    let checksum = match &s3.checksum {
+        None => Checksum::default(),
+        Some(c) => Checksum::parse(c.get_ref()).ok_or_else(|| {
+            invalid_at(
+                Some(c.span()),
+                format!("checksum `{}` is not crc32c, md5 or none", c.get_ref()),
+                "crc32c (AWS, MinIO, garage), md5 for servers that refuse x-amz-checksum-* headers (Backblaze B2, older Ceph), none to send neither".into(),
+            )
+        })?,
+    };
     if let Some(f) = &s3.credentials_file {
         check_credentials_file(f.get_ref())
             .map_err(|(message, hint)| invalid_at(Some(f.span()), message, hint))?;
@@ -567,6 +578,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             limit_download: s3.limit_download.map(|s| s.0).filter(|b| *b > 0),
             outage_wait: Duration::from_secs(outage_wait * 60),
             credentials_file: s3.credentials_file.map(|f| f.into_inner()),
+            checksum,
         },
         schedule,
         retention,

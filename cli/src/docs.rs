@@ -177,6 +177,8 @@ pub struct S3Doc {
     pub storage_class_chunks: String,
     pub storage_class_manifest: String,
     pub sse: String,
+    /// The integrity header of uploads: crc32c, md5 or none.
+    pub checksum: String,
     pub kms_key_id: Option<String>,
     pub chunk_size: u64,
     pub part_size: u64,
@@ -216,6 +218,7 @@ impl SettingsDoc {
                 storage_class_manifest: c.storage_class_manifest.clone(),
                 sse: c.sse.as_str().to_string(),
                 kms_key_id: c.kms_key_id.clone(),
+                checksum: c.checksum.as_str().to_string(),
                 chunk_size: c.chunk_size,
                 part_size: c.part_size,
                 concurrency: c.concurrency,

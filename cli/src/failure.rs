@@ -89,7 +89,8 @@ pub(crate) fn code_for_store(e: &engine::store::StoreError) -> u8 {
     match e.kind {
         StoreErrorKind::AccessDenied
         | StoreErrorKind::NoSuchBucket
-        | StoreErrorKind::ClockSkewed => exit::S3_ACCESS,
+        | StoreErrorKind::ClockSkewed
+        | StoreErrorKind::ChecksumRefused => exit::S3_ACCESS,
         _ => exit::FAILED,
     }
 }

@@ -34,6 +34,37 @@ impl Sse {
     }
 }
 
+/// The integrity header each part and object upload carries. Providers differ: AWS, MinIO
+/// and garage take `x-amz-checksum-crc32c`; some (Backblaze B2, older Ceph RGW) answer 400
+/// to any `x-amz-checksum-*` header, and every S3 server takes `Content-MD5`. With `None` the
+/// payload is signed instead (SigV4 hashes every byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Checksum {
+    #[default]
+    Crc32c,
+    Md5,
+    None,
+}
+
+impl Checksum {
+    pub fn parse(s: &str) -> Option<Checksum> {
+        match s {
+            "crc32c" => Some(Checksum::Crc32c),
+            "md5" => Some(Checksum::Md5),
+            "none" => Some(Checksum::None),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Checksum::Crc32c => "crc32c",
+            Checksum::Md5 => "md5",
+            Checksum::None => "none",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Settings {
     pub bucket: String,
@@ -64,6 +95,8 @@ pub struct S3Settings {
     /// aws_secret_access_key) read instead of ~/.aws/credentials; the environment still wins.
     /// Only its path is kept here: the secrets stay in the SDK.
     pub credentials_file: Option<std::path::PathBuf>,
+    /// The integrity header of uploads.
+    pub checksum: Checksum,
 }
 
 impl S3Settings {

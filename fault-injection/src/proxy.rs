@@ -253,6 +253,9 @@ pub struct Config {
     pub bandwidth: Option<u64>,
     /// Print each injected fault to stderr as a JSON line.
     pub verbose: bool,
+    /// A provider's quirk (Backblaze B2, older Ceph RGW): any `x-amz-checksum-*` or
+    /// `x-amz-sdk-checksum-*` request header is answered 400 InvalidArgument, not forwarded.
+    pub reject_checksum_headers: bool,
 }
 
 impl Config {
@@ -264,6 +267,7 @@ impl Config {
             latency: Duration::ZERO,
             bandwidth: None,
             verbose: false,
+            reject_checksum_headers: false,
         }
     }
 }
@@ -286,6 +290,8 @@ struct State {
     rng: u64,
     seq: u64,
     injected: Vec<Injected>,
+    /// Requests refused by an emulated provider quirk, with the header that was refused.
+    quirk_refusals: Vec<(Op, String)>,
     /// Per operation: requests and request-body bytes that reached the server.
     forwarded: HashMap<Op, (u64, u64)>,
 }
@@ -460,6 +466,11 @@ impl Proxy {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Requests an emulated quirk refused: the operation and the header.
+    pub fn quirk_refusals(&self) -> Vec<(Op, String)> {
+        self.shared.state().quirk_refusals.clone()
     }
 
     /// Every fault injected so far, in order.
@@ -667,6 +678,16 @@ async fn read_response(
     }
 }
 
+/// The first checksum header of a request head, lower-cased.
+fn checksum_header(head: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(head)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(name, _)| name.trim().to_ascii_lowercase())
+        .find(|n| n.starts_with("x-amz-checksum-") || n.starts_with("x-amz-sdk-checksum-"))
+}
+
 fn error_reply(status: u16) -> Vec<u8> {
     let (reason, code) = match status {
         500 => ("Internal Server Error", "InternalError"),
@@ -715,6 +736,21 @@ async fn serve(client: TcpStream, sh: Arc<Shared>) -> std::io::Result<()> {
         // Counted until this request's handling ends, however it ends.
         let _busy = InFlight::new(&sh);
         let op = Op::of(&req.method, &req.target);
+        if sh.cfg.reject_checksum_headers {
+            if let Some(name) = checksum_header(&req.raw[..req.head_len]) {
+                sh.state().quirk_refusals.push((op, name.clone()));
+                let body = format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InvalidArgument</Code><Message>Unsupported header '{name}' received for this API call.</Message></Error>"
+                );
+                let reply = format!(
+                    "HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                sh.write(&mut cw, reply.as_bytes()).await?;
+                cw.shutdown().await?;
+                return Ok(());
+            }
+        }
         let fault = sh.decide(op, &req.method, &req.target);
         if !sh.cfg.latency.is_zero() {
             tokio::time::sleep(sh.cfg.latency).await;

@@ -237,16 +237,24 @@ keep_chains = 1000
 
     /// Starts the S3 fault proxy in front of this setup's server and points the config at it.
     pub fn through_proxy(&self) -> fault_injection::proxy::Proxy {
+        self.through_proxy_with(|_| {})
+    }
+
+    /// `through_proxy` with the proxy's configuration changed by `tweak` (an emulated
+    /// provider quirk, a bandwidth cap).
+    pub fn through_proxy_with(
+        &self,
+        tweak: impl FnOnce(&mut fault_injection::proxy::Config),
+    ) -> fault_injection::proxy::Proxy {
         let upstream: std::net::SocketAddr = self
             .s3
             .endpoint
             .trim_start_matches("http://")
             .parse()
             .expect("endpoint host:port");
-        let proxy = fault_injection::proxy::Proxy::start_local(
-            fault_injection::proxy::Config::new(upstream),
-        )
-        .expect("proxy");
+        let mut cfg = fault_injection::proxy::Config::new(upstream);
+        tweak(&mut cfg);
+        let proxy = fault_injection::proxy::Proxy::start_local(cfg).expect("proxy");
         self.write_config(
             &self
                 .default_config()

@@ -151,6 +151,7 @@ fn restorer(state: &Path, thaw_after: u32, timeout: Duration) -> (Restorer, Arc<
             limit_download: None,
             outage_wait: Duration::ZERO,
             credentials_file: None,
+            checksum: Default::default(),
         },
         schedule: Default::default(),
         retention: Retention::default(),

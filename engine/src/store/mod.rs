@@ -27,6 +27,8 @@ pub enum StoreErrorKind {
     /// The server refused a request signed at a time too far from its own.
     ClockSkewed,
     InvalidObjectState,
+    /// The server refuses the integrity header this store sends (`[s3] checksum`).
+    ChecksumRefused,
     /// Timeouts, connection failures, 5xx, throttling: worth retrying later.
     Transient,
     Other,
@@ -50,6 +52,7 @@ fn hint(kind: StoreErrorKind, bucket: &str) -> String {
         StoreErrorKind::AccessDenied => " (credentials refused: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, and the bucket policy)".to_string(),
         StoreErrorKind::ClockSkewed => " (the server says this host's clock is off by more than it accepts: fix the clock, e.g. `timedatectl set-ntp true`, and run again)".to_string(),
         StoreErrorKind::Transient => " (network or server trouble; `btrfs-to-s3 resume` continues where this stopped)".to_string(),
+        StoreErrorKind::ChecksumRefused => " (this server refuses x-amz-checksum-* headers, as Backblaze B2 and older Ceph RGW do: set checksum = \"md5\" in [s3] of the config, then `btrfs-to-s3 resume`)".to_string(),
         _ => String::new(),
     }
 }

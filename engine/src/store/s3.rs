@@ -18,7 +18,7 @@ use futures::TryFutureExt;
 use super::*;
 use std::sync::Arc;
 
-use crate::settings::S3Settings;
+use crate::settings::{Checksum, S3Settings};
 
 pub struct S3Store {
     client: aws_sdk_s3::Client,
@@ -30,6 +30,15 @@ pub struct S3Store {
     /// Bandwidth limits shared by every transfer of this store.
     upload_limit: Option<Arc<RateLimit>>,
     download_limit: Option<Arc<RateLimit>>,
+    /// The integrity header of part and object uploads (`[s3] checksum`).
+    checksum: Checksum,
+}
+
+/// Content-MD5: the base64 MD5 of a body.
+fn md5_base64(body: &[u8]) -> String {
+    use base64::Engine;
+    use md5::Digest;
+    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body))
 }
 
 impl S3Store {
@@ -79,6 +88,7 @@ impl S3Store {
             attempts: s.max_attempts.max(1),
             upload_limit: s.limit_upload.map(|r| Arc::new(RateLimit::new(r))),
             download_limit: s.limit_download.map(|r| Arc::new(RateLimit::new(r))),
+            checksum: s.checksum,
         }
     }
 
@@ -127,7 +137,14 @@ impl S3Store {
                 let inner = se.err();
                 let code = inner.code().unwrap_or("").to_string();
                 let msg = inner.message().unwrap_or("").to_string();
-                let kind = classify(&code, status);
+                let mut kind = classify(&code, status);
+                // A provider that takes no checksum headers says so with 400 InvalidArgument
+                // or 501 NotImplemented naming the header: a setting to change, not an outage.
+                if matches!(status, Some(400 | 501))
+                    && msg.to_ascii_lowercase().contains("checksum")
+                {
+                    kind = StoreErrorKind::ChecksumRefused;
+                }
                 let text = match (code.is_empty(), msg.is_empty()) {
                     (true, true) => format!("HTTP {}", status.unwrap_or(0)),
                     (false, true) => code,
@@ -238,8 +255,10 @@ impl ObjectStore for S3Store {
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
-            .key(key)
-            .checksum_algorithm(ChecksumAlgorithm::Crc32C);
+            .key(key);
+        if self.checksum == Checksum::Crc32c {
+            req = req.checksum_algorithm(ChecksumAlgorithm::Crc32C);
+        }
         req = apply_create(req, opts);
         let out = req
             .send()
@@ -265,22 +284,28 @@ impl ObjectStore for S3Store {
         let len = body.len();
         let out = self
             .watched("UploadPart", key, |activity| {
-                self.client
+                let req = self
+                    .client
                     .upload_part()
                     .bucket(&self.bucket)
                     .key(key)
                     .upload_id(upload_id)
                     .part_number(i32::try_from(part_number).unwrap_or(i32::MAX))
                     .content_length(i64::try_from(len).unwrap_or(i64::MAX))
-                    .checksum_crc32_c(crc32c_base64(crc32c))
                     .body(watched_body(
                         body.clone(),
                         activity,
                         self.upload_limit.clone(),
-                    ))
-                    .customize()
-                    // The CRC32C header protects the payload; signing it would hash every
-                    // byte again.
+                    ));
+                // The integrity header protects the payload (signing it would hash every
+                // byte again); with none, the part's hashes in the manifest are checked at
+                // restore and verify, and TLS protects the transfer.
+                let req = match self.checksum {
+                    Checksum::Crc32c => req.checksum_crc32_c(crc32c_base64(crc32c)),
+                    Checksum::Md5 => req.content_md5(md5_base64(&body)),
+                    Checksum::None => req,
+                };
+                req.customize()
                     .disable_payload_signing()
                     .send()
                     .map_err(|e| self.err("UploadPart", key, e))
@@ -298,11 +323,14 @@ impl ObjectStore for S3Store {
         let parts = parts
             .iter()
             .map(|p| {
-                CompletedPart::builder()
+                let b = CompletedPart::builder()
                     .part_number(i32::try_from(p.part_number).unwrap_or(i32::MAX))
-                    .e_tag(&p.etag)
-                    .checksum_crc32_c(crc32c_base64(p.crc32c))
-                    .build()
+                    .e_tag(&p.etag);
+                match self.checksum {
+                    Checksum::Crc32c => b.checksum_crc32_c(crc32c_base64(p.crc32c)),
+                    Checksum::Md5 | Checksum::None => b,
+                }
+                .build()
             })
             .collect();
         let out = self
@@ -425,13 +453,13 @@ impl ObjectStore for S3Store {
         body: Bytes,
         opts: &PutOptions,
     ) -> Result<(), StoreError> {
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .checksum_crc32_c(crc32c_base64(crc32c::crc32c(&body)))
-            .body(ByteStream::from(body));
+        let mut req = self.client.put_object().bucket(&self.bucket).key(key);
+        req = match self.checksum {
+            Checksum::Crc32c => req.checksum_crc32_c(crc32c_base64(crc32c::crc32c(&body))),
+            Checksum::Md5 => req.content_md5(md5_base64(&body)),
+            Checksum::None => req,
+        };
+        let mut req = req.body(ByteStream::from(body));
         if let Some(sc) = &opts.storage_class {
             req = req.storage_class(StorageClass::from(sc.as_str()));
         }

@@ -93,6 +93,7 @@ impl World {
                 limit_download: None,
                 outage_wait: Duration::ZERO,
                 credentials_file: None,
+                checksum: Default::default(),
             },
             schedule: Schedule::default(),
             retention,

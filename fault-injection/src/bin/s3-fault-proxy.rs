@@ -45,6 +45,10 @@ struct Args {
     /// Bandwidth cap in bytes per second, both directions together.
     #[arg(long)]
     bandwidth: Option<u64>,
+    /// Emulate a provider that refuses checksum headers (Backblaze B2, older Ceph RGW):
+    /// any x-amz-checksum-* or x-amz-sdk-checksum-* request header is answered 400.
+    #[arg(long)]
+    reject_checksum_headers: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +70,7 @@ fn main() -> std::process::ExitCode {
         latency: Duration::from_millis(a.latency_ms),
         bandwidth: a.bandwidth,
         verbose: true,
+        reject_checksum_headers: a.reject_checksum_headers,
     };
     let proxy = match Proxy::start(cfg, a.listen) {
         Ok(p) => p,

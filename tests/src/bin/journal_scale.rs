@@ -186,6 +186,7 @@ fn main() {
             limit_download: None,
             outage_wait: Duration::ZERO,
             credentials_file: None,
+            checksum: Default::default(),
         },
         schedule: Schedule::default(),
         retention: Retention::default(),
