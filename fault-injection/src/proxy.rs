@@ -256,6 +256,10 @@ pub struct Config {
     /// A provider's quirk (Backblaze B2, older Ceph RGW): any `x-amz-checksum-*` or
     /// `x-amz-sdk-checksum-*` request header is answered 400 InvalidArgument, not forwarded.
     pub reject_checksum_headers: bool,
+    /// Listings paginated this many entries a page (ListObjectsV2 `max-keys`, ListParts
+    /// `max-parts`, ListMultipartUploads `max-uploads` set on the way). The request line is
+    /// rewritten, so only for servers that do not check signatures (moto).
+    pub page_size: Option<u32>,
 }
 
 impl Config {
@@ -268,6 +272,7 @@ impl Config {
             bandwidth: None,
             verbose: false,
             reject_checksum_headers: false,
+            page_size: None,
         }
     }
 }
@@ -678,6 +683,35 @@ async fn read_response(
     }
 }
 
+/// Sets the page-size parameter of a listing request to `n` (replacing any the client sent).
+fn paginate(req: &mut Message, n: u32) {
+    let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
+    let param = if query
+        .split('&')
+        .any(|p| p == "uploads" || p.starts_with("uploads="))
+    {
+        "max-uploads"
+    } else if query.split('&').any(|p| p.starts_with("uploadId=")) {
+        "max-parts"
+    } else {
+        "max-keys"
+    };
+    let mut params: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with(&format!("{param}=")))
+        .map(str::to_string)
+        .collect();
+    params.push(format!("{param}={n}"));
+    let target = format!("{path}?{}", params.join("&"));
+    let line_end = req.raw.iter().position(|&b| b == b'\n').unwrap_or(0);
+    let line = format!("{} {} HTTP/1.1\r", req.method, target);
+    let mut raw = line.into_bytes();
+    raw.extend_from_slice(&req.raw[line_end..]);
+    req.head_len = req.head_len + raw.len() - req.raw.len();
+    req.raw = raw;
+    req.target = target;
+}
+
 /// The first checksum header of a request head, lower-cased.
 fn checksum_header(head: &[u8]) -> Option<String> {
     String::from_utf8_lossy(head)
@@ -751,6 +785,10 @@ async fn serve(client: TcpStream, sh: Arc<Shared>) -> std::io::Result<()> {
                 return Ok(());
             }
         }
+        let mut req = req;
+        if let (Some(n), Op::List) = (sh.cfg.page_size, op) {
+            paginate(&mut req, n);
+        }
         let fault = sh.decide(op, &req.method, &req.target);
         if !sh.cfg.latency.is_zero() {
             tokio::time::sleep(sh.cfg.latency).await;
@@ -809,6 +847,37 @@ async fn serve(client: TcpStream, sh: Arc<Shared>) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listings_are_paginated_by_rewriting_the_request_line() {
+        let msg = |target: &str| {
+            let raw = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes();
+            Message {
+                head_len: raw.len(),
+                raw,
+                method: "GET".into(),
+                target: target.into(),
+                status: 0,
+                close: false,
+            }
+        };
+        for (before, after) in [
+            (
+                "/b?list-type=2&prefix=p",
+                "/b?list-type=2&prefix=p&max-keys=2",
+            ),
+            ("/b?list-type=2&max-keys=1000", "/b?list-type=2&max-keys=2"),
+            ("/b/k?uploadId=abc", "/b/k?uploadId=abc&max-parts=2"),
+            ("/b?uploads&prefix=p", "/b?uploads&prefix=p&max-uploads=2"),
+        ] {
+            let mut m = msg(before);
+            paginate(&mut m, 2);
+            assert_eq!(m.target, after);
+            let text = String::from_utf8(m.raw.clone()).expect("utf8");
+            assert_eq!(text, format!("GET {after} HTTP/1.1\r\nHost: x\r\n\r\n"));
+            assert_eq!(m.head_len, m.raw.len());
+        }
+    }
 
     #[test]
     fn classifies_s3_operations() {

@@ -116,3 +116,71 @@ fn a_bad_checksum_setting_is_refused_with_the_choices() {
         out.stderr
     );
 }
+
+/// Listings two entries a page (max-keys, max-parts, max-uploads rewritten by the proxy; moto
+/// does not check signatures): a killed backup's resume (ListParts, ListMultipartUploads), an
+/// incremental, `list`, a restore, `verify --deep` and retention (ListObjectsV2) all follow
+/// the continuation tokens.
+#[test]
+fn moto_listings_two_entries_a_page() {
+    let s = Setup::new(
+        Flavor::Moto,
+        Opts {
+            chunk_size: "5MiB".into(),
+            part_size: "5MiB".into(),
+            concurrency: 2,
+            ..Opts::default()
+        },
+    );
+    let proxy = s.through_proxy_with(|c| c.page_size = Some(2));
+    s.crash(&["backup"], "after-chunk-seal=2*off->return");
+    s.resume_and_prove(Some(1));
+    mutate(&s.subvolume, 4);
+    s.run(&["backup", "--once"]).assert_code(0);
+    let listed = s.run(&["list", "--json"]);
+    listed.assert_code(0);
+    let doc: serde_json::Value = serde_json::from_str(&listed.stdout).expect("json");
+    let backups = doc.to_string().matches("\"backup_id\"").count();
+    assert!(
+        backups >= 2,
+        "list saw {backups} backups:\n{}",
+        listed.stdout
+    );
+
+    let target = LoopFs::new(1024);
+    let dir = target.path("r");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    s.restore(&dir).assert_code(0);
+    let newest = s.manifest(&s.pointer().manifest_key);
+    assert!(newest.chunks.len() >= 1);
+    assert_same_tree(
+        &s.snapshot_dir.join(&newest.snapshot.name),
+        &dir.join(&newest.snapshot.name),
+    );
+    s.run(&["verify", "--subvolume", "data", "--deep"])
+        .assert_code(0);
+
+    let text = std::fs::read_to_string(&s.config).expect("config");
+    s.write_config(&text.replace("keep_chains = 1000", "keep_chains = 1"));
+    s.run(&["backup", "--full"]).assert_code(0);
+    let objects = s.objects();
+    let manifests = objects
+        .iter()
+        .filter(|(k, _)| k.ends_with("/manifest.json"))
+        .count();
+    assert_eq!(manifests, 1, "retention left {objects:?}");
+    let kept = s.manifest(&s.pointer().manifest_key);
+    let chunks = objects
+        .iter()
+        .filter(|(k, _)| k.contains("/chunk-"))
+        .count();
+    assert_eq!(
+        chunks,
+        kept.chunks.len(),
+        "chunks of pruned chains left: {objects:?}"
+    );
+    assert!(
+        proxy.forwarded(fault_injection::proxy::Op::List).0 >= 5,
+        "few listings went through the proxy"
+    );
+}

@@ -49,6 +49,10 @@ struct Args {
     /// any x-amz-checksum-* or x-amz-sdk-checksum-* request header is answered 400.
     #[arg(long)]
     reject_checksum_headers: bool,
+    /// Paginate listings N entries a page (rewrites max-keys / max-parts / max-uploads: for
+    /// servers that do not check signatures, such as moto).
+    #[arg(long, value_name = "N")]
+    page_size: Option<u32>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -71,6 +75,7 @@ fn main() -> std::process::ExitCode {
         bandwidth: a.bandwidth,
         verbose: true,
         reject_checksum_headers: a.reject_checksum_headers,
+        page_size: a.page_size,
     };
     let proxy = match Proxy::start(cfg, a.listen) {
         Ok(p) => p,
