@@ -233,6 +233,25 @@ fn check_credentials_file(path: &std::path::Path) -> Result<(), (String, String)
             format!("chmod 600 {shown}"),
         ));
     }
+    // An environment file (AWS_ACCESS_KEY_ID=...) is not the SDK's format: the keys would be
+    // ignored and the run refused later. Only the names of its lines are looked at.
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        (
+            format!("credentials_file `{shown}` cannot be read: {e}"),
+            "run as the user that owns it (root for the service)".to_string(),
+        )
+    })?;
+    let env_style = text.lines().any(|l| {
+        l.trim_start()
+            .split_once('=')
+            .is_some_and(|(k, _)| k.starts_with("AWS_") && !k.contains(' '))
+    });
+    if env_style && !text.lines().any(|l| l.trim_start().starts_with('[')) {
+        return Err((
+            format!("credentials_file `{shown}` holds AWS_...=... lines (an environment file)"),
+            format!("write it in AWS's shared-credentials format: a line [default], then aws_access_key_id = ... and aws_secret_access_key = ...; or keep it as {shown} for systemd's EnvironmentFile= and remove credentials_file"),
+        ));
+    }
     Ok(())
 }
 
@@ -251,7 +270,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 fn hint_for(message: &str) -> String {
     let m = message.to_ascii_lowercase();
     if m.contains("secret") || m.contains("access_key") || m.contains("session_token") {
-        "credentials are never read from the config file: use the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or instance metadata)".into()
+        "credentials are never read from the config file: name a file that holds them with [s3] credentials_file, or use the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or instance metadata)".into()
     } else if m.contains("unknown field") {
         "remove or correct the key; examples/config.toml lists every key".into()
     } else if m.contains("missing field") {

@@ -41,6 +41,8 @@ pub struct Found {
     /// What its name is made from: its path below the mount ("data" for /mnt/pool/data),
     /// or the mount point for a mounted subvolume ("/home").
     pub naming: PathBuf,
+    /// The mount it was found through: snapshot_dir goes there, on the same filesystem.
+    pub mount_point: PathBuf,
 }
 
 /// The Btrfs mounts of a /proc/self/mounts text, at or below `paths` when given.
@@ -102,8 +104,7 @@ pub fn name_for(path: &Path, taken: &mut BTreeSet<String>) -> String {
         })
         .collect::<Vec<_>>()
         .join("-");
-    let mut base: String = joined
-        .trim_start_matches('.')
+    let mapped: String = joined
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "-_.".contains(c) {
@@ -112,6 +113,12 @@ pub fn name_for(path: &Path, taken: &mut BTreeSet<String>) -> String {
                 '-'
             }
         })
+        .collect();
+    // "@home" (the common layout's name) is "home"; a name never starts like a flag.
+    let mut base: String = mapped
+        .trim_start_matches(['.', '-', '_'])
+        .chars()
+        .take(120)
         .collect();
     if base.is_empty() {
         base = "root".into();
@@ -131,10 +138,11 @@ pub fn render(found: &[Found], args: &InitArgs, host: &str) -> String {
     let first_device = found.first().map(|f| f.device.clone()).unwrap_or_default();
     let (same, other): (Vec<&Found>, Vec<&Found>) =
         found.iter().partition(|f| f.device == first_device);
-    // snapshot_dir: beside the first subvolume's mount, on the same filesystem.
+    // snapshot_dir: under the mount the first subvolume was found through, so on its
+    // filesystem (a subvolume's parent directory may be another filesystem).
     let snapshot_dir = same
         .first()
-        .and_then(|f| f.path.parent().map(|p| p.join(".snapshots")))
+        .map(|f| f.mount_point.join(".snapshots"))
         .unwrap_or_else(|| PathBuf::from("/.snapshots"));
     let mut taken = BTreeSet::new();
     let mut tables = String::new();
@@ -218,21 +226,30 @@ fn find(args: &InitArgs) -> Result<Vec<Found>, Failure> {
     let mounts_text = std::fs::read_to_string("/proc/self/mounts")
         .map_err(|e| Failure::new(exit::FAILED, format!("cannot read /proc/self/mounts: {e}")))?;
     let mounts = btrfs_mounts(&mounts_text, &args.paths);
-    let mut seen: BTreeSet<(String, PathBuf)> = BTreeSet::new();
+    // One entry per subvolume: the same one may be mounted twice, or mounted and also seen
+    // below the top level's mount; its identity is (device, path from the top level).
+    let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
     let mut found = Vec::new();
-    let mut add = |device: &str, path: PathBuf, naming: PathBuf, found: &mut Vec<Found>| {
-        let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
-        if seen.insert((device.to_string(), canonical)) && !read_only(&path) {
-            found.push(Found {
-                device: device.to_string(),
-                path,
-                naming,
+    let mut add =
+        |m: &Mount, from_top: &str, path: PathBuf, naming: PathBuf, found: &mut Vec<Found>| {
+            let id = (m.device.clone(), from_top.trim_matches('/').to_string());
+            // A subvolume's root is inode 256: a bind mount of a plain directory is not one.
+            let root = std::fs::metadata(&path).is_ok_and(|md| {
+                use std::os::unix::fs::MetadataExt;
+                md.ino() == 256
             });
-        }
-    };
+            if root && !read_only(&path) && seen.insert(id) {
+                found.push(Found {
+                    device: m.device.clone(),
+                    path,
+                    naming,
+                    mount_point: m.point.clone(),
+                });
+            }
+        };
     for m in &mounts {
         if !m.subvol.trim_matches('/').is_empty() {
-            add(&m.device, m.point.clone(), m.point.clone(), &mut found);
+            add(m, &m.subvol, m.point.clone(), m.point.clone(), &mut found);
         }
         let out = Command::new("btrfs")
             .args(["subvolume", "list", "-o"])
@@ -255,12 +272,13 @@ fn find(args: &InitArgs) -> Result<Vec<Found>, Failure> {
             ));
         }
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if let Some(p) = line
-                .split_once(" path ")
-                .and_then(|(_, p)| below_mount(m, p))
-            {
+            let Some((_, listed)) = line.split_once(" path ") else {
+                continue;
+            };
+            if let Some(p) = below_mount(m, listed) {
                 let naming = p.strip_prefix(&m.point).unwrap_or(&p).to_path_buf();
-                add(&m.device, p, naming, &mut found);
+                let from_top = listed.trim_start_matches("<FS_TREE>/").to_string();
+                add(m, &from_top, p, naming, &mut found);
             }
         }
     }
@@ -396,6 +414,9 @@ mod tests {
         assert_eq!(name_for(Path::new("/srv/home"), &mut t), "srv-home");
         assert_eq!(name_for(Path::new("/home"), &mut t), "home-2");
         assert_eq!(name_for(Path::new("/.hidden"), &mut t), "hidden");
+        assert_eq!(name_for(Path::new("@"), &mut t), "root-2");
+        assert_eq!(name_for(Path::new("@var/log"), &mut t), "var-log");
+        assert_eq!(name_for(Path::new(&"x".repeat(300)), &mut t).len(), 120);
         for n in &t {
             assert!(engine::machine::valid_name(n), "{n}");
         }
@@ -408,16 +429,19 @@ mod tests {
                 device: "/dev/sdb2".into(),
                 path: "/home".into(),
                 naming: "/home".into(),
+                mount_point: "/home".into(),
             },
             Found {
                 device: "/dev/sdb2".into(),
                 path: "/srv/data \"x\"".into(),
                 naming: "srv/data \"x\"".into(),
+                mount_point: "/".into(),
             },
             Found {
                 device: "/dev/loop0".into(),
                 path: "/mnt/pool/other".into(),
                 naming: "other".into(),
+                mount_point: "/mnt/pool".into(),
             },
         ];
         let args = InitArgs {
@@ -430,7 +454,7 @@ mod tests {
         let names: Vec<_> = s.subvolumes.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names, ["home", "srv-data--x-"]);
         assert_eq!(s.subvolumes[1].path, PathBuf::from("/srv/data \"x\""));
-        assert_eq!(s.snapshot_dir, PathBuf::from("/.snapshots"));
+        assert_eq!(s.snapshot_dir, PathBuf::from("/home/.snapshots"));
         assert_eq!(s.s3.bucket, "my-bucket");
         assert!(s.s3.path_style);
         assert_eq!(s.s3.prefix, "btrfs/web1");

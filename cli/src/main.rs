@@ -41,8 +41,9 @@ Exit codes:
   7  backup data damaged or missing (restore, verify)
   75 archived objects are thawing: run the same restore again later
 
-Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY,
-AWS_PROFILE, instance metadata), never from the configuration file.";
+Credentials come from [s3] credentials_file (AWS's shared-credentials format, mode 600) or
+the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, instance
+metadata), never from the configuration file itself.";
 
 #[derive(Parser, Debug)]
 #[command(

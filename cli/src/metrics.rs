@@ -242,8 +242,21 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    // node_exporter may come later than this tool: its directory is made if missing.
+    // node_exporter may come later than this tool: its directory is made if missing, readable
+    // by others (it runs as its own user) whatever the umask (the service's is 0077).
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while !d.as_os_str().is_empty() && !d.exists() {
+        missing.push(d.to_path_buf());
+        match d.parent() {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
     std::fs::create_dir_all(dir)?;
+    for m in missing {
+        std::fs::set_permissions(&m, std::fs::Permissions::from_mode(0o755))?;
+    }
     let mut tmp = tempfile::Builder::new()
         .prefix(".btrfs-to-s3-")
         .tempfile_in(dir)?;

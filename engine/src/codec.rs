@@ -68,6 +68,17 @@ impl Compression {
     }
 }
 
+/// Frames compressed at once at `level`: a context for a 1 MiB frame takes about 2 MiB at
+/// low levels and about 17 MiB at 16 and above; with the frames and their output this keeps
+/// the compressor within about 40 MiB of the 64 MiB beside the part buffers.
+pub fn max_workers(level: i32) -> usize {
+    match level {
+        ..=9 => 8,
+        10..=15 => 4,
+        _ => 2,
+    }
+}
+
 /// The version of the libzstd built in: a different one may compress differently.
 pub fn zstd_version() -> String {
     zstd::zstd_safe::version_string().to_string()
@@ -116,6 +127,8 @@ pub struct CompressingReader<R> {
     inner: R,
     level: i32,
     workers: usize,
+    /// One reusable context per worker (a context per frame would zero its tables each time).
+    contexts: Vec<zstd::bulk::Compressor<'static>>,
     out: Vec<u8>,
     at: usize,
     eof: bool,
@@ -123,13 +136,15 @@ pub struct CompressingReader<R> {
 }
 
 impl<R: Read> CompressingReader<R> {
+    /// `workers` is capped by `max_workers(level)`.
     pub fn new(inner: R, level: i32, workers: usize) -> (CompressingReader<R>, FramingLog) {
         let log = FramingLog::default();
         (
             CompressingReader {
                 inner,
                 level,
-                workers: workers.clamp(1, 64),
+                workers: workers.clamp(1, max_workers(level)),
+                contexts: Vec::new(),
                 out: Vec::new(),
                 at: 0,
                 eof: false,
@@ -153,17 +168,21 @@ impl<R: Read> CompressingReader<R> {
                 blocks.push(b);
             }
         }
-        let level = self.level;
+        while self.contexts.len() < blocks.len() {
+            self.contexts.push(zstd::bulk::Compressor::new(self.level)?);
+        }
         let compressed: Vec<io::Result<Vec<u8>>> = if blocks.len() <= 1 {
             blocks
                 .iter()
-                .map(|b| zstd::bulk::compress(b, level))
+                .zip(self.contexts.iter_mut())
+                .map(|(b, c)| c.compress(b))
                 .collect()
         } else {
             std::thread::scope(|s| {
                 let handles: Vec<_> = blocks
                     .iter()
-                    .map(|b| s.spawn(move || zstd::bulk::compress(b, level)))
+                    .zip(self.contexts.iter_mut())
+                    .map(|(b, c)| s.spawn(move || c.compress(b)))
                     .collect();
                 handles
                     .into_iter()
@@ -221,113 +240,149 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Turns stored bytes back into the send stream, checking it against the manifest's framing
-/// as it goes: no frame may yield more than `frame_bytes`, and at the end the stream must
-/// have the recorded size and SHA-256 and end on a frame boundary.
+/// as it goes: frame k must take exactly `frames[k]` stored bytes and decode to exactly
+/// `frame_bytes` (the last: the rest of the stream), and at the end the stream must have the
+/// recorded size and SHA-256. Output comes a bounded piece at a time (`step`), so a part that
+/// decodes to gigabytes (a sparse file's zeros) never sits in memory whole; the window is
+/// limited to the frame size, so a hostile frame cannot make the decoder allocate more.
 pub struct Decoder {
     raw: zstd::stream::raw::Decoder<'static>,
     frame_bytes: u64,
+    frames: Vec<u32>,
     expected_bytes: u64,
     expected_sha: [u8; 32],
     stream_bytes: u64,
     sha: Sha256,
+    /// The frame being decoded, its stream and stored bytes so far.
+    frame: usize,
     in_frame: u64,
-    frame_done: bool,
+    in_frame_stored: u64,
     scratch: Vec<u8>,
+}
+
+/// Output of one `Decoder::step`, at most this many bytes.
+pub const STEP_BYTES: usize = 256 << 10;
+
+fn bad(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
 impl Decoder {
     pub fn new(
         frame_bytes: u64,
+        frames: Vec<u32>,
         stream_bytes: u64,
         stream_sha256: [u8; 32],
     ) -> io::Result<Decoder> {
+        let mut raw = zstd::stream::raw::Decoder::new()?;
+        // A frame of F bytes needs no window above F (zstd's minimum is 2^10).
+        let window_log = (64 - frame_bytes.max(1024).saturating_sub(1).leading_zeros()).max(10);
+        raw.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(window_log))?;
         Ok(Decoder {
-            raw: zstd::stream::raw::Decoder::new()?,
+            raw,
             frame_bytes,
+            frames,
             expected_bytes: stream_bytes,
             expected_sha: stream_sha256,
             stream_bytes: 0,
             sha: Sha256::new(),
+            frame: 0,
             in_frame: 0,
-            frame_done: true,
-            scratch: vec![0u8; 256 << 10],
+            in_frame_stored: 0,
+            scratch: vec![0u8; STEP_BYTES],
         })
     }
 
-    /// The send-stream bytes that `input` (the next stored bytes) decodes to.
-    pub fn feed(&mut self, mut input: &[u8]) -> io::Result<Vec<u8>> {
+    /// Decodes from `input` until one piece of output (at most `STEP_BYTES`) is made or the
+    /// input is used up: (stored bytes consumed, the stream bytes made). Call again with the
+    /// rest, and with an empty input until it makes nothing, to drain what the decoder holds.
+    pub fn step(&mut self, input: &[u8]) -> io::Result<(usize, &[u8])> {
         use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
-        let mut plain = Vec::new();
-        while !input.is_empty() {
-            let mut inb = InBuffer::around(input);
-            let mut outb = OutBuffer::around(&mut self.scratch[..]);
-            let hint = self.raw.run(&mut inb, &mut outb)?;
-            let produced = outb.pos();
-            let consumed = inb.pos();
-            self.in_frame += produced as u64;
-            if self.in_frame > self.frame_bytes {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("a frame decodes to more than {} bytes", self.frame_bytes),
-                ));
-            }
-            self.stream_bytes += produced as u64;
-            if self.stream_bytes > self.expected_bytes {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "the stream decodes to more than the {} bytes recorded",
-                        self.expected_bytes
-                    ),
-                ));
-            }
-            self.sha.update(&self.scratch[..produced]);
-            plain.extend_from_slice(&self.scratch[..produced]);
-            self.frame_done = hint == 0;
-            if self.frame_done {
-                self.in_frame = 0;
-                self.raw.reinit()?;
-            }
-            input = &input[consumed..];
-            if consumed == 0 && produced == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "the zstd decoder made no progress",
-                ));
-            }
-        }
-        // Output the decoder still holds for input already given.
+        let mut consumed = 0;
         loop {
+            let mut inb = InBuffer::around(&input[consumed..]);
             let mut outb = OutBuffer::around(&mut self.scratch[..]);
-            let mut inb = InBuffer::around(&[][..]);
             let hint = self.raw.run(&mut inb, &mut outb)?;
-            let produced = outb.pos();
-            if produced == 0 {
-                break;
-            }
+            let (used, produced) = (inb.pos(), outb.pos());
+            consumed += used;
+            self.in_frame_stored += used as u64;
             self.in_frame += produced as u64;
             self.stream_bytes += produced as u64;
-            if self.in_frame > self.frame_bytes || self.stream_bytes > self.expected_bytes {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "the stream decodes to more than recorded",
-                ));
+            if self.in_frame > self.frame_bytes {
+                return Err(bad(format!(
+                    "frame {} decodes to more than {} bytes",
+                    self.frame, self.frame_bytes
+                )));
             }
-            self.sha.update(&self.scratch[..produced]);
-            plain.extend_from_slice(&self.scratch[..produced]);
-            self.frame_done = hint == 0;
-            if self.frame_done {
-                self.in_frame = 0;
-                self.raw.reinit()?;
+            if self.stream_bytes > self.expected_bytes {
+                return Err(bad(format!(
+                    "the stream decodes to more than the {} bytes recorded",
+                    self.expected_bytes
+                )));
+            }
+            if hint == 0 && (used > 0 || produced > 0 || self.in_frame_stored > 0) {
+                self.end_frame()?;
+            }
+            if used == 0 && produced == 0 && consumed < input.len() {
+                return Err(bad("the zstd decoder made no progress".into()));
+            }
+            if produced > 0 || consumed == input.len() || (used == 0 && produced == 0) {
+                self.sha.update(&self.scratch[..produced]);
+                return Ok((consumed, &self.scratch[..produced]));
             }
         }
-        Ok(plain)
+    }
+
+    /// A frame ended: it must be the one the manifest records, and whole.
+    fn end_frame(&mut self) -> io::Result<()> {
+        let k = self.frame;
+        let Some(&stored) = self.frames.get(k) else {
+            return Err(bad(format!(
+                "more frames than the {} recorded",
+                self.frames.len()
+            )));
+        };
+        let last = k + 1 == self.frames.len();
+        let want_plain = if last {
+            self.expected_bytes - (k as u64) * self.frame_bytes
+        } else {
+            self.frame_bytes
+        };
+        if self.in_frame_stored != u64::from(stored) || self.in_frame != want_plain {
+            return Err(bad(format!(
+                "frame {k} is {} stored bytes decoding to {}, the manifest records {stored} decoding to {want_plain}",
+                self.in_frame_stored, self.in_frame
+            )));
+        }
+        self.frame += 1;
+        self.in_frame = 0;
+        self.in_frame_stored = 0;
+        zstd::stream::raw::Operation::reinit(&mut self.raw)?;
+        Ok(())
+    }
+
+    /// Everything `input` decodes to, in one vector (tests and small streams only).
+    pub fn feed(&mut self, mut input: &[u8]) -> io::Result<Vec<u8>> {
+        let mut all = Vec::new();
+        loop {
+            let (used, out) = self.step(input)?;
+            all.extend_from_slice(out);
+            let made = out.len();
+            input = &input[used..];
+            if input.is_empty() && made == 0 {
+                return Ok(all);
+            }
+        }
     }
 
     /// After the last stored byte: the stream is whole and the one recorded.
     pub fn finish(self) -> Result<u64, String> {
-        if !self.frame_done {
-            return Err("the stored stream ends inside a zstd frame".into());
+        if self.in_frame_stored > 0 || self.frame != self.frames.len() {
+            return Err(format!(
+                "the stored stream ends inside frame {} of {}",
+                self.frame,
+                self.frames.len()
+            ));
         }
         if self.stream_bytes != self.expected_bytes {
             return Err(format!(
@@ -409,7 +464,13 @@ mod tests {
         // Standard zstd reads the concatenation.
         assert_eq!(zstd::stream::decode_all(&one[..]).expect("zstd -d"), data);
         // The decoder, fed in odd pieces, checks size and hash.
-        let mut d = Decoder::new(FRAME_BYTES, f1.stream_bytes, f1.stream_sha256).expect("dec");
+        let mut d = Decoder::new(
+            FRAME_BYTES,
+            f1.frames.clone(),
+            f1.stream_bytes,
+            f1.stream_sha256,
+        )
+        .expect("dec");
         let mut back = Vec::new();
         for piece in one.chunks(7777) {
             back.extend(d.feed(piece).expect("feed"));
@@ -433,8 +494,8 @@ mod tests {
         let data = sample(FRAME_BYTES as usize + 999);
         let (stored, f) = compress_all(&data, 3, 2);
         let run = |bytes: &[u8], sha: [u8; 32]| -> Result<u64, String> {
-            let mut d =
-                Decoder::new(FRAME_BYTES, f.stream_bytes, sha).map_err(|e| e.to_string())?;
+            let mut d = Decoder::new(FRAME_BYTES, f.frames.clone(), f.stream_bytes, sha)
+                .map_err(|e| e.to_string())?;
             d.feed(bytes).map_err(|e| e.to_string())?;
             d.finish()
         };
@@ -447,8 +508,47 @@ mod tests {
         bad[mid] ^= 0xff;
         assert!(run(&bad, f.stream_sha256).is_err());
         // A frame larger than the recorded frame size (a manifest lying about it) is refused.
-        let mut d = Decoder::new(1000, f.stream_bytes, f.stream_sha256).expect("dec");
+        let mut d =
+            Decoder::new(1000, f.frames.clone(), f.stream_bytes, f.stream_sha256).expect("dec");
         assert!(d.feed(&stored).is_err());
+        // Frame sizes that do not match the stored frames are refused.
+        let mut shifted = f.frames.clone();
+        shifted[0] += 1;
+        shifted[1] -= 1;
+        let mut d =
+            Decoder::new(FRAME_BYTES, shifted, f.stream_bytes, f.stream_sha256).expect("dec");
+        let err = d.feed(&stored).expect_err("wrong frame sizes");
+        assert!(err.to_string().contains("frame 0 is"), "{err}");
+    }
+
+    /// Zeros compress about 1000:1: a part of them decodes in pieces of at most STEP_BYTES.
+    #[test]
+    fn output_comes_in_bounded_pieces() {
+        let data = vec![0u8; 64 * FRAME_BYTES as usize];
+        let (stored, f) = compress_all(&data, 3, 2);
+        assert!(stored.len() < 64 << 10, "{} stored bytes", stored.len());
+        let mut d = Decoder::new(
+            FRAME_BYTES,
+            f.frames.clone(),
+            f.stream_bytes,
+            f.stream_sha256,
+        )
+        .expect("dec");
+        let (mut input, mut total, mut pieces) = (&stored[..], 0usize, 0);
+        loop {
+            let (used, out) = d.step(input).expect("step");
+            assert!(out.len() <= STEP_BYTES);
+            assert!(out.iter().all(|&b| b == 0));
+            total += out.len();
+            pieces += usize::from(!out.is_empty());
+            input = &input[used..];
+            if input.is_empty() && out.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(total, data.len());
+        assert!(pieces >= data.len() / STEP_BYTES);
+        assert_eq!(d.finish(), Ok(data.len() as u64));
     }
 
     #[test]

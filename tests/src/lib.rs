@@ -459,6 +459,7 @@ keep_chains = 1000
         if let Some(c) = &m.compression {
             let mut d = engine::codec::Decoder::new(
                 c.frame_bytes,
+                c.frames().expect("frame sizes"),
                 c.stream_bytes,
                 c.stream_sha256().expect("stream sha256"),
             )

@@ -121,3 +121,44 @@ fn garage_metrics_file_after_success_failure_and_resume() {
         "no temporary file left beside the metrics file"
     );
 }
+
+/// node_exporter installed after the tool: the metrics file's directories do not exist yet.
+/// Made by a backup under the service's umask 0077, they are still readable by others (0755),
+/// the file 0644.
+#[test]
+fn garage_metrics_directories_made_under_umask_077_are_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new(Flavor::Garage, Opts::default());
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("prometheus/node-exporter/btrfs_to_s3.prom");
+    let config = std::fs::read_to_string(&s.config).expect("config");
+    s.write_config(&config.replacen(
+        "snapshot_dir",
+        &format!("metrics_file = \"{}\"\nsnapshot_dir", file.display()),
+        1,
+    ));
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg("umask 077 && exec \"$0\" --config \"$1\" --quiet backup")
+        .arg(harness::tool_bin("btrfs-to-s3"))
+        .arg(&s.config);
+    for (k, v) in s.s3.env() {
+        c.env(k, v);
+    }
+    let out = c.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for d in [
+        dir.path().join("prometheus"),
+        dir.path().join("prometheus/node-exporter"),
+    ] {
+        let mode = std::fs::metadata(&d).expect("dir").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755, "{}", d.display());
+    }
+    let mode = std::fs::metadata(&file).expect("file").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+    assert_eq!(sample(&parse(&file), "btrfs_to_s3_last_run_success"), 1.0);
+}

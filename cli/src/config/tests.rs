@@ -77,6 +77,20 @@ fn credentials_file_must_exist_and_be_private() {
     assert!(!e.contains("AKIAEXAMPLE"), "must not echo the file: {e}");
     let e = err(&with(dir.path()));
     assert!(e.contains("not a regular file"), "{e}");
+    // An environment file in its place: refused, its values never echoed.
+    std::fs::write(
+        &f,
+        "AWS_ACCESS_KEY_ID=AKIAEXAMPLE\nAWS_SECRET_ACCESS_KEY=s3cr3t\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let e = err(&with(&f));
+    assert!(
+        e.contains("(an environment file)") && e.contains("[default]"),
+        "{e}"
+    );
+    assert!(!e.contains("AKIAEXAMPLE") && !e.contains("s3cr3t"), "{e}");
+    std::fs::write(&f, "[default]\naws_access_key_id = AKIAEXAMPLE\n").expect("write");
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let s = parse(Path::new("x"), &with(&f)).expect("a private file is accepted");
     assert_eq!(s.s3.credentials_file.as_deref(), Some(f.as_path()));

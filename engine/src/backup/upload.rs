@@ -83,9 +83,9 @@ impl Context {
         {
             Compression::Off => (send.reader, None),
             Compression::Zstd { level } => {
-                // At most 8 frames in flight (about 3 MiB each with their output): memory stays
+                // One frame per core, capped by level (`codec::max_workers`): memory stays
                 // within the 64 MiB beside the part buffers.
-                let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+                let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
                 let (r, log) = CompressingReader::new(send.reader, level, workers);
                 (Box::new(r), Some((level, log)))
             }

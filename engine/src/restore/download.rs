@@ -148,8 +148,11 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
             let sha = c
                 .stream_sha256()
                 .ok_or_else(|| damaged("a malformed stream SHA-256".into()))?;
+            let frames = c
+                .frames()
+                .ok_or_else(|| damaged("malformed frame sizes".into()))?;
             Some(
-                crate::codec::Decoder::new(c.frame_bytes, c.stream_bytes, sha)
+                crate::codec::Decoder::new(c.frame_bytes, frames, c.stream_bytes, sha)
                     .map_err(|e| damaged(format!("cannot start the zstd decoder: {e}")))?,
             )
         }
@@ -172,19 +175,28 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
         }
         stream_sha.update(&data);
         total += data.len() as u64;
-        let plain = match decoder.as_mut() {
-            None => data.clone(),
-            Some(d) => Bytes::from(d.feed(&data).map_err(|e| RestoreError::Damaged {
-                key: m.chunks[idx as usize].key.clone(),
-                detail: format!("its zstd frames do not decode: {e}"),
-            })?),
+        let write_failed = |e: std::io::Error| RestoreError::Receive {
+            snapshot: m.snapshot.name.clone(),
+            detail: format!("writing the stream: {e}"),
         };
-        sink.write_all(&plain)
-            .await
-            .map_err(|e| RestoreError::Receive {
-                snapshot: m.snapshot.name.clone(),
-                detail: format!("writing the stream: {e}"),
-            })?;
+        match decoder.as_mut() {
+            None => sink.write_all(&data).await.map_err(write_failed)?,
+            // Decoded a bounded piece at a time: a part of zeros may stand for gigabytes.
+            Some(d) => {
+                let mut rest = &data[..];
+                loop {
+                    let (used, out) = d.step(rest).map_err(|e| RestoreError::Damaged {
+                        key: m.chunks[idx as usize].key.clone(),
+                        detail: format!("its zstd frames do not decode as recorded: {e}"),
+                    })?;
+                    rest = &rest[used..];
+                    if out.is_empty() && rest.is_empty() {
+                        break;
+                    }
+                    sink.write_all(out).await.map_err(write_failed)?;
+                }
+            }
+        }
         if let Some(p) = progress {
             p.stream_bytes
                 .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);

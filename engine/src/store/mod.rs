@@ -49,7 +49,7 @@ fn hint(kind: StoreErrorKind, bucket: &str) -> String {
         StoreErrorKind::NoSuchBucket => format!(
             " (bucket `{bucket}` does not exist: create it or fix [s3].bucket in the config)"
         ),
-        StoreErrorKind::AccessDenied => " (credentials refused: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, and the bucket policy)".to_string(),
+        StoreErrorKind::AccessDenied => " (credentials refused: check [s3] credentials_file, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, and the bucket policy)".to_string(),
         StoreErrorKind::ClockSkewed => " (the server says this host's clock is off by more than it accepts: fix the clock, e.g. `timedatectl set-ntp true`, and run again)".to_string(),
         StoreErrorKind::Transient => " (network or server trouble; `btrfs-to-s3 resume` continues where this stopped)".to_string(),
         StoreErrorKind::ChecksumRefused => " (this server refuses x-amz-checksum-* headers, as Backblaze B2 and older Ceph RGW do: set checksum = \"md5\" in [s3] of the config, then `btrfs-to-s3 resume`)".to_string(),

@@ -242,6 +242,7 @@ pub async fn prove(w: &World, expect: &Expect, sent: u64, case: &str) {
         if let Some(c) = &m.compression {
             let mut d = engine::codec::Decoder::new(
                 c.frame_bytes,
+                c.frames().expect("frame sizes"),
                 c.stream_bytes,
                 c.stream_sha256().expect("sha"),
             )
