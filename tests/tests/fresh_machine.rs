@@ -134,7 +134,16 @@ impl Container {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        let (_, state) = m.sh("timeout 120 systemctl is-system-running --wait");
+        // systemctl needs PID 1's socket, which appears a moment after PID 1 does.
+        let state = loop {
+            let (_, state) = m.sh("timeout 120 systemctl is-system-running --wait");
+            if !state.contains("Failed to connect to bus")
+                || started.elapsed() > Duration::from_secs(60)
+            {
+                break state;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
         // "degraded": a unit of the minimal system failed (seen once, under a loaded test
         // run); the install steps do not depend on it, and this tool's own units are checked
         // by name below.
