@@ -118,15 +118,21 @@ impl Container {
             dir,
         };
         let started = Instant::now();
+        // The container's PID 1 is nspawn's child once that child runs systemd (before, it is
+        // nspawn's own short-lived helper).
         while m.leader == 0 {
             let out = Command::new("pgrep")
                 .args(["-P", &m.nspawn.id().to_string()])
                 .output()
                 .expect("pgrep");
-            m.leader = String::from_utf8_lossy(&out.stdout)
+            let pid: u32 = String::from_utf8_lossy(&out.stdout)
                 .trim()
                 .parse()
                 .unwrap_or(0);
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if pid != 0 && comm.trim() == "systemd" {
+                m.leader = pid;
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(30),
                 "the container did not start:\n{}",
@@ -137,7 +143,7 @@ impl Container {
         // systemctl needs PID 1's socket, which appears a moment after PID 1 does.
         let state = loop {
             let (_, state) = m.sh("timeout 120 systemctl is-system-running --wait");
-            if !state.contains("Failed to connect to bus")
+            if !(state.contains("Failed to connect to bus") || state.contains("nsenter:"))
                 || started.elapsed() > Duration::from_secs(60)
             {
                 break state;
