@@ -206,9 +206,10 @@ pub fn settings_fingerprint(s: &Settings) -> String {
     let text = match s.compression {
         crate::codec::Compression::Off => text,
         c => format!(
-            "{text}|{}|libzstd {}",
+            "{text}|{}|libzstd {}|frames {}",
             c.as_str(),
-            crate::codec::zstd_version()
+            crate::codec::zstd_version(),
+            crate::codec::FRAMING_VERSION
         ),
     };
     hex::encode(&Sha256::digest(text.as_bytes())[..16])
