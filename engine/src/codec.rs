@@ -215,6 +215,76 @@ impl<R: Read> CompressingReader<R> {
     }
 }
 
+impl<R: Read> CompressingReader<R> {
+    /// The next batch of stored bytes; None at the end.
+    fn next_batch(&mut self) -> io::Result<Option<Vec<u8>>> {
+        while self.at == self.out.len() {
+            if self.eof {
+                return Ok(None);
+            }
+            self.refill()?;
+        }
+        let batch = self.out[self.at..].to_vec();
+        self.at = self.out.len();
+        Ok(Some(batch))
+    }
+}
+
+/// A `CompressingReader` on a thread of its own, one batch ahead of its reader: reading,
+/// compressing and hashing the send stream overlap with the splitter hashing what is stored.
+/// (One batch queued, one being made: a few MiB more than the reader alone.) The thread ends
+/// at the end of the stream, on an error (handed to the reader), or when the reader is dropped.
+pub struct Pipelined {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    at: usize,
+}
+
+impl Pipelined {
+    pub fn new<R: Read + Send + 'static>(mut r: CompressingReader<R>) -> Pipelined {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::spawn(move || loop {
+            match r.next_batch() {
+                Ok(Some(b)) => {
+                    if tx.send(Ok(b)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        });
+        Pipelined {
+            rx,
+            cur: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Read for Pipelined {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(b)) => {
+                    self.cur = b;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The thread ended after the last batch (its log is complete by then).
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.at);
+        buf[..n].copy_from_slice(&self.cur[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 impl<R: Read> Read for CompressingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.at == self.out.len() {
@@ -509,6 +579,20 @@ mod tests {
     fn output_is_the_same_for_any_number_of_workers_and_round_trips() {
         let data = sample(3 * FRAME_BYTES as usize + 12345);
         let (one, f1) = compress_all(&data, 3, 1);
+        // On its own thread, read in odd pieces: the same bytes, the same framing.
+        let (r, log) = CompressingReader::new(std::io::Cursor::new(data.clone()), 3, 2);
+        let mut piped = Vec::new();
+        let mut p = Pipelined::new(r);
+        let mut buf = [0u8; 7777];
+        loop {
+            let n = p.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            piped.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(piped, one);
+        assert_eq!(log.framing(3).as_ref(), Some(&f1));
         let (four, f4) = compress_all(&data, 3, 4);
         assert_eq!(one, four, "stored bytes depend on the worker count");
         assert_eq!(f1, f4);

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::{BackupError, Context};
-use crate::codec::{CompressingReader, Compression, Framing};
+use crate::codec::{CompressingReader, Compression, Framing, Pipelined};
 use crate::machine::run::{
     decide_adoption, decide_chunk_end, decide_part, decide_stream_end, reconcile, ChunkEndAction,
     Listed, PartAction, Reconciled, RunState,
@@ -87,7 +87,7 @@ impl Context {
                 // within the 64 MiB beside the part buffers.
                 let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
                 let (r, log) = CompressingReader::new(send.reader, level, workers);
-                (Box::new(r), Some((level, log)))
+                (Box::new(Pipelined::new(r)), Some((level, log)))
             }
         };
         let splitter = {
