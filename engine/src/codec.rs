@@ -125,16 +125,15 @@ impl FramingLog {
     }
 }
 
-/// Reads the send stream and yields the stored stream. Reads up to `workers` frames, then
-/// compresses them on as many threads at once.
+/// Reads the send stream and yields the stored stream a batch at a time (`next_batch`):
+/// reads up to `workers` frames, then compresses them on as many threads at once.
+/// `Pipelined` turns it into a `Read`.
 pub struct CompressingReader<R> {
     inner: R,
     level: i32,
     workers: usize,
     /// One reusable context per worker (a context per frame would zero its tables each time).
     contexts: Vec<zstd::bulk::Compressor<'static>>,
-    out: Vec<u8>,
-    at: usize,
     eof: bool,
     log: FramingLog,
 }
@@ -149,8 +148,6 @@ impl<R: Read> CompressingReader<R> {
                 level,
                 workers: workers.clamp(1, max_workers(level)),
                 contexts: Vec::new(),
-                out: Vec::new(),
-                at: 0,
                 eof: false,
                 log: log.clone(),
             },
@@ -158,12 +155,16 @@ impl<R: Read> CompressingReader<R> {
         )
     }
 
-    /// Fills `out` with the next batch of frames; at the end marks the log done.
-    fn refill(&mut self) -> io::Result<()> {
+    /// The next batch of stored bytes (the frames of up to `workers` blocks); None at the end,
+    /// by which time the log is done.
+    fn next_batch(&mut self) -> io::Result<Option<Vec<u8>>> {
+        if self.eof {
+            return Ok(None);
+        }
         let mut blocks = Vec::with_capacity(self.workers);
         while blocks.len() < self.workers && !self.eof {
             let mut b = vec![0u8; FRAME_BYTES as usize];
-            let n = read_full(&mut self.inner, &mut b)?;
+            let n = crate::pipeline::read_full(&mut self.inner, &mut b)?;
             b.truncate(n);
             if n < FRAME_BYTES as usize {
                 self.eof = true;
@@ -197,8 +198,7 @@ impl<R: Read> CompressingReader<R> {
                     .collect()
             })
         };
-        self.out.clear();
-        self.at = 0;
+        let mut out = Vec::new();
         let mut t = self.log.0.lock().unwrap_or_else(|p| p.into_inner());
         for (plain, frame) in blocks.iter().zip(compressed) {
             let frame = frame?;
@@ -206,27 +206,12 @@ impl<R: Read> CompressingReader<R> {
             t.sha.update(plain);
             t.frames
                 .push(u32::try_from(frame.len()).map_err(io::Error::other)?);
-            self.out.extend_from_slice(&frame);
+            out.extend_from_slice(&frame);
         }
         if self.eof {
             t.done = true;
         }
-        Ok(())
-    }
-}
-
-impl<R: Read> CompressingReader<R> {
-    /// The next batch of stored bytes; None at the end.
-    fn next_batch(&mut self) -> io::Result<Option<Vec<u8>>> {
-        while self.at == self.out.len() {
-            if self.eof {
-                return Ok(None);
-            }
-            self.refill()?;
-        }
-        let batch = self.out[self.at..].to_vec();
-        self.at = self.out.len();
-        Ok(Some(batch))
+        Ok(Some(out))
     }
 }
 
@@ -280,21 +265,6 @@ impl Read for Pipelined {
         }
         let n = buf.len().min(self.cur.len() - self.at);
         buf[..n].copy_from_slice(&self.cur[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
-impl<R: Read> Read for CompressingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.out.len() {
-            if self.eof {
-                return Ok(0);
-            }
-            self.refill()?;
-        }
-        let n = buf.len().min(self.out.len() - self.at);
-        buf[..n].copy_from_slice(&self.out[self.at..self.at + n]);
         self.at += n;
         Ok(n)
     }
@@ -357,19 +327,6 @@ pub fn raw_frame(block: &[u8]) -> Vec<u8> {
         out.extend_from_slice(piece);
     }
     out
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Turns stored bytes back into the send stream, checking it against the manifest's framing
@@ -551,7 +508,9 @@ mod tests {
     fn compress_all(data: &[u8], level: i32, workers: usize) -> (Vec<u8>, Framing) {
         let (mut r, log) = CompressingReader::new(data, level, workers);
         let mut out = Vec::new();
-        r.read_to_end(&mut out).expect("compress");
+        while let Some(batch) = r.next_batch().expect("compress") {
+            out.extend(batch);
+        }
         (out, log.framing(level).expect("done"))
     }
 

@@ -136,7 +136,7 @@ pub fn part_hashes(data: &[u8]) -> (u128, u32) {
 }
 
 /// Reads until `buf` is full or the reader is at end of stream; returns bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {

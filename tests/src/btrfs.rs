@@ -77,6 +77,20 @@ impl LoopFs {
         self.mnt.join(rel)
     }
 
+    /// `btrfs subvolume snapshot -r SRC DST`, made outside the tool.
+    pub fn snapshot_readonly(src: &Path, dst: &Path) {
+        sh(
+            "btrfs",
+            &[
+                "subvolume",
+                "snapshot",
+                "-r",
+                src.to_str().expect("utf8"),
+                dst.to_str().expect("utf8"),
+            ],
+        );
+    }
+
     pub fn create_subvolume(&self, rel: &str) -> PathBuf {
         let p = self.path(rel);
         sh("btrfs", &["subvolume", "create", p.to_str().expect("utf8")]);

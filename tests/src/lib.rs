@@ -274,6 +274,23 @@ keep_chains = 1000
         ])
     }
 
+    /// The newest backup restored by the tool into a fresh Btrfs filesystem is the same tree as
+    /// its source snapshot, and `verify --deep` passes on it. Its manifest.
+    pub fn restore_newest_and_verify(&self) -> Manifest {
+        let target = LoopFs::new(1024);
+        let dir = target.path("r");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        self.restore(&dir).assert_code(0);
+        let newest = self.manifest(&self.pointer().manifest_key);
+        assert_same_tree(
+            &self.snapshot_dir.join(&newest.snapshot.name),
+            &dir.join(&newest.snapshot.name),
+        );
+        self.run(&["verify", "--subvolume", &self.name, "--deep"])
+            .assert_code(0);
+        newest
+    }
+
     /// Starts the failpoints build with `FAILPOINTS=spec` (typically `name=sleep(ms)`, a pause
     /// during which the test changes the world under the run); `finish` collects it.
     pub fn spawn_failpoints(&self, args: &[&str], spec: &str) -> std::process::Child {
@@ -457,13 +474,7 @@ keep_chains = 1000
         );
         // A compressed backup: the send stream is its frames decoded, and checked.
         if let Some(c) = &m.compression {
-            let mut d = engine::codec::Decoder::new(
-                c.frame_bytes,
-                c.frames().expect("frame sizes"),
-                c.stream_bytes,
-                c.stream_sha256().expect("stream sha256"),
-            )
-            .expect("decoder");
+            let mut d = c.decoder().expect("decoder");
             let plain = d.feed(&stream).expect("the frames decode");
             assert_eq!(d.finish(), Ok(c.stream_bytes), "decoded stream");
             return plain;

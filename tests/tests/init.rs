@@ -5,8 +5,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use harness::btrfs::sh;
-use harness::{tool_bin, Flavor, Opts, Setup};
+use harness::{tool_bin, Flavor, LoopFs, Opts, Setup};
 
 #[test]
 fn init_writes_a_config_for_the_subvolumes_found_that_check_accepts() {
@@ -14,16 +13,7 @@ fn init_writes_a_config_for_the_subvolumes_found_that_check_accepts() {
     let home = s.fs.create_subvolume("home");
     std::fs::create_dir_all(s.fs.path(".snapshots")).expect("mkdir");
     let ro = s.fs.path(".snapshots/data.ro");
-    sh(
-        "btrfs",
-        &[
-            "subvolume",
-            "snapshot",
-            "-r",
-            s.subvolume.to_str().expect("utf8"),
-            ro.to_str().expect("utf8"),
-        ],
-    );
+    LoopFs::snapshot_readonly(&s.subvolume, &ro);
     let out_dir = tempfile::tempdir().expect("tempdir");
     let written = out_dir.path().join("config.toml");
     let mnt = s.fs.mnt.to_str().expect("utf8").to_string();

@@ -5,8 +5,8 @@
 //! `checksum = "md5"` (Content-MD5, which every S3 server takes) the run resumes and backup,
 //! incremental, restore, verify and retention pass with no header refused; `"none"` too.
 
-use harness::btrfs::{assert_same_tree, mutate};
-use harness::{Flavor, LoopFs, Opts, Setup};
+use harness::btrfs::mutate;
+use harness::{Flavor, Opts, Setup};
 
 fn setup() -> Setup {
     Setup::new(
@@ -54,17 +54,7 @@ fn garage_refusing_checksum_headers_needs_checksum_md5_and_then_works_throughout
     assert!(f.stream_bytes > 0);
     mutate(&s.subvolume, 9);
     s.run(&["backup", "--once"]).assert_code(0);
-    let target = LoopFs::new(1024);
-    let dir = target.path("r");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    s.restore(&dir).assert_code(0);
-    let newest = s.manifest(&s.pointer().manifest_key);
-    assert_same_tree(
-        &s.snapshot_dir.join(&newest.snapshot.name),
-        &dir.join(&newest.snapshot.name),
-    );
-    s.run(&["verify", "--subvolume", "data", "--deep"])
-        .assert_code(0);
+    s.restore_newest_and_verify();
     // Retention under the quirk: a second chain prunes the first.
     let text = std::fs::read_to_string(&s.config).expect("config");
     s.write_config(&text.replace("keep_chains = 1000", "keep_chains = 1"));
@@ -147,18 +137,8 @@ fn moto_listings_two_entries_a_page() {
         listed.stdout
     );
 
-    let target = LoopFs::new(1024);
-    let dir = target.path("r");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    s.restore(&dir).assert_code(0);
-    let newest = s.manifest(&s.pointer().manifest_key);
+    let newest = s.restore_newest_and_verify();
     assert!(!newest.chunks.is_empty());
-    assert_same_tree(
-        &s.snapshot_dir.join(&newest.snapshot.name),
-        &dir.join(&newest.snapshot.name),
-    );
-    s.run(&["verify", "--subvolume", "data", "--deep"])
-        .assert_code(0);
 
     let text = std::fs::read_to_string(&s.config).expect("config");
     s.write_config(&text.replace("keep_chains = 1000", "keep_chains = 1"));

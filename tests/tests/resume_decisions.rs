@@ -5,7 +5,7 @@
 //! shown) and the next backup starts afresh. Each outcome is proven restorable.
 
 use harness::btrfs::sh;
-use harness::{Flavor, Opts, Setup};
+use harness::{Flavor, LoopFs, Opts, Setup};
 
 fn opts() -> Opts {
     Opts {
@@ -227,16 +227,7 @@ fn status_reports_leaks(flavor: Flavor) {
     // Dies right after CreateMultipartUpload: the upload exists, the journal does not know it.
     crash(&s, "after-chunk-open=return");
     let stray = s.snapshot_dir.join("data.20200101T000000Z");
-    sh(
-        "btrfs",
-        &[
-            "subvolume",
-            "snapshot",
-            "-r",
-            s.subvolume.to_str().expect("utf8"),
-            stray.to_str().expect("utf8"),
-        ],
-    );
+    LoopFs::snapshot_readonly(&s.subvolume, &stray);
     let status = |s: &Setup| -> serde_json::Value {
         let out = s.run(&["status", "--json"]);
         out.assert_code(0);

@@ -127,6 +127,15 @@ impl Compressed {
     pub fn stream_sha256(&self) -> Option<[u8; 32]> {
         hex::decode(&self.stream_sha256).ok()?.try_into().ok()
     }
+
+    /// The decoder that turns this backup's stored bytes back into its send stream and checks
+    /// them against this framing.
+    pub fn decoder(&self) -> Result<crate::codec::Decoder, String> {
+        let sha = self.stream_sha256().ok_or("a malformed stream SHA-256")?;
+        let frames = self.frames().ok_or("malformed frame sizes")?;
+        crate::codec::Decoder::new(self.frame_bytes, frames, self.stream_bytes, sha)
+            .map_err(|e| format!("cannot start the zstd decoder: {e}"))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

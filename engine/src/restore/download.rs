@@ -142,21 +142,11 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
         key: m.chunks.last().map(|c| c.key.clone()).unwrap_or_default(),
         detail,
     };
-    let mut decoder = match &m.compression {
-        None => None,
-        Some(c) => {
-            let sha = c
-                .stream_sha256()
-                .ok_or_else(|| damaged("a malformed stream SHA-256".into()))?;
-            let frames = c
-                .frames()
-                .ok_or_else(|| damaged("malformed frame sizes".into()))?;
-            Some(
-                crate::codec::Decoder::new(c.frame_bytes, frames, c.stream_bytes, sha)
-                    .map_err(|e| damaged(format!("cannot start the zstd decoder: {e}")))?,
-            )
-        }
-    };
+    let mut decoder = m
+        .compression
+        .as_ref()
+        .map(|c| c.decoder().map_err(damaged))
+        .transpose()?;
     let mut written_parts = 0u32;
     while let Some(r) = parts.next().await {
         let (idx, data) = r.map_err(|e| RestoreError::Task(e.to_string()))??;

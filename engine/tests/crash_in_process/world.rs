@@ -240,13 +240,7 @@ pub async fn prove(w: &World, expect: &Expect, sent: u64, case: &str) {
         let stored_len = stream.len() as u64;
         // A compressed backup: its frames must decode to the snapshot's stream.
         if let Some(c) = &m.compression {
-            let mut d = engine::codec::Decoder::new(
-                c.frame_bytes,
-                c.frames().expect("frame sizes"),
-                c.stream_bytes,
-                c.stream_sha256().expect("sha"),
-            )
-            .expect("decoder");
+            let mut d = c.decoder().expect("decoder");
             stream = d.feed(&stream).expect("frames decode");
             d.finish()
                 .unwrap_or_else(|e| panic!("{case}: {id} decodes wrong: {e}"));
