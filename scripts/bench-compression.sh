@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Compression benchmark (issue: compression and encryption). Two datasets: text (log lines
-# and real source code, compressible) and random bytes (incompressible), each backed up with
-# compression off and with zstd (level 3), full backups into a local garage: wall time, bytes
-# stored, peak memory, and the restore's wall time. Then the same on a link capped at
-# 10 MiB/s (s3-fault-proxy --bandwidth), beside `btrfs send | s5cmd pipe` through the same cap.
+# Compression and encryption benchmark. Two datasets: text (log lines and real source code,
+# compressible) and random bytes (incompressible), each backed up with compression off and
+# zstd (level 3), each in clear and sealed to an age recipient ([encryption]), full backups
+# into a local garage: wall time, bytes stored, peak memory, and the restore's wall time. Then
+# on a link capped at 10 MiB/s (s3-fault-proxy --bandwidth), beside `btrfs send | s5cmd pipe`
+# through the same cap.
 #   sudo scripts/bench-compression.sh [--mib 512] [--capped-mib 128] [--repeat 3]
 # Results: run/bench/compression.json and a table on stdout. Release build. Not a test.
 set -euo pipefail
@@ -88,11 +89,14 @@ make_text "$W/mnt/text-capped" "$capped_mib"
 make_random "$W/mnt/random-capped" "$capped_mib"
 sync
 
-config() { # name path compression endpoint prefix
+age-keygen -o "$W/age-key.txt" 2> /dev/null; chmod 600 "$W/age-key.txt"
+RECIPIENT=$(age-keygen -y "$W/age-key.txt")
+config() { # name path mode(off|zstd|age|zstd+age) endpoint prefix
+  local comp=off; case "$3" in zstd*) comp=zstd ;; esac
   cat > "$W/config.toml" <<CONF
 snapshot_dir = "$W/mnt/.snapshots"
 state_dir = "$W/state"
-compression = "$3"
+compression = "$comp"
 [[subvolumes]]
 name = "$1"
 path = "$2"
@@ -108,6 +112,7 @@ concurrency = 4
 [retention]
 keep_local_snapshots = 1000
 CONF
+  case "$3" in *age) printf '[encryption]\nrecipients = ["%s"]\nidentity_file = "%s"\n' "$RECIPIENT" "$W/age-key.txt" >> "$W/config.toml" ;; esac
 }
 
 # One full backup; prints "wall rss stored stream snapshot manifest_key".
@@ -127,8 +132,8 @@ add() { results=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r.appe
 
 for r in $(seq 1 "$repeat"); do
   for ds in text random; do
-    for comp in off zstd; do
-      config "$ds" "$W/mnt/$ds" "$comp" "$S3_ENDPOINT" "bench-$ds-$comp-$r"
+    for comp in off zstd age zstd+age; do
+      config "$ds" "$W/mnt/$ds" "$comp" "$S3_ENDPOINT" "bench-$ds-${comp/+/-}-$r"
       read -r wall rss stored snap mkey < <(backup_once)
       "$S5" --endpoint-url "$S3_ENDPOINT" cat "s3://$S3_BUCKET/$mkey" > "$OUT/manifest.json"
       stream=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print((m.get("compression") or {}).get("stream_bytes", m["total_bytes"]))' "$OUT/manifest.json")
@@ -139,7 +144,7 @@ for r in $(seq 1 "$repeat"); do
       read -r r_rss r_wall < "$OUT/time-r.txt"
       for d in "$W/mnt/restore"/*; do btrfs subvolume delete "$d" > /dev/null; done
       btrfs subvolume delete "$snap" > /dev/null; rm -rf "$W/state"
-      add "{\"link\": \"local\", \"dataset\": \"$ds\", \"contender\": \"btrfs-to-s3 compression=$comp\", \"repeat\": $r,
+      add "{\"link\": \"local\", \"dataset\": \"$ds\", \"contender\": \"btrfs-to-s3 $comp\", \"repeat\": $r,
         \"stream_mib\": $(python3 -c "print(round($stream / 2**20, 1))"), \"stored_mib\": $(python3 -c "print(round($stored / 2**20, 1))"),
         \"backup_wall_s\": $wall, \"backup_peak_rss_mib\": $(python3 -c "print(round($rss / 1024, 1))"),
         \"restore_wall_s\": $r_wall, \"restore_peak_rss_mib\": $(python3 -c "print(round($r_rss / 1024, 1))")}"
@@ -156,10 +161,10 @@ for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && brea
 capped="http://127.0.0.1:$port"
 for r in $(seq 1 "$repeat"); do
   for ds in text-capped random-capped; do
-    for comp in off zstd; do
-      config "$ds" "$W/mnt/$ds" "$comp" "$capped" "bench-$ds-$comp-$r"
+    for comp in off zstd zstd+age; do
+      config "$ds" "$W/mnt/$ds" "$comp" "$capped" "bench-$ds-${comp/+/-}-$r"
       read -r wall rss stored snap mkey < <(backup_once)
-      add "{\"link\": \"10 MiB/s\", \"dataset\": \"$ds\", \"contender\": \"btrfs-to-s3 compression=$comp\", \"repeat\": $r,
+      add "{\"link\": \"10 MiB/s\", \"dataset\": \"$ds\", \"contender\": \"btrfs-to-s3 $comp\", \"repeat\": $r,
         \"stored_mib\": $(python3 -c "print(round($stored / 2**20, 1))"), \"backup_wall_s\": $wall,
         \"backup_peak_rss_mib\": $(python3 -c "print(round($rss / 1024, 1))")}"
       [ "$comp" = zstd ] && keep_snap="$snap" || btrfs subvolume delete "$snap" > /dev/null

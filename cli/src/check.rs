@@ -347,8 +347,63 @@ pub async fn run(settings: &Settings, store: Arc<dyn ObjectStore>) -> Vec<Check>
     for sv in &settings.subvolumes {
         out.push(snapshot_probe(&btrfs, settings, &sv.name, &sv.path));
     }
+    if let Some(e) = &settings.encryption {
+        out.push(encryption(e));
+    }
     s3_probes(&store, settings, &mut out).await;
     out
+}
+
+/// `[encryption]`: a part sealed to the recipients opens with the identity file, when this
+/// host has it (a backup host need not: restore and `verify --deep` are where it is read).
+fn encryption(e: &engine::settings::Encryption) -> Check {
+    let name = "encryption";
+    let sealer = match engine::seal::Sealer::new(&e.recipients) {
+        Ok(s) => s,
+        Err(err) => {
+            return Check::failed(
+                name,
+                err.to_string(),
+                "set [encryption] recipients to age1… keys".into(),
+                exit::USAGE,
+            )
+        }
+    };
+    let sealed = format!(
+        "sealing every part to {} age recipient(s)",
+        e.recipients.len()
+    );
+    let Some(path) = e.identity_file.as_deref().filter(|p| p.exists()) else {
+        return Check::ok(
+            name,
+            format!("{sealed}; no identity file on this host (restore and verify --deep need one)"),
+        );
+    };
+    let fix = format!(
+        "make {} the identity file (AGE-SECRET-KEY-1…) of one of the recipients",
+        path.display()
+    );
+    let opener = match engine::seal::Opener::from_file(path) {
+        Ok(o) => o,
+        Err(err) => return Check::failed(name, err.to_string(), fix, exit::USAGE),
+    };
+    let probe = b"btrfs-to-s3 check";
+    let mut buf = bytes::BytesMut::from(&probe[..]);
+    let opened = sealer
+        .seal_in_place(&mut buf)
+        .and_then(|()| opener.open_in_place(&mut buf, e.recipients.len()));
+    match opened {
+        Ok(()) if &buf[..] == probe => {
+            Check::ok(name, format!("{sealed}; {} opens them", path.display()))
+        }
+        Ok(()) => Check::failed(
+            name,
+            "a sealed probe opened to other bytes".into(),
+            fix,
+            exit::FAILED,
+        ),
+        Err(err) => Check::failed(name, format!("{}: {err}", path.display()), fix, exit::USAGE),
+    }
 }
 
 #[cfg(test)]

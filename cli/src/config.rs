@@ -188,6 +188,13 @@ struct RawRestore {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawEncryption {
+    recipients: Spanned<Vec<String>>,
+    identity_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawConfig {
     snapshot_dir: PathBuf,
     #[serde(default = "default_state_dir")]
@@ -203,6 +210,7 @@ struct RawConfig {
     retention: RawRetention,
     #[serde(default)]
     restore: RawRestore,
+    encryption: Option<RawEncryption>,
 }
 
 fn span_of<T>(s: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
@@ -476,6 +484,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             )
         })?,
     };
+    let encryption = match &raw.encryption {
+        None => None,
+        Some(e) => Some(encryption(e, &invalid_at)?),
+    };
     if let Some(m) = &raw.metrics_file {
         let p = m.get_ref();
         // Its directory is made at the first write if missing (node_exporter may come later).
@@ -604,6 +616,49 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         restore,
         metrics_file: raw.metrics_file.map(Spanned::into_inner),
         compression,
+        encryption,
+    })
+}
+
+/// `[encryption]`: recipients must be age X25519 keys; the identity file, where it exists on
+/// this host (a backup host need not have it), must be readable by its owner only.
+fn encryption(
+    e: &RawEncryption,
+    invalid_at: &dyn Fn(Option<std::ops::Range<usize>>, String, String) -> ConfigError,
+) -> Result<engine::settings::Encryption, ConfigError> {
+    let recipients: Vec<String> = e
+        .recipients
+        .get_ref()
+        .iter()
+        .map(|r| r.trim().to_string())
+        .collect();
+    if let Err(err) = engine::seal::parse_recipients(&recipients) {
+        return Err(invalid_at(
+            Some(e.recipients.span()),
+            err.to_string(),
+            "recipients are the public keys `age-keygen` prints (age1…); keep the identity file (AGE-SECRET-KEY-1…) off the backup host".into(),
+        ));
+    }
+    if let Some(f) = &e.identity_file {
+        use std::os::unix::fs::PermissionsExt;
+        let p = f.get_ref();
+        if let Ok(meta) = std::fs::metadata(p) {
+            let mode = meta.permissions().mode() & 0o777;
+            if !meta.is_file() || mode & 0o077 != 0 {
+                return Err(invalid_at(
+                    Some(f.span()),
+                    format!(
+                        "identity_file {} is not a file readable by its owner alone (mode {mode:03o})",
+                        p.display()
+                    ),
+                    format!("chmod 600 {}", p.display()),
+                ));
+            }
+        }
+    }
+    Ok(engine::settings::Encryption {
+        recipients,
+        identity_file: e.identity_file.as_ref().map(|f| f.get_ref().clone()),
     })
 }
 

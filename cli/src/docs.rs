@@ -158,7 +158,17 @@ pub struct SettingsDoc {
     pub metrics_file: Option<PathBuf>,
     /// "off" or "zstd:LEVEL".
     pub compression: String,
+    /// `[encryption]`, when parts are sealed to age recipients.
+    pub encryption: Option<EncryptionDoc>,
     pub s3: S3Doc,
+}
+
+/// The public half of `[encryption]`: the recipients and where the identity is (never its
+/// content).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct EncryptionDoc {
+    pub recipients: Vec<String>,
+    pub identity_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -208,6 +218,10 @@ impl SettingsDoc {
             lock_path: s.lock_path.clone(),
             metrics_file: s.metrics_file.clone(),
             compression: s.compression.as_str(),
+            encryption: s.encryption.as_ref().map(|e| EncryptionDoc {
+                recipients: e.recipients.clone(),
+                identity_file: e.identity_file.clone(),
+            }),
             s3: S3Doc {
                 bucket: c.bucket.clone(),
                 region: c.region.clone(),

@@ -80,6 +80,12 @@ pub(crate) fn code_for_restore(e: &RestoreError) -> u8 {
             exit::USAGE
         }
         RestoreError::NotFound(_) => exit::USAGE,
+        // The identity is missing, unreadable or not a recipient's: configuration, not damage.
+        RestoreError::NeedsIdentity(_)
+        | RestoreError::Seal(
+            engine::seal::SealError::NoIdentity | engine::seal::SealError::IdentityFile { .. },
+        ) => exit::USAGE,
+        RestoreError::Seal(_) => exit::DAMAGED,
         RestoreError::Btrfs(BtrfsError::Missing(_)) => exit::SOURCE,
         _ => exit::FAILED,
     }

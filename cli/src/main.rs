@@ -485,7 +485,16 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 &keys,
                 subvolume,
                 &key,
-                *deep,
+                if *deep {
+                    engine::restore::Depth::Deep {
+                        identity_file: settings
+                            .encryption
+                            .as_ref()
+                            .and_then(|e| e.identity_file.as_deref()),
+                    }
+                } else {
+                    engine::restore::Depth::Shallow
+                },
                 settings.s3.concurrency,
             )
             .await

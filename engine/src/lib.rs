@@ -16,6 +16,7 @@ pub mod plan;
 pub mod rebuild;
 pub mod restore;
 pub mod runlog;
+pub mod seal;
 pub mod settings;
 pub mod store;
 pub mod tree;

@@ -39,6 +39,8 @@ pub struct BufferPool {
     state: Mutex<PoolState>,
     cv: Condvar,
     capacity: usize,
+    /// Spare bytes each buffer gets beyond its part (room to seal the part in place).
+    headroom: usize,
 }
 
 struct PoolState {
@@ -49,6 +51,10 @@ struct PoolState {
 
 impl BufferPool {
     pub fn new(capacity: usize) -> BufferPool {
+        BufferPool::with_headroom(capacity, 0)
+    }
+
+    pub fn with_headroom(capacity: usize, headroom: usize) -> BufferPool {
         BufferPool {
             state: Mutex::new(PoolState {
                 free: Vec::new(),
@@ -57,6 +63,7 @@ impl BufferPool {
             }),
             cv: Condvar::new(),
             capacity: capacity.max(1),
+            headroom,
         }
     }
 
@@ -170,7 +177,9 @@ pub fn split_stream<R: Read>(
         let Some(mut buf) = pool.take() else { return };
         let want = layout.part_size.min(layout.chunk_size - in_chunk);
         // `want` <= part_size <= 5 GiB, which fits usize on 64-bit targets.
-        buf.resize(usize::try_from(want).unwrap_or(usize::MAX), 0);
+        let want_len = usize::try_from(want).unwrap_or(usize::MAX);
+        buf.reserve(want_len.saturating_add(pool.headroom));
+        buf.resize(want_len, 0);
         let n = match read_full(&mut reader, &mut buf) {
             Ok(n) => n,
             Err(e) => {

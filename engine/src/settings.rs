@@ -177,6 +177,18 @@ pub struct Settings {
     pub metrics_file: Option<PathBuf>,
     /// What is done to the send stream before it is stored (`codec`).
     pub compression: crate::codec::Compression,
+    /// Each stored part sealed to age recipients (`seal`); None: stored in clear.
+    pub encryption: Option<Encryption>,
+}
+
+/// `[encryption]`: backup needs only the recipients (public keys); restore and `verify
+/// --deep` need the identity file. Neither secret nor key material is kept anywhere else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encryption {
+    /// age X25519 recipients, `age1…`, checked when the configuration was read.
+    pub recipients: Vec<String>,
+    /// An age identity file (`AGE-SECRET-KEY-1…`), read only to decrypt.
+    pub identity_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -211,6 +223,12 @@ pub fn settings_fingerprint(s: &Settings) -> String {
             crate::codec::zstd_version(),
             crate::codec::FRAMING_VERSION
         ),
+    };
+    // Sealing changes every stored byte: a run begun in clear (or to other recipients) is
+    // not resumed sealed.
+    let text = match &s.encryption {
+        None => text,
+        Some(e) => format!("{text}|age|{}", e.recipients.join(",")),
     };
     hex::encode(&Sha256::digest(text.as_bytes())[..16])
 }

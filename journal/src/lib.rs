@@ -224,6 +224,16 @@ impl Journal {
         if opened.is_err() && created {
             let _ = std::fs::remove_file(path);
         }
+        // The journal names snapshots, keys and upload ids: its owner's alone, whatever the
+        // umask (a journal made by an earlier version is tightened too).
+        if opened.is_ok() {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+                }
+            }
+        }
         opened
     }
 

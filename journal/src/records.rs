@@ -46,6 +46,15 @@ pub struct PartRecord {
     pub crc32c: u32,
 }
 
+/// What S3 holds of a part that was sealed (encrypted) before upload: each attempt seals
+/// with fresh randomness, so these differ from any other upload of the same plaintext.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredPart {
+    pub length: u64,
+    pub xxh3: u128,
+    pub crc32c: u32,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Transition {
     Planned(Box<Planned>),
@@ -90,6 +99,12 @@ pub enum Transition {
     },
     /// Retention ran to its end for this run (local and remote).
     PruningDone,
+    /// A sealed part confirmed by S3: `part` describes the plaintext the splitter cut (what a
+    /// resume compares the regenerated stream with), `stored` the bytes S3 holds.
+    SealedPartCommitted {
+        part: PartRecord,
+        stored: StoredPart,
+    },
 }
 
 impl Transition {
@@ -100,6 +115,7 @@ impl Transition {
             self,
             Transition::ChunkOpened { .. }
                 | Transition::PartCommitted(_)
+                | Transition::SealedPartCommitted { .. }
                 | Transition::ChunkSealed { .. }
                 | Transition::ChunkRestarted { .. }
         )
@@ -138,7 +154,7 @@ impl RunSummary {
                 Transition::ChunkOpened { chunk, .. } => {
                     chunks.insert(*chunk, BTreeSet::new());
                 }
-                Transition::PartCommitted(r) => {
+                Transition::PartCommitted(r) | Transition::SealedPartCommitted { part: r, .. } => {
                     chunks.entry(r.chunk).or_default().insert(r.part_number);
                 }
                 Transition::ChunkRestarted { chunk, .. } => {

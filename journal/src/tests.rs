@@ -77,7 +77,18 @@ fn published_run() -> Vec<Transition> {
         opened(1),
         part(1, 1),
         part(1, 2),
-        part(1, 3),
+        // An encrypted part: counted, compacted and decoded like any other.
+        Transition::SealedPartCommitted {
+            part: match part(1, 3) {
+                Transition::PartCommitted(r) => r,
+                _ => unreachable!(),
+            },
+            stored: StoredPart {
+                length: (1 << 23) + 1464,
+                xxh3: 5,
+                crc32c: 6,
+            },
+        },
         sealed(1),
         manifest_written(),
         Transition::PointerPublished { key: "p".into() },

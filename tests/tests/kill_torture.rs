@@ -3,7 +3,8 @@
 //! manifest per backup, the pointer on the newest, nothing open, the newest restorable) and
 //! send again at most concurrency × part_size bytes. 20 kills per server in the normal run;
 //! BTRFS_TO_S3_TORTURE_ITERATIONS=200 for a long run (scripts/torture.sh runs the torture
-//! driver, harness::torture, which adds link faults and server kills).
+//! driver, harness::torture, which adds link faults and server kills). The same on garage with
+//! every part compressed and sealed to an age recipient.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use harness::{tool_bin, Flavor, Opts, Setup};
 const CONCURRENCY: u32 = 3;
 const PART: u64 = 5 << 20;
 
-fn torture(flavor: Flavor) {
+fn torture(flavor: Flavor, sealed: bool) {
     let iterations: usize = std::env::var("BTRFS_TO_S3_TORTURE_ITERATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -30,6 +31,20 @@ fn torture(flavor: Flavor) {
             ..Opts::default()
         },
     );
+    if sealed {
+        s.write_config(&format!(
+            "compression = \"zstd\"\n{}{}",
+            s.default_config(),
+            s.encryption_config()
+        ));
+    }
+    // Resent bytes are counted in stored bytes against plaintext sizes: a sealed part is
+    // larger by its age header and tags.
+    let seal = if sealed {
+        engine::seal::sealed_len(1, PART) - PART
+    } else {
+        0
+    };
     // How long an undisturbed backup takes bounds the random kill delay.
     let t0 = Instant::now();
     s.run(&["backup", "--full"]).assert_code(0);
@@ -57,8 +72,9 @@ fn torture(flavor: Flavor) {
             mid_run += 1;
         }
         let f = s.resume_and_prove(None);
+        let bound = u64::from(CONCURRENCY) * PART + f.stream_bytes.div_ceil(PART) * seal;
         assert!(
-            f.resent_bytes <= u64::from(CONCURRENCY) * PART,
+            f.resent_bytes <= bound,
             "iteration {i} (kill after {delay:?}): sent {} bytes again",
             f.resent_bytes
         );
@@ -67,7 +83,8 @@ fn torture(flavor: Flavor) {
         total_resent += f.resent_bytes;
     }
     eprintln!(
-        "{flavor:?}: {iterations} kills, {mid_run} mid-run; stream {stream} B; sent again: worst {worst_resent} B, mean {} B per kill; limit {} B",
+        "{flavor:?}{}: {iterations} kills, {mid_run} mid-run; stream {stream} B; sent again: worst {worst_resent} B, mean {} B per kill; limit {} B",
+        if sealed { " (zstd + age)" } else { "" },
         total_resent / iterations.max(1) as u64,
         u64::from(CONCURRENCY) * PART
     );
@@ -79,10 +96,15 @@ fn torture(flavor: Flavor) {
 
 #[test]
 fn garage_random_sigkill_then_resume() {
-    torture(Flavor::Garage);
+    torture(Flavor::Garage, false);
 }
 
 #[test]
 fn moto_random_sigkill_then_resume() {
-    torture(Flavor::Moto);
+    torture(Flavor::Moto, false);
+}
+
+#[test]
+fn garage_encrypted_random_sigkill_then_resume() {
+    torture(Flavor::Garage, true);
 }

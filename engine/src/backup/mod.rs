@@ -69,6 +69,8 @@ pub enum BackupError {
     RestartChunk { chunk: u32, reason: String },
     #[error("run {run} abandoned: {reason}")]
     Abandoned { run: RunId, reason: String },
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
     #[error("internal: {0}")]
     Internal(String),
 }

@@ -69,22 +69,31 @@ impl Context {
             if *idx as usize != i {
                 return Err(BackupError::Internal(format!("chunk {i} missing")));
             }
+            // What S3 holds: with encryption each part's sealed bytes, not the plaintext
+            // the journal's part records (and the chunk's SHA-256) describe.
+            let mut parts = Vec::with_capacity(c.parts.len());
+            for n in c.parts.keys() {
+                let s = c.stored_of(*n).ok_or_else(|| {
+                    BackupError::Internal(format!("chunk {idx} part {n} has no record"))
+                })?;
+                parts.push(PartEntry {
+                    number: *n,
+                    size: s.length,
+                    xxh3: manifest::hex_u128(s.xxh3),
+                    crc32c: manifest::hex_u32(s.crc32c),
+                });
+            }
             chunks.push(ChunkEntry {
                 index: *idx,
                 key: c.key.clone(),
-                size: sealed.size,
+                size: if self.settings.encryption.is_some() {
+                    c.stored_size()
+                } else {
+                    sealed.size
+                },
                 sha256: hex::encode(sealed.sha256),
                 etag: sealed.etag.clone(),
-                parts: c
-                    .parts
-                    .values()
-                    .map(|r| PartEntry {
-                        number: r.part_number,
-                        size: r.length,
-                        xxh3: manifest::hex_u128(r.xxh3),
-                        crc32c: manifest::hex_u32(r.crc32c),
-                    })
-                    .collect(),
+                parts,
             });
         }
         let (parent, parent_uuid) = match &p.kind {
@@ -103,14 +112,19 @@ impl Context {
                 Some(parent_uuid.clone()),
             ),
         };
-        // Format 1 unless the stream is compressed: builds that predate compression keep
+        // Format 1 unless the stream is compressed or sealed: builds that predate those keep
         // reading what they can read.
         let compression = end.framing.as_ref().map(manifest::Compressed::of);
+        let encryption = self
+            .settings
+            .encryption
+            .as_ref()
+            .map(|e| manifest::Encrypted::new(e.recipients.clone()));
         Ok(Manifest {
-            format_version: if compression.is_some() {
-                manifest::FORMAT_COMPRESSED
-            } else {
-                manifest::FORMAT_PLAIN
+            format_version: match (&compression, &encryption) {
+                (_, Some(_)) => manifest::FORMAT_ENCRYPTED,
+                (Some(_), None) => manifest::FORMAT_COMPRESSED,
+                (None, None) => manifest::FORMAT_PLAIN,
             },
             tool_version: crate::TOOL_VERSION.to_string(),
             subvolume: p.subvolume.clone(),
@@ -132,6 +146,7 @@ impl Context {
             stream_sha256: hex::encode(end.sha256),
             chunks,
             compression,
+            encryption,
         })
     }
 

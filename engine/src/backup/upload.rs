@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use fault_injection::failpoint;
-use journal::{BackupKind, PartRecord, RunId, Transition};
+use journal::{BackupKind, PartRecord, RunId, StoredPart, Transition};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -21,6 +21,7 @@ use crate::machine::run::{
 };
 use crate::machine::Layout;
 use crate::pipeline::{self, BufferPool, Event, Part, PipelineError};
+use crate::seal::{sealed_len, Sealer};
 use crate::store::{CompletePart, ObjectStore, StoreError, StoreErrorKind};
 
 /// The stored stream's end: its size and SHA-256 (what the chunks hold), and for a compressed
@@ -75,7 +76,19 @@ impl Context {
         // task (which stops the producer whatever happened).
         let producer = Arc::new(Mutex::new(Some(send.producer)));
         let concurrency = self.settings.s3.concurrency.max(1);
-        let pool = Arc::new(BufferPool::new(concurrency + 2));
+        // Sealing works in the part's own buffer: room for its header and tags is reserved
+        // up front, so memory stays (concurrency + 2) buffers.
+        let sealer = match &self.settings.encryption {
+            Some(e) => Some(Arc::new(Sealer::new(&e.recipients)?)),
+            None => None,
+        };
+        let headroom = sealer.as_ref().map_or(0, |s| {
+            sealed_len(s.recipients(), p.part_size).saturating_sub(p.part_size)
+        });
+        let pool = Arc::new(BufferPool::with_headroom(
+            concurrency + 2,
+            usize::try_from(headroom).unwrap_or(0),
+        ));
         let (tx, mut rx) = mpsc::channel::<Event>(1);
         // The stored stream: the send stream itself, or its zstd frames (`codec`), which the
         // splitter cuts into parts exactly as it would the send stream.
@@ -116,6 +129,7 @@ impl Context {
                 },
                 &pool,
                 &mut rx,
+                sealer,
             )
             .await;
         // Stop the producer side whatever happened, and never leave a zombie.
@@ -195,11 +209,12 @@ impl Context {
         facts: ResumeFacts<'_>,
         pool: &Arc<BufferPool>,
         rx: &mut mpsc::Receiver<Event>,
+        sealer: Option<Arc<Sealer>>,
     ) -> Result<((u64, [u8; 32]), u64), BackupError> {
         let ResumeFacts { gone, initial } = facts;
         let mut reused = 0u64;
         let concurrency = self.settings.s3.concurrency.max(1);
-        type Done = Result<(PartRecord, Bytes), (u32, StoreError)>;
+        type Done = Result<(Transition, u64, Bytes), PartFailed>;
         let p = view.planned.clone();
         let keys = self.keys();
         let opts = self.chunk_opts();
@@ -212,10 +227,9 @@ impl Context {
                 |v| Some(v.saturating_sub(1)),
             );
             match done {
-                Ok((rec, data)) => {
+                Ok((committed, length, data)) => {
                     failpoint!("after-part-upload");
-                    let length = rec.length;
-                    self.commit(run, view, Transition::PartCommitted(rec))?;
+                    self.commit(run, view, committed)?;
                     self.progress
                         .uploaded_bytes
                         .fetch_add(length, Ordering::Relaxed);
@@ -223,13 +237,14 @@ impl Context {
                     pool.give(data);
                     Ok(())
                 }
-                Err((chunk, e)) if e.kind == StoreErrorKind::NoSuchUpload => {
+                Err(PartFailed::Store(chunk, e)) if e.kind == StoreErrorKind::NoSuchUpload => {
                     Err(BackupError::RestartChunk {
                         chunk,
                         reason: format!("S3 no longer knows the upload ({e})"),
                     })
                 }
-                Err((_, e)) => Err(e.into()),
+                Err(PartFailed::Store(_, e)) => Err(e.into()),
+                Err(PartFailed::Seal(e)) => Err(e.into()),
             }
         };
 
@@ -293,7 +308,7 @@ impl Context {
                         .get(&part.chunk)
                         .ok_or_else(|| BackupError::Internal("chunk not open".into()))?;
                     let (store, key, id) = (self.store.clone(), c.key.clone(), c.upload_id.clone());
-                    inflight.spawn(upload_one(store, key, id, part));
+                    inflight.spawn(upload_one(store, key, id, part, sealer.clone()));
                     self.progress
                         .parts_in_flight
                         .store(inflight.len() as u64, Ordering::Relaxed);
@@ -326,7 +341,7 @@ impl Context {
                             let head = self.store.head_object(&c.key).await?;
                             decide_adoption(
                                 head.map(|o| (o.size, o.etag)),
-                                size,
+                                c.stored_size(),
                                 c.parts.len(),
                                 &c.upload_id,
                             )
@@ -357,7 +372,7 @@ impl Context {
                                     let head = self.store.head_object(&c.key).await?;
                                     decide_adoption(
                                         head.map(|o| (o.size, o.etag)),
-                                        size,
+                                        c.stored_size(),
                                         count,
                                         &c.upload_id,
                                     )
@@ -408,33 +423,75 @@ fn join_err(e: tokio::task::JoinError) -> BackupError {
     BackupError::Internal(format!("upload task failed: {e}"))
 }
 
+/// Why a part's upload task failed.
+enum PartFailed {
+    Store(u32, StoreError),
+    Seal(crate::seal::SealError),
+}
+
+/// Uploads one part (sealed first, on a blocking thread, when encryption is on) and returns
+/// the transition that records it, the plaintext length, and the buffer for the pool.
 async fn upload_one(
     store: Arc<dyn ObjectStore>,
     key: String,
     upload_id: String,
     part: Part,
-) -> Result<(PartRecord, Bytes), (u32, StoreError)> {
+    sealer: Option<Arc<Sealer>>,
+) -> Result<(Transition, u64, Bytes), PartFailed> {
     failpoint!("before-part-upload");
+    let Part {
+        chunk,
+        number,
+        offset,
+        data,
+        xxh3,
+        crc32c,
+    } = part;
+    let length = data.len() as u64;
+    let plain = |etag: String| PartRecord {
+        chunk,
+        part_number: number,
+        offset,
+        length,
+        etag,
+        xxh3,
+        crc32c,
+    };
+    let Some(sealer) = sealer else {
+        let etag = store
+            .upload_part(&key, &upload_id, number, data.clone(), crc32c)
+            .await
+            .map_err(|e| PartFailed::Store(chunk, e))?;
+        return Ok((Transition::PartCommitted(plain(etag)), length, data));
+    };
+    // Sealed in the part's own buffer (the splitter reserved room for it), with a fresh file
+    // key and nonce each attempt, so no key stream is ever used twice.
+    let (stored, s_xxh3, s_crc) = tokio::task::spawn_blocking(move || {
+        let mut buf = data
+            .try_into_mut()
+            .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
+        sealer.seal_in_place(&mut buf).map(|()| {
+            let (xxh3, crc32c) = pipeline::part_hashes(&buf);
+            (buf.freeze(), xxh3, crc32c)
+        })
+    })
+    .await
+    .map_err(|e| PartFailed::Seal(crate::seal::SealError::Encrypt(e.to_string())))?
+    .map_err(PartFailed::Seal)?;
     let etag = store
-        .upload_part(
-            &key,
-            &upload_id,
-            part.number,
-            part.data.clone(),
-            part.crc32c,
-        )
+        .upload_part(&key, &upload_id, number, stored.clone(), s_crc)
         .await
-        .map_err(|e| (part.chunk, e))?;
+        .map_err(|e| PartFailed::Store(chunk, e))?;
     Ok((
-        PartRecord {
-            chunk: part.chunk,
-            part_number: part.number,
-            offset: part.offset,
-            length: part.data.len() as u64,
-            etag,
-            xxh3: part.xxh3,
-            crc32c: part.crc32c,
+        Transition::SealedPartCommitted {
+            part: plain(etag),
+            stored: StoredPart {
+                length: stored.len() as u64,
+                xxh3: s_xxh3,
+                crc32c: s_crc,
+            },
         },
-        part.data,
+        length,
+        stored,
     ))
 }

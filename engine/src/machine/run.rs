@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use journal::{PartRecord, Planned, Transition};
+use journal::{PartRecord, Planned, StoredPart, Transition};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sealed {
@@ -17,7 +17,34 @@ pub struct ChunkState {
     pub key: String,
     pub upload_id: String,
     pub parts: BTreeMap<u32, PartRecord>,
+    /// For sealed (encrypted) parts: what S3 holds, where it differs from the plaintext
+    /// `parts` describes. Empty for a backup without encryption.
+    pub stored: BTreeMap<u32, StoredPart>,
     pub sealed: Option<Sealed>,
+}
+
+impl ChunkState {
+    /// What S3 holds of part `n`: size, xxh3-128 and CRC32C of its stored bytes.
+    pub fn stored_of(&self, n: u32) -> Option<StoredPart> {
+        match (self.stored.get(&n), self.parts.get(&n)) {
+            (Some(s), Some(_)) => Some(*s),
+            (None, Some(r)) => Some(StoredPart {
+                length: r.length,
+                xxh3: r.xxh3,
+                crc32c: r.crc32c,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The size of the object the committed parts make.
+    pub fn stored_size(&self) -> u64 {
+        self.parts
+            .keys()
+            .filter_map(|n| self.stored_of(*n))
+            .map(|s| s.length)
+            .sum()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +128,7 @@ impl RunState {
                         key: key.clone(),
                         upload_id: upload_id.clone(),
                         parts: BTreeMap::new(),
+                        stored: BTreeMap::new(),
                         sealed: None,
                     },
                 );
@@ -111,6 +139,15 @@ impl RunState {
                     .get_mut(&p.chunk)
                     .ok_or(FoldError::Orphan("PartCommitted"))?;
                 c.parts.insert(p.part_number, p.clone());
+                c.stored.remove(&p.part_number);
+            }
+            Transition::SealedPartCommitted { part, stored } => {
+                let c = s
+                    .chunks
+                    .get_mut(&part.chunk)
+                    .ok_or(FoldError::Orphan("SealedPartCommitted"))?;
+                c.parts.insert(part.part_number, part.clone());
+                c.stored.insert(part.part_number, *stored);
             }
             Transition::ChunkSealed {
                 chunk,
@@ -274,7 +311,10 @@ pub fn decide_chunk_end(
     ChunkEndAction::Complete(
         c.parts
             .values()
-            .map(|r| (r.part_number, r.etag.clone(), r.crc32c))
+            .map(|r| {
+                let crc = c.stored_of(r.part_number).map_or(r.crc32c, |s| s.crc32c);
+                (r.part_number, r.etag.clone(), crc)
+            })
             .collect(),
     )
 }
@@ -421,11 +461,15 @@ pub fn reconcile(
                     .iter()
                     .map(|(n, e, size)| (*n, (e.as_str(), *size)))
                     .collect();
+                let stored = c.stored.clone();
                 c.parts.retain(|n, rec| {
+                    let length = stored.get(n).map_or(rec.length, |s| s.length);
                     by_number
                         .get(n)
-                        .is_some_and(|(e, size)| *size == rec.length && same_etag(e, &rec.etag))
+                        .is_some_and(|(e, size)| *size == length && same_etag(e, &rec.etag))
                 });
+                let kept: std::collections::BTreeSet<u32> = c.parts.keys().copied().collect();
+                c.stored.retain(|n, _| kept.contains(n));
             }
             Some(Listed::Gone) => {
                 gone.insert(*idx);

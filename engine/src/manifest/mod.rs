@@ -1,5 +1,6 @@
 //! The manifest and pointer JSON model. format_version 1: the chunks hold the send stream;
-//! 2: they hold it compressed (`compression` says how). Pointers are format 1. The schema
+//! 2: they hold it compressed (`compression` says how); 3: every part is sealed to age
+//! recipients (`encryption`), compressed or not. Pointers are format 1. The schema
 //! lives in `schemas/manifest.schema.json` and the tests hold every written manifest to it.
 
 use serde::{Deserialize, Serialize};
@@ -11,11 +12,13 @@ pub use validate::{
 };
 
 /// The newest format this build reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Manifests of uncompressed streams, and every pointer.
 pub const FORMAT_PLAIN: u32 = 1;
 /// Manifests with `compression`.
 pub const FORMAT_COMPRESSED: u32 = 2;
+/// Manifests with `encryption` (and perhaps `compression`).
+pub const FORMAT_ENCRYPTED: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -138,6 +141,40 @@ impl Compressed {
     }
 }
 
+/// How the parts are sealed (`seal`): each part S3 holds is one age v1 file of the part's
+/// plaintext. With it, a chunk's and a part's `size`, `xxh3` and `crc32c` are the stored
+/// (sealed) bytes', the chunk's `sha256` and the manifest's `total_bytes` and
+/// `stream_sha256` the plaintext's; `chunk_size` and `part_size` cut the plaintext.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Encrypted {
+    /// "age-v1-per-part".
+    pub scheme: String,
+    /// The X25519 recipients (`age1…`) every part was sealed to, one stanza each in order.
+    pub recipients: Vec<String>,
+    /// Stored bytes before a part's first segment (age header and nonce).
+    pub header_bytes: u64,
+    /// Plaintext bytes per STREAM segment (65536).
+    pub segment_bytes: u64,
+}
+
+impl Encrypted {
+    pub const SCHEME: &'static str = "age-v1-per-part";
+
+    pub fn new(recipients: Vec<String>) -> Encrypted {
+        Encrypted {
+            scheme: Encrypted::SCHEME.into(),
+            header_bytes: crate::seal::header_len(recipients.len()),
+            segment_bytes: crate::seal::SEGMENT as u64,
+            recipients,
+        }
+    }
+
+    /// Plaintext size of a part stored as `stored` bytes.
+    pub fn plain_len(&self, stored: u64) -> Option<u64> {
+        crate::seal::opened_len(self.recipients.len(), stored)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Manifest {
     pub format_version: u32,
@@ -156,9 +193,12 @@ pub struct Manifest {
     pub total_bytes: u64,
     pub stream_sha256: String,
     pub chunks: Vec<ChunkEntry>,
-    /// Format 2 only.
+    /// Format 2, or 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compressed>,
+    /// Format 3 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encrypted>,
 }
 
 /// `<prefix>/<subvolume>/current.json`: the newest published backup.

@@ -92,6 +92,12 @@ pub fn check_manifest(
     if m.chunks.is_empty() || !is_hex(&m.stream_sha256, 64) {
         return Err(bad(key, "no chunks, or a malformed stream SHA-256"));
     }
+    check_format(key, m)?;
+    // Stored sizes are the plaintext's, or with encryption each part's sealed size.
+    let plain = |stored: u64| match &m.encryption {
+        None => Some(stored),
+        Some(e) => e.plain_len(stored),
+    };
     let mut total: u64 = 0;
     let last = m.chunks.len() - 1;
     for (i, c) in m.chunks.iter().enumerate() {
@@ -111,21 +117,12 @@ pub fn check_manifest(
         if !is_hex(&c.sha256, 64) {
             return Err(bad(key, format!("{where_}: malformed SHA-256")));
         }
-        if c.size == 0 || c.size > m.chunk_size || (i < last && c.size != m.chunk_size) {
-            return Err(bad(
-                key,
-                format!(
-                    "{where_}: size {} does not fit chunk_size {}",
-                    c.size, m.chunk_size
-                ),
-            ));
-        }
         if c.parts.is_empty()
             || c.parts.len() as u64 > MAX_PARTS.min(u64::from(layout.parts_per_chunk()))
         {
             return Err(bad(key, format!("{where_}: {} parts", c.parts.len())));
         }
-        let mut sum: u64 = 0;
+        let (mut sum, mut plain_sum) = (0u64, 0u64);
         let plast = c.parts.len() - 1;
         for (j, p) in c.parts.iter().enumerate() {
             if p.number as usize != j + 1 {
@@ -134,7 +131,8 @@ pub fn check_manifest(
                     format!("{where_}: part {} where {} was due", p.number, j + 1),
                 ));
             }
-            if p.size == 0 || p.size > m.part_size || (j < plast && p.size != m.part_size) {
+            let ps = plain(p.size).unwrap_or(0);
+            if ps == 0 || ps > m.part_size || (j < plast && ps != m.part_size) {
                 return Err(bad(
                     key,
                     format!(
@@ -150,6 +148,7 @@ pub fn check_manifest(
                 ));
             }
             sum += p.size;
+            plain_sum += ps;
         }
         if sum != c.size {
             return Err(bad(
@@ -157,7 +156,16 @@ pub fn check_manifest(
                 format!("{where_}: parts add up to {sum}, not {}", c.size),
             ));
         }
-        total += c.size;
+        if plain_sum > m.chunk_size || (i < last && plain_sum != m.chunk_size) {
+            return Err(bad(
+                key,
+                format!(
+                    "{where_}: size {} does not fit chunk_size {}",
+                    c.size, m.chunk_size
+                ),
+            ));
+        }
+        total += plain_sum;
     }
     if total != m.total_bytes {
         return Err(bad(
@@ -171,24 +179,65 @@ pub fn check_manifest(
     check_compression(key, m)
 }
 
-/// Largest frame a manifest may declare: a decoder holds at most one frame's output.
-pub const MAX_FRAME_BYTES: u64 = 64 << 20;
-
-/// Format 2 and `compression` go together; the framing must describe exactly the stored
-/// bytes and a send stream of the recorded size.
-fn check_compression(key: &str, m: &Manifest) -> Result<(), ManifestError> {
-    let c = match (m.format_version, &m.compression) {
-        (super::FORMAT_PLAIN, None) => return Ok(()),
-        (super::FORMAT_COMPRESSED, Some(c)) => c,
-        (v, c) => {
+/// The format version says which of `compression` and `encryption` there are; the
+/// encryption names recipients and a header that fits them.
+fn check_format(key: &str, m: &Manifest) -> Result<(), ManifestError> {
+    let fits = matches!(
+        (m.format_version, &m.compression, &m.encryption),
+        (super::FORMAT_PLAIN, None, None)
+            | (super::FORMAT_COMPRESSED, Some(_), None)
+            | (super::FORMAT_ENCRYPTED, _, Some(_))
+    );
+    if !fits {
+        return Err(bad(
+            key,
+            format!(
+                "format_version {} {} compression and {} encryption",
+                m.format_version,
+                if m.compression.is_some() {
+                    "with"
+                } else {
+                    "without"
+                },
+                if m.encryption.is_some() {
+                    "with"
+                } else {
+                    "without"
+                },
+            ),
+        ));
+    }
+    if let Some(e) = &m.encryption {
+        let n = e.recipients.len();
+        if e.scheme != super::Encrypted::SCHEME
+            || n == 0
+            || n > crate::seal::MAX_RECIPIENTS
+            || e.header_bytes != crate::seal::header_len(n)
+            || e.segment_bytes != crate::seal::SEGMENT as u64
+        {
             return Err(bad(
                 key,
                 format!(
-                    "format_version {v} {} compression",
-                    if c.is_some() { "with" } else { "without" }
+                    "unknown encryption {} ({n} recipients, header {} bytes, segments of {})",
+                    e.scheme, e.header_bytes, e.segment_bytes
                 ),
-            ))
+            ));
         }
+        if crate::seal::parse_recipients(&e.recipients).is_err() {
+            return Err(bad(key, "a recipient that is not an age1… key"));
+        }
+    }
+    Ok(())
+}
+
+/// Largest frame a manifest may declare: a decoder holds at most one frame's output.
+pub const MAX_FRAME_BYTES: u64 = 64 << 20;
+
+/// The framing must describe exactly the compressed bytes (the stored bytes, or with
+/// encryption their plaintext) and a send stream of the recorded size.
+fn check_compression(key: &str, m: &Manifest) -> Result<(), ManifestError> {
+    let Some(c) = &m.compression else {
+        return Ok(());
     };
     if c.codec != "zstd" || !(1..=22).contains(&c.level) {
         return Err(bad(
@@ -338,6 +387,7 @@ mod tests {
                 chunk(2, vec![part(1, 3 * MIB)]),
             ],
             compression: None,
+            encryption: None,
         };
         (k.manifest(sv, chain, id), m)
     }
@@ -379,7 +429,7 @@ mod tests {
         assert_eq!(back, m);
         check_manifest(&key, &keys(), "data", &back).expect("valid");
         // A format this build does not know is refused with the upgrade hint.
-        let newer = text.replace("\"format_version\":1", "\"format_version\":3");
+        let newer = text.replace("\"format_version\":1", "\"format_version\":4");
         let err = Manifest::parse(&key, newer.as_bytes()).expect_err("too new");
         assert!(err.to_string().contains("upgrade btrfs-to-s3"), "{err}");
     }
@@ -422,6 +472,82 @@ mod tests {
         bad(
             &|m| m.total_bytes += 1,
             "frames not adding up to the stored bytes",
+        );
+    }
+
+    /// `good()` sealed to two recipients: part and chunk sizes become the stored ones.
+    fn encrypted() -> (String, Manifest) {
+        let (key, mut m) = good();
+        let recipients: Vec<String> = (0..2)
+            .map(|_| age::x25519::Identity::generate().to_public().to_string())
+            .collect();
+        for c in &mut m.chunks {
+            for p in &mut c.parts {
+                p.size = crate::seal::sealed_len(2, p.size);
+            }
+            c.size = c.parts.iter().map(|p| p.size).sum();
+        }
+        m.format_version = 3;
+        m.encryption = Some(crate::manifest::Encrypted::new(recipients));
+        (key, m)
+    }
+
+    #[test]
+    fn encryption_must_describe_the_sealed_parts() {
+        let (key, m) = encrypted();
+        check_manifest(&key, &keys(), "data", &m).expect("valid");
+        // Compressed and sealed: format 3 with both.
+        let (_, mut both) = compressed();
+        both.format_version = 3;
+        both.encryption = encrypted().1.encryption;
+        both.chunks = encrypted().1.chunks;
+        check_manifest(&key, &keys(), "data", &both).expect("compressed and sealed");
+        let bad = |change: &dyn Fn(&mut Manifest), why: &str| {
+            let (key, mut m) = encrypted();
+            change(&mut m);
+            let err = check_manifest(&key, &keys(), "data", &m).expect_err(why);
+            assert!(matches!(err, ManifestError::Invalid { .. }), "{why}: {err}");
+        };
+        fn e(m: &mut Manifest) -> &mut crate::manifest::Encrypted {
+            m.encryption.as_mut().expect("encrypted")
+        }
+        bad(&|m| m.format_version = 2, "format 2 with encryption");
+        bad(&|m| m.encryption = None, "format 3 without encryption");
+        bad(&|m| e(m).scheme = "gpg".into(), "another scheme");
+        bad(&|m| e(m).recipients.clear(), "no recipient");
+        bad(
+            &|m| {
+                e(m).recipients.pop();
+            },
+            "a header for another count",
+        );
+        bad(&|m| e(m).header_bytes += 98, "a header of the wrong size");
+        bad(&|m| e(m).segment_bytes = 1 << 20, "another segment size");
+        bad(
+            &|m| e(m).recipients[0] = "age1notakey".into(),
+            "a recipient that is no key",
+        );
+        bad(
+            &|m| {
+                m.chunks[0].parts[0].size += 1;
+                m.chunks[0].size += 1;
+            },
+            "a part size no plaintext seals to",
+        );
+        bad(
+            &|m| {
+                m.chunks[0].parts[0].size -= 16 + 65536;
+                m.chunks[0].size -= 16 + 65536;
+            },
+            "a full part short of part_size",
+        );
+        bad(
+            &|m| m.chunks[1].size += 1,
+            "parts not adding up to the chunk",
+        );
+        bad(
+            &|m| m.total_bytes += 1,
+            "plaintext not adding up to total_bytes",
         );
     }
 

@@ -22,6 +22,7 @@ async fn fetch_part(
     key: &str,
     offset: u64,
     p: &PartEntry,
+    opener: Option<&Unseal>,
 ) -> Result<Bytes, RestoreError> {
     let mut attempt = 0;
     loop {
@@ -70,7 +71,33 @@ async fn fetch_part(
             && manifest::hex_u128(xxh3) == p.xxh3
             && manifest::hex_u32(crc) == p.crc32c
         {
-            return Ok(data);
+            let Some(u) = opener else {
+                return Ok(data);
+            };
+            // The stored bytes are the ones the manifest names; now age's own checks decide
+            // whether they open (in the part's own buffer).
+            let (o, n) = (u.opener.clone(), u.recipients);
+            let opened = tokio::task::spawn_blocking(move || {
+                let mut buf = data
+                    .try_into_mut()
+                    .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
+                o.open_in_place(&mut buf, n).map(|()| buf.freeze())
+            })
+            .await
+            .map_err(|e| RestoreError::Task(e.to_string()))?;
+            return opened.map_err(|e| match e {
+                // Not damage: the identity file holds no recipient's key.
+                crate::seal::SealError::NoIdentity => RestoreError::Seal(e),
+                e => RestoreError::Damaged {
+                    key: key.to_string(),
+                    detail: format!(
+                        "part {} (bytes {}..{}): {e}",
+                        p.number,
+                        offset,
+                        offset + p.size
+                    ),
+                },
+            });
         }
         // One more try covers a corruption in transit; twice is the stored data.
         if attempt >= 2 {
@@ -93,6 +120,14 @@ async fn fetch_part(
     }
 }
 
+/// How to open a sealed backup's parts: the identities, and the recipients the manifest
+/// says each part was sealed to.
+#[derive(Clone)]
+pub struct Unseal {
+    pub opener: Arc<crate::seal::Opener>,
+    pub recipients: usize,
+}
+
 /// Streams a backup's verified bytes to `sink`, part by part in order, with up to
 /// `concurrency` parts downloading. Checks chunk and stream SHA-256 before returning. A
 /// compressed backup's stored bytes are checked first, then decoded (`codec::Decoder`) and the
@@ -100,10 +135,19 @@ async fn fetch_part(
 pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
     store: Arc<dyn ObjectStore>,
     m: &Manifest,
+    opener: Option<&Arc<crate::seal::Opener>>,
     concurrency: usize,
     sink: &mut W,
     progress: Option<&crate::backup::Progress>,
 ) -> Result<u64, RestoreError> {
+    let unseal = match (&m.encryption, opener) {
+        (None, _) => None,
+        (Some(e), Some(o)) => Some(Unseal {
+            opener: o.clone(),
+            recipients: e.recipients.len(),
+        }),
+        (Some(_), None) => return Err(RestoreError::NeedsIdentity(m.backup_id.clone())),
+    };
     let mut jobs = Vec::new();
     for c in &m.chunks {
         let mut off = 0;
@@ -116,8 +160,9 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
     // loop below writes to `btrfs receive`; at most `concurrency` are in flight.
     let mut parts = futures::stream::iter(jobs.into_iter().map(|(idx, key, off, p)| {
         let store = store.clone();
+        let unseal = unseal.clone();
         tokio::spawn(async move {
-            fetch_part(store.as_ref(), &key, off, &p)
+            fetch_part(store.as_ref(), &key, off, &p, unseal.as_ref())
                 .await
                 .map(|d| (idx, d))
         })
@@ -226,6 +271,7 @@ pub(super) async fn into_receiver(
     btrfs: &dyn Snapshotter,
     store: Arc<dyn ObjectStore>,
     m: &Manifest,
+    opener: Option<&Arc<crate::seal::Opener>>,
     concurrency: usize,
     dir: Option<&std::path::Path>,
     progress: Option<&crate::backup::Progress>,
@@ -241,19 +287,20 @@ pub(super) async fn into_receiver(
                 .map_or(m.total_bytes, |c| c.stream_bytes),
         ),
     };
-    let bytes = match stream_verified(store, m, concurrency, &mut sink.writer, progress).await {
-        Ok(b) => b,
-        Err(RestoreError::Receive { detail, .. }) => {
-            // The receiver stopped reading (a broken pipe): what it said is the cause.
-            drop(sink.writer);
-            let said = sink.end.finish().await.err().filter(|s| !s.is_empty());
-            return Err(failed(said.unwrap_or(detail)));
-        }
-        Err(e) => {
-            sink.end.kill().await;
-            return Err(e);
-        }
-    };
+    let bytes =
+        match stream_verified(store, m, opener, concurrency, &mut sink.writer, progress).await {
+            Ok(b) => b,
+            Err(RestoreError::Receive { detail, .. }) => {
+                // The receiver stopped reading (a broken pipe): what it said is the cause.
+                drop(sink.writer);
+                let said = sink.end.finish().await.err().filter(|s| !s.is_empty());
+                return Err(failed(said.unwrap_or(detail)));
+            }
+            Err(e) => {
+                sink.end.kill().await;
+                return Err(e);
+            }
+        };
     let _ = sink.writer.shutdown().await;
     drop(sink.writer);
     sink.end.finish().await.map_err(failed)?;

@@ -42,7 +42,7 @@ mod verify;
 pub use chain::{chain, resolve};
 pub use download::stream_verified;
 use state::{RestoreState, StateFiles};
-pub use verify::{verify, VerifyReport};
+pub use verify::{verify, Depth, VerifyReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -60,6 +60,10 @@ pub enum RestoreError {
     Task(String),
     #[error("backup data damaged: {key}: {detail}; the partial subvolume was removed")]
     Damaged { key: String, detail: String },
+    #[error("backup {0} is encrypted: set [encryption] identity_file to the age identity file (AGE-SECRET-KEY-1…) of one of its recipients")]
+    NeedsIdentity(String),
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
     #[error("the target already holds {0}; restore into another directory or remove it first")]
     TargetExists(PathBuf),
     #[error("target {0} is not a directory on a Btrfs filesystem")]
@@ -178,6 +182,19 @@ pub fn foreign_snapshot<'a>(
     })
 }
 
+/// The identities that open a chain's sealed parts: None when no backup of it is encrypted;
+/// an error naming the setting when one is and no identity file is configured.
+pub fn opener_for<'a>(
+    identity_file: Option<&Path>,
+    mut manifests: impl Iterator<Item = &'a Manifest>,
+) -> Result<Option<Arc<crate::seal::Opener>>, RestoreError> {
+    let Some(m) = manifests.find(|m| m.encryption.is_some()) else {
+        return Ok(None);
+    };
+    let path = identity_file.ok_or_else(|| RestoreError::NeedsIdentity(m.backup_id.clone()))?;
+    Ok(Some(Arc::new(crate::seal::Opener::from_file(path)?)))
+}
+
 impl Restorer {
     fn keys(&self) -> Keys {
         Keys::new(&self.settings.s3.prefix)
@@ -191,7 +208,12 @@ impl Restorer {
             .join(format!("{}.json", hex::encode(&id[..12])))
     }
 
-    async fn receive(&self, m: &Manifest, target: &Path) -> Result<u64, RestoreError> {
+    async fn receive(
+        &self,
+        m: &Manifest,
+        opener: Option<&Arc<crate::seal::Opener>>,
+        target: &Path,
+    ) -> Result<u64, RestoreError> {
         self.progress
             .set_current(format!("{}: receive {}", m.subvolume, m.snapshot.name));
         self.progress.begin(m.total_bytes);
@@ -199,6 +221,7 @@ impl Restorer {
             self.btrfs.as_ref(),
             self.store.clone(),
             m,
+            opener,
             self.settings.s3.concurrency,
             Some(target),
             Some(&self.progress),
@@ -218,6 +241,15 @@ impl Restorer {
             .last()
             .ok_or_else(|| RestoreError::NotFound(key.clone()))?
             .1;
+        // A missing or unreadable identity stops the restore before anything is thawed or
+        // received.
+        let opener = opener_for(
+            self.settings
+                .encryption
+                .as_ref()
+                .and_then(|e| e.identity_file.as_deref()),
+            chain.iter().map(|(_, m)| m),
+        )?;
         let state_path = self.state_path(&req.target, &key);
         let mut st =
             state::load(self.state.as_ref(), &state_path)?.unwrap_or_else(|| RestoreState {
@@ -253,7 +285,7 @@ impl Restorer {
             st.received.retain(|r| r != name);
             state::save(self.state.as_ref(), &state_path, &st)?;
             failpoint!("restore-before-receive");
-            match self.receive(m, &req.target).await {
+            match self.receive(m, opener.as_ref(), &req.target).await {
                 Ok(b) => bytes += b,
                 Err(e) => {
                     // The journal forgets the half-received snapshot only once it is gone, so

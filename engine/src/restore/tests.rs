@@ -131,6 +131,7 @@ fn restorer(state: &Path, thaw_after: u32, timeout: Duration) -> (Restorer, Arc<
         lock_path: state.join("lock"),
         metrics_file: None,
         compression: crate::codec::Compression::Off,
+        encryption: None,
         s3: S3Settings {
             bucket: "fake".into(),
             region: "us-east-1".into(),
@@ -207,6 +208,7 @@ fn chain_of(keys: &[&str]) -> Vec<(String, Manifest)> {
             })
             .collect(),
         compression: None,
+        encryption: None,
     };
     vec![("m".into(), m)]
 }

@@ -23,6 +23,14 @@ pub struct VerifyReport {
     pub problems: Vec<String>,
 }
 
+/// How far `verify` goes: objects only, or every byte (which decrypts, so needs the identity
+/// file of an encrypted chain).
+#[derive(Debug, Clone, Copy)]
+pub enum Depth<'a> {
+    Shallow,
+    Deep { identity_file: Option<&'a Path> },
+}
+
 /// Checks a backup's chain without restoring it: every chunk exists with its recorded size
 /// and part count; with `deep`, every byte is downloaded and checked, and the stream is parsed
 /// by `btrfs receive --dump`.
@@ -32,10 +40,18 @@ pub async fn verify(
     keys: &Keys,
     subvolume: &str,
     key: &str,
-    deep: bool,
+    depth: Depth<'_>,
     concurrency: usize,
 ) -> Result<Vec<VerifyReport>, RestoreError> {
     let chain = chain(store.as_ref(), keys, subvolume, key).await?;
+    // Only a deep check decrypts; a shallow one needs no key.
+    let (deep, opener) = match depth {
+        Depth::Shallow => (false, None),
+        Depth::Deep { identity_file } => (
+            true,
+            super::opener_for(identity_file, chain.iter().map(|(_, m)| m))?,
+        ),
+    };
     let mut out = Vec::new();
     for (k, m) in &chain {
         let mut problems = Vec::new();
@@ -60,7 +76,17 @@ pub async fn verify(
             }
         }
         if deep && problems.is_empty() {
-            match into_receiver(btrfs, store.clone(), m, concurrency, None, None).await {
+            match into_receiver(
+                btrfs,
+                store.clone(),
+                m,
+                opener.as_ref(),
+                concurrency,
+                None,
+                None,
+            )
+            .await
+            {
                 Ok(_) => {}
                 Err(RestoreError::Receive { detail, .. }) => {
                     problems.push(format!("the stream does not parse: {detail}"))

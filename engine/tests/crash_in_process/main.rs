@@ -44,6 +44,7 @@ fn scenarios() -> Vec<Scenario> {
                 snapshots: vec![snap(10)],
             },
             compression: Compression::Off,
+            encrypted: false,
         },
         Scenario {
             name: "incremental",
@@ -61,6 +62,7 @@ fn scenarios() -> Vec<Scenario> {
                 snapshots: vec![snap(0), snap(10)],
             },
             compression: Compression::Off,
+            encrypted: false,
         },
         Scenario {
             name: "retention",
@@ -86,6 +88,7 @@ fn scenarios() -> Vec<Scenario> {
                 snapshots: vec![snap(10)],
             },
             compression: Compression::Off,
+            encrypted: false,
         },
     ];
     // The same full backup and incremental with the stream stored compressed: a resume must
@@ -105,6 +108,23 @@ fn scenarios() -> Vec<Scenario> {
         })
         .collect();
     v.extend(zstd);
+    // Sealed to an age recipient (compressed for the full, in clear for the incremental): a
+    // resume recognises committed parts by their plaintext, never seals one twice alike.
+    let sealed: Vec<Scenario> = v
+        .iter()
+        .filter(|s| s.name == "full-zstd" || s.name == "incremental")
+        .map(|s| Scenario {
+            name: if s.name == "full-zstd" {
+                "full-zstd-age"
+            } else {
+                "incremental-age"
+            },
+            encrypted: true,
+            retention: s.retention.clone(),
+            ..*s
+        })
+        .collect();
+    v.extend(sealed);
     v
 }
 
@@ -113,7 +133,10 @@ fn scenarios() -> Vec<Scenario> {
 /// was journaled. Returns the world, the number of events the crashing process saw, and the
 /// part bytes sent by the step and its recovery.
 async fn run_case(s: &Scenario, crash_after: Option<u64>) -> (World, u64, u64) {
-    let w = World::new(s.retention.clone(), s.compression);
+    let mut w = World::new(s.retention.clone(), s.compression);
+    if s.encrypted {
+        w = w.sealed();
+    }
     (s.setup)(&w).await;
     let before = w.store.part_bytes_received();
     let plan = Arc::new(crash_after.map_or_else(CrashPlan::never, CrashPlan::after));
@@ -191,6 +214,16 @@ async fn crash_at_every_side_effect_of_a_compressed_incremental() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_at_every_side_effect_of_an_encrypted_compressed_full_backup() {
+    matrix("full-zstd-age").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_at_every_side_effect_of_an_encrypted_incremental() {
+    matrix("incremental-age").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_at_every_side_effect_of_a_retention_pass() {
     matrix("retention").await;
 }
@@ -235,8 +268,11 @@ fn newest_into(target: &std::path::Path) -> RestoreRequest {
 /// target holds exactly the newest snapshot, read-only, received from the source snapshot's
 /// UUID, with its content; no parent or half-received subvolume is left; the restore journal
 /// is gone.
-async fn restore_case(crash_after: Option<u64>, compression: Compression) -> u64 {
-    let w = World::new(Retention::default(), compression);
+async fn restore_case(crash_after: Option<u64>, compression: Compression, sealed: bool) -> u64 {
+    let mut w = World::new(Retention::default(), compression);
+    if sealed {
+        w = w.sealed();
+    }
     published(&w, t(0), Force::Once).await;
     w.mutate(31);
     published(&w, t(1), Force::Once).await;
@@ -248,8 +284,9 @@ async fn restore_case(crash_after: Option<u64>, compression: Compression) -> u64
     let source_uuid = w.btrfs.show(&source).expect("show").uuid;
     let restored = target.join(snap(1));
     let case = format!(
-        "restore ({}) crash after event {crash_after:?}",
-        compression.as_str()
+        "restore ({}{}) crash after event {crash_after:?}",
+        compression.as_str(),
+        if sealed { ", age" } else { "" }
     );
     let plan = Arc::new(crash_after.map_or_else(CrashPlan::never, CrashPlan::after));
     let first = restorer(&w, Some(plan.clone())).restore(&req).await;
@@ -308,28 +345,34 @@ async fn restore_case(crash_after: Option<u64>, compression: Compression) -> u64
     plan.events()
 }
 
-async fn restore_matrix(compression: Compression) {
+async fn restore_matrix(compression: Compression, sealed: bool) {
     let started = std::time::Instant::now();
-    let events = restore_case(None, compression).await;
+    let events = restore_case(None, compression, sealed).await;
     assert!(events > 10, "only {events} events");
     for n in 1..=events {
-        restore_case(Some(n), compression).await;
+        restore_case(Some(n), compression, sealed).await;
     }
     eprintln!(
-        "in-process crash matrix, restore ({}): {events} side effects, each a crash point, in {:.1} s",
+        "in-process crash matrix, restore ({}{}): {events} side effects, each a crash point, in {:.1} s",
         compression.as_str(),
+        if sealed { ", age" } else { "" },
         started.elapsed().as_secs_f64()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_at_every_side_effect_of_a_restore() {
-    restore_matrix(Compression::Off).await;
+    restore_matrix(Compression::Off, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_at_every_side_effect_of_an_encrypted_restore() {
+    restore_matrix(Compression::Zstd { level: 3 }, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_at_every_side_effect_of_a_compressed_restore() {
-    restore_matrix(Compression::Zstd { level: 3 }).await;
+    restore_matrix(Compression::Zstd { level: 3 }, false).await;
 }
 
 #[tokio::test]
@@ -422,7 +465,9 @@ async fn a_tampered_manifest_is_refused_before_anything_is_read_or_written() {
         &keys,
         "data",
         &mkey,
-        true,
+        engine::restore::Depth::Deep {
+            identity_file: None,
+        },
         2,
     )
     .await;

@@ -98,6 +98,7 @@ impl World {
             schedule: Schedule::default(),
             retention,
             restore: Default::default(),
+            encryption: None,
         };
         let btrfs = Arc::new(MemoryBtrfs::new());
         btrfs.write(&src, Bytes::from(noise(17 * MIB as usize, 7)));
@@ -108,6 +109,20 @@ impl World {
             btrfs,
             journal: Arc::new(Journal::in_memory().expect("journal")),
         }
+    }
+
+    /// The same world with every part sealed to a fresh age identity, whose file restore
+    /// reads.
+    pub fn sealed(mut self) -> World {
+        use age::secrecy::ExposeSecret;
+        let id = age::x25519::Identity::generate();
+        let file = self._dir.path().join("identity.txt");
+        std::fs::write(&file, format!("{}\n", id.to_string().expose_secret())).expect("identity");
+        self.settings.encryption = Some(engine::settings::Encryption {
+            recipients: vec![id.to_public().to_string()],
+            identity_file: Some(file),
+        });
+        self
     }
 
     pub fn source(&self) -> PathBuf {
@@ -213,6 +228,16 @@ pub async fn prove(w: &World, expect: &Expect, sent: u64, case: &str) {
         assert_eq!(&m.kind, kind, "{case}: kind of {id}");
         expected_keys.insert(mkey.clone());
         let mut stream = Vec::new();
+        let mut stored_len = 0u64;
+        let opener = w.settings.encryption.as_ref().map(|e| {
+            engine::seal::Opener::from_file(e.identity_file.as_deref().expect("identity"))
+                .expect("identity file")
+        });
+        assert_eq!(
+            m.encryption.is_some(),
+            opener.is_some(),
+            "{case}: encryption of {id}"
+        );
         for c in &m.chunks {
             let o = w
                 .store
@@ -224,7 +249,24 @@ pub async fn prove(w: &World, expect: &Expect, sent: u64, case: &str) {
             assert_eq!(o.etag.as_deref(), Some(c.etag.as_str()), "{case}: etag");
             let sum: u64 = c.parts.iter().map(|p| p.size).sum();
             assert_eq!(sum, c.size, "{case}: parts of {}", c.key);
-            stream.extend_from_slice(&w.store.bytes(&c.key).expect("chunk"));
+            let bytes = w.store.bytes(&c.key).expect("chunk");
+            stored_len += bytes.len() as u64;
+            match (&opener, &m.encryption) {
+                (Some(o), Some(e)) => {
+                    // Each part is an age file of its plaintext.
+                    let mut at = 0usize;
+                    for p in &c.parts {
+                        let mut part = bytes::BytesMut::from(&bytes[at..at + p.size as usize]);
+                        o.open_in_place(&mut part, e.recipients.len())
+                            .unwrap_or_else(|err| {
+                                panic!("{case}: {} part {}: {err}", c.key, p.number)
+                            });
+                        stream.extend_from_slice(&part);
+                        at += p.size as usize;
+                    }
+                }
+                _ => stream.extend_from_slice(&bytes),
+            }
             expected_keys.insert(c.key.clone());
         }
         assert_eq!(
@@ -237,7 +279,6 @@ pub async fn prove(w: &World, expect: &Expect, sent: u64, case: &str) {
             w.settings.compression != engine::codec::Compression::Off,
             "{case}: compression of {id}"
         );
-        let stored_len = stream.len() as u64;
         // A compressed backup: its frames must decode to the snapshot's stream.
         if let Some(c) = &m.compression {
             let mut d = c.decoder().expect("decoder");
@@ -275,9 +316,14 @@ pub async fn prove(w: &World, expect: &Expect, sent: u64, case: &str) {
         .collect();
     assert_eq!(snaps, expect.snapshots, "{case}: snapshots");
     let again = sent.saturating_sub(new_stream);
+    // Sent and stored bytes are sealed parts when encryption is on: a part as stored.
+    let part = match &w.settings.encryption {
+        Some(e) => engine::seal::sealed_len(e.recipients.len(), PART),
+        None => PART,
+    };
     assert!(
-        again <= CONCURRENCY as u64 * PART,
-        "{case}: {again} bytes sent again, more than {CONCURRENCY} x {PART}"
+        again <= CONCURRENCY as u64 * part,
+        "{case}: {again} bytes sent again, more than {CONCURRENCY} x {part}"
     );
 }
 
@@ -291,6 +337,7 @@ pub struct Scenario {
     pub force: Force,
     pub expect: fn(&World) -> Expect,
     pub compression: engine::codec::Compression,
+    pub encrypted: bool,
 }
 
 pub fn snap(sec: u32) -> String {

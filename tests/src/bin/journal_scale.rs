@@ -166,6 +166,7 @@ fn main() {
         lock_path: "/var/empty/lock".into(),
         metrics_file: None,
         compression: engine::codec::Compression::Off,
+        encryption: None,
         s3: S3Settings {
             bucket: "b".into(),
             region: "us-east-1".into(),

@@ -135,6 +135,7 @@ fn chunk_with(parts: &[(u32, u64, u128)], sealed: Option<Sealed>) -> ChunkState 
                 )
             })
             .collect(),
+        stored: BTreeMap::new(),
         sealed,
     }
 }
@@ -499,4 +500,65 @@ fn next_action_gives_up_only_before_the_manifest() {
     });
     let st = RunState::fold(&ts).expect("fold");
     assert_eq!(next_action(&st, &changed), Action::PublishPointer);
+}
+
+/// Sealed parts: the run compares plaintext (as for any part) but reconciles, completes and
+/// adopts with what S3 holds.
+#[test]
+fn sealed_parts_are_reconciled_and_completed_by_their_stored_bytes() {
+    let sealed = |n: u32, stored_len: u64, crc: u32| Transition::SealedPartCommitted {
+        part: PartRecord {
+            chunk: 0,
+            part_number: n,
+            offset: u64::from(n - 1) * 5,
+            length: 5,
+            etag: format!("e{n}"),
+            xxh3: u128::from(n),
+            crc32c: 2,
+        },
+        stored: StoredPart {
+            length: stored_len,
+            xxh3: 9,
+            crc32c: crc,
+        },
+    };
+    let ts = vec![
+        Transition::Planned(Box::new(planned())),
+        Transition::SnapshotTaken {
+            path: "/snap/s.T".into(),
+            uuid: "u".into(),
+        },
+        opened(0, "a"),
+        sealed(1, 200, 71),
+        sealed(2, 201, 72),
+    ];
+    let st = RunState::fold(&ts).expect("fold");
+    let c = &st.chunks[&0];
+    assert_eq!(c.stored_size(), 401);
+    assert_eq!(st.committed_bytes(), 10, "progress counts plaintext");
+    // The regenerated plaintext decides reuse.
+    assert_eq!(decide_part(Some(c), false, 1, 0, 5, 1), PartAction::Reuse);
+    assert!(matches!(
+        decide_part(Some(c), false, 1, 0, 5, 7),
+        PartAction::RestartChunk(_)
+    ));
+    // Completion sends the stored CRC32C.
+    assert_eq!(
+        decide_chunk_end(c, false, 10, &[0; 32], 5),
+        ChunkEndAction::Complete(vec![(1, "e1".into(), 71), (2, "e2".into(), 72)])
+    );
+    // ListParts reports stored sizes: a part listed at its plaintext size is not the one
+    // committed.
+    let listed = BTreeMap::from([(
+        0,
+        Listed::Parts(vec![(1, "e1".into(), 200), (2, "e2".into(), 5)]),
+    )]);
+    let r = reconcile(&st, &[], &listed);
+    let kept = &r.chunks[&0];
+    assert_eq!(kept.parts.keys().copied().collect::<Vec<_>>(), vec![1]);
+    assert_eq!(kept.stored.keys().copied().collect::<Vec<_>>(), vec![1]);
+    // A plain commit of the same number replaces the sealed record.
+    let mut st2 = st.clone();
+    st2.apply(&part(0, 2)).expect("apply");
+    assert_eq!(st2.chunks[&0].stored_of(2).map(|s| s.length), Some(5));
 }
