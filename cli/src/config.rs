@@ -488,6 +488,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         None => None,
         Some(e) => Some(encryption(e, &invalid_at)?),
     };
+    if let Some(e) = &encryption {
+        // A sealed part is larger than its plaintext: it must still fit S3's limits.
+        let n = e.recipients.len();
+        let sealed_part = engine::seal::sealed_len(n, part_size);
+        let sealed_chunk = chunk_size.div_ceil(part_size).saturating_mul(sealed_part);
+        if sealed_part > engine::machine::MAX_PART || sealed_chunk > engine::machine::MAX_OBJECT {
+            return Err(invalid_at(
+                span_of(&s3.part_size).or(span_of(&s3.chunk_size)),
+                format!(
+                    "with [encryption] a part of {part_size} bytes is stored as {sealed_part}, a chunk as up to {sealed_chunk}: above S3's 5 GiB part or 5 TiB object limit"
+                ),
+                "lower part_size (or chunk_size) a little".into(),
+            ));
+        }
+    }
     if let Some(m) = &raw.metrics_file {
         let p = m.get_ref();
         // Its directory is made at the first write if missing (node_exporter may come later).

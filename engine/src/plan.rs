@@ -58,6 +58,10 @@ pub struct ParentCheck {
     /// Whether the parent's manifest is where the configured prefix puts it (a manifest must
     /// name a parent under its own layout, so after a prefix change a new chain starts).
     pub in_layout: bool,
+    /// Whether the parent was sealed to the configured `[encryption]` recipients (always true
+    /// without encryption): after encryption is turned on or the recipients change, a new chain
+    /// starts, so no new backup depends on data stored in clear or under the old keys.
+    pub sealed_alike: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +138,12 @@ pub fn decide(
                 return full(format!(
                     "chain broken: the parent manifest {} is missing from S3",
                     last.manifest_key
+                ))
+            }
+            Some(_) if !p.sealed_alike => {
+                return full(format!(
+                    "the parent {} is not sealed to the configured [encryption] recipients: a new chain starts",
+                    last.backup_id
                 ))
             }
             Some(_) => {}
@@ -338,6 +348,7 @@ mod tests {
             local_uuid: Some("u1".into()),
             manifest_in_s3: true,
             in_layout: true,
+            sealed_alike: true,
         }
     }
 
@@ -373,24 +384,21 @@ mod tests {
         );
         let missing = ParentCheck {
             local_uuid: None,
-            manifest_in_s3: true,
-            in_layout: true,
+            ..ok_parent()
         };
         assert!(
             matches!(d(Some(&l), Some(&missing), 17, Force::Schedule), Decision::Full { reason } if reason.contains("missing locally"))
         );
         let other = ParentCheck {
             local_uuid: Some("u2".into()),
-            manifest_in_s3: true,
-            in_layout: true,
+            ..ok_parent()
         };
         assert!(
             matches!(d(Some(&l), Some(&other), 17, Force::Schedule), Decision::Full { reason } if reason.contains("uuid"))
         );
         let broken = ParentCheck {
-            local_uuid: Some("u1".into()),
             manifest_in_s3: false,
-            in_layout: true,
+            ..ok_parent()
         };
         assert!(
             matches!(d(Some(&l), Some(&broken), 17, Force::Schedule), Decision::Full { reason } if reason.contains("chain broken"))
@@ -568,6 +576,26 @@ mod tests {
         );
         assert!(
             matches!(&d, Decision::Full { reason } if reason.contains("prefix changed")),
+            "{d:?}"
+        );
+    }
+
+    /// Encryption turned on, or other recipients: the next backup is a full one.
+    #[test]
+    fn a_parent_sealed_otherwise_starts_a_new_chain() {
+        let otherwise = ParentCheck {
+            sealed_alike: false,
+            ..ok_parent()
+        };
+        let d = decide(
+            Some(&last(10, 0, 2)),
+            Some(&otherwise),
+            t(12),
+            &Schedule::default(),
+            Force::Once,
+        );
+        assert!(
+            matches!(&d, Decision::Full { reason } if reason.contains("[encryption] recipients")),
             "{d:?}"
         );
     }

@@ -116,10 +116,7 @@ impl Sealer {
     /// and nonce. Reserve `sealed_len - len` spare capacity beforehand to avoid a reallocation.
     pub fn seal_in_place(&self, buf: &mut BytesMut) -> Result<(), SealError> {
         let plain = buf.len();
-        let mut key = [0u8; 16];
-        rand::rng().fill_bytes(&mut key);
-        let file_key = FileKey::new(Box::new(key));
-        key.fill(0);
+        let file_key = FileKey::init_with_mut(|k| rand::rng().fill_bytes(k));
         let mut stanzas = Vec::with_capacity(self.recipients.len());
         for r in &self.recipients {
             let (s, _) = age::Recipient::wrap_file_key(r, &file_key)

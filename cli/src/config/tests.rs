@@ -191,3 +191,35 @@ fn fuzz_config_parser() {
     });
     eprintln!("config parser: {n} mutants, {accepted} accepted, none panicked");
 }
+
+#[test]
+fn encryption_is_parsed_and_its_limits_checked() {
+    const R: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+    let sealed = format!("{GOOD}\n[encryption]\nrecipients = [\"{R}\"]\n");
+    let s = parse(Path::new("x"), &sealed).expect("valid");
+    let e = s.encryption.expect("encryption");
+    assert_eq!((e.recipients, e.identity_file), (vec![R.to_string()], None));
+    // A part of 5 GiB is valid in clear, but its sealed form exceeds S3's part limit.
+    let big = sealed.replace(
+        "chunk_size = \"1GiB\"",
+        "chunk_size = \"10GiB\"\npart_size = \"5GiB\"",
+    );
+    let e = err(&big);
+    assert!(
+        e.contains("5 GiB part") && e.contains("lower part_size"),
+        "{e}"
+    );
+    assert!(parse(
+        Path::new("x"),
+        &big.replace(&format!("\n[encryption]\nrecipients = [\"{R}\"]\n"), "")
+    )
+    .is_ok());
+    // An identity file others can read is refused.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = dir.path().join("key.txt");
+    std::fs::write(&id, "AGE-SECRET-KEY-1X\n").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let e = err(&format!("{sealed}identity_file = \"{}\"\n", id.display()));
+    assert!(e.contains("chmod 600"), "{e}");
+}

@@ -72,16 +72,43 @@ impl Context {
     ) -> Result<Decision, BackupError> {
         let last = self.last_published(&sv.name)?;
         let parent = match &last {
-            Some(l) => Some(ParentCheck {
-                local_uuid: self
-                    .btrfs
-                    .show(Path::new(&l.snapshot_path))
-                    .ok()
-                    .map(|i| i.uuid),
-                manifest_in_s3: self.store.head_object(&l.manifest_key).await?.is_some(),
-                in_layout: l.manifest_key
-                    == self.keys().manifest(&sv.name, &l.chain_id, &l.backup_id),
-            }),
+            Some(l) => {
+                let manifest_in_s3 = self.store.head_object(&l.manifest_key).await?.is_some();
+                let in_layout =
+                    l.manifest_key == self.keys().manifest(&sv.name, &l.chain_id, &l.backup_id);
+                // With encryption on, the parent's manifest says whom it was sealed to.
+                let sealed_alike = match &self.settings.encryption {
+                    Some(e) if manifest_in_s3 && in_layout => {
+                        match crate::manifest::fetch::manifest(
+                            self.store.as_ref(),
+                            &self.keys(),
+                            &sv.name,
+                            &l.manifest_key,
+                        )
+                        .await
+                        {
+                            Ok(m) => {
+                                m.encryption.map(|x| x.recipients).as_ref() == Some(&e.recipients)
+                            }
+                            Err(crate::manifest::fetch::Fetch::Store(err)) => {
+                                return Err(err.into())
+                            }
+                            Err(crate::manifest::fetch::Fetch::Invalid(_)) => false,
+                        }
+                    }
+                    _ => true,
+                };
+                Some(ParentCheck {
+                    local_uuid: self
+                        .btrfs
+                        .show(Path::new(&l.snapshot_path))
+                        .ok()
+                        .map(|i| i.uuid),
+                    manifest_in_s3,
+                    in_layout,
+                    sealed_alike,
+                })
+            }
             None => None,
         };
         Ok(plan::decide(

@@ -69,6 +69,13 @@ impl Context {
         };
         self.progress
             .set_current(format!("{}: upload {}", p.subvolume, p.backup_id));
+        // Sealing works in the part's own buffer: room for its header and tags is reserved
+        // up front, so memory stays (concurrency + 2) buffers. (Made before `btrfs send`
+        // starts, so a refusal leaves no producer behind.)
+        let sealer = match &self.settings.encryption {
+            Some(e) => Some(Arc::new(Sealer::new(&e.recipients)?)),
+            None => None,
+        };
         let send = self
             .btrfs
             .send(Path::new(&p.snapshot_path), parent.as_deref())?;
@@ -76,12 +83,6 @@ impl Context {
         // task (which stops the producer whatever happened).
         let producer = Arc::new(Mutex::new(Some(send.producer)));
         let concurrency = self.settings.s3.concurrency.max(1);
-        // Sealing works in the part's own buffer: room for its header and tags is reserved
-        // up front, so memory stays (concurrency + 2) buffers.
-        let sealer = match &self.settings.encryption {
-            Some(e) => Some(Arc::new(Sealer::new(&e.recipients)?)),
-            None => None,
-        };
         let headroom = sealer.as_ref().map_or(0, |s| {
             sealed_len(s.recipients(), p.part_size).saturating_sub(p.part_size)
         });

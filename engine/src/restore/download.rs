@@ -85,18 +85,16 @@ async fn fetch_part(
             })
             .await
             .map_err(|e| RestoreError::Task(e.to_string()))?;
-            return opened.map_err(|e| match e {
-                // Not damage: the identity file holds no recipient's key.
-                crate::seal::SealError::NoIdentity => RestoreError::Seal(e),
-                e => RestoreError::Damaged {
-                    key: key.to_string(),
-                    detail: format!(
-                        "part {} (bytes {}..{}): {e}",
-                        p.number,
-                        offset,
-                        offset + p.size
-                    ),
-                },
+            // The identity holds a recipient's key (`opener_for` checked): any failure here
+            // is a part that is not what was sealed.
+            return opened.map_err(|e| RestoreError::Damaged {
+                key: key.to_string(),
+                detail: format!(
+                    "part {} (bytes {}..{}): {e}",
+                    p.number,
+                    offset,
+                    offset + p.size
+                ),
             });
         }
         // One more try covers a corruption in transit; twice is the stored data.

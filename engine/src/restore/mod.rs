@@ -186,13 +186,23 @@ pub fn foreign_snapshot<'a>(
 /// an error naming the setting when one is and no identity file is configured.
 pub fn opener_for<'a>(
     identity_file: Option<&Path>,
-    mut manifests: impl Iterator<Item = &'a Manifest>,
+    manifests: impl Iterator<Item = &'a Manifest>,
 ) -> Result<Option<Arc<crate::seal::Opener>>, RestoreError> {
-    let Some(m) = manifests.find(|m| m.encryption.is_some()) else {
+    let sealed: Vec<&Manifest> = manifests.filter(|m| m.encryption.is_some()).collect();
+    let Some(first) = sealed.first() else {
         return Ok(None);
     };
-    let path = identity_file.ok_or_else(|| RestoreError::NeedsIdentity(m.backup_id.clone()))?;
-    Ok(Some(Arc::new(crate::seal::Opener::from_file(path)?)))
+    let path = identity_file.ok_or_else(|| RestoreError::NeedsIdentity(first.backup_id.clone()))?;
+    let opener = crate::seal::Opener::from_file(path)?;
+    // A key of none of the recipients is found here, before anything is thawed or received.
+    let ours = opener.recipients();
+    for m in &sealed {
+        let named = m.encryption.as_ref().map_or(&[][..], |e| &e.recipients[..]);
+        if !named.iter().any(|r| ours.contains(r)) {
+            return Err(RestoreError::Seal(crate::seal::SealError::NoIdentity));
+        }
+    }
+    Ok(Some(Arc::new(opener)))
 }
 
 impl Restorer {

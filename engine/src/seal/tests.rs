@@ -158,3 +158,42 @@ fn bad_keys_are_named_without_their_secret() {
     assert!(!e.contains(&secret[20..]), "the secret leaked into {e}");
     assert!(Opener::parse("# only a comment\n").is_err());
 }
+
+#[test]
+fn each_check_catches_its_own_tampering() {
+    let (id, r) = identity();
+    let sealer = Sealer::new(&[r]).expect("sealer");
+    let open = opener(&[&id]);
+    let s = sealed(&sealer, &data(150_000));
+    let head = header_len(1) as usize;
+    let tampered = |c: &mut BytesMut| open.open_in_place(c, 1).expect_err("tampered");
+    // The header MAC, re-encoded so it stays well-formed base64.
+    let mac_at = head - NONCE - 44;
+    let mut mac = BASE64_STANDARD_NO_PAD
+        .decode(&s[mac_at..mac_at + 43])
+        .expect("mac");
+    mac[0] ^= 1;
+    let mut c = s.clone();
+    c[mac_at..mac_at + 43].copy_from_slice(BASE64_STANDARD_NO_PAD.encode(&mac).as_bytes());
+    assert!(matches!(
+        tampered(&mut c),
+        SealError::Tampered("header MAC")
+    ));
+    // The nonce (another payload key) and a payload byte: the segment's tag.
+    for at in [head - 1, head + 70_000] {
+        let mut c = s.clone();
+        c[at] ^= 1;
+        assert!(
+            matches!(tampered(&mut c), SealError::Tampered("payload")),
+            "{at}"
+        );
+    }
+    // Two segments swapped: each is bound to its position.
+    let mut c = s.clone();
+    let seg = SEGMENT + TAG;
+    let (a, b) = (head, head + seg);
+    let first = c[a..a + seg].to_vec();
+    c.copy_within(b..b + seg, a);
+    c[b..b + seg].copy_from_slice(&first);
+    assert!(matches!(tampered(&mut c), SealError::Tampered("payload")));
+}

@@ -679,3 +679,37 @@ async fn objects_deleted_or_replaced_under_a_running_restore() {
         assert!(left.is_empty(), "{how}: left in the target: {left:?}");
     }
 }
+
+/// Turning encryption on, or sealing to other recipients, starts a new chain: no sealed
+/// incremental depends on a full stored in clear or under the old keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_encryption_on_or_changing_recipients_starts_a_new_chain() {
+    let kind_of = |w: &World, sec: u32| {
+        let key = w
+            .store
+            .keys()
+            .into_iter()
+            .find(|k| k.ends_with(&format!("/{}/manifest.json", id(sec))))
+            .expect("manifest");
+        let m = engine::manifest::Manifest::parse(&key, &w.store.bytes(&key).expect("bytes"))
+            .expect("parse");
+        (m.kind, m.encryption.map(|e| e.recipients))
+    };
+    let w = World::new(Retention::default(), Compression::Off);
+    published(&w, t(0), Force::Once).await;
+    w.mutate(41);
+    let w = w.sealed();
+    published(&w, t(1), Force::Once).await;
+    let (kind, sealed_to) = kind_of(&w, 1);
+    assert_eq!(kind, Kind::Full, "encryption turned on");
+    assert!(sealed_to.is_some());
+    w.mutate(42);
+    published(&w, t(2), Force::Once).await;
+    assert_eq!(kind_of(&w, 2).0, Kind::Incremental, "same recipients");
+    let w = w.sealed();
+    w.mutate(43);
+    published(&w, t(3), Force::Once).await;
+    let (kind, now_to) = kind_of(&w, 3);
+    assert_eq!(kind, Kind::Full, "other recipients");
+    assert_ne!(now_to, sealed_to);
+}
