@@ -94,8 +94,13 @@ pub struct Compressed {
     pub level: i32,
     pub frame_bytes: u64,
     pub stream_bytes: u64,
-    /// SHA-256 of the send stream, 64 lowercase hex digits.
-    pub stream_sha256: String,
+    /// SHA-256 of the send stream, 64 lowercase hex digits (manifests written before
+    /// `stream_xxh3`; exactly one of the two is present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_sha256: Option<String>,
+    /// xxh3-128 of the send stream, 32 lowercase hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_xxh3: Option<String>,
     /// Stored size of each frame in order: little-endian u32s, base64 (standard, padded).
     pub frame_sizes: String,
 }
@@ -109,7 +114,8 @@ impl Compressed {
             level: f.level,
             frame_bytes: f.frame_bytes,
             stream_bytes: f.stream_bytes,
-            stream_sha256: hex::encode(f.stream_sha256),
+            stream_sha256: None,
+            stream_xxh3: Some(hex_u128(f.stream_xxh3)),
             frame_sizes: base64::engine::general_purpose::STANDARD.encode(raw),
         }
     }
@@ -127,16 +133,26 @@ impl Compressed {
         })
     }
 
-    pub fn stream_sha256(&self) -> Option<[u8; 32]> {
-        hex::decode(&self.stream_sha256).ok()?.try_into().ok()
+    /// How the decoded send stream is checked: one well-formed hash, or None.
+    pub fn stream_check(&self) -> Option<crate::codec::StreamCheck> {
+        use crate::codec::StreamCheck;
+        match (&self.stream_sha256, &self.stream_xxh3) {
+            (Some(s), None) => Some(StreamCheck::Sha256(hex::decode(s).ok()?.try_into().ok()?)),
+            (None, Some(x)) if x.len() == 32 => {
+                Some(StreamCheck::Xxh3(u128::from_str_radix(x, 16).ok()?))
+            }
+            _ => None,
+        }
     }
 
     /// The decoder that turns this backup's stored bytes back into its send stream and checks
     /// them against this framing.
     pub fn decoder(&self) -> Result<crate::codec::Decoder, String> {
-        let sha = self.stream_sha256().ok_or("a malformed stream SHA-256")?;
+        let check = self
+            .stream_check()
+            .ok_or("not exactly one well-formed stream hash")?;
         let frames = self.frames().ok_or("malformed frame sizes")?;
-        crate::codec::Decoder::new(self.frame_bytes, frames, self.stream_bytes, sha)
+        crate::codec::Decoder::new(self.frame_bytes, frames, self.stream_bytes, check)
             .map_err(|e| format!("cannot start the zstd decoder: {e}"))
     }
 }

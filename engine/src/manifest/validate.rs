@@ -251,8 +251,11 @@ fn check_compression(key: &str, m: &Manifest) -> Result<(), ManifestError> {
             format!("frame size {} out of range", c.frame_bytes),
         ));
     }
-    if c.stream_bytes == 0 || c.stream_sha256().is_none() {
-        return Err(bad(key, "an empty stream, or a malformed stream SHA-256"));
+    if c.stream_bytes == 0 || c.stream_check().is_none() {
+        return Err(bad(
+            key,
+            "an empty stream, or not exactly one well-formed stream hash",
+        ));
     }
     let frames = c
         .frames()
@@ -410,7 +413,7 @@ mod tests {
             level: 3,
             frame_bytes: MIB,
             stream_bytes: 40 * MIB,
-            stream_sha256: [7; 32],
+            stream_xxh3: 7,
             frames,
         }));
         (key, m)
@@ -458,9 +461,19 @@ mod tests {
         );
         bad(&|m| c(m).stream_bytes = 0, "an empty stream");
         bad(
-            &|m| c(m).stream_sha256 = "x".into(),
+            &|m| c(m).stream_xxh3 = Some("x".into()),
             "a malformed stream hash",
         );
+        bad(
+            &|m| c(m).stream_sha256 = Some("b".repeat(64)),
+            "two stream hashes",
+        );
+        bad(&|m| c(m).stream_xxh3 = None, "no stream hash");
+        // A manifest written before the xxh3 check, with the send stream's SHA-256, passes.
+        let (key, mut old) = compressed();
+        c(&mut old).stream_xxh3 = None;
+        c(&mut old).stream_sha256 = Some("b".repeat(64));
+        check_manifest(&key, &keys(), "data", &old).expect("an older compressed manifest");
         bad(
             &|m| c(m).frame_sizes = "!!".into(),
             "frame sizes not base64",
