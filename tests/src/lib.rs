@@ -498,6 +498,62 @@ keep_chains = 1000
         stream
     }
 
+    /// Runs the README's disaster-recovery line that `pick` selects, as written there, on
+    /// backup `m`: its chunk keys for `K0 K1 …`, this bucket, s5cmd with this server's
+    /// endpoint, a fresh Btrfs for `/mnt/restore`, and `extra` placeholders replaced; then the
+    /// received tree must equal the snapshot. No btrfs-to-s3 takes part.
+    pub fn run_readme_recovery(
+        &self,
+        m: &Manifest,
+        pick: impl Fn(&str) -> bool,
+        extra: &[(&str, String)],
+    ) {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+                .expect("README");
+        let line = readme
+            .lines()
+            .find(|l| l.starts_with("for k in") && pick(l))
+            .expect("the README's recovery line");
+        let mut script = line[..line.find("  #").unwrap_or(line.len())]
+            .trim()
+            .to_string();
+        let keys: Vec<&str> = m.chunks.iter().map(|c| c.key.as_str()).collect();
+        let target = LoopFs::new(1024);
+        let dir = target.path("dr");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let s5 = format!(
+            "{} --endpoint-url {} cat",
+            s3::tools_dir().join("venv/bin/s5cmd").display(),
+            self.s3.endpoint
+        );
+        for (from, to) in [
+            ("K0 K1 …", keys.join(" ")),
+            ("BUCKET", self.s3.bucket.clone()),
+            ("/mnt/restore", dir.display().to_string()),
+            ("s5cmd cat", s5),
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|(f, t)| (*f, t.clone())))
+        {
+            script = script.replace(from, &to);
+        }
+        let out = Command::new("bash")
+            .args(["-o", "pipefail", "-c", &script])
+            .envs(self.s3.env())
+            .output()
+            .expect("bash");
+        assert!(
+            out.status.success(),
+            "`{script}`:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_same_tree(
+            &self.snapshot_dir.join(&m.snapshot.name),
+            &dir.join(&m.snapshot.name),
+        );
+    }
+
     /// Where `encryption_config` keeps the age identity (mode 600).
     pub fn identity_file(&self) -> PathBuf {
         self.state.path().join("age-identity.txt")

