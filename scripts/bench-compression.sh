@@ -104,6 +104,7 @@ path = "$2"
 bucket = "$S3_BUCKET"
 endpoint = "$4"
 path_style = true
+provider = "garage"
 prefix = "$5"
 sse = "none"
 chunk_size = "1GiB"

@@ -43,6 +43,7 @@ $(for i in 0 1 2 3 4; do printf '[[subvolumes]]\nname = "vol%s"\npath = "/pool/v
 bucket = "$S3_BUCKET"
 endpoint = "$S3_ENDPOINT"
 path_style = true
+provider = "garage"
 prefix = "p"
 sse = "none"
 CONF

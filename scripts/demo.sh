@@ -56,6 +56,7 @@ path = "$DEMO/mnt/home"
 bucket = "$S3_BUCKET"
 endpoint = "$S3_ENDPOINT"
 path_style = true
+provider = "garage"
 prefix = "demo/$(hostname)"
 sse = "none"            # garage ignores SSE-S3
 chunk_size = "64MiB"    # small, to show several chunks

@@ -91,8 +91,15 @@ pub fn s3_fix(e: &StoreError, action: &str, settings: &Settings) -> (String, u8)
         ),
         StoreErrorKind::ChecksumRefused => (
             format!(
-                "this server refuses the {} checksum header: set checksum = \"md5\" in [s3]",
+                "this server refuses the {} checksum header: set provider in [s3] to the server you use (README: S3 providers), or checksum = \"md5\"",
                 s3.checksum.as_str()
+            ),
+            exit::S3_ACCESS,
+        ),
+        StoreErrorKind::PartRefused => (
+            format!(
+                "this server refuses a part that {}'s profile allows: set provider in [s3] to the server you use (README: S3 providers), or max_parts to its limit",
+                s3.profile.provider.as_str()
             ),
             exit::S3_ACCESS,
         ),
@@ -347,11 +354,39 @@ pub async fn run(settings: &Settings, store: Arc<dyn ObjectStore>) -> Vec<Check>
     for sv in &settings.subvolumes {
         out.push(snapshot_probe(&btrfs, settings, &sv.name, &sv.path));
     }
+    out.push(Check::ok("provider", profile_line(&settings.s3)));
     if let Some(e) = &settings.encryption {
         out.push(encryption(e));
     }
     s3_probes(&store, settings, &mut out).await;
     out
+}
+
+/// The provider profile in force, as `check` prints it.
+pub fn profile_line(s3: &engine::settings::S3Settings) -> String {
+    let p = &s3.profile;
+    let mut line = format!(
+        "{} ({}): at most {} parts of {} to {} bytes, {}checksum {}, object lock {}",
+        p.provider.as_str(),
+        p.source.as_str(),
+        p.max_parts,
+        p.min_part,
+        p.max_part,
+        if p.equal_parts { "equal parts, " } else { "" },
+        s3.checksum.as_str(),
+        if p.object_lock {
+            "offered"
+        } else {
+            "not offered"
+        },
+    );
+    if let Some(from) = s3.chunk_lowered_from {
+        line.push_str(&format!(
+            "; chunk_size lowered from {from} to {} bytes ({} parts of {})",
+            s3.chunk_size, p.max_parts, s3.part_size
+        ));
+    }
+    line
 }
 
 /// `[encryption]`: a part sealed to the recipients opens with the identity file, when this

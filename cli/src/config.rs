@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use engine::codec::Compression;
-use engine::machine::{default_part_size, valid_name, Layout};
+use engine::machine::{valid_name, Layout};
+use engine::provider::{Overrides, ProfileError, Provider, PROVIDERS};
 use engine::settings::{Checksum, S3Settings, Settings, Sse, SubvolumeSpec, GIB};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
@@ -65,17 +66,7 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
-pub const STORAGE_CLASSES: &[&str] = &[
-    "STANDARD",
-    "REDUCED_REDUNDANCY",
-    "STANDARD_IA",
-    "ONEZONE_IA",
-    "INTELLIGENT_TIERING",
-    "GLACIER",
-    "DEEP_ARCHIVE",
-    "GLACIER_IR",
-    "EXPRESS_ONEZONE",
-];
+pub const STORAGE_CLASSES: &[&str] = engine::provider::AWS_CLASSES;
 
 /// Classes whose objects cannot be read without RestoreObject.
 pub const ARCHIVE_CLASSES: &[&str] = &["GLACIER", "DEEP_ARCHIVE"];
@@ -130,8 +121,7 @@ struct RawS3 {
     endpoint: Option<Spanned<String>>,
     #[serde(default)]
     path_style: bool,
-    #[serde(default)]
-    prefix: String,
+    prefix: Option<Spanned<String>>,
     #[serde(default = "default_class")]
     storage_class_chunks: StorageClass,
     storage_class_manifest: Option<Spanned<StorageClass>>,
@@ -149,6 +139,10 @@ struct RawS3 {
     outage_wait_mins: Option<Spanned<u64>>,
     credentials_file: Option<Spanned<PathBuf>>,
     checksum: Option<Spanned<String>>,
+    provider: Option<Spanned<String>>,
+    max_parts: Option<Spanned<u64>>,
+    min_part_size: Option<Spanned<Size>>,
+    max_part_size: Option<Spanned<Size>>,
 }
 
 fn default_region() -> String {
@@ -188,7 +182,7 @@ struct RawRestore {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawEncryption {
+pub(crate) struct RawEncryption {
     recipients: Spanned<Vec<String>>,
     identity_file: Option<Spanned<PathBuf>>,
 }
@@ -217,50 +211,49 @@ fn span_of<T>(s: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
     s.as_ref().map(Spanned::span)
 }
 
-/// The credentials file holds secrets: it must be a file that only its owner can read, as
-/// ssh insists for keys. (Its contents are the SDK's to parse; nothing here reads them.)
-fn check_credentials_file(path: &std::path::Path) -> Result<(), (String, String)> {
-    use std::os::unix::fs::PermissionsExt;
-    let shown = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| {
-        (
-            format!("credentials_file `{shown}` cannot be read: {e}"),
-            format!("create it with `install -m 600 /dev/null {shown}`, then add a [default] section with aws_access_key_id and aws_secret_access_key"),
-        )
-    })?;
-    if !meta.is_file() {
+/// This host's name as the kernel has it (its UTS namespace's).
+fn read_hostname() -> std::io::Result<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string())
+}
+
+/// `prefix` with `{hostname}` replaced by this host's name, so one configuration serves a
+/// fleet and every host writes under its own prefix. Slashes at either end are dropped.
+/// Err: (message, hint).
+pub fn expand_prefix(
+    raw: &str,
+    hostname: impl Fn() -> std::io::Result<String>,
+) -> Result<String, (String, String)> {
+    let mut out = raw.to_string();
+    if out.contains("{hostname}") {
+        let host = hostname().map_err(|e| {
+            (
+                format!("prefix uses {{hostname}} but this host's name cannot be read: {e}"),
+                "write the prefix without {hostname}".to_string(),
+            )
+        })?;
+        let fits = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !fits {
+            return Err((
+                format!("prefix uses {{hostname}} but this host's name `{host}` has characters other than letters, digits, '-', '_' and '.'"),
+                "write the prefix without {hostname}, naming this host by hand".into(),
+            ));
+        }
+        out = out.replace("{hostname}", &host);
+    }
+    if let Some(start) = out.find('{') {
+        let end = out[start..].find('}').map_or(out.len(), |e| start + e + 1);
         return Err((
-            format!("credentials_file `{shown}` is not a regular file"),
-            "point credentials_file at an AWS shared-credentials file".into(),
+            format!(
+                "prefix has `{}`, which is not a placeholder this tool knows",
+                &out[start..end]
+            ),
+            "the one placeholder is {hostname}; remove the braces otherwise".into(),
         ));
     }
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err((
-            format!("credentials_file `{shown}` is readable by others (mode {mode:03o})"),
-            format!("chmod 600 {shown}"),
-        ));
-    }
-    // An environment file (AWS_ACCESS_KEY_ID=...) is not the SDK's format: the keys would be
-    // ignored and the run refused later. Only the names of its lines are looked at.
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        (
-            format!("credentials_file `{shown}` cannot be read: {e}"),
-            "run as the user that owns it (root for the service)".to_string(),
-        )
-    })?;
-    let env_style = text.lines().any(|l| {
-        l.trim_start()
-            .split_once('=')
-            .is_some_and(|(k, _)| k.starts_with("AWS_") && !k.contains(' '))
-    });
-    if env_style && !text.lines().any(|l| l.trim_start().starts_with('[')) {
-        return Err((
-            format!("credentials_file `{shown}` holds AWS_...=... lines (an environment file)"),
-            format!("write it in AWS's shared-credentials format: a line [default], then aws_access_key_id = ... and aws_secret_access_key = ...; or keep it as {shown} for systemd's EnvironmentFile= and remove credentials_file"),
-        ));
-    }
-    Ok(())
+    Ok(out.trim_matches('/').to_string())
 }
 
 fn default_state_dir() -> PathBuf {
@@ -397,8 +390,77 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             "manifests and pointers must stay readable without a thaw: use STANDARD or STANDARD_IA (chunks may be archived)".into(),
         ));
     }
-    // SSE-S3 by default: it costs nothing and S3 applies it anyway since 2023.
-    let sse = s3.sse.as_ref().map_or(Sse::Aes256, |s| s.get_ref().0);
+    let configured = match &s3.provider {
+        None => None,
+        Some(p) => Some(Provider::parse(p.get_ref()).ok_or_else(|| {
+            invalid_at(
+                Some(p.span()),
+                format!("provider `{}` is not known", p.get_ref()),
+                format!(
+                    "use one of {} (\"other\" for any S3 server not listed: AWS's limits, Content-MD5)",
+                    PROVIDERS.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?),
+    };
+    let (provider, source) = Provider::resolve(
+        configured,
+        s3.endpoint.as_ref().map(|e| e.get_ref().as_str()),
+    );
+    let checksum_override = match &s3.checksum {
+        None => None,
+        Some(c) => Some(Checksum::parse(c.get_ref()).ok_or_else(|| {
+            invalid_at(
+                Some(c.span()),
+                format!("checksum `{}` is not crc32c, md5 or none", c.get_ref()),
+                "crc32c (AWS, MinIO, garage), md5 for servers that refuse x-amz-checksum-* headers (Backblaze B2, older Ceph), none to send neither".into(),
+            )
+        })?),
+    };
+    let overrides = Overrides {
+        checksum: checksum_override,
+        max_parts: s3.max_parts.as_ref().map(|v| *v.get_ref()),
+        min_part: s3.min_part_size.as_ref().map(|v| v.get_ref().0),
+        max_part: s3.max_part_size.as_ref().map(|v| v.get_ref().0),
+    };
+    let profile = provider.profile(source).with(overrides).map_err(|e| {
+        let span = match &e {
+            ProfileError::MaxParts { .. } | ProfileError::NoParts => span_of(&s3.max_parts),
+            ProfileError::MinPart { .. } | ProfileError::MinAboveMax { .. } => span_of(&s3.min_part_size),
+            ProfileError::MaxPart { .. } => span_of(&s3.max_part_size),
+            _ => span_of(&s3.checksum),
+        };
+        invalid_at(
+            span.or(span_of(&s3.provider)),
+            e.to_string(),
+            format!(
+                "remove the override to take {}'s own limit, or set provider to the server you use (README: S3 providers)",
+                provider.as_str()
+            ),
+        )
+    })?;
+    for (class, span) in [
+        (&s3.storage_class_chunks.0, None),
+        (&class_m.0, span_of(&s3.storage_class_manifest)),
+    ] {
+        profile.check_storage_class(class).map_err(|e| {
+            invalid_at(
+                span.or(span_of(&s3.provider)),
+                e.to_string(),
+                "use a class this provider offers, or set provider to the server you use (README: S3 providers)".into(),
+            )
+        })?;
+    }
+    // SSE-S3 by default where the provider takes its header: it costs nothing and AWS
+    // applies it anyway since 2023.
+    let sse = s3.sse.as_ref().map_or(
+        if profile.sse_s3 {
+            Sse::Aes256
+        } else {
+            Sse::None
+        },
+        |s| s.get_ref().0,
+    );
     if s3.kms_key_id.is_some() && sse != Sse::Kms {
         return Err(invalid_at(
             span_of(&s3.sse),
@@ -406,37 +468,37 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             "set sse = \"aws:kms\" or remove kms_key_id".into(),
         ));
     }
-    let checksum = match &s3.checksum {
-        None => Checksum::default(),
-        Some(c) => Checksum::parse(c.get_ref()).ok_or_else(|| {
-            invalid_at(
-                Some(c.span()),
-                format!("checksum `{}` is not crc32c, md5 or none", c.get_ref()),
-                "crc32c (AWS, MinIO, garage), md5 for servers that refuse x-amz-checksum-* headers (Backblaze B2, older Ceph), none to send neither".into(),
-            )
-        })?,
-    };
+    let checksum = profile.checksum;
     if let Some(f) = &s3.credentials_file {
         check_credentials_file(f.get_ref())
             .map_err(|(message, hint)| invalid_at(Some(f.span()), message, hint))?;
     }
-    let chunk_size = s3.chunk_size.as_ref().map_or(200 * GIB, |s| s.get_ref().0);
-    let part_size = s3
-        .part_size
-        .as_ref()
-        .map_or(default_part_size(chunk_size), |s| s.get_ref().0);
+    let part_span = span_of(&s3.part_size).or(span_of(&s3.chunk_size));
+    let sizing = engine::provider::size(
+        &profile,
+        s3.chunk_size.as_ref().map_or(200 * GIB, |s| s.get_ref().0),
+        s3.part_size.as_ref().map(|s| s.get_ref().0),
+    )
+    .map_err(|message| {
+        invalid_at(
+            part_span.clone(),
+            message,
+            "leave part_size unset to get the smallest valid one, or change min_part_size/max_part_size".into(),
+        )
+    })?;
+    let (chunk_size, part_size) = (sizing.chunk_size, sizing.part_size);
     if let Err(e) = Layout::new(chunk_size, part_size) {
-        let span = s3
-            .part_size
-            .as_ref()
-            .map(|s| s.span())
-            .or(s3.chunk_size.as_ref().map(|s| s.span()));
         return Err(invalid_at(
-            span,
+            part_span,
             e.to_string(),
             "parts must be 5 MiB to 5 GiB, at most 10,000 per chunk; leave part_size unset to get the smallest valid one".into(),
         ));
     }
+    let prefix = expand_prefix(
+        s3.prefix.as_ref().map_or("", |p| p.get_ref().as_str()),
+        read_hostname,
+    )
+    .map_err(|(message, hint)| invalid_at(span_of(&s3.prefix), message, hint))?;
     let concurrency = s3.concurrency.as_ref().map_or(4, |c| *c.get_ref());
     if concurrency == 0 || concurrency > 64 {
         return Err(invalid_at(
@@ -609,7 +671,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             region: s3.region,
             endpoint: s3.endpoint.map(|e| e.into_inner()),
             path_style: s3.path_style,
-            prefix: s3.prefix.trim_matches('/').to_string(),
+            prefix,
             storage_class_chunks: s3.storage_class_chunks.0,
             storage_class_manifest: class_m.0,
             sse,
@@ -625,6 +687,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             outage_wait: Duration::from_secs(outage_wait * 60),
             credentials_file: s3.credentials_file.map(|f| f.into_inner()),
             checksum,
+            profile,
+            chunk_lowered_from: sizing.chunk_lowered_from,
         },
         schedule,
         retention,
@@ -635,47 +699,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
     })
 }
 
-/// `[encryption]`: recipients must be age X25519 keys; the identity file, where it exists on
-/// this host (a backup host need not have it), must be readable by its owner only.
-fn encryption(
-    e: &RawEncryption,
-    invalid_at: &dyn Fn(Option<std::ops::Range<usize>>, String, String) -> ConfigError,
-) -> Result<engine::settings::Encryption, ConfigError> {
-    let recipients: Vec<String> = e
-        .recipients
-        .get_ref()
-        .iter()
-        .map(|r| r.trim().to_string())
-        .collect();
-    if let Err(err) = engine::seal::parse_recipients(&recipients) {
-        return Err(invalid_at(
-            Some(e.recipients.span()),
-            err.to_string(),
-            "recipients are the public keys `age-keygen` prints (age1…); keep the identity file (AGE-SECRET-KEY-1…) off the backup host".into(),
-        ));
-    }
-    if let Some(f) = &e.identity_file {
-        use std::os::unix::fs::PermissionsExt;
-        let p = f.get_ref();
-        if let Ok(meta) = std::fs::metadata(p) {
-            let mode = meta.permissions().mode() & 0o777;
-            if !meta.is_file() || mode & 0o077 != 0 {
-                return Err(invalid_at(
-                    Some(f.span()),
-                    format!(
-                        "identity_file {} is not a file readable by its owner alone (mode {mode:03o})",
-                        p.display()
-                    ),
-                    format!("chmod 600 {}", p.display()),
-                ));
-            }
-        }
-    }
-    Ok(engine::settings::Encryption {
-        recipients,
-        identity_file: e.identity_file.as_ref().map(|f| f.get_ref().clone()),
-    })
-}
-
+mod checks;
 #[cfg(test)]
 mod tests;
+
+use checks::{check_credentials_file, encryption};

@@ -189,6 +189,15 @@ pub struct S3Doc {
     pub sse: String,
     /// The integrity header of uploads: crc32c, md5 or none.
     pub checksum: String,
+    /// The provider profile in force (`[s3] provider`, else recognised from the endpoint).
+    pub provider: String,
+    /// Where the provider came from: configured, recognised from the endpoint, default.
+    pub provider_source: String,
+    pub max_parts: u64,
+    pub min_part_size: u64,
+    pub max_part_size: u64,
+    /// The chunk size asked for, when it was lowered to fit max_parts.
+    pub chunk_lowered_from: Option<u64>,
     pub kms_key_id: Option<String>,
     pub chunk_size: u64,
     pub part_size: u64,
@@ -233,6 +242,12 @@ impl SettingsDoc {
                 sse: c.sse.as_str().to_string(),
                 kms_key_id: c.kms_key_id.clone(),
                 checksum: c.checksum.as_str().to_string(),
+                provider: c.profile.provider.as_str().to_string(),
+                provider_source: c.profile.source.as_str().to_string(),
+                max_parts: c.profile.max_parts,
+                min_part_size: c.profile.min_part,
+                max_part_size: c.profile.max_part,
+                chunk_lowered_from: c.chunk_lowered_from,
                 chunk_size: c.chunk_size,
                 part_size: c.part_size,
                 concurrency: c.concurrency,

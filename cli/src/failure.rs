@@ -96,7 +96,8 @@ pub(crate) fn code_for_store(e: &engine::store::StoreError) -> u8 {
         StoreErrorKind::AccessDenied
         | StoreErrorKind::NoSuchBucket
         | StoreErrorKind::ClockSkewed
-        | StoreErrorKind::ChecksumRefused => exit::S3_ACCESS,
+        | StoreErrorKind::ChecksumRefused
+        | StoreErrorKind::PartRefused => exit::S3_ACCESS,
         _ => exit::FAILED,
     }
 }

@@ -13,6 +13,7 @@ pub mod machine;
 pub mod manifest;
 pub mod pipeline;
 pub mod plan;
+pub mod provider;
 pub mod rebuild;
 pub mod restore;
 pub mod runlog;

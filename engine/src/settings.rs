@@ -95,8 +95,12 @@ pub struct S3Settings {
     /// aws_secret_access_key) read instead of ~/.aws/credentials; the environment still wins.
     /// Only its path is kept here: the secrets stay in the SDK.
     pub credentials_file: Option<std::path::PathBuf>,
-    /// The integrity header of uploads.
+    /// The integrity header of uploads (the profile's, or `[s3] checksum`).
     pub checksum: Checksum,
+    /// The provider in force and its limits (`[s3] provider` and overrides).
+    pub profile: crate::provider::Profile,
+    /// The chunk size asked for, where it was lowered to fit the provider's part limit.
+    pub chunk_lowered_from: Option<u64>,
 }
 
 impl S3Settings {

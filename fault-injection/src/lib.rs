@@ -43,6 +43,7 @@ pub const RESTORE_FAILPOINTS: &[&str] = &[
 
 pub mod fuzz;
 pub mod proxy;
+pub mod quirks;
 
 /// Dies at once, as a crash would. Exit status is SIGABRT.
 pub fn crash(name: &str) -> ! {

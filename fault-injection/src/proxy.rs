@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::quirks;
+
 use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
 };
@@ -260,6 +262,18 @@ pub struct Config {
     /// `max-parts`, ListMultipartUploads `max-uploads` set on the way). The request line is
     /// rewritten, so only for servers that do not check signatures (moto).
     pub page_size: Option<u32>,
+    /// Part numbers above this are answered 400 InvalidArgument (Scaleway: 1000).
+    pub max_part_number: Option<u32>,
+    /// CompleteMultipartUpload is answered 400 InvalidPart when a part but the last differs
+    /// in size from the first, or the last is larger (Cloudflare R2).
+    pub equal_parts: bool,
+    /// ETags are replaced by opaque strings that are not MD5s (no part count either) in
+    /// headers and listings, and turned back in CompleteMultipartUpload bodies. Bodies are
+    /// rewritten, so only for servers that do not check signatures (moto).
+    pub opaque_etags: bool,
+    /// For this long after CreateMultipartUpload, any request naming the new upload is
+    /// answered 404 NoSuchUpload (eventually consistent servers).
+    pub hide_new_uploads: Option<Duration>,
 }
 
 impl Config {
@@ -273,6 +287,10 @@ impl Config {
             verbose: false,
             reject_checksum_headers: false,
             page_size: None,
+            max_part_number: None,
+            equal_parts: false,
+            opaque_etags: false,
+            hide_new_uploads: None,
         }
     }
 }
@@ -295,8 +313,12 @@ struct State {
     rng: u64,
     seq: u64,
     injected: Vec<Injected>,
-    /// Requests refused by an emulated provider quirk, with the header that was refused.
+    /// Requests refused by an emulated provider quirk, with what was refused.
     quirk_refusals: Vec<(Op, String)>,
+    /// Size of each part forwarded, by upload id and part number (`equal_parts`).
+    part_sizes: HashMap<(String, u32), u64>,
+    /// When each upload was created (`hide_new_uploads`).
+    created: HashMap<String, Instant>,
     /// Per operation: requests and request-body bytes that reached the server.
     forwarded: HashMap<Op, (u64, u64)>,
 }
@@ -712,6 +734,111 @@ fn paginate(req: &mut Message, n: u32) {
     req.target = target;
 }
 
+/// An emulated quirk's refusal of a request: (code, status, message), or None to go on.
+fn quirk_refusal(sh: &Shared, op: Op, req: &Message) -> Option<(&'static str, u16, String)> {
+    if sh.cfg.reject_checksum_headers {
+        if let Some(name) = checksum_header(&req.raw[..req.head_len]) {
+            return Some((
+                "InvalidArgument",
+                400,
+                format!("Unsupported header '{name}' received for this API call."),
+            ));
+        }
+    }
+    let upload = quirks::query_param(&req.target, "uploadId");
+    if let (Some(d), Some(id)) = (sh.cfg.hide_new_uploads, upload) {
+        if sh
+            .state()
+            .created
+            .get(id)
+            .is_some_and(|at| at.elapsed() < d)
+        {
+            return Some((
+                "NoSuchUpload",
+                404,
+                "The specified multipart upload does not exist.".into(),
+            ));
+        }
+    }
+    if let (Some(max), Op::Part) = (sh.cfg.max_part_number, op) {
+        let n: u32 = quirks::query_param(&req.target, "partNumber")?
+            .parse()
+            .ok()?;
+        if n > max {
+            return Some((
+                "InvalidArgument",
+                400,
+                format!("Part number must be an integer between 1 and {max}, inclusive"),
+            ));
+        }
+    }
+    if let (true, Op::Complete, Some(id)) = (sh.cfg.equal_parts, op, upload) {
+        let body = String::from_utf8_lossy(&req.raw[req.head_len..]);
+        let st = sh.state();
+        let sizes: Vec<u64> = quirks::xml_values(&body, "PartNumber")
+            .iter()
+            .filter_map(|n| n.trim().parse::<u32>().ok())
+            .map(|n| {
+                st.part_sizes
+                    .get(&(id.to_string(), n))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .collect();
+        if let Err(message) = quirks::equal_parts(&sizes) {
+            return Some(("InvalidPart", 400, message.into()));
+        }
+    }
+    None
+}
+
+/// What a quirk must remember of a request the server answered: a new upload's id and
+/// time, a part's size.
+fn quirks_seen(sh: &Shared, op: Op, req: &Message, resp: &Message) {
+    if !(200..300).contains(&resp.status) {
+        return;
+    }
+    match op {
+        Op::Create if sh.cfg.hide_new_uploads.is_some() => {
+            let body = String::from_utf8_lossy(&resp.raw[resp.head_len..]);
+            if let Some(id) = quirks::xml_values(&body, "UploadId").first() {
+                sh.state().created.insert(id.to_string(), Instant::now());
+            }
+        }
+        Op::Part if sh.cfg.equal_parts => {
+            let id = quirks::query_param(&req.target, "uploadId").unwrap_or("");
+            let n = quirks::query_param(&req.target, "partNumber").and_then(|n| n.parse().ok());
+            if let Some(n) = n {
+                let size = (req.raw.len() - req.head_len) as u64;
+                sh.state().part_sizes.insert((id.to_string(), n), size);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Maps every ETag of a message (headers, and an XML body framed by Content-Length) by `f`.
+fn rewrite_message(m: &mut Message, f: fn(&str) -> String) {
+    let head = String::from_utf8_lossy(&m.raw[..m.head_len]).into_owned();
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = m.raw[m.head_len..].to_vec();
+    let (head, body) = match std::str::from_utf8(&body) {
+        Ok(text) if !chunked && text.contains("<ETag>") => {
+            let text = quirks::map_etags(text, f);
+            (
+                quirks::rewrite_head(&head, Some(text.len()), &f),
+                text.into_bytes(),
+            )
+        }
+        _ => (quirks::rewrite_head(&head, None, &f), body),
+    };
+    m.head_len = head.len();
+    m.raw = head.into_bytes();
+    m.raw.extend_from_slice(&body);
+}
+
 /// The first checksum header of a request head, lower-cased.
 fn checksum_header(head: &[u8]) -> Option<String> {
     String::from_utf8_lossy(head)
@@ -770,24 +897,30 @@ async fn serve(client: TcpStream, sh: Arc<Shared>) -> std::io::Result<()> {
         // Counted until this request's handling ends, however it ends.
         let _busy = InFlight::new(&sh);
         let op = Op::of(&req.method, &req.target);
-        if sh.cfg.reject_checksum_headers {
-            if let Some(name) = checksum_header(&req.raw[..req.head_len]) {
-                sh.state().quirk_refusals.push((op, name.clone()));
-                let body = format!(
-                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InvalidArgument</Code><Message>Unsupported header '{name}' received for this API call.</Message></Error>"
-                );
-                let reply = format!(
-                    "HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                sh.write(&mut cw, reply.as_bytes()).await?;
-                cw.shutdown().await?;
-                return Ok(());
-            }
+        if let Some((code, status, message)) = quirk_refusal(&sh, op, &req) {
+            sh.state().quirk_refusals.push((op, message.clone()));
+            let reason = if status == 404 {
+                "Not Found"
+            } else {
+                "Bad Request"
+            };
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+            );
+            let reply = format!(
+                "HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            sh.write(&mut cw, reply.as_bytes()).await?;
+            cw.shutdown().await?;
+            return Ok(());
         }
         let mut req = req;
         if let (Some(n), Op::List) = (sh.cfg.page_size, op) {
             paginate(&mut req, n);
+        }
+        if sh.cfg.opaque_etags && op == Op::Complete {
+            rewrite_message(&mut req, quirks::real);
         }
         let fault = sh.decide(op, &req.method, &req.target);
         if !sh.cfg.latency.is_zero() {
@@ -812,7 +945,11 @@ async fn serve(client: TcpStream, sh: Arc<Shared>) -> std::io::Result<()> {
         let mut ur = BufReader::new(ur);
         sh.write(&mut uw, &req.raw).await?;
         sh.forwarded(op, req.raw.len() - req.head_len);
-        let resp = read_response(&mut ur, req.method == "HEAD").await?;
+        let mut resp = read_response(&mut ur, req.method == "HEAD").await?;
+        quirks_seen(&sh, op, &req, &resp);
+        if sh.cfg.opaque_etags {
+            rewrite_message(&mut resp, quirks::opaque);
+        }
         let half = resp.head_len + (resp.raw.len() - resp.head_len) / 2;
         match fault {
             Some(Fault::LoseReply) => {

@@ -173,7 +173,15 @@ keep_chains = 1000
             endpoint = if self.s3.endpoint.is_empty() {
                 "path_style = false".to_string()
             } else {
-                format!("endpoint = \"{}\"\npath_style = true", self.s3.endpoint)
+                // moto emulates AWS; garage has its own profile.
+                let provider = match self.s3.flavor {
+                    Flavor::Garage => "garage",
+                    _ => "aws",
+                };
+                format!(
+                    "endpoint = \"{}\"\npath_style = true\nprovider = \"{provider}\"",
+                    self.s3.endpoint
+                )
             },
             prefix = self.prefix,
             class = self.opts.storage_class_chunks,
@@ -340,8 +348,13 @@ keep_chains = 1000
 
     /// Every object under the test prefix, with its size.
     pub fn objects(&self) -> Vec<(String, u64)> {
+        self.objects_under(&self.prefix)
+    }
+
+    /// Every object whose key starts with `prefix`, with its size.
+    pub fn objects_under(&self, prefix: &str) -> Vec<(String, u64)> {
         let client = self.s3.client();
-        let (bucket, prefix) = (self.s3.bucket.clone(), self.prefix.clone());
+        let (bucket, prefix) = (self.s3.bucket.clone(), prefix.to_string());
         block_on(async move {
             let mut out = Vec::new();
             let mut token = None;

@@ -1,5 +1,6 @@
 use super::*;
-use engine::settings::MIB;
+use engine::provider::Provider;
+use engine::settings::{Checksum, MIB};
 
 const GOOD: &str = r#"
 snapshot_dir = "/mnt/pool/.snapshots"
@@ -30,7 +31,20 @@ fn good_config_gets_defaults() {
     assert_eq!(s.s3.part_size, 8 * MIB);
     assert_eq!(s.s3.concurrency, 4);
     assert_eq!(s.s3.prefix, "host1");
-    assert_eq!(s.s3.sse, Sse::Aes256);
+    // An endpoint no provider is recognised in: "other", what every S3 server accepts.
+    assert_eq!(s.s3.profile.provider, Provider::Other);
+    assert_eq!(s.s3.checksum, Checksum::Md5);
+    assert_eq!(s.s3.sse, Sse::None);
+    let aws = parse(
+        Path::new("x"),
+        &GOOD.replace("endpoint = \"http://127.0.0.1:3900\"\n", ""),
+    )
+    .expect("valid");
+    assert_eq!(aws.s3.profile.provider, Provider::Aws);
+    assert_eq!(
+        (aws.s3.sse, aws.s3.checksum),
+        (Sse::Aes256, Checksum::Crc32c)
+    );
     assert_eq!(s.lock_path, PathBuf::from("/var/lib/b2s3/lock"));
     let d = parse(Path::new("x"), &GOOD.replace("chunk_size = \"1GiB\"", "")).expect("valid");
     assert_eq!(d.s3.chunk_size, 200 * GIB);
@@ -116,11 +130,17 @@ fn bad_values_are_refused_with_line() {
     assert!(e.contains("archive class"), "{e}");
     let e = err(&GOOD.replace("prefix", "part_size = \"4MiB\"\nprefix"));
     assert!(
-        e.contains("below the S3 minimum") && e.contains("line 13"),
+        e.contains("outside other's part sizes (5242880 to") && e.contains("line 13"),
         "{e}"
     );
-    let e = err(&GOOD.replace("\"1GiB\"", "\"200GiB\"\npart_size = \"8MiB\""));
-    assert!(e.contains("raise part_size to at least 22020096"), "{e}");
+    // More parts than the provider takes: the chunk is lowered, not the run refused.
+    let s = parse(
+        Path::new("x"),
+        &GOOD.replace("\"1GiB\"", "\"200GiB\"\npart_size = \"8MiB\""),
+    )
+    .expect("lowered");
+    assert_eq!(s.s3.chunk_size, 10_000 * 8 * MIB);
+    assert_eq!(s.s3.chunk_lowered_from, Some(200 * GIB));
     let e = err(&GOOD.replace("prefix", "concurrency = 0\nprefix"));
     assert!(e.contains("concurrency 0"), "{e}");
     let e = err(&GOOD.replace("prefix", "sse = \"AES128\"\nprefix"));
@@ -222,4 +242,91 @@ fn encryption_is_parsed_and_its_limits_checked() {
     std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let e = err(&format!("{sealed}identity_file = \"{}\"\n", id.display()));
     assert!(e.contains("chmod 600"), "{e}");
+}
+
+#[test]
+fn providers_set_limits_and_overrides_only_tighten() {
+    let with = |extra: &str| GOOD.replace("[s3]\n", &format!("[s3]\n{extra}\n"));
+    let g = parse(Path::new("x"), &with("provider = \"garage\"")).expect("valid");
+    assert_eq!(g.s3.profile.provider, Provider::Garage);
+    assert_eq!(g.s3.checksum, Checksum::Crc32c);
+    assert_eq!(g.s3.sse, Sse::None);
+
+    // Scaleway: 1000 parts; the default 200 GiB chunk is lowered, parts stay 21 MiB.
+    let text = with("provider = \"scaleway\"").replace("chunk_size = \"1GiB\"", "");
+    let scw = parse(Path::new("x"), &text).expect("valid");
+    assert_eq!(scw.s3.part_size, 21 * MIB);
+    assert_eq!(scw.s3.chunk_size, 1000 * 21 * MIB);
+    assert_eq!(scw.s3.chunk_lowered_from, Some(200 * GIB));
+    assert!(crate::check::profile_line(&scw.s3).contains("lowered from"));
+
+    let two = parse(
+        Path::new("x"),
+        &with("provider = \"r2\"\nmax_parts = 2\npart_size = \"5MiB\""),
+    )
+    .expect("valid");
+    assert_eq!((two.s3.chunk_size, two.s3.part_size), (10 * MIB, 5 * MIB));
+    assert!(two.s3.profile.equal_parts);
+    assert_eq!(two.s3.checksum, Checksum::Md5);
+
+    // The endpoint names the provider when the key is absent.
+    let b2 = parse(
+        Path::new("x"),
+        &GOOD.replace(
+            "http://127.0.0.1:3900",
+            "https://s3.us-west-004.backblazeb2.com",
+        ),
+    )
+    .expect("valid");
+    assert_eq!(b2.s3.profile.provider, Provider::B2);
+    assert_eq!(b2.s3.profile.source, engine::provider::Source::Endpoint);
+
+    for (extra, want) in [
+        ("provider = \"s3\"", "provider `s3` is not known"),
+        (
+            "provider = \"scaleway\"\nmax_parts = 5000",
+            "above scaleway's limit of 1000",
+        ),
+        (
+            "provider = \"b2\"\nchecksum = \"crc32c\"",
+            "b2 refuses x-amz-checksum",
+        ),
+        ("min_part_size = \"1MiB\"", "below other's smallest part"),
+        ("max_part_size = \"6GiB\"", "above other's largest part"),
+        ("max_parts = 0", "at least 1"),
+        (
+            "provider = \"garage\"\nstorage_class_chunks = \"GLACIER\"",
+            "not one garage offers",
+        ),
+        (
+            "min_part_size = \"16MiB\"\npart_size = \"8MiB\"",
+            "outside other's part sizes",
+        ),
+    ] {
+        let e = err(&with(extra));
+        assert!(e.contains(want), "{extra}: {e}");
+        assert!(e.contains("line "), "{extra}: no line in {e}");
+    }
+}
+
+#[test]
+fn prefix_hostname_placeholder() {
+    let host = || Ok::<_, std::io::Error>("web-01.example".to_string());
+    assert_eq!(
+        expand_prefix("/fleet/{hostname}/", host).expect("ok"),
+        "fleet/web-01.example"
+    );
+    assert_eq!(expand_prefix("plain", host).expect("ok"), "plain");
+    let e = expand_prefix("fleet/{host}", host).expect_err("unknown placeholder");
+    assert!(e.0.contains("`{host}`"), "{e:?}");
+    let bad = || Ok::<_, std::io::Error>("a b/c".to_string());
+    let e = expand_prefix("{hostname}", bad).expect_err("bad host name");
+    assert!(e.0.contains("`a b/c`"), "{e:?}");
+    let gone = || Err::<String, _>(std::io::Error::other("no /proc"));
+    assert!(expand_prefix("{hostname}", gone).is_err());
+    // The real one: this machine's name, as /proc has it.
+    let text = GOOD.replace("prefix = \"/host1/\"", "prefix = \"fleet/{hostname}\"");
+    let s = parse(Path::new("x"), &text).expect("valid");
+    let here = read_hostname().expect("hostname");
+    assert_eq!(s.s3.prefix, format!("fleet/{here}"));
 }

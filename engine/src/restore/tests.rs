@@ -153,6 +153,8 @@ fn restorer(state: &Path, thaw_after: u32, timeout: Duration) -> (Restorer, Arc<
             outage_wait: Duration::ZERO,
             credentials_file: None,
             checksum: Default::default(),
+            profile: crate::provider::Provider::Aws.profile(crate::provider::Source::Default),
+            chunk_lowered_from: None,
         },
         schedule: Default::default(),
         retention: Retention::default(),

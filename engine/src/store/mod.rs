@@ -29,6 +29,9 @@ pub enum StoreErrorKind {
     InvalidObjectState,
     /// The server refuses the integrity header this store sends (`[s3] checksum`).
     ChecksumRefused,
+    /// The server refuses a part for its number or size: a limit of its provider
+    /// (`[s3] provider`, `max_parts`), not an outage.
+    PartRefused,
     /// Timeouts, connection failures, 5xx, throttling: worth retrying later.
     Transient,
     Other,
@@ -52,7 +55,8 @@ fn hint(kind: StoreErrorKind, bucket: &str) -> String {
         StoreErrorKind::AccessDenied => " (credentials refused: check [s3] credentials_file, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, and the bucket policy)".to_string(),
         StoreErrorKind::ClockSkewed => " (the server says this host's clock is off by more than it accepts: fix the clock, e.g. `timedatectl set-ntp true`, and run again)".to_string(),
         StoreErrorKind::Transient => " (network or server trouble; `btrfs-to-s3 resume` continues where this stopped)".to_string(),
-        StoreErrorKind::ChecksumRefused => " (this server refuses x-amz-checksum-* headers, as Backblaze B2 and older Ceph RGW do: set checksum = \"md5\" in [s3] of the config, then `btrfs-to-s3 resume`)".to_string(),
+        StoreErrorKind::ChecksumRefused => " (this server refuses x-amz-checksum-* headers, as Backblaze B2 and older Ceph RGW do: set provider to the server you use (README: S3 providers) or checksum = \"md5\" in [s3] of the config, then `btrfs-to-s3 resume`)".to_string(),
+        StoreErrorKind::PartRefused => " (this server refuses the part's number or size, a limit of its provider: set provider in [s3] to the server you use (README: S3 providers), or max_parts to its parts per upload, then `btrfs-to-s3 backup`)".to_string(),
         _ => String::new(),
     }
 }
@@ -164,6 +168,22 @@ pub trait ObjectStore: Send + Sync {
     async fn head_object(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError>;
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// How long after creating an upload a NoSuchUpload for it may be the server not showing it
+/// yet (eventual consistency) rather than the upload gone.
+pub const NEW_UPLOAD_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// NoSuchUpload met by a part of an upload this process created `age` ago (None: not by
+/// this process): how long to wait before trying the part again, or None to take the upload
+/// for gone. Waits of 250 ms doubling to 4 s, within `NEW_UPLOAD_GRACE` of the creation.
+pub fn fresh_upload_wait(
+    age: Option<std::time::Duration>,
+    attempt: u32,
+) -> Option<std::time::Duration> {
+    let age = age?;
+    let wait = std::time::Duration::from_millis(250u64 << attempt.min(4));
+    (age + wait <= NEW_UPLOAD_GRACE).then_some(wait)
 }
 
 pub fn crc32c_base64(crc: u32) -> String {

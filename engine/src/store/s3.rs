@@ -32,6 +32,8 @@ pub struct S3Store {
     download_limit: Option<Arc<RateLimit>>,
     /// The integrity header of part and object uploads (`[s3] checksum`).
     checksum: Checksum,
+    /// When this store created each upload still young (see `fresh_upload_wait`).
+    created: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 /// Content-MD5: the base64 MD5 of a body.
@@ -89,7 +91,50 @@ impl S3Store {
             upload_limit: s.limit_upload.map(|r| Arc::new(RateLimit::new(r))),
             download_limit: s.limit_download.map(|r| Arc::new(RateLimit::new(r))),
             checksum: s.checksum,
+            created: Default::default(),
         }
+    }
+
+    /// One UploadPart, watched for stalls (see `upload_part`).
+    async fn upload_part_once(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+        crc32c: u32,
+    ) -> Result<String, StoreError> {
+        let len = body.len();
+        let out = self
+            .watched("UploadPart", key, |activity| {
+                let req = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .part_number(i32::try_from(part_number).unwrap_or(i32::MAX))
+                    .content_length(i64::try_from(len).unwrap_or(i64::MAX))
+                    .body(watched_body(
+                        body.clone(),
+                        activity,
+                        self.upload_limit.clone(),
+                    ));
+                // The integrity header protects the payload (signing it would hash every
+                // byte again); with none, the part's hashes in the manifest are checked at
+                // restore and verify, and TLS protects the transfer.
+                let req = match self.checksum {
+                    Checksum::Crc32c => req.checksum_crc32_c(crc32c_base64(crc32c)),
+                    Checksum::Md5 => req.content_md5(md5_base64(&body)),
+                    Checksum::None => req,
+                };
+                req.customize()
+                    .disable_payload_signing()
+                    .send()
+                    .map_err(|e| self.err("UploadPart", key, e))
+            })
+            .await?;
+        Ok(etag_of(out.e_tag()))
     }
 
     /// Runs the transfer `attempt` makes, watching it: when `Activity` shows no byte moved for
@@ -140,10 +185,8 @@ impl S3Store {
                 let mut kind = classify(&code, status);
                 // A provider that takes no checksum headers says so with 400 InvalidArgument
                 // or 501 NotImplemented naming the header: a setting to change, not an outage.
-                if matches!(status, Some(400 | 501))
-                    && msg.to_ascii_lowercase().contains("checksum")
-                {
-                    kind = StoreErrorKind::ChecksumRefused;
+                if let Some(k) = provider_refusal(status, &code, &msg) {
+                    kind = k;
                 }
                 let text = match (code.is_empty(), msg.is_empty()) {
                     (true, true) => format!("HTTP {}", status.unwrap_or(0)),
@@ -174,6 +217,31 @@ impl S3Store {
             kind,
             message,
         }
+    }
+}
+
+/// A refusal that a provider's limit explains (`[s3] provider`), not an outage nor a lost
+/// upload: checksum headers (400 InvalidArgument or 501 NotImplemented naming the header, as
+/// B2, older Ceph and R2 answer), a part number above the provider's limit (Scaleway: 1000),
+/// non-trailing parts of unequal sizes (R2, at CompleteMultipartUpload).
+pub(crate) fn provider_refusal(
+    status: Option<u16>,
+    code: &str,
+    msg: &str,
+) -> Option<StoreErrorKind> {
+    let m = msg.to_ascii_lowercase();
+    if !matches!(status, Some(400 | 501)) {
+        return None;
+    }
+    if m.contains("checksum") {
+        Some(StoreErrorKind::ChecksumRefused)
+    } else if m.contains("part number")
+        || code == "TooManyParts"
+        || m.contains("non-trailing parts")
+    {
+        Some(StoreErrorKind::PartRefused)
+    } else {
+        None
     }
 }
 
@@ -264,6 +332,11 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.err("CreateMultipartUpload", key, e))?;
+        if let Some(id) = out.upload_id() {
+            let mut created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+            created.retain(|_, at| at.elapsed() < super::NEW_UPLOAD_GRACE);
+            created.insert(id.to_string(), std::time::Instant::now());
+        }
         out.upload_id().map(str::to_string).ok_or(StoreError {
             op: "CreateMultipartUpload",
             bucket: self.bucket.clone(),
@@ -273,6 +346,9 @@ impl ObjectStore for S3Store {
         })
     }
 
+    /// Some servers (eventually consistent ones) answer NoSuchUpload for a moment after
+    /// creating an upload: a part of an upload this store created moments ago is tried
+    /// again (`fresh_upload_wait`), not taken for an upload someone aborted.
     async fn upload_part(
         &self,
         key: &str,
@@ -281,37 +357,32 @@ impl ObjectStore for S3Store {
         body: Bytes,
         crc32c: u32,
     ) -> Result<String, StoreError> {
-        let len = body.len();
-        let out = self
-            .watched("UploadPart", key, |activity| {
-                let req = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(upload_id)
-                    .part_number(i32::try_from(part_number).unwrap_or(i32::MAX))
-                    .content_length(i64::try_from(len).unwrap_or(i64::MAX))
-                    .body(watched_body(
-                        body.clone(),
-                        activity,
-                        self.upload_limit.clone(),
-                    ));
-                // The integrity header protects the payload (signing it would hash every
-                // byte again); with none, the part's hashes in the manifest are checked at
-                // restore and verify, and TLS protects the transfer.
-                let req = match self.checksum {
-                    Checksum::Crc32c => req.checksum_crc32_c(crc32c_base64(crc32c)),
-                    Checksum::Md5 => req.content_md5(md5_base64(&body)),
-                    Checksum::None => req,
-                };
-                req.customize()
-                    .disable_payload_signing()
-                    .send()
-                    .map_err(|e| self.err("UploadPart", key, e))
-            })
-            .await?;
-        Ok(etag_of(out.e_tag()))
+        let mut attempt = 0;
+        loop {
+            let r = self
+                .upload_part_once(key, upload_id, part_number, body.clone(), crc32c)
+                .await;
+            let wait = match &r {
+                Err(e) if e.kind == StoreErrorKind::NoSuchUpload => {
+                    let age = self
+                        .created
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(upload_id)
+                        .map(|at| at.elapsed());
+                    super::fresh_upload_wait(age, attempt)
+                }
+                _ => None,
+            };
+            match wait {
+                Some(d) => {
+                    tracing::debug!(%key, upload_id, attempt, "NoSuchUpload for an upload created moments ago; trying again");
+                    tokio::time::sleep(d).await;
+                    attempt += 1;
+                }
+                None => return r,
+            }
+        }
     }
 
     async fn complete_multipart(

@@ -53,6 +53,20 @@ struct Args {
     /// servers that do not check signatures, such as moto).
     #[arg(long, value_name = "N")]
     page_size: Option<u32>,
+    /// Refuse part numbers above N with 400 (Scaleway: 1000).
+    #[arg(long, value_name = "N")]
+    max_part_number: Option<u32>,
+    /// Refuse CompleteMultipartUpload when a non-final part differs in size from the first
+    /// (Cloudflare R2).
+    #[arg(long)]
+    equal_parts: bool,
+    /// Return ETags that are not MD5s (rewrites bodies: for servers that do not check
+    /// signatures, such as moto).
+    #[arg(long)]
+    opaque_etags: bool,
+    /// Answer NoSuchUpload for MS milliseconds after an upload is created.
+    #[arg(long, value_name = "MS")]
+    hide_new_uploads_ms: Option<u64>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -76,6 +90,10 @@ fn main() -> std::process::ExitCode {
         verbose: true,
         reject_checksum_headers: a.reject_checksum_headers,
         page_size: a.page_size,
+        max_part_number: a.max_part_number,
+        equal_parts: a.equal_parts,
+        opaque_etags: a.opaque_etags,
+        hide_new_uploads: a.hide_new_uploads_ms.map(Duration::from_millis),
     };
     let proxy = match Proxy::start(cfg, a.listen) {
         Ok(p) => p,

@@ -188,6 +188,8 @@ fn main() {
             outage_wait: Duration::ZERO,
             credentials_file: None,
             checksum: Default::default(),
+            profile: engine::provider::Provider::Aws.profile(engine::provider::Source::Default),
+            chunk_lowered_from: None,
         },
         schedule: Schedule::default(),
         retention: Retention::default(),

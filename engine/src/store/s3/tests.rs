@@ -90,3 +90,73 @@ fn errors_carry_hints() {
     );
     assert!(!e.is_retryable());
 }
+
+#[test]
+fn provider_refusals_name_the_limit_not_an_outage() {
+    let r = |status, code: &str, msg: &str| provider_refusal(Some(status), code, msg);
+    assert_eq!(
+        r(
+            400,
+            "InvalidArgument",
+            "Unsupported header 'x-amz-checksum-crc32c' received"
+        ),
+        Some(StoreErrorKind::ChecksumRefused)
+    );
+    assert_eq!(
+        r(
+            501,
+            "NotImplemented",
+            "Header 'x-amz-checksum-algorithm' not implemented"
+        ),
+        Some(StoreErrorKind::ChecksumRefused)
+    );
+    assert_eq!(
+        r(
+            400,
+            "InvalidArgument",
+            "Part number must be an integer between 1 and 1000, inclusive"
+        ),
+        Some(StoreErrorKind::PartRefused)
+    );
+    assert_eq!(
+        r(
+            400,
+            "InvalidPart",
+            "All non-trailing parts must have the same length."
+        ),
+        Some(StoreErrorKind::PartRefused)
+    );
+    // An InvalidPart about a missing part is not a provider limit (the chunk restarts).
+    assert_eq!(
+        r(
+            400,
+            "InvalidPart",
+            "One or more of the specified parts could not be found."
+        ),
+        None
+    );
+    assert_eq!(provider_refusal(Some(503), "SlowDown", "checksum"), None);
+}
+
+#[test]
+fn a_fresh_upload_gets_a_grace_an_old_or_foreign_one_none() {
+    use crate::store::{fresh_upload_wait, NEW_UPLOAD_GRACE};
+    use std::time::Duration;
+    assert_eq!(fresh_upload_wait(None, 0), None);
+    assert_eq!(
+        fresh_upload_wait(Some(Duration::ZERO), 0),
+        Some(Duration::from_millis(250))
+    );
+    assert_eq!(
+        fresh_upload_wait(Some(Duration::from_secs(1)), 9),
+        Some(Duration::from_secs(4))
+    );
+    assert_eq!(fresh_upload_wait(Some(NEW_UPLOAD_GRACE), 0), None);
+    // The waits stop within the grace.
+    let (mut age, mut n) = (Duration::ZERO, 0);
+    while let Some(w) = fresh_upload_wait(Some(age), n) {
+        age += w;
+        n += 1;
+    }
+    assert!(age <= NEW_UPLOAD_GRACE && n >= 5, "{age:?} after {n}");
+}
