@@ -359,7 +359,55 @@ pub async fn run(settings: &Settings, store: Arc<dyn ObjectStore>) -> Vec<Check>
         out.push(encryption(e));
     }
     s3_probes(&store, settings, &mut out).await;
+    if settings.s3.object_lock != engine::settings::LockMode::Off {
+        out.push(object_lock(&store, settings).await);
+    }
     out
+}
+
+/// `[s3] object_lock`: the bucket must have versioning and Object Lock enabled (only
+/// possible when it was created); the lock date a chain started now would get.
+async fn object_lock(store: &Arc<dyn ObjectStore>, settings: &Settings) -> Check {
+    let name = "object lock";
+    let fix = format!(
+        "create a bucket with Object Lock (`aws s3api create-bucket --bucket NAME --object-lock-enabled-for-bucket`) and set [s3] bucket to it, or set object_lock = \"off\" ({} cannot be converted)",
+        settings.s3.bucket
+    );
+    match store.bucket_lock().await {
+        Ok(b) if b.versioning && b.object_lock => {
+            let now = chrono::Utc::now();
+            let id = engine::machine::timestamp(now);
+            let until = engine::plan::chain_lock_until(
+                &id,
+                &settings.schedule,
+                settings.retention.keep_chains,
+            )
+            .map_or_else(|| "?".into(), |d| d.format("%Y-%m-%d").to_string());
+            Check::ok(
+                name,
+                format!(
+                    "bucket {} has versioning and Object Lock; a chain begun now is locked ({}) until {until}",
+                    settings.s3.bucket,
+                    settings.s3.object_lock.as_str()
+                ),
+            )
+        }
+        Ok(b) => Check::failed(
+            name,
+            format!(
+                "bucket {} has versioning {} and Object Lock {}",
+                settings.s3.bucket,
+                if b.versioning { "on" } else { "off" },
+                if b.object_lock { "on" } else { "off" }
+            ),
+            fix,
+            exit::S3_ACCESS,
+        ),
+        Err(e) => {
+            let (fix, code) = s3_fix(&e, "s3:GetBucketObjectLockConfiguration", settings);
+            Check::failed(name, e.to_string(), fix, code)
+        }
+    }
 }
 
 /// The provider profile in force, as `check` prints it.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use engine::codec::Compression;
 use engine::machine::{valid_name, Layout};
 use engine::provider::{Overrides, ProfileError, Provider, PROVIDERS};
-use engine::settings::{Checksum, S3Settings, Settings, Sse, SubvolumeSpec, GIB};
+use engine::settings::{Checksum, LockMode, S3Settings, Settings, Sse, SubvolumeSpec, GIB};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use toml::Spanned;
@@ -143,6 +143,7 @@ struct RawS3 {
     max_parts: Option<Spanned<u64>>,
     min_part_size: Option<Spanned<Size>>,
     max_part_size: Option<Spanned<Size>>,
+    object_lock: Option<Spanned<String>>,
 }
 
 fn default_region() -> String {
@@ -469,6 +470,38 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         ));
     }
     let checksum = profile.checksum;
+    let object_lock = match &s3.object_lock {
+        None => LockMode::Off,
+        Some(m) => LockMode::parse(m.get_ref()).ok_or_else(|| {
+            invalid_at(
+                Some(m.span()),
+                format!("object_lock `{}` is not off, governance or compliance", m.get_ref()),
+                "governance: deletable before the date only with s3:BypassGovernanceRetention; compliance: by nobody; off: no lock".into(),
+            )
+        })?,
+    };
+    if object_lock != LockMode::Off {
+        let span = span_of(&s3.object_lock);
+        if !profile.object_lock {
+            return Err(invalid_at(
+                span,
+                format!(
+                    "object_lock = \"{}\" but {} offers no S3 Object Lock",
+                    object_lock.as_str(),
+                    provider.as_str()
+                ),
+                "set object_lock = \"off\", or use a provider that has it (README: S3 providers)"
+                    .into(),
+            ));
+        }
+        if checksum == Checksum::None {
+            return Err(invalid_at(
+                span,
+                "object_lock needs an integrity header on every upload (S3 requires Content-MD5 or a checksum with a retention), but checksum = \"none\"".into(),
+                "set checksum = \"md5\" or \"crc32c\", or remove it to take the provider's".into(),
+            ));
+        }
+    }
     if let Some(f) = &s3.credentials_file {
         check_credentials_file(f.get_ref())
             .map_err(|(message, hint)| invalid_at(Some(f.span()), message, hint))?;
@@ -689,6 +722,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             checksum,
             profile,
             chunk_lowered_from: sizing.chunk_lowered_from,
+            object_lock,
         },
         schedule,
         retention,

@@ -198,6 +198,8 @@ pub struct S3Doc {
     pub max_part_size: u64,
     /// The chunk size asked for, when it was lowered to fit max_parts.
     pub chunk_lowered_from: Option<u64>,
+    /// S3 Object Lock of data objects and manifests: off, governance or compliance.
+    pub object_lock: String,
     pub kms_key_id: Option<String>,
     pub chunk_size: u64,
     pub part_size: u64,
@@ -248,6 +250,7 @@ impl SettingsDoc {
                 min_part_size: c.profile.min_part,
                 max_part_size: c.profile.max_part,
                 chunk_lowered_from: c.chunk_lowered_from,
+                object_lock: c.object_lock.as_str().to_string(),
                 chunk_size: c.chunk_size,
                 part_size: c.part_size,
                 concurrency: c.concurrency,

@@ -54,6 +54,7 @@ pub(crate) fn code_for(e: &BackupError) -> u8 {
         BackupError::ClockSkewed { .. } => exit::S3_ACCESS,
         BackupError::Journal(e) => journal_code(e),
         BackupError::Layout(_) => exit::USAGE,
+        BackupError::NoObjectLock { .. } => exit::S3_ACCESS,
         _ => exit::FAILED,
     }
 }

@@ -158,6 +158,12 @@ pub fn print_backup(
             "  manifest {}\n  pointer  {}",
             r.manifest_key, r.pointer_key
         );
+        for h in &r.retention_held {
+            println!(
+                "  retention: chain {} is due for deletion, held by Object Lock until {}; the first backup after then deletes it",
+                h.chain_id, h.until
+            );
+        }
     }
     for (s, e) in failures {
         eprintln!("error: {s}: {e}");

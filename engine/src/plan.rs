@@ -199,6 +199,42 @@ pub fn own_snapshots(
         .collect()
 }
 
+/// Days a chain lasts before the next full starts: `full_every_days`, or `max_chain_length`
+/// backups `incremental_every_days` apart when that comes first; at least one.
+pub fn chain_life_days(s: &Schedule) -> i64 {
+    let mut life = i64::from(s.full_every_days.max(1));
+    if s.incremental_every_days > 0 {
+        life = life.min(i64::from(s.max_chain_length) * i64::from(s.incremental_every_days));
+    }
+    life.max(1)
+}
+
+/// The retain-until date of every object of the chain whose full backup is `chain_id` (a
+/// `machine::timestamp`): the chain is deleted once `keep_chains` newer chains are
+/// published, `keep_chains` × its life after it began; `LOCK_MARGIN_DAYS` more for a late
+/// full or a clock off by hours. None: the id is not a timestamp.
+pub fn chain_lock_until(
+    chain_id: &str,
+    schedule: &Schedule,
+    keep_chains: usize,
+) -> Option<DateTime<Utc>> {
+    let start = chrono::NaiveDateTime::parse_from_str(chain_id, "%Y%m%dT%H%M%SZ")
+        .ok()?
+        .and_utc();
+    let keep = i64::try_from(keep_chains.max(1)).unwrap_or(i64::MAX / 4);
+    let days = chain_life_days(schedule)
+        .saturating_mul(keep)
+        .saturating_add(crate::settings::LOCK_MARGIN_DAYS)
+        .min(36_500);
+    Some(start + Duration::days(days))
+}
+
+/// A doomed chain waits while any version of it is locked: the latest retain-until date
+/// after `now`, or None when it may be deleted now.
+pub fn held_until(dates: &[Option<DateTime<Utc>>], now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    dates.iter().flatten().filter(|d| **d > now).max().copied()
+}
+
 /// One chain as S3 shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainView {
@@ -298,6 +334,34 @@ pub fn stray_uploads(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chains_are_locked_for_their_planned_life() {
+        let s = Schedule::default(); // a full every 180 days, weekly incrementals, 60 long
+        assert_eq!(chain_life_days(&s), 180);
+        let until = chain_lock_until("20260101T000000Z", &s, 2).expect("a timestamp");
+        assert_eq!(until.to_rfc3339(), "2027-01-03T00:00:00+00:00"); // 360 + 7 days
+                                                                     // A chain cut short by max_chain_length lives less.
+        let short = Schedule {
+            full_every_days: 180,
+            incremental_every_days: 1,
+            max_chain_length: 10,
+        };
+        assert_eq!(chain_life_days(&short), 10);
+        let every_day_full = Schedule {
+            full_every_days: 0,
+            incremental_every_days: 0,
+            max_chain_length: 1,
+        };
+        assert_eq!(chain_life_days(&every_day_full), 1);
+        assert_eq!(chain_lock_until("latest", &s, 2), None);
+        // Absurd settings are capped at a century, never overflow.
+        assert!(chain_lock_until("20260101T000000Z", &s, usize::MAX).is_some());
+        let now = until - Duration::days(1);
+        assert_eq!(held_until(&[None, Some(until)], now), Some(until));
+        assert_eq!(held_until(&[Some(now), None], now), None);
+        assert_eq!(held_until(&[], now), None);
+    }
     use chrono::TimeZone;
 
     #[test]

@@ -65,6 +65,39 @@ impl Checksum {
     }
 }
 
+/// `[s3] object_lock`: S3 Object Lock retention of every data object and manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LockMode {
+    #[default]
+    Off,
+    /// Deletable before the date only by a principal with s3:BypassGovernanceRetention.
+    Governance,
+    /// Deletable before the date by nobody, the account's root included.
+    Compliance,
+}
+
+impl LockMode {
+    pub fn parse(s: &str) -> Option<LockMode> {
+        match s {
+            "off" => Some(LockMode::Off),
+            "governance" => Some(LockMode::Governance),
+            "compliance" => Some(LockMode::Compliance),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Off => "off",
+            LockMode::Governance => "governance",
+            LockMode::Compliance => "compliance",
+        }
+    }
+}
+
+/// Days added to a chain's planned life for its locks (a late full, a clock off by hours).
+pub const LOCK_MARGIN_DAYS: i64 = 7;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Settings {
     pub bucket: String,
@@ -101,6 +134,8 @@ pub struct S3Settings {
     pub profile: crate::provider::Profile,
     /// The chunk size asked for, where it was lowered to fit the provider's part limit.
     pub chunk_lowered_from: Option<u64>,
+    /// Object Lock of data objects and manifests (the pointer stays mutable).
+    pub object_lock: LockMode,
 }
 
 impl S3Settings {
@@ -111,6 +146,7 @@ impl S3Settings {
             sse: Some(self.sse),
             kms_key_id: self.kms_key_id.clone(),
             content_type: Some("application/octet-stream".into()),
+            lock: None,
         }
     }
 
@@ -121,6 +157,7 @@ impl S3Settings {
             sse: Some(self.sse),
             kms_key_id: self.kms_key_id.clone(),
             content_type: Some("application/json".into()),
+            lock: None,
         }
     }
 }

@@ -103,6 +103,7 @@ fn report(subvolume: &str, total: u64, uploaded: u64, reused: u64, resumed: bool
         reused_bytes: reused,
         resumed,
         seconds: 2.5,
+        retention_held: Vec::new(),
     }
 }
 

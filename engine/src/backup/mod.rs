@@ -71,6 +71,12 @@ pub enum BackupError {
     Abandoned { run: RunId, reason: String },
     #[error(transparent)]
     Seal(#[from] crate::seal::SealError),
+    #[error("[s3] object_lock = \"{mode}\" but bucket `{bucket}` has {missing}: Object Lock can only be turned on when a bucket is created (with versioning); create one with `aws s3api create-bucket --bucket NAME --object-lock-enabled-for-bucket` and point [s3] bucket at it, or set object_lock = \"off\" (nothing was uploaded)")]
+    NoObjectLock {
+        mode: &'static str,
+        bucket: String,
+        missing: &'static str,
+    },
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -117,9 +123,29 @@ pub struct Progress {
     /// for a restore); 0 when unknown.
     pub expected_bytes: AtomicU64,
     pub current: Mutex<String>,
+    /// Chains retention would delete but Object Lock still holds (`take_held`).
+    pub held: Mutex<Vec<HeldChain>>,
+}
+
+/// A chain retention is due to delete that Object Lock holds: deleted by the first backup
+/// after `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct HeldChain {
+    pub subvolume: String,
+    pub chain_id: String,
+    /// RFC 3339, UTC.
+    pub until: String,
 }
 
 impl Progress {
+    /// The held chains of `subvolume` noted since the last call.
+    pub fn take_held(&self, subvolume: &str) -> Vec<HeldChain> {
+        let mut all = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let (mine, rest): (Vec<_>, Vec<_>) = all.drain(..).partition(|h| h.subvolume == subvolume);
+        *all = rest;
+        mine
+    }
+
     pub fn set_current(&self, s: String) {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = s;
     }
@@ -158,6 +184,8 @@ pub struct RunReport {
     pub reused_bytes: u64,
     pub resumed: bool,
     pub seconds: f64,
+    /// Chains retention is due to delete that Object Lock holds, with the date it ends.
+    pub retention_held: Vec<HeldChain>,
 }
 
 pub struct Context {
@@ -176,12 +204,49 @@ impl Context {
         Keys::new(&self.settings.s3.prefix)
     }
 
-    fn chunk_opts(&self) -> PutOptions {
-        self.settings.s3.chunk_opts()
+    /// How the chunks of chain `chain_id` are stored (locked with `[s3] object_lock`).
+    fn chunk_opts(&self, chain_id: &str) -> PutOptions {
+        PutOptions {
+            lock: self.lock_for(chain_id),
+            ..self.settings.s3.chunk_opts()
+        }
     }
 
+    /// How pointers are stored: never locked, a pointer is rewritten by every backup.
     fn manifest_opts(&self) -> PutOptions {
         self.settings.s3.manifest_opts()
+    }
+
+    /// How manifests of chain `chain_id` are stored (locked with `[s3] object_lock`).
+    fn locked_manifest_opts(&self, chain_id: &str) -> PutOptions {
+        PutOptions {
+            lock: self.lock_for(chain_id),
+            ..self.settings.s3.manifest_opts()
+        }
+    }
+
+    /// The lock of every object of a chain: one date for the whole chain, its planned life
+    /// (`plan::chain_lock_until`); a resumed run or a later incremental gets the same.
+    fn lock_for(&self, chain_id: &str) -> Option<crate::store::Lock> {
+        let mode = self.settings.s3.object_lock;
+        if mode == crate::settings::LockMode::Off {
+            return None;
+        }
+        let until = crate::plan::chain_lock_until(
+            chain_id,
+            &self.settings.schedule,
+            self.settings.retention.keep_chains,
+        )
+        // Not a timestamp (never made by this tool): from now, which locks longer.
+        .unwrap_or_else(|| {
+            self.clock.now()
+                + chrono::Duration::days(
+                    crate::plan::chain_life_days(&self.settings.schedule)
+                        * self.settings.retention.keep_chains.max(1) as i64
+                        + crate::settings::LOCK_MARGIN_DAYS,
+                )
+        });
+        Some(crate::store::Lock { mode, until })
     }
 
     fn state(&self, run: RunId) -> Result<RunState, BackupError> {
@@ -344,6 +409,7 @@ impl Context {
                 reused_bytes: reused,
                 resumed,
                 seconds: started.elapsed().as_secs_f64(),
+                retention_held: self.progress.take_held(&p.subvolume),
             });
         }
     }

@@ -34,7 +34,28 @@ impl Context {
             }
         };
         clock_check(ahead)?;
-        Ok(())
+        self.check_object_lock().await
+    }
+
+    /// With `[s3] object_lock`, the bucket must have versioning and Object Lock on: checked
+    /// before any snapshot or upload.
+    pub(super) async fn check_object_lock(&self) -> Result<(), BackupError> {
+        let mode = self.settings.s3.object_lock;
+        if mode == crate::settings::LockMode::Off {
+            return Ok(());
+        }
+        let b = self.store.bucket_lock().await?;
+        let missing = match (b.versioning, b.object_lock) {
+            (true, true) => return Ok(()),
+            (false, false) => "neither versioning nor Object Lock",
+            (true, false) => "no Object Lock",
+            (false, true) => "no versioning",
+        };
+        Err(BackupError::NoObjectLock {
+            mode: mode.as_str(),
+            bucket: self.store.bucket().to_string(),
+            missing,
+        })
     }
 
     /// `preflight` without creating anything (for `--dry-run`).

@@ -40,9 +40,21 @@ impl Context {
             }
             .into());
         }
+        // Every chunk the manifest names is locked before the manifest is: a server that
+        // ignored CreateMultipartUpload's lock headers (moto) locks it now. Idempotent, so a
+        // resume repeats it.
+        if let Some(lock) = self.lock_for(&st.planned.chain_id) {
+            for c in &m.chunks {
+                self.store.set_retention(&c.key, lock).await?;
+            }
+        }
         failpoint!("before-manifest");
         self.store
-            .put_object(&key, Bytes::from(json), &self.manifest_opts())
+            .put_object(
+                &key,
+                Bytes::from(json),
+                &self.locked_manifest_opts(&st.planned.chain_id),
+            )
             .await?;
         failpoint!("after-manifest");
         self.append(

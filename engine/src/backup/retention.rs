@@ -97,16 +97,62 @@ impl Context {
             self.settings.retention.keep_chains,
             Some(&p.chain_id),
         );
+        // With Object Lock the bucket is versioned: a chain goes when every version of it
+        // can, all at once (its versions deleted, not hidden behind delete markers); while a
+        // lock holds any of it the whole chain stays, and the date is reported.
+        let versioned = self.settings.s3.object_lock != crate::settings::LockMode::Off;
         for chain in doomed.iter().filter(|c| !open_chains.contains(*c)) {
             let chain_prefix = format!("{sv_prefix}{chain}/");
+            let versions = if versioned {
+                let versions = self.store.list_versions(&chain_prefix).await?;
+                let mut dates = Vec::new();
+                for v in versions.iter().filter(|v| !v.delete_marker) {
+                    dates.push(self.store.retain_until(&v.key, &v.version_id).await?);
+                }
+                if let Some(until) = plan::held_until(&dates, self.clock.now()) {
+                    let until = until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                    tracing::warn!(
+                        "retention: chain {chain} of {} is due for deletion but Object Lock holds it until {until}; the first backup after then deletes it",
+                        p.subvolume
+                    );
+                    self.progress
+                        .held
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(super::HeldChain {
+                            subvolume: p.subvolume.clone(),
+                            chain_id: chain.clone(),
+                            until,
+                        });
+                    continue;
+                }
+                Some(versions)
+            } else {
+                None
+            };
             for u in self.store.list_uploads(&chain_prefix).await? {
                 self.store.abort_multipart(&u.key, &u.upload_id).await?;
             }
             let mut deleted = Vec::new();
-            for k in plan::deletion_order(&objects, &chain_prefix) {
-                self.store.delete(&k).await?;
-                failpoint!("after-prune-object");
-                deleted.push(k);
+            match &versions {
+                None => {
+                    for k in plan::deletion_order(&objects, &chain_prefix) {
+                        self.store.delete(&k).await?;
+                        failpoint!("after-prune-object");
+                        deleted.push(k);
+                    }
+                }
+                Some(versions) => {
+                    let keys: BTreeSet<String> = versions.iter().map(|v| v.key.clone()).collect();
+                    let keys: Vec<String> = keys.into_iter().collect();
+                    for k in plan::deletion_order(&keys, &chain_prefix) {
+                        for v in versions.iter().filter(|v| v.key == k) {
+                            self.store.delete_version(&k, &v.version_id).await?;
+                        }
+                        failpoint!("after-prune-object");
+                        deleted.push(k);
+                    }
+                }
             }
             self.append(run, Transition::RemotePruned { keys: deleted })?;
         }

@@ -218,7 +218,7 @@ impl Context {
         type Done = Result<(Transition, u64, Bytes), PartFailed>;
         let p = view.planned.clone();
         let keys = self.keys();
-        let opts = self.chunk_opts();
+        let opts = self.chunk_opts(&p.chain_id);
         let mut inflight: JoinSet<Done> = JoinSet::new();
 
         let settle = |done: Done, view: &mut RunState| -> Result<(), BackupError> {

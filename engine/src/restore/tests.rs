@@ -113,6 +113,25 @@ impl ObjectStore for ThawingStore {
     async fn delete(&self, _: &str) -> Result<(), StoreError> {
         Err(unsupported("delete"))
     }
+    async fn list_versions(&self, _: &str) -> Result<Vec<crate::store::VersionInfo>, StoreError> {
+        Err(unsupported("list_versions"))
+    }
+    async fn delete_version(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Err(unsupported("delete_version"))
+    }
+    async fn retain_until(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        Err(unsupported("retain_until"))
+    }
+    async fn bucket_lock(&self) -> Result<crate::store::BucketLock, StoreError> {
+        Err(unsupported("bucket_lock"))
+    }
+    async fn set_retention(&self, _: &str, _: crate::store::Lock) -> Result<(), StoreError> {
+        Err(unsupported("set_retention"))
+    }
 }
 
 fn restorer(state: &Path, thaw_after: u32, timeout: Duration) -> (Restorer, Arc<ThawingStore>) {
@@ -155,6 +174,7 @@ fn restorer(state: &Path, thaw_after: u32, timeout: Duration) -> (Restorer, Arc<
             checksum: Default::default(),
             profile: crate::provider::Provider::Aws.profile(crate::provider::Source::Default),
             chunk_lowered_from: None,
+            object_lock: Default::default(),
         },
         schedule: Default::default(),
         retention: Retention::default(),

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    CompletePart, ObjectInfo, ObjectStore, OpenUpload, PutOptions, StoreError, StoreErrorKind,
-    UploadedPart,
+    BucketLock, CompletePart, ObjectInfo, ObjectStore, OpenUpload, PutOptions, StoreError,
+    StoreErrorKind, UploadedPart, VersionInfo,
 };
 use crate::crash::CrashPlan;
 use crate::machine::Keys;
@@ -149,6 +149,27 @@ impl ObjectStore for PrefixGuard {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.check("DeleteObject", key)?;
         self.inner.delete(key).await
+    }
+    async fn list_versions(&self, prefix: &str) -> Result<Vec<VersionInfo>, StoreError> {
+        self.inner.list_versions(prefix).await
+    }
+    async fn delete_version(&self, key: &str, version_id: &str) -> Result<(), StoreError> {
+        self.check("DeleteObject", key)?;
+        self.inner.delete_version(key, version_id).await
+    }
+    async fn retain_until(
+        &self,
+        key: &str,
+        version_id: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        self.inner.retain_until(key, version_id).await
+    }
+    async fn bucket_lock(&self) -> Result<BucketLock, StoreError> {
+        self.inner.bucket_lock().await
+    }
+    async fn set_retention(&self, key: &str, lock: super::Lock) -> Result<(), StoreError> {
+        self.check("PutObjectRetention", key)?;
+        self.inner.set_retention(key, lock).await
     }
 }
 
@@ -294,6 +315,42 @@ impl ObjectStore for CrashingStore {
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.call("DeleteObject", key, self.inner.delete(key)).await
+    }
+    async fn list_versions(&self, prefix: &str) -> Result<Vec<VersionInfo>, StoreError> {
+        self.call(
+            "ListObjectVersions",
+            prefix,
+            self.inner.list_versions(prefix),
+        )
+        .await
+    }
+    async fn delete_version(&self, key: &str, version_id: &str) -> Result<(), StoreError> {
+        self.call(
+            "DeleteObject",
+            key,
+            self.inner.delete_version(key, version_id),
+        )
+        .await
+    }
+    async fn retain_until(
+        &self,
+        key: &str,
+        version_id: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        self.call("HeadObject", key, self.inner.retain_until(key, version_id))
+            .await
+    }
+    async fn bucket_lock(&self) -> Result<BucketLock, StoreError> {
+        self.call("GetObjectLockConfiguration", "", self.inner.bucket_lock())
+            .await
+    }
+    async fn set_retention(&self, key: &str, lock: super::Lock) -> Result<(), StoreError> {
+        self.call(
+            "PutObjectRetention",
+            key,
+            self.inner.set_retention(key, lock),
+        )
+        .await
     }
 }
 

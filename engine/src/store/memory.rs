@@ -399,6 +399,54 @@ impl ObjectStore for MemoryStore {
         st.objects.remove(key);
         Ok(())
     }
+
+    /// An unversioned bucket: each object is its one version, "null".
+    async fn list_versions(&self, prefix: &str) -> Result<Vec<super::VersionInfo>, StoreError> {
+        let mut st = self.state();
+        self.record(&mut st, "ListObjectVersions", prefix);
+        Ok(st
+            .objects
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, o)| super::VersionInfo {
+                key: k.clone(),
+                version_id: "null".into(),
+                delete_marker: false,
+                size: o.data.len() as u64,
+                latest: true,
+                modified: None,
+            })
+            .collect())
+    }
+
+    async fn delete_version(&self, key: &str, version_id: &str) -> Result<(), StoreError> {
+        let mut st = self.state();
+        self.record(&mut st, "DeleteObject", key);
+        if version_id == "null" {
+            st.objects.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn retain_until(
+        &self,
+        key: &str,
+        _version_id: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        let mut st = self.state();
+        self.record(&mut st, "HeadObject", key);
+        Ok(None)
+    }
+
+    async fn bucket_lock(&self) -> Result<super::BucketLock, StoreError> {
+        Ok(super::BucketLock::default())
+    }
+
+    async fn set_retention(&self, key: &str, _lock: super::Lock) -> Result<(), StoreError> {
+        let mut st = self.state();
+        self.record(&mut st, "PutObjectRetention", key);
+        Ok(())
+    }
 }
 
 fn info(key: &str, o: &Object) -> ObjectInfo {

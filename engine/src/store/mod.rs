@@ -73,6 +73,35 @@ pub struct PutOptions {
     pub sse: Option<Sse>,
     pub kms_key_id: Option<String>,
     pub content_type: Option<String>,
+    /// S3 Object Lock: the mode and retain-until date the object is written with.
+    pub lock: Option<Lock>,
+}
+
+/// An Object Lock retention: no version of the object can be deleted or overwritten before
+/// `until` (governance: except by a principal allowed to bypass it; compliance: by nobody).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lock {
+    pub mode: crate::settings::LockMode,
+    pub until: chrono::DateTime<chrono::Utc>,
+}
+
+/// One version of an object in a versioned bucket (ListObjectVersions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub key: String,
+    pub version_id: String,
+    pub delete_marker: bool,
+    pub size: u64,
+    pub latest: bool,
+    /// Seconds since the epoch (LastModified), when the server said.
+    pub modified: Option<i64>,
+}
+
+/// The bucket's versioning and Object Lock, as the server reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BucketLock {
+    pub versioning: bool,
+    pub object_lock: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +197,21 @@ pub trait ObjectStore: Send + Sync {
     async fn head_object(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError>;
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Every version and delete marker under `prefix` (a versioned bucket).
+    async fn list_versions(&self, prefix: &str) -> Result<Vec<VersionInfo>, StoreError>;
+    /// Deletes one version (or delete marker) for good.
+    async fn delete_version(&self, key: &str, version_id: &str) -> Result<(), StoreError>;
+    /// The Object Lock retain-until date of one version, if it has one.
+    async fn retain_until(
+        &self,
+        key: &str,
+        version_id: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError>;
+    /// The bucket's versioning and Object Lock configuration.
+    async fn bucket_lock(&self) -> Result<BucketLock, StoreError>;
+    /// Sets the retention of an object's current version (PutObjectRetention): a server
+    /// that ignored CreateMultipartUpload's lock headers still locks the chunk.
+    async fn set_retention(&self, key: &str, lock: Lock) -> Result<(), StoreError>;
 }
 
 /// How long after creating an upload a NoSuchUpload for it may be the server not showing it

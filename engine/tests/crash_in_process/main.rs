@@ -635,6 +635,36 @@ impl ObjectStore for ChangesUnderfoot {
     async fn delete(&self, key: &str) -> Result<(), engine::store::StoreError> {
         self.inner.delete(key).await
     }
+    async fn list_versions(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<engine::store::VersionInfo>, engine::store::StoreError> {
+        self.inner.list_versions(prefix).await
+    }
+    async fn delete_version(
+        &self,
+        key: &str,
+        version_id: &str,
+    ) -> Result<(), engine::store::StoreError> {
+        self.inner.delete_version(key, version_id).await
+    }
+    async fn retain_until(
+        &self,
+        key: &str,
+        version_id: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, engine::store::StoreError> {
+        self.inner.retain_until(key, version_id).await
+    }
+    async fn bucket_lock(&self) -> Result<engine::store::BucketLock, engine::store::StoreError> {
+        self.inner.bucket_lock().await
+    }
+    async fn set_retention(
+        &self,
+        key: &str,
+        lock: engine::store::Lock,
+    ) -> Result<(), engine::store::StoreError> {
+        self.inner.set_retention(key, lock).await
+    }
 }
 
 /// A chunk deleted, or rewritten with other bytes of the same size, while a restore reads it:

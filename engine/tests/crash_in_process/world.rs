@@ -96,6 +96,7 @@ impl World {
                 checksum: Default::default(),
                 profile: engine::provider::Provider::Aws.profile(engine::provider::Source::Default),
                 chunk_lowered_from: None,
+                object_lock: Default::default(),
             },
             schedule: Schedule::default(),
             retention,

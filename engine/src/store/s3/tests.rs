@@ -136,6 +136,15 @@ fn provider_refusals_name_the_limit_not_an_outage() {
         None
     );
     assert_eq!(provider_refusal(Some(503), "SlowDown", "checksum"), None);
+    // A checksum asked for (Object Lock) is not a checksum refused.
+    assert_eq!(
+        r(
+            400,
+            "MissingUploadObjectWithObjectLockHeaders",
+            "Content-MD5 or x-amz-sdk-checksum-algorithm header required"
+        ),
+        None
+    );
 }
 
 #[test]
