@@ -273,11 +273,16 @@ async fn s3_probes(store: &Arc<dyn ObjectStore>, settings: &Settings, out: &mut 
     };
     let keys = engine::machine::Keys::new(&settings.s3.prefix);
     let dir = format!("{}.check/", keys.subvolume_prefix(&sv.name));
-    let key = format!(
-        "{dir}probe-{}-{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp()
-    );
+    // Append-only credentials cannot delete: one fixed probe, overwritten by every check.
+    let key = if settings.s3.append_only {
+        format!("{dir}probe")
+    } else {
+        format!(
+            "{dir}probe-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp()
+        )
+    };
     let body = bytes::Bytes::from_static(b"btrfs-to-s3 check probe\n");
     let s3 = &settings.s3;
     if let Err(e) = store
@@ -313,10 +318,17 @@ async fn s3_probes(store: &Arc<dyn ObjectStore>, settings: &Settings, out: &mut 
             ),
             Err(e) => fail("list", "s3:ListBucket", &e),
         });
-        out.push(match store.delete(&key).await {
-            Ok(()) => Check::ok("delete", "the probe is gone"),
-            Err(e) => fail("delete", "s3:DeleteObject", &e),
-        });
+        if settings.s3.append_only {
+            out.push(Check::ok(
+                "delete",
+                format!("not tried: append_only (the probe stays as {key}; `prune` needs s3:DeleteObject)"),
+            ));
+        } else {
+            out.push(match store.delete(&key).await {
+                Ok(()) => Check::ok("delete", "the probe is gone"),
+                Err(e) => fail("delete", "s3:DeleteObject", &e),
+            });
+        }
     }
     let mkey = format!("{key}.multipart");
     match store.create_multipart(&mkey, &s3.chunk_opts()).await {

@@ -144,6 +144,14 @@ struct RawS3 {
     min_part_size: Option<Spanned<Size>>,
     max_part_size: Option<Spanned<Size>>,
     object_lock: Option<Spanned<String>>,
+    #[serde(default)]
+    append_only: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPrune {
+    profile: Option<Spanned<String>>,
 }
 
 fn default_region() -> String {
@@ -206,6 +214,8 @@ struct RawConfig {
     #[serde(default)]
     restore: RawRestore,
     encryption: Option<RawEncryption>,
+    #[serde(default)]
+    prune: RawPrune,
 }
 
 fn span_of<T>(s: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
@@ -613,6 +623,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             ));
         }
     }
+    let prune_profile = match &raw.prune.profile {
+        Some(p) if p.get_ref().trim().is_empty() || p.get_ref().contains(['[', ']', '\n']) => {
+            return Err(invalid_at(
+                Some(p.span()),
+                format!("[prune] profile `{}` is not a profile name", p.get_ref()),
+                "name a section of the AWS credentials file, e.g. profile = \"prune\" for [prune]"
+                    .into(),
+            ))
+        }
+        p => p.as_ref().map(|p| p.get_ref().trim().to_string()),
+    };
     let lock_path = raw.lock_path.unwrap_or_else(|| raw.state_dir.join("lock"));
     let defaults = engine::plan::Schedule::default();
     let max_chain_length = raw
@@ -723,6 +744,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             profile,
             chunk_lowered_from: sizing.chunk_lowered_from,
             object_lock,
+            append_only: s3.append_only,
+            aws_profile: None,
         },
         schedule,
         retention,
@@ -730,6 +753,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         metrics_file: raw.metrics_file.map(Spanned::into_inner),
         compression,
         encryption,
+        prune_profile,
     })
 }
 

@@ -301,6 +301,10 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
             "list.schema.json",
             schemars::schema_for!(engine::listing::Listing),
         ),
+        (
+            "prune.schema.json",
+            schemars::schema_for!(crate::prune::PruneDoc),
+        ),
     ]
 }
 

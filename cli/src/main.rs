@@ -10,6 +10,7 @@ mod lock;
 mod metrics;
 mod output;
 mod progress;
+mod prune;
 
 use commands::{backup, plan_only, rebuild};
 use failure::{code_for, code_for_restore, code_for_store, exit, journal_failure, Failure};
@@ -147,6 +148,21 @@ enum Command {
     /// and whether each is restorable (all its objects and its parents' are there).
     #[command(after_help = "Examples:\n  btrfs-to-s3 list --json")]
     List,
+    /// Retention in S3 on its own, for backups made with `[s3] append_only = true`: deletes
+    /// the chains retention is due to delete (not before their Object Lock ends: the date is
+    /// printed), the objects of runs that never published, and stale multipart uploads. Uses
+    /// the credentials of `[prune] profile` (an AWS profile allowed s3:DeleteObject).
+    #[command(
+        after_help = "Examples:\n  btrfs-to-s3 prune --dry-run (what would be deleted)\n  btrfs-to-s3 prune --subvolume home --json"
+    )]
+    Prune {
+        /// Only this subvolume (repeatable); default: every configured one.
+        #[arg(long = "subvolume", value_name = "NAME")]
+        subvolumes: Vec<String>,
+        /// Print what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Continue every unfinished run from its last committed part.
     #[command(
         after_help = "Examples:\n  btrfs-to-s3 resume (after a crash, a reboot or a lost link)"
@@ -356,6 +372,26 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     match &cli.command {
         Command::CheckConfig => {
             output::print_settings(&settings, cli.json);
+            Ok(exit::OK)
+        }
+        Command::Prune {
+            subvolumes,
+            dry_run,
+        } => {
+            let chosen = select(&settings, subvolumes)?;
+            let mut settings = settings.clone();
+            if let Some(p) = settings.prune_profile.clone() {
+                settings.s3.aws_profile = Some(p);
+            }
+            let store = connect(&settings).await;
+            let doc = prune::run(&settings, store.as_ref(), &chosen, *dry_run)
+                .await
+                .map_err(|e| Failure::new(failure::code_for(&e), e.to_string()))?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            } else {
+                prune::print(&doc);
+            }
             Ok(exit::OK)
         }
         Command::Check => {

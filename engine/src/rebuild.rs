@@ -98,12 +98,13 @@ pub async fn rebuild(
             if keys_in_dir.contains(&mkey) {
                 let m = fetch::manifest(store, &keys, &sv.name, &mkey).await?;
                 manifests.push((mkey, m));
-            } else {
+            } else if !settings.s3.append_only {
                 for k in keys_in_dir {
                     store.delete(k).await?;
                     report.deleted_objects.push(k.clone());
                 }
             }
+            // Append-only: the debris stays for `btrfs-to-s3 prune`.
         }
         for u in store.list_uploads(&prefix).await? {
             store.abort_multipart(&u.key, &u.upload_id).await?;

@@ -136,6 +136,11 @@ pub struct S3Settings {
     pub chunk_lowered_from: Option<u64>,
     /// Object Lock of data objects and manifests (the pointer stays mutable).
     pub object_lock: LockMode,
+    /// Backup never deletes in S3 (its credentials need no s3:DeleteObject): retention
+    /// is left to `prune`, uploads are aborted, debris is left for `prune`.
+    pub append_only: bool,
+    /// An AWS profile whose credentials are used alone (None: the standard chain).
+    pub aws_profile: Option<String>,
 }
 
 impl S3Settings {
@@ -220,6 +225,8 @@ pub struct Settings {
     pub compression: crate::codec::Compression,
     /// Each stored part sealed to age recipients (`seal`); None: stored in clear.
     pub encryption: Option<Encryption>,
+    /// `[prune] profile`: the AWS profile `prune` uses (its own, deleting credentials).
+    pub prune_profile: Option<String>,
 }
 
 /// `[encryption]`: backup needs only the recipients (public keys); restore and `verify

@@ -67,7 +67,7 @@ fn garage_backup_survives_each_fault_on_each_operation() {
         .copied()
         .filter(|op| proxy.forwarded(*op).0 > 0)
         .collect();
-    for op in [Op::Create, Op::Part, Op::Complete, Op::Put, Op::Head] {
+    for op in [Op::Create, Op::Part, Op::Complete, Op::Put, Op::List] {
         assert!(used.contains(&op), "a backup made no {op:?} request");
     }
     let mut resumed = Vec::new();
@@ -374,7 +374,7 @@ fn lost_create_reply_leaves_no_upload_behind() {
 fn moto_backup_survives_lost_replies_and_resets() {
     let s = Setup::new(Flavor::Moto, setup_opts());
     let proxy = s.through_proxy();
-    for op in [Op::Create, Op::Part, Op::Complete, Op::Put, Op::Head] {
+    for op in [Op::Create, Op::Part, Op::Complete, Op::Put, Op::List] {
         for fault in [Fault::LoseReply, Fault::ResetMidResponse, Fault::Reply(503)] {
             let case = format!("moto {} {}", op.name(), fault.name());
             proxy.set_rules(vec![Rule::once(op, fault)]);

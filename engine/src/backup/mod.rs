@@ -32,7 +32,7 @@ use crate::store::{ObjectStore, PutOptions, StoreError, StoreFactory};
 mod outage;
 mod planning;
 mod publish;
-mod retention;
+pub mod retention;
 mod upload;
 
 pub use outage::OutageWait;
@@ -304,8 +304,11 @@ impl Context {
         for (key, id) in st.open_uploads() {
             store.abort_multipart(&key, &id).await?;
         }
-        for o in store.list(&prefix).await? {
-            store.delete(&o.key).await?;
+        // Append-only: what the run uploaded stays for `prune` (no manifest names it).
+        if !self.settings.s3.append_only {
+            for o in store.list(&prefix).await? {
+                store.delete(&o.key).await?;
+            }
         }
         // The journal names the snapshot; only a subvolume named `<subvolume>.<backup id>`,
         // in the directory the run made it in, is deleted.
@@ -443,8 +446,12 @@ impl Context {
                             self.store.abort_multipart(&c.key, &c.upload_id).await?;
                             // An object completed earlier at this key is stale now: left,
                             // a later adoption could take it for the new chunk. No
-                            // manifest names it yet (the key is this run's own).
-                            self.store.delete(&c.key).await?;
+                            // manifest names it yet (the key is this run's own). Append-only
+                            // credentials cannot delete: the new upload overwrites it, and
+                            // adoption checks the multipart ETag where parts have MD5s.
+                            if !self.settings.s3.append_only {
+                                self.store.delete(&c.key).await?;
+                            }
                         }
                         tracing::warn!(run, chunk, %reason, "restarting chunk");
                         self.append(run, Transition::ChunkRestarted { chunk, reason })?;

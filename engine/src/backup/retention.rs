@@ -85,76 +85,26 @@ impl Context {
         failpoint!("before-prune-remote");
         let keys = self.keys();
         let sv_prefix = keys.subvolume_prefix(&p.subvolume);
-        let objects: Vec<String> = self
-            .store
-            .list(&sv_prefix)
-            .await?
-            .into_iter()
-            .map(|o| o.key)
-            .collect();
-        let doomed = plan::chains_to_delete(
-            &plan::chain_views(&objects, &sv_prefix),
-            self.settings.retention.keep_chains,
-            Some(&p.chain_id),
-        );
-        // With Object Lock the bucket is versioned: a chain goes when every version of it
-        // can, all at once (its versions deleted, not hidden behind delete markers); while a
-        // lock holds any of it the whole chain stays, and the date is reported.
-        let versioned = self.settings.s3.object_lock != crate::settings::LockMode::Off;
-        for chain in doomed.iter().filter(|c| !open_chains.contains(*c)) {
-            let chain_prefix = format!("{sv_prefix}{chain}/");
-            let versions = if versioned {
-                let versions = self.store.list_versions(&chain_prefix).await?;
-                let mut dates = Vec::new();
-                for v in versions.iter().filter(|v| !v.delete_marker) {
-                    dates.push(self.store.retain_until(&v.key, &v.version_id).await?);
-                }
-                if let Some(until) = plan::held_until(&dates, self.clock.now()) {
-                    let until = until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-                    tracing::warn!(
-                        "retention: chain {chain} of {} is due for deletion but Object Lock holds it until {until}; the first backup after then deletes it",
-                        p.subvolume
-                    );
-                    self.progress
-                        .held
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(super::HeldChain {
-                            subvolume: p.subvolume.clone(),
-                            chain_id: chain.clone(),
-                            until,
-                        });
-                    continue;
-                }
-                Some(versions)
-            } else {
-                None
-            };
-            for u in self.store.list_uploads(&chain_prefix).await? {
-                self.store.abort_multipart(&u.key, &u.upload_id).await?;
-            }
-            let mut deleted = Vec::new();
-            match &versions {
-                None => {
-                    for k in plan::deletion_order(&objects, &chain_prefix) {
-                        self.store.delete(&k).await?;
-                        failpoint!("after-prune-object");
-                        deleted.push(k);
-                    }
-                }
-                Some(versions) => {
-                    let keys: BTreeSet<String> = versions.iter().map(|v| v.key.clone()).collect();
-                    let keys: Vec<String> = keys.into_iter().collect();
-                    for k in plan::deletion_order(&keys, &chain_prefix) {
-                        for v in versions.iter().filter(|v| v.key == k) {
-                            self.store.delete_version(&k, &v.version_id).await?;
-                        }
-                        failpoint!("after-prune-object");
-                        deleted.push(k);
-                    }
-                }
-            }
-            self.append(run, Transition::RemotePruned { keys: deleted })?;
+        if self.settings.s3.append_only {
+            // These credentials may not delete: `btrfs-to-s3 prune` does, with its own.
+            tracing::info!("append_only: retention in S3 is left to `btrfs-to-s3 prune`");
+        } else {
+            let held = prune_chains(
+                self.store.as_ref(),
+                &self.settings,
+                self.clock.now(),
+                &p.subvolume,
+                &p.chain_id,
+                &open_chains,
+                false,
+                &mut |_, deleted| self.append(run, Transition::RemotePruned { keys: deleted }),
+            )
+            .await?;
+            self.progress
+                .held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(held);
         }
         // Stray uploads: under this subvolume, unknown to every open run, old enough.
         // An open run whose journal cannot be folded fails the step: its uploads must not be
@@ -188,4 +138,117 @@ impl Context {
         failpoint!("after-prune-remote");
         self.append(run, Transition::PruningDone)
     }
+}
+
+/// Hears each chain deleted (its id and keys).
+pub type OnChain<'a> = dyn FnMut(&str, Vec<String>) -> Result<(), BackupError> + Send + 'a;
+
+/// Remote retention of one subvolume: deletes the chains `plan::chains_to_delete` names
+/// (keeping `keep_chains` published ones up to `pointer_chain`), except `protected` ones;
+/// `on_chain` hears each chain deleted with its keys. With Object Lock the bucket is
+/// versioned: a chain goes when every version of it can, all at once (its versions deleted,
+/// not hidden behind delete markers); while a lock holds any of it, the whole chain stays and
+/// is returned with the date. `dry_run`: nothing deleted, `on_chain` hears what would be.
+#[allow(clippy::too_many_arguments)]
+pub async fn prune_chains(
+    store: &dyn crate::store::ObjectStore,
+    settings: &crate::settings::Settings,
+    now: chrono::DateTime<chrono::Utc>,
+    subvolume: &str,
+    pointer_chain: &str,
+    protected: &BTreeSet<String>,
+    dry_run: bool,
+    on_chain: &mut OnChain<'_>,
+) -> Result<Vec<super::HeldChain>, BackupError> {
+    let keys = crate::machine::Keys::new(&settings.s3.prefix);
+    let sv_prefix = keys.subvolume_prefix(subvolume);
+    let objects: Vec<String> = store
+        .list(&sv_prefix)
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    let doomed = plan::chains_to_delete(
+        &plan::chain_views(&objects, &sv_prefix),
+        settings.retention.keep_chains,
+        Some(pointer_chain),
+    );
+    let mut held = Vec::new();
+    for chain in doomed.iter().filter(|c| !protected.contains(*c)) {
+        let chain_prefix = format!("{sv_prefix}{chain}/");
+        match delete_under(store, settings, now, &objects, &chain_prefix, dry_run).await? {
+            Deleted::Held(until) => {
+                let until = until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                tracing::warn!(
+                    "retention: chain {chain} of {subvolume} is due for deletion but Object Lock holds it until {until}; the first backup after then deletes it"
+                );
+                held.push(super::HeldChain {
+                    subvolume: subvolume.to_string(),
+                    chain_id: chain.clone(),
+                    until,
+                });
+            }
+            Deleted::Keys(deleted) => on_chain(chain, deleted)?,
+        }
+    }
+    Ok(held)
+}
+
+pub enum Deleted {
+    Keys(Vec<String>),
+    Held(chrono::DateTime<chrono::Utc>),
+}
+
+/// Deletes everything under `prefix` (uploads aborted first, manifests before chunks), or,
+/// in a bucket with Object Lock, every version of it once none is locked.
+pub async fn delete_under(
+    store: &dyn crate::store::ObjectStore,
+    settings: &crate::settings::Settings,
+    now: chrono::DateTime<chrono::Utc>,
+    objects: &[String],
+    prefix: &str,
+    dry_run: bool,
+) -> Result<Deleted, BackupError> {
+    let versioned = settings.s3.object_lock != crate::settings::LockMode::Off;
+    let versions = if versioned {
+        let versions = store.list_versions(prefix).await?;
+        let mut dates = Vec::new();
+        for v in versions.iter().filter(|v| !v.delete_marker) {
+            dates.push(store.retain_until(&v.key, &v.version_id).await?);
+        }
+        if let Some(until) = plan::held_until(&dates, now) {
+            return Ok(Deleted::Held(until));
+        }
+        Some(versions)
+    } else {
+        None
+    };
+    let keys: Vec<String> = match &versions {
+        None => objects.to_vec(),
+        Some(v) => {
+            let set: BTreeSet<String> = v.iter().map(|v| v.key.clone()).collect();
+            set.into_iter().collect()
+        }
+    };
+    let order = plan::deletion_order(&keys, prefix);
+    if dry_run {
+        return Ok(Deleted::Keys(order));
+    }
+    for u in store.list_uploads(prefix).await? {
+        store.abort_multipart(&u.key, &u.upload_id).await?;
+    }
+    let mut deleted = Vec::new();
+    for k in order {
+        match &versions {
+            None => store.delete(&k).await?,
+            Some(versions) => {
+                for v in versions.iter().filter(|v| v.key == k) {
+                    store.delete_version(&k, &v.version_id).await?;
+                }
+            }
+        }
+        failpoint!("after-prune-object");
+        deleted.push(k);
+    }
+    Ok(Deleted::Keys(deleted))
 }

@@ -340,16 +340,17 @@ impl Context {
                         // adopt the object when S3 has it whole.
                         ChunkEndAction::AdoptIfComplete => {
                             let head = self.store.head_object(&c.key).await?;
+                            let etags: Vec<&str> =
+                                c.parts.values().map(|r| r.etag.as_str()).collect();
                             decide_adoption(
                                 head.map(|o| (o.size, o.etag)),
                                 c.stored_size(),
-                                c.parts.len(),
+                                &etags,
                                 &c.upload_id,
                             )
                             .map_err(|reason| BackupError::RestartChunk { chunk, reason })?
                         }
                         ChunkEndAction::Complete(parts) => {
-                            let count = parts.len();
                             let parts: Vec<CompletePart> = parts
                                 .into_iter()
                                 .map(|(part_number, etag, crc32c)| CompletePart {
@@ -371,10 +372,12 @@ impl Context {
                                 // the object whole is adopted, else the chunk starts over.
                                 Err(e) if e.kind == StoreErrorKind::NoSuchUpload => {
                                     let head = self.store.head_object(&c.key).await?;
+                                    let etags: Vec<&str> =
+                                        parts.iter().map(|p| p.etag.as_str()).collect();
                                     decide_adoption(
                                         head.map(|o| (o.size, o.etag)),
                                         c.stored_size(),
-                                        count,
+                                        &etags,
                                         &c.upload_id,
                                     )
                                     .map_err(|reason| {

@@ -501,25 +501,64 @@ pub fn same_etag(a: &str, b: &str) -> bool {
 pub fn decide_adoption(
     head: Option<(u64, Option<String>)>,
     size: u64,
-    parts: usize,
+    part_etags: &[&str],
     upload_id: &str,
 ) -> Result<String, String> {
+    let parts = part_etags.len();
     match head {
         // A multipart object's ETag ends in -<parts> on every S3 we know; a plain one (no
-        // dash) is accepted too, since some servers do not follow that convention.
+        // dash) is accepted too, since some servers do not follow that convention. Where
+        // the parts' ETags are MD5s, the object's must be the one they make: an object left
+        // at the key by an earlier attempt (append-only runs never delete it) is not adopted.
         Some((s, etag)) if s == size => {
             let etag = etag.unwrap_or_default();
             match etag_part_count(&etag) {
                 Some(n) if n != parts.to_string() => Err(format!(
                     "the object left by upload {upload_id} has {n} parts where {parts} were committed"
                 )),
-                _ => Ok(etag),
+                Some(_) => match multipart_etag(part_etags) {
+                    Some(want) if looks_like_md5_etag(&etag) && !same_etag(&etag, &want) => {
+                        Err(format!(
+                            "the object at the key (ETag {etag}) is not the one upload {upload_id}'s parts make ({want})"
+                        ))
+                    }
+                    _ => Ok(etag),
+                },
+                None => Ok(etag),
             }
         }
         _ => Err(format!(
             "upload {upload_id} is gone from S3 and no complete object replaced it"
         )),
     }
+}
+
+/// `<32 hex>-<n>`: an ETag in S3's multipart form.
+fn looks_like_md5_etag(etag: &str) -> bool {
+    etag.trim_matches('"')
+        .split_once('-')
+        .is_some_and(|(h, n)| {
+            h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()) && n.parse::<u32>().is_ok()
+        })
+}
+
+/// The ETag S3 gives the object made of parts with these ETags: the MD5 of their binary
+/// MD5s, `-<count>`. None where a part's ETag is not an MD5 (providers with opaque ETags).
+pub fn multipart_etag(part_etags: &[&str]) -> Option<String> {
+    use md5::Digest;
+    let mut all = Vec::with_capacity(16 * part_etags.len());
+    for e in part_etags {
+        let h = e.trim_matches('"');
+        if h.len() != 32 {
+            return None;
+        }
+        all.extend(hex::decode(h).ok()?);
+    }
+    Some(format!(
+        "\"{}-{}\"",
+        hex::encode(md5::Md5::digest(&all)),
+        part_etags.len()
+    ))
 }
 
 /// At the end of the regenerated stream: chunks past its end (left by an earlier, longer

@@ -151,6 +151,7 @@ fn restorer(state: &Path, thaw_after: u32, timeout: Duration) -> (Restorer, Arc<
         metrics_file: None,
         compression: crate::codec::Compression::Off,
         encryption: None,
+        prune_profile: None,
         s3: S3Settings {
             bucket: "fake".into(),
             region: "us-east-1".into(),
@@ -175,6 +176,8 @@ fn restorer(state: &Path, thaw_after: u32, timeout: Duration) -> (Restorer, Arc<
             profile: crate::provider::Provider::Aws.profile(crate::provider::Source::Default),
             chunk_lowered_from: None,
             object_lock: Default::default(),
+            append_only: false,
+            aws_profile: None,
         },
         schedule: Default::default(),
         retention: Retention::default(),

@@ -220,7 +220,7 @@ impl ObjectStore for MemoryStore {
             return Err(self.err(OP, key, StoreErrorKind::Other, "InvalidPartOrder"));
         }
         let mut data = BytesMut::new();
-        let mut hash_input = Vec::new();
+        let mut part_etags: Vec<String> = Vec::new();
         for (i, p) in parts.iter().enumerate() {
             let Some((bytes, etag)) = u.parts.get(&p.part_number) else {
                 return Err(self.err(OP, key, StoreErrorKind::InvalidPart, "InvalidPart"));
@@ -234,13 +234,12 @@ impl ObjectStore for MemoryStore {
                 return Err(self.err(OP, key, StoreErrorKind::Other, "EntityTooSmall"));
             }
             data.extend_from_slice(bytes);
-            hash_input.extend_from_slice(etag.as_bytes());
+            part_etags.push(etag.clone());
         }
-        let etag = format!(
-            "\"{:032x}-{}\"",
-            xxhash_rust::xxh3::xxh3_128(&hash_input),
-            parts.len()
-        );
+        // As S3 makes it: the MD5 of the parts' binary ETags, "-<count>".
+        let refs: Vec<&str> = part_etags.iter().map(String::as_str).collect();
+        let etag = crate::machine::run::multipart_etag(&refs)
+            .unwrap_or_else(|| format!("\"{}-{}\"", refs.len(), parts.len()));
         let opts = u.opts.clone();
         st.uploads.remove(upload_id);
         st.objects.insert(

@@ -38,7 +38,7 @@ pub enum StoreErrorKind {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("S3 {op} s3://{bucket}/{key}: {message}{}", hint(*kind, bucket))]
+#[error("S3 {op} s3://{bucket}/{key}: {}{message}{}", denied(*kind, op, bucket, key), hint(*kind, bucket))]
 pub struct StoreError {
     pub op: &'static str,
     pub bucket: String,
@@ -47,12 +47,48 @@ pub struct StoreError {
     pub message: String,
 }
 
+/// The IAM action a request needs (what a policy must allow for it).
+pub fn iam_action(op: &str) -> &'static str {
+    match op {
+        "PutObject" | "CreateMultipartUpload" | "UploadPart" | "CompleteMultipartUpload" => {
+            "s3:PutObject"
+        }
+        "GetObject" | "HeadObject" => "s3:GetObject",
+        "DeleteObject" => "s3:DeleteObject",
+        "DeleteObjectVersion" => "s3:DeleteObjectVersion",
+        "HeadObjectVersion" => "s3:GetObjectVersion",
+        "AbortMultipartUpload" => "s3:AbortMultipartUpload",
+        "ListParts" => "s3:ListMultipartUploadParts",
+        "ListMultipartUploads" => "s3:ListBucketMultipartUploads",
+        "ListObjectsV2" | "HeadBucket" => "s3:ListBucket",
+        "ListObjectVersions" => "s3:ListBucketVersions",
+        "RestoreObject" => "s3:RestoreObject",
+        "PutObjectRetention" => "s3:PutObjectRetention",
+        "GetObjectLockConfiguration" => "s3:GetBucketObjectLockConfiguration",
+        "GetBucketVersioning" => "s3:GetBucketVersioning",
+        _ => "s3:*",
+    }
+}
+
+/// "permission denied: s3:ACTION on KEY — " for a refused request, else nothing.
+fn denied(kind: StoreErrorKind, op: &str, bucket: &str, key: &str) -> String {
+    if kind != StoreErrorKind::AccessDenied {
+        return String::new();
+    }
+    let on = if key.is_empty() {
+        format!("arn:aws:s3:::{bucket}")
+    } else {
+        format!("arn:aws:s3:::{bucket}/{key}")
+    };
+    format!("permission denied: {} on {on} — ", iam_action(op))
+}
+
 fn hint(kind: StoreErrorKind, bucket: &str) -> String {
     match kind {
         StoreErrorKind::NoSuchBucket => format!(
             " (bucket `{bucket}` does not exist: create it or fix [s3].bucket in the config)"
         ),
-        StoreErrorKind::AccessDenied => " (credentials refused: check [s3] credentials_file, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, and the bucket policy)".to_string(),
+        StoreErrorKind::AccessDenied => " (credentials refused: check [s3] credentials_file, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, and that the policy allows the action: README's IAM policies list what each command needs)".to_string(),
         StoreErrorKind::ClockSkewed => " (the server says this host's clock is off by more than it accepts: fix the clock, e.g. `timedatectl set-ntp true`, and run again)".to_string(),
         StoreErrorKind::Transient => " (network or server trouble; `btrfs-to-s3 resume` continues where this stopped)".to_string(),
         StoreErrorKind::ChecksumRefused => " (this server refuses x-amz-checksum-* headers, as Backblaze B2 and older Ceph RGW do: set provider to the server you use (README: S3 providers) or checksum = \"md5\" in [s3] of the config, then `btrfs-to-s3 resume`)".to_string(),

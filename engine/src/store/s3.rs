@@ -32,6 +32,8 @@ pub struct S3Store {
     download_limit: Option<Arc<RateLimit>>,
     /// The integrity header of part and object uploads (`[s3] checksum`).
     checksum: Checksum,
+    /// The configured prefix (no slashes at the ends), for `check_access`.
+    prefix: String,
     /// When this store created each upload still young (see `fresh_upload_wait`).
     created: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
@@ -48,16 +50,27 @@ impl S3Store {
     /// metadata), with `credentials_file` in place of ~/.aws/credentials when set;
     /// credentials never come from the config file itself.
     pub async fn connect(s: &S3Settings) -> S3Store {
+        use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(Region::new(s.region.clone()));
-        if let Some(path) = &s.credentials_file {
-            use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
-            loader = loader.profile_files(
-                EnvConfigFiles::builder()
-                    .include_default_config_file(true)
-                    .with_file(EnvConfigFileKind::Credentials, path)
-                    .build(),
-            );
+        let files = s.credentials_file.as_ref().map(|path| {
+            EnvConfigFiles::builder()
+                .include_default_config_file(true)
+                .with_file(EnvConfigFileKind::Credentials, path)
+                .build()
+        });
+        if let Some(files) = &files {
+            loader = loader.profile_files(files.clone());
+        }
+        // A named profile (`[prune] profile`) is used alone: the environment's keys, meant for
+        // the backup role, must not stand in for it.
+        if let Some(name) = &s.aws_profile {
+            let mut p =
+                aws_config::profile::ProfileFileCredentialsProvider::builder().profile_name(name);
+            if let Some(files) = &files {
+                p = p.profile_files(files.clone());
+            }
+            loader = loader.credentials_provider(p.build());
         }
         let sdk = loader.load().await;
         let mut b = aws_sdk_s3::config::Builder::from(&sdk)
@@ -92,6 +105,7 @@ impl S3Store {
             download_limit: s.limit_download.map(|r| Arc::new(RateLimit::new(r))),
             checksum: s.checksum,
             created: Default::default(),
+            prefix: s.prefix.clone(),
         }
     }
 
@@ -298,19 +312,28 @@ impl ObjectStore for S3Store {
         &self.bucket
     }
 
+    /// One ListObjectsV2 of at most one key under the prefix: it needs only s3:ListBucket
+    /// (which every role has; HeadBucket is a separate action on some servers), names a
+    /// missing bucket in its body, and its Date gives the clock check.
     async fn check_access(&self) -> Result<Option<i64>, StoreError> {
         let date = ServerDate::default();
+        let prefix = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
         self.client
-            .head_bucket()
+            .list_objects_v2()
             .bucket(&self.bucket)
+            .prefix(&prefix)
+            .max_keys(1)
             .customize()
             .interceptor(date.clone())
             .send()
             .await
             .map(|_| date.server_ahead_secs())
             .map_err(|e| {
-                let mut err = self.err("HeadBucket", "", e);
-                // HeadBucket has no body: a 404 can only mean the bucket.
+                let mut err = self.err("ListObjectsV2", &prefix, e);
                 if err.kind == StoreErrorKind::NotFound {
                     err.kind = StoreErrorKind::NoSuchBucket;
                     err.message = "NoSuchBucket".into();
@@ -791,7 +814,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map(drop)
-            .map_err(|e| self.err("DeleteObject", key, e))
+            .map_err(|e| self.err("DeleteObjectVersion", key, e))
     }
 
     async fn retain_until(
@@ -807,7 +830,7 @@ impl ObjectStore for S3Store {
             .version_id(version_id)
             .send()
             .await
-            .map_err(|e| self.err("HeadObject", key, e))?;
+            .map_err(|e| self.err("HeadObjectVersion", key, e))?;
         Ok(out
             .object_lock_retain_until_date()
             .and_then(|d| chrono::DateTime::from_timestamp(d.secs(), 0)))

@@ -97,11 +97,14 @@ impl World {
                 profile: engine::provider::Provider::Aws.profile(engine::provider::Source::Default),
                 chunk_lowered_from: None,
                 object_lock: Default::default(),
+                append_only: false,
+                aws_profile: None,
             },
             schedule: Schedule::default(),
             retention,
             restore: Default::default(),
             encryption: None,
+            prune_profile: None,
         };
         let btrfs = Arc::new(MemoryBtrfs::new());
         btrfs.write(&src, Bytes::from(noise(17 * MIB as usize, 7)));

@@ -167,6 +167,7 @@ fn main() {
         metrics_file: None,
         compression: engine::codec::Compression::Off,
         encryption: None,
+        prune_profile: None,
         s3: S3Settings {
             bucket: "b".into(),
             region: "us-east-1".into(),
@@ -191,6 +192,8 @@ fn main() {
             profile: engine::provider::Provider::Aws.profile(engine::provider::Source::Default),
             chunk_lowered_from: None,
             object_lock: Default::default(),
+            append_only: false,
+            aws_profile: None,
         },
         schedule: Schedule::default(),
         retention: Retention::default(),

@@ -432,15 +432,29 @@ fn reconcile_drops_what_s3_lacks_and_marks_gone_uploads() {
 
 #[test]
 fn adoption_needs_the_whole_object() {
+    let three = ["x", "y", "z"];
     assert_eq!(
-        decide_adoption(Some((12, Some("\"abc-3\"".into()))), 12, 3, "u"),
+        decide_adoption(Some((12, Some("\"abc-3\"".into()))), 12, &three, "u"),
         Ok("\"abc-3\"".to_string())
     );
-    assert!(decide_adoption(Some((12, Some("\"abc-2\"".into()))), 12, 3, "u").is_err());
-    assert!(decide_adoption(Some((11, Some("\"abc-3\"".into()))), 12, 3, "u").is_err());
-    assert!(decide_adoption(None, 12, 3, "u").is_err());
+    assert!(decide_adoption(Some((12, Some("\"abc-2\"".into()))), 12, &three, "u").is_err());
+    assert!(decide_adoption(Some((11, Some("\"abc-3\"".into()))), 12, &three, "u").is_err());
+    assert!(decide_adoption(None, 12, &three, "u").is_err());
     // A server whose multipart ETags carry no part count: the size decides.
-    assert!(decide_adoption(Some((12, Some("\"abc\"".into()))), 12, 3, "u").is_ok());
+    assert!(decide_adoption(Some((12, Some("\"abc\"".into()))), 12, &three, "u").is_ok());
+    // MD5 part ETags: the object must be the one they make, not a stale one of that size.
+    let parts = [
+        "\"bce6bf66aeb76c7040fdd5f4eccb78e6\"",
+        "\"8165449fc15bbf43d3b674595cbcc406\"",
+    ];
+    // Cloudflare's documented example (R2 multipart docs).
+    let made = "\"f77dc0eecdebcd774a2a22cb393ad2ff-2\"";
+    assert_eq!(multipart_etag(&parts).as_deref(), Some(made));
+    assert!(decide_adoption(Some((12, Some(made.into()))), 12, &parts, "u").is_ok());
+    let stale = "\"0123456789abcdef0123456789abcdef-2\"";
+    let e = decide_adoption(Some((12, Some(stale.into()))), 12, &parts, "u").expect_err("stale");
+    assert!(e.contains("is not the one"), "{e}");
+    assert_eq!(multipart_etag(&["opq6162", "x"]), None);
 }
 
 #[test]
