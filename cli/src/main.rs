@@ -465,9 +465,15 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let ticker = (!cli.quiet && !cli.json).then(|| {
                 progress::ProgressDisplay::start(progress.clone(), true, cli.progress_every)
             });
+            let keys = engine::machine::Keys::new(&settings.s3.prefix);
+            let (store, versions) = as_first_written(
+                &settings,
+                connect(&settings).await,
+                &keys.subvolume_prefix(subvolume),
+            );
             let r = Restorer {
                 progress,
-                store: connect(&settings).await,
+                store,
                 restore: settings.restore.clone(),
                 btrfs: Arc::new(BtrfsCli::default()),
                 state: Arc::new(engine::restore::state::FsStateFiles),
@@ -486,6 +492,14 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 t.stop();
             }
             let report = report.map_err(|e| Failure::new(code_for_restore(&e), e.to_string()))?;
+            if let Some(v) = versions {
+                for t in v.tampered().await.unwrap_or_default() {
+                    eprintln!(
+                        "warning: tampered: {}: {} (restored from the first version; `btrfs-to-s3 verify` lists all)",
+                        t.key, t.what
+                    );
+                }
+            }
             output::print_json_or(&report, cli.json, || {
                 format!(
                     "{}: restored backup {} to {} ({} snapshot(s) received, {} skipped, {}, {:.1} s); verify: {}",
@@ -508,8 +522,12 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             deep,
         } => {
             select(&settings, std::slice::from_ref(subvolume))?;
-            let store: Arc<dyn ObjectStore> = connect(&settings).await;
             let keys = engine::machine::Keys::new(&settings.s3.prefix);
+            let (store, versions) = as_first_written(
+                &settings,
+                connect(&settings).await,
+                &keys.subvolume_prefix(subvolume),
+            );
             let sel = selector(backup, manifest_key, &None)?;
             let fail = |e: RestoreError| Failure::new(code_for_restore(&e), e.to_string());
             let key = engine::restore::resolve(store.as_ref(), &keys, subvolume, &sel)
@@ -535,6 +553,19 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             )
             .await
             .map_err(fail)?;
+            let mut reports = reports;
+            // In a versioned bucket: every object overwritten or hidden since it was written.
+            if let (Some(v), Some(last)) = (versions, reports.last_mut()) {
+                let found = v
+                    .tampered()
+                    .await
+                    .map_err(|e| Failure::new(code_for_store(&e), e.to_string()))?;
+                last.problems.extend(
+                    found
+                        .into_iter()
+                        .map(|t| format!("tampered: {}: {}", t.key, t.what)),
+                );
+            }
             let bad = reports.iter().any(|r| !r.problems.is_empty());
             output::print_json_or(&reports, cli.json, || {
                 reports
@@ -561,7 +592,12 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(if bad { exit::DAMAGED } else { exit::OK })
         }
         Command::List => {
-            let store = connect(&settings).await;
+            let prefix = if settings.s3.prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{}/", settings.s3.prefix)
+            };
+            let (store, _) = as_first_written(&settings, connect(&settings).await, &prefix);
             let listing = engine::listing::list(&settings, store.as_ref())
                 .await
                 .map_err(|e| Failure::new(code_for_store(&e), e.to_string()))?;
@@ -610,6 +646,23 @@ async fn connect(settings: &Settings) -> Arc<dyn ObjectStore> {
     Arc::new(engine::store::layers::PrefixGuard::for_settings(
         s3, settings,
     ))
+}
+
+/// With Object Lock the bucket is versioned: restore, verify and list read what the tool
+/// wrote (each key's first version), not what someone wrote over it since.
+fn as_first_written(
+    settings: &Settings,
+    store: Arc<dyn ObjectStore>,
+    prefix: &str,
+) -> (
+    Arc<dyn ObjectStore>,
+    Option<Arc<engine::store::versions::FirstVersions>>,
+) {
+    if settings.s3.object_lock == engine::settings::LockMode::Off {
+        return (store, None);
+    }
+    let v = Arc::new(engine::store::versions::FirstVersions::new(store, prefix));
+    (v.clone(), Some(v))
 }
 
 /// Open multipart uploads under every configured subvolume's prefix.

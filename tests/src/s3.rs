@@ -466,6 +466,24 @@ api_bind_addr = "127.0.0.1:{admin}"
         aws_sdk_s3::Client::from_conf(conf)
     }
 
+    /// Creates `<bucket>-locked` with Object Lock (and so versioning) and makes it this
+    /// server's bucket.
+    pub fn use_locked_bucket(&mut self) {
+        let bucket = format!("{}-locked", self.bucket);
+        let client = self.client();
+        let b = bucket.clone();
+        crate::block_on(async move {
+            client
+                .create_bucket()
+                .bucket(&b)
+                .object_lock_enabled_for_bucket(true)
+                .send()
+                .await
+                .expect("create a bucket with Object Lock")
+        });
+        self.bucket = bucket;
+    }
+
     /// Environment for the tool: standard AWS variables, nothing else.
     pub fn env(&self) -> Vec<(String, String)> {
         if self.flavor == Flavor::Aws {

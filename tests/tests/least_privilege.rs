@@ -382,3 +382,185 @@ fn garage_append_only_sends_no_delete_over_20_runs_then_prune_deletes() {
     assert!(proxy.forwarded(Op::Delete).0 >= 19 * 2);
     s.restore_newest_and_verify();
 }
+
+/// The ransomware test. Object Lock on (moto, IAM enforced). With the backup role's own
+/// credentials an attacker overwrites the newest manifest, a chunk of the full backup and the
+/// pointer, tries to delete, and aborts the upload of a backup in progress. With the restore
+/// role, `restore` still returns the last good backup (identical to its snapshot), reading
+/// each key's first version, and `verify` names every object tampered with.
+#[test]
+fn moto_ransomware_with_the_backup_role_cannot_destroy_or_alter_written_backups() {
+    let mut s = Setup::new(
+        Flavor::Moto,
+        Opts {
+            chunk_size: "10MiB".into(),
+            part_size: "5MiB".into(),
+            concurrency: 1,
+            big_file_mib: 12,
+            ..Opts::default()
+        },
+    );
+    s.s3.use_locked_bucket();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = user(
+        &s,
+        "admin",
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}"#,
+    );
+    let backup = user(&s, "backup", &policy(&s, "backup", &[]));
+    let restore = user(&s, "restore", &policy(&s, "restore", &[]));
+    let addr = s.s3.endpoint.trim_start_matches("http://").to_string();
+    let reply = ureq_post(&addr, "/moto-api/reset-auth", "0");
+    assert!(reply.contains("\"status\": \"ok\""), "{reply}");
+    (s.s3.access_key, s.s3.secret_key) = admin.clone();
+
+    let with_lock = |path: &Path| {
+        let text = std::fs::read_to_string(path).expect("config");
+        std::fs::write(
+            path,
+            text.replace("[s3]\n", "[s3]\nobject_lock = \"governance\"\n")
+                .replace("keep_chains = 1", "keep_chains = 1000"),
+        )
+        .expect("config");
+    };
+    let roles = credentials(dir.path(), "roles", &[("default", &backup)]);
+    let conf = config(&s, dir.path(), "config.toml", &roles);
+    with_lock(&conf);
+    run(&s, &conf, &["backup", "--full"]).assert_code(0);
+    harness::btrfs::mutate(&s.subvolume, 3);
+    run(&s, &conf, &["backup", "--once"]).assert_code(0);
+    let good = s.pointer();
+    let full = s.manifest(&format!(
+        "{}/{}/{}/{}/manifest.json",
+        s.prefix, s.name, good.chain_id, good.chain_id
+    ));
+    // A third backup is killed mid-upload: its upload is in progress.
+    harness::btrfs::mutate(&s.subvolume, 4);
+    let mut c = std::process::Command::new(tool_bin("btrfs-to-s3-failpoints"));
+    c.arg("--config").arg(&conf).args(["backup", "--once"]);
+    for k in [
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    ] {
+        c.env_remove(k);
+    }
+    let out = c
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("FAILPOINTS", "after-part-upload=return")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), None, "the third backup was not killed");
+
+    // The attack, with the backup role's keys.
+    (s.s3.access_key, s.s3.secret_key) = backup.clone();
+    let attacker = s.s3.client();
+    (s.s3.access_key, s.s3.secret_key) = admin.clone();
+    let bucket = s.s3.bucket.clone();
+    let chunk = full.chunks[0].key.clone();
+    let tampered_chunk = chunk.clone();
+    let manifest = good.manifest_key.clone();
+    let pointer = s.pointer_key();
+    let prefix = s.prefix.clone();
+    let (deleted, aborted) = harness::block_on(async move {
+        let put = |key: String, body: &'static [u8]| {
+            let a = attacker.clone();
+            let b = bucket.clone();
+            async move {
+                a.put_object()
+                    .bucket(&b)
+                    .key(&key)
+                    .content_md5(md5_b64(body))
+                    .body(body.to_vec().into())
+                    .send()
+                    .await
+                    .expect("the backup role may put")
+            }
+        };
+        put(manifest.clone(), b"{\"encrypted\": \"pay us\"}").await;
+        put(chunk.clone(), b"ransom").await;
+        put(
+            pointer.clone(),
+            br#"{"format_version":1,"subvolume":"data","backup_id":"20990101T000000Z","chain_id":"20990101T000000Z","kind":"full","manifest_key":"nowhere","created_at":"2099-01-01T00:00:00Z"}"#,
+        )
+        .await;
+        let mut deleted = 0;
+        for key in [&manifest, &chunk] {
+            if attacker
+                .delete_object()
+                .bucket(&bucket)
+                .key(key)
+                .send()
+                .await
+                .is_ok()
+            {
+                deleted += 1;
+            }
+        }
+        let uploads = attacker
+            .list_multipart_uploads()
+            .bucket(&bucket)
+            .prefix(&prefix)
+            .send()
+            .await
+            .expect("list uploads");
+        let mut aborted = 0;
+        for u in uploads.uploads() {
+            attacker
+                .abort_multipart_upload()
+                .bucket(&bucket)
+                .key(u.key().unwrap_or_default())
+                .upload_id(u.upload_id().unwrap_or_default())
+                .send()
+                .await
+                .expect("the backup role may abort");
+            aborted += 1;
+        }
+        (deleted, aborted)
+    });
+    assert_eq!(deleted, 0, "the backup role deleted an object");
+    assert!(aborted >= 1, "no upload was in progress to abort");
+
+    // The restore role: the last good backup, verified; every tampering named.
+    let reader = credentials(dir.path(), "reader", &[("default", &restore)]);
+    let rconf = config(&s, dir.path(), "restore.toml", &reader);
+    with_lock(&rconf);
+    let target = harness::btrfs::LoopFs::new(1024);
+    let into = target.path("r");
+    std::fs::create_dir_all(&into).expect("mkdir");
+    let out = run(
+        &s,
+        &rconf,
+        &[
+            "restore",
+            "--subvolume",
+            &s.name,
+            "--target",
+            &into.display().to_string(),
+        ],
+    );
+    out.assert_code(0);
+    assert!(out.stdout.contains(&good.backup_id), "{}", out.stdout);
+    let snapshot = format!("{}.{}", s.name, good.backup_id);
+    harness::btrfs::assert_same_tree(&s.snapshot_dir.join(&snapshot), &into.join(&snapshot));
+    let out = run(&s, &rconf, &["verify", "--subvolume", &s.name, "--deep"]);
+    assert_ne!(
+        out.code, 0,
+        "verify passed over the tampering:\n{}",
+        out.stdout
+    );
+    for key in [&good.manifest_key, &tampered_chunk, &s.pointer_key()] {
+        assert!(
+            out.stdout.contains(&format!("tampered: {key}")),
+            "verify does not name {key}:\n{}",
+            out.stdout
+        );
+    }
+}
+
+fn md5_b64(body: &[u8]) -> String {
+    use base64::Engine;
+    use md5::Digest;
+    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body))
+}

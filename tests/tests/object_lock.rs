@@ -19,19 +19,7 @@ fn locked_setup() -> Setup {
             ..Opts::default()
         },
     );
-    let bucket = format!("{}-locked", s.s3.bucket);
-    let client = s.s3.client();
-    let b = bucket.clone();
-    block_on(async move {
-        client
-            .create_bucket()
-            .bucket(&b)
-            .object_lock_enabled_for_bucket(true)
-            .send()
-            .await
-            .expect("create a bucket with Object Lock")
-    });
-    s.s3.bucket = bucket;
+    s.s3.use_locked_bucket();
     s.write_config(&lock_config(&s, "governance"));
     s
 }

@@ -132,6 +132,17 @@ impl ObjectStore for ThawingStore {
     async fn set_retention(&self, _: &str, _: crate::store::Lock) -> Result<(), StoreError> {
         Err(unsupported("set_retention"))
     }
+    async fn get_version(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<(u64, u64)>,
+    ) -> Result<Bytes, StoreError> {
+        Err(unsupported("get_version"))
+    }
+    async fn head_version(&self, _: &str, _: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        Err(unsupported("head_version"))
+    }
 }
 
 fn restorer(state: &Path, thaw_after: u32, timeout: Duration) -> (Restorer, Arc<ThawingStore>) {

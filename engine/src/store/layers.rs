@@ -171,6 +171,21 @@ impl ObjectStore for PrefixGuard {
         self.check("PutObjectRetention", key)?;
         self.inner.set_retention(key, lock).await
     }
+    async fn get_version(
+        &self,
+        key: &str,
+        version_id: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<Bytes, StoreError> {
+        self.inner.get_version(key, version_id, range).await
+    }
+    async fn head_version(
+        &self,
+        key: &str,
+        version_id: &str,
+    ) -> Result<Option<ObjectInfo>, StoreError> {
+        self.inner.head_version(key, version_id).await
+    }
 }
 
 /// Reports every call to a `CrashPlan`: a call made after the crash fails without reaching
@@ -351,6 +366,27 @@ impl ObjectStore for CrashingStore {
             self.inner.set_retention(key, lock),
         )
         .await
+    }
+    async fn get_version(
+        &self,
+        key: &str,
+        version_id: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<Bytes, StoreError> {
+        self.call(
+            "GetObjectVersion",
+            key,
+            self.inner.get_version(key, version_id, range),
+        )
+        .await
+    }
+    async fn head_version(
+        &self,
+        key: &str,
+        version_id: &str,
+    ) -> Result<Option<ObjectInfo>, StoreError> {
+        self.call("HeadObject", key, self.inner.head_version(key, version_id))
+            .await
     }
 }
 

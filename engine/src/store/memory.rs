@@ -441,6 +441,26 @@ impl ObjectStore for MemoryStore {
         Ok(super::BucketLock::default())
     }
 
+    async fn get_version(
+        &self,
+        key: &str,
+        _version_id: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<Bytes, StoreError> {
+        match range {
+            Some((offset, len)) => self.get_range(key, offset, len).await,
+            None => self.get_object(key).await,
+        }
+    }
+
+    async fn head_version(
+        &self,
+        key: &str,
+        _version_id: &str,
+    ) -> Result<Option<ObjectInfo>, StoreError> {
+        self.head_object(key).await
+    }
+
     async fn set_retention(&self, key: &str, _lock: super::Lock) -> Result<(), StoreError> {
         let mut st = self.state();
         self.record(&mut st, "PutObjectRetention", key);

@@ -13,6 +13,7 @@ use crate::settings::Sse;
 pub mod layers;
 pub mod memory;
 mod s3;
+pub mod versions;
 
 pub use s3::{S3Store, S3Stores};
 
@@ -56,7 +57,7 @@ pub fn iam_action(op: &str) -> &'static str {
         "GetObject" | "HeadObject" => "s3:GetObject",
         "DeleteObject" => "s3:DeleteObject",
         "DeleteObjectVersion" => "s3:DeleteObjectVersion",
-        "HeadObjectVersion" => "s3:GetObjectVersion",
+        "HeadObjectVersion" | "GetObjectVersion" => "s3:GetObjectVersion",
         "AbortMultipartUpload" => "s3:AbortMultipartUpload",
         "ListParts" => "s3:ListMultipartUploadParts",
         "ListMultipartUploads" => "s3:ListBucketMultipartUploads",
@@ -248,6 +249,19 @@ pub trait ObjectStore: Send + Sync {
     /// Sets the retention of an object's current version (PutObjectRetention): a server
     /// that ignored CreateMultipartUpload's lock headers still locks the chunk.
     async fn set_retention(&self, key: &str, lock: Lock) -> Result<(), StoreError>;
+    /// One version of an object, whole or `(offset, len)` of it.
+    async fn get_version(
+        &self,
+        key: &str,
+        version_id: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<Bytes, StoreError>;
+    /// HeadObject of one version.
+    async fn head_version(
+        &self,
+        key: &str,
+        version_id: &str,
+    ) -> Result<Option<ObjectInfo>, StoreError>;
 }
 
 /// How long after creating an upload a NoSuchUpload for it may be the server not showing it

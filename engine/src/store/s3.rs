@@ -151,6 +151,98 @@ impl S3Store {
         Ok(etag_of(out.e_tag()))
     }
 
+    /// A ranged GET of the current object, or of one version of it, watched for stalls and
+    /// paced by the download limit.
+    async fn get_range_of(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, StoreError> {
+        self.watched("GetObject", key, |activity| async move {
+            let mut out = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .set_version_id(version.map(str::to_string))
+                .range(format!("bytes={}-{}", offset, offset + len.max(1) - 1))
+                .send()
+                .await
+                .map_err(|e| self.err("GetObject", key, e))?;
+            let mut data =
+                bytes::BytesMut::with_capacity(usize::try_from(len.min(64 << 20)).unwrap_or(0));
+            loop {
+                activity.touch();
+                match out.body.try_next().await {
+                    Ok(Some(piece)) => {
+                        if let Some(limit) = &self.download_limit {
+                            // Waiting for the limit is not a stall.
+                            let at = limit.reserve(piece.len());
+                            while std::time::Instant::now() < at {
+                                let step = at - std::time::Instant::now();
+                                tokio::time::sleep(step.min(Duration::from_millis(250))).await;
+                                activity.touch();
+                            }
+                        }
+                        data.extend_from_slice(&piece);
+                    }
+                    Ok(None) => return Ok(data.freeze()),
+                    Err(e) => {
+                        return Err(StoreError {
+                            op: "GetObject",
+                            bucket: self.bucket.clone(),
+                            key: key.to_string(),
+                            kind: StoreErrorKind::Transient,
+                            message: format!("reading the body: {e}"),
+                        })
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// HeadObject of the current object or of one version; None when there is none.
+    async fn head_of(
+        &self,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<Option<ObjectInfo>, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version.map(str::to_string))
+            .send()
+            .await
+        {
+            Ok(o) => Ok(Some(ObjectInfo {
+                key: key.to_string(),
+                size: u64::try_from(o.content_length().unwrap_or(0)).unwrap_or(0),
+                storage_class: o.storage_class().map(|s| s.as_str().to_string()),
+                sse: o.server_side_encryption().map(|s| s.as_str().to_string()),
+                etag: o.e_tag().map(str::to_string),
+                restore: o.restore().map(str::to_string),
+            })),
+            Err(e) => {
+                let op = if version.is_some() {
+                    "HeadObjectVersion"
+                } else {
+                    "HeadObject"
+                };
+                let err = self.err(op, key, e);
+                if err.kind == StoreErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
     /// Runs the transfer `attempt` makes, watching it: when `Activity` shows no byte moved for
     /// the stall timeout (a request body not taken, a reply not coming, a body not arriving),
     /// the attempt is dropped (its connection with it) and made again, up to `attempts` times.
@@ -610,47 +702,48 @@ impl ObjectStore for S3Store {
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
-        self.watched("GetObject", key, |activity| async move {
-            let mut out = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .range(format!("bytes={}-{}", offset, offset + len.max(1) - 1))
-                .send()
-                .await
-                .map_err(|e| self.err("GetObject", key, e))?;
-            let mut data =
-                bytes::BytesMut::with_capacity(usize::try_from(len.min(64 << 20)).unwrap_or(0));
-            loop {
-                activity.touch();
-                match out.body.try_next().await {
-                    Ok(Some(piece)) => {
-                        if let Some(limit) = &self.download_limit {
-                            // Waiting for the limit is not a stall.
-                            let at = limit.reserve(piece.len());
-                            while std::time::Instant::now() < at {
-                                let step = at - std::time::Instant::now();
-                                tokio::time::sleep(step.min(Duration::from_millis(250))).await;
-                                activity.touch();
-                            }
-                        }
-                        data.extend_from_slice(&piece);
-                    }
-                    Ok(None) => return Ok(data.freeze()),
-                    Err(e) => {
-                        return Err(StoreError {
-                            op: "GetObject",
-                            bucket: self.bucket.clone(),
-                            key: key.to_string(),
-                            kind: StoreErrorKind::Transient,
-                            message: format!("reading the body: {e}"),
-                        })
-                    }
-                }
+        self.get_range_of(key, None, offset, len).await
+    }
+
+    async fn get_version(
+        &self,
+        key: &str,
+        version_id: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<Bytes, StoreError> {
+        match range {
+            Some((offset, len)) => self.get_range_of(key, Some(version_id), offset, len).await,
+            None => {
+                let out = self
+                    .client
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .version_id(version_id)
+                    .send()
+                    .await
+                    .map_err(|e| self.err("GetObjectVersion", key, e))?;
+                out.body
+                    .collect()
+                    .await
+                    .map(|b| b.into_bytes())
+                    .map_err(|e| StoreError {
+                        op: "GetObjectVersion",
+                        bucket: self.bucket.clone(),
+                        key: key.to_string(),
+                        kind: StoreErrorKind::Transient,
+                        message: format!("reading the body: {e}"),
+                    })
             }
-        })
-        .await
+        }
+    }
+
+    async fn head_version(
+        &self,
+        key: &str,
+        version_id: &str,
+    ) -> Result<Option<ObjectInfo>, StoreError> {
+        self.head_of(key, Some(version_id)).await
     }
 
     async fn restore_object(&self, key: &str, days: i32, tier: &str) -> Result<(), StoreError> {
@@ -693,31 +786,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn head_object(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(o) => Ok(Some(ObjectInfo {
-                key: key.to_string(),
-                size: u64::try_from(o.content_length().unwrap_or(0)).unwrap_or(0),
-                storage_class: o.storage_class().map(|s| s.as_str().to_string()),
-                sse: o.server_side_encryption().map(|s| s.as_str().to_string()),
-                etag: o.e_tag().map(str::to_string),
-                restore: o.restore().map(str::to_string),
-            })),
-            Err(e) => {
-                let err = self.err("HeadObject", key, e);
-                if err.kind == StoreErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        self.head_of(key, None).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {

@@ -665,6 +665,21 @@ impl ObjectStore for ChangesUnderfoot {
     ) -> Result<(), engine::store::StoreError> {
         self.inner.set_retention(key, lock).await
     }
+    async fn get_version(
+        &self,
+        key: &str,
+        version_id: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<Bytes, engine::store::StoreError> {
+        self.inner.get_version(key, version_id, range).await
+    }
+    async fn head_version(
+        &self,
+        key: &str,
+        version_id: &str,
+    ) -> Result<Option<engine::store::ObjectInfo>, engine::store::StoreError> {
+        self.inner.head_version(key, version_id).await
+    }
 }
 
 /// A chunk deleted, or rewritten with other bytes of the same size, while a restore reads it:

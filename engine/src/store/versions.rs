@@ -1,0 +1,451 @@
+//! Reads of a versioned bucket as first written. The tool writes each chunk and manifest
+//! once; a later version of such a key, or a delete marker over it, is someone else's doing
+//! (ransomware holding the backup role can overwrite, if not delete). `FirstVersions` wraps a
+//! store for restore, verify and list: every read of a key under its prefix is of the key's
+//! first version, `list` shows every key that has one (a delete marker does not hide it), and
+//! the pointer, which every backup rewrites, is its newest version that names a manifest
+//! present here. `tampered()` names every later version whose bytes differ, every delete
+//! marker, and a newest pointer version that was passed over.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{
+    BucketLock, CompletePart, Lock, ObjectInfo, ObjectStore, OpenUpload, PutOptions, StoreError,
+    StoreErrorKind, UploadedPart, VersionInfo,
+};
+
+/// One finding of `FirstVersions::tampered`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+pub struct Tampered {
+    pub key: String,
+    pub what: String,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Per key, its versions oldest first (delete markers included).
+    versions: BTreeMap<String, Vec<VersionInfo>>,
+}
+
+pub struct FirstVersions {
+    inner: Arc<dyn ObjectStore>,
+    prefix: String,
+    seen: tokio::sync::OnceCell<Seen>,
+    /// Pointer versions passed over, with why (`chosen`).
+    skipped: std::sync::Mutex<Vec<(String, String)>>,
+    /// The pointer version chosen, per pointer key.
+    pointer: std::sync::Mutex<BTreeMap<String, Option<VersionInfo>>>,
+}
+
+fn is_pointer(key: &str) -> bool {
+    key.ends_with("/current.json")
+}
+
+impl FirstVersions {
+    /// Reads under `prefix` (a subvolume's, or the configured prefix) as first written.
+    pub fn new(inner: Arc<dyn ObjectStore>, prefix: &str) -> FirstVersions {
+        FirstVersions {
+            inner,
+            prefix: prefix.to_string(),
+            seen: tokio::sync::OnceCell::new(),
+            skipped: Default::default(),
+            pointer: Default::default(),
+        }
+    }
+
+    async fn seen(&self) -> Result<&Seen, StoreError> {
+        self.seen
+            .get_or_try_init(|| async {
+                let mut versions: BTreeMap<String, Vec<VersionInfo>> = BTreeMap::new();
+                // S3 lists a key's versions newest first; ordered oldest first here by
+                // LastModified, the listing's order breaking ties.
+                for v in self.inner.list_versions(&self.prefix).await? {
+                    versions.entry(v.key.clone()).or_default().push(v);
+                }
+                for vs in versions.values_mut() {
+                    vs.reverse();
+                    vs.sort_by_key(|v| v.modified.unwrap_or(i64::MIN));
+                }
+                Ok::<_, StoreError>(Seen { versions })
+            })
+            .await
+    }
+
+    /// The first version of `key` that is not a delete marker, as `seen` holds it.
+    fn first_of(seen: &Seen, key: &str) -> Option<VersionInfo> {
+        seen.versions
+            .get(key)
+            .and_then(|vs| vs.iter().find(|v| !v.delete_marker))
+            .cloned()
+    }
+
+    /// When the manifest beside a chunk was first written (seconds), if it was.
+    fn manifest_time(seen: &Seen, key: &str) -> Option<i64> {
+        let dir = &key[..key.rfind('/')? + 1];
+        Self::first_of(seen, &format!("{dir}manifest.json"))?.modified
+    }
+
+    /// The version a read of a chunk or manifest uses. A manifest: its first. A chunk: its
+    /// newest version written no later than its backup's manifest (the tool may write a
+    /// chunk again before publishing, never after); without a manifest, its first.
+    fn written(seen: &Seen, key: &str) -> Option<VersionInfo> {
+        if !key.ends_with(".bin") {
+            return Self::first_of(seen, key);
+        }
+        match Self::manifest_time(seen, key) {
+            Some(t) => seen
+                .versions
+                .get(key)?
+                .iter()
+                .rev()
+                .find(|v| !v.delete_marker && v.modified.is_some_and(|m| m <= t))
+                .cloned()
+                .or_else(|| Self::first_of(seen, key)),
+            None => Self::first_of(seen, key),
+        }
+    }
+
+    async fn first(&self, key: &str) -> Result<Option<VersionInfo>, StoreError> {
+        Ok(Self::written(self.seen().await?, key))
+    }
+
+    fn not_found(&self, key: &str) -> StoreError {
+        StoreError {
+            op: "GetObject",
+            bucket: self.inner.bucket().to_string(),
+            key: key.to_string(),
+            kind: StoreErrorKind::NotFound,
+            message: "NoSuchKey (no version of it was ever written)".into(),
+        }
+    }
+
+    /// The version of `key` reads use: the first for a chunk or manifest; for the pointer,
+    /// its newest version that parses and names a manifest with a first version here (the
+    /// newer ones passed over are remembered for `tampered`). Chosen once per key.
+    async fn chosen(&self, key: &str) -> Result<Option<VersionInfo>, StoreError> {
+        if !is_pointer(key) {
+            return self.first(key).await;
+        }
+        if let Some(v) = self
+            .pointer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+        {
+            return Ok(v.clone());
+        }
+        let seen = self.seen().await?;
+        let mut found = None;
+        let mut skipped = Vec::new();
+        for v in seen.versions.get(key).into_iter().flatten().rev() {
+            if v.delete_marker {
+                continue;
+            }
+            let bytes = self.inner.get_version(key, &v.version_id, None).await?;
+            let why = match crate::manifest::Pointer::parse(key, &bytes) {
+                Err(e) => format!("version {} is not a pointer ({e})", v.version_id),
+                Ok(p) => match self.first(&p.manifest_key).await? {
+                    Some(_) => {
+                        found = Some(v.clone());
+                        break;
+                    }
+                    None => format!(
+                        "version {} names {}, which was never written",
+                        v.version_id, p.manifest_key
+                    ),
+                },
+            };
+            skipped.push((key.to_string(), why));
+        }
+        self.skipped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(skipped);
+        self.pointer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string(), found.clone());
+        Ok(found)
+    }
+
+    /// Later versions whose bytes differ from the first, delete markers, pointer versions
+    /// passed over. Call after the reads (the pointer's findings come from reading it).
+    pub async fn tampered(&self) -> Result<Vec<Tampered>, StoreError> {
+        let seen = self.seen().await?;
+        let mut out = Vec::new();
+        for (key, vs) in &seen.versions {
+            // The pointer is rewritten by every backup (its passed-over versions are below);
+            // `check` writes and deletes its probe under .check/.
+            if is_pointer(key) || key.contains("/.check/") {
+                continue;
+            }
+            let Some(chosen) = Self::written(seen, key) else {
+                continue;
+            };
+            // What the tool did before publishing (a chunk written again) is not tampering.
+            let published = if key.ends_with(".bin") {
+                Self::manifest_time(seen, key)
+            } else {
+                chosen.modified
+            };
+            // A manifest is written once: every other version is later. A chunk's versions
+            // up to its manifest are the tool's own.
+            let after = |v: &VersionInfo| {
+                !key.ends_with(".bin")
+                    || match (v.modified, published) {
+                        (Some(m), Some(t)) => m > t,
+                        _ => true,
+                    }
+            };
+            for v in vs
+                .iter()
+                .filter(|v| v.version_id != chosen.version_id && after(v))
+            {
+                if v.delete_marker {
+                    out.push(Tampered {
+                        key: key.clone(),
+                        what: format!("a delete marker ({}) hides it", v.version_id),
+                    });
+                    continue;
+                }
+                let head = self.inner.head_version(key, &v.version_id).await?;
+                let first_head = self.inner.head_version(key, &chosen.version_id).await?;
+                let differs = match (head, first_head) {
+                    (Some(a), Some(b)) => a.size != b.size || a.etag != b.etag,
+                    _ => true,
+                };
+                if differs {
+                    out.push(Tampered {
+                        key: key.clone(),
+                        what: format!(
+                            "overwritten: version {} ({} bytes) differs from the one written",
+                            v.version_id, v.size
+                        ),
+                    });
+                }
+            }
+        }
+        for (key, why) in self
+            .skipped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            out.push(Tampered { key, what: why });
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FirstVersions {
+    fn bucket(&self) -> &str {
+        self.inner.bucket()
+    }
+    async fn check_access(&self) -> Result<Option<i64>, StoreError> {
+        self.inner.check_access().await
+    }
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String, StoreError> {
+        self.inner.create_multipart(key, opts).await
+    }
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+        crc32c: u32,
+    ) -> Result<String, StoreError> {
+        self.inner
+            .upload_part(key, upload_id, part_number, body, crc32c)
+            .await
+    }
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletePart],
+    ) -> Result<String, StoreError> {
+        self.inner.complete_multipart(key, upload_id, parts).await
+    }
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        self.inner.abort_multipart(key, upload_id).await
+    }
+    async fn list_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Vec<UploadedPart>, StoreError> {
+        self.inner.list_parts(key, upload_id).await
+    }
+    async fn list_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>, StoreError> {
+        self.inner.list_uploads(prefix).await
+    }
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        opts: &PutOptions,
+    ) -> Result<(), StoreError> {
+        self.inner.put_object(key, body, opts).await
+    }
+    async fn get_object(&self, key: &str) -> Result<Bytes, StoreError> {
+        if !key.starts_with(&self.prefix) {
+            return self.inner.get_object(key).await;
+        }
+        match self.chosen(key).await? {
+            Some(v) => self.inner.get_version(key, &v.version_id, None).await,
+            None => Err(self.not_found(key)),
+        }
+    }
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
+        if !key.starts_with(&self.prefix) {
+            return self.inner.get_range(key, offset, len).await;
+        }
+        match self.chosen(key).await? {
+            Some(v) => {
+                self.inner
+                    .get_version(key, &v.version_id, Some((offset, len)))
+                    .await
+            }
+            None => Err(self.not_found(key)),
+        }
+    }
+    async fn restore_object(&self, key: &str, days: i32, tier: &str) -> Result<(), StoreError> {
+        self.inner.restore_object(key, days, tier).await
+    }
+    async fn head_object(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        if !key.starts_with(&self.prefix) {
+            return self.inner.head_object(key).await;
+        }
+        match self.chosen(key).await? {
+            Some(v) => self.inner.head_version(key, &v.version_id).await,
+            None => Ok(None),
+        }
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        if !prefix.starts_with(&self.prefix) && !self.prefix.starts_with(prefix) {
+            return self.inner.list(prefix).await;
+        }
+        let seen = self.seen().await?;
+        Ok(seen
+            .versions
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .filter_map(|(k, vs)| {
+                let v = vs.iter().find(|v| !v.delete_marker)?;
+                Some(ObjectInfo {
+                    key: k.clone(),
+                    size: v.size,
+                    storage_class: None,
+                    sse: None,
+                    etag: None,
+                    restore: None,
+                })
+            })
+            .collect())
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn list_versions(&self, prefix: &str) -> Result<Vec<VersionInfo>, StoreError> {
+        self.inner.list_versions(prefix).await
+    }
+    async fn delete_version(&self, key: &str, version_id: &str) -> Result<(), StoreError> {
+        self.inner.delete_version(key, version_id).await
+    }
+    async fn retain_until(
+        &self,
+        key: &str,
+        version_id: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        self.inner.retain_until(key, version_id).await
+    }
+    async fn bucket_lock(&self) -> Result<BucketLock, StoreError> {
+        self.inner.bucket_lock().await
+    }
+    async fn set_retention(&self, key: &str, lock: Lock) -> Result<(), StoreError> {
+        self.inner.set_retention(key, lock).await
+    }
+    async fn get_version(
+        &self,
+        key: &str,
+        version_id: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<Bytes, StoreError> {
+        self.inner.get_version(key, version_id, range).await
+    }
+    async fn head_version(
+        &self,
+        key: &str,
+        version_id: &str,
+    ) -> Result<Option<ObjectInfo>, StoreError> {
+        self.inner.head_version(key, version_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(key: &str, id: &str, at: i64, marker: bool) -> VersionInfo {
+        VersionInfo {
+            key: key.into(),
+            version_id: id.into(),
+            delete_marker: marker,
+            size: 1,
+            latest: false,
+            modified: Some(at),
+        }
+    }
+
+    #[test]
+    fn reads_choose_what_the_tool_wrote_before_publishing() {
+        let chunk = "p/sv/c/b/chunk-000000.bin";
+        let manifest = "p/sv/c/b/manifest.json";
+        let mut seen = Seen::default();
+        // The tool: a first attempt (1), deleted (2) and written again (3) before the
+        // manifest (4); then someone overwrote the chunk (5) and the manifest (6).
+        seen.versions.insert(
+            chunk.into(),
+            vec![
+                v(chunk, "1", 10, false),
+                v(chunk, "2", 11, true),
+                v(chunk, "3", 12, false),
+                v(chunk, "5", 20, false),
+            ],
+        );
+        seen.versions.insert(
+            manifest.into(),
+            vec![v(manifest, "4", 13, false), v(manifest, "6", 21, false)],
+        );
+        assert_eq!(
+            FirstVersions::written(&seen, chunk).map(|v| v.version_id),
+            Some("3".into())
+        );
+        assert_eq!(
+            FirstVersions::written(&seen, manifest).map(|v| v.version_id),
+            Some("4".into())
+        );
+        assert_eq!(FirstVersions::manifest_time(&seen, chunk), Some(13));
+        // No manifest (a run that never published): the first version.
+        let lone = "p/sv/c/x/chunk-000000.bin";
+        seen.versions.insert(
+            lone.into(),
+            vec![v(lone, "a", 1, false), v(lone, "b", 2, false)],
+        );
+        assert_eq!(
+            FirstVersions::written(&seen, lone).map(|v| v.version_id),
+            Some("a".into())
+        );
+        // A key whose only version is a delete marker was never written.
+        let gone = "p/sv/c/b/chunk-000001.bin";
+        seen.versions
+            .insert(gone.into(), vec![v(gone, "m", 3, true)]);
+        assert_eq!(FirstVersions::written(&seen, gone), None);
+    }
+}
