@@ -55,6 +55,7 @@ pub(crate) fn code_for(e: &BackupError) -> u8 {
         BackupError::Journal(e) => journal_code(e),
         BackupError::Layout(_) => exit::USAGE,
         BackupError::NoObjectLock { .. } => exit::S3_ACCESS,
+        BackupError::Tampered { .. } => exit::DAMAGED,
         _ => exit::FAILED,
     }
 }

@@ -383,7 +383,12 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             if let Some(p) = settings.prune_profile.clone() {
                 settings.s3.aws_profile = Some(p);
             }
-            let store = connect(&settings).await;
+            let prefix = if settings.s3.prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{}/", settings.s3.prefix)
+            };
+            let (store, _) = as_first_written(&settings, connect(&settings).await, &prefix);
             let doc = prune::run(&settings, store.as_ref(), &chosen, *dry_run)
                 .await
                 .map_err(|e| Failure::new(failure::code_for(&e), e.to_string()))?;

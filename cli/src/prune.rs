@@ -80,6 +80,25 @@ async fn one(
         Err(Fetch::Store(e)) => return Err(e.into()),
         Err(Fetch::Invalid(e)) => return Err(e.into()),
     };
+    // The pointer is rewritten by every backup, so anyone holding the backup role could
+    // write one: only a pointer whose manifest exists and is valid (for its own backup and
+    // chain) steers retention, and never to a chain dated in the future.
+    let m = fetch::manifest(store, &keys, subvolume, &pointer.manifest_key)
+        .await
+        .map_err(|e| match e {
+            Fetch::Store(e) => BackupError::from(e),
+            Fetch::Invalid(e) => BackupError::from(e),
+        })?;
+    let tomorrow = engine::machine::timestamp(now + chrono::Duration::days(1));
+    if m.backup_id != pointer.backup_id
+        || m.chain_id != pointer.chain_id
+        || pointer.chain_id > tomorrow
+    {
+        return Err(BackupError::Internal(format!(
+            "{}: the pointer names backup {} of chain {}, which its manifest {} does not confirm or which lies in the future; nothing pruned (check the bucket for tampering with `btrfs-to-s3 verify`)",
+            subvolume, pointer.backup_id, pointer.chain_id, pointer.manifest_key
+        )));
+    }
     out.pointer_chain = Some(pointer.chain_id.clone());
     let mut deleted = Vec::new();
     out.held = prune_chains(
@@ -140,6 +159,16 @@ async fn one(
     let cutoff = now.timestamp()
         - i64::try_from(settings.retention.abort_uploads_older_than.as_secs()).unwrap_or(i64::MAX);
     for u in store.list_uploads(&sv_prefix).await? {
+        // An upload under a backup newer than the published one may be a run in progress
+        // (a big chunk on a slow link takes days): never aborted here.
+        let backup_id = u
+            .key
+            .strip_prefix(&sv_prefix)
+            .and_then(|r| r.split('/').nth(1))
+            .unwrap_or("");
+        if backup_id >= pointer.backup_id.as_str() {
+            continue;
+        }
         if u.initiated.is_some_and(|t| t < cutoff) {
             if !dry_run {
                 store.abort_multipart(&u.key, &u.upload_id).await?;

@@ -199,14 +199,11 @@ pub fn own_snapshots(
         .collect()
 }
 
-/// Days a chain lasts before the next full starts: `full_every_days`, or `max_chain_length`
-/// backups `incremental_every_days` apart when that comes first; at least one.
+/// Days a chain lasts at most before the next full starts: `full_every_days` (a chain cut
+/// short by `max_chain_length` ends sooner, which only makes its lock longer than needed; a
+/// host that backs up less often than scheduled keeps a chain as long as this, never longer).
 pub fn chain_life_days(s: &Schedule) -> i64 {
-    let mut life = i64::from(s.full_every_days.max(1));
-    if s.incremental_every_days > 0 {
-        life = life.min(i64::from(s.max_chain_length) * i64::from(s.incremental_every_days));
-    }
-    life.max(1)
+    i64::from(s.full_every_days.max(1))
 }
 
 /// The retain-until date of every object of the chain whose full backup is `chain_id` (a
@@ -341,13 +338,13 @@ mod tests {
         assert_eq!(chain_life_days(&s), 180);
         let until = chain_lock_until("20260101T000000Z", &s, 2).expect("a timestamp");
         assert_eq!(until.to_rfc3339(), "2027-01-03T00:00:00+00:00"); // 360 + 7 days
-                                                                     // A chain cut short by max_chain_length lives less.
+                                                                     // A chain cut short by max_chain_length may live as long when backups come late.
         let short = Schedule {
             full_every_days: 180,
             incremental_every_days: 1,
             max_chain_length: 10,
         };
-        assert_eq!(chain_life_days(&short), 10);
+        assert_eq!(chain_life_days(&short), 180);
         let every_day_full = Schedule {
             full_every_days: 0,
             incremental_every_days: 0,

@@ -143,9 +143,11 @@ impl Container {
         // systemctl needs PID 1's socket, which appears a moment after PID 1 does.
         let state = loop {
             let (_, state) = m.sh("timeout 120 systemctl is-system-running --wait");
-            if !(state.contains("Failed to connect to bus") || state.contains("nsenter:"))
-                || started.elapsed() > Duration::from_secs(60)
-            {
+            // "offline": systemctl could not reach PID 1 yet (its error goes to stderr).
+            let early = state.contains("Failed to connect to bus")
+                || state.contains("nsenter:")
+                || state.trim() == "offline";
+            if !early || started.elapsed() > Duration::from_secs(60) {
                 break state;
             }
             std::thread::sleep(Duration::from_millis(200));

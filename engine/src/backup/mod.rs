@@ -77,6 +77,8 @@ pub enum BackupError {
         bucket: String,
         missing: &'static str,
     },
+    #[error("{key}: {detail}; nothing was published over it (`btrfs-to-s3 verify` names what else was touched)")]
+    Tampered { key: String, detail: String },
     #[error("internal: {0}")]
     Internal(String),
 }

@@ -48,6 +48,17 @@ impl Context {
                 self.store.set_retention(&c.key, lock).await?;
             }
         }
+        // Written once: a manifest already at the key is this run's own (a crash after the
+        // PUT, before its commit: the same bytes) or someone else's, never overwritten.
+        if self.store.head_object(&key).await?.is_some() {
+            let there = self.store.get_object(&key).await?;
+            if there.as_ref() != json.as_slice() {
+                return Err(BackupError::Tampered {
+                    key,
+                    detail: "a different manifest is already there: someone wrote it before this backup published".into(),
+                });
+            }
+        }
         failpoint!("before-manifest");
         self.store
             .put_object(

@@ -516,10 +516,14 @@ pub fn decide_adoption(
                 Some(n) if n != parts.to_string() => Err(format!(
                     "the object left by upload {upload_id} has {n} parts where {parts} were committed"
                 )),
-                Some(_) => match multipart_etag(part_etags) {
-                    Some(want) if looks_like_md5_etag(&etag) && !same_etag(&etag, &want) => {
+                Some(_) => match multipart_etags(part_etags) {
+                    Some(want)
+                        if looks_like_md5_etag(&etag)
+                            && !want.iter().any(|w| same_etag(&etag, w)) =>
+                    {
                         Err(format!(
-                            "the object at the key (ETag {etag}) is not the one upload {upload_id}'s parts make ({want})"
+                            "the object at the key (ETag {etag}) is not the one upload {upload_id}'s parts make ({})",
+                            want[0]
                         ))
                     }
                     _ => Ok(etag),
@@ -540,6 +544,20 @@ fn looks_like_md5_etag(etag: &str) -> bool {
         .is_some_and(|(h, n)| {
             h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()) && n.parse::<u32>().is_ok()
         })
+}
+
+/// The ETags servers give the object made of parts with these ETags: AWS's (the MD5 of the
+/// parts' binary MD5s) and garage's (the MD5 of their hex text), each `-<count>`. None where
+/// a part's ETag is not an MD5 (providers with opaque ETags).
+pub fn multipart_etags(part_etags: &[&str]) -> Option<[String; 2]> {
+    use md5::Digest;
+    let aws = multipart_etag(part_etags)?;
+    let mut text = md5::Md5::new();
+    for e in part_etags {
+        text.update(e.trim_matches('"').as_bytes());
+    }
+    let garage = format!("\"{}-{}\"", hex::encode(text.finalize()), part_etags.len());
+    Some([aws, garage])
 }
 
 /// The ETag S3 gives the object made of parts with these ETags: the MD5 of their binary

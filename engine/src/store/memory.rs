@@ -414,6 +414,7 @@ impl ObjectStore for MemoryStore {
                 size: o.data.len() as u64,
                 latest: true,
                 modified: None,
+                etag: Some(o.etag.clone()),
             })
             .collect())
     }

@@ -76,12 +76,14 @@ fn denied(kind: StoreErrorKind, op: &str, bucket: &str, key: &str) -> String {
     if kind != StoreErrorKind::AccessDenied {
         return String::new();
     }
-    let on = if key.is_empty() {
+    let action = iam_action(op);
+    let bucket_level = action.starts_with("s3:ListBucket") || action.starts_with("s3:GetBucket");
+    let on = if key.is_empty() || bucket_level {
         format!("arn:aws:s3:::{bucket}")
     } else {
         format!("arn:aws:s3:::{bucket}/{key}")
     };
-    format!("permission denied: {} on {on} — ", iam_action(op))
+    format!("permission denied: {action} on {on} — ")
 }
 
 fn hint(kind: StoreErrorKind, bucket: &str) -> String {
@@ -132,6 +134,8 @@ pub struct VersionInfo {
     pub latest: bool,
     /// Seconds since the epoch (LastModified), when the server said.
     pub modified: Option<i64>,
+    /// The version's ETag (none for a delete marker).
+    pub etag: Option<String>,
 }
 
 /// The bucket's versioning and Object Lock, as the server reports them.

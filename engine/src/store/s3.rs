@@ -160,7 +160,12 @@ impl S3Store {
         offset: u64,
         len: u64,
     ) -> Result<Bytes, StoreError> {
-        self.watched("GetObject", key, |activity| async move {
+        let op = if version.is_some() {
+            "GetObjectVersion"
+        } else {
+            "GetObject"
+        };
+        self.watched(op, key, |activity| async move {
             let mut out = self
                 .client
                 .get_object()
@@ -170,7 +175,7 @@ impl S3Store {
                 .range(format!("bytes={}-{}", offset, offset + len.max(1) - 1))
                 .send()
                 .await
-                .map_err(|e| self.err("GetObject", key, e))?;
+                .map_err(|e| self.err(op, key, e))?;
             let mut data =
                 bytes::BytesMut::with_capacity(usize::try_from(len.min(64 << 20)).unwrap_or(0));
             loop {
@@ -191,7 +196,7 @@ impl S3Store {
                     Ok(None) => return Ok(data.freeze()),
                     Err(e) => {
                         return Err(StoreError {
-                            op: "GetObject",
+                            op,
                             bucket: self.bucket.clone(),
                             key: key.to_string(),
                             kind: StoreErrorKind::Transient,
@@ -853,6 +858,7 @@ impl ObjectStore for S3Store {
                     size: u64::try_from(v.size().unwrap_or(0)).unwrap_or(0),
                     latest: v.is_latest().unwrap_or(false),
                     modified: v.last_modified().map(|t| t.secs()),
+                    etag: v.e_tag().map(str::to_string),
                 });
             }
             for m in resp.delete_markers() {
@@ -863,12 +869,22 @@ impl ObjectStore for S3Store {
                     size: 0,
                     latest: m.is_latest().unwrap_or(false),
                     modified: m.last_modified().map(|t| t.secs()),
+                    etag: None,
                 });
             }
             key_marker = resp.next_key_marker().map(str::to_string);
             version_marker = resp.next_version_id_marker().map(str::to_string);
-            if resp.is_truncated() != Some(true) || key_marker.is_none() {
+            if resp.is_truncated() != Some(true) {
                 break;
+            }
+            if key_marker.is_none() {
+                return Err(StoreError {
+                    op: "ListObjectVersions",
+                    bucket: self.bucket.clone(),
+                    key: prefix.to_string(),
+                    kind: StoreErrorKind::Other,
+                    message: "a truncated listing without NextKeyMarker: cannot go on".into(),
+                });
             }
         }
         Ok(out)

@@ -25,6 +25,9 @@ pub struct Tampered {
     pub what: String,
 }
 
+/// What a manifest records of its chunks: key → (size, ETag).
+type Recorded = BTreeMap<String, (u64, String)>;
+
 #[derive(Default)]
 struct Seen {
     /// Per key, its versions oldest first (delete markers included).
@@ -39,6 +42,8 @@ pub struct FirstVersions {
     skipped: std::sync::Mutex<Vec<(String, String)>>,
     /// The pointer version chosen, per pointer key.
     pointer: std::sync::Mutex<BTreeMap<String, Option<VersionInfo>>>,
+    /// Per backup directory, its manifest's chunks: key → (size, ETag).
+    expected: tokio::sync::Mutex<BTreeMap<String, Recorded>>,
 }
 
 fn is_pointer(key: &str) -> bool {
@@ -54,6 +59,7 @@ impl FirstVersions {
             seen: tokio::sync::OnceCell::new(),
             skipped: Default::default(),
             pointer: Default::default(),
+            expected: Default::default(),
         }
     }
 
@@ -110,7 +116,52 @@ impl FirstVersions {
     }
 
     async fn first(&self, key: &str) -> Result<Option<VersionInfo>, StoreError> {
-        Ok(Self::written(self.seen().await?, key))
+        let seen = self.seen().await?;
+        // A chunk: the version its manifest describes (size and ETag), when one does. The
+        // time rule of `written` is the fallback (a LastModified can be arranged: a
+        // multipart object's is when its upload began).
+        if key.ends_with(".bin") {
+            if let Some((size, etag)) = self.expected(key).await? {
+                let hit = seen.versions.get(key).and_then(|vs| {
+                    vs.iter().find(|v| {
+                        !v.delete_marker
+                            && v.size == size
+                            && v.etag
+                                .as_deref()
+                                .is_some_and(|e| crate::machine::run::same_etag(e, &etag))
+                    })
+                });
+                if let Some(v) = hit {
+                    return Ok(Some(v.clone()));
+                }
+            }
+        }
+        Ok(Self::written(seen, key))
+    }
+
+    /// What the manifest beside chunk `key` (its first version) records of it.
+    async fn expected(&self, key: &str) -> Result<Option<(u64, String)>, StoreError> {
+        let Some(slash) = key.rfind('/') else {
+            return Ok(None);
+        };
+        let dir = &key[..slash + 1];
+        let mut cache = self.expected.lock().await;
+        if !cache.contains_key(dir) {
+            let mkey = format!("{dir}manifest.json");
+            let mut chunks = BTreeMap::new();
+            if let Some(v) = Self::first_of(self.seen().await?, &mkey) {
+                if v.size <= crate::manifest::MAX_DOCUMENT_BYTES {
+                    let bytes = self.inner.get_version(&mkey, &v.version_id, None).await?;
+                    if let Ok(m) = crate::manifest::Manifest::parse(&mkey, &bytes) {
+                        for c in m.chunks {
+                            chunks.insert(c.key, (c.size, c.etag));
+                        }
+                    }
+                }
+            }
+            cache.insert(dir.to_string(), chunks);
+        }
+        Ok(cache.get(dir).and_then(|c| c.get(key)).cloned())
     }
 
     fn not_found(&self, key: &str) -> StoreError {
@@ -139,28 +190,79 @@ impl FirstVersions {
             return Ok(v.clone());
         }
         let seen = self.seen().await?;
-        let mut found = None;
+        // Every version that parses and names a manifest written here is a candidate; the
+        // one naming the newest backup wins (backup ids only grow, so a newer version naming
+        // an older backup is a rollback, reported). Versions are read newest first, until one
+        // names the newest manifest written under the pointer's directory.
+        let dir = &key[..key.rfind('/').map_or(0, |i| i + 1)];
+        let newest_manifest = seen
+            .versions
+            .iter()
+            .filter(|(k, vs)| {
+                k.starts_with(dir)
+                    && k.ends_with("/manifest.json")
+                    && vs.iter().any(|v| !v.delete_marker)
+            })
+            .filter_map(|(k, _)| k.rsplit('/').nth(1).map(str::to_string))
+            .max();
+        let mut candidates: Vec<(VersionInfo, String)> = Vec::new();
         let mut skipped = Vec::new();
         for v in seen.versions.get(key).into_iter().flatten().rev() {
             if v.delete_marker {
                 continue;
             }
+            if v.size > crate::manifest::MAX_DOCUMENT_BYTES {
+                skipped.push((
+                    key.to_string(),
+                    format!("version {} is {} bytes, no pointer", v.version_id, v.size),
+                ));
+                continue;
+            }
             let bytes = self.inner.get_version(key, &v.version_id, None).await?;
-            let why = match crate::manifest::Pointer::parse(key, &bytes) {
-                Err(e) => format!("version {} is not a pointer ({e})", v.version_id),
+            match crate::manifest::Pointer::parse(key, &bytes) {
+                Err(e) => skipped.push((
+                    key.to_string(),
+                    format!("version {} is not a pointer ({e})", v.version_id),
+                )),
                 Ok(p) => match self.first(&p.manifest_key).await? {
                     Some(_) => {
-                        found = Some(v.clone());
-                        break;
+                        let last = newest_manifest.as_deref() == Some(p.backup_id.as_str());
+                        candidates.push((v.clone(), p.backup_id));
+                        if last {
+                            break;
+                        }
                     }
-                    None => format!(
-                        "version {} names {}, which was never written",
-                        v.version_id, p.manifest_key
-                    ),
+                    None => skipped.push((
+                        key.to_string(),
+                        format!(
+                            "version {} names {}, which was never written",
+                            v.version_id, p.manifest_key
+                        ),
+                    )),
                 },
-            };
-            skipped.push((key.to_string(), why));
+            }
         }
+        // The first (newest) of the candidates naming the greatest backup id.
+        let best =
+            candidates
+                .iter()
+                .enumerate()
+                .fold(None::<(usize, &String)>, |acc, (i, (_, id))| match acc {
+                    Some((_, b)) if b >= id => acc,
+                    _ => Some((i, id)),
+                });
+        if let Some((i, id)) = best {
+            for (v, older) in &candidates[..i] {
+                skipped.push((
+                    key.to_string(),
+                    format!(
+                        "version {} names backup {older}, older than {id} an earlier version named (a rollback)",
+                        v.version_id
+                    ),
+                ));
+            }
+        }
+        let found = best.map(|(i, _)| candidates[i].0.clone());
         self.skipped
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -183,7 +285,12 @@ impl FirstVersions {
             if is_pointer(key) || key.contains("/.check/") {
                 continue;
             }
-            let Some(chosen) = Self::written(seen, key) else {
+            // A run that never published (abandoned, or in progress) is no backup: what the
+            // tool deleted or wrote again there is its own doing.
+            if key.ends_with(".bin") && Self::manifest_time(seen, key).is_none() {
+                continue;
+            }
+            let Some(chosen) = self.first(key).await? else {
                 continue;
             };
             // What the tool did before publishing (a chunk written again) is not tampering.
@@ -400,6 +507,7 @@ mod tests {
             size: 1,
             latest: false,
             modified: Some(at),
+            etag: None,
         }
     }
 
