@@ -83,20 +83,37 @@ async fn one(
     // The pointer is rewritten by every backup, so anyone holding the backup role could
     // write one: only a pointer whose manifest exists and is valid (for its own backup and
     // chain) steers retention, and never to a chain dated in the future.
-    let m = fetch::manifest(store, &keys, subvolume, &pointer.manifest_key)
-        .await
-        .map_err(|e| match e {
-            Fetch::Store(e) => BackupError::from(e),
-            Fetch::Invalid(e) => BackupError::from(e),
-        })?;
+    let refuse = |why: String| BackupError::Tampered {
+        key: keys.pointer(subvolume),
+        detail: format!("{why}; nothing pruned"),
+    };
+    let m = match fetch::manifest(store, &keys, subvolume, &pointer.manifest_key).await {
+        Ok(m) => m,
+        Err(Fetch::Store(e)) if e.kind != engine::store::StoreErrorKind::NotFound => {
+            return Err(e.into())
+        }
+        Err(e) => {
+            let e = match e {
+                Fetch::Store(e) => e.to_string(),
+                Fetch::Invalid(e) => e.to_string(),
+            };
+            return Err(refuse(format!(
+                "the pointer names {}, which cannot be read as a manifest ({e})",
+                pointer.manifest_key
+            )));
+        }
+    };
     let tomorrow = engine::machine::timestamp(now + chrono::Duration::days(1));
-    if m.backup_id != pointer.backup_id
-        || m.chain_id != pointer.chain_id
-        || pointer.chain_id > tomorrow
-    {
-        return Err(BackupError::Internal(format!(
-            "{}: the pointer names backup {} of chain {}, which its manifest {} does not confirm or which lies in the future; nothing pruned (check the bucket for tampering with `btrfs-to-s3 verify`)",
-            subvolume, pointer.backup_id, pointer.chain_id, pointer.manifest_key
+    if m.backup_id != pointer.backup_id || m.chain_id != pointer.chain_id {
+        return Err(refuse(format!(
+            "the pointer names backup {} of chain {}, which its manifest {} does not confirm",
+            pointer.backup_id, pointer.chain_id, pointer.manifest_key
+        )));
+    }
+    if pointer.chain_id > tomorrow {
+        return Err(refuse(format!(
+            "the pointer names chain {}, which lies in the future",
+            pointer.chain_id
         )));
     }
     out.pointer_chain = Some(pointer.chain_id.clone());

@@ -564,3 +564,91 @@ fn md5_b64(body: &[u8]) -> String {
     use md5::Digest;
     base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body))
 }
+
+fn put_raw(s: &Setup, key: &str, body: &[u8]) {
+    let client = s.s3.client();
+    let (bucket, key, body) = (s.s3.bucket.clone(), key.to_string(), body.to_vec());
+    harness::block_on(async move {
+        client
+            .put_object()
+            .bucket(&bucket)
+            .key(&key)
+            .body(body.into())
+            .send()
+            .await
+            .expect("put")
+    });
+}
+
+/// Someone writes a manifest at a backup's key before it publishes (the key is guessable
+/// from its uploads): the backup refuses to publish over it (exit 7) and leaves it as it is.
+/// A pointer naming a chain in the future (or a manifest that does not confirm it) stops
+/// `prune` before it deletes anything.
+#[test]
+fn garage_foreign_manifest_and_forged_pointer_are_refused() {
+    let s = Setup::new(
+        Flavor::Garage,
+        Opts {
+            chunk_size: "8MiB".into(),
+            part_size: "5MiB".into(),
+            concurrency: 2,
+            big_file_mib: 4,
+            ..Opts::default()
+        },
+    );
+    s.run(&["backup"]).assert_code(0);
+    harness::btrfs::mutate(&s.subvolume, 2);
+    let out = s.run_with(
+        tool_bin("btrfs-to-s3-failpoints"),
+        &["backup", "--full"],
+        &s.s3
+            .env()
+            .into_iter()
+            .chain([(
+                "FAILPOINTS".to_string(),
+                "before-manifest=return".to_string(),
+            )])
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(out.code, -1, "{}", out.stderr);
+    let open = s.open_runs();
+    assert_eq!(open.len(), 1);
+    let key = format!(
+        "{}/{}/{}/{}/manifest.json",
+        s.prefix, s.name, open[0], open[0]
+    );
+    put_raw(&s, &key, b"{\"not\": \"ours\"}");
+    let out = s.run(&["resume"]);
+    out.assert_code(7);
+    assert!(
+        out.stderr.contains("a different manifest is already there"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(s.get(&key), b"{\"not\": \"ours\"}".to_vec());
+
+    let before = s.objects();
+    let forged = format!(
+        r#"{{"format_version":1,"subvolume":"{}","backup_id":"29990101T000000Z","chain_id":"29990101T000000Z","kind":"full","manifest_key":"{}/{}/29990101T000000Z/29990101T000000Z/manifest.json","created_at":"2999-01-01T00:00:00Z"}}"#,
+        s.name, s.prefix, s.name
+    );
+    put_raw(&s, &s.pointer_key(), forged.as_bytes());
+    let out = s.run(&["prune"]);
+    out.assert_code(7);
+    assert!(
+        out.stderr.contains("cannot be read as a manifest")
+            && out.stderr.contains("nothing pruned"),
+        "{}",
+        out.stderr
+    );
+    let after: Vec<_> = s
+        .objects()
+        .into_iter()
+        .filter(|(k, _)| *k != s.pointer_key())
+        .collect();
+    let before: Vec<_> = before
+        .into_iter()
+        .filter(|(k, _)| *k != s.pointer_key())
+        .collect();
+    assert_eq!(after, before, "prune deleted something");
+}

@@ -77,7 +77,7 @@ pub enum BackupError {
         bucket: String,
         missing: &'static str,
     },
-    #[error("{key}: {detail}; nothing was published over it (`btrfs-to-s3 verify` names what else was touched)")]
+    #[error("{key}: {detail} (`btrfs-to-s3 verify` names what else was touched)")]
     Tampered { key: String, detail: String },
     #[error("internal: {0}")]
     Internal(String),

@@ -55,7 +55,7 @@ impl Context {
             if there.as_ref() != json.as_slice() {
                 return Err(BackupError::Tampered {
                     key,
-                    detail: "a different manifest is already there: someone wrote it before this backup published".into(),
+                    detail: "a different manifest is already there: someone wrote it before this backup published; nothing was published over it".into(),
                 });
             }
         }
