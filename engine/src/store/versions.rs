@@ -556,4 +556,244 @@ mod tests {
             .insert(gone.into(), vec![v(gone, "m", 3, true)]);
         assert_eq!(FirstVersions::written(&seen, gone), None);
     }
+
+    /// A versioned bucket in memory: (key, version id, LastModified, bytes; None: a marker).
+    struct Versioned(Vec<(String, String, i64, Option<Vec<u8>>)>);
+
+    fn no(op: &'static str) -> StoreError {
+        StoreError {
+            op,
+            bucket: "b".into(),
+            key: String::new(),
+            kind: StoreErrorKind::Other,
+            message: "not used".into(),
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for Versioned {
+        fn bucket(&self) -> &str {
+            "b"
+        }
+        async fn check_access(&self) -> Result<Option<i64>, StoreError> {
+            Ok(None)
+        }
+        async fn create_multipart(&self, _: &str, _: &PutOptions) -> Result<String, StoreError> {
+            Err(no("create"))
+        }
+        async fn upload_part(
+            &self,
+            _: &str,
+            _: &str,
+            _: u32,
+            _: Bytes,
+            _: u32,
+        ) -> Result<String, StoreError> {
+            Err(no("part"))
+        }
+        async fn complete_multipart(
+            &self,
+            _: &str,
+            _: &str,
+            _: &[CompletePart],
+        ) -> Result<String, StoreError> {
+            Err(no("complete"))
+        }
+        async fn abort_multipart(&self, _: &str, _: &str) -> Result<(), StoreError> {
+            Err(no("abort"))
+        }
+        async fn list_parts(&self, _: &str, _: &str) -> Result<Vec<UploadedPart>, StoreError> {
+            Err(no("list_parts"))
+        }
+        async fn list_uploads(&self, _: &str) -> Result<Vec<OpenUpload>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn put_object(&self, _: &str, _: Bytes, _: &PutOptions) -> Result<(), StoreError> {
+            Err(no("put"))
+        }
+        async fn get_object(&self, _: &str) -> Result<Bytes, StoreError> {
+            Err(no("get: reads must name a version"))
+        }
+        async fn get_range(&self, _: &str, _: u64, _: u64) -> Result<Bytes, StoreError> {
+            Err(no("get_range: reads must name a version"))
+        }
+        async fn restore_object(&self, _: &str, _: i32, _: &str) -> Result<(), StoreError> {
+            Err(no("restore"))
+        }
+        async fn head_object(&self, _: &str) -> Result<Option<ObjectInfo>, StoreError> {
+            Err(no("head: reads must name a version"))
+        }
+        async fn list(&self, _: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+            Err(no("list: the layer lists versions"))
+        }
+        async fn delete(&self, _: &str) -> Result<(), StoreError> {
+            Err(no("delete"))
+        }
+        async fn list_versions(&self, prefix: &str) -> Result<Vec<VersionInfo>, StoreError> {
+            // Newest first per key, as S3 lists them.
+            let mut out: Vec<VersionInfo> = self
+                .0
+                .iter()
+                .filter(|(k, ..)| k.starts_with(prefix))
+                .map(|(k, id, at, body)| VersionInfo {
+                    key: k.clone(),
+                    version_id: id.clone(),
+                    delete_marker: body.is_none(),
+                    size: body.as_ref().map_or(0, |b| b.len() as u64),
+                    latest: false,
+                    modified: Some(*at),
+                    etag: body.as_ref().map(|b| format!("\"{}\"", b.len())),
+                })
+                .collect();
+            out.sort_by(|a, b| a.key.cmp(&b.key).then(b.modified.cmp(&a.modified)));
+            Ok(out)
+        }
+        async fn delete_version(&self, _: &str, _: &str) -> Result<(), StoreError> {
+            Err(no("delete_version"))
+        }
+        async fn retain_until(
+            &self,
+            _: &str,
+            _: &str,
+        ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+            Ok(None)
+        }
+        async fn bucket_lock(&self) -> Result<BucketLock, StoreError> {
+            Ok(BucketLock {
+                versioning: true,
+                object_lock: true,
+            })
+        }
+        async fn set_retention(&self, _: &str, _: Lock) -> Result<(), StoreError> {
+            Err(no("set_retention"))
+        }
+        async fn get_version(
+            &self,
+            key: &str,
+            version_id: &str,
+            range: Option<(u64, u64)>,
+        ) -> Result<Bytes, StoreError> {
+            let body = self
+                .0
+                .iter()
+                .find(|(k, id, ..)| k == key && id == version_id)
+                .and_then(|(.., b)| b.clone())
+                .ok_or_else(|| no("no such version"))?;
+            Ok(match range {
+                Some((o, l)) => Bytes::from(body[o as usize..(o + l) as usize].to_vec()),
+                None => Bytes::from(body),
+            })
+        }
+        async fn head_version(
+            &self,
+            key: &str,
+            version_id: &str,
+        ) -> Result<Option<ObjectInfo>, StoreError> {
+            Ok(self
+                .0
+                .iter()
+                .find(|(k, id, ..)| k == key && id == version_id)
+                .and_then(|(.., b)| b.as_ref())
+                .map(|b| ObjectInfo {
+                    key: key.into(),
+                    size: b.len() as u64,
+                    storage_class: None,
+                    sse: None,
+                    etag: Some(format!("\"{}\"", b.len())),
+                    restore: None,
+                }))
+        }
+    }
+
+    fn pointer(backup: &str, kind: &str, manifest: &str) -> Option<Vec<u8>> {
+        Some(
+            format!(
+                r#"{{"format_version":1,"subvolume":"sv","backup_id":"{backup}","chain_id":"20260101T000000Z","kind":"{kind}","manifest_key":"{manifest}","created_at":"2026-01-01T00:00:00Z"}}"#
+            )
+            .into_bytes(),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_pointer_is_the_newest_backup_named_and_every_forgery_is_reported() {
+        let full = "p/sv/20260101T000000Z/20260101T000000Z/manifest.json";
+        let incr = "p/sv/20260101T000000Z/20260102T000000Z/manifest.json";
+        let ptr = "p/sv/current.json";
+        let store = Versioned(vec![
+            (full.into(), "m1".into(), 10, Some(b"{full}".to_vec())),
+            (incr.into(), "m2".into(), 20, Some(b"{incr}".to_vec())),
+            // Someone overwrote the incremental's manifest, then hid it behind a marker.
+            (incr.into(), "m3".into(), 40, Some(b"{pay us}...".to_vec())),
+            (incr.into(), "m4".into(), 41, None),
+            (
+                ptr.into(),
+                "p1".into(),
+                11,
+                pointer("20260101T000000Z", "full", full),
+            ),
+            (
+                ptr.into(),
+                "p2".into(),
+                21,
+                pointer("20260102T000000Z", "incremental", incr),
+            ),
+            // A rollback, garbage, and a pointer to a manifest never written.
+            (
+                ptr.into(),
+                "p3".into(),
+                30,
+                pointer("20260101T000000Z", "full", full),
+            ),
+            (ptr.into(), "p4".into(), 31, Some(b"ransom".to_vec())),
+            (
+                ptr.into(),
+                "p5".into(),
+                32,
+                pointer(
+                    "20990101T000000Z",
+                    "full",
+                    "p/sv/20990101T000000Z/20990101T000000Z/manifest.json",
+                ),
+            ),
+        ]);
+        let v = FirstVersions::new(Arc::new(store), "p/sv/");
+        let read = v.get_object(ptr).await.expect("a pointer");
+        assert_eq!(
+            read.as_ref(),
+            pointer("20260102T000000Z", "incremental", incr)
+                .unwrap()
+                .as_slice()
+        );
+        // A manifest reads at its first version, even behind a delete marker, and lists.
+        assert_eq!(v.get_object(incr).await.expect("first").as_ref(), b"{incr}");
+        let head = v.head_object(incr).await.expect("head").expect("some");
+        assert_eq!(head.size, 6);
+        let listed: Vec<String> = v
+            .list("p/sv/")
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert!(listed.contains(&incr.to_string()), "{listed:?}");
+        let found = v.tampered().await.expect("report");
+        let says =
+            |key: &str, what: &str| found.iter().any(|t| t.key == key && t.what.contains(what));
+        assert!(says(incr, "overwritten: version m3"), "{found:?}");
+        assert!(says(incr, "a delete marker (m4)"), "{found:?}");
+        assert!(
+            says(
+                ptr,
+                "version p3 names backup 20260101T000000Z, older than 20260102T000000Z"
+            ),
+            "{found:?}"
+        );
+        assert!(says(ptr, "version p4 is not a pointer"), "{found:?}");
+        assert!(
+            says(ptr, "version p5 names p/sv/20990101T000000Z"),
+            "{found:?}"
+        );
+        assert!(!found.iter().any(|t| t.key == full), "{found:?}");
+        assert_eq!(found.len(), 5, "{found:?}");
+    }
 }
