@@ -761,7 +761,7 @@ mod tests {
         assert_eq!(
             read.as_ref(),
             pointer("20260102T000000Z", "incremental", incr)
-                .unwrap()
+                .expect("a pointer")
                 .as_slice()
         );
         // A manifest reads at its first version, even behind a delete marker, and lists.
