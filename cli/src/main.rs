@@ -383,11 +383,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             if let Some(p) = settings.prune_profile.clone() {
                 settings.s3.aws_profile = Some(p);
             }
-            let prefix = if settings.s3.prefix.is_empty() {
-                String::new()
-            } else {
-                format!("{}/", settings.s3.prefix)
-            };
+            let prefix = engine::machine::Keys::new(&settings.s3.prefix).root();
             let (store, _) = as_first_written(&settings, connect(&settings).await, &prefix);
             let doc = prune::run(&settings, store.as_ref(), &chosen, *dry_run)
                 .await
@@ -597,11 +593,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(if bad { exit::DAMAGED } else { exit::OK })
         }
         Command::List => {
-            let prefix = if settings.s3.prefix.is_empty() {
-                String::new()
-            } else {
-                format!("{}/", settings.s3.prefix)
-            };
+            let prefix = engine::machine::Keys::new(&settings.s3.prefix).root();
             let (store, _) = as_first_written(&settings, connect(&settings).await, &prefix);
             let listing = engine::listing::list(&settings, store.as_ref())
                 .await

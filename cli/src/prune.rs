@@ -146,21 +146,12 @@ async fn one(
         .into_iter()
         .map(|o| o.key)
         .collect();
-    let mut dirs: std::collections::BTreeMap<String, (String, bool)> = Default::default();
-    for k in &objects {
-        let Some(rest) = k.strip_prefix(&sv_prefix) else {
-            continue;
-        };
-        let parts: Vec<&str> = rest.split('/').collect();
-        if parts.len() == 3 && !parts[0].starts_with('.') {
-            let e = dirs
-                .entry(format!("{sv_prefix}{}/{}/", parts[0], parts[1]))
-                .or_insert((parts[1].to_string(), false));
-            e.1 |= parts[2] == "manifest.json";
-        }
-    }
-    for (dir, (backup_id, has_manifest)) in dirs {
-        if has_manifest || backup_id.as_str() >= pointer.backup_id.as_str() {
+    let dirs = engine::plan::backup_dirs(objects.iter().map(String::as_str), &sv_prefix);
+    for (dir, keys_in_dir) in dirs {
+        let mut names = dir[sv_prefix.len()..].split('/');
+        let (chain, backup_id) = (names.next().unwrap_or(""), names.next().unwrap_or(""));
+        let has_manifest = keys_in_dir.iter().any(|k| k.ends_with("/manifest.json"));
+        if chain.starts_with('.') || has_manifest || backup_id >= pointer.backup_id.as_str() {
             continue;
         }
         match delete_under(store, settings, now, &objects, &dir, dry_run).await? {

@@ -295,6 +295,26 @@ pub fn chain_views(keys: &[String], sv_prefix: &str) -> Vec<ChainView> {
         .collect()
 }
 
+/// Keys under a subvolume's prefix grouped by backup directory
+/// (`<sv prefix><chain>/<backup>/`); keys at any other depth are left out.
+pub fn backup_dirs<'a>(
+    keys: impl IntoIterator<Item = &'a str>,
+    sv_prefix: &str,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut dirs: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for k in keys {
+        let Some(rest) = k.strip_prefix(sv_prefix) else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        if parts.len() == 3 {
+            let dir = format!("{sv_prefix}{}/{}/", parts[0], parts[1]);
+            dirs.entry(dir).or_default().push(k.to_string());
+        }
+    }
+    dirs
+}
+
 /// The keys of one chain in the order they are deleted: manifests first, so no manifest ever
 /// names a chunk that is gone.
 pub fn deletion_order(keys: &[String], chain_prefix: &str) -> Vec<String> {

@@ -81,17 +81,7 @@ pub async fn rebuild(
             Some(_) => Some(fetch::pointer(store, &keys, &sv.name).await?),
             None => None,
         };
-        // Group objects by backup directory: <prefix>/<sv>/<chain>/<backup>/.
-        let mut dirs: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for o in &objects {
-            if let Some(rest) = o.key.strip_prefix(&prefix) {
-                let parts: Vec<&str> = rest.split('/').collect();
-                if parts.len() == 3 {
-                    let dir = format!("{prefix}{}/{}/", parts[0], parts[1]);
-                    dirs.entry(dir).or_default().push(o.key.clone());
-                }
-            }
-        }
+        let dirs = crate::plan::backup_dirs(objects.iter().map(|o| o.key.as_str()), &prefix);
         let mut manifests = Vec::new();
         for (dir, keys_in_dir) in &dirs {
             let mkey = format!("{dir}manifest.json");

@@ -132,6 +132,11 @@ impl Keys {
         }
     }
 
+    /// The prefix everything lives under, with a trailing slash; empty without a prefix.
+    pub fn root(&self) -> String {
+        self.join(String::new())
+    }
+
     /// The prefix all of one subvolume's objects live under, with a trailing slash.
     pub fn subvolume_prefix(&self, subvolume: &str) -> String {
         self.join(format!("{subvolume}/"))
@@ -257,6 +262,8 @@ mod tests {
         assert_eq!(k.pointer("home"), "backups/host1/home/current.json");
         assert_eq!(Keys::new("").pointer("home"), "home/current.json");
         assert_eq!(k.subvolume_prefix("home"), "backups/host1/home/");
+        assert_eq!(k.root(), "backups/host1/");
+        assert_eq!(Keys::new("").root(), "");
     }
 
     #[test]

@@ -151,6 +151,35 @@ impl S3Store {
         Ok(etag_of(out.e_tag()))
     }
 
+    /// A whole GET of the current object or of one version.
+    async fn get_whole(&self, key: &str, version: Option<&str>) -> Result<Bytes, StoreError> {
+        let op = if version.is_some() {
+            "GetObjectVersion"
+        } else {
+            "GetObject"
+        };
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| self.err(op, key, e))?;
+        out.body
+            .collect()
+            .await
+            .map(|b| b.into_bytes())
+            .map_err(|e| StoreError {
+                op,
+                bucket: self.bucket.clone(),
+                key: key.to_string(),
+                kind: StoreErrorKind::Transient,
+                message: format!("reading the body: {e}"),
+            })
+    }
+
     /// A ranged GET of the current object, or of one version of it, watched for stalls and
     /// paced by the download limit.
     async fn get_range_of(
@@ -414,11 +443,7 @@ impl ObjectStore for S3Store {
     /// missing bucket in its body, and its Date gives the clock check.
     async fn check_access(&self) -> Result<Option<i64>, StoreError> {
         let date = ServerDate::default();
-        let prefix = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
+        let prefix = crate::machine::Keys::new(&self.prefix).root();
         self.client
             .list_objects_v2()
             .bucket(&self.bucket)
@@ -685,25 +710,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn get_object(&self, key: &str) -> Result<Bytes, StoreError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| self.err("GetObject", key, e))?;
-        out.body
-            .collect()
-            .await
-            .map(|b| b.into_bytes())
-            .map_err(|e| StoreError {
-                op: "GetObject",
-                bucket: self.bucket.clone(),
-                key: key.to_string(),
-                kind: StoreErrorKind::Transient,
-                message: format!("reading the body: {e}"),
-            })
+        self.get_whole(key, None).await
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
@@ -718,28 +725,7 @@ impl ObjectStore for S3Store {
     ) -> Result<Bytes, StoreError> {
         match range {
             Some((offset, len)) => self.get_range_of(key, Some(version_id), offset, len).await,
-            None => {
-                let out = self
-                    .client
-                    .get_object()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .version_id(version_id)
-                    .send()
-                    .await
-                    .map_err(|e| self.err("GetObjectVersion", key, e))?;
-                out.body
-                    .collect()
-                    .await
-                    .map(|b| b.into_bytes())
-                    .map_err(|e| StoreError {
-                        op: "GetObjectVersion",
-                        bucket: self.bucket.clone(),
-                        key: key.to_string(),
-                        kind: StoreErrorKind::Transient,
-                        message: format!("reading the body: {e}"),
-                    })
-            }
+            None => self.get_whole(key, Some(version_id)).await,
         }
     }
 

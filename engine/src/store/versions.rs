@@ -319,13 +319,12 @@ impl FirstVersions {
                     });
                     continue;
                 }
-                let head = self.inner.head_version(key, &v.version_id).await?;
-                let first_head = self.inner.head_version(key, &chosen.version_id).await?;
-                let differs = match (head, first_head) {
-                    (Some(a), Some(b)) => a.size != b.size || a.etag != b.etag,
-                    _ => true,
+                // The listing gives each version's size and ETag: no HEAD needed.
+                let same_etag = match (&v.etag, &chosen.etag) {
+                    (Some(a), Some(b)) => crate::machine::run::same_etag(a, b),
+                    _ => false,
                 };
-                if differs {
+                if v.size != chosen.size || !same_etag {
                     out.push(Tampered {
                         key: key.clone(),
                         what: format!(
