@@ -18,6 +18,7 @@ pub mod rebuild;
 pub mod restore;
 pub mod runlog;
 pub mod seal;
+pub mod sendstream;
 pub mod settings;
 pub mod store;
 pub mod tree;
