@@ -231,3 +231,198 @@ fn parser_matches_btrfs_receive_dump_on_real_streams() {
         assert!(kinds.contains(k), "no {k} command met; met {kinds:?}");
     }
 }
+
+/// More of what an incremental must carry: a directory renamed over an empty one, a file
+/// replaced by a directory of its name, a reflink of a file the parent had, a hard link
+/// dropped, partial rewrites and appends, a sparse extension.
+fn change_again(root: &Path) {
+    let mut rng = Rng::new(13);
+    std::fs::create_dir_all(root.join("target-empty")).expect("dir");
+    std::fs::rename(root.join("odd-moved"), root.join("target-empty")).expect("mv over");
+    std::fs::remove_file(root.join("prealloc")).expect("rm");
+    std::fs::create_dir(root.join("prealloc")).expect("dir in its place");
+    write_file(&root.join("prealloc/inside"), &rng.bytes(3000));
+    sh(
+        "cp",
+        &[
+            "--reflink=always",
+            root.join("big/large.bin").to_str().expect("utf8"),
+            root.join("reflinked-large.bin").to_str().expect("utf8"),
+        ],
+    );
+    std::fs::remove_file(root.join("files/hardlink-to-f3")).expect("rm link");
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(root.join("big/large.bin"))
+        .expect("open");
+    f.write_at(&rng.bytes(70_000), 123_456).expect("rewrite");
+    f.write_at(&rng.bytes(5000), (1 << 20) + 4 * 4096)
+        .expect("extend");
+    let g = std::fs::OpenOptions::new()
+        .write(true)
+        .open(root.join("sparse.img"))
+        .expect("open");
+    g.set_len(80 << 20).expect("extend sparse");
+    g.write_at(&rng.bytes(4096), 70 << 20).expect("write far");
+}
+
+/// Every path of a real directory tree below `root`, with its metadata.
+fn walk(root: &Path, rel: &[u8], out: &mut Vec<(Vec<u8>, std::fs::Metadata)>) {
+    let mut names: Vec<_> = std::fs::read_dir(root.join(OsStr::from_bytes(rel)))
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    names.sort();
+    for name in names {
+        let mut p = rel.to_vec();
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(name.as_bytes());
+        let md = std::fs::symlink_metadata(root.join(OsStr::from_bytes(&p))).expect("lstat");
+        let dir = md.is_dir();
+        out.push((p.clone(), md));
+        if dir {
+            walk(root, &p, out);
+        }
+    }
+}
+
+/// The model of `tree` is the snapshot: the same paths, types, modes, owners, mtimes,
+/// symlink targets, device numbers, xattrs, hard-link groups, sizes and file bytes.
+fn assert_model_is(name: &str, tree: &engine::fileindex::Tree, snap: &Path, streams: &[&[u8]]) {
+    use engine::fileindex::FileType;
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut real = Vec::new();
+    walk(snap, b"", &mut real);
+    let model = tree.entries();
+    let real_paths: Vec<&[u8]> = real.iter().map(|(p, _)| p.as_slice()).collect();
+    let model_paths: Vec<&[u8]> = model.iter().map(|(p, _)| p.as_slice()).collect();
+    if real_paths != model_paths {
+        let r: BTreeSet<_> = real_paths.iter().collect();
+        let m: BTreeSet<_> = model_paths.iter().collect();
+        let lossy = |s: Vec<&&[u8]>| -> Vec<String> {
+            s.iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect()
+        };
+        panic!(
+            "{name}: only on disk {:?}; only in the model {:?}",
+            lossy(r.difference(&m).copied().collect()),
+            lossy(m.difference(&r).copied().collect())
+        );
+    }
+    let mut groups: BTreeMap<u64, u64> = BTreeMap::new();
+    for ((path, md), (_, ino)) in real.iter().zip(&model) {
+        let p = String::from_utf8_lossy(path);
+        let node = tree.inode(*ino).expect("inode");
+        assert_eq!(
+            *groups.entry(md.ino()).or_insert(*ino),
+            *ino,
+            "{name}: {p}: hard-link group"
+        );
+        let ft = md.file_type();
+        let same_type = match &node.ftype {
+            FileType::File => ft.is_file(),
+            FileType::Dir => ft.is_dir(),
+            FileType::Symlink(target) => {
+                let real = std::fs::read_link(snap.join(OsStr::from_bytes(path))).expect("link");
+                assert_eq!(
+                    real.as_os_str().as_bytes(),
+                    &target[..],
+                    "{name}: {p}: target"
+                );
+                ft.is_symlink()
+            }
+            FileType::Fifo => ft.is_fifo(),
+            FileType::Socket => ft.is_socket(),
+            FileType::CharDev(rdev) => ft.is_char_device() && md.rdev() == *rdev,
+            FileType::BlockDev(rdev) => ft.is_block_device() && md.rdev() == *rdev,
+        };
+        assert!(same_type, "{name}: {p}: {:?} against {ft:?}", node.ftype);
+        if !ft.is_symlink() {
+            assert_eq!(md.mode() & 0o7777, node.mode, "{name}: {p}: mode");
+        }
+        assert_eq!(
+            (md.uid(), md.gid()),
+            (node.uid as u32, node.gid as u32),
+            "{name}: {p}: owner"
+        );
+        assert_eq!(
+            (md.mtime(), md.mtime_nsec() as u32),
+            (node.mtime.sec, node.mtime.nsec),
+            "{name}: {p}: mtime"
+        );
+        let full = snap.join(OsStr::from_bytes(path));
+        let xattrs: BTreeMap<Vec<u8>, Vec<u8>> = xattr::list(&full)
+            .expect("xattrs")
+            .map(|n| {
+                let v = xattr::get(&full, &n).expect("xattr").unwrap_or_default();
+                (n.as_bytes().to_vec(), v)
+            })
+            .collect();
+        assert_eq!(xattrs, node.xattrs, "{name}: {p}: xattrs");
+        if ft.is_file() {
+            assert_eq!(md.len(), node.size, "{name}: {p}: size");
+            let data = std::fs::read(&full).expect("read");
+            let ours = tree.read(*ino, streams).expect("the model reads the file");
+            assert!(data == ours, "{name}: {p}: content differs");
+        }
+    }
+}
+
+#[test]
+fn file_index_model_is_each_snapshot_of_a_chain_it_was_sent_from() {
+    let fs = LoopFs::new(1024);
+    let vol = fs.create_subvolume("vol");
+    populate(&vol);
+    let snaps = [fs.path("s0"), fs.path("s1"), fs.path("s2")];
+    sh("sync", &[]);
+    LoopFs::snapshot_readonly(&vol, &snaps[0]);
+    change(&vol);
+    sh("sync", &[]);
+    LoopFs::snapshot_readonly(&vol, &snaps[1]);
+    change_again(&vol);
+    sh("sync", &[]);
+    LoopFs::snapshot_readonly(&vol, &snaps[2]);
+    for proto in ["1", "2"] {
+        let mut streams: Vec<Vec<u8>> = Vec::new();
+        let mut parent: Option<engine::fileindex::Tree> = None;
+        for (i, snap) in snaps.iter().enumerate() {
+            let file = fs.dir.path().join(format!("p{proto}-{i}.stream"));
+            let mut args = vec!["send", "-q", "--proto", proto];
+            if i > 0 {
+                args.extend(["-p", snaps[i - 1].to_str().expect("utf8")]);
+            }
+            args.extend([
+                "-f",
+                file.to_str().expect("utf8"),
+                snap.to_str().expect("utf8"),
+            ]);
+            sh("btrfs", &args);
+            let stream = std::fs::read(&file).expect("stream");
+            let mut p = Parser::new();
+            let mut cmds = Vec::new();
+            for piece in stream.chunks(65536) {
+                p.feed(piece, &mut cmds).expect("parses");
+            }
+            p.finish().expect("ends");
+            let mut b = match parent.take() {
+                None => engine::fileindex::Builder::full(i as u32),
+                Some(t) => engine::fileindex::Builder::incremental(t, i as u32),
+            };
+            for c in &cmds {
+                b.apply(c)
+                    .unwrap_or_else(|e| panic!("proto {proto}, stream {i}: {e}"));
+            }
+            let tree = b.finish().expect("ended");
+            tree.check().expect("invariants");
+            streams.push(stream);
+            let views: Vec<&[u8]> = streams.iter().map(Vec::as_slice).collect();
+            assert_model_is(&format!("proto {proto}, snapshot {i}"), &tree, snap, &views);
+            parent = Some(tree);
+        }
+    }
+}

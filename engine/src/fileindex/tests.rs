@@ -1,0 +1,329 @@
+use super::tree::ROOT;
+use super::*;
+use crate::sendstream::attr::*;
+use crate::sendstream::encode::{u64le, Encoder};
+use crate::sendstream::{Kind, Parser};
+
+const SNAP: [u8; 16] = [1; 16];
+const NEXT: [u8; 16] = [2; 16];
+
+fn cmds(stream: &[u8]) -> Vec<crate::sendstream::Command> {
+    let mut p = Parser::new();
+    let mut out = Vec::new();
+    p.feed(stream, &mut out).expect("parses");
+    p.finish().expect("ends");
+    out
+}
+
+fn build(b: &mut Builder, stream: &[u8]) -> Result<(), IndexError> {
+    for c in cmds(stream) {
+        b.apply(&c)?;
+    }
+    Ok(())
+}
+
+fn mk(e: &mut Encoder, kind: Kind, path: &[u8]) {
+    e.command(kind, &[(PATH, path), (INO, &u64le(300))], None);
+}
+
+fn write(e: &mut Encoder, path: &[u8], at: u64, data: &[u8]) {
+    e.command(
+        Kind::Write,
+        &[(PATH, path), (FILE_OFFSET, &u64le(at))],
+        Some(data),
+    );
+}
+
+fn clone(e: &mut Encoder, uuid: &[u8; 16], path: &[u8], at: u64, len: u64, src: &[u8], from: u64) {
+    e.command(
+        Kind::Clone,
+        &[
+            (PATH, path),
+            (FILE_OFFSET, &u64le(at)),
+            (CLONE_LEN, &u64le(len)),
+            (CLONE_UUID, uuid),
+            (CLONE_CTRANSID, &u64le(1)),
+            (CLONE_PATH, src),
+            (CLONE_OFFSET, &u64le(from)),
+        ],
+        None,
+    );
+}
+
+fn full() -> Vec<u8> {
+    let mut e = Encoder::new(2);
+    e.command(
+        Kind::Subvol,
+        &[(PATH, b"snap"), (UUID, &SNAP), (CTRANSID, &u64le(5))],
+        None,
+    );
+    // New inodes under temporary names, renamed into place as the kernel does.
+    mk(&mut e, Kind::Mkdir, b"o257-5-0");
+    e.command(Kind::Rename, &[(PATH, b"o257-5-0"), (PATH_TO, b"d")], None);
+    mk(&mut e, Kind::Mkfile, b"o258-5-0");
+    e.command(
+        Kind::Rename,
+        &[(PATH, b"o258-5-0"), (PATH_TO, b"d/a")],
+        None,
+    );
+    write(&mut e, b"d/a", 0, &[b'a'; 100]);
+    write(&mut e, b"d/a", 200, &[b'b'; 50]);
+    e.command(Kind::Link, &[(PATH, b"hard"), (PATH_LINK, b"d/a")], None);
+    mk(&mut e, Kind::Mkfile, b"o259-5-0");
+    e.command(Kind::Rename, &[(PATH, b"o259-5-0"), (PATH_TO, b"c")], None);
+    clone(&mut e, &SNAP, b"c", 10, 240, b"d/a", 40);
+    e.command(
+        Kind::Symlink,
+        &[(PATH, b"s"), (INO, &u64le(260)), (PATH_LINK, b"d/a")],
+        None,
+    );
+    e.command(
+        Kind::SetXattr,
+        &[(PATH, b"d"), (XATTR_NAME, b"user.k"), (XATTR_DATA, b"v")],
+        None,
+    );
+    e.command(
+        Kind::Chmod,
+        &[(PATH, b"d/a"), (MODE, &u64le(0o100644))],
+        None,
+    );
+    e.command(
+        Kind::Chown,
+        &[(PATH, b"d/a"), (UID, &u64le(7)), (GID, &u64le(8))],
+        None,
+    );
+    e.command(
+        Kind::Fallocate,
+        &[
+            (PATH, b"c"),
+            (FALLOCATE_MODE, &1u32.to_le_bytes()),
+            (FILE_OFFSET, &u64le(0)),
+            (SIZE, &u64le(4096)),
+        ],
+        None,
+    );
+    e.finish()
+}
+
+#[test]
+fn a_full_stream_builds_its_tree_with_data_located_in_the_stream() {
+    let stream = full();
+    let mut b = Builder::full(0);
+    build(&mut b, &stream).expect("applies");
+    let t = b.finish().expect("ends");
+    t.check().expect("invariants");
+    let paths: Vec<String> = t
+        .entries()
+        .iter()
+        .map(|(p, _)| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    assert_eq!(paths, ["c", "d", "d/a", "hard", "s"]);
+    assert_eq!(t.uuid, SNAP);
+    let a = t.lookup(b"d/a").expect("d/a");
+    assert_eq!(t.lookup(b"hard"), Some(a), "a hard link is the same inode");
+    let na = t.inode(a).expect("inode");
+    assert_eq!(
+        (na.nlink, na.mode, na.uid, na.gid, na.size),
+        (2, 0o644, 7, 8, 250)
+    );
+    let mut want = vec![b'a'; 100];
+    want.resize(200, 0);
+    want.extend_from_slice(&[b'b'; 50]);
+    assert_eq!(t.read(a, &[&stream]).expect("read"), want);
+    // The clone took [40, 280) of d/a: 60 a's, a 100-byte hole, 50 b's (the source ends at 250).
+    let c = t.lookup(b"c").expect("c");
+    let mut want_c = vec![0u8; 10];
+    want_c.extend_from_slice(&want[40..250]);
+    want_c.resize(250, 0);
+    assert_eq!(t.read(c, &[&stream]).expect("read"), want_c);
+    // fallocate filled only the holes before 4096, and kept the size.
+    let nc = t.inode(c).expect("inode");
+    assert_eq!(nc.size, 250);
+    assert!(nc.extents.values().any(|e| e.source == Source::Prealloc));
+    let s = t.inode(t.lookup(b"s").expect("s")).expect("inode");
+    assert_eq!(s.ftype, FileType::Symlink(b"d/a".to_vec()));
+    let d = t.inode(t.lookup(b"d").expect("d")).expect("inode");
+    assert_eq!(
+        d.xattrs.get(&b"user.k"[..]).map(Vec::as_slice),
+        Some(&b"v"[..])
+    );
+    assert_eq!(t.inode(ROOT).map(|r| r.children.len()), Some(4));
+}
+
+#[test]
+fn an_incremental_applies_to_its_parents_tree_and_clones_from_the_parent_as_it_was() {
+    let first = full();
+    let mut b = Builder::full(0);
+    build(&mut b, &first).expect("full");
+    let parent = b.finish().expect("ends");
+    let mut e = Encoder::new(2);
+    e.command(
+        Kind::Snapshot,
+        &[
+            (PATH, b"snap2"),
+            (UUID, &NEXT),
+            (CTRANSID, &u64le(6)),
+            (CLONE_UUID, &SNAP),
+            (CLONE_CTRANSID, &u64le(5)),
+        ],
+        None,
+    );
+    // d/a is rewritten, then c is cloned from the parent's d/a: the old bytes.
+    write(&mut e, b"d/a", 0, &[b'z'; 100]);
+    clone(&mut e, &SNAP, b"c", 0, 100, b"d/a", 0);
+    // Rename over an existing file; unlink one of two hard links; a new dir and rmdir.
+    e.command(Kind::Rename, &[(PATH, b"c"), (PATH_TO, b"s")], None);
+    e.command(Kind::Unlink, &[(PATH, b"hard")], None);
+    mk(&mut e, Kind::Mkdir, b"e");
+    e.command(Kind::Rmdir, &[(PATH, b"e")], None);
+    e.command(
+        Kind::RemoveXattr,
+        &[(PATH, b"d"), (XATTR_NAME, b"user.k")],
+        None,
+    );
+    e.command(Kind::Truncate, &[(PATH, b"d/a"), (SIZE, &u64le(120))], None);
+    let second = e.finish();
+    let mut b = Builder::incremental(parent.clone(), 1);
+    build(&mut b, &second).expect("incremental");
+    let t = b.finish().expect("ends");
+    t.check().expect("invariants");
+    let paths: Vec<Vec<u8>> = t.entries().into_iter().map(|(p, _)| p).collect();
+    assert_eq!(paths, [&b"d"[..], b"d/a", b"s"]);
+    let streams = [&first[..], &second[..]];
+    let a = t.lookup(b"d/a").expect("d/a");
+    let mut want = vec![b'z'; 100];
+    want.resize(120, 0);
+    assert_eq!(t.read(a, &streams).expect("read"), want);
+    assert_eq!(t.inode(a).map(|n| n.nlink), Some(1));
+    // s is now the old c, holding the parent's d/a bytes from the first stream.
+    let s = t.lookup(b"s").expect("s");
+    assert_eq!(&t.read(s, &streams).expect("read")[..100], &[b'a'; 100][..]);
+    assert!(t
+        .inode(t.lookup(b"d").expect("d"))
+        .expect("inode")
+        .xattrs
+        .is_empty());
+    // The parent's tree is untouched.
+    assert_eq!(parent.entries().len(), 5);
+}
+
+#[test]
+fn commands_that_do_not_fit_the_tree_are_refused_naming_command_and_path() {
+    let start = |e: &mut Encoder| {
+        e.command(
+            Kind::Subvol,
+            &[(PATH, b"snap"), (UUID, &SNAP), (CTRANSID, &u64le(5))],
+            None,
+        )
+    };
+    let refused = |body: &dyn Fn(&mut Encoder)| -> String {
+        let mut e = Encoder::new(2);
+        start(&mut e);
+        body(&mut e);
+        let mut b = Builder::full(0);
+        build(&mut b, &e.finish())
+            .and_then(|()| b.finish().map(drop))
+            .expect_err("refused")
+            .to_string()
+    };
+    assert_eq!(
+        refused(&|e| write(e, b"nope", 0, b"x")),
+        "write at byte 67: \"nope\" does not exist"
+    );
+    assert!(refused(&|e| {
+        mk(e, Kind::Mkdir, b"d");
+        mk(e, Kind::Mkfile, b"d/f");
+        e.command(Kind::Rmdir, &[(PATH, b"d")], None);
+    })
+    .contains("\"d\" is not an empty directory"));
+    assert!(refused(&|e| {
+        mk(e, Kind::Mkdir, b"d");
+        mk(e, Kind::Mkdir, b"d");
+    })
+    .contains("\"d\" already exists"));
+    assert!(refused(&|e| {
+        mk(e, Kind::Mkdir, b"d");
+        mk(e, Kind::Mkdir, b"d/e");
+        e.command(Kind::Rename, &[(PATH, b"d"), (PATH_TO, b"d/e/d")], None);
+    })
+    .contains("lies inside the directory being moved"));
+    assert!(refused(&|e| {
+        mk(e, Kind::Mkfile, b"f");
+        mk(e, Kind::Mkfile, b"f/g");
+    })
+    .contains("\"f\" is not a directory"));
+    assert!(refused(&|e| {
+        e.command(
+            Kind::UpdateExtent,
+            &[(PATH, b""), (FILE_OFFSET, &u64le(0)), (SIZE, &u64le(1))],
+            None,
+        );
+    })
+    .contains("--no-data"));
+    assert!(refused(&|e| {
+        mk(e, Kind::Mkfile, b"f");
+        clone(e, &NEXT, b"f", 0, 1, b"f", 0);
+    })
+    .contains("neither this snapshot nor its parent"));
+    // Order: a command before the start, a second start, an incremental of another parent.
+    let mut e = Encoder::new(2);
+    mk(&mut e, Kind::Mkdir, b"d");
+    let err = build(&mut Builder::full(0), &e.finish()).expect_err("refused");
+    assert!(err.to_string().contains("before the subvol or snapshot"));
+    let mut e = Encoder::new(2);
+    e.command(
+        Kind::Snapshot,
+        &[
+            (PATH, b"s"),
+            (UUID, &NEXT),
+            (CTRANSID, &u64le(6)),
+            (CLONE_UUID, &NEXT),
+            (CLONE_CTRANSID, &u64le(5)),
+        ],
+        None,
+    );
+    let mut b = Builder::full(0);
+    build(&mut b, &full()).expect("full");
+    let parent = b.finish().expect("tree");
+    let err = build(&mut Builder::incremental(parent, 1), &e.finish()).expect_err("refused");
+    assert!(err.to_string().contains("applied to the tree of"), "{err}");
+}
+
+#[test]
+fn punching_and_slicing_keep_extents_apart_and_their_sources_aligned() {
+    let mut b = Builder::full(0);
+    let mut e = Encoder::new(2);
+    e.command(
+        Kind::Subvol,
+        &[(PATH, b"snap"), (UUID, &SNAP), (CTRANSID, &u64le(5))],
+        None,
+    );
+    mk(&mut e, Kind::Mkfile, b"f");
+    let body: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    write(&mut e, b"f", 0, &body);
+    // Overwrite the middle, punch a hole, clone a piece onto itself further on.
+    write(&mut e, b"f", 300, &[9u8; 100]);
+    e.command(
+        Kind::Fallocate,
+        &[
+            (PATH, b"f"),
+            (FALLOCATE_MODE, &3u32.to_le_bytes()),
+            (FILE_OFFSET, &u64le(600)),
+            (SIZE, &u64le(50)),
+        ],
+        None,
+    );
+    clone(&mut e, &SNAP, b"f", 900, 200, b"f", 250);
+    let stream = e.finish();
+    build(&mut b, &stream).expect("applies");
+    let t = b.finish().expect("ends");
+    t.check().expect("invariants");
+    let mut want = body.clone();
+    want[300..400].fill(9);
+    want[600..650].fill(0);
+    let piece = want[250..450].to_vec();
+    want.resize(1100, 0);
+    want[900..1100].copy_from_slice(&piece);
+    let f = t.lookup(b"f").expect("f");
+    assert_eq!(t.read(f, &[&stream]).expect("read"), want);
+}
