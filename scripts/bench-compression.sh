@@ -6,15 +6,19 @@
 # on a link capped at 10 MiB/s (s3-fault-proxy --bandwidth), beside `btrfs send | s5cmd pipe`
 # through the same cap.
 #   sudo scripts/bench-compression.sh [--mib 512] [--capped-mib 128] [--repeat 3]
+#        [--datasets "text random"] [--modes "off zstd age zstd+age"] [--no-capped]
 # Results: run/bench/compression.json and a table on stdout. Release build. Not a test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mib=512; capped_mib=128; repeat=3
+mib=512; capped_mib=128; repeat=3; datasets="text random"; modes="off zstd age zstd+age"; capped=yes
 while [ $# -gt 0 ]; do
   case "$1" in
     --mib) mib="$2"; shift 2 ;;
     --capped-mib) capped_mib="$2"; shift 2 ;;
     --repeat) repeat="$2"; shift 2 ;;
+    --datasets) datasets="$2"; shift 2 ;;
+    --modes) modes="$2"; shift 2 ;;
+    --no-capped) capped=no; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -83,10 +87,11 @@ make_random() {
   btrfs subvolume create "$1" > /dev/null
   head -c "$2"M /dev/urandom > "$1/random.bin"
 }
-make_text "$W/mnt/text" "$mib"
-make_random "$W/mnt/random" "$mib"
-make_text "$W/mnt/text-capped" "$capped_mib"
-make_random "$W/mnt/random-capped" "$capped_mib"
+for ds in $datasets; do "make_$ds" "$W/mnt/$ds" "$mib"; done
+if [ "$capped" = yes ]; then
+  make_text "$W/mnt/text-capped" "$capped_mib"
+  make_random "$W/mnt/random-capped" "$capped_mib"
+fi
 sync
 
 age-keygen -o "$W/age-key.txt" 2> /dev/null; chmod 600 "$W/age-key.txt"
@@ -119,12 +124,13 @@ CONF
 # One full backup; prints "wall rss stored stream snapshot manifest_key".
 backup_once() {
   sync; echo 3 > /proc/sys/vm/drop_caches
-  /usr/bin/time -f "%M %e" -o "$OUT/time.txt" "$BIN" --config "$W/config.toml" --quiet backup --full --json > "$OUT/run.json"
-  read -r rss wall < "$OUT/time.txt"
-  python3 - "$OUT/run.json" "$wall" "$rss" <<'PY'
+  /usr/bin/time -f "%M %e %U %S" -o "$OUT/time.txt" "$BIN" --config "$W/config.toml" --quiet backup --full --json > "$OUT/run.json"
+  read -r rss wall user sys < "$OUT/time.txt"
+  python3 - "$OUT/run.json" "$wall" "$rss" "$user" "$sys" <<'PY'
 import json, sys
 run = json.load(open(sys.argv[1]))["runs"][0]
-print(sys.argv[2], sys.argv[3], run["total_bytes"], run["snapshot"], run["manifest_key"])
+cpu = round(float(sys.argv[4]) + float(sys.argv[5]), 2)
+print(sys.argv[2], sys.argv[3], run["total_bytes"], run["snapshot"], run["manifest_key"], cpu)
 PY
 }
 
@@ -132,10 +138,10 @@ results="[]"
 add() { results=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r.append(json.loads(sys.argv[2])); print(json.dumps(r))' "$results" "$1"); }
 
 for r in $(seq 1 "$repeat"); do
-  for ds in text random; do
-    for comp in off zstd age zstd+age; do
+  for ds in $datasets; do
+    for comp in $modes; do
       config "$ds" "$W/mnt/$ds" "$comp" "$S3_ENDPOINT" "bench-$ds-${comp/+/-}-$r"
-      read -r wall rss stored snap mkey < <(backup_once)
+      read -r wall rss stored snap mkey cpu < <(backup_once)
       "$S5" --endpoint-url "$S3_ENDPOINT" cat "s3://$S3_BUCKET/$mkey" > "$OUT/manifest.json"
       stream=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print((m.get("compression") or {}).get("stream_bytes", m["total_bytes"]))' "$OUT/manifest.json")
       mkdir -p "$W/mnt/restore"
@@ -147,7 +153,7 @@ for r in $(seq 1 "$repeat"); do
       btrfs subvolume delete "$snap" > /dev/null; rm -rf "$W/state"
       add "{\"link\": \"local\", \"dataset\": \"$ds\", \"contender\": \"btrfs-to-s3 $comp\", \"repeat\": $r,
         \"stream_mib\": $(python3 -c "print(round($stream / 2**20, 1))"), \"stored_mib\": $(python3 -c "print(round($stored / 2**20, 1))"),
-        \"backup_wall_s\": $wall, \"backup_peak_rss_mib\": $(python3 -c "print(round($rss / 1024, 1))"),
+        \"backup_wall_s\": $wall, \"backup_cpu_s\": $cpu, \"backup_peak_rss_mib\": $(python3 -c "print(round($rss / 1024, 1))"),
         \"restore_wall_s\": $r_wall, \"restore_peak_rss_mib\": $(python3 -c "print(round($r_rss / 1024, 1))")}"
       echo "$results" > "$OUT/compression.json"
     done
@@ -161,10 +167,11 @@ proxy_pid=$!
 for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
 capped="http://127.0.0.1:$port"
 for r in $(seq 1 "$repeat"); do
+  [ "$capped" = yes ] || break
   for ds in text-capped random-capped; do
     for comp in off zstd zstd+age; do
       config "$ds" "$W/mnt/$ds" "$comp" "$capped" "bench-$ds-${comp/+/-}-$r"
-      read -r wall rss stored snap mkey < <(backup_once)
+      read -r wall rss stored snap mkey cpu < <(backup_once)
       add "{\"link\": \"10 MiB/s\", \"dataset\": \"$ds\", \"contender\": \"btrfs-to-s3 $comp\", \"repeat\": $r,
         \"stored_mib\": $(python3 -c "print(round($stored / 2**20, 1))"), \"backup_wall_s\": $wall,
         \"backup_peak_rss_mib\": $(python3 -c "print(round($rss / 1024, 1))")}"
@@ -186,9 +193,9 @@ rows = json.load(open(sys.argv[1]))
 groups = {}
 for r in rows:
     groups.setdefault((r["link"], r["dataset"], r["contender"]), []).append(r)
-print("| link | dataset | contender | stream MiB | stored MiB | backup s (median) | restore s (median) | peak RSS MiB |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+print("| link | dataset | contender | stream MiB | stored MiB | backup s (median) | backup CPU s (median) | restore s (median) | peak RSS MiB |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for (link, ds, who), rs in groups.items():
     med = lambda k: statistics.median(x[k] for x in rs) if k in rs[0] else "—"
-    print(f"| {link} | {ds} | {who} | {med('stream_mib')} | {med('stored_mib')} | {med('backup_wall_s')} | {med('restore_wall_s')} | {max(x['backup_peak_rss_mib'] for x in rs)} |")
+    print(f"| {link} | {ds} | {who} | {med('stream_mib')} | {med('stored_mib')} | {med('backup_wall_s')} | {med('backup_cpu_s')} | {med('restore_wall_s')} | {max(x['backup_peak_rss_mib'] for x in rs)} |")
 PY

@@ -172,6 +172,9 @@ pub struct CompressingReader<R> {
     workers: usize,
     /// One reusable context per worker (a context per frame would zero its tables each time).
     contexts: Vec<zstd::bulk::Compressor<'static>>,
+    /// Block buffers kept from the last batch: a fresh 1 MiB buffer per frame cost a page
+    /// fault per 4 KiB (a quarter of zstd's whole cost on incompressible data).
+    spare: Vec<Vec<u8>>,
     eof: bool,
     log: FramingLog,
 }
@@ -186,6 +189,7 @@ impl<R: Read> CompressingReader<R> {
                 level,
                 workers: workers.clamp(1, max_workers(level)),
                 contexts: Vec::new(),
+                spare: Vec::new(),
                 eof: false,
                 log: log.clone(),
             },
@@ -195,13 +199,22 @@ impl<R: Read> CompressingReader<R> {
 
     /// The next batch of stored bytes (the frames of up to `workers` blocks); None at the end,
     /// by which time the log is done.
+    #[cfg(test)]
     fn next_batch(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let mut out = Vec::new();
+        Ok(self.next_batch_into(&mut out)?.then_some(out))
+    }
+
+    /// `next_batch` into `out` (cleared first, its allocation reused); false at the end.
+    fn next_batch_into(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
+        out.clear();
         if self.eof {
-            return Ok(None);
+            return Ok(false);
         }
         let mut blocks = Vec::with_capacity(self.workers);
         while blocks.len() < self.workers && !self.eof {
-            let mut b = vec![0u8; FRAME_BYTES as usize];
+            let mut b = self.spare.pop().unwrap_or_default();
+            b.resize(FRAME_BYTES as usize, 0);
             let n = crate::pipeline::read_full(&mut self.inner, &mut b)?;
             b.truncate(n);
             if n < FRAME_BYTES as usize {
@@ -236,14 +249,14 @@ impl<R: Read> CompressingReader<R> {
                     .collect()
             })
         };
-        let mut out = Vec::with_capacity(blocks.iter().map(|b| raw_frame_len(b.len())).sum());
+        out.reserve(blocks.iter().map(|b| raw_frame_len(b.len())).sum());
         let mut t = self.log.0.lock().unwrap_or_else(|p| p.into_inner());
         for (plain, frame) in blocks.iter().zip(compressed) {
             let at = out.len();
             match frame? {
                 Some(z) => out.extend_from_slice(&z),
                 // Random-looking: written straight from the block, one copy.
-                None => write_raw_frame(plain, &mut out),
+                None => write_raw_frame(plain, out),
             }
             t.stream_bytes += plain.len() as u64;
             t.hash.update(plain);
@@ -253,7 +266,9 @@ impl<R: Read> CompressingReader<R> {
         if self.eof {
             t.done = true;
         }
-        Ok(Some(out))
+        drop(t);
+        self.spare = blocks;
+        Ok(true)
     }
 }
 
@@ -263,6 +278,8 @@ impl<R: Read> CompressingReader<R> {
 /// at the end of the stream, on an error (handed to the reader), or when the reader is dropped.
 pub struct Pipelined {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    /// Read batches go back to the thread to be filled again (at most three exist).
+    back: std::sync::mpsc::Sender<Vec<u8>>,
     cur: Vec<u8>,
     at: usize,
 }
@@ -270,14 +287,16 @@ pub struct Pipelined {
 impl Pipelined {
     pub fn new<R: Read + Send + 'static>(mut r: CompressingReader<R>) -> Pipelined {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (back, returned) = std::sync::mpsc::channel::<Vec<u8>>();
         std::thread::spawn(move || loop {
-            match r.next_batch() {
-                Ok(Some(b)) => {
-                    if tx.send(Ok(b)).is_err() {
+            let mut out = returned.try_recv().unwrap_or_default();
+            match r.next_batch_into(&mut out) {
+                Ok(true) => {
+                    if tx.send(Ok(out)).is_err() {
                         return;
                     }
                 }
-                Ok(None) => return,
+                Ok(false) => return,
                 Err(e) => {
                     let _ = tx.send(Err(e));
                     return;
@@ -286,6 +305,7 @@ impl Pipelined {
         });
         Pipelined {
             rx,
+            back,
             cur: Vec::new(),
             at: 0,
         }
@@ -295,6 +315,10 @@ impl Pipelined {
 impl Read for Pipelined {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.at == self.cur.len() {
+            if self.cur.capacity() > 0 {
+                // The thread may have ended; then the batch is simply dropped.
+                let _ = self.back.send(std::mem::take(&mut self.cur));
+            }
             match self.rx.recv() {
                 Ok(Ok(b)) => {
                     self.cur = b;
