@@ -419,6 +419,20 @@ fn file_index_model_is_each_snapshot_of_a_chain_it_was_sent_from() {
             }
             let tree = b.finish().expect("ended");
             tree.check().expect("invariants");
+            // Stored and read back: the same tree, within 150 bytes a path before compression.
+            let stored = engine::fileindex::format::encode(&tree, i as u32);
+            let (back, backup) =
+                engine::fileindex::format::decode(&stored).expect("the index reads back");
+            assert_eq!(backup, i as u32);
+            assert_eq!(engine::fileindex::format::encode(&back, backup), stored);
+            let per_path = stored.len() / tree.entries().len();
+            eprintln!(
+                "proto {proto}, snapshot {i}: index {} bytes, {} paths, {per_path} bytes a path",
+                stored.len(),
+                tree.entries().len()
+            );
+            assert!(per_path <= 150, "{per_path} bytes a path");
+            let tree = back;
             streams.push(stream);
             let views: Vec<&[u8]> = streams.iter().map(Vec::as_slice).collect();
             assert_model_is(&format!("proto {proto}, snapshot {i}"), &tree, snap, &views);

@@ -14,6 +14,7 @@
 //! directory has one entry naming it; extents never overlap and each lies in one stream of
 //! the chain (`Source::Stream.backup` counts from the chain's full backup).
 
+pub mod format;
 #[cfg(test)]
 mod tests;
 pub mod tree;

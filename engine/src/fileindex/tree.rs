@@ -236,6 +236,36 @@ impl Tree {
         }
     }
 
+    /// A tree read back from its stored form (`format::decode` checks it afterwards).
+    pub(super) fn from_parts(uuid: [u8; 16], ctransid: u64, inodes: HashMap<Ino, Inode>) -> Tree {
+        let next = inodes.keys().max().map_or(ROOT, |m| m + 1);
+        Tree {
+            uuid,
+            ctransid,
+            inodes,
+            next,
+        }
+    }
+
+    /// Every inode number in use, in no order.
+    pub fn inode_numbers(&self) -> Vec<Ino> {
+        self.inodes.keys().copied().collect()
+    }
+
+    /// Tests: moves every extent's data `by` backups later in the chain.
+    #[cfg(test)]
+    pub(super) fn shift_backups(&mut self, by: u32) {
+        for n in self.inodes.values_mut() {
+            for e in n.extents.values_mut() {
+                if let Source::Stream { backup, .. } | Source::Encoded { backup, .. } =
+                    &mut e.source
+                {
+                    *backup += by;
+                }
+            }
+        }
+    }
+
     pub fn inode(&self, ino: Ino) -> Option<&Inode> {
         self.inodes.get(&ino)
     }
