@@ -111,7 +111,7 @@ fn garage_encrypted_chain_restores_identical_and_verifies_with_the_identity_only
 
 #[test]
 fn garage_encrypted_bucket_holds_no_plaintext() {
-    let s = sealed_setup(None);
+    let s = sealed_setup(Some("off"));
     s.run(&["backup"]).assert_code(0);
     let m = s.manifest(&s.pointer().manifest_key);
     assert!(m.compression.is_none() && m.encryption.is_some());
