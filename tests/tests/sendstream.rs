@@ -440,3 +440,185 @@ fn file_index_model_is_each_snapshot_of_a_chain_it_was_sent_from() {
         }
     }
 }
+
+/// `applied` is `snap`: paths, types, modes, owners, mtimes, symlink targets, devices,
+/// xattrs (Btrfs properties aside), hard-link groups, sizes and bytes of every file.
+fn assert_same_as(name: &str, snap: &Path, applied: &Path) {
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    walk(snap, b"", &mut a);
+    walk(applied, b"", &mut b);
+    let pa: Vec<&[u8]> = a.iter().map(|(p, _)| p.as_slice()).collect();
+    let pb: Vec<&[u8]> = b.iter().map(|(p, _)| p.as_slice()).collect();
+    assert_eq!(pa, pb, "{name}: the paths differ");
+    let xattrs = |p: &Path| -> BTreeMap<Vec<u8>, Vec<u8>> {
+        xattr::list(p)
+            .expect("xattrs")
+            .filter(|n| !n.as_bytes().starts_with(b"btrfs."))
+            .map(|n| {
+                let v = xattr::get(p, &n).expect("xattr").unwrap_or_default();
+                (n.as_bytes().to_vec(), v)
+            })
+            .collect()
+    };
+    let mut groups: BTreeMap<u64, u64> = BTreeMap::new();
+    for ((path, x), (_, y)) in a.iter().zip(&b) {
+        let p = String::from_utf8_lossy(path);
+        let (fx, fy) = (
+            snap.join(OsStr::from_bytes(path)),
+            applied.join(OsStr::from_bytes(path)),
+        );
+        assert_eq!(
+            *groups.entry(x.ino()).or_insert(y.ino()),
+            y.ino(),
+            "{name}: {p}: hard-link group"
+        );
+        let (tx, ty) = (x.file_type(), y.file_type());
+        let kind = |t: std::fs::FileType| {
+            (
+                t.is_file(),
+                t.is_dir(),
+                t.is_symlink(),
+                t.is_fifo(),
+                t.is_socket(),
+                t.is_char_device(),
+                t.is_block_device(),
+            )
+        };
+        assert_eq!(kind(tx), kind(ty), "{name}: {p}: type");
+        if !tx.is_symlink() {
+            assert_eq!(x.mode(), y.mode(), "{name}: {p}: mode");
+        }
+        assert_eq!((x.uid(), x.gid()), (y.uid(), y.gid()), "{name}: {p}: owner");
+        assert_eq!(
+            (x.mtime(), x.mtime_nsec()),
+            (y.mtime(), y.mtime_nsec()),
+            "{name}: {p}: mtime"
+        );
+        if tx.is_char_device() || tx.is_block_device() {
+            assert_eq!(x.rdev(), y.rdev(), "{name}: {p}: device");
+        }
+        if tx.is_symlink() {
+            assert_eq!(
+                std::fs::read_link(&fx).expect("link"),
+                std::fs::read_link(&fy).expect("link"),
+                "{name}: {p}: target"
+            );
+        }
+        assert_eq!(xattrs(&fx), xattrs(&fy), "{name}: {p}: xattrs");
+        if tx.is_file() {
+            assert_eq!(x.len(), y.len(), "{name}: {p}: size");
+            assert!(
+                std::fs::read(&fx).expect("read") == std::fs::read(&fy).expect("read"),
+                "{name}: {p}: content"
+            );
+        }
+    }
+}
+
+/// An ext4 filesystem on a loop device, unmounted and detached when dropped.
+struct Ext4 {
+    _dir: tempfile::TempDir,
+    mnt: std::path::PathBuf,
+    device: String,
+}
+
+impl Ext4 {
+    fn new(mib: u64) -> Ext4 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let img = dir.path().join("ext4.img");
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(mib << 20))
+            .expect("image");
+        let device = sh(
+            "losetup",
+            &["--find", "--show", img.to_str().expect("utf8")],
+        )
+        .trim()
+        .to_string();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mnt");
+        let fs = Ext4 {
+            _dir: dir,
+            mnt,
+            device,
+        };
+        sh("mkfs.ext4", &["-q", "-F", &fs.device]);
+        sh("mount", &[&fs.device, fs.mnt.to_str().expect("utf8")]);
+        fs
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.device])
+            .status();
+    }
+}
+
+#[test]
+fn user_space_apply_makes_each_snapshot_of_a_chain_on_ext4() {
+    assert!(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v mkfs.ext4"])
+            .status()
+            .is_ok_and(|s| s.success()),
+        "mkfs.ext4 is missing: apt-get install e2fsprogs"
+    );
+    let fs = LoopFs::new(1024);
+    let vol = fs.create_subvolume("vol");
+    populate(&vol);
+    let snaps = [fs.path("s0"), fs.path("s1"), fs.path("s2")];
+    sh("sync", &[]);
+    LoopFs::snapshot_readonly(&vol, &snaps[0]);
+    change(&vol);
+    sh("sync", &[]);
+    LoopFs::snapshot_readonly(&vol, &snaps[1]);
+    change_again(&vol);
+    sh("sync", &[]);
+    LoopFs::snapshot_readonly(&vol, &snaps[2]);
+    let ext4 = Ext4::new(1024);
+    for proto in ["1", "2"] {
+        let target = ext4.mnt.join(format!("proto{proto}"));
+        std::fs::create_dir(&target).expect("target");
+        let mut parent: Option<(std::path::PathBuf, [u8; 16])> = None;
+        for (i, snap) in snaps.iter().enumerate() {
+            let mut args = vec!["send", "-q", "--proto", proto];
+            if i > 0 {
+                args.extend(["-p", snaps[i - 1].to_str().expect("utf8")]);
+            }
+            let file = fs.dir.path().join(format!("apply-p{proto}-{i}.stream"));
+            args.extend([
+                "-f",
+                file.to_str().expect("utf8"),
+                snap.to_str().expect("utf8"),
+            ]);
+            sh("btrfs", &args);
+            let stream = std::fs::read(&file).expect("stream");
+            let mut a = match &parent {
+                None => engine::sendstream::apply::Applier::full(&target),
+                Some((dir, uuid)) => {
+                    engine::sendstream::apply::Applier::incremental(&target, dir, *uuid)
+                }
+            };
+            let mut p = Parser::with_data();
+            let mut cmds = Vec::new();
+            for piece in stream.chunks(65536) {
+                p.feed(piece, &mut cmds).expect("parses");
+                for c in cmds.drain(..) {
+                    a.apply(&c)
+                        .unwrap_or_else(|e| panic!("proto {proto}, stream {i}: {e}"));
+                }
+            }
+            p.finish().expect("ends");
+            assert!(a.ended());
+            let root = a.root().expect("a subvolume").to_path_buf();
+            assert_eq!(root, target.join(snap.file_name().expect("name")));
+            assert_same_as(&format!("proto {proto}, snapshot {i}"), snap, &root);
+            parent = Some((root, a.uuid()));
+        }
+    }
+}

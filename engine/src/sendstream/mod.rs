@@ -24,6 +24,7 @@
 //! is never buffered); a command reaches the caller only after its CRC matched; every offset
 //! is a byte position in the plaintext send stream.
 
+pub mod apply;
 pub mod dump;
 pub mod encode;
 pub mod parse;
@@ -495,7 +496,12 @@ impl Command {
             .and_then(|&(_, at, len)| self.buf.get(at as usize..(at as usize + len as usize)))
     }
 
-    /// Every attribute present, in stream order, DATA excluded.
+    /// The DATA bytes, when the parser kept them (`Parser::with_data`).
+    pub fn data_bytes(&self) -> Option<&[u8]> {
+        self.data.and(self.get(attr::DATA))
+    }
+
+    /// Every attribute present, in stream order (DATA only when kept).
     pub fn attrs(&self) -> impl Iterator<Item = u16> + '_ {
         self.attrs.iter().map(|(a, _, _)| *a)
     }

@@ -41,6 +41,8 @@ pub struct Parser {
     stored_crc: u32,
     crc: u32,
     left: u32,
+    /// Keep DATA too (`with_data`: applying a stream needs its bytes; indexing does not).
+    keep_data: bool,
 }
 
 impl Default for Parser {
@@ -63,6 +65,16 @@ impl Parser {
             stored_crc: 0,
             crc: 0,
             left: 0,
+            keep_data: false,
+        }
+    }
+
+    /// A parser whose commands also carry their DATA (`Command::data_bytes`), still bounded
+    /// by `MAX_ATTR_BYTES` a command (the kernel writes at most 128 KiB of data in one).
+    pub fn with_data() -> Parser {
+        Parser {
+            keep_data: true,
+            ..Parser::new()
         }
     }
 
@@ -277,7 +289,8 @@ impl Parser {
                 attr: t,
             });
         }
-        let keep = t != attr::DATA;
+        let is_data = t == attr::DATA;
+        let keep = !is_data || self.keep_data;
         if keep {
             if cmd.buf.len() + len as usize > MAX_ATTR_BYTES {
                 return Err(StreamError::TooManyAttributeBytes {
@@ -286,7 +299,8 @@ impl Parser {
                 });
             }
             cmd.attrs.push((t, cmd.buf.len() as u32, len));
-        } else {
+        }
+        if is_data {
             if cmd.data.is_some() {
                 return Err(StreamError::TwoData {
                     kind: cmd.kind,

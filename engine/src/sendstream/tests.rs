@@ -486,3 +486,101 @@ fn fuzz_sendstream_parser() {
     });
     assert!(n > 0);
 }
+
+#[test]
+fn a_parser_with_data_hands_on_the_bytes_it_located() {
+    for version in 1..=2 {
+        let body = data(if version == 1 { 60_000 } else { 130_000 });
+        let stream = every_command(version, &body);
+        let mut p = Parser::with_data();
+        let mut out = Vec::new();
+        for piece in stream.chunks(4093) {
+            p.feed(piece, &mut out).expect("feeds");
+        }
+        p.finish().expect("ends");
+        let write = out.iter().find(|c| c.kind == Kind::Write).expect("write");
+        assert_eq!(write.data_bytes(), Some(&body[..]));
+        let d = write.data.expect("located");
+        assert_eq!(&stream[d.offset as usize..][..body.len()], &body[..]);
+        // Without data kept, the same commands carry none.
+        let plain = parse_all(&stream).expect("parses");
+        let w = plain.iter().find(|c| c.kind == Kind::Write).expect("write");
+        assert_eq!((w.data_bytes(), w.data), (None, write.data));
+    }
+}
+
+#[test]
+fn user_space_apply_refuses_what_it_cannot_make_and_writes_nothing_outside_its_target() {
+    use super::apply::Applier;
+    use attr::*;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("t");
+    std::fs::create_dir(&target).expect("target");
+    let run = |a: &mut Applier, stream: &[u8]| -> Result<(), String> {
+        let mut p = Parser::with_data();
+        let mut out = Vec::new();
+        p.feed(stream, &mut out).map_err(|e| e.to_string())?;
+        for c in &out {
+            a.apply(c).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    };
+    let start = |e: &mut Encoder, name: &[u8]| {
+        e.command(
+            Kind::Subvol,
+            &[(PATH, name), (UUID, &UUID_A), (CTRANSID, &u64le(1))],
+            None,
+        )
+    };
+    // A stream without data.
+    let mut e = Encoder::new(1);
+    start(&mut e, b"a");
+    e.command(
+        Kind::UpdateExtent,
+        &[(PATH, b""), (FILE_OFFSET, &u64le(0)), (SIZE, &u64le(1))],
+        None,
+    );
+    let err = run(&mut Applier::full(&target), &e.finish()).expect_err("refused");
+    assert!(err.contains("--no-data"), "{err}");
+    // A command before the subvolume; a snapshot name that is a path; a wrong parent.
+    let mut e = Encoder::new(1);
+    e.command(Kind::Mkdir, &[(PATH, b"x"), (INO, &u64le(1))], None);
+    let err = run(&mut Applier::full(&target), &e.finish()).expect_err("refused");
+    assert!(err.contains("before the subvol"), "{err}");
+    let mut e = Encoder::new(1);
+    start(&mut e, b"../escape");
+    let err = run(&mut Applier::full(&target), &e.finish()).expect_err("refused");
+    assert!(
+        err.contains("not a relative path") || err.contains("one component"),
+        "{err}"
+    );
+    let mut e = Encoder::new(1);
+    e.command(
+        Kind::Snapshot,
+        &[
+            (PATH, b"b"),
+            (UUID, &UUID_B),
+            (CTRANSID, &u64le(2)),
+            (CLONE_UUID, &UUID_B),
+            (CLONE_CTRANSID, &u64le(1)),
+        ],
+        None,
+    );
+    let err = run(
+        &mut Applier::incremental(&target, &target.join("a"), UUID_A),
+        &e.finish(),
+    )
+    .expect_err("refused");
+    assert!(err.contains("applied to"), "{err}");
+    // Nothing was made outside the target, and only the first stream's directory inside it.
+    let outside: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(outside, ["t"]);
+    let inside: Vec<_> = std::fs::read_dir(&target)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(inside, ["a"]);
+}
