@@ -102,14 +102,16 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Restore a backup (newest by default) into a directory on a Btrfs filesystem.
+    /// Restore a backup (newest by default) into a directory: on Btrfs with `btrfs receive`,
+    /// on any other filesystem (ext4, xfs, tmpfs) by applying the stream in user space.
     #[command(
         after_help = "Examples:\n  btrfs-to-s3 restore --subvolume home --target /mnt/pool/restored\n  btrfs-to-s3 restore --subvolume home --target /mnt/pool/r --before 2026-11-01T00:00:00Z"
     )]
     Restore {
         #[arg(long)]
         subvolume: String,
-        /// Directory on a Btrfs filesystem that receives the snapshot.
+        /// Directory that receives the snapshot (as a subvolume on Btrfs, as a plain
+        /// directory elsewhere).
         #[arg(long)]
         target: PathBuf,
         /// Backup id (as `list` shows it).
@@ -130,6 +132,10 @@ enum Command {
         /// Request the thaw of archived objects and exit (code 75) instead of waiting.
         #[arg(long)]
         no_wait: bool,
+        /// Apply the stream in user space even on Btrfs: plain directories, no `btrfs receive`
+        /// (the default on any filesystem that is not Btrfs).
+        #[arg(long)]
+        user_space: bool,
     },
     /// Check a backup without restoring it: every object exists with its recorded size and
     /// parts; --deep downloads and checks every byte and parses the stream.
@@ -452,10 +458,30 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             writable,
             verify,
             no_wait,
+            user_space,
         } => {
             select(&settings, std::slice::from_ref(subvolume))?;
             let selector = selector(backup, manifest_key, before)?;
             make_target(target)?;
+            // Not Btrfs (or told so): the stream is applied in user space.
+            let in_user_space =
+                *user_space || !engine::btrfs::userspace::is_btrfs(target).unwrap_or(true);
+            if in_user_space && !cli.quiet {
+                eprintln!(
+                    "{}: receiving in user space (plain directories{})",
+                    target.display(),
+                    if *user_space {
+                        ", as asked"
+                    } else {
+                        ": not a Btrfs filesystem"
+                    }
+                );
+            }
+            let receiver: Arc<dyn engine::btrfs::Snapshotter> = if in_user_space {
+                Arc::new(engine::btrfs::userspace::UserSpace)
+            } else {
+                Arc::new(BtrfsCli::default())
+            };
             let verify = match verify.as_deref() {
                 Some("full") => VerifyMode::Full,
                 Some("sample") => VerifyMode::Sample,
@@ -476,7 +502,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 progress,
                 store,
                 restore: settings.restore.clone(),
-                btrfs: Arc::new(BtrfsCli::default()),
+                btrfs: receiver,
                 state: Arc::new(engine::restore::state::FsStateFiles),
                 settings,
             };
@@ -610,7 +636,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
 }
 
 /// `restore --target DIR` with a DIR that does not exist yet: made (one level) when its parent
-/// is a directory on a Btrfs filesystem; otherwise left to the restore's own refusal.
+/// is a directory (on any filesystem); otherwise left to the restore's own refusal.
 fn make_target(target: &std::path::Path) -> Result<(), Failure> {
     if target.exists() {
         return Ok(());
@@ -620,12 +646,8 @@ fn make_target(target: &std::path::Path) -> Result<(), Failure> {
         Some(p) => p,
         None => return Ok(()),
     };
-    let on_btrfs = std::process::Command::new("stat")
-        .args(["-f", "-c", "%T"])
-        .arg(parent)
-        .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "btrfs");
-    if !parent.is_dir() || !on_btrfs {
+    // Any filesystem will do: elsewhere than Btrfs the stream is applied in user space.
+    if !parent.is_dir() {
         return Ok(());
     }
     std::fs::create_dir(target).map_err(|e| {

@@ -58,6 +58,11 @@ pub fn tree(root: &Path, coverage: Coverage) -> BTreeMap<String, Entry> {
             if !ft.is_symlink() {
                 for name in xattr::list(&p).into_iter().flatten() {
                     let n = name.to_string_lossy().to_string();
+                    // Btrfs properties (`btrfs.compression`) are the filesystem's, not the
+                    // data's: a restore onto another filesystem cannot carry them.
+                    if n.starts_with("btrfs.") {
+                        continue;
+                    }
                     let v = xattr::get(&p, &name).ok().flatten().unwrap_or_default();
                     xattrs.insert(n, v);
                 }

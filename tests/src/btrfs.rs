@@ -50,6 +50,24 @@ pub struct LoopFs {
 
 impl LoopFs {
     pub fn new(size_mib: u64) -> LoopFs {
+        LoopFs::made_by(size_mib, &["mkfs.btrfs", "-q", "-f"])
+    }
+
+    /// An ext4 filesystem the same way (a restore target that is not Btrfs).
+    pub fn ext4(size_mib: u64) -> LoopFs {
+        let found = Command::new("sh")
+            .args(["-c", "command -v mkfs.ext4"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "mkfs.ext4 is missing: run scripts/install-deps.sh (Debian: apt-get install e2fsprogs)"
+        );
+        LoopFs::made_by(size_mib, &["mkfs.ext4", "-q", "-F"])
+    }
+
+    /// `mkfs` (the command and its flags; the device is appended) on a new image.
+    fn made_by(size_mib: u64, mkfs: &[&str]) -> LoopFs {
         require_root_and_btrfs();
         let dir = tempfile::Builder::new()
             .prefix("b2s3-fs-")
@@ -68,7 +86,9 @@ impl LoopFs {
         let mnt = dir.path().join("mnt");
         fs::create_dir(&mnt).expect("mnt");
         let fs = LoopFs { dir, mnt, device };
-        sh("mkfs.btrfs", &["-q", "-f", &fs.device]);
+        let mut args = mkfs[1..].to_vec();
+        args.push(&fs.device);
+        sh(mkfs[0], &args);
         sh("mount", &[&fs.device, fs.mnt.to_str().expect("utf8")]);
         fs
     }

@@ -82,10 +82,11 @@ fn full_restore(flavor: Flavor) {
     assert_same_tree(&s.snapshot_dir.join(&name), &restored);
 }
 
-/// `restore --target DIR` with DIR missing: made when its parent is on Btrfs, refused (exit 2,
-/// nothing made) when it is not. `backup --full --once` is accepted (--full implies --once).
+/// `restore --target DIR` with DIR missing: made when its parent exists, on Btrfs (received)
+/// or elsewhere (applied in user space); refused (exit 2, nothing made) when its parent is
+/// missing too. `backup --full --once` is accepted (--full implies --once).
 #[test]
-fn garage_restore_makes_a_missing_target_only_on_btrfs() {
+fn garage_restore_makes_a_missing_target_where_its_parent_exists() {
     let s = Setup::new(Flavor::Garage, opts());
     s.run(&["backup", "--full", "--once"]).assert_code(0);
     let name = s.manifest(&s.pointer().manifest_key).snapshot.name;
@@ -93,16 +94,24 @@ fn garage_restore_makes_a_missing_target_only_on_btrfs() {
     let dir = scratch.mnt.join("not-yet");
     restore(&s, &dir, &[]).assert_code(0);
     assert_same_tree(&s.snapshot_dir.join(&name), &dir.join(&name));
-    let elsewhere = tempfile::tempdir().expect("tempdir");
-    let not_btrfs = elsewhere.path().join("not-yet");
-    let out = restore(&s, &not_btrfs, &[]);
-    out.assert_code(2);
+    let ext4 = LoopFs::ext4(1024);
+    let elsewhere = ext4.mnt.join("not-yet");
+    let out = restore(&s, &elsewhere, &[]);
+    out.assert_code(0);
     assert!(
-        out.stderr.contains("not a directory on a Btrfs filesystem"),
+        out.stderr.contains("receiving in user space"),
         "{}",
         out.stderr
     );
-    assert!(!not_btrfs.exists(), "nothing made outside Btrfs");
+    assert_same_tree(&s.snapshot_dir.join(&name), &elsewhere.join(&name));
+    let orphan = ext4.mnt.join("missing/not-yet");
+    let out = restore(&s, &orphan, &[]);
+    out.assert_code(2);
+    assert!(out.stderr.contains("is not a directory"), "{}", out.stderr);
+    assert!(
+        !orphan.exists() && !ext4.mnt.join("missing").exists(),
+        "nothing made"
+    );
 }
 
 #[test]

@@ -373,36 +373,47 @@ fn assert_model_is(name: &str, tree: &engine::fileindex::Tree, snap: &Path, stre
     }
 }
 
-#[test]
-fn file_index_model_is_each_snapshot_of_a_chain_it_was_sent_from() {
+/// A subvolume with everything `populate` makes, changed twice: three read-only snapshots.
+fn chain_of_three() -> (LoopFs, [std::path::PathBuf; 3]) {
     let fs = LoopFs::new(1024);
     let vol = fs.create_subvolume("vol");
-    populate(&vol);
     let snaps = [fs.path("s0"), fs.path("s1"), fs.path("s2")];
-    sh("sync", &[]);
-    LoopFs::snapshot_readonly(&vol, &snaps[0]);
-    change(&vol);
-    sh("sync", &[]);
-    LoopFs::snapshot_readonly(&vol, &snaps[1]);
-    change_again(&vol);
-    sh("sync", &[]);
-    LoopFs::snapshot_readonly(&vol, &snaps[2]);
+    for (i, snap) in snaps.iter().enumerate() {
+        match i {
+            0 => populate(&vol),
+            1 => change(&vol),
+            _ => change_again(&vol),
+        }
+        sh("sync", &[]);
+        LoopFs::snapshot_readonly(&vol, snap);
+    }
+    (fs, snaps)
+}
+
+/// `btrfs send --proto PROTO` of snapshot `i` (incremental from `i - 1` after the first).
+fn send_of(fs: &LoopFs, snaps: &[std::path::PathBuf], proto: &str, i: usize) -> Vec<u8> {
+    let file = fs.dir.path().join(format!("p{proto}-{i}.stream"));
+    let mut args = vec!["send", "-q", "--proto", proto];
+    if i > 0 {
+        args.extend(["-p", snaps[i - 1].to_str().expect("utf8")]);
+    }
+    args.extend([
+        "-f",
+        file.to_str().expect("utf8"),
+        snaps[i].to_str().expect("utf8"),
+    ]);
+    sh("btrfs", &args);
+    std::fs::read(&file).expect("stream")
+}
+
+#[test]
+fn file_index_model_is_each_snapshot_of_a_chain_it_was_sent_from() {
+    let (fs, snaps) = chain_of_three();
     for proto in ["1", "2"] {
         let mut streams: Vec<Vec<u8>> = Vec::new();
         let mut parent: Option<engine::fileindex::Tree> = None;
         for (i, snap) in snaps.iter().enumerate() {
-            let file = fs.dir.path().join(format!("p{proto}-{i}.stream"));
-            let mut args = vec!["send", "-q", "--proto", proto];
-            if i > 0 {
-                args.extend(["-p", snaps[i - 1].to_str().expect("utf8")]);
-            }
-            args.extend([
-                "-f",
-                file.to_str().expect("utf8"),
-                snap.to_str().expect("utf8"),
-            ]);
-            sh("btrfs", &args);
-            let stream = std::fs::read(&file).expect("stream");
+            let stream = send_of(&fs, &snaps, proto, i);
             let mut p = Parser::new();
             let mut cmds = Vec::new();
             for piece in stream.chunks(65536) {
@@ -517,91 +528,20 @@ fn assert_same_as(name: &str, snap: &Path, applied: &Path) {
     }
 }
 
-/// An ext4 filesystem on a loop device, unmounted and detached when dropped.
-struct Ext4 {
-    _dir: tempfile::TempDir,
-    mnt: std::path::PathBuf,
-    device: String,
-}
-
-impl Ext4 {
-    fn new(mib: u64) -> Ext4 {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let img = dir.path().join("ext4.img");
-        std::fs::File::create(&img)
-            .and_then(|f| f.set_len(mib << 20))
-            .expect("image");
-        let device = sh(
-            "losetup",
-            &["--find", "--show", img.to_str().expect("utf8")],
-        )
-        .trim()
-        .to_string();
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).expect("mnt");
-        let fs = Ext4 {
-            _dir: dir,
-            mnt,
-            device,
-        };
-        sh("mkfs.ext4", &["-q", "-F", &fs.device]);
-        sh("mount", &[&fs.device, fs.mnt.to_str().expect("utf8")]);
-        fs
-    }
-}
-
-impl Drop for Ext4 {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", &self.device])
-            .status();
-    }
-}
-
 #[test]
 fn user_space_apply_makes_each_snapshot_of_a_chain_on_ext4() {
-    assert!(
-        std::process::Command::new("sh")
-            .args(["-c", "command -v mkfs.ext4"])
-            .status()
-            .is_ok_and(|s| s.success()),
-        "mkfs.ext4 is missing: apt-get install e2fsprogs"
-    );
-    let fs = LoopFs::new(1024);
-    let vol = fs.create_subvolume("vol");
-    populate(&vol);
-    let snaps = [fs.path("s0"), fs.path("s1"), fs.path("s2")];
-    sh("sync", &[]);
-    LoopFs::snapshot_readonly(&vol, &snaps[0]);
-    change(&vol);
-    sh("sync", &[]);
-    LoopFs::snapshot_readonly(&vol, &snaps[1]);
-    change_again(&vol);
-    sh("sync", &[]);
-    LoopFs::snapshot_readonly(&vol, &snaps[2]);
-    let ext4 = Ext4::new(1024);
+    let (fs, snaps) = chain_of_three();
+    let ext4 = LoopFs::ext4(1024);
     for proto in ["1", "2"] {
         let target = ext4.mnt.join(format!("proto{proto}"));
         std::fs::create_dir(&target).expect("target");
         let mut parent: Option<(std::path::PathBuf, [u8; 16])> = None;
         for (i, snap) in snaps.iter().enumerate() {
-            let mut args = vec!["send", "-q", "--proto", proto];
-            if i > 0 {
-                args.extend(["-p", snaps[i - 1].to_str().expect("utf8")]);
-            }
-            let file = fs.dir.path().join(format!("apply-p{proto}-{i}.stream"));
-            args.extend([
-                "-f",
-                file.to_str().expect("utf8"),
-                snap.to_str().expect("utf8"),
-            ]);
-            sh("btrfs", &args);
-            let stream = std::fs::read(&file).expect("stream");
+            let stream = send_of(&fs, &snaps, proto, i);
             let mut a = match &parent {
                 None => engine::sendstream::apply::Applier::full(&target),
                 Some((dir, uuid)) => {
-                    engine::sendstream::apply::Applier::incremental(&target, dir, *uuid)
+                    engine::sendstream::apply::Applier::incremental(&target, dir, Some(*uuid))
                 }
             };
             let mut p = Parser::with_data();

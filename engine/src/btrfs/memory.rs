@@ -202,7 +202,11 @@ impl Snapshotter for MemoryBtrfs {
         })
     }
 
-    fn receive(&self, dir: Option<&Path>) -> Result<ReceiveSink, BtrfsError> {
+    fn receive(
+        &self,
+        dir: Option<&Path>,
+        _parent: Option<&Path>,
+    ) -> Result<ReceiveSink, BtrfsError> {
         let buf = SharedBuf::default();
         Ok(ReceiveSink {
             writer: Box::new(buf.clone()),
@@ -393,10 +397,14 @@ impl Snapshotter for CrashingBtrfs {
         self.alive(snapshot)?;
         self.inner.send(snapshot, parent)
     }
-    fn receive(&self, dir: Option<&Path>) -> Result<ReceiveSink, BtrfsError> {
+    fn receive(
+        &self,
+        dir: Option<&Path>,
+        parent: Option<&Path>,
+    ) -> Result<ReceiveSink, BtrfsError> {
         let path = dir.unwrap_or(Path::new("-"));
         self.alive(path)?;
-        let inner = self.inner.receive(dir)?;
+        let inner = self.inner.receive(dir, parent)?;
         Ok(ReceiveSink {
             writer: inner.writer,
             end: Box::new(CrashingReceive {

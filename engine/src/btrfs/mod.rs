@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 pub mod memory;
+pub mod userspace;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtrfsError {
@@ -116,8 +117,10 @@ pub trait Snapshotter: Send + Sync {
     /// Starts `btrfs send` (of `snapshot`, incremental from `parent` when given).
     fn send(&self, snapshot: &Path, parent: Option<&Path>) -> Result<SendStream, BtrfsError>;
     /// Starts `btrfs receive DIR` (or, without a directory, `btrfs receive --dump`, which
-    /// only parses the stream).
-    fn receive(&self, dir: Option<&Path>) -> Result<ReceiveSink, BtrfsError>;
+    /// only parses the stream). `parent`: where an incremental's parent was received
+    /// (`btrfs receive` finds it by UUID itself; the user-space receiver is told).
+    fn receive(&self, dir: Option<&Path>, parent: Option<&Path>)
+        -> Result<ReceiveSink, BtrfsError>;
 }
 
 /// A running `btrfs receive`: write the stream to `writer`, drop it, then `finish`.
@@ -336,7 +339,11 @@ impl Snapshotter for BtrfsCli {
         })
     }
 
-    fn receive(&self, dir: Option<&Path>) -> Result<ReceiveSink, BtrfsError> {
+    fn receive(
+        &self,
+        dir: Option<&Path>,
+        _parent: Option<&Path>,
+    ) -> Result<ReceiveSink, BtrfsError> {
         let mut c = tokio::process::Command::new(&self.bin);
         c.arg("receive");
         match dir {

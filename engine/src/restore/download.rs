@@ -271,10 +271,12 @@ pub(super) async fn into_receiver(
     m: &Manifest,
     opener: Option<&Arc<crate::seal::Opener>>,
     concurrency: usize,
-    dir: Option<&std::path::Path>,
+    // Where to receive, and the directory the parent was received into (None: only parse).
+    into: Option<(&std::path::Path, Option<&std::path::Path>)>,
     progress: Option<&crate::backup::Progress>,
 ) -> Result<u64, RestoreError> {
-    let mut sink = btrfs.receive(dir)?;
+    let dir = into.map(|(d, _)| d);
+    let mut sink = btrfs.receive(dir, into.and_then(|(_, p)| p))?;
     let failed = |detail: String| RestoreError::Receive {
         snapshot: m.snapshot.name.clone(),
         detail: receive_hint(

@@ -66,7 +66,7 @@ pub enum RestoreError {
     Seal(#[from] crate::seal::SealError),
     #[error("the target already holds {0}; restore into another directory or remove it first")]
     TargetExists(PathBuf),
-    #[error("target {0} is not a directory on a Btrfs filesystem")]
+    #[error("target {0} is not a directory (nor can it be made: its parent directory is missing)")]
     BadTarget(PathBuf),
     #[error("`btrfs receive` of {snapshot} failed: {detail}; the partial subvolume was removed")]
     Receive { snapshot: String, detail: String },
@@ -223,6 +223,7 @@ impl Restorer {
         m: &Manifest,
         opener: Option<&Arc<crate::seal::Opener>>,
         target: &Path,
+        parent: Option<&Path>,
     ) -> Result<u64, RestoreError> {
         self.progress
             .set_current(format!("{}: receive {}", m.subvolume, m.snapshot.name));
@@ -233,7 +234,7 @@ impl Restorer {
             m,
             opener,
             self.settings.s3.concurrency,
-            Some(target),
+            Some((target, parent)),
             Some(&self.progress),
         )
         .await
@@ -278,9 +279,12 @@ impl Restorer {
         self.thaw(&chain, &mut st, &state_path, req.wait).await?;
 
         let (mut received, mut skipped, mut bytes) = (Vec::new(), Vec::new(), 0);
-        for (_, m) in &chain {
+        for (i, (_, m)) in chain.iter().enumerate() {
             let name = &m.snapshot.name;
             let path = req.target.join(name);
+            let parent = i
+                .checked_sub(1)
+                .map(|p| req.target.join(&chain[p].1.snapshot.name));
             match snapshot_step(st.received.contains(name), self.btrfs.exists(&path)) {
                 SnapshotStep::Skip => {
                     skipped.push(name.clone());
@@ -295,7 +299,10 @@ impl Restorer {
             st.received.retain(|r| r != name);
             state::save(self.state.as_ref(), &state_path, &st)?;
             failpoint!("restore-before-receive");
-            match self.receive(m, opener.as_ref(), &req.target).await {
+            match self
+                .receive(m, opener.as_ref(), &req.target, parent.as_deref())
+                .await
+            {
                 Ok(b) => bytes += b,
                 Err(e) => {
                     // The journal forgets the half-received snapshot only once it is gone, so

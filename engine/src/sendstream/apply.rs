@@ -42,7 +42,8 @@ pub struct Applier {
     target: PathBuf,
     /// The subvolume's directory, once the stream named it; the parent's for an incremental.
     root: Option<PathBuf>,
-    parent: Option<(PathBuf, [u8; 16])>,
+    /// An incremental's parent directory and UUID (None: the one its snapshot command names).
+    parent: Option<(PathBuf, Option<[u8; 16]>)>,
     uuid: [u8; 16],
     /// The file last written, kept open (a stream writes a file in many commands).
     open: Option<(PathBuf, File)>,
@@ -70,9 +71,10 @@ impl Applier {
     }
 
     /// An incremental: `parent_dir` holds the parent snapshot as applied before (its
-    /// `parent_uuid` as its stream named it). The new snapshot starts as a copy of it
+    /// `parent_uuid` as its stream named it; None when the caller knows the directory only,
+    /// and then the stream's word is taken). The new snapshot starts as a copy of it
     /// (reflinked where the filesystem can), and the parent is left as it was for clones.
-    pub fn incremental(target: &Path, parent_dir: &Path, parent_uuid: [u8; 16]) -> Applier {
+    pub fn incremental(target: &Path, parent_dir: &Path, parent_uuid: Option<[u8; 16]>) -> Applier {
         Applier {
             parent: Some((parent_dir.to_path_buf(), parent_uuid)),
             ..Applier::full(target)
@@ -128,13 +130,14 @@ impl Applier {
             if dir.symlink_metadata().is_ok() {
                 return Err(io(&dir, std::io::ErrorKind::AlreadyExists.into()));
             }
-            match (&op, &self.parent) {
+            match (&op, &mut self.parent) {
                 (Op::Subvol { .. }, None) => fs::DirBuilder::new()
                     .mode(0o755)
                     .create(&dir)
                     .map_err(|e| io(&dir, e))?,
                 (Op::Snapshot { clone_uuid, .. }, Some((from, parent_uuid))) => {
-                    if clone_uuid != parent_uuid {
+                    let parent_uuid = *parent_uuid.get_or_insert(*clone_uuid);
+                    if *clone_uuid != parent_uuid {
                         return Err(refused(format!(
                             "an incremental of {} applied to {}",
                             hex::encode(clone_uuid),
@@ -263,7 +266,7 @@ impl Applier {
                 let src = if clone_uuid == self.uuid {
                     at(source)
                 } else if let Some((dir, _)) =
-                    self.parent.as_ref().filter(|(_, u)| *u == clone_uuid)
+                    self.parent.as_ref().filter(|(_, u)| *u == Some(clone_uuid))
                 {
                     dir.join(OsStr::from_bytes(source))
                 } else {

@@ -567,7 +567,7 @@ fn user_space_apply_refuses_what_it_cannot_make_and_writes_nothing_outside_its_t
         None,
     );
     let err = run(
-        &mut Applier::incremental(&target, &target.join("a"), UUID_A),
+        &mut Applier::incremental(&target, &target.join("a"), Some(UUID_A)),
         &e.finish(),
     )
     .expect_err("refused");
