@@ -14,9 +14,11 @@
 //! directory has one entry naming it; extents never overlap and each lies in one stream of
 //! the chain (`Source::Stream.backup` counts from the chain's full backup).
 
+pub mod build;
 pub mod format;
 #[cfg(test)]
 mod tests;
 pub mod tree;
 
-pub use tree::{Builder, Extent, FileType, IndexError, Ino, Inode, Source, Tree};
+pub use build::{Builder, IndexError};
+pub use tree::{Extent, FileType, Ino, Inode, Source, Tree};

@@ -1,15 +1,11 @@
-//! `Tree` and `Builder`: a send stream's commands applied to a model of the snapshot. Pure.
+//! `Tree`: the model of a snapshot (inodes, entries, extents) and its invariants. Pure.
 
-use crate::sendstream::{Command, Kind, Op, StreamError, Timespec};
+use crate::sendstream::Timespec;
 use std::collections::{BTreeMap, HashMap};
 
 /// An inode of ours (creation order in the chain), not the kernel's number.
 pub type Ino = u64;
 pub const ROOT: Ino = 1;
-
-/// `FALLOC_FL_KEEP_SIZE`, `FALLOC_FL_PUNCH_HOLE`.
-const KEEP_SIZE: u32 = 1;
-const PUNCH_HOLE: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FileType {
@@ -100,7 +96,7 @@ pub struct Inode {
 impl Inode {
     /// As `btrfs receive` creates it before the stream's chown and chmod: owned by root,
     /// 0600 (0700 for a directory, 0777 for a symlink).
-    fn new(ftype: FileType) -> Inode {
+    pub(super) fn new(ftype: FileType) -> Inode {
         let mode = match ftype {
             FileType::Dir => 0o700,
             FileType::Symlink(_) => 0o777,
@@ -123,12 +119,12 @@ impl Inode {
         }
     }
 
-    fn is_dir(&self) -> bool {
+    pub(super) fn is_dir(&self) -> bool {
         self.ftype == FileType::Dir
     }
 
     /// Removes every extent byte in [start, end).
-    fn punch(&mut self, start: u64, end: u64) {
+    pub(super) fn punch(&mut self, start: u64, end: u64) {
         if start >= end {
             return;
         }
@@ -162,7 +158,7 @@ impl Inode {
         }
     }
 
-    fn put(&mut self, at: u64, e: Extent) {
+    pub(super) fn put(&mut self, at: u64, e: Extent) {
         if e.len == 0 {
             return;
         }
@@ -201,31 +197,12 @@ pub struct Tree {
     /// The snapshot's UUID as its stream names it, and its ctransid.
     pub uuid: [u8; 16],
     pub ctransid: u64,
-    inodes: HashMap<Ino, Inode>,
-    next: Ino,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum IndexError {
-    #[error(transparent)]
-    Stream(#[from] StreamError),
-    #[error("{kind} at byte {offset}: {path:?} {problem}")]
-    Path {
-        kind: Kind,
-        offset: u64,
-        path: String,
-        problem: &'static str,
-    },
-    #[error("{kind} at byte {offset}: {problem}")]
-    Order {
-        kind: Kind,
-        offset: u64,
-        problem: String,
-    },
+    pub(super) inodes: HashMap<Ino, Inode>,
+    pub(super) next: Ino,
 }
 
 impl Tree {
-    fn empty(uuid: [u8; 16], ctransid: u64) -> Tree {
+    pub(super) fn empty(uuid: [u8; 16], ctransid: u64) -> Tree {
         let mut inodes = HashMap::new();
         inodes.insert(ROOT, Inode::new(FileType::Dir));
         Tree {
@@ -388,448 +365,5 @@ impl Tree {
             }
         }
         Ok(out)
-    }
-}
-
-/// Applies one stream's commands to a tree.
-pub struct Builder {
-    tree: Tree,
-    /// An incremental's parent as it was, for CLONEs from it.
-    parent: Option<Tree>,
-    backup: u32,
-    started: bool,
-    ended: bool,
-}
-
-impl Builder {
-    /// For a full backup, the chain's `backup`-th (0).
-    pub fn full(backup: u32) -> Builder {
-        Builder {
-            tree: Tree::empty([0; 16], 0),
-            parent: None,
-            backup,
-            started: false,
-            ended: false,
-        }
-    }
-
-    /// For an incremental whose parent's tree is `parent`.
-    pub fn incremental(parent: Tree, backup: u32) -> Builder {
-        Builder {
-            tree: parent.clone(),
-            parent: Some(parent),
-            backup,
-            started: false,
-            ended: false,
-        }
-    }
-
-    /// The tree, once the stream's end command was applied.
-    pub fn finish(self) -> Result<Tree, IndexError> {
-        if !self.ended {
-            return Err(IndexError::Order {
-                kind: Kind::End,
-                offset: 0,
-                problem: "the stream never ended".into(),
-            });
-        }
-        Ok(self.tree)
-    }
-
-    pub fn tree(&self) -> &Tree {
-        &self.tree
-    }
-
-    pub fn apply(&mut self, cmd: &Command) -> Result<(), IndexError> {
-        let op = cmd.op()?;
-        let order = |problem: String| IndexError::Order {
-            kind: cmd.kind,
-            offset: cmd.offset,
-            problem,
-        };
-        let starts = matches!(op, Op::Subvol { .. } | Op::Snapshot { .. });
-        if self.ended {
-            return Err(order("after the end command".into()));
-        }
-        if self.started == starts {
-            return Err(order(if starts {
-                "a second subvol or snapshot command".into()
-            } else {
-                "before the subvol or snapshot command".into()
-            }));
-        }
-        let at = Applying { cmd };
-        match op {
-            Op::Subvol { uuid, ctransid, .. } => {
-                if self.parent.is_some() {
-                    return Err(order("a full stream applied to a parent's tree".into()));
-                }
-                self.tree.uuid = uuid;
-                self.tree.ctransid = ctransid;
-            }
-            Op::Snapshot {
-                uuid,
-                ctransid,
-                clone_uuid,
-                ..
-            } => {
-                let Some(parent) = &self.parent else {
-                    return Err(order("an incremental stream without its parent".into()));
-                };
-                if parent.uuid != clone_uuid {
-                    return Err(order(format!(
-                        "an incremental of {} applied to the tree of {}",
-                        hex::encode(clone_uuid),
-                        hex::encode(parent.uuid)
-                    )));
-                }
-                self.tree.uuid = uuid;
-                self.tree.ctransid = ctransid;
-            }
-            Op::Mkfile { path, .. } => at.create(&mut self.tree, path, FileType::File)?,
-            Op::Mkdir { path, .. } => at.create(&mut self.tree, path, FileType::Dir)?,
-            Op::Mknod {
-                path, mode, rdev, ..
-            } => {
-                let t = match mode & 0o170000 {
-                    0o020000 => FileType::CharDev(rdev),
-                    0o060000 => FileType::BlockDev(rdev),
-                    0o010000 => FileType::Fifo,
-                    0o140000 => FileType::Socket,
-                    _ => return Err(at.bad(path, "is a mknod of no device type")),
-                };
-                at.create(&mut self.tree, path, t)?
-            }
-            Op::Mkfifo { path, .. } => at.create(&mut self.tree, path, FileType::Fifo)?,
-            Op::Mksock { path, .. } => at.create(&mut self.tree, path, FileType::Socket)?,
-            Op::Symlink { path, target, .. } => {
-                at.create(&mut self.tree, path, FileType::Symlink(target.to_vec()))?
-            }
-            Op::Rename { path, to } => at.rename(&mut self.tree, path, to)?,
-            Op::Link { path, target } => {
-                let ino = at.find(&self.tree, target)?;
-                if self.tree.inodes[&ino].is_dir() {
-                    return Err(at.bad(target, "is a directory: no hard link to it"));
-                }
-                at.attach(&mut self.tree, path, ino)?;
-                if let Some(n) = self.tree.inodes.get_mut(&ino) {
-                    n.nlink += 1;
-                }
-            }
-            Op::Unlink { path } => {
-                let ino = at.find(&self.tree, path)?;
-                if self.tree.inodes[&ino].is_dir() {
-                    return Err(at.bad(path, "is a directory: unlink refused"));
-                }
-                at.detach(&mut self.tree, path)?;
-                drop_link(&mut self.tree, ino);
-            }
-            Op::Rmdir { path } => {
-                let ino = at.find(&self.tree, path)?;
-                let node = &self.tree.inodes[&ino];
-                if !node.is_dir() || !node.children.is_empty() || ino == ROOT {
-                    return Err(at.bad(path, "is not an empty directory"));
-                }
-                at.detach(&mut self.tree, path)?;
-                self.tree.inodes.remove(&ino);
-            }
-            Op::SetXattr { path, name, data } => {
-                at.node(&mut self.tree, path)?
-                    .xattrs
-                    .insert(name.to_vec(), data.to_vec());
-            }
-            Op::RemoveXattr { path, name } => {
-                if at.node(&mut self.tree, path)?.xattrs.remove(name).is_none() {
-                    return Err(at.bad(path, "has no such xattr to remove"));
-                }
-            }
-            Op::Write { path, offset, data } => {
-                let backup = self.backup;
-                let f = at.file(&mut self.tree, path)?;
-                f.put(
-                    offset,
-                    Extent {
-                        len: data.len,
-                        source: Source::Stream {
-                            backup,
-                            offset: data.offset,
-                        },
-                    },
-                );
-                f.size = f.size.max(offset.saturating_add(data.len));
-            }
-            Op::Clone {
-                path,
-                offset,
-                len,
-                clone_uuid,
-                source,
-                source_offset,
-                ..
-            } => {
-                let from = if clone_uuid == self.tree.uuid {
-                    &self.tree
-                } else if let Some(p) = self.parent.as_ref().filter(|p| p.uuid == clone_uuid) {
-                    p
-                } else {
-                    return Err(order(format!(
-                        "a clone from subvolume {}, neither this snapshot nor its parent",
-                        hex::encode(clone_uuid)
-                    )));
-                };
-                let src = at.find(from, source)?;
-                let node = &from.inodes[&src];
-                if node.ftype != FileType::File {
-                    return Err(at.bad(source, "is not a regular file to clone from"));
-                }
-                let end = source_offset.saturating_add(len);
-                let pieces = node.slice(source_offset, end);
-                let f = at.file(&mut self.tree, path)?;
-                f.punch(offset, offset.saturating_add(len));
-                for (rel, e) in pieces {
-                    f.put(offset + rel, e);
-                }
-                f.size = f.size.max(offset.saturating_add(len));
-            }
-            Op::Truncate { path, size } => {
-                let f = at.file(&mut self.tree, path)?;
-                f.punch(size, u64::MAX);
-                f.size = size;
-            }
-            Op::Chmod { path, mode } => {
-                at.node(&mut self.tree, path)?.mode = (mode & 0o7777) as u32
-            }
-            Op::Chown { path, uid, gid } => {
-                let n = at.node(&mut self.tree, path)?;
-                n.uid = uid;
-                n.gid = gid;
-            }
-            Op::Utimes {
-                path,
-                atime,
-                mtime,
-                ctime,
-            } => {
-                let n = at.node(&mut self.tree, path)?;
-                n.atime = atime;
-                n.mtime = mtime;
-                n.ctime = ctime;
-            }
-            Op::End => self.ended = true,
-            Op::UpdateExtent { .. } => {
-                return Err(order(
-                    "a stream sent without file data (--no-data) cannot be indexed".into(),
-                ))
-            }
-            Op::Fallocate {
-                path,
-                mode,
-                offset,
-                len,
-            } => {
-                let f = at.file(&mut self.tree, path)?;
-                let end = offset.saturating_add(len);
-                if mode & PUNCH_HOLE != 0 {
-                    f.punch(offset, end);
-                } else {
-                    // Only the holes in the range become preallocated; data stays.
-                    let mut gaps = Vec::new();
-                    let mut pos = offset;
-                    for (rel, e) in f.slice(offset, end) {
-                        if offset + rel > pos {
-                            gaps.push((pos, offset + rel - pos));
-                        }
-                        pos = offset + rel + e.len;
-                    }
-                    if end > pos {
-                        gaps.push((pos, end - pos));
-                    }
-                    for (start, len) in gaps {
-                        f.put(
-                            start,
-                            Extent {
-                                len,
-                                source: Source::Prealloc,
-                            },
-                        );
-                    }
-                    if mode & KEEP_SIZE == 0 {
-                        f.size = f.size.max(end);
-                    }
-                }
-            }
-            Op::Fileattr { path, attr } => at.node(&mut self.tree, path)?.flags = attr,
-            Op::EncodedWrite {
-                path,
-                offset,
-                unencoded_file_len,
-                unencoded_len,
-                unencoded_offset,
-                compression,
-                encryption,
-                data,
-            } => {
-                if encryption != 0 {
-                    return Err(order(format!(
-                        "an encrypted extent (encryption {encryption})"
-                    )));
-                }
-                let backup = self.backup;
-                let f = at.file(&mut self.tree, path)?;
-                f.put(
-                    offset,
-                    Extent {
-                        len: unencoded_file_len,
-                        source: Source::Encoded {
-                            backup,
-                            offset: data.offset,
-                            stored: data.len,
-                            decoded_len: unencoded_len,
-                            from: unencoded_offset,
-                            compression,
-                        },
-                    },
-                );
-                f.size = f.size.max(offset.saturating_add(unencoded_file_len));
-            }
-            Op::EnableVerity { path, .. } => {
-                at.node(&mut self.tree, path)?;
-            }
-        }
-        if starts {
-            self.started = true;
-        }
-        Ok(())
-    }
-}
-
-fn drop_link(tree: &mut Tree, ino: Ino) {
-    if let Some(n) = tree.inodes.get_mut(&ino) {
-        n.nlink = n.nlink.saturating_sub(1);
-        if n.nlink == 0 {
-            tree.inodes.remove(&ino);
-        }
-    }
-}
-
-/// Path resolution for one command, with errors naming it.
-struct Applying<'c> {
-    cmd: &'c Command,
-}
-
-impl Applying<'_> {
-    fn bad(&self, path: &[u8], problem: &'static str) -> IndexError {
-        IndexError::Path {
-            kind: self.cmd.kind,
-            offset: self.cmd.offset,
-            path: String::from_utf8_lossy(path).into_owned(),
-            problem,
-        }
-    }
-
-    fn find(&self, tree: &Tree, path: &[u8]) -> Result<Ino, IndexError> {
-        tree.lookup(path)
-            .ok_or_else(|| self.bad(path, "does not exist"))
-    }
-
-    fn node<'t>(&self, tree: &'t mut Tree, path: &[u8]) -> Result<&'t mut Inode, IndexError> {
-        let ino = self.find(tree, path)?;
-        tree.inodes
-            .get_mut(&ino)
-            .ok_or_else(|| self.bad(path, "does not exist"))
-    }
-
-    fn file<'t>(&self, tree: &'t mut Tree, path: &[u8]) -> Result<&'t mut Inode, IndexError> {
-        let bad = self.bad(path, "is not a regular file");
-        let n = self.node(tree, path)?;
-        if n.ftype == FileType::File {
-            Ok(n)
-        } else {
-            Err(bad)
-        }
-    }
-
-    /// The directory holding `path` and the last name.
-    fn parent<'p>(&self, tree: &Tree, path: &'p [u8]) -> Result<(Ino, &'p [u8]), IndexError> {
-        if path.is_empty() {
-            return Err(self.bad(path, "is the subvolume's root"));
-        }
-        let (dir, name) = match path.iter().rposition(|&b| b == b'/') {
-            Some(i) => (&path[..i], &path[i + 1..]),
-            None => (&b""[..], path),
-        };
-        let d = self.find(tree, dir)?;
-        if !tree.inodes[&d].is_dir() {
-            return Err(self.bad(dir, "is not a directory"));
-        }
-        Ok((d, name))
-    }
-
-    fn attach(&self, tree: &mut Tree, path: &[u8], ino: Ino) -> Result<(), IndexError> {
-        let (d, name) = self.parent(tree, path)?;
-        let dir = tree
-            .inodes
-            .get_mut(&d)
-            .ok_or_else(|| self.bad(path, "has no directory"))?;
-        if dir.children.contains_key(name) {
-            return Err(self.bad(path, "already exists"));
-        }
-        dir.children.insert(name.to_vec(), ino);
-        Ok(())
-    }
-
-    fn detach(&self, tree: &mut Tree, path: &[u8]) -> Result<Ino, IndexError> {
-        let (d, name) = self.parent(tree, path)?;
-        tree.inodes
-            .get_mut(&d)
-            .and_then(|dir| dir.children.remove(name))
-            .ok_or_else(|| self.bad(path, "does not exist"))
-    }
-
-    fn create(&self, tree: &mut Tree, path: &[u8], t: FileType) -> Result<(), IndexError> {
-        let ino = tree.next;
-        self.attach(tree, path, ino)?;
-        tree.next += 1;
-        tree.inodes.insert(ino, Inode::new(t));
-        Ok(())
-    }
-
-    /// rename(2): over an existing non-directory, or an empty directory when moving one.
-    fn rename(&self, tree: &mut Tree, from: &[u8], to: &[u8]) -> Result<(), IndexError> {
-        let ino = self.find(tree, from)?;
-        if from == to {
-            return Ok(());
-        }
-        // Two names of one inode: rename(2) does nothing.
-        if tree.lookup(to) == Some(ino) {
-            return Ok(());
-        }
-        let moving_dir = tree.inodes[&ino].is_dir();
-        // A directory never moves below itself.
-        if moving_dir {
-            let mut p = to.to_vec();
-            while let Some(i) = p.iter().rposition(|&b| b == b'/') {
-                p.truncate(i);
-                if tree.lookup(&p) == Some(ino) {
-                    return Err(self.bad(to, "lies inside the directory being moved"));
-                }
-            }
-        }
-        if let Some(old) = tree.lookup(to) {
-            let node = &tree.inodes[&old];
-            match (moving_dir, node.is_dir()) {
-                (true, true) if node.children.is_empty() => {
-                    self.detach(tree, to)?;
-                    tree.inodes.remove(&old);
-                }
-                (false, false) => {
-                    self.detach(tree, to)?;
-                    drop_link(tree, old);
-                }
-                _ => return Err(self.bad(to, "exists and cannot be replaced")),
-            }
-        }
-        self.detach(tree, from)?;
-        self.attach(tree, to, ino)
     }
 }

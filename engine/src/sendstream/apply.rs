@@ -108,16 +108,8 @@ impl Applier {
             path: path.display().to_string(),
             source,
         };
-        if self.ended {
-            return Err(refused("after the end command".into()));
-        }
-        let starts = matches!(op, Op::Subvol { .. } | Op::Snapshot { .. });
-        if starts == self.root.is_some() {
-            return Err(refused(if starts {
-                "a second subvol or snapshot command".into()
-            } else {
-                "before the subvol or snapshot command".into()
-            }));
+        if let Some(problem) = super::out_of_order(&op, self.root.is_some(), self.ended) {
+            return Err(refused(problem.into()));
         }
         if let Op::Subvol { path, uuid, .. } | Op::Snapshot { path, uuid, .. } = &op {
             if path.is_empty() || path.contains(&b'/') {
@@ -263,17 +255,14 @@ impl Applier {
                 ..
             } => {
                 let p = at(path);
-                let src = if clone_uuid == self.uuid {
-                    at(source)
-                } else if let Some((dir, _)) =
-                    self.parent.as_ref().filter(|(_, u)| *u == Some(clone_uuid))
-                {
-                    dir.join(OsStr::from_bytes(source))
-                } else {
-                    return Err(refused(format!(
-                        "a clone from subvolume {}, neither this snapshot nor its parent",
-                        hex::encode(clone_uuid)
-                    )));
+                let parent = self.parent.as_ref();
+                let src = match super::clone_from(clone_uuid, self.uuid, parent.and_then(|p| p.1)) {
+                    Ok(super::CloneFrom::This) => at(source),
+                    Ok(super::CloneFrom::Parent) => match parent {
+                        Some((dir, _)) => dir.join(OsStr::from_bytes(source)),
+                        None => at(source),
+                    },
+                    Err(problem) => return Err(refused(problem)),
                 };
                 let mut from = File::open(&src).map_err(|e| io(&src, e))?;
                 let mut to = OpenOptions::new()

@@ -471,6 +471,47 @@ pub enum Op<'a> {
     },
 }
 
+/// The order every consumer of a stream holds it to: a subvol or snapshot command first and
+/// only once, nothing after the end command. `started`/`ended`: whether those were applied.
+pub fn out_of_order(op: &Op<'_>, started: bool, ended: bool) -> Option<&'static str> {
+    let starts = matches!(op, Op::Subvol { .. } | Op::Snapshot { .. });
+    if ended {
+        Some("after the end command")
+    } else if starts && started {
+        Some("a second subvol or snapshot command")
+    } else if !starts && !started {
+        Some("before the subvol or snapshot command")
+    } else {
+        None
+    }
+}
+
+/// Where a CLONE's source lies: the snapshot being made, or the parent it is made from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloneFrom {
+    This,
+    Parent,
+}
+
+/// Which subvolume a CLONE of `clone_uuid` reads, given this snapshot's UUID and its
+/// parent's (when known); any other is refused, naming it.
+pub fn clone_from(
+    clone_uuid: [u8; 16],
+    this: [u8; 16],
+    parent: Option<[u8; 16]>,
+) -> Result<CloneFrom, String> {
+    if clone_uuid == this {
+        Ok(CloneFrom::This)
+    } else if parent == Some(clone_uuid) {
+        Ok(CloneFrom::Parent)
+    } else {
+        Err(format!(
+            "a clone from subvolume {}, neither this snapshot nor its parent",
+            hex::encode(clone_uuid)
+        ))
+    }
+}
+
 /// A path the kernel could have written: relative, no empty, `.` or `..` component, no NUL.
 /// "" (the subvolume's root) is allowed.
 pub fn is_inner_path(path: &[u8]) -> bool {
