@@ -205,6 +205,8 @@ struct RawConfig {
     lock_path: Option<PathBuf>,
     metrics_file: Option<Spanned<PathBuf>>,
     compression: Option<Spanned<String>>,
+    #[serde(default = "default_true")]
+    file_index: bool,
     subvolumes: Spanned<Vec<RawSubvolume>>,
     s3: RawS3,
     #[serde(default)]
@@ -216,6 +218,10 @@ struct RawConfig {
     encryption: Option<RawEncryption>,
     #[serde(default)]
     prune: RawPrune,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn span_of<T>(s: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
@@ -758,6 +764,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         compression,
         encryption,
         prune_profile,
+        file_index: raw.file_index,
     })
 }
 

@@ -158,6 +158,8 @@ pub struct SettingsDoc {
     pub metrics_file: Option<PathBuf>,
     /// "off" or "zstd:LEVEL".
     pub compression: String,
+    /// A file index is built and stored with every backup.
+    pub file_index: bool,
     /// `[encryption]`, when parts are sealed to age recipients.
     pub encryption: Option<EncryptionDoc>,
     pub s3: S3Doc,
@@ -229,6 +231,7 @@ impl SettingsDoc {
             lock_path: s.lock_path.clone(),
             metrics_file: s.metrics_file.clone(),
             compression: s.compression.as_str(),
+            file_index: s.file_index,
             encryption: s.encryption.as_ref().map(|e| EncryptionDoc {
                 recipients: e.recipients.clone(),
                 identity_file: e.identity_file.clone(),
@@ -304,6 +307,19 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         (
             "prune.schema.json",
             schemars::schema_for!(crate::prune::PruneDoc),
+        ),
+        // JSON Lines: one document per line.
+        (
+            "ls.schema.json",
+            schemars::schema_for!(engine::restore::browse::Entry),
+        ),
+        (
+            "find.schema.json",
+            schemars::schema_for!(engine::restore::browse::Found),
+        ),
+        (
+            "restore-path.schema.json",
+            schemars::schema_for!(engine::restore::partial::PathReport),
         ),
     ]
 }

@@ -1,5 +1,6 @@
 //! `btrfs-to-s3`: back up Btrfs subvolumes to S3, resumably.
 
+mod browse;
 mod check;
 mod commands;
 mod config;
@@ -136,6 +137,12 @@ enum Command {
         /// (the default on any filesystem that is not Btrfs).
         #[arg(long)]
         user_space: bool,
+        /// Restore only this file or directory (relative to the subvolume's root; repeat for
+        /// more), found in the backup's file index: only the parts holding it are downloaded.
+        /// It is made at TARGET/PATH with its metadata, hard links among the restored paths
+        /// kept; a path already there is refused.
+        #[arg(long = "path", value_name = "PATH", conflicts_with_all = ["writable", "verify", "user_space"])]
+        paths: Vec<PathBuf>,
     },
     /// Check a backup without restoring it: every object exists with its recorded size and
     /// parts; --deep downloads and checks every byte and parses the stream.
@@ -154,6 +161,46 @@ enum Command {
     /// and whether each is restorable (all its objects and its parents' are there).
     #[command(after_help = "Examples:\n  btrfs-to-s3 list --json")]
     List,
+    /// List the files of a backup (the newest by default) from its file index, without
+    /// downloading the backup: the entries of PATH (the subvolume's root by default), or
+    /// everything below it with --recursive. Names are printed escaped: `\\` for a
+    /// backslash, `\xHH` for each byte that is not UTF-8 and for control characters.
+    /// --json prints one object per line: path, type, size, mode, uid, gid, mtime (seconds
+    /// since the epoch, UTC), mtime_nsec, nlink, inode (equal for hard links), target.
+    #[command(
+        after_help = "Examples:\n  btrfs-to-s3 ls --subvolume home\n  btrfs-to-s3 ls --subvolume home --backup 20261201T031500Z --long docs\n  btrfs-to-s3 ls --subvolume home --recursive --json | jq -r 'select(.size > 1e9) | .path'"
+    )]
+    Ls {
+        #[arg(long)]
+        subvolume: String,
+        /// Backup id (as `list` shows it).
+        #[arg(long, group = "which")]
+        backup: Option<String>,
+        /// The newest backup at or before this time (RFC 3339).
+        #[arg(long, group = "which")]
+        before: Option<String>,
+        /// Everything below PATH, not only its entries.
+        #[arg(long, short = 'r')]
+        recursive: bool,
+        /// Mode, owner, size, modification time and symlink targets too.
+        #[arg(long, short = 'l')]
+        long: bool,
+        /// A path in the subvolume (relative to its root).
+        path: Option<PathBuf>,
+    },
+    /// Find which backups hold a path: every version of every matching path in every
+    /// backup of the subvolume that has a file index, with its size and modification time.
+    /// PATTERN: `*` matches within a name, `?` one character, `**` across directories; a
+    /// pattern without `/` is matched against the last name, one with `/` against the whole
+    /// path from the subvolume's root.
+    #[command(
+        after_help = "Examples:\n  btrfs-to-s3 find --subvolume home '*.odt'\n  btrfs-to-s3 find --subvolume home 'docs/**/report-?.pdf' --json"
+    )]
+    Find {
+        #[arg(long)]
+        subvolume: String,
+        pattern: std::ffi::OsString,
+    },
     /// Retention in S3 on its own, for backups made with `[s3] append_only = true`: deletes
     /// the chains retention is due to delete (not before their Object Lock ends: the date is
     /// printed), the objects of runs that never published, and stale multipart uploads. Uses
@@ -459,10 +506,15 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             verify,
             no_wait,
             user_space,
+            paths,
         } => {
             select(&settings, std::slice::from_ref(subvolume))?;
             let selector = selector(backup, manifest_key, before)?;
             make_target(target)?;
+            if !paths.is_empty() {
+                return browse::restore_paths(&cli, &settings, subvolume, selector, target, paths)
+                    .await;
+            }
             // Not Btrfs (or told so): the stream is applied in user space.
             let in_user_space =
                 *user_space || !engine::btrfs::userspace::is_btrfs(target).unwrap_or(true);
@@ -626,6 +678,29 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 .map_err(|e| Failure::new(code_for_store(&e), e.to_string()))?;
             output::print_list(&listing, cli.json);
             Ok(exit::OK)
+        }
+        Command::Ls {
+            subvolume,
+            backup,
+            before,
+            recursive,
+            long,
+            path,
+        } => {
+            let sel = selector(backup, &None, before)?;
+            browse::ls(
+                &cli,
+                &settings,
+                subvolume,
+                sel,
+                *recursive,
+                *long,
+                path.clone(),
+            )
+            .await
+        }
+        Command::Find { subvolume, pattern } => {
+            browse::find(&cli, &settings, subvolume, pattern).await
         }
         Command::Journal(JournalCommand::Rebuild { force }) => {
             rebuild(&cli, settings, *force).await

@@ -238,6 +238,8 @@ fn every_command_has_help_with_an_example() {
         vec!["restore"],
         vec!["verify"],
         vec!["list"],
+        vec!["ls"],
+        vec!["find"],
         vec!["status"],
         vec!["check-config"],
         vec!["check"],

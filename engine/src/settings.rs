@@ -227,6 +227,9 @@ pub struct Settings {
     pub encryption: Option<Encryption>,
     /// `[prune] profile`: the AWS profile `prune` uses (its own, deleting credentials).
     pub prune_profile: Option<String>,
+    /// Build and store a file index of every backup (`fileindex`), for `ls`, `find` and
+    /// `restore --path`.
+    pub file_index: bool,
 }
 
 /// `[encryption]`: backup needs only the recipients (public keys); restore and `verify

@@ -16,6 +16,8 @@ pub const FAILPOINTS: &[&str] = &[
     "after-part-upload",
     "before-chunk-seal",
     "after-chunk-seal",
+    "before-index",
+    "after-index",
     "before-manifest",
     "after-manifest",
     "before-pointer",

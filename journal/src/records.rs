@@ -105,6 +105,25 @@ pub enum Transition {
         part: PartRecord,
         stored: StoredPart,
     },
+    /// The backup's file index is in S3 (written after every chunk was sealed, before the
+    /// manifest, which lists it). A chunk restarted after it makes it stale.
+    IndexStored(IndexRecord),
+}
+
+/// A stored file index: what the manifest records of it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IndexRecord {
+    pub key: String,
+    /// The object's size and xxh3-128 (compressed, and sealed when encryption is on).
+    pub stored_bytes: u64,
+    pub stored_xxh3: u128,
+    /// The encoded index's size and xxh3-128 before compression.
+    pub plain_bytes: u64,
+    pub plain_xxh3: u128,
+    /// Paths in the tree (hard links counted once per name).
+    pub entries: u64,
+    /// The backup's place in its chain (0: the full backup).
+    pub position: u32,
 }
 
 impl Transition {
@@ -118,6 +137,7 @@ impl Transition {
                 | Transition::SealedPartCommitted { .. }
                 | Transition::ChunkSealed { .. }
                 | Transition::ChunkRestarted { .. }
+                | Transition::IndexStored(_)
         )
     }
 }

@@ -256,6 +256,25 @@ pub fn mutate(root: &Path, seed: u64) {
 
 pub use engine::tree::{tree, Entry};
 
+/// Every path below `root/rel` (as bytes, relative to `root`), not following symlinks.
+pub fn relative_paths(root: &Path, rel: &[u8], out: &mut Vec<Vec<u8>>) {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = root.join(std::ffi::OsStr::from_bytes(rel));
+    for e in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
+        let e = e.expect("entry");
+        let mut p = rel.to_vec();
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(e.file_name().as_bytes());
+        let is_dir = e.file_type().expect("file type").is_dir();
+        out.push(p.clone());
+        if is_dir {
+            relative_paths(root, &p, out);
+        }
+    }
+}
+
 /// Panics with the first differences when two trees differ.
 pub fn assert_same_tree(expected: &Path, actual: &Path) {
     let count = engine::tree::tree(expected, engine::tree::Coverage::All).len();

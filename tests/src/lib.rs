@@ -417,6 +417,22 @@ keep_chains = 1000
         })
     }
 
+    /// Writes `data` at `key` as someone else with access to the bucket would.
+    pub fn put(&self, key: &str, data: Vec<u8>) {
+        let client = self.s3.client();
+        let (bucket, key) = (self.s3.bucket.clone(), key.to_string());
+        block_on(async move {
+            client
+                .put_object()
+                .bucket(bucket)
+                .key(&key)
+                .body(data.into())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+        });
+    }
+
     pub fn head(&self, key: &str) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
         let client = self.s3.client();
         let (bucket, key) = (self.s3.bucket.clone(), key.to_string());
@@ -662,10 +678,12 @@ keep_chains = 1000
         for m in &chain {
             let stream = self.download_verified(m);
             Setup::receive(&stream, &scratch.mnt);
+            let received = scratch.mnt.join(&m.snapshot.name);
             let source = self.snapshot_dir.join(&m.snapshot.name);
             if source.exists() {
-                assert_same_tree(&source, &scratch.mnt.join(&m.snapshot.name));
+                assert_same_tree(&source, &received);
             }
+            self.assert_index_lists(m, &received);
         }
         let m = chain.last().cloned().expect("chain");
         assert!(
@@ -673,6 +691,41 @@ keep_chains = 1000
             "the newest backup's snapshot is kept locally"
         );
         m
+    }
+
+    /// The backup's file index is in the bucket as its manifest records it and names exactly
+    /// the paths of `tree` (what its chain restores to).
+    pub fn assert_index_lists(&self, m: &Manifest, tree: &Path) {
+        let ix = m
+            .index
+            .as_ref()
+            .unwrap_or_else(|| panic!("backup {} has no file index", m.backup_id));
+        let stored = self.get(&ix.key);
+        let opener = m.encryption.as_ref().map(|e| {
+            let o = engine::seal::Opener::from_file(&self.identity_file()).expect("identity");
+            (o, e.recipients.len())
+        });
+        let index =
+            engine::fileindex::stored::open(&stored, ix, opener.as_ref().map(|(o, n)| (o, *n)))
+                .unwrap_or_else(|e| panic!("backup {}: {e}", m.backup_id));
+        let mut listed: Vec<Vec<u8>> = index.entries().into_iter().map(|(p, _)| p).collect();
+        listed.sort();
+        let mut there = Vec::new();
+        btrfs::relative_paths(tree, &[], &mut there);
+        there.sort();
+        assert_eq!(
+            listed.len(),
+            there.len(),
+            "backup {}: the index lists {} paths, the restored tree has {}",
+            m.backup_id,
+            listed.len(),
+            there.len()
+        );
+        assert!(
+            listed == there,
+            "backup {}: the index names other paths",
+            m.backup_id
+        );
     }
 
     pub fn snapshots(&self) -> Vec<String> {

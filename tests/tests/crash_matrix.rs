@@ -92,6 +92,8 @@ matrix! {
     garage_after_part_upload, moto_after_part_upload, incr_after_part_upload: "after-part-upload" skip 4;
     garage_before_chunk_seal, moto_before_chunk_seal, incr_before_chunk_seal: "before-chunk-seal" skip 1;
     garage_after_chunk_seal, moto_after_chunk_seal, incr_after_chunk_seal: "after-chunk-seal" skip 1;
+    garage_before_index, moto_before_index, incr_before_index: "before-index" skip 0;
+    garage_after_index, moto_after_index, incr_after_index: "after-index" skip 0;
     garage_before_manifest, moto_before_manifest, incr_before_manifest: "before-manifest" skip 0;
     garage_after_manifest, moto_after_manifest, incr_after_manifest: "after-manifest" skip 0;
     garage_before_pointer, moto_before_pointer, incr_before_pointer: "before-pointer" skip 0;

@@ -48,8 +48,10 @@ fn backup_and_prove(flavor: Flavor, opts: Opts) -> Published {
         "each byte sent once"
     );
 
-    // Exactly the chunks, the manifest and the pointer; nothing else, no open upload.
+    // Exactly the chunks, the file index, the manifest and the pointer; nothing else, no
+    // open upload.
     let mut want: Vec<String> = m.chunks.iter().map(|c| c.key.clone()).collect();
+    want.push(m.index.as_ref().expect("a file index").key.clone());
     want.push(manifest_key.clone());
     want.push(setup.pointer_key());
     want.sort();

@@ -247,18 +247,7 @@ fn archive_is_thawed(class: &str) {
 }
 
 fn replace_object(s: &Setup, key: &str, data: Vec<u8>) {
-    let client = s.s3.client();
-    let (bucket, key) = (s.s3.bucket.clone(), key.to_string());
-    harness::block_on(async move {
-        client
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .body(data.into())
-            .send()
-            .await
-            .expect("put");
-    });
+    s.put(key, data);
 }
 
 fn damaged(flavor: Flavor) {

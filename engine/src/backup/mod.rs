@@ -29,6 +29,7 @@ pub use crate::settings::settings_fingerprint;
 use crate::settings::Settings;
 use crate::store::{ObjectStore, PutOptions, StoreError, StoreFactory};
 
+mod indexing;
 mod outage;
 mod planning;
 mod publish;
@@ -439,8 +440,11 @@ impl Context {
             }
             Action::Upload => {
                 match self.upload(run, st, initial).await {
-                    Ok((end, pass_reused)) => {
+                    Ok((mut end, pass_reused)) => {
                         *reused = pass_reused;
+                        if let Some(built) = end.index.take() {
+                            self.store_index(run, built).await?;
+                        }
                         self.write_manifest(run, end).await?
                     }
                     Err(BackupError::RestartChunk { chunk, reason }) => {

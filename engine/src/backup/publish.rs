@@ -170,6 +170,7 @@ impl Context {
             chunks,
             compression,
             encryption,
+            index: st.index.as_ref().map(manifest::IndexEntry::of),
         })
     }
 

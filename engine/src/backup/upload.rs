@@ -13,11 +13,11 @@ use journal::{BackupKind, PartRecord, RunId, StoredPart, Transition};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{BackupError, Context};
+use super::{indexing, BackupError, Context};
 use crate::codec::{CompressingReader, Compression, Framing, Pipelined};
 use crate::machine::run::{
-    decide_adoption, decide_chunk_end, decide_part, decide_stream_end, reconcile, ChunkEndAction,
-    Listed, PartAction, Reconciled, RunState,
+    decide_adoption, decide_chunk_end, decide_index, decide_part, decide_stream_end, reconcile,
+    ChunkEndAction, IndexStep, Listed, PartAction, Reconciled, RunState,
 };
 use crate::machine::Layout;
 use crate::pipeline::{self, BufferPool, Event, Part, PipelineError};
@@ -26,11 +26,12 @@ use crate::store::{CompletePart, ObjectStore, StoreError, StoreErrorKind};
 
 /// The stored stream's end: its size and SHA-256 (what the chunks hold), and for a compressed
 /// stream the framing that leads back to the send stream.
-#[derive(Debug, Clone)]
 pub(super) struct StreamEnd {
     pub total: u64,
     pub sha256: [u8; 32],
     pub framing: Option<Framing>,
+    /// The file index this pass built (Err: why none), or None when it built none.
+    pub index: Option<Result<super::indexing::Built, String>>,
 }
 
 /// What a pass knows before it streams: chunks whose upload S3 no longer knows, and the
@@ -76,9 +77,22 @@ impl Context {
             Some(e) => Some(Arc::new(Sealer::new(&e.recipients)?)),
             None => None,
         };
+        // The parent's index is read before the stream starts, for the same reason.
+        let base = match decide_index(st, self.settings.file_index) {
+            IndexStep::Build => self.index_base(st).await?,
+            IndexStep::Off | IndexStep::Stored => None,
+        };
         let send = self
             .btrfs
             .send(Path::new(&p.snapshot_path), parent.as_deref())?;
+        // The plaintext stream passes the index's tee before anything else reads it.
+        let (stream, index_job): (Box<dyn std::io::Read + Send>, _) = match base {
+            Some(b) => {
+                let (tee, job) = indexing::start(send.reader, b);
+                (Box::new(tee), Some(job))
+            }
+            None => (send.reader, None),
+        };
         // Shared by the splitter (which waits for the end of a stream it read whole) and this
         // task (which stops the producer whatever happened).
         let producer = Arc::new(Mutex::new(Some(send.producer)));
@@ -95,12 +109,12 @@ impl Context {
         // splitter cuts into parts exactly as it would the send stream.
         let (reader, framing): (Box<dyn std::io::Read + Send>, _) = match self.settings.compression
         {
-            Compression::Off => (send.reader, None),
+            Compression::Off => (stream, None),
             Compression::Zstd { level } => {
                 // One frame per core, capped by level (`codec::max_workers`): memory stays
                 // within the 64 MiB beside the part buffers.
                 let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-                let (r, log) = CompressingReader::new(send.reader, level, workers);
+                let (r, log) = CompressingReader::new(stream, level, workers);
                 (Box::new(Pipelined::new(r)), Some((level, log)))
             }
         };
@@ -147,11 +161,21 @@ impl Context {
                 BackupError::Internal("the stream ended before its compressor did".into())
             })?),
         };
+        // The splitter read the stream to its end: the index thread has had all of it.
+        let index = match index_job {
+            Some(job) => Some(
+                tokio::task::spawn_blocking(move || job.finish())
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the index thread failed: {e}"))),
+            ),
+            None => None,
+        };
         Ok((
             StreamEnd {
                 total,
                 sha256,
                 framing,
+                index,
             },
             reused,
         ))

@@ -16,6 +16,7 @@
 
 pub mod build;
 pub mod format;
+pub mod stored;
 #[cfg(test)]
 mod tests;
 pub mod tree;

@@ -270,6 +270,11 @@ impl Tree {
 
     /// Every path below the root with its inode, parents before children, names in byte
     /// order.
+    /// How many paths `entries` would give (each hard link's name counts).
+    pub fn entry_count(&self) -> u64 {
+        self.inodes.values().map(|i| i.children.len() as u64).sum()
+    }
+
     pub fn entries(&self) -> Vec<(Vec<u8>, Ino)> {
         let mut out = Vec::new();
         let mut stack = vec![(Vec::new(), ROOT)];

@@ -160,6 +160,11 @@ impl Keys {
         )
     }
 
+    /// The backup's file index (`fileindex`): zstd-compressed, sealed when its parts are.
+    pub fn index(&self, subvolume: &str, chain: &str, backup: &str) -> String {
+        format!("{}index.zst", self.backup_prefix(subvolume, chain, backup))
+    }
+
     pub fn pointer(&self, subvolume: &str) -> String {
         self.join(format!("{subvolume}/current.json"))
     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use journal::{PartRecord, Planned, StoredPart, Transition};
+use journal::{IndexRecord, PartRecord, Planned, StoredPart, Transition};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sealed {
@@ -54,6 +54,8 @@ pub struct RunState {
     pub chunks: BTreeMap<u32, ChunkState>,
     pub restarts: u32,
     pub manifest: Option<(String, u64, [u8; 32])>,
+    /// The file index stored for the stream as it stands (a restarted chunk clears it).
+    pub index: Option<IndexRecord>,
     pub pointer_published: bool,
     pub pruning_done: bool,
     pub finished: bool,
@@ -103,6 +105,7 @@ impl RunState {
             chunks: BTreeMap::new(),
             restarts: 0,
             manifest: None,
+            index: None,
             pointer_published: false,
             pruning_done: false,
             finished: false,
@@ -168,7 +171,9 @@ impl RunState {
             Transition::ChunkRestarted { chunk, .. } => {
                 s.chunks.remove(chunk);
                 s.restarts += 1;
+                s.index = None;
             }
+            Transition::IndexStored(r) => s.index = Some(r.clone()),
             Transition::ManifestWritten {
                 key,
                 total_bytes,
@@ -577,6 +582,25 @@ pub fn multipart_etag(part_etags: &[&str]) -> Option<String> {
         hex::encode(md5::Md5::digest(&all)),
         part_etags.len()
     ))
+}
+
+/// Whether this pass over the stream builds the file index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexStep {
+    /// Indexing is off.
+    Off,
+    /// Journaled for the stream as it stands: the manifest lists that one.
+    Stored,
+    /// Build it from this pass (a fresh run, or one resumed before it was stored).
+    Build,
+}
+
+pub fn decide_index(st: &RunState, enabled: bool) -> IndexStep {
+    match (enabled, &st.index) {
+        (false, _) => IndexStep::Off,
+        (true, Some(_)) => IndexStep::Stored,
+        (true, None) => IndexStep::Build,
+    }
 }
 
 /// At the end of the regenerated stream: chunks past its end (left by an earlier, longer

@@ -215,6 +215,47 @@ pub struct Manifest {
     /// Format 3 only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encrypted>,
+    /// The backup's file index, where it has one (any format; older builds ignore it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<IndexEntry>,
+}
+
+/// The file index object beside the manifest (`fileindex::stored`): the encoded tree
+/// (`fileindex::format`), zstd-compressed, and sealed as one age file when the manifest has
+/// `encryption`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub key: String,
+    /// `fileindex::format::VERSION` of the encoded tree.
+    pub format: u32,
+    /// "zstd".
+    pub codec: String,
+    /// The object's size and xxh3-128 (32 lowercase hex digits).
+    pub stored_bytes: u64,
+    pub stored_xxh3: String,
+    /// The encoded tree's size and xxh3-128 before compression.
+    pub plain_bytes: u64,
+    pub plain_xxh3: String,
+    /// Paths in the tree.
+    pub entries: u64,
+    /// The backup's place in its chain: 0 for the full backup, its parent's plus one.
+    pub position: u32,
+}
+
+impl IndexEntry {
+    pub fn of(r: &journal::IndexRecord) -> IndexEntry {
+        IndexEntry {
+            key: r.key.clone(),
+            format: u32::from(crate::fileindex::format::VERSION),
+            codec: "zstd".into(),
+            stored_bytes: r.stored_bytes,
+            stored_xxh3: hex_u128(r.stored_xxh3),
+            plain_bytes: r.plain_bytes,
+            plain_xxh3: hex_u128(r.plain_xxh3),
+            entries: r.entries,
+            position: r.position,
+        }
+    }
 }
 
 /// `<prefix>/<subvolume>/current.json`: the newest published backup.

@@ -176,7 +176,63 @@ pub fn check_manifest(
             ),
         ));
     }
-    check_compression(key, m)
+    check_compression(key, m)?;
+    check_index(key, keys, m)
+}
+
+/// The file index entry, where there is one: at its place, of a format and codec this build
+/// reads, within the sizes readers accept, at a chain position that fits the kind.
+fn check_index(key: &str, keys: &Keys, m: &Manifest) -> Result<(), ManifestError> {
+    let Some(ix) = &m.index else {
+        return Ok(());
+    };
+    if ix.key != keys.index(&m.subvolume, &m.chain_id, &m.backup_id) {
+        return Err(bad(key, "the file index is not where the layout puts it"));
+    }
+    if ix.format != u32::from(crate::fileindex::format::VERSION) || ix.codec != "zstd" {
+        return Err(bad(
+            key,
+            format!(
+                "file index format {} codec {:?}: this build reads format {} with zstd",
+                ix.format,
+                ix.codec,
+                crate::fileindex::format::VERSION
+            ),
+        ));
+    }
+    let max = crate::fileindex::stored::MAX_INDEX_BYTES;
+    if ix.stored_bytes == 0 || ix.stored_bytes > max || ix.plain_bytes == 0 || ix.plain_bytes > max
+    {
+        return Err(bad(
+            key,
+            format!(
+                "file index of {} stored and {} plain bytes (at most {max})",
+                ix.stored_bytes, ix.plain_bytes
+            ),
+        ));
+    }
+    if !is_hex(&ix.stored_xxh3, 32) || !is_hex(&ix.plain_xxh3, 32) {
+        return Err(bad(key, "file index hashes are malformed"));
+    }
+    let fits = match m.kind {
+        Kind::Full => ix.position == 0,
+        Kind::Incremental => ix.position >= 1 && ix.position as usize <= MAX_CHAIN,
+    };
+    if !fits {
+        return Err(bad(
+            key,
+            format!(
+                "file index chain position {} does not fit a {} backup",
+                ix.position,
+                if m.kind == Kind::Full {
+                    "full"
+                } else {
+                    "incremental"
+                }
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The format version says which of `compression` and `encryption` there are; the
@@ -391,6 +447,7 @@ mod tests {
             ],
             compression: None,
             encryption: None,
+            index: None,
         };
         (k.manifest(sv, chain, id), m)
     }
@@ -562,6 +619,47 @@ mod tests {
             &|m| m.total_bytes += 1,
             "plaintext not adding up to total_bytes",
         );
+    }
+
+    #[test]
+    fn index_entries_out_of_place_or_bounds_are_refused() {
+        let (key, mut m) = good();
+        let good_ix = crate::manifest::IndexEntry {
+            key: keys().index("data", &m.chain_id, &m.backup_id),
+            format: 1,
+            codec: "zstd".into(),
+            stored_bytes: 100,
+            stored_xxh3: "0".repeat(32),
+            plain_bytes: 300,
+            plain_xxh3: "1".repeat(32),
+            entries: 7,
+            position: 1,
+        };
+        m.index = Some(good_ix.clone());
+        check_manifest(&key, &keys(), "data", &m).expect("valid");
+        type Tamper = fn(&mut crate::manifest::IndexEntry);
+        let cases: [(Tamper, &str); 9] = [
+            (|i| i.key = i.key.replace("index.zst", "other"), "not where"),
+            (
+                |i| i.key = "p/data/20260101T000000Z/20260101T000000Z/index.zst".into(),
+                "not where",
+            ),
+            (|i| i.format = 2, "format 2"),
+            (|i| i.codec = "xz".into(), "codec"),
+            (|i| i.stored_bytes = 0, "stored"),
+            (|i| i.plain_bytes = (16 << 30) + 1, "plain bytes"),
+            (|i| i.stored_xxh3 = "xyz".into(), "malformed"),
+            (|i| i.position = 0, "chain position 0"),
+            (|i| i.position = 20_000, "chain position 20000"),
+        ];
+        for (tamper, says) in cases {
+            let mut bad = m.clone();
+            let mut ix = good_ix.clone();
+            tamper(&mut ix);
+            bad.index = Some(ix);
+            let e = check_manifest(&key, &keys(), "data", &bad).expect_err(says);
+            assert!(e.to_string().contains(says), "{e} lacks {says}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::store::{ObjectStore, StoreErrorKind};
 
 /// Downloads one part and checks it against the manifest; transient errors are retried, so a
 /// download resumes at the failed part.
-async fn fetch_part(
+pub(super) async fn fetch_part(
     store: &dyn ObjectStore,
     key: &str,
     offset: u64,

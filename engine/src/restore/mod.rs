@@ -33,8 +33,10 @@ use crate::manifest::{Manifest, ManifestError};
 use crate::settings::Settings;
 use crate::store::{ObjectStore, StoreError};
 
+pub mod browse;
 mod chain;
 mod download;
+pub mod partial;
 pub mod state;
 pub mod thaw;
 mod verify;
@@ -83,6 +85,13 @@ pub enum RestoreError {
     Differs(Vec<String>),
     #[error("--verify {0} needs the source snapshot {1}, which is gone; use --verify none")]
     NoSource(&'static str, PathBuf),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("internal error: a checked index names something it does not hold; please report it")]
+    Internal,
 }
 
 impl RestoreError {

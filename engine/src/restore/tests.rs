@@ -163,6 +163,7 @@ fn restorer(state: &Path, thaw_after: u32, timeout: Duration) -> (Restorer, Arc<
         compression: crate::codec::Compression::Off,
         encryption: None,
         prune_profile: None,
+        file_index: false,
         s3: S3Settings {
             bucket: "fake".into(),
             region: "us-east-1".into(),
@@ -245,6 +246,7 @@ fn chain_of(keys: &[&str]) -> Vec<(String, Manifest)> {
             .collect(),
         compression: None,
         encryption: None,
+        index: None,
     };
     vec![("m".into(), m)]
 }

@@ -105,6 +105,7 @@ impl World {
             restore: Default::default(),
             encryption: None,
             prune_profile: None,
+            file_index: false,
         };
         let btrfs = Arc::new(MemoryBtrfs::new());
         btrfs.write(&src, Bytes::from(noise(17 * MIB as usize, 7)));

@@ -168,6 +168,7 @@ fn main() {
         compression: engine::codec::Compression::Off,
         encryption: None,
         prune_profile: None,
+        file_index: false,
         s3: S3Settings {
             bucket: "b".into(),
             region: "us-east-1".into(),

@@ -303,6 +303,15 @@ fn random_history(r: &mut Rnd) -> Vec<Transition> {
             },
             11 => Transition::PointerPublished { key: "p".into() },
             12 => Transition::PruningDone,
+            13 if r.below(2) == 0 => Transition::IndexStored(journal::IndexRecord {
+                key: "i".into(),
+                stored_bytes: 1,
+                stored_xxh3: u128::from(r.below(2)),
+                plain_bytes: 1,
+                plain_xxh3: 0,
+                entries: 1,
+                position: 0,
+            }),
             _ if r.below(4) == 0 => Transition::Finished,
             _ => Transition::LocalPruned { snapshots: vec![] },
         };
@@ -327,6 +336,15 @@ fn decider_properties_over_random_histories() {
             continue;
         };
         checked += 1;
+        // The stored index is the last one journaled, unless a chunk restarted after it.
+        let last = |f: fn(&Transition) -> bool| ts.iter().rposition(f);
+        let stored = last(|t| matches!(t, Transition::IndexStored(_)));
+        let restarted = last(|t| matches!(t, Transition::ChunkRestarted { .. }));
+        assert_eq!(st.index.is_some(), stored > restarted, "{ts:?}");
+        assert_eq!(
+            decide_index(&st, true) == IndexStep::Build,
+            st.index.is_none()
+        );
         let facts = Facts {
             settings: if r.below(5) == 0 {
                 "other".into()
@@ -579,4 +597,36 @@ fn sealed_parts_are_reconciled_and_completed_by_their_stored_bytes() {
     let mut st2 = st.clone();
     st2.apply(&part(0, 2)).expect("apply");
     assert_eq!(st2.chunks[&0].stored_of(2).map(|s| s.length), Some(5));
+}
+
+#[test]
+fn the_index_is_built_until_stored_and_again_after_a_chunk_restart() {
+    use super::{decide_index, IndexStep};
+    let mut st = RunState::new(planned());
+    assert_eq!(decide_index(&st, false), IndexStep::Off);
+    assert_eq!(decide_index(&st, true), IndexStep::Build);
+    let rec = journal::IndexRecord {
+        key: "k".into(),
+        stored_bytes: 1,
+        stored_xxh3: 2,
+        plain_bytes: 3,
+        plain_xxh3: 4,
+        entries: 5,
+        position: 0,
+    };
+    st.apply(&Transition::IndexStored(rec.clone()))
+        .expect("apply");
+    assert_eq!(st.index.as_ref(), Some(&rec));
+    assert_eq!(decide_index(&st, true), IndexStep::Stored);
+    assert_eq!(decide_index(&st, false), IndexStep::Off);
+    st.apply(&Transition::ChunkRestarted {
+        chunk: 0,
+        reason: "regenerated stream differs".into(),
+    })
+    .expect("apply");
+    assert_eq!(
+        st.index, None,
+        "a restarted chunk makes the stored index stale"
+    );
+    assert_eq!(decide_index(&st, true), IndexStep::Build);
 }

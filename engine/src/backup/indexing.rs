@@ -1,0 +1,320 @@
+//! The file index, built as the send stream passes (issue 15): a `Tee` on the plaintext
+//! stream hands what the splitter (or compressor) reads to a `Parser` and a
+//! `fileindex::Builder` on a thread of their own; at the stream's end the tree is encoded,
+//! compressed, sealed when encryption is on, stored beside the manifest, journaled
+//! (`IndexStored`) and cached in `state_dir` for the next incremental's index.
+//!
+//! *Invariants:* the stream is read once (the tee copies what passes, in batches, through a
+//! bounded queue: at most `QUEUE + 2` batches of `BATCH` bytes exist); an index that cannot
+//! be built (an unparsable stream, a parent without an index) never fails the backup: the
+//! backup is published without one and the reason is logged. A resumed run whose index is
+//! journaled does not build it again; one whose index is not rebuilds it from the
+//! regenerated stream, which it reads whole anyway.
+
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use fault_injection::failpoint;
+use journal::{BackupKind, IndexRecord, RunId, Transition};
+
+use super::{BackupError, Context};
+use crate::fileindex::stored::{self, Packed};
+use crate::fileindex::{format, Builder, Tree};
+use crate::machine::run::RunState;
+use crate::manifest::fetch::{self, Fetch};
+use crate::sendstream::Parser;
+
+/// Bytes per batch handed to the index thread, and how many may wait.
+const BATCH: usize = 1 << 20;
+const QUEUE: usize = 4;
+
+enum Msg {
+    Bytes(Vec<u8>),
+    End,
+}
+
+/// What the index starts from.
+pub(super) enum Base {
+    Full,
+    /// The parent's tree and its chain position.
+    Parent(Tree, u32),
+}
+
+/// A built index, encoded.
+pub(super) struct Built {
+    pub encoded: Vec<u8>,
+    pub entries: u64,
+    pub position: u32,
+}
+
+/// A `Read` that passes everything through and copies it to the index thread. If that
+/// thread stopped (its stream failed to parse), the copies stop; reading goes on.
+pub(super) struct Tee<R> {
+    inner: R,
+    batch: Vec<u8>,
+    tx: Option<SyncSender<Msg>>,
+    spare: Receiver<Vec<u8>>,
+}
+
+impl<R> Tee<R> {
+    fn flush(&mut self, end: bool) {
+        let Some(tx) = &self.tx else { return };
+        let mut ok = true;
+        if !self.batch.is_empty() {
+            let next = match self.spare.try_recv() {
+                Ok(mut b) => {
+                    b.clear();
+                    b
+                }
+                Err(_) => Vec::with_capacity(BATCH),
+            };
+            let full = std::mem::replace(&mut self.batch, next);
+            ok = tx.send(Msg::Bytes(full)).is_ok();
+        }
+        if ok && end {
+            ok = tx.send(Msg::End).is_ok();
+        }
+        if !ok || end {
+            self.tx = None;
+        }
+    }
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if self.tx.is_some() {
+            if n == 0 {
+                self.flush(true);
+            } else {
+                self.batch.extend_from_slice(&buf[..n]);
+                if self.batch.len() >= BATCH {
+                    self.flush(false);
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The index thread of one pass over the stream.
+pub(super) struct IndexJob {
+    handle: JoinHandle<Result<Built, String>>,
+}
+
+impl IndexJob {
+    /// The built index, or why there is none. Call after the stream was read to its end.
+    pub fn finish(self) -> Result<Built, String> {
+        self.handle
+            .join()
+            .unwrap_or_else(|_| Err("the index thread panicked".into()))
+    }
+}
+
+/// Wraps `inner` in a tee whose copies build the index from `base`.
+pub(super) fn start<R: Read>(inner: R, base: Base) -> (Tee<R>, IndexJob) {
+    let (tx, rx) = sync_channel::<Msg>(QUEUE);
+    let (spare_tx, spare) = sync_channel::<Vec<u8>>(2);
+    let handle = std::thread::spawn(move || {
+        let (mut builder, position) = match base {
+            Base::Full => (Builder::full(0), 0),
+            Base::Parent(tree, p) => {
+                let position = p.checked_add(1).ok_or("the chain is too long")?;
+                (Builder::incremental(tree, position), position)
+            }
+        };
+        let mut parser = Parser::new();
+        let mut cmds = Vec::new();
+        loop {
+            match rx.recv() {
+                Ok(Msg::Bytes(b)) => {
+                    parser
+                        .feed(&b, &mut cmds)
+                        .map_err(|e| format!("the send stream: {e}"))?;
+                    for c in cmds.drain(..) {
+                        builder.apply(&c).map_err(|e| e.to_string())?;
+                    }
+                    let _ = spare_tx.try_send(b);
+                }
+                Ok(Msg::End) => break,
+                Err(_) => return Err("the stream was not read to its end".into()),
+            }
+        }
+        parser
+            .finish()
+            .map_err(|e| format!("the send stream: {e}"))?;
+        let tree = builder.finish().map_err(|e| e.to_string())?;
+        tree.check().map_err(|e| format!("the built tree: {e}"))?;
+        Ok(Built {
+            encoded: format::encode(&tree, position),
+            entries: tree.entry_count(),
+            position,
+        })
+    });
+    (
+        Tee {
+            inner,
+            batch: Vec::with_capacity(BATCH),
+            tx: Some(tx),
+            spare,
+        },
+        IndexJob { handle },
+    )
+}
+
+impl Context {
+    /// Where this host keeps the plaintext (compressed) index of a backup: the next
+    /// incremental's index starts from it without reading (or unsealing) the bucket's copy.
+    fn index_cache(&self, subvolume: &str) -> PathBuf {
+        self.settings.state_dir.join("index").join(subvolume)
+    }
+
+    /// What this run's index starts from: Ok(None) when it cannot have one (the reason is
+    /// logged). S3 errors are the run's (retried like any); a refused parent manifest or
+    /// index means only no index.
+    pub(super) async fn index_base(&self, st: &RunState) -> Result<Option<Base>, BackupError> {
+        let p = &st.planned;
+        let BackupKind::Incremental {
+            parent_backup_id,
+            parent_manifest_key,
+            ..
+        } = &p.kind
+        else {
+            return Ok(Some(Base::Full));
+        };
+        let without = |why: String| {
+            tracing::warn!(
+                subvolume = %p.subvolume,
+                backup = %p.backup_id,
+                "this backup gets no file index: {why}; the next full backup will have one"
+            );
+            Ok(None)
+        };
+        let m = match fetch::manifest(
+            self.store.as_ref(),
+            &self.keys(),
+            &p.subvolume,
+            parent_manifest_key,
+        )
+        .await
+        {
+            Ok(m) => m,
+            Err(Fetch::Store(e)) => return Err(e.into()),
+            Err(Fetch::Invalid(e)) => return without(format!("the parent's manifest: {e}")),
+        };
+        let Some(ix) = m.index else {
+            return without(format!("its parent {parent_backup_id} has no file index"));
+        };
+        let cached = self.index_cache(&p.subvolume).join(parent_backup_id);
+        if let Ok(bytes) = std::fs::read(&cached) {
+            match stored::from_cache(&bytes, &ix) {
+                Ok(t) => return Ok(Some(Base::Parent(t, ix.position))),
+                Err(e) => tracing::warn!("ignoring the cached index {}: {e}", cached.display()),
+            }
+        }
+        if m.encryption.is_some() {
+            return without(format!(
+                "the index of its parent {parent_backup_id} is encrypted and not cached in {}",
+                self.index_cache(&p.subvolume).display()
+            ));
+        }
+        let bytes = self.store.get_range(&ix.key, 0, ix.stored_bytes).await?;
+        match stored::open(&bytes, &ix, None) {
+            Ok(t) => Ok(Some(Base::Parent(t, ix.position))),
+            Err(e) => without(e.to_string()),
+        }
+    }
+
+    /// Stores a built index, caches it, journals `IndexStored`. A failure to build was
+    /// logged; the backup goes on without an index.
+    pub(super) async fn store_index(
+        &self,
+        run: RunId,
+        built: Result<Built, String>,
+    ) -> Result<(), BackupError> {
+        let st = self.state(run)?;
+        let p = &st.planned;
+        let built = match built {
+            Ok(b) => b,
+            Err(why) => {
+                tracing::warn!(
+                    subvolume = %p.subvolume,
+                    backup = %p.backup_id,
+                    "this backup gets no file index: {why}"
+                );
+                return Ok(());
+            }
+        };
+        let sealer = match &self.settings.encryption {
+            Some(e) => Some(crate::seal::Sealer::new(&e.recipients)?),
+            None => None,
+        };
+        let Packed {
+            stored,
+            compressed,
+            stored_xxh3,
+            plain_bytes,
+            plain_xxh3,
+        } = stored::pack(&built.encoded, sealer.as_ref())
+            .map_err(|e| BackupError::Internal(format!("cannot pack the file index: {e}")))?;
+        let key = self.keys().index(&p.subvolume, &p.chain_id, &p.backup_id);
+        let stored_bytes = stored.len() as u64;
+        failpoint!("before-index");
+        self.store
+            .put_object(
+                &key,
+                Bytes::clone(&stored),
+                &self.locked_manifest_opts(&p.chain_id),
+            )
+            .await?;
+        failpoint!("after-index");
+        self.cache_index(&st, &compressed);
+        self.append(
+            run,
+            Transition::IndexStored(IndexRecord {
+                key,
+                stored_bytes,
+                stored_xxh3,
+                plain_bytes,
+                plain_xxh3,
+                entries: built.entries,
+                position: built.position,
+            }),
+        )
+    }
+
+    /// Keeps this backup's index (and its parent's, should this run be given up) in the
+    /// cache; older ones go. Best effort: a cache that cannot be written costs only the
+    /// next incremental's index where the bucket's copy is sealed.
+    fn cache_index(&self, st: &RunState, compressed: &[u8]) {
+        let p = &st.planned;
+        let dir = self.index_cache(&p.subvolume);
+        let tmp = dir.join(format!("{}.tmp", p.backup_id));
+        let done = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&tmp, compressed))
+            .and_then(|()| std::fs::rename(&tmp, dir.join(&p.backup_id)));
+        if let Err(e) = done {
+            tracing::warn!("cannot cache the file index in {}: {e}", dir.display());
+            return;
+        }
+        let parent = match &p.kind {
+            BackupKind::Incremental {
+                parent_backup_id, ..
+            } => Some(parent_backup_id.as_str()),
+            BackupKind::Full => None,
+        };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name != p.backup_id.as_str() && Some(&*name) != parent {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! `restore --path`: single files and directories of one backup, found in its file index.
+//! Only the parts that hold their bytes are downloaded, each checked against its manifest
+//! exactly as a whole restore checks it (size, xxh3-128, CRC32C, then opened when sealed);
+//! a compressed backup's frames are decoded one at a time. The tree is made in a staging
+//! directory inside the target (`.btrfs-to-s3-partial.<backup id>`) and each requested path
+//! is moved into place only when all of it is written, with its metadata.
+//!
+//! *Invariants:* nothing is written outside the target; a path already in the target is
+//! refused before anything is fetched; an interrupted restore leaves only the staging
+//! directory (named as partial, removed by the next run), never a half-written file at a
+//! requested path; every byte written came from a part whose hashes matched the manifest.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::browse::{escape, normalize, tree_of};
+use super::chain::{chain, resolve};
+use super::download::{fetch_part, Unseal};
+use super::{opener_for, RestoreError, Selector};
+use crate::fileindex::{FileType, Ino, Inode, Source, Tree};
+use crate::machine::Keys;
+use crate::manifest::Manifest;
+use crate::store::ObjectStore;
+
+/// What to restore and where.
+pub struct PathRequest {
+    pub subvolume: String,
+    pub selector: Selector,
+    /// An existing directory (on any filesystem).
+    pub target: PathBuf,
+    /// Paths relative to the subvolume's root, as bytes.
+    pub paths: Vec<Vec<u8>>,
+    pub identity_file: Option<PathBuf>,
+}
+
+/// What `restore --path` did (`--json`).
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct PathReport {
+    pub subvolume: String,
+    pub backup_id: String,
+    pub target: PathBuf,
+    /// The requested paths, escaped as `ls` prints them.
+    pub paths: Vec<String>,
+    /// Paths made (directories, files, links, special files).
+    pub entries: u64,
+    /// File data written (holes not counted).
+    pub bytes_written: u64,
+    /// Bytes downloaded: the index and the parts that hold the files' data.
+    pub fetched_bytes: u64,
+    pub index_bytes: u64,
+    pub parts_fetched: u64,
+    /// The stored size of the backup's chain (what a whole restore downloads).
+    pub chain_bytes: u64,
+    pub seconds: f64,
+}
+
+fn io(p: &Path, e: std::io::Error) -> RestoreError {
+    RestoreError::Io {
+        path: p.to_path_buf(),
+        source: e,
+    }
+}
+
+/// Stream bytes of one backup of the chain to put into a file.
+struct Piece {
+    backup: u32,
+    offset: u64,
+    len: u64,
+    file: usize,
+    file_off: u64,
+}
+
+/// Downloads and keeps the few parts a sorted sequence of reads needs.
+struct Parts<'a> {
+    store: &'a dyn ObjectStore,
+    chain: &'a [(String, Manifest)],
+    unseal: Option<Unseal>,
+    cache: BTreeMap<(u32, u32, u32), Bytes>,
+    fetched: u64,
+    count: u64,
+}
+
+impl Parts<'_> {
+    /// Part `n` (1-based) of chunk `c` of backup `b`, opened.
+    async fn part(&mut self, b: u32, c: u32, n: u32) -> Result<Bytes, RestoreError> {
+        if let Some(p) = self.cache.get(&(b, c, n)) {
+            return Ok(p.clone());
+        }
+        let m = &self.chain[b as usize].1;
+        let chunk = m
+            .chunks
+            .get(c as usize)
+            .ok_or_else(|| damaged(m, "chunk past the end"))?;
+        let idx = n as usize - 1;
+        let entry = chunk
+            .parts
+            .get(idx)
+            .ok_or_else(|| damaged(m, "part past the end of its chunk"))?;
+        let at: u64 = chunk.parts[..idx].iter().map(|p| p.size).sum();
+        let unseal = m.encryption.as_ref().and(self.unseal.as_ref());
+        let data = fetch_part(self.store, &chunk.key, at, entry, unseal).await?;
+        self.fetched += entry.size;
+        self.count += 1;
+        // Reads come in order: parts before this one are not needed again.
+        self.cache.retain(|k, _| *k >= (b, c, n));
+        self.cache.insert((b, c, n), data.clone());
+        Ok(data)
+    }
+
+    /// Calls `f(offset in the range, bytes)` for the stored (unsealed) bytes
+    /// `[start, start + len)` of backup `b`, part by part.
+    async fn read(
+        &mut self,
+        b: u32,
+        start: u64,
+        len: u64,
+        f: &mut impl FnMut(u64, &[u8]) -> Result<(), RestoreError>,
+    ) -> Result<(), RestoreError> {
+        let (chunk_size, part_size) = {
+            let m = &self.chain[b as usize].1;
+            (m.chunk_size, m.part_size)
+        };
+        let mut done = 0;
+        while done < len {
+            let s = start + done;
+            let c = u32::try_from(s / chunk_size).map_err(|_| RestoreError::Internal)?;
+            let within = s % chunk_size;
+            let n = u32::try_from(within / part_size + 1).map_err(|_| RestoreError::Internal)?;
+            let from = within - u64::from(n - 1) * part_size;
+            let part = self.part(b, c, n).await?;
+            let avail = (part.len() as u64).saturating_sub(from);
+            if avail == 0 {
+                return Err(damaged(
+                    &self.chain[b as usize].1,
+                    "the index points past the stored stream",
+                ));
+            }
+            let take = avail.min(len - done);
+            let from = from as usize;
+            f(done, &part[from..from + take as usize])?;
+            done += take;
+        }
+        Ok(())
+    }
+}
+
+fn damaged(m: &Manifest, what: &str) -> RestoreError {
+    RestoreError::Damaged {
+        key: m.index.as_ref().map_or_else(String::new, |i| i.key.clone()),
+        detail: what.to_string(),
+    }
+}
+
+/// Paths with their inodes, parents before children.
+type Selected = Vec<(Vec<u8>, Ino)>;
+
+/// The requested paths, normalized, each under none of the others, and every path below
+/// them with its inode.
+fn select(tree: &Tree, paths: &[Vec<u8>]) -> Result<(Vec<Vec<u8>>, Selected), String> {
+    let mut tops: Vec<Vec<u8>> = paths.iter().map(|p| normalize(p)).collect();
+    tops.sort();
+    tops.dedup();
+    if tops.iter().any(Vec::is_empty) {
+        return Err("--path names the whole subvolume: restore without --path".into());
+    }
+    let under = |p: &[u8], q: &[u8]| p.len() > q.len() && p.starts_with(q) && p[q.len()] == b'/';
+    let kept: Vec<Vec<u8>> = tops
+        .iter()
+        .filter(|p| !tops.iter().any(|q| under(p, q)))
+        .cloned()
+        .collect();
+    let mut out = Vec::new();
+    for top in &kept {
+        let ino = tree
+            .lookup(top)
+            .ok_or_else(|| format!("{}: no such path in this backup", escape(top)))?;
+        let mut stack = vec![(top.clone(), ino)];
+        while let Some((p, i)) = stack.pop() {
+            if let Some(node) = tree.inode(i) {
+                for (name, child) in &node.children {
+                    let mut q = p.clone();
+                    q.push(b'/');
+                    q.extend_from_slice(name);
+                    stack.push((q, *child));
+                }
+            }
+            out.push((p, i));
+        }
+    }
+    out.sort();
+    Ok((kept, out))
+}
+
+fn make_entry(p: &Path, node: &Inode) -> Result<(), RestoreError> {
+    use rustix::fs::{FileType as Ft, Mode, CWD};
+    let special = |ft: Ft, rdev: u64| {
+        rustix::fs::mknodat(CWD, p, ft, Mode::from_raw_mode(0o600), rdev)
+            .map_err(|e| io(p, e.into()))
+    };
+    match &node.ftype {
+        FileType::Dir => fs::DirBuilder::new()
+            .mode(0o700)
+            .create(p)
+            .map_err(|e| io(p, e)),
+        FileType::File => File::create(p)
+            .and_then(|f| f.set_len(node.size))
+            .map_err(|e| io(p, e)),
+        FileType::Symlink(t) => {
+            std::os::unix::fs::symlink(OsStr::from_bytes(t), p).map_err(|e| io(p, e))
+        }
+        FileType::Fifo => special(Ft::Fifo, 0),
+        FileType::Socket => special(Ft::Socket, 0),
+        FileType::CharDev(rdev) => special(Ft::CharacterDevice, *rdev),
+        FileType::BlockDev(rdev) => special(Ft::BlockDevice, *rdev),
+    }
+}
+
+/// xattrs, owner, mode (not a symlink's), times — in the order that keeps each.
+fn set_metadata(p: &Path, node: &Inode) -> Result<(), RestoreError> {
+    for (name, value) in &node.xattrs {
+        match xattr::set(p, OsStr::from_bytes(name), value) {
+            Err(_) if name.starts_with(b"btrfs.") => {}
+            r => r.map_err(|e| io(p, e))?,
+        }
+    }
+    let id = |v: u64| u32::try_from(v).ok();
+    std::os::unix::fs::lchown(p, id(node.uid), id(node.gid)).map_err(|e| io(p, e))?;
+    if !matches!(node.ftype, FileType::Symlink(_)) {
+        fs::set_permissions(p, fs::Permissions::from_mode(node.mode & 0o7777))
+            .map_err(|e| io(p, e))?;
+    }
+    let ts = |t: crate::sendstream::Timespec| rustix::fs::Timespec {
+        tv_sec: t.sec,
+        tv_nsec: i64::from(t.nsec) as _,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: ts(node.atime),
+        last_modification: ts(node.mtime),
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        p,
+        &times,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| io(p, e.into()))
+}
+
+/// Restores `req.paths` of the selected backup into `req.target`.
+pub async fn restore_paths(
+    store: Arc<dyn ObjectStore>,
+    keys: &Keys,
+    req: &PathRequest,
+) -> Result<PathReport, RestoreError> {
+    let started = Instant::now();
+    let store = store.as_ref();
+    let key = resolve(store, keys, &req.subvolume, &req.selector).await?;
+    let chain = chain(store, keys, &req.subvolume, &key).await?;
+    let m = &chain.last().ok_or(RestoreError::Internal)?.1;
+    let identity = req.identity_file.as_deref();
+    let opener = opener_for(identity, chain.iter().map(|(_, m)| m))?;
+    let tree = tree_of(store, m, identity).await?;
+    let ix = m.index.as_ref().ok_or(RestoreError::Internal)?;
+    if ix.position as usize + 1 != chain.len() {
+        return Err(damaged(
+            m,
+            &format!(
+                "the index is for chain position {}, the backup is number {} of its chain",
+                ix.position,
+                chain.len() - 1
+            ),
+        ));
+    }
+    let (tops, selected) = select(&tree, &req.paths)
+        .map_err(|e| RestoreError::NotFound(format!("backup {}: {e}", m.backup_id)))?;
+    for top in &tops {
+        let there = req.target.join(OsStr::from_bytes(top));
+        if there.symlink_metadata().is_ok() {
+            return Err(RestoreError::TargetExists(there));
+        }
+    }
+    // Staging: inside the target, named for the backup; a killed run's is ours to remove.
+    let stage = req
+        .target
+        .join(format!(".btrfs-to-s3-partial.{}", m.backup_id));
+    if stage.symlink_metadata().is_ok() {
+        fs::remove_dir_all(&stage).map_err(|e| io(&stage, e))?;
+    }
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&stage)
+        .map_err(|e| io(&stage, e))?;
+    for top in &tops {
+        if let Some(parent) = stage.join(OsStr::from_bytes(top)).parent() {
+            fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+        }
+    }
+
+    // The skeleton: every entry, hard links as links to the first path of their inode.
+    let mut first: HashMap<Ino, usize> = HashMap::new();
+    let mut staged: Vec<PathBuf> = Vec::with_capacity(selected.len());
+    for (i, (path, ino)) in selected.iter().enumerate() {
+        let p = stage.join(OsStr::from_bytes(path));
+        let node = tree.inode(*ino).ok_or(RestoreError::Internal)?;
+        match first.get(ino) {
+            Some(&j) if node.ftype != FileType::Dir => {
+                fs::hard_link(&staged[j], &p).map_err(|e| io(&p, e))?;
+            }
+            _ => {
+                make_entry(&p, node)?;
+                first.insert(*ino, i);
+            }
+        }
+        staged.push(p);
+    }
+
+    // The data: pieces of the chain's streams, in stored order per backup.
+    let mut pieces = Vec::new();
+    let mut prealloc = Vec::new();
+    for (ino, &i) in &first {
+        let node = tree.inode(*ino).ok_or(RestoreError::Internal)?;
+        for (&off, ext) in &node.extents {
+            match ext.source {
+                Source::Stream { backup, offset } => pieces.push(Piece {
+                    backup,
+                    offset,
+                    len: ext.len,
+                    file: i,
+                    file_off: off,
+                }),
+                Source::Prealloc => prealloc.push((i, off, ext.len)),
+                Source::Encoded { .. } => {
+                    return Err(damaged(
+                        m,
+                        "a file holds compressed extents (sent with --compressed-data), which restore --path does not decode",
+                    ))
+                }
+            }
+        }
+    }
+    let unseal = opener.map(|o| Unseal {
+        opener: o,
+        recipients: m.encryption.as_ref().map_or(0, |e| e.recipients.len()),
+    });
+    let mut parts = Parts {
+        store,
+        chain: &chain,
+        unseal,
+        cache: BTreeMap::new(),
+        fetched: 0,
+        count: 0,
+    };
+    let bytes_written = write_pieces(&mut parts, pieces, &staged).await?;
+    for (i, off, len) in prealloc {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&staged[i])
+            .map_err(|e| io(&staged[i], e))?;
+        rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::KEEP_SIZE, off, len)
+            .map_err(|e| io(&staged[i], e.into()))?;
+    }
+
+    // Metadata, children before their directory (times last); then into place.
+    for (i, (_, ino)) in selected.iter().enumerate().rev() {
+        if first.get(ino) == Some(&i) {
+            let node = tree.inode(*ino).ok_or(RestoreError::Internal)?;
+            set_metadata(&staged[i], node)?;
+        }
+    }
+    for top in &tops {
+        let to = req.target.join(OsStr::from_bytes(top));
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+        }
+        let from = stage.join(OsStr::from_bytes(top));
+        fs::rename(&from, &to).map_err(|e| io(&to, e))?;
+    }
+    fs::remove_dir_all(&stage).map_err(|e| io(&stage, e))?;
+
+    Ok(PathReport {
+        subvolume: req.subvolume.clone(),
+        backup_id: m.backup_id.clone(),
+        target: req.target.clone(),
+        paths: tops.iter().map(|t| escape(t)).collect(),
+        entries: selected.len() as u64,
+        bytes_written,
+        fetched_bytes: parts.fetched + ix.stored_bytes,
+        index_bytes: ix.stored_bytes,
+        parts_fetched: parts.count,
+        chain_bytes: chain
+            .iter()
+            .flat_map(|(_, m)| m.chunks.iter().map(|c| c.size))
+            .sum(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Writes every piece into its staged file: straight from the parts for a stream stored
+/// as it is, through each needed zstd frame (decoded once) for a compressed one.
+async fn write_pieces(
+    parts: &mut Parts<'_>,
+    mut pieces: Vec<Piece>,
+    staged: &[PathBuf],
+) -> Result<u64, RestoreError> {
+    pieces.sort_by_key(|p| (p.backup, p.offset));
+    let mut open: Option<(usize, File)> = None;
+    let mut file = |i: usize| -> Result<File, RestoreError> {
+        if let Some((j, f)) = &open {
+            if *j == i {
+                return f.try_clone().map_err(|e| io(&staged[i], e));
+            }
+        }
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&staged[i])
+            .map_err(|e| io(&staged[i], e))?;
+        open = Some((i, f.try_clone().map_err(|e| io(&staged[i], e))?));
+        Ok(f)
+    };
+    let mut written = 0u64;
+    // Frames decoded for the current position: (backup, frame) → bytes.
+    let mut frame_cache: Option<((u32, u64), Vec<u8>)> = None;
+    for piece in &pieces {
+        let m = &parts
+            .chain
+            .get(piece.backup as usize)
+            .ok_or_else(|| RestoreError::Damaged {
+                key: String::new(),
+                detail: format!("the index names backup {} of a shorter chain", piece.backup),
+            })?
+            .1;
+        let f = file(piece.file)?;
+        let wpath = &staged[piece.file];
+        match &m.compression {
+            None => {
+                let mut write = |at: u64, b: &[u8]| {
+                    f.write_all_at(b, piece.file_off + at)
+                        .map_err(|e| io(wpath, e))
+                };
+                parts
+                    .read(piece.backup, piece.offset, piece.len, &mut write)
+                    .await?;
+            }
+            Some(c) => {
+                let frames = c
+                    .frames()
+                    .ok_or_else(|| damaged(m, "malformed frame sizes"))?;
+                let fb = c.frame_bytes;
+                let mut done = 0;
+                while done < piece.len {
+                    let s = piece.offset + done;
+                    let k = s / fb;
+                    let cached =
+                        matches!(&frame_cache, Some((key, _)) if *key == (piece.backup, k));
+                    if !cached {
+                        let ki = usize::try_from(k).map_err(|_| RestoreError::Internal)?;
+                        let size =
+                            u64::from(*frames.get(ki).ok_or_else(|| {
+                                damaged(m, "the index points past the last frame")
+                            })?);
+                        let at: u64 = frames[..ki].iter().map(|x| u64::from(*x)).sum();
+                        let mut stored = Vec::with_capacity(size as usize);
+                        let mut collect = |_: u64, b: &[u8]| {
+                            stored.extend_from_slice(b);
+                            Ok(())
+                        };
+                        parts.read(piece.backup, at, size, &mut collect).await?;
+                        let want = fb.min(c.stream_bytes.saturating_sub(k * fb));
+                        let plain = zstd::bulk::decompress(&stored, want as usize)
+                            .map_err(|e| damaged(m, &format!("frame {k} does not decode: {e}")))?;
+                        if plain.len() as u64 != want {
+                            return Err(damaged(
+                                m,
+                                &format!("frame {k} decodes to {} bytes, not {want}", plain.len()),
+                            ));
+                        }
+                        frame_cache = Some(((piece.backup, k), plain));
+                    }
+                    let plain = frame_cache
+                        .as_ref()
+                        .map(|(_, p)| p)
+                        .ok_or(RestoreError::Internal)?;
+                    let from = (s - k * fb) as usize;
+                    let take = (plain.len() - from).min((piece.len - done) as usize);
+                    f.write_all_at(&plain[from..from + take], piece.file_off + done)
+                        .map_err(|e| io(wpath, e))?;
+                    done += take as u64;
+                }
+            }
+        }
+        written += piece.len;
+    }
+    Ok(written)
+}
