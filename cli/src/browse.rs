@@ -10,6 +10,18 @@ use engine::restore::browse::{self, escape, Entry, Pattern};
 
 use super::*;
 
+/// A path or pattern from the command line: as `ls` prints names (escaped) when it holds
+/// a backslash that reads as an escape, else its bytes as they are.
+fn arg_bytes(arg: &std::ffi::OsStr) -> Vec<u8> {
+    let raw = arg.as_bytes();
+    if raw.contains(&b'\\') {
+        if let Some(b) = std::str::from_utf8(raw).ok().and_then(browse::unescape) {
+            return b;
+        }
+    }
+    raw.to_vec()
+}
+
 fn identity(settings: &Settings) -> Option<&std::path::Path> {
     settings
         .encryption
@@ -123,9 +135,7 @@ pub(crate) async fn ls(
     )
     .await
     .map_err(fail)?;
-    let path = path
-        .map(|p| p.as_os_str().as_bytes().to_vec())
-        .unwrap_or_default();
+    let path = path.map(|p| arg_bytes(p.as_os_str())).unwrap_or_default();
     let entries = browse::entries(&tree, &path, recursive)
         .map_err(|e| Failure::new(exit::USAGE, format!("backup {}: {e}", m.backup_id)))?;
     if !cli.quiet && !cli.json {
@@ -166,7 +176,7 @@ pub(crate) async fn find(
 ) -> Result<u8, Failure> {
     select(settings, &[subvolume.to_string()])?;
     let (store, keys) = store_for(settings, subvolume).await;
-    let pattern = Pattern::new(pattern.as_bytes());
+    let pattern = Pattern::new(&arg_bytes(pattern));
     let report = browse::find(
         store.as_ref(),
         &keys,
@@ -176,6 +186,9 @@ pub(crate) async fn find(
     )
     .await
     .map_err(|e| Failure::new(code_for_restore(&e), e.to_string()))?;
+    for (id, e) in &report.damaged {
+        eprintln!("error: {subvolume}: backup {id} not searched: {e}");
+    }
     if !cli.quiet {
         for (id, why) in &report.skipped {
             eprintln!("{subvolume}: backup {id} not searched: {why}");
@@ -191,7 +204,7 @@ pub(crate) async fn find(
     if cli.json {
         emit(report.found.iter().map(json_line));
     } else {
-        let mut found = report.found.clone();
+        let mut found = report.found;
         // Grouped by path, oldest backup first: where a file changed shows at a glance.
         found.sort_by(|a, b| (&a.entry.path, &a.backup_id).cmp(&(&b.entry.path, &b.backup_id)));
         emit(found.iter().map(|f| {
@@ -205,7 +218,11 @@ pub(crate) async fn find(
             )
         }));
     }
-    Ok(exit::OK)
+    // Every other backup was searched; a damaged index is still damage.
+    Ok(report
+        .damaged
+        .first()
+        .map_or(exit::OK, |(_, e)| code_for_restore(e)))
 }
 
 /// `restore --path`: only the named paths, through the backup's file index.
@@ -222,10 +239,7 @@ pub(crate) async fn restore_paths(
         subvolume: subvolume.to_string(),
         selector,
         target: target.to_path_buf(),
-        paths: paths
-            .iter()
-            .map(|p| p.as_os_str().as_bytes().to_vec())
-            .collect(),
+        paths: paths.iter().map(|p| arg_bytes(p.as_os_str())).collect(),
         identity_file: identity(settings).map(std::path::Path::to_path_buf),
     };
     let r = engine::restore::partial::restore_paths(store, &keys, &req)

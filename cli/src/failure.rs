@@ -78,9 +78,10 @@ pub(crate) fn code_for_restore(e: &RestoreError) -> u8 {
         RestoreError::Store(s) => code_for_store(s),
         RestoreError::Damaged { .. } | RestoreError::Manifest(_) => exit::DAMAGED,
         RestoreError::ThawPending { .. } | RestoreError::ThawTimeout { .. } => exit::THAWING,
-        RestoreError::TargetExists(_) | RestoreError::BadTarget(_) | RestoreError::NoSource(..) => {
-            exit::USAGE
-        }
+        RestoreError::TargetExists(_)
+        | RestoreError::BadTarget(_)
+        | RestoreError::NotBeneath(_)
+        | RestoreError::NoSource(..) => exit::USAGE,
         RestoreError::NotFound(_) => exit::USAGE,
         // The identity is missing, unreadable or not a recipient's: configuration, not damage.
         RestoreError::NeedsIdentity(_)

@@ -108,6 +108,11 @@ pub enum Transition {
     /// The backup's file index is in S3 (written after every chunk was sealed, before the
     /// manifest, which lists it). A chunk restarted after it makes it stale.
     IndexStored(IndexRecord),
+    /// This backup gets no file index (indexing off, its parent has none, the stream did not
+    /// parse, …): decided once, so a resumed run writes the same manifest.
+    IndexSkipped {
+        reason: String,
+    },
 }
 
 /// A stored file index: what the manifest records of it.
@@ -138,6 +143,7 @@ impl Transition {
                 | Transition::ChunkSealed { .. }
                 | Transition::ChunkRestarted { .. }
                 | Transition::IndexStored(_)
+                | Transition::IndexSkipped { .. }
         )
     }
 }

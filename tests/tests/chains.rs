@@ -339,7 +339,32 @@ fn remote_retention_deletes_old_chains_after_a_newer_full_only() {
         "stray upload aborted"
     );
     assert_outside_intact(&s);
-    s.prove_restorable(&s.pointer().manifest_key);
+    let m = s.prove_restorable(&s.pointer().manifest_key);
+    // An index points only into its own chain: with chain 1 gone, every path of the newest
+    // backup (an incremental on chain 2's full) restores from its index.
+    let snap = s.snapshot_dir.join(&m.snapshot.name);
+    let tops: Vec<String> = std::fs::read_dir(&snap)
+        .expect("snapshot")
+        .map(|e| {
+            e.expect("entry")
+                .file_name()
+                .into_string()
+                .expect("utf-8 name")
+        })
+        .collect();
+    let scratch = tempfile::tempdir().expect("scratch");
+    let mut args = vec![
+        "restore",
+        "--subvolume",
+        "data",
+        "--target",
+        scratch.path().to_str().expect("utf-8"),
+    ];
+    for t in &tops {
+        args.extend(["--path", t.as_str()]);
+    }
+    s.run(&args).assert_code(0);
+    harness::assert_same_tree(&snap, scratch.path());
 }
 
 /// Crash at a pruning failpoint during the second backup (which deletes the first chain and

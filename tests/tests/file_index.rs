@@ -496,6 +496,28 @@ fn restore_path_brings_back_single_files_fetching_only_their_parts() {
         "{}",
         out.stderr
     );
+    // A symlink in the target is never written through.
+    let elsewhere = scratch.mnt.join("elsewhere");
+    std::fs::create_dir(&elsewhere).expect("dir");
+    let linked = scratch.mnt.join("linked");
+    std::fs::create_dir(&linked).expect("dir");
+    std::os::unix::fs::symlink(&elsewhere, linked.join("files")).expect("symlink");
+    let out = s.run(&[
+        "restore",
+        "--subvolume",
+        "data",
+        "--target",
+        linked.to_str().expect("utf-8"),
+        "--path",
+        "files/f1.bin",
+    ]);
+    out.assert_code(2);
+    assert!(
+        out.stderr.contains("is a symlink or not a directory"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read_dir(&elsewhere).expect("read").count(), 0);
 }
 
 #[test]
@@ -513,4 +535,32 @@ fn restore_path_reads_a_stream_stored_as_it_is() {
         scratch.path(),
         &tops,
     );
+}
+
+#[test]
+fn a_resumed_run_keeps_the_index_decision_its_manifest_was_written_with() {
+    let s = Setup::new(Flavor::Garage, Opts::default());
+    s.write_config(&format!("file_index = false\n{}", s.default_config()));
+    s.crash(&["backup"], "after-manifest=return");
+    // Indexing is on again before the resume: the manifest already in S3 (without an index)
+    // is the one the resumed run writes, so it publishes instead of finding a different one.
+    s.write_config(&s.default_config());
+    s.run(&["resume"]).assert_code(0);
+    let m = s.manifest(&s.pointer().manifest_key);
+    assert!(m.index.is_none(), "decided without an index");
+    assert!(!s.objects().iter().any(|(k, _)| k.ends_with("/index.zst")));
+    // Its incremental has no parent index to start from: none either, and it says why.
+    mutate(&s.subvolume, 1);
+    let out = s.run(&["backup"]);
+    out.assert_code(0);
+    assert!(out.stderr.contains("no file index"), "{}", out.stderr);
+    let m = s.manifest(&s.pointer().manifest_key);
+    assert!(m.parent.is_some() && m.index.is_none());
+    let ls = s.run(&["ls", "--subvolume", "data"]);
+    ls.assert_code(2);
+    assert!(ls.stderr.contains("has no file index"), "{}", ls.stderr);
+    // The next full backup has one again.
+    s.run(&["backup", "--full"]).assert_code(0);
+    let m = s.manifest(&s.pointer().manifest_key);
+    assert_eq!(m.index.as_ref().map(|i| i.position), Some(0));
 }

@@ -86,7 +86,8 @@ impl<R> Tee<R> {
 impl<R: Read> Read for Tee<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if self.tx.is_some() {
+        // A read into an empty buffer says nothing about the stream's end.
+        if self.tx.is_some() && !buf.is_empty() {
             if n == 0 {
                 self.flush(true);
             } else {
@@ -172,10 +173,12 @@ impl Context {
         self.settings.state_dir.join("index").join(subvolume)
     }
 
-    /// What this run's index starts from: Ok(None) when it cannot have one (the reason is
-    /// logged). S3 errors are the run's (retried like any); a refused parent manifest or
-    /// index means only no index.
-    pub(super) async fn index_base(&self, st: &RunState) -> Result<Option<Base>, BackupError> {
+    /// What this run's index starts from, or why it cannot have one. S3 errors are the
+    /// run's (retried like any); a refused parent manifest or index means only no index.
+    pub(super) async fn index_base(
+        &self,
+        st: &RunState,
+    ) -> Result<Result<Base, String>, BackupError> {
         let p = &st.planned;
         let BackupKind::Incremental {
             parent_backup_id,
@@ -183,16 +186,9 @@ impl Context {
             ..
         } = &p.kind
         else {
-            return Ok(Some(Base::Full));
+            return Ok(Ok(Base::Full));
         };
-        let without = |why: String| {
-            tracing::warn!(
-                subvolume = %p.subvolume,
-                backup = %p.backup_id,
-                "this backup gets no file index: {why}; the next full backup will have one"
-            );
-            Ok(None)
-        };
+        let without = |why: String| Ok(Err(format!("{why}; the next full backup will have one")));
         let m = match fetch::manifest(
             self.store.as_ref(),
             &self.keys(),
@@ -211,7 +207,7 @@ impl Context {
         let cached = self.index_cache(&p.subvolume).join(parent_backup_id);
         if let Ok(bytes) = std::fs::read(&cached) {
             match stored::from_cache(&bytes, &ix) {
-                Ok(t) => return Ok(Some(Base::Parent(t, ix.position))),
+                Ok(t) => return Ok(Ok(Base::Parent(t, ix.position))),
                 Err(e) => tracing::warn!("ignoring the cached index {}: {e}", cached.display()),
             }
         }
@@ -223,13 +219,14 @@ impl Context {
         }
         let bytes = self.store.get_range(&ix.key, 0, ix.stored_bytes).await?;
         match stored::open(&bytes, &ix, None) {
-            Ok(t) => Ok(Some(Base::Parent(t, ix.position))),
+            Ok(t) => Ok(Ok(Base::Parent(t, ix.position))),
             Err(e) => without(e.to_string()),
         }
     }
 
-    /// Stores a built index, caches it, journals `IndexStored`. A failure to build was
-    /// logged; the backup goes on without an index.
+    /// Stores a built index, caches it, journals `IndexStored`; or journals why this backup
+    /// has none (`IndexSkipped`, logged). Only an S3 error worth retrying fails the step:
+    /// anything else about the index leaves the backup without one.
     pub(super) async fn store_index(
         &self,
         run: RunId,
@@ -237,19 +234,23 @@ impl Context {
     ) -> Result<(), BackupError> {
         let st = self.state(run)?;
         let p = &st.planned;
+        let skip = |reason: String| {
+            tracing::warn!(
+                subvolume = %p.subvolume,
+                backup = %p.backup_id,
+                "this backup gets no file index: {reason}"
+            );
+            self.append(run, Transition::IndexSkipped { reason })
+        };
         let built = match built {
             Ok(b) => b,
-            Err(why) => {
-                tracing::warn!(
-                    subvolume = %p.subvolume,
-                    backup = %p.backup_id,
-                    "this backup gets no file index: {why}"
-                );
-                return Ok(());
-            }
+            Err(why) => return skip(why),
         };
         let sealer = match &self.settings.encryption {
-            Some(e) => Some(crate::seal::Sealer::new(&e.recipients)?),
+            Some(e) => match crate::seal::Sealer::new(&e.recipients) {
+                Ok(s) => Some(s),
+                Err(e) => return skip(format!("cannot seal it: {e}")),
+            },
             None => None,
         };
         let Packed {
@@ -258,18 +259,26 @@ impl Context {
             stored_xxh3,
             plain_bytes,
             plain_xxh3,
-        } = stored::pack(&built.encoded, sealer.as_ref())
-            .map_err(|e| BackupError::Internal(format!("cannot pack the file index: {e}")))?;
+        } = match stored::pack(&built.encoded, sealer.as_ref()) {
+            Ok(p) => p,
+            Err(e) => return skip(format!("cannot pack it: {e}")),
+        };
         let key = self.keys().index(&p.subvolume, &p.chain_id, &p.backup_id);
         let stored_bytes = stored.len() as u64;
         failpoint!("before-index");
-        self.store
+        let put = self
+            .store
             .put_object(
                 &key,
                 Bytes::clone(&stored),
                 &self.locked_manifest_opts(&p.chain_id),
             )
-            .await?;
+            .await;
+        match put {
+            Ok(_) => {}
+            Err(e) if e.is_retryable() => return Err(e.into()),
+            Err(e) => return skip(format!("cannot store it: {e}")),
+        }
         failpoint!("after-index");
         self.cache_index(&st, &compressed);
         self.append(

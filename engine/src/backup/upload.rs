@@ -30,7 +30,8 @@ pub(super) struct StreamEnd {
     pub total: u64,
     pub sha256: [u8; 32],
     pub framing: Option<Framing>,
-    /// The file index this pass built (Err: why none), or None when it built none.
+    /// The file index this pass built, or why this backup has none (both to journal); None
+    /// when the run had decided before this pass.
     pub index: Option<Result<super::indexing::Built, String>>,
 }
 
@@ -77,10 +78,15 @@ impl Context {
             Some(e) => Some(Arc::new(Sealer::new(&e.recipients)?)),
             None => None,
         };
-        // The parent's index is read before the stream starts, for the same reason.
-        let base = match decide_index(st, self.settings.file_index) {
-            IndexStep::Build => self.index_base(st).await?,
-            IndexStep::Off | IndexStep::Stored => None,
+        // The parent's index is read before the stream starts, for the same reason. A
+        // backup without an index says why (journaled before the manifest).
+        let (base, skip) = match decide_index(st, self.settings.file_index) {
+            IndexStep::Build => match self.index_base(st).await? {
+                Ok(b) => (Some(b), None),
+                Err(why) => (None, Some(why)),
+            },
+            IndexStep::Off => (None, Some("file_index = false".to_string())),
+            IndexStep::Decided => (None, None),
         };
         let send = self
             .btrfs
@@ -168,7 +174,7 @@ impl Context {
                     .await
                     .unwrap_or_else(|e| Err(format!("the index thread failed: {e}"))),
             ),
-            None => None,
+            None => skip.map(Err),
         };
         Ok((
             StreamEnd {

@@ -13,8 +13,9 @@ use super::Tree;
 use crate::manifest::IndexEntry;
 use crate::seal::{Opener, SealError, Sealer};
 
-/// The largest index object (stored or plain) a manifest may name: about 100 million paths.
-pub const MAX_INDEX_BYTES: u64 = 16 << 30;
+/// The largest index object (stored or plain) a manifest may name: some 40 million paths
+/// (it is read into memory whole).
+pub const MAX_INDEX_BYTES: u64 = 4 << 30;
 
 /// zstd level of the index: it is written once per backup, read by every `ls` and `find`.
 const LEVEL: i32 = 9;

@@ -54,8 +54,10 @@ pub struct RunState {
     pub chunks: BTreeMap<u32, ChunkState>,
     pub restarts: u32,
     pub manifest: Option<(String, u64, [u8; 32])>,
-    /// The file index stored for the stream as it stands (a restarted chunk clears it).
+    /// The file index stored for the stream as it stands, or why it has none (a restarted
+    /// chunk clears both).
     pub index: Option<IndexRecord>,
+    pub index_skipped: Option<String>,
     pub pointer_published: bool,
     pub pruning_done: bool,
     pub finished: bool,
@@ -106,6 +108,7 @@ impl RunState {
             restarts: 0,
             manifest: None,
             index: None,
+            index_skipped: None,
             pointer_published: false,
             pruning_done: false,
             finished: false,
@@ -172,8 +175,10 @@ impl RunState {
                 s.chunks.remove(chunk);
                 s.restarts += 1;
                 s.index = None;
+                s.index_skipped = None;
             }
             Transition::IndexStored(r) => s.index = Some(r.clone()),
+            Transition::IndexSkipped { reason } => s.index_skipped = Some(reason.clone()),
             Transition::ManifestWritten {
                 key,
                 total_bytes,
@@ -584,22 +589,24 @@ pub fn multipart_etag(part_etags: &[&str]) -> Option<String> {
     ))
 }
 
-/// Whether this pass over the stream builds the file index.
+/// Whether this pass over the stream builds the file index. Once the run journaled either
+/// outcome (`IndexStored`, `IndexSkipped`) it is kept, whatever the setting says now: the
+/// manifest a resumed run writes must be the one a crashed pass may already have written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IndexStep {
-    /// Indexing is off.
+    /// Not decided and indexing is off: journal `IndexSkipped` before the manifest.
     Off,
-    /// Journaled for the stream as it stands: the manifest lists that one.
-    Stored,
-    /// Build it from this pass (a fresh run, or one resumed before it was stored).
+    /// Journaled: the manifest lists the stored index, or none.
+    Decided,
+    /// Build it from this pass (a fresh run, or one resumed before it was decided).
     Build,
 }
 
 pub fn decide_index(st: &RunState, enabled: bool) -> IndexStep {
-    match (enabled, &st.index) {
-        (false, _) => IndexStep::Off,
-        (true, Some(_)) => IndexStep::Stored,
-        (true, None) => IndexStep::Build,
+    match (st.index.is_some() || st.index_skipped.is_some(), enabled) {
+        (true, _) => IndexStep::Decided,
+        (false, false) => IndexStep::Off,
+        (false, true) => IndexStep::Build,
     }
 }
 

@@ -647,7 +647,7 @@ mod tests {
             (|i| i.format = 2, "format 2"),
             (|i| i.codec = "xz".into(), "codec"),
             (|i| i.stored_bytes = 0, "stored"),
-            (|i| i.plain_bytes = (16 << 30) + 1, "plain bytes"),
+            (|i| i.plain_bytes = (4 << 30) + 1, "plain bytes"),
             (|i| i.stored_xxh3 = "xyz".into(), "malformed"),
             (|i| i.position = 0, "chain position 0"),
             (|i| i.position = 20_000, "chain position 20000"),

@@ -268,6 +268,23 @@ enum Token {
     Star(bool),
 }
 
+/// Bytes of the UTF-8 character at the start of `s` (1 for a byte that starts none, and
+/// at the end).
+fn char_width(s: &[u8]) -> usize {
+    let Some(&b) = s.first() else { return 1 };
+    let w = match b {
+        0xc2..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf4 => 4,
+        _ => 1,
+    };
+    if w > 1 && s.len() >= w && std::str::from_utf8(&s[..w]).is_ok() {
+        w
+    } else {
+        1
+    }
+}
+
 /// Wildcard matching by dynamic programming over the subject, one row per token: time
 /// pattern × subject, memory one row.
 fn glob(p: &[u8], s: &[u8]) -> bool {
@@ -294,7 +311,10 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
         for j in (0..=m).rev() {
             next[j] = match t {
                 Token::Lit(c) => j < m && s[j] == *c && row[j + 1],
-                Token::One => j < m && s[j] != b'/' && row[j + 1],
+                Token::One => {
+                    let w = char_width(&s[j..]);
+                    j < m && s[j] != b'/' && row[j + w]
+                }
                 Token::Star(cross) => row[j] || (j < m && (*cross || s[j] != b'/') && next[j + 1]),
             };
         }
@@ -312,12 +332,14 @@ pub struct Found {
 }
 
 /// What `find` saw: matches oldest backup first, and the backups it could not search.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Default)]
 pub struct FindReport {
     pub found: Vec<Found>,
     pub searched: Vec<String>,
     /// Backups without an index (their ids and why).
     pub skipped: Vec<(String, String)>,
+    /// Backups whose index is damaged, missing or cannot be opened (ids and the error).
+    pub damaged: Vec<(String, RestoreError)>,
 }
 
 /// Every path matching `pattern` in every backup of `subvolume` that has an index.
@@ -343,7 +365,15 @@ pub async fn find(
             report.skipped.push((id, "no file index".into()));
             continue;
         }
-        let tree = tree_of(store, &m, identity_file).await?;
+        // One damaged index does not hide the other backups' answers.
+        let tree = match tree_of(store, &m, identity_file).await {
+            Ok(t) => t,
+            Err(e) if !e.is_retryable() => {
+                report.damaged.push((id, e));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         for (path, ino) in tree.entries() {
             if pattern.matches(&path) {
                 report
@@ -411,6 +441,8 @@ mod tests {
         yes("/a/b/c.txt", "a/b/c.txt");
         no("a/b", "a/b/c.txt");
         yes("*", "anything");
+        yes("caf?", "caf\u{e9}");
+        no("caf??", "caf\u{e9}");
         no("", "x");
         yes("**c.txt", "a/b/c.txt");
         no("*c.txt", "a/b/c.tx");

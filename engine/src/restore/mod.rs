@@ -90,6 +90,8 @@ pub enum RestoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0} is a symlink or not a directory: restore --path writes only through real directories of the target; remove it or restore into another directory")]
+    NotBeneath(PathBuf),
     #[error("internal error: a checked index names something it does not hold; please report it")]
     Internal,
 }

@@ -83,7 +83,9 @@ struct Piece {
 struct Parts<'a> {
     store: &'a dyn ObjectStore,
     chain: &'a [(String, Manifest)],
-    unseal: Option<Unseal>,
+    /// The identities, for the backups of the chain that are sealed (each says to how many
+    /// recipients: a chain may mix sealed and clear backups).
+    opener: Option<Arc<crate::seal::Opener>>,
     cache: BTreeMap<(u32, u32, u32), Bytes>,
     fetched: u64,
     count: u64,
@@ -106,8 +108,14 @@ impl Parts<'_> {
             .get(idx)
             .ok_or_else(|| damaged(m, "part past the end of its chunk"))?;
         let at: u64 = chunk.parts[..idx].iter().map(|p| p.size).sum();
-        let unseal = m.encryption.as_ref().and(self.unseal.as_ref());
-        let data = fetch_part(self.store, &chunk.key, at, entry, unseal).await?;
+        let unseal = match (&m.encryption, &self.opener) {
+            (Some(e), Some(o)) => Some(Unseal {
+                opener: o.clone(),
+                recipients: e.recipients.len(),
+            }),
+            _ => None,
+        };
+        let data = fetch_part(self.store, &chunk.key, at, entry, unseal.as_ref()).await?;
         self.fetched += entry.size;
         self.count += 1;
         // Reads come in order: parts before this one are not needed again.
@@ -224,16 +232,17 @@ fn make_entry(p: &Path, node: &Inode) -> Result<(), RestoreError> {
     }
 }
 
-/// xattrs, owner, mode (not a symlink's), times — in the order that keeps each.
+/// Owner, xattrs, mode (not a symlink's), times — in the order that keeps each: chown
+/// drops file capabilities (`security.capability`) and the set-id bits, so it goes first.
 fn set_metadata(p: &Path, node: &Inode) -> Result<(), RestoreError> {
+    let id = |v: u64| u32::try_from(v).ok();
+    std::os::unix::fs::lchown(p, id(node.uid), id(node.gid)).map_err(|e| io(p, e))?;
     for (name, value) in &node.xattrs {
         match xattr::set(p, OsStr::from_bytes(name), value) {
             Err(_) if name.starts_with(b"btrfs.") => {}
             r => r.map_err(|e| io(p, e))?,
         }
     }
-    let id = |v: u64| u32::try_from(v).ok();
-    std::os::unix::fs::lchown(p, id(node.uid), id(node.gid)).map_err(|e| io(p, e))?;
     if !matches!(node.ftype, FileType::Symlink(_)) {
         fs::set_permissions(p, fs::Permissions::from_mode(node.mode & 0o7777))
             .map_err(|e| io(p, e))?;
@@ -253,6 +262,31 @@ fn set_metadata(p: &Path, node: &Inode) -> Result<(), RestoreError> {
         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
     )
     .map_err(|e| io(p, e.into()))
+}
+
+/// The directories between `target` and `top` are real directories (made with `make`
+/// where missing), never a symlink or anything else to write through: nothing lands
+/// outside the target.
+fn beneath(target: &Path, top: &[u8], make: bool) -> Result<(), RestoreError> {
+    let mut at = target.to_path_buf();
+    let parents: Vec<&[u8]> = top.split(|b| *b == b'/').collect();
+    for name in &parents[..parents.len().saturating_sub(1)] {
+        at.push(OsStr::from_bytes(name));
+        match at.symlink_metadata() {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => return Err(RestoreError::NotBeneath(at)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if make {
+                    fs::DirBuilder::new()
+                        .mode(0o755)
+                        .create(&at)
+                        .map_err(|e| io(&at, e))?;
+                }
+            }
+            Err(e) => return Err(io(&at, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Restores `req.paths` of the selected backup into `req.target`.
@@ -284,6 +318,7 @@ pub async fn restore_paths(
         .map_err(|e| RestoreError::NotFound(format!("backup {}: {e}", m.backup_id)))?;
     for top in &tops {
         let there = req.target.join(OsStr::from_bytes(top));
+        beneath(&req.target, top, false)?;
         if there.symlink_metadata().is_ok() {
             return Err(RestoreError::TargetExists(there));
         }
@@ -347,14 +382,10 @@ pub async fn restore_paths(
             }
         }
     }
-    let unseal = opener.map(|o| Unseal {
-        opener: o,
-        recipients: m.encryption.as_ref().map_or(0, |e| e.recipients.len()),
-    });
     let mut parts = Parts {
         store,
         chain: &chain,
-        unseal,
+        opener,
         cache: BTreeMap::new(),
         fetched: 0,
         count: 0,
@@ -365,8 +396,12 @@ pub async fn restore_paths(
             .write(true)
             .open(&staged[i])
             .map_err(|e| io(&staged[i], e))?;
-        rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::KEEP_SIZE, off, len)
-            .map_err(|e| io(&staged[i], e.into()))?;
+        // Only an allocation: where the filesystem has no fallocate the range is a hole,
+        // which reads as the same zeros.
+        match rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::KEEP_SIZE, off, len) {
+            Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => {}
+            Err(e) => return Err(io(&staged[i], e.into())),
+        }
     }
 
     // Metadata, children before their directory (times last); then into place.
@@ -378,11 +413,20 @@ pub async fn restore_paths(
     }
     for top in &tops {
         let to = req.target.join(OsStr::from_bytes(top));
-        if let Some(parent) = to.parent() {
-            fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
-        }
+        beneath(&req.target, top, true)?;
         let from = stage.join(OsStr::from_bytes(top));
-        fs::rename(&from, &to).map_err(|e| io(&to, e))?;
+        // Never over something that appeared there meanwhile.
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &from,
+            rustix::fs::CWD,
+            &to,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::EXIST => RestoreError::TargetExists(to.clone()),
+            e => io(&to, e.into()),
+        })?;
     }
     fs::remove_dir_all(&stage).map_err(|e| io(&stage, e))?;
 
@@ -412,6 +456,52 @@ async fn write_pieces(
     staged: &[PathBuf],
 ) -> Result<u64, RestoreError> {
     pieces.sort_by_key(|p| (p.backup, p.offset));
+    // Per backup: the stream's size, and for a compressed one its frames' stored offsets
+    // (decoded once).
+    let mut layouts: HashMap<u32, (u64, Option<Vec<u64>>)> = HashMap::new();
+    for piece in &pieces {
+        let m = &parts
+            .chain
+            .get(piece.backup as usize)
+            .ok_or_else(|| RestoreError::Damaged {
+                key: String::new(),
+                detail: format!("the index names backup {} of a shorter chain", piece.backup),
+            })?
+            .1;
+        if let std::collections::hash_map::Entry::Vacant(v) = layouts.entry(piece.backup) {
+            let (size, starts) = match &m.compression {
+                None => (m.total_bytes, None),
+                Some(c) => {
+                    let frames = c
+                        .frames()
+                        .ok_or_else(|| damaged(m, "malformed frame sizes"))?;
+                    let mut starts = Vec::with_capacity(frames.len() + 1);
+                    let mut at = 0u64;
+                    starts.push(0);
+                    for f in &frames {
+                        at += u64::from(*f);
+                        starts.push(at);
+                    }
+                    (c.stream_bytes, Some(starts))
+                }
+            };
+            v.insert((size, starts));
+        }
+        let size = layouts.get(&piece.backup).map_or(0, |l| l.0);
+        if piece
+            .offset
+            .checked_add(piece.len)
+            .is_none_or(|end| end > size)
+        {
+            return Err(damaged(
+                m,
+                &format!(
+                    "the index points past the end of backup {}'s stream",
+                    m.backup_id
+                ),
+            ));
+        }
+    }
     let mut open: Option<(usize, File)> = None;
     let mut file = |i: usize| -> Result<File, RestoreError> {
         if let Some((j, f)) = &open {
@@ -430,14 +520,8 @@ async fn write_pieces(
     // Frames decoded for the current position: (backup, frame) → bytes.
     let mut frame_cache: Option<((u32, u64), Vec<u8>)> = None;
     for piece in &pieces {
-        let m = &parts
-            .chain
-            .get(piece.backup as usize)
-            .ok_or_else(|| RestoreError::Damaged {
-                key: String::new(),
-                detail: format!("the index names backup {} of a shorter chain", piece.backup),
-            })?
-            .1;
+        let m = &parts.chain[piece.backup as usize].1;
+        let starts = layouts.get(&piece.backup).and_then(|l| l.1.as_ref());
         let f = file(piece.file)?;
         let wpath = &staged[piece.file];
         match &m.compression {
@@ -451,9 +535,7 @@ async fn write_pieces(
                     .await?;
             }
             Some(c) => {
-                let frames = c
-                    .frames()
-                    .ok_or_else(|| damaged(m, "malformed frame sizes"))?;
+                let starts = starts.ok_or(RestoreError::Internal)?;
                 let fb = c.frame_bytes;
                 let mut done = 0;
                 while done < piece.len {
@@ -463,11 +545,11 @@ async fn write_pieces(
                         matches!(&frame_cache, Some((key, _)) if *key == (piece.backup, k));
                     if !cached {
                         let ki = usize::try_from(k).map_err(|_| RestoreError::Internal)?;
-                        let size =
-                            u64::from(*frames.get(ki).ok_or_else(|| {
-                                damaged(m, "the index points past the last frame")
-                            })?);
-                        let at: u64 = frames[..ki].iter().map(|x| u64::from(*x)).sum();
+                        let (at, end) = match (starts.get(ki), starts.get(ki + 1)) {
+                            (Some(a), Some(e)) => (*a, *e),
+                            _ => return Err(damaged(m, "the index points past the last frame")),
+                        };
+                        let size = end - at;
                         let mut stored = Vec::with_capacity(size as usize);
                         let mut collect = |_: u64, b: &[u8]| {
                             stored.extend_from_slice(b);
@@ -490,6 +572,12 @@ async fn write_pieces(
                         .map(|(_, p)| p)
                         .ok_or(RestoreError::Internal)?;
                     let from = (s - k * fb) as usize;
+                    if from >= plain.len() {
+                        return Err(damaged(
+                            m,
+                            &format!("frame {k} is shorter than the index says"),
+                        ));
+                    }
                     let take = (plain.len() - from).min((piece.len - done) as usize);
                     f.write_all_at(&plain[from..from + take], piece.file_off + done)
                         .map_err(|e| io(wpath, e))?;

@@ -303,6 +303,9 @@ fn random_history(r: &mut Rnd) -> Vec<Transition> {
             },
             11 => Transition::PointerPublished { key: "p".into() },
             12 => Transition::PruningDone,
+            13 if r.below(3) == 0 => Transition::IndexSkipped {
+                reason: "off".into(),
+            },
             13 if r.below(2) == 0 => Transition::IndexStored(journal::IndexRecord {
                 key: "i".into(),
                 stored_bytes: 1,
@@ -339,11 +342,13 @@ fn decider_properties_over_random_histories() {
         // The stored index is the last one journaled, unless a chunk restarted after it.
         let last = |f: fn(&Transition) -> bool| ts.iter().rposition(f);
         let stored = last(|t| matches!(t, Transition::IndexStored(_)));
+        let skipped = last(|t| matches!(t, Transition::IndexSkipped { .. }));
         let restarted = last(|t| matches!(t, Transition::ChunkRestarted { .. }));
         assert_eq!(st.index.is_some(), stored > restarted, "{ts:?}");
+        assert_eq!(st.index_skipped.is_some(), skipped > restarted, "{ts:?}");
         assert_eq!(
             decide_index(&st, true) == IndexStep::Build,
-            st.index.is_none()
+            stored <= restarted && skipped <= restarted
         );
         let facts = Facts {
             settings: if r.below(5) == 0 {
@@ -605,6 +610,14 @@ fn the_index_is_built_until_stored_and_again_after_a_chunk_restart() {
     let mut st = RunState::new(planned());
     assert_eq!(decide_index(&st, false), IndexStep::Off);
     assert_eq!(decide_index(&st, true), IndexStep::Build);
+    // Skipped is decided too, whatever the setting says on resume.
+    let mut skipped = st.clone();
+    skipped
+        .apply(&Transition::IndexSkipped {
+            reason: "file_index = false".into(),
+        })
+        .expect("apply");
+    assert_eq!(decide_index(&skipped, true), IndexStep::Decided);
     let rec = journal::IndexRecord {
         key: "k".into(),
         stored_bytes: 1,
@@ -617,8 +630,8 @@ fn the_index_is_built_until_stored_and_again_after_a_chunk_restart() {
     st.apply(&Transition::IndexStored(rec.clone()))
         .expect("apply");
     assert_eq!(st.index.as_ref(), Some(&rec));
-    assert_eq!(decide_index(&st, true), IndexStep::Stored);
-    assert_eq!(decide_index(&st, false), IndexStep::Off);
+    assert_eq!(decide_index(&st, true), IndexStep::Decided);
+    assert_eq!(decide_index(&st, false), IndexStep::Decided);
     st.apply(&Transition::ChunkRestarted {
         chunk: 0,
         reason: "regenerated stream differs".into(),
