@@ -97,12 +97,11 @@ for r in $(seq 1 "$repeat"); do
       if [ "$index" = true ]; then
         /usr/bin/time -f "%M %e" -o "$OUT/time-ls.txt" "$BIN" --config "$W/config.toml" --json ls --subvolume "$ds" --recursive > "$OUT/ls.jsonl"
         read -r ls_rss ls_wall < "$OUT/time-ls.txt"
-        one=$(head -c 1000000 "$OUT/ls.jsonl" | python3 -c '
+        one=$(python3 -c '
 import json, sys
-for line in sys.stdin:
-    try: e = json.loads(line)
-    except ValueError: break
-    if e["type"] == "file" and 0 < e["size"] < 4096: print(e["path"]); break')
+for line in open(sys.argv[1]):
+    e = json.loads(line)
+    if e["type"] == "file" and 0 < e["size"] < 4096: print(e["path"]); break' "$OUT/ls.jsonl")
         rm -rf "$W/mnt/one"; mkdir -p "$W/mnt/one"
         "$BIN" --config "$W/config.toml" --json restore --subvolume "$ds" --target "$W/mnt/one" --path "$one" > "$OUT/one.json"
         "$S5" --endpoint-url "$S3_ENDPOINT" cat "s3://$S3_BUCKET/$mkey" > "$OUT/manifest.json"

@@ -652,11 +652,16 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     .map(|r| {
                         if r.problems.is_empty() {
                             format!(
-                                "{}: ok ({}{})",
+                                "{}: ok ({}{}{})",
                                 r.backup_id,
                                 output::count(r.objects_checked, "object"),
                                 if r.deep {
                                     ", every byte checked, stream parses"
+                                } else {
+                                    ""
+                                },
+                                if r.index_checked {
+                                    ", file index matches the stream"
                                 } else {
                                     ""
                                 }

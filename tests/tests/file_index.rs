@@ -287,6 +287,25 @@ fn ls_and_find_read_each_backup_of_a_chain_from_its_index() {
     assert_eq!(added.stdout.lines().count(), 2, "{}", added.stdout);
     assert!(added.stdout.contains("new/added-1.bin") && added.stdout.contains("new/added-2.bin"));
 
+    // verify --deep rebuilds each index from the chain's streams: the stored ones match.
+    let v = s.run(&["verify", "--subvolume", "data", "--deep"]);
+    v.assert_code(0);
+    assert_eq!(
+        v.stdout.matches("file index matches the stream").count(),
+        3,
+        "{}",
+        v.stdout
+    );
+
+    // A manifest whose index hash was forged to fit another index: the stream says no.
+    let mkey = s.pointer().manifest_key;
+    let mut raw = s.manifest_raw(&mkey);
+    raw["index"]["plain_xxh3"] = serde_json::json!("0".repeat(32));
+    s.put(&mkey, serde_json::to_vec(&raw).expect("json"));
+    let v = s.run(&["verify", "--subvolume", "data", "--deep"]);
+    v.assert_code(7);
+    assert!(v.stdout.contains("but the stream builds"), "{}", v.stdout);
+
     // A tampered index is refused, naming it; nothing is listed.
     let key = m2.index.as_ref().expect("index").key.clone();
     let mut bytes = s.get(&key);
@@ -301,6 +320,16 @@ fn ls_and_find_read_each_backup_of_a_chain_from_its_index() {
         bad.stderr
     );
     assert!(bad.stdout.is_empty());
+    let v = s.run(&[
+        "verify",
+        "--subvolume",
+        "data",
+        "--backup",
+        &m2.backup_id,
+        "--deep",
+    ]);
+    v.assert_code(7);
+    assert!(v.stdout.contains(&key), "{}", v.stdout);
 }
 
 #[test]

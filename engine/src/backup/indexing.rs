@@ -21,14 +21,16 @@ use fault_injection::failpoint;
 use journal::{BackupKind, IndexRecord, RunId, Transition};
 
 use super::{BackupError, Context};
+use crate::fileindex::feed::{Built, Feed};
 use crate::fileindex::stored::{self, Packed};
-use crate::fileindex::{format, Builder, Tree};
+use crate::fileindex::Tree;
 use crate::machine::run::RunState;
 use crate::manifest::fetch::{self, Fetch};
-use crate::sendstream::Parser;
 
 /// Bytes per batch handed to the index thread, and how many may wait.
 const BATCH: usize = 1 << 20;
+/// Why a backup has no index when the configuration says so (not worth a warning).
+pub(super) const TURNED_OFF: &str = "file_index = false";
 const QUEUE: usize = 4;
 
 enum Msg {
@@ -41,13 +43,6 @@ pub(super) enum Base {
     Full,
     /// The parent's tree and its chain position.
     Parent(Tree, u32),
-}
-
-/// A built index, encoded.
-pub(super) struct Built {
-    pub encoded: Vec<u8>,
-    pub entries: u64,
-    pub position: u32,
 }
 
 /// A `Read` that passes everything through and copies it to the index thread. If that
@@ -120,40 +115,23 @@ pub(super) fn start<R: Read>(inner: R, base: Base) -> (Tee<R>, IndexJob) {
     let (tx, rx) = sync_channel::<Msg>(QUEUE);
     let (spare_tx, spare) = sync_channel::<Vec<u8>>(2);
     let handle = std::thread::spawn(move || {
-        let (mut builder, position) = match base {
-            Base::Full => (Builder::full(0), 0),
+        let mut feed = match base {
+            Base::Full => Feed::full(),
             Base::Parent(tree, p) => {
-                let position = p.checked_add(1).ok_or("the chain is too long")?;
-                (Builder::incremental(tree, position), position)
+                Feed::incremental(tree, p.checked_add(1).ok_or("the chain is too long")?)
             }
         };
-        let mut parser = Parser::new();
-        let mut cmds = Vec::new();
         loop {
             match rx.recv() {
                 Ok(Msg::Bytes(b)) => {
-                    parser
-                        .feed(&b, &mut cmds)
-                        .map_err(|e| format!("the send stream: {e}"))?;
-                    for c in cmds.drain(..) {
-                        builder.apply(&c).map_err(|e| e.to_string())?;
-                    }
+                    feed.push(&b);
                     let _ = spare_tx.try_send(b);
                 }
                 Ok(Msg::End) => break,
                 Err(_) => return Err("the stream was not read to its end".into()),
             }
         }
-        parser
-            .finish()
-            .map_err(|e| format!("the send stream: {e}"))?;
-        let tree = builder.finish().map_err(|e| e.to_string())?;
-        tree.check().map_err(|e| format!("the built tree: {e}"))?;
-        Ok(Built {
-            encoded: format::encode(&tree, position),
-            entries: tree.entry_count(),
-            position,
-        })
+        feed.finish()
     });
     (
         Tee {
@@ -235,11 +213,15 @@ impl Context {
         let st = self.state(run)?;
         let p = &st.planned;
         let skip = |reason: String| {
-            tracing::warn!(
-                subvolume = %p.subvolume,
-                backup = %p.backup_id,
-                "this backup gets no file index: {reason}"
-            );
+            if reason == TURNED_OFF {
+                tracing::debug!(subvolume = %p.subvolume, "no file index: {reason}");
+            } else {
+                tracing::warn!(
+                    subvolume = %p.subvolume,
+                    backup = %p.backup_id,
+                    "this backup gets no file index: {reason}"
+                );
+            }
             self.append(run, Transition::IndexSkipped { reason })
         };
         let built = match built {

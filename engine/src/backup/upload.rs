@@ -32,7 +32,7 @@ pub(super) struct StreamEnd {
     pub framing: Option<Framing>,
     /// The file index this pass built, or why this backup has none (both to journal); None
     /// when the run had decided before this pass.
-    pub index: Option<Result<super::indexing::Built, String>>,
+    pub index: Option<Result<crate::fileindex::feed::Built, String>>,
 }
 
 /// What a pass knows before it streams: chunks whose upload S3 no longer knows, and the
@@ -85,7 +85,7 @@ impl Context {
                 Ok(b) => (Some(b), None),
                 Err(why) => (None, Some(why)),
             },
-            IndexStep::Off => (None, Some("file_index = false".to_string())),
+            IndexStep::Off => (None, Some(indexing::TURNED_OFF.to_string())),
             IndexStep::Decided => (None, None),
         };
         let send = self

@@ -265,6 +265,7 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
 
 /// Pipes a backup's verified stream into `btrfs receive DIR` (or `--dump` without a
 /// directory). The receiver is killed, never allowed to finish, if the stream fails a check.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn into_receiver(
     btrfs: &dyn Snapshotter,
     store: Arc<dyn ObjectStore>,
@@ -274,6 +275,8 @@ pub(super) async fn into_receiver(
     // Where to receive, and the directory the parent was received into (None: only parse).
     into: Option<(&std::path::Path, Option<&std::path::Path>)>,
     progress: Option<&crate::backup::Progress>,
+    // Also builds the file index from the verified stream (`verify --deep`).
+    index: Option<&mut crate::fileindex::feed::Feed>,
 ) -> Result<u64, RestoreError> {
     let dir = into.map(|(d, _)| d);
     let mut sink = btrfs.receive(dir, into.and_then(|(_, p)| p))?;
@@ -287,24 +290,68 @@ pub(super) async fn into_receiver(
                 .map_or(m.total_bytes, |c| c.stream_bytes),
         ),
     };
-    let bytes =
-        match stream_verified(store, m, opener, concurrency, &mut sink.writer, progress).await {
-            Ok(b) => b,
-            Err(RestoreError::Receive { detail, .. }) => {
-                // The receiver stopped reading (a broken pipe): what it said is the cause.
-                drop(sink.writer);
-                let said = sink.end.finish().await.err().filter(|s| !s.is_empty());
-                return Err(failed(said.unwrap_or(detail)));
-            }
-            Err(e) => {
-                sink.end.kill().await;
-                return Err(e);
-            }
-        };
+    let streamed = match index {
+        Some(feed) => {
+            let mut tap = Tap {
+                inner: &mut sink.writer,
+                feed,
+            };
+            stream_verified(store, m, opener, concurrency, &mut tap, progress).await
+        }
+        None => stream_verified(store, m, opener, concurrency, &mut sink.writer, progress).await,
+    };
+    let bytes = match streamed {
+        Ok(b) => b,
+        Err(RestoreError::Receive { detail, .. }) => {
+            // The receiver stopped reading (a broken pipe): what it said is the cause.
+            drop(sink.writer);
+            let said = sink.end.finish().await.err().filter(|s| !s.is_empty());
+            return Err(failed(said.unwrap_or(detail)));
+        }
+        Err(e) => {
+            sink.end.kill().await;
+            return Err(e);
+        }
+    };
     let _ = sink.writer.shutdown().await;
     drop(sink.writer);
     sink.end.finish().await.map_err(failed)?;
     Ok(bytes)
+}
+
+/// A writer that also hands every byte it accepted to an index `Feed`.
+struct Tap<'a, W> {
+    inner: &'a mut W,
+    feed: &'a mut crate::fileindex::feed::Feed,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tap<'_, W> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut *this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = polled {
+            this.feed.push(&buf[..n]);
+        }
+        polled
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// What `btrfs receive` said, with the fix when the target filesystem is full.

@@ -247,6 +247,7 @@ impl Restorer {
             self.settings.s3.concurrency,
             Some((target, parent)),
             Some(&self.progress),
+            None,
         )
         .await
     }

@@ -9,6 +9,8 @@ use serde::Serialize;
 use super::download::into_receiver;
 use super::{chain, RestoreError, Restorer, VerifyMode};
 use crate::btrfs::Snapshotter;
+use crate::fileindex::feed::{Built, Feed};
+use crate::fileindex::stored;
 use crate::machine::Keys;
 use crate::store::ObjectStore;
 use crate::tree::{self, Coverage};
@@ -20,6 +22,9 @@ pub struct VerifyReport {
     pub manifest_key: String,
     pub objects_checked: usize,
     pub deep: bool,
+    /// `--deep` rebuilt the backup's file index from its stream and found the stored one
+    /// identical.
+    pub index_checked: bool,
     pub problems: Vec<String>,
 }
 
@@ -32,8 +37,9 @@ pub enum Depth<'a> {
 }
 
 /// Checks a backup's chain without restoring it: every chunk exists with its recorded size
-/// and part count; with `deep`, every byte is downloaded and checked, and the stream is parsed
-/// by `btrfs receive --dump`.
+/// and part count; with `deep`, every byte is downloaded and checked, the stream is parsed
+/// by `btrfs receive --dump`, and each backup's file index is rebuilt from the chain's
+/// streams (in order) and compared with the stored one.
 pub async fn verify(
     btrfs: &dyn Snapshotter,
     store: Arc<dyn ObjectStore>,
@@ -53,8 +59,11 @@ pub async fn verify(
         ),
     };
     let mut out = Vec::new();
-    for (k, m) in &chain {
+    // The tree of the previous backup of the chain, rebuilt from the streams so far.
+    let mut rebuilt: Option<crate::fileindex::Tree> = None;
+    for (pos, (k, m)) in chain.iter().enumerate() {
         let mut problems = Vec::new();
+        let mut index_checked = false;
         for c in &m.chunks {
             match store.head_object(&c.key).await? {
                 None => problems.push(format!("{}: missing", c.key)),
@@ -76,6 +85,12 @@ pub async fn verify(
             }
         }
         if deep && problems.is_empty() {
+            let position = u32::try_from(pos).unwrap_or(u32::MAX);
+            let mut feed = match (pos, rebuilt.take()) {
+                (0, _) => Some(Feed::full()),
+                (_, Some(parent)) => Some(Feed::incremental(parent, position)),
+                (_, None) => None,
+            };
             match into_receiver(
                 btrfs,
                 store.clone(),
@@ -84,10 +99,28 @@ pub async fn verify(
                 concurrency,
                 None,
                 None,
+                feed.as_mut(),
             )
             .await
             {
-                Ok(_) => {}
+                Ok(_) => {
+                    let built = feed.map(Feed::finish);
+                    match (built, &m.index) {
+                        (Some(Ok(b)), Some(_)) => {
+                            match check_index(store.as_ref(), m, &b, opener.as_ref()).await? {
+                                None => index_checked = true,
+                                Some(p) => problems.push(p),
+                            }
+                            rebuilt = Some(b.tree);
+                        }
+                        (Some(Ok(b)), None) => rebuilt = Some(b.tree),
+                        (Some(Err(why)), Some(ix)) => problems.push(format!(
+                            "file index {}: the stream does not build one: {why}",
+                            ix.key
+                        )),
+                        (_, _) => {}
+                    }
+                }
                 Err(RestoreError::Receive { detail, .. }) => {
                     problems.push(format!("the stream does not parse: {detail}"))
                 }
@@ -102,10 +135,49 @@ pub async fn verify(
             manifest_key: k.clone(),
             objects_checked: m.chunks.len(),
             deep,
+            index_checked,
             problems,
         });
     }
     Ok(out)
+}
+
+/// The stored index of `m` against the one rebuilt from its stream: None when identical,
+/// else the problem (never restored from, `ls` and `find` refuse it too).
+async fn check_index(
+    store: &dyn ObjectStore,
+    m: &crate::manifest::Manifest,
+    built: &Built,
+    opener: Option<&Arc<crate::seal::Opener>>,
+) -> Result<Option<String>, RestoreError> {
+    let Some(ix) = &m.index else {
+        return Ok(None);
+    };
+    let hash = crate::manifest::hex_u128(xxhash_rust::xxh3::xxh3_128(&built.encoded));
+    if built.encoded.len() as u64 != ix.plain_bytes || hash != ix.plain_xxh3 {
+        return Ok(Some(format!(
+            "file index {}: the manifest records {} bytes (xxh3 {}) but the stream builds {} bytes (xxh3 {hash})",
+            ix.key,
+            ix.plain_bytes,
+            ix.plain_xxh3,
+            built.encoded.len()
+        )));
+    }
+    let stored = match store.get_range(&ix.key, 0, ix.stored_bytes).await {
+        Ok(b) => b,
+        Err(e) if e.kind == crate::store::StoreErrorKind::NotFound => {
+            return Ok(Some(format!("file index {}: missing", ix.key)))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let sealed = match (opener, &m.encryption) {
+        (Some(o), Some(e)) => Some((o.as_ref(), e.recipients.len())),
+        _ => None,
+    };
+    // `open` checks the stored bytes and the plain hash the stream was just found to build.
+    Ok(stored::open(&stored, ix, sealed)
+        .err()
+        .map(|e| e.to_string()))
 }
 
 impl Restorer {

@@ -1,0 +1,80 @@
+//! `Feed`: an index built from send-stream bytes handed in as they pass, in any slices: the
+//! parser and the builder together. Backup runs one on the index thread behind its tee;
+//! `verify --deep` runs one on the verified stream to check the stored index. Pure.
+
+use super::{format, Builder, Tree};
+use crate::sendstream::{Command, Parser};
+
+/// A built index: the tree, its stored form, and its size in paths.
+pub struct Built {
+    pub tree: Tree,
+    pub encoded: Vec<u8>,
+    pub entries: u64,
+    pub position: u32,
+}
+
+pub struct Feed {
+    parser: Parser,
+    builder: Builder,
+    cmds: Vec<Command>,
+    position: u32,
+    /// The first error: later bytes are ignored.
+    error: Option<String>,
+}
+
+impl Feed {
+    /// The index of a chain's full backup.
+    pub fn full() -> Feed {
+        Feed::with(Builder::full(0), 0)
+    }
+
+    /// The index of the incremental at `position` whose parent's tree is `parent`.
+    pub fn incremental(parent: Tree, position: u32) -> Feed {
+        Feed::with(Builder::incremental(parent, position), position)
+    }
+
+    fn with(builder: Builder, position: u32) -> Feed {
+        Feed {
+            parser: Parser::new(),
+            builder,
+            cmds: Vec::new(),
+            position,
+            error: None,
+        }
+    }
+
+    /// The next bytes of the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Err(e) = self.parser.feed(bytes, &mut self.cmds) {
+            self.error = Some(format!("the send stream: {e}"));
+            return;
+        }
+        for c in self.cmds.drain(..) {
+            if let Err(e) = self.builder.apply(&c) {
+                self.error = Some(e.to_string());
+                return;
+            }
+        }
+    }
+
+    /// The index, once the whole stream was pushed; or why there is none.
+    pub fn finish(self) -> Result<Built, String> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        self.parser
+            .finish()
+            .map_err(|e| format!("the send stream: {e}"))?;
+        let tree = self.builder.finish().map_err(|e| e.to_string())?;
+        tree.check().map_err(|e| format!("the built tree: {e}"))?;
+        Ok(Built {
+            encoded: format::encode(&tree, self.position),
+            entries: tree.entry_count(),
+            position: self.position,
+            tree,
+        })
+    }
+}
