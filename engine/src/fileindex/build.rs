@@ -364,12 +364,11 @@ impl Applying<'_> {
     }
 
     fn file<'t>(&self, tree: &'t mut Tree, path: &[u8]) -> Result<&'t mut Inode, IndexError> {
-        let bad = self.bad(path, "is not a regular file");
         let n = self.node(tree, path)?;
         if n.ftype == FileType::File {
             Ok(n)
         } else {
-            Err(bad)
+            Err(self.bad(path, "is not a regular file"))
         }
     }
 

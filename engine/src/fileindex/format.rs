@@ -19,7 +19,7 @@
 
 use super::tree::{Extent, FileType, Ino, Inode, Source, Tree, ROOT};
 use crate::sendstream::Timespec;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 pub const MAGIC: &[u8; 8] = b"b2s3idx\0";
 pub const VERSION: u8 = 1;
@@ -63,7 +63,7 @@ pub fn encode(tree: &Tree, backup: u32) -> Vec<u8> {
     // Inodes numbered densely in our order: the root first, then by inode.
     let mut inos: Vec<Ino> = tree.inode_numbers();
     inos.sort_unstable();
-    let place: HashMap<Ino, u64> = inos
+    let place: super::tree::InoMap<u64> = inos
         .iter()
         .enumerate()
         .map(|(i, n)| (*n, i as u64))

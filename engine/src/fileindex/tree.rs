@@ -2,10 +2,35 @@
 
 use crate::sendstream::Timespec;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
 
 /// An inode of ours (creation order in the chain), not the kernel's number.
 pub type Ino = u64;
 pub const ROOT: Ino = 1;
+
+/// Inode numbers are ours (dense, from 1: never chosen by anyone else), so a multiplicative
+/// hash serves a map of them as well as SipHash and several times faster.
+#[derive(Default, Clone, Copy)]
+pub struct InoHasher(u64);
+
+impl std::hash::Hasher for InoHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+/// A map keyed by inode number.
+pub type InoMap<V> = HashMap<Ino, V, BuildHasherDefault<InoHasher>>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FileType {
@@ -197,13 +222,13 @@ pub struct Tree {
     /// The snapshot's UUID as its stream names it, and its ctransid.
     pub uuid: [u8; 16],
     pub ctransid: u64,
-    pub(super) inodes: HashMap<Ino, Inode>,
+    pub(super) inodes: InoMap<Inode>,
     pub(super) next: Ino,
 }
 
 impl Tree {
     pub(super) fn empty(uuid: [u8; 16], ctransid: u64) -> Tree {
-        let mut inodes = HashMap::new();
+        let mut inodes = InoMap::default();
         inodes.insert(ROOT, Inode::new(FileType::Dir));
         Tree {
             uuid,
@@ -214,7 +239,7 @@ impl Tree {
     }
 
     /// A tree read back from its stored form (`format::decode` checks it afterwards).
-    pub(super) fn from_parts(uuid: [u8; 16], ctransid: u64, inodes: HashMap<Ino, Inode>) -> Tree {
+    pub(super) fn from_parts(uuid: [u8; 16], ctransid: u64, inodes: InoMap<Inode>) -> Tree {
         let next = inodes.keys().max().map_or(ROOT, |m| m + 1);
         Tree {
             uuid,
@@ -268,12 +293,13 @@ impl Tree {
         Some(at)
     }
 
-    /// Every path below the root with its inode, parents before children, names in byte
-    /// order.
     /// How many paths `entries` would give (each hard link's name counts).
     pub fn entry_count(&self) -> u64 {
         self.inodes.values().map(|i| i.children.len() as u64).sum()
     }
+
+    /// Every path below the root with its inode, parents before children, names in byte
+    /// order.
 
     pub fn entries(&self) -> Vec<(Vec<u8>, Ino)> {
         let mut out = Vec::new();
@@ -300,7 +326,7 @@ impl Tree {
     /// The invariants of the module's doc, checked (tests and a built index before it is
     /// stored).
     pub fn check(&self) -> Result<(), String> {
-        let mut links: HashMap<Ino, u32> = HashMap::new();
+        let mut links: InoMap<u32> = InoMap::default();
         for (ino, node) in &self.inodes {
             for child in node.children.values() {
                 if !self.inodes.contains_key(child) {
@@ -326,12 +352,20 @@ impl Tree {
                 return Err(format!("inode {ino}: {n} entries, nlink {}", node.nlink));
             }
         }
-        let reachable = 1 + self
-            .entries()
-            .iter()
-            .map(|(_, ino)| *ino)
-            .collect::<std::collections::HashSet<_>>()
-            .len();
+        // Reachable from the root, counted without building any path.
+        let mut seen: InoMap<()> = InoMap::default();
+        seen.insert(ROOT, ());
+        let mut stack = vec![ROOT];
+        while let Some(d) = stack.pop() {
+            if let Some(n) = self.inodes.get(&d) {
+                for c in n.children.values() {
+                    if seen.insert(*c, ()).is_none() {
+                        stack.push(*c);
+                    }
+                }
+            }
+        }
+        let reachable = seen.len();
         if reachable != self.inodes.len() {
             return Err(format!(
                 "{} inodes, {reachable} reachable",
