@@ -300,7 +300,6 @@ impl Tree {
 
     /// Every path below the root with its inode, parents before children, names in byte
     /// order.
-
     pub fn entries(&self) -> Vec<(Vec<u8>, Ino)> {
         let mut out = Vec::new();
         let mut stack = vec![(Vec::new(), ROOT)];
