@@ -383,6 +383,20 @@ fn restore_paths(s: &Setup, id: &str, target: &Path, paths: &[&str]) -> serde_js
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
 }
 
+/// `restore --path` of one path of the newest backup into `target`, as it ended.
+fn restore_one(s: &Setup, target: &Path, path: &str) -> harness::Output {
+    let target = target.to_str().expect("utf-8 target");
+    s.run(&[
+        "restore",
+        "--subvolume",
+        "data",
+        "--target",
+        target,
+        "--path",
+        path,
+    ])
+}
+
 /// Every path restored under `target` is the snapshot's (content, type, mode, owner, size,
 /// mtime, symlink target, xattrs); hard links are compared by inode, not by first name.
 fn assert_restored_as_in(snap: &Path, target: &Path, tops: &[&str]) {
@@ -495,30 +509,14 @@ fn restore_path_brings_back_single_files_fetching_only_their_parts() {
 
     // A path already in the target is refused, and left as it was; so is a missing path.
     std::fs::write(one.join("files/f2.bin"), b"mine").expect("write");
-    let out = s.run(&[
-        "restore",
-        "--subvolume",
-        "data",
-        "--target",
-        one.to_str().expect("utf-8"),
-        "--path",
-        "files/f2.bin",
-    ]);
+    let out = restore_one(&s, &one, "files/f2.bin");
     out.assert_code(2);
     assert!(out.stderr.contains("already holds"), "{}", out.stderr);
     assert_eq!(
         std::fs::read(one.join("files/f2.bin")).expect("read"),
         b"mine"
     );
-    let out = s.run(&[
-        "restore",
-        "--subvolume",
-        "data",
-        "--target",
-        one.to_str().expect("utf-8"),
-        "--path",
-        "no/such/file",
-    ]);
+    let out = restore_one(&s, &one, "no/such/file");
     out.assert_code(2);
     assert!(
         out.stderr.contains("no/such/file: no such path"),
@@ -531,15 +529,7 @@ fn restore_path_brings_back_single_files_fetching_only_their_parts() {
     let linked = scratch.mnt.join("linked");
     std::fs::create_dir(&linked).expect("dir");
     std::os::unix::fs::symlink(&elsewhere, linked.join("files")).expect("symlink");
-    let out = s.run(&[
-        "restore",
-        "--subvolume",
-        "data",
-        "--target",
-        linked.to_str().expect("utf-8"),
-        "--path",
-        "files/f1.bin",
-    ]);
+    let out = restore_one(&s, &linked, "files/f1.bin");
     out.assert_code(2);
     assert!(
         out.stderr.contains("is a symlink or not a directory"),
