@@ -267,6 +267,109 @@ fn change_again(root: &Path) {
     g.write_at(&rng.bytes(4096), 70 << 20).expect("write far");
 }
 
+/// `cp --reflink=always FROM TO`, for paths that need not be UTF-8.
+fn reflink(from: &Path, to: &Path) {
+    let ok = std::process::Command::new("cp")
+        .arg("--reflink=always")
+        .arg(from)
+        .arg(to)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "cp --reflink=always {from:?} {to:?} failed");
+}
+
+/// Renames the kernel must order through temporary names: two files and two directories
+/// swapped, a directory moved below its former child, a file renamed over another; names that
+/// are not UTF-8 renamed and created; a hard link made across directories and its first name
+/// dropped; a reflinked copy then partly rewritten; a tree and a reflink's source removed.
+fn change_third(root: &Path) {
+    let mut rng = Rng::new(17);
+    let b = |n: &[u8]| root.join(OsStr::from_bytes(n));
+    let mv = |from: &[u8], to: &[u8]| {
+        std::fs::rename(b(from), b(to)).unwrap_or_else(|e| {
+            panic!(
+                "mv {:?} {:?}: {e}",
+                OsStr::from_bytes(from),
+                OsStr::from_bytes(to)
+            )
+        })
+    };
+    mv(b"files/f1.bin", b"swap-tmp");
+    mv(b"files/f4.bin", b"files/f1.bin");
+    mv(b"swap-tmp", b"files/f4.bin");
+    mv(b"links", b"swap-tmp");
+    mv(b"noms", b"links");
+    mv(b"swap-tmp", b"noms");
+    mv(b"target-empty", b"invert-tmp");
+    mv(b"invert-tmp/dir-\xff", b"target-empty");
+    mv(b"invert-tmp", b"target-empty/parent-\xfe");
+    mv(
+        b"target-empty/parent-\xfe/latin1-\xe9t\xe9",
+        b"renamed-\x80\x81",
+    );
+    mv(b"files/f2.bin", b"files/f5.bin");
+    std::fs::create_dir(b(b"\xc3\x28bad-utf8")).expect("mkdir");
+    std::fs::hard_link(b(b"files/f3.bin"), b(b"\xc3\x28bad-utf8/f3-\xfe")).expect("link");
+    std::fs::hard_link(b(b"empty"), b(b"\xc3\x28bad-utf8/empty-\xff")).expect("link");
+    std::fs::remove_file(b(b"empty")).expect("rm");
+    write_file(&b(b"\xc3\x28bad-utf8/new-\xe0"), &rng.bytes(9000));
+    let copy = b(b"\xc3\x28bad-utf8/reflink-of-src");
+    reflink(&root.join("cloned/src.bin"), &copy);
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&copy)
+        .expect("open");
+    f.write_at(&rng.bytes(4096), 64 << 10)
+        .expect("rewrite the copy's middle");
+    std::fs::remove_file(root.join("cloned/copy.bin")).expect("rm");
+    std::fs::remove_dir_all(root.join("deep")).expect("rm -r");
+}
+
+/// A reflink's source removed (its copies stay), a file replaced by a symlink and another by a
+/// directory of its name, three names rotated, a file truncated to nothing and rewritten, a
+/// sparse file grown, a directory with a name that is not UTF-8 renamed, a reflink of a file
+/// the chain's first snapshot had.
+fn change_fourth(root: &Path) {
+    let mut rng = Rng::new(19);
+    let b = |n: &[u8]| root.join(OsStr::from_bytes(n));
+    std::fs::remove_file(root.join("cloned/src.bin")).expect("rm");
+    std::fs::remove_file(root.join("files/f3.bin")).expect("rm");
+    std::os::unix::fs::symlink(
+        OsStr::from_bytes(b"../renamed-\x80\x81"),
+        root.join("files/f3.bin"),
+    )
+    .expect("symlink");
+    std::fs::remove_file(root.join("files/f4.bin")).expect("rm");
+    std::fs::rename(root.join("prealloc"), root.join("files/f4.bin")).expect("mv dir");
+    std::fs::rename(root.join("files/f1.bin"), root.join("rotate-tmp")).expect("mv");
+    std::fs::rename(root.join("files/f5.bin"), root.join("files/f1.bin")).expect("mv");
+    std::fs::rename(root.join("new/added-3.bin"), root.join("files/f5.bin")).expect("mv");
+    std::fs::rename(root.join("rotate-tmp"), root.join("new/added-3.bin")).expect("mv");
+    let text: Vec<u8> = (0..50_000u32)
+        .flat_map(|i| format!("rewritten line {i}\n").into_bytes())
+        .collect();
+    let log = std::fs::OpenOptions::new()
+        .write(true)
+        .open(root.join("packed/log.txt"))
+        .expect("open");
+    log.set_len(0).expect("truncate");
+    use std::os::unix::fs::FileExt;
+    log.write_at(&text, 0).expect("rewrite");
+    let g = std::fs::OpenOptions::new()
+        .write(true)
+        .open(root.join("sparse.img"))
+        .expect("open");
+    g.write_at(&rng.bytes(8192), 90 << 20)
+        .expect("grow with a hole");
+    std::fs::rename(b(b"\xc3\x28bad-utf8"), b(b"moved-\xe9\xe9")).expect("mv");
+    std::fs::create_dir(b(b"\xff\xfe")).expect("mkdir");
+    reflink(
+        &root.join("cloned/second.bin"),
+        &b(b"moved-\xe9\xe9/second-again"),
+    );
+}
+
 /// Every path of a real directory tree below `root`, with its metadata.
 fn walk(root: &Path, rel: &[u8], out: &mut Vec<(Vec<u8>, std::fs::Metadata)>) {
     let mut names: Vec<_> = std::fs::read_dir(root.join(OsStr::from_bytes(rel)))
@@ -373,16 +476,19 @@ fn assert_model_is(name: &str, tree: &engine::fileindex::Tree, snap: &Path, stre
     }
 }
 
-/// A subvolume with everything `populate` makes, changed twice: three read-only snapshots.
-fn chain_of_three() -> (LoopFs, [std::path::PathBuf; 3]) {
+/// A subvolume with everything `populate` makes, changed four times: five read-only
+/// snapshots, a full and a four-deep incremental chain.
+fn chain_of_five() -> (LoopFs, [std::path::PathBuf; 5]) {
     let fs = LoopFs::new(1024);
     let vol = fs.create_subvolume("vol");
-    let snaps = [fs.path("s0"), fs.path("s1"), fs.path("s2")];
+    let snaps = [0, 1, 2, 3, 4].map(|i| fs.path(&format!("s{i}")));
     for (i, snap) in snaps.iter().enumerate() {
         match i {
             0 => populate(&vol),
             1 => change(&vol),
-            _ => change_again(&vol),
+            2 => change_again(&vol),
+            3 => change_third(&vol),
+            _ => change_fourth(&vol),
         }
         sh("sync", &[]);
         LoopFs::snapshot_readonly(&vol, snap);
@@ -408,12 +514,31 @@ fn send_of(fs: &LoopFs, snaps: &[std::path::PathBuf], proto: &str, i: usize) -> 
 
 #[test]
 fn file_index_model_is_each_snapshot_of_a_chain_it_was_sent_from() {
-    let (fs, snaps) = chain_of_three();
+    let (fs, snaps) = chain_of_five();
     for proto in ["1", "2"] {
         let mut streams: Vec<Vec<u8>> = Vec::new();
         let mut parent: Option<engine::fileindex::Tree> = None;
         for (i, snap) in snaps.iter().enumerate() {
             let stream = send_of(&fs, &snaps, proto, i);
+            if i >= 3 {
+                // What the last two changes are for: renames through the kernel's temporary
+                // names, and clones.
+                let dump = ours(&stream, &mut BTreeSet::new());
+                let dump = String::from_utf8_lossy(&dump);
+                assert!(
+                    dump.lines().any(|l| l.starts_with("rename")
+                        && l.split("dest=").nth(1).is_some_and(|d| {
+                            d.rsplit('/')
+                                .next()
+                                .is_some_and(|n| n.starts_with('o') && n.split('-').count() == 3)
+                        })),
+                    "proto {proto}, stream {i}: no rename through a temporary name"
+                );
+                assert!(
+                    dump.lines().any(|l| l.starts_with("clone")),
+                    "proto {proto}, stream {i}: no clone"
+                );
+            }
             let mut p = Parser::new();
             let mut cmds = Vec::new();
             for piece in stream.chunks(65536) {
@@ -530,7 +655,7 @@ fn assert_same_as(name: &str, snap: &Path, applied: &Path) {
 
 #[test]
 fn user_space_apply_makes_each_snapshot_of_a_chain_on_ext4() {
-    let (fs, snaps) = chain_of_three();
+    let (fs, snaps) = chain_of_five();
     let ext4 = LoopFs::ext4(1024);
     for proto in ["1", "2"] {
         let target = ext4.mnt.join(format!("proto{proto}"));
