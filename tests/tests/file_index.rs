@@ -554,6 +554,53 @@ fn restore_path_reads_a_stream_stored_as_it_is() {
         scratch.path(),
         &tops,
     );
+
+    // An index that disagrees with the stream about one file's data, stored with a manifest
+    // entry that fits it (as a forger or a bug would): that file is refused, not restored.
+    let mut ix = m.index.clone().expect("index");
+    let plain = engine::fileindex::stored::unpack(&s.get(&ix.key), &ix, None).expect("unpacks");
+    let (mut tree, position) = engine::fileindex::format::decode(&plain).expect("decodes");
+    let ino = tree.lookup(b"files/f4.bin").expect("in the index");
+    let mut flipped = 0;
+    for e in tree.inode_mut(ino).expect("inode").extents.values_mut() {
+        if let engine::fileindex::Source::Stream { check: Some(c), .. } = &mut e.source {
+            c.crc ^= 0x10;
+            flipped += 1;
+        }
+    }
+    assert!(flipped > 0, "every write of a new index has its check");
+    let packed =
+        engine::fileindex::stored::pack(&engine::fileindex::format::encode(&tree, position), None)
+            .expect("packs");
+    ix.stored_bytes = packed.stored.len() as u64;
+    ix.stored_xxh3 = engine::manifest::hex_u128(packed.stored_xxh3);
+    ix.plain_bytes = packed.plain_bytes;
+    ix.plain_xxh3 = engine::manifest::hex_u128(packed.plain_xxh3);
+    s.put(&ix.key, packed.stored.to_vec());
+    let mkey = s.pointer().manifest_key;
+    let mut raw = s.manifest_raw(&mkey);
+    raw["index"] = serde_json::to_value(&ix).expect("json");
+    s.put(&mkey, serde_json::to_vec(&raw).expect("json"));
+    let other = tempfile::tempdir().expect("scratch");
+    let out = restore_one(&s, other.path(), "files");
+    out.assert_code(7);
+    assert!(
+        out.stderr.contains("files/f4.bin") && out.stderr.contains("CRC-32C"),
+        "{}",
+        out.stderr
+    );
+    let left: Vec<_> = std::fs::read_dir(other.path()).expect("ls").collect();
+    assert!(
+        left.is_empty(),
+        "nothing restored, no staging left: {left:?}"
+    );
+    // Another file of the same index still restores.
+    restore_paths(&s, &m.backup_id, other.path(), &["files/f1.bin"]);
+    assert_restored_as_in(
+        &s.snapshot_dir.join(&m.snapshot.name),
+        other.path(),
+        &["files/f1.bin"],
+    );
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! `Builder`: a send stream's commands applied to a `Tree`, names resolved in the tree. Pure.
 
-use super::tree::{Extent, FileType, Ino, Inode, Source, Tree, ROOT};
+use super::tree::{Check, Extent, FileType, Ino, Inode, Source, Tree, ROOT};
 use crate::sendstream::{clone_from, out_of_order, CloneFrom, Command, Kind, Op, StreamError};
 
 /// `FALLOC_FL_KEEP_SIZE`, `FALLOC_FL_PUNCH_HOLE`.
@@ -181,6 +181,11 @@ impl Builder {
                         source: Source::Stream {
                             backup,
                             offset: data.offset,
+                            check: u32::try_from(data.len).ok().map(|len| Check {
+                                start: data.offset,
+                                len,
+                                crc: data.crc,
+                            }),
                         },
                     },
                 );
@@ -311,6 +316,7 @@ impl Builder {
                             decoded_len: unencoded_len,
                             from: unencoded_offset,
                             compression,
+                            crc: Some(data.crc),
                         },
                     },
                 );

@@ -8,21 +8,27 @@
 //! atime and ctime (zigzag seconds from mtime's, nanoseconds), flags, xattr count and
 //! (name bytes, value bytes) each, extent count and per extent: gap from the end of the
 //! previous one, length, source (u8: 0 stream + backup + zigzag offset from the previous
-//! stream extent's end, 1 preallocated, 2 encoded + backup, offset, stored, decoded length,
-//! from, compression); then for each directory in inode order its entry count and (name
-//! bytes, inode number) each, names in byte order.
+//! stream extent's end + check, 1 preallocated, 2 encoded + backup, offset, stored, decoded
+//! length, from, compression + crc); then for each directory in inode order its entry count
+//! and (name bytes, inode number) each, names in byte order.
+//!
+//! Version 2 adds the checks (version 1 has none; both are read): a stream extent's check is
+//! 0 for none, 1 when the write is exactly the extent, else 2 + how far into its write the
+//! extent starts and the write's length; then (unless 0) the write's CRC-32C (4 bytes,
+//! little-endian). An encoded extent's crc is a byte 0 (none) or 1 and the 4 bytes.
 //!
 //! *Invariants of what `decode` returns:* the tree passes `Tree::check` (every inode reached
 //! once from the root, hard links counted, extents apart), names are single components,
-//! every extent's backup is at most the index's own, and every count was bounded by the
-//! bytes left before anything was allocated for it.
+//! every extent's backup is at most the index's own, every stream extent lies inside the write
+//! its check names (at most `MAX_COMMAND_BYTES`), and every count was bounded by the bytes
+//! left before anything was allocated for it.
 
-use super::tree::{Extent, FileType, Ino, Inode, Source, Tree, ROOT};
+use super::tree::{Check, Extent, FileType, Ino, Inode, Source, Tree, ROOT};
 use crate::sendstream::Timespec;
 use std::collections::BTreeMap;
 
 pub const MAGIC: &[u8; 8] = b"b2s3idx\0";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("file index damaged at byte {at}: {what}")]
@@ -60,6 +66,11 @@ impl Out {
 
 /// `tree` as this backup's (`backup`: its place in the chain) stored index.
 pub fn encode(tree: &Tree, backup: u32) -> Vec<u8> {
+    encode_as(tree, backup, VERSION)
+}
+
+/// `encode` in format `version` (1 drops the checks; tests write old indexes with it).
+pub(crate) fn encode_as(tree: &Tree, backup: u32, version: u8) -> Vec<u8> {
     // Inodes numbered densely in our order: the root first, then by inode.
     let mut inos: Vec<Ino> = tree.inode_numbers();
     inos.sort_unstable();
@@ -69,7 +80,7 @@ pub fn encode(tree: &Tree, backup: u32) -> Vec<u8> {
         .map(|(i, n)| (*n, i as u64))
         .collect();
     let mut o = Out(MAGIC.to_vec());
-    o.0.push(VERSION);
+    o.0.push(version);
     o.0.extend_from_slice(&tree.uuid);
     o.u(tree.ctransid);
     o.u(u64::from(backup));
@@ -114,11 +125,29 @@ pub fn encode(tree: &Tree, backup: u32) -> Vec<u8> {
             o.u(e.len);
             end = at + e.len;
             match e.source {
-                Source::Stream { backup, offset } => {
+                Source::Stream {
+                    backup,
+                    offset,
+                    check,
+                } => {
                     o.0.push(0);
                     o.u(u64::from(backup));
                     o.i(offset.wrapping_sub(stream_end) as i64);
                     stream_end = offset + e.len;
+                    if version >= 2 {
+                        match check {
+                            None => o.u(0),
+                            Some(c) if c.start == offset && u64::from(c.len) == e.len => {
+                                o.u(1);
+                                o.0.extend_from_slice(&c.crc.to_le_bytes());
+                            }
+                            Some(c) => {
+                                o.u(2 + offset.saturating_sub(c.start));
+                                o.u(u64::from(c.len));
+                                o.0.extend_from_slice(&c.crc.to_le_bytes());
+                            }
+                        }
+                    }
                 }
                 Source::Prealloc => o.0.push(1),
                 Source::Encoded {
@@ -128,6 +157,7 @@ pub fn encode(tree: &Tree, backup: u32) -> Vec<u8> {
                     decoded_len,
                     from,
                     compression,
+                    crc,
                 } => {
                     o.0.push(2);
                     o.u(u64::from(backup));
@@ -136,6 +166,15 @@ pub fn encode(tree: &Tree, backup: u32) -> Vec<u8> {
                     o.u(decoded_len);
                     o.u(from);
                     o.u(u64::from(compression));
+                    if version >= 2 {
+                        match crc {
+                            None => o.0.push(0),
+                            Some(c) => {
+                                o.0.push(1);
+                                o.0.extend_from_slice(&c.to_le_bytes());
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -184,6 +223,16 @@ impl<'a> In<'a> {
         }
         Err(self.bad("a number too long"))
     }
+    fn crc(&mut self) -> Result<u32, FormatError> {
+        let b = self
+            .b
+            .get(self.at..self.at + 4)
+            .ok_or_else(|| self.bad("cut inside a CRC"))?;
+        let c = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        self.at += 4;
+        Ok(c)
+    }
+
     fn i(&mut self) -> Result<i64, FormatError> {
         let u = self.u()?;
         Ok((u >> 1) as i64 ^ -((u & 1) as i64))
@@ -226,8 +275,10 @@ pub fn decode(bytes: &[u8]) -> Result<(Tree, u32), FormatError> {
     }
     r.at = MAGIC.len();
     let v = r.byte()?;
-    if v != VERSION {
-        return Err(r.bad(format!("format version {v}; this build reads {VERSION}")));
+    if v == 0 || v > VERSION {
+        return Err(r.bad(format!(
+            "format version {v}; this build reads 1 to {VERSION}"
+        )));
     }
     let mut uuid = [0u8; 16];
     uuid.copy_from_slice(&bytes[r.at..r.at + 16]);
@@ -287,7 +338,42 @@ pub fn decode(bytes: &[u8]) -> Result<(Tree, u32), FormatError> {
                     stream_end = offset
                         .checked_add(len)
                         .ok_or_else(|| r.bad("a stream extent beyond 2^64"))?;
-                    Source::Stream { backup: b, offset }
+                    let check = match if v >= 2 { r.u()? } else { 0 } {
+                        0 => None,
+                        k => {
+                            // 1: the write is this extent; else 2 + how far into it.
+                            let start = offset.checked_sub(k.saturating_sub(2));
+                            let wlen = if k == 1 {
+                                u32::try_from(len).map_err(|_| r.bad("a write over 4 GiB"))?
+                            } else {
+                                r.u32("write length")?
+                            };
+                            let crc = r.crc()?;
+                            let c = start.map(|start| Check {
+                                start,
+                                len: wlen,
+                                crc,
+                            });
+                            match c {
+                                Some(c)
+                                    if c.covers(offset, len)
+                                        && c.len <= crate::sendstream::MAX_COMMAND_BYTES =>
+                                {
+                                    Some(c)
+                                }
+                                _ => {
+                                    return Err(r.bad(format!(
+                                        "inode {i}: an extent outside the write it names"
+                                    )))
+                                }
+                            }
+                        }
+                    };
+                    Source::Stream {
+                        backup: b,
+                        offset,
+                        check,
+                    }
                 }
                 1 => Source::Prealloc,
                 2 => Source::Encoded {
@@ -297,6 +383,11 @@ pub fn decode(bytes: &[u8]) -> Result<(Tree, u32), FormatError> {
                     decoded_len: r.u()?,
                     from: r.u()?,
                     compression: r.u32("compression")?,
+                    crc: match if v >= 2 { r.byte()? } else { 0 } {
+                        0 => None,
+                        1 => Some(r.crc()?),
+                        t => return Err(r.bad(format!("inode {i}: crc marker {t}"))),
+                    },
                 },
                 t => return Err(r.bad(format!("inode {i}: extent source {t}"))),
             };
@@ -427,6 +518,12 @@ mod tests {
             &[(PATH, b"d/f"), (FILE_OFFSET, &u64le(4096))],
             Some(&[1u8; 3000]),
         );
+        // A later write inside it: the first write is left in two pieces that share its check.
+        e.command(
+            Kind::Write,
+            &[(PATH, b"d/f"), (FILE_OFFSET, &u64le(5096))],
+            Some(&[2u8; 500]),
+        );
         e.command(
             Kind::Fallocate,
             &[
@@ -516,6 +613,59 @@ mod tests {
         assert_eq!(back.lookup(b"\xfe name"), Some(f));
     }
 
+    /// Every stream extent of a tree with its check.
+    fn checks(t: &Tree) -> Vec<(u64, u64, Check)> {
+        let mut out = Vec::new();
+        for n in t.inode_numbers() {
+            for e in t.inode(n).map(|i| i.extents.values()).into_iter().flatten() {
+                if let Source::Stream {
+                    offset,
+                    check: Some(c),
+                    ..
+                } = e.source
+                {
+                    out.push((offset, e.len, c));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn checks_read_back_and_an_index_of_format_1_still_reads() {
+        let t = sample();
+        let all = checks(&t);
+        let whole = |(o, l, c): &(u64, u64, Check)| c.start == *o && u64::from(c.len) == *l;
+        assert_eq!(all.iter().filter(|x| whole(x)).count(), 1, "{all:?}");
+        assert_eq!(all.iter().filter(|x| !whole(x)).count(), 2, "{all:?}");
+        let (back, _) = decode(&encode(&t, 0)).expect("decodes");
+        assert_eq!(checks(&back), all);
+        // Format 1: the same tree, without checks.
+        let old = encode_as(&t, 0, 1);
+        assert_eq!(old[MAGIC.len()], 1);
+        let (back, _) = decode(&old).expect("format 1 reads");
+        assert!(checks(&back).is_empty());
+        assert_eq!(encode_as(&back, 0, 1), old);
+        // A check that does not cover its extent is refused.
+        for (shift_start, grow) in [(-1i64, 0i64), (0, -1)] {
+            let mut bad = t.clone();
+            for n in bad.inode_numbers() {
+                for e in bad
+                    .inode_mut(n)
+                    .into_iter()
+                    .flat_map(|i| i.extents.values_mut())
+                {
+                    if let Source::Stream { check: Some(c), .. } = &mut e.source {
+                        c.start = c.start.wrapping_add_signed(shift_start);
+                        c.len = c.len.wrapping_add_signed(grow as i32);
+                    }
+                }
+            }
+            let err = decode(&encode(&bad, 0)).expect_err("refused");
+            assert!(err.what.contains("outside the write"), "{err}");
+        }
+    }
+
     #[test]
     fn a_damaged_index_is_refused_naming_where() {
         let bytes = encode(&sample(), 0);
@@ -538,15 +688,22 @@ mod tests {
 
     #[test]
     fn fuzz_file_index() {
-        let seeds = vec![encode(&sample(), 0), encode(&sample(), 3)];
+        let seeds = vec![
+            encode(&sample(), 0),
+            encode(&sample(), 3),
+            encode_as(&sample(), 0, 1),
+        ];
+        let mut accepted = 0u64;
         let n = fault_injection::fuzz::run(&seeds, |b| {
             if let Ok((t, backup)) = decode(b) {
+                accepted += 1;
                 // Whatever is accepted is a sound tree that writes back the same way.
                 t.check().expect("checked");
                 let again = encode(&t, backup);
                 assert!(decode(&again).is_ok());
             }
         });
+        eprintln!("file index decoder: {n} mutants, {accepted} accepted, none panicked");
         assert!(n > 0);
     }
 }

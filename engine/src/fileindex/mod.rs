@@ -23,4 +23,4 @@ mod tests;
 pub mod tree;
 
 pub use build::{Builder, IndexError};
-pub use tree::{Extent, FileType, Ino, Inode, Source, Tree};
+pub use tree::{Check, Extent, FileType, Ino, Inode, Source, Tree};

@@ -149,6 +149,17 @@ pub fn decode_checked(plain: &[u8], ix: &IndexEntry) -> Result<Tree, StoredError
         key: ix.key.clone(),
         what: e.to_string(),
     })?;
+    let version = plain.get(format::MAGIC.len()).copied().map(u32::from);
+    if version != Some(ix.format) {
+        return Err(StoredError::Damaged {
+            key: ix.key.clone(),
+            what: format!(
+                "in format {}, the manifest says {}",
+                version.unwrap_or(0),
+                ix.format
+            ),
+        });
+    }
     if position != ix.position {
         return Err(StoredError::Damaged {
             key: ix.key.clone(),

@@ -43,16 +43,44 @@ pub enum FileType {
     BlockDev(u64),
 }
 
+/// The stream bytes an extent's data came in, whole (one write command's data), and their
+/// CRC-32C as the stream computes it (`crc32c_raw(0, ..)`): a reader fetches all of them and
+/// checks them before it uses any. Pieces of one write left by later writes share it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub start: u64,
+    pub len: u32,
+    pub crc: u32,
+}
+
+impl Check {
+    /// Stream bytes [from, from + len) lie inside the checked ones.
+    pub fn covers(&self, from: u64, len: u64) -> bool {
+        from >= self.start
+            && from.checked_add(len).is_some_and(|end| {
+                self.start
+                    .checked_add(u64::from(self.len))
+                    .is_some_and(|last| end <= last)
+            })
+    }
+}
+
 /// Where an extent's bytes are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
-    /// Plain bytes of the send stream of backup `backup` (0 = the chain's full), from `offset`.
-    Stream { backup: u32, offset: u64 },
+    /// Plain bytes of the send stream of backup `backup` (0 = the chain's full), from `offset`;
+    /// `check`: the write they came in (none in indexes of format 1).
+    Stream {
+        backup: u32,
+        offset: u64,
+        check: Option<Check>,
+    },
     /// Preallocated: reads as zeros.
     Prealloc,
     /// Compressed on the sender's disk and sent so (`--compressed-data`): the extent is bytes
     /// `from` onwards of the `decoded_len` bytes that the `stored` stream bytes at `offset`
-    /// decode to (`compression`: btrfs's codes).
+    /// decode to (`compression`: btrfs's codes); `crc`: the stored bytes' CRC-32C (none in
+    /// indexes of format 1).
     Encoded {
         backup: u32,
         offset: u64,
@@ -60,6 +88,7 @@ pub enum Source {
         decoded_len: u64,
         from: u64,
         compression: u32,
+        crc: Option<u32>,
     },
 }
 
@@ -67,9 +96,14 @@ impl Source {
     /// The same source `k` bytes further into the extent.
     fn advanced(self, k: u64) -> Source {
         match self {
-            Source::Stream { backup, offset } => Source::Stream {
+            Source::Stream {
+                backup,
+                offset,
+                check,
+            } => Source::Stream {
                 backup,
                 offset: offset + k,
+                check,
             },
             Source::Prealloc => Source::Prealloc,
             Source::Encoded {
@@ -79,6 +113,7 @@ impl Source {
                 decoded_len,
                 from,
                 compression,
+                crc,
             } => Source::Encoded {
                 backup,
                 offset,
@@ -86,6 +121,7 @@ impl Source {
                 decoded_len,
                 from: from + k,
                 compression,
+                crc,
             },
         }
     }
@@ -272,6 +308,12 @@ impl Tree {
         self.inodes.get(&ino)
     }
 
+    /// An inode to change in place (tools and tests that rewrite an index; what they make is
+    /// checked again when it is read back).
+    pub fn inode_mut(&mut self, ino: Ino) -> Option<&mut Inode> {
+        self.inodes.get_mut(&ino)
+    }
+
     /// Inodes in the tree.
     pub fn len(&self) -> usize {
         self.inodes.len()
@@ -375,8 +417,8 @@ impl Tree {
     }
 
     /// A file's bytes read from the chain's streams (`streams[backup]`), holes and
-    /// preallocated ranges as zeros. For tests and the oracle: partial restore fetches
-    /// ranges instead. Encoded extents are not decoded here.
+    /// preallocated ranges as zeros, every write's CRC checked. For tests and the oracle:
+    /// partial restore fetches ranges instead. Encoded extents are not decoded here.
     pub fn read(&self, ino: Ino, streams: &[&[u8]]) -> Result<Vec<u8>, String> {
         let node = self.inodes.get(&ino).ok_or("no such inode")?;
         let size = usize::try_from(node.size).map_err(|_| "too large")?;
@@ -388,10 +430,22 @@ impl Tree {
             }
             let n = (e.len as usize).min(size - at);
             match e.source {
-                Source::Stream { backup, offset } => {
+                Source::Stream {
+                    backup,
+                    offset,
+                    check,
+                } => {
                     let s = streams
                         .get(backup as usize)
                         .ok_or_else(|| format!("no stream {backup}"))?;
+                    if let Some(c) = check {
+                        let whole = s
+                            .get(c.start as usize..(c.start + u64::from(c.len)) as usize)
+                            .ok_or_else(|| format!("a write past stream {backup}'s end"))?;
+                        if crate::sendstream::parse::crc32c_raw(0, whole) != c.crc {
+                            return Err(format!("the write at {} fails its CRC", c.start));
+                        }
+                    }
                     let o = offset as usize;
                     let bytes = s
                         .get(o..o + n)

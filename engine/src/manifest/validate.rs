@@ -189,11 +189,12 @@ fn check_index(key: &str, keys: &Keys, m: &Manifest) -> Result<(), ManifestError
     if ix.key != keys.index(&m.subvolume, &m.chain_id, &m.backup_id) {
         return Err(bad(key, "the file index is not where the layout puts it"));
     }
-    if ix.format != u32::from(crate::fileindex::format::VERSION) || ix.codec != "zstd" {
+    let newest = u32::from(crate::fileindex::format::VERSION);
+    if !(1..=newest).contains(&ix.format) || ix.codec != "zstd" {
         return Err(bad(
             key,
             format!(
-                "file index format {} codec {:?}: this build reads format {} with zstd",
+                "file index format {} codec {:?}: this build reads formats 1 to {} with zstd",
                 ix.format,
                 ix.codec,
                 crate::fileindex::format::VERSION
@@ -638,13 +639,14 @@ mod tests {
         m.index = Some(good_ix.clone());
         check_manifest(&key, &keys(), "data", &m).expect("valid");
         type Tamper = fn(&mut crate::manifest::IndexEntry);
-        let cases: [(Tamper, &str); 9] = [
+        let cases: [(Tamper, &str); 10] = [
             (|i| i.key = i.key.replace("index.zst", "other"), "not where"),
             (
                 |i| i.key = "p/data/20260101T000000Z/20260101T000000Z/index.zst".into(),
                 "not where",
             ),
-            (|i| i.format = 2, "format 2"),
+            (|i| i.format = 3, "format 3"),
+            (|i| i.format = 0, "format 0"),
             (|i| i.codec = "xz".into(), "codec"),
             (|i| i.stored_bytes = 0, "stored"),
             (|i| i.plain_bytes = (4 << 30) + 1, "plain bytes"),

@@ -37,6 +37,7 @@ pub mod browse;
 mod chain;
 mod download;
 pub mod partial;
+mod ranges;
 pub mod state;
 pub mod thaw;
 mod verify;

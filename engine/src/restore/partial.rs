@@ -1,30 +1,30 @@
 //! `restore --path`: single files and directories of one backup, found in its file index.
-//! Only the parts that hold their bytes are downloaded, each checked against its manifest
-//! exactly as a whole restore checks it (size, xxh3-128, CRC32C, then opened when sealed);
-//! a compressed backup's frames are decoded one at a time. The tree is made in a staging
-//! directory inside the target (`.btrfs-to-s3-partial.<backup id>`) and each requested path
-//! is moved into place only when all of it is written, with its metadata.
+//! Only the parts that hold their bytes are downloaded (`ranges`: each part checked as a
+//! whole restore checks it, each write's CRC-32C checked against the index). The tree is
+//! made in a staging directory inside the target (`.btrfs-to-s3-partial.<backup id>`) and
+//! each requested path is moved into place only when all of it is written, with its
+//! metadata.
 //!
 //! *Invariants:* nothing is written outside the target; a path already in the target is
-//! refused before anything is fetched; an interrupted restore leaves only the staging
-//! directory (named as partial, removed by the next run), never a half-written file at a
-//! requested path; every byte written came from a part whose hashes matched the manifest.
+//! refused before anything is fetched; a failed restore removes its staging directory and a
+//! killed one leaves only that (named as partial, removed by the next run), never a
+//! half-written file at a requested path; every byte written came from a part whose hashes
+//! matched the manifest.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use serde::Serialize;
 
 use super::browse::{escape, normalize, tree_of};
 use super::chain::{chain, resolve};
-use super::download::{fetch_part, Unseal};
+use super::ranges::{write_pieces, Parts, Piece};
 use super::{opener_for, RestoreError, Selector};
 use crate::fileindex::{FileType, Ino, Inode, Source, Tree};
 use crate::machine::Keys;
@@ -63,108 +63,26 @@ pub struct PathReport {
     pub seconds: f64,
 }
 
-fn io(p: &Path, e: std::io::Error) -> RestoreError {
+pub(super) fn io(p: &Path, e: std::io::Error) -> RestoreError {
     RestoreError::Io {
         path: p.to_path_buf(),
         source: e,
     }
 }
 
-/// Stream bytes of one backup of the chain to put into a file.
-struct Piece {
-    backup: u32,
-    offset: u64,
-    len: u64,
-    file: usize,
-    file_off: u64,
-}
-
-/// Downloads and keeps the few parts a sorted sequence of reads needs.
-struct Parts<'a> {
-    store: &'a dyn ObjectStore,
-    chain: &'a [(String, Manifest)],
-    /// The identities, for the backups of the chain that are sealed (each says to how many
-    /// recipients: a chain may mix sealed and clear backups).
-    opener: Option<Arc<crate::seal::Opener>>,
-    cache: BTreeMap<(u32, u32, u32), Bytes>,
-    fetched: u64,
-    count: u64,
-}
-
-impl Parts<'_> {
-    /// Part `n` (1-based) of chunk `c` of backup `b`, opened.
-    async fn part(&mut self, b: u32, c: u32, n: u32) -> Result<Bytes, RestoreError> {
-        if let Some(p) = self.cache.get(&(b, c, n)) {
-            return Ok(p.clone());
-        }
-        let m = &self.chain[b as usize].1;
-        let chunk = m
-            .chunks
-            .get(c as usize)
-            .ok_or_else(|| damaged(m, "chunk past the end"))?;
-        let idx = n as usize - 1;
-        let entry = chunk
-            .parts
-            .get(idx)
-            .ok_or_else(|| damaged(m, "part past the end of its chunk"))?;
-        let at: u64 = chunk.parts[..idx].iter().map(|p| p.size).sum();
-        let unseal = match (&m.encryption, &self.opener) {
-            (Some(e), Some(o)) => Some(Unseal {
-                opener: o.clone(),
-                recipients: e.recipients.len(),
-            }),
-            _ => None,
-        };
-        let data = fetch_part(self.store, &chunk.key, at, entry, unseal.as_ref()).await?;
-        self.fetched += entry.size;
-        self.count += 1;
-        // Reads come in order: parts before this one are not needed again.
-        self.cache.retain(|k, _| *k >= (b, c, n));
-        self.cache.insert((b, c, n), data.clone());
-        Ok(data)
-    }
-
-    /// Calls `f(offset in the range, bytes)` for the stored (unsealed) bytes
-    /// `[start, start + len)` of backup `b`, part by part.
-    async fn read(
-        &mut self,
-        b: u32,
-        start: u64,
-        len: u64,
-        f: &mut impl FnMut(u64, &[u8]) -> Result<(), RestoreError>,
-    ) -> Result<(), RestoreError> {
-        let (chunk_size, part_size) = {
-            let m = &self.chain[b as usize].1;
-            (m.chunk_size, m.part_size)
-        };
-        let mut done = 0;
-        while done < len {
-            let s = start + done;
-            let c = u32::try_from(s / chunk_size).map_err(|_| RestoreError::Internal)?;
-            let within = s % chunk_size;
-            let n = u32::try_from(within / part_size + 1).map_err(|_| RestoreError::Internal)?;
-            let from = within - u64::from(n - 1) * part_size;
-            let part = self.part(b, c, n).await?;
-            let avail = (part.len() as u64).saturating_sub(from);
-            if avail == 0 {
-                return Err(damaged(
-                    &self.chain[b as usize].1,
-                    "the index points past the stored stream",
-                ));
-            }
-            let take = avail.min(len - done);
-            let from = from as usize;
-            f(done, &part[from..from + take as usize])?;
-            done += take;
-        }
-        Ok(())
-    }
-}
-
-fn damaged(m: &Manifest, what: &str) -> RestoreError {
+pub(super) fn damaged(m: &Manifest, what: &str) -> RestoreError {
     RestoreError::Damaged {
         key: m.index.as_ref().map_or_else(String::new, |i| i.key.clone()),
         detail: what.to_string(),
+    }
+}
+
+/// Removes the staging directory when dropped (a killed run's is removed by the next).
+struct Staging(PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
@@ -334,6 +252,8 @@ pub async fn restore_paths(
         .mode(0o700)
         .create(&stage)
         .map_err(|e| io(&stage, e))?;
+    // A refused or failed restore takes its staging with it: nothing half-made stays.
+    let staging = Staging(stage.clone());
     for top in &tops {
         if let Some(parent) = stage.join(OsStr::from_bytes(top)).parent() {
             fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
@@ -365,10 +285,15 @@ pub async fn restore_paths(
         let node = tree.inode(*ino).ok_or(RestoreError::Internal)?;
         for (&off, ext) in &node.extents {
             match ext.source {
-                Source::Stream { backup, offset } => pieces.push(Piece {
+                Source::Stream {
+                    backup,
+                    offset,
+                    check,
+                } => pieces.push(Piece {
                     backup,
                     offset,
                     len: ext.len,
+                    check,
                     file: i,
                     file_off: off,
                 }),
@@ -382,15 +307,8 @@ pub async fn restore_paths(
             }
         }
     }
-    let mut parts = Parts {
-        store,
-        chain: &chain,
-        opener,
-        cache: BTreeMap::new(),
-        fetched: 0,
-        count: 0,
-    };
-    let bytes_written = write_pieces(&mut parts, pieces, &staged).await?;
+    let mut parts = Parts::new(store, &chain, opener);
+    let bytes_written = write_pieces(&mut parts, pieces, &staged, &selected).await?;
     for (i, off, len) in prealloc {
         let f = OpenOptions::new()
             .write(true)
@@ -428,6 +346,7 @@ pub async fn restore_paths(
             e => io(&to, e.into()),
         })?;
     }
+    std::mem::forget(staging);
     fs::remove_dir_all(&stage).map_err(|e| io(&stage, e))?;
 
     Ok(PathReport {
@@ -446,146 +365,4 @@ pub async fn restore_paths(
             .sum(),
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-/// Writes every piece into its staged file: straight from the parts for a stream stored
-/// as it is, through each needed zstd frame (decoded once) for a compressed one.
-async fn write_pieces(
-    parts: &mut Parts<'_>,
-    mut pieces: Vec<Piece>,
-    staged: &[PathBuf],
-) -> Result<u64, RestoreError> {
-    pieces.sort_by_key(|p| (p.backup, p.offset));
-    // Per backup: the stream's size, and for a compressed one its frames' stored offsets
-    // (decoded once).
-    let mut layouts: HashMap<u32, (u64, Option<Vec<u64>>)> = HashMap::new();
-    for piece in &pieces {
-        let m = &parts
-            .chain
-            .get(piece.backup as usize)
-            .ok_or_else(|| RestoreError::Damaged {
-                key: String::new(),
-                detail: format!("the index names backup {} of a shorter chain", piece.backup),
-            })?
-            .1;
-        if let std::collections::hash_map::Entry::Vacant(v) = layouts.entry(piece.backup) {
-            let (size, starts) = match &m.compression {
-                None => (m.total_bytes, None),
-                Some(c) => {
-                    let frames = c
-                        .frames()
-                        .ok_or_else(|| damaged(m, "malformed frame sizes"))?;
-                    let mut starts = Vec::with_capacity(frames.len() + 1);
-                    let mut at = 0u64;
-                    starts.push(0);
-                    for f in &frames {
-                        at += u64::from(*f);
-                        starts.push(at);
-                    }
-                    (c.stream_bytes, Some(starts))
-                }
-            };
-            v.insert((size, starts));
-        }
-        let size = layouts.get(&piece.backup).map_or(0, |l| l.0);
-        if piece
-            .offset
-            .checked_add(piece.len)
-            .is_none_or(|end| end > size)
-        {
-            return Err(damaged(
-                m,
-                &format!(
-                    "the index points past the end of backup {}'s stream",
-                    m.backup_id
-                ),
-            ));
-        }
-    }
-    let mut open: Option<(usize, File)> = None;
-    let mut file = |i: usize| -> Result<File, RestoreError> {
-        if let Some((j, f)) = &open {
-            if *j == i {
-                return f.try_clone().map_err(|e| io(&staged[i], e));
-            }
-        }
-        let f = OpenOptions::new()
-            .write(true)
-            .open(&staged[i])
-            .map_err(|e| io(&staged[i], e))?;
-        open = Some((i, f.try_clone().map_err(|e| io(&staged[i], e))?));
-        Ok(f)
-    };
-    let mut written = 0u64;
-    // Frames decoded for the current position: (backup, frame) → bytes.
-    let mut frame_cache: Option<((u32, u64), Vec<u8>)> = None;
-    for piece in &pieces {
-        let m = &parts.chain[piece.backup as usize].1;
-        let starts = layouts.get(&piece.backup).and_then(|l| l.1.as_ref());
-        let f = file(piece.file)?;
-        let wpath = &staged[piece.file];
-        match &m.compression {
-            None => {
-                let mut write = |at: u64, b: &[u8]| {
-                    f.write_all_at(b, piece.file_off + at)
-                        .map_err(|e| io(wpath, e))
-                };
-                parts
-                    .read(piece.backup, piece.offset, piece.len, &mut write)
-                    .await?;
-            }
-            Some(c) => {
-                let starts = starts.ok_or(RestoreError::Internal)?;
-                let fb = c.frame_bytes;
-                let mut done = 0;
-                while done < piece.len {
-                    let s = piece.offset + done;
-                    let k = s / fb;
-                    let cached =
-                        matches!(&frame_cache, Some((key, _)) if *key == (piece.backup, k));
-                    if !cached {
-                        let ki = usize::try_from(k).map_err(|_| RestoreError::Internal)?;
-                        let (at, end) = match (starts.get(ki), starts.get(ki + 1)) {
-                            (Some(a), Some(e)) => (*a, *e),
-                            _ => return Err(damaged(m, "the index points past the last frame")),
-                        };
-                        let size = end - at;
-                        let mut stored = Vec::with_capacity(size as usize);
-                        let mut collect = |_: u64, b: &[u8]| {
-                            stored.extend_from_slice(b);
-                            Ok(())
-                        };
-                        parts.read(piece.backup, at, size, &mut collect).await?;
-                        let want = fb.min(c.stream_bytes.saturating_sub(k * fb));
-                        let plain = zstd::bulk::decompress(&stored, want as usize)
-                            .map_err(|e| damaged(m, &format!("frame {k} does not decode: {e}")))?;
-                        if plain.len() as u64 != want {
-                            return Err(damaged(
-                                m,
-                                &format!("frame {k} decodes to {} bytes, not {want}", plain.len()),
-                            ));
-                        }
-                        frame_cache = Some(((piece.backup, k), plain));
-                    }
-                    let plain = frame_cache
-                        .as_ref()
-                        .map(|(_, p)| p)
-                        .ok_or(RestoreError::Internal)?;
-                    let from = (s - k * fb) as usize;
-                    if from >= plain.len() {
-                        return Err(damaged(
-                            m,
-                            &format!("frame {k} is shorter than the index says"),
-                        ));
-                    }
-                    let take = (plain.len() - from).min((piece.len - done) as usize);
-                    f.write_all_at(&plain[from..from + take], piece.file_off + done)
-                        .map_err(|e| io(wpath, e))?;
-                    done += take as u64;
-                }
-            }
-        }
-        written += piece.len;
-    }
-    Ok(written)
 }

@@ -250,11 +250,14 @@ impl std::fmt::Display for Kind {
     }
 }
 
-/// Where a DATA attribute lies in the stream: its first byte's offset and its length.
+/// Where a DATA attribute lies in the stream: its first byte's offset and its length; and
+/// the CRC-32C of its bytes alone as the stream computes CRCs (`crc32c_raw(0, bytes)`: zero
+/// seed, no inversion), taken as they passed and before the command's CRC matched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DataRef {
     pub offset: u64,
     pub len: u64,
+    pub crc: u32,
 }
 
 /// A time as the stream carries it.

@@ -19,8 +19,9 @@ enum State {
     CmdHeader,
     /// Collecting an attribute's header (2 or 4 bytes).
     TlvHeader,
-    /// Inside an attribute's value: `left` bytes to go; `keep` unless it is DATA.
-    Value { left: u32, keep: bool },
+    /// Inside an attribute's value: `left` bytes to go; `keep` unless it is DATA (or the
+    /// parser keeps data); `data` if it is DATA, whose CRC is taken apart.
+    Value { left: u32, keep: bool, data: bool },
     /// After the end command: nothing more may come.
     Ended,
 }
@@ -40,6 +41,8 @@ pub struct Parser {
     offset: u64,
     stored_crc: u32,
     crc: u32,
+    /// The command's CRC up to its DATA attribute's value (whose own CRC is then `crc`).
+    crc_before_data: u32,
     left: u32,
     /// Keep DATA too (`with_data`: applying a stream needs its bytes; indexing does not).
     keep_data: bool,
@@ -64,6 +67,7 @@ impl Parser {
             offset: 0,
             stored_crc: 0,
             crc: 0,
+            crc_before_data: 0,
             left: 0,
             keep_data: false,
         }
@@ -145,7 +149,7 @@ impl Parser {
                         self.start_value(u32::from(len), out)?;
                     }
                 }
-                State::Value { left, keep } => {
+                State::Value { left, keep, data } => {
                     let n = (left as usize).min(bytes.len());
                     let (now, rest) = bytes.split_at(n);
                     bytes = rest;
@@ -158,8 +162,11 @@ impl Parser {
                     self.left -= n as u32;
                     self.pos += n as u64;
                     let left = left - n as u32;
-                    self.state = State::Value { left, keep };
+                    self.state = State::Value { left, keep, data };
                     if left == 0 {
+                        if data {
+                            self.data_done();
+                        }
                         self.value_done(out)?;
                     }
                 }
@@ -310,14 +317,34 @@ impl Parser {
             cmd.data = Some(DataRef {
                 offset: pos,
                 len: u64::from(len),
+                crc: 0,
             });
+            // The data's own CRC from a zero seed; joined to the command's when it ends.
+            self.crc_before_data = self.crc;
+            self.crc = 0;
         }
         self.have = 0;
-        self.state = State::Value { left: len, keep };
+        self.state = State::Value {
+            left: len,
+            keep,
+            data: is_data,
+        };
         if len == 0 {
+            if is_data {
+                self.data_done();
+            }
             self.value_done(out)?;
         }
         Ok(())
+    }
+
+    /// The DATA value is complete: `crc` is its own CRC; the command's goes on from the CRC
+    /// before it as if the data had been run through it (CRC-32C is linear).
+    fn data_done(&mut self) {
+        if let Some(d) = self.cmd.as_mut().and_then(|c| c.data.as_mut()) {
+            d.crc = self.crc;
+            self.crc = crc32c::crc32c_combine(self.crc_before_data, self.crc, d.len as usize);
+        }
     }
 
     fn value_done(&mut self, out: &mut Vec<Command>) -> Result<(), StreamError> {
