@@ -41,8 +41,9 @@ pub struct Parser {
     offset: u64,
     stored_crc: u32,
     crc: u32,
-    /// The command's CRC up to its DATA attribute's value (whose own CRC is then `crc`).
-    crc_before_data: u32,
+    /// The CRC of the DATA attribute's value alone, beside the command's (a second pass of
+    /// hardware CRC over the data is cheaper than `crc32c_combine` per write).
+    data_crc: u32,
     left: u32,
     /// Keep DATA too (`with_data`: applying a stream needs its bytes; indexing does not).
     keep_data: bool,
@@ -67,7 +68,7 @@ impl Parser {
             offset: 0,
             stored_crc: 0,
             crc: 0,
-            crc_before_data: 0,
+            data_crc: 0,
             left: 0,
             keep_data: false,
         }
@@ -159,6 +160,9 @@ impl Parser {
                         }
                     }
                     self.crc = crc32c_raw(self.crc, now);
+                    if data {
+                        self.data_crc = crc32c_raw(self.data_crc, now);
+                    }
                     self.left -= n as u32;
                     self.pos += n as u64;
                     let left = left - n as u32;
@@ -319,9 +323,8 @@ impl Parser {
                 len: u64::from(len),
                 crc: 0,
             });
-            // The data's own CRC from a zero seed; joined to the command's when it ends.
-            self.crc_before_data = self.crc;
-            self.crc = 0;
+            // The data's own CRC, from a zero seed.
+            self.data_crc = 0;
         }
         self.have = 0;
         self.state = State::Value {
@@ -338,12 +341,10 @@ impl Parser {
         Ok(())
     }
 
-    /// The DATA value is complete: `crc` is its own CRC; the command's goes on from the CRC
-    /// before it as if the data had been run through it (CRC-32C is linear).
+    /// The DATA value is complete: its own CRC is `data_crc`.
     fn data_done(&mut self) {
         if let Some(d) = self.cmd.as_mut().and_then(|c| c.data.as_mut()) {
-            d.crc = self.crc;
-            self.crc = crc32c::crc32c_combine(self.crc_before_data, self.crc, d.len as usize);
+            d.crc = self.data_crc;
         }
     }
 

@@ -3,9 +3,12 @@
 //! command included), the parse with the tree built, the encoding, and the reading back
 //! (`decode`, which `ls` does) with the listing of every path.
 //!   btrfs send -q SNAPSHOT | index_phases
+//!   index_phases --synthetic FILES   (a version-2 stream made here, as the kernel orders a
+//!                                     full send: FILES files of 0-255 bytes in 1,000
+//!                                     directories, each made under a temporary name)
 //! Prints one JSON object. Not a test.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::time::Instant;
 
 use engine::fileindex::feed::Feed;
@@ -13,10 +16,26 @@ use engine::fileindex::format;
 use engine::sendstream::Parser;
 
 fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let mut stream = Vec::new();
-    if let Err(e) = std::io::stdin().read_to_end(&mut stream) {
-        eprintln!("index_phases: cannot read the stream from stdin: {e}");
-        return std::process::ExitCode::from(2);
+    match args.as_slice() {
+        [flag, n] if flag == "--synthetic" => match n.parse() {
+            Ok(n) => stream = synthetic(n),
+            Err(e) => {
+                eprintln!("index_phases: --synthetic {n}: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        [] => {
+            if let Err(e) = std::io::stdin().read_to_end(&mut stream) {
+                eprintln!("index_phases: cannot read the stream from stdin: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+        _ => {
+            eprintln!("usage: index_phases [--synthetic FILES] < STREAM");
+            return std::process::ExitCode::from(2);
+        }
     }
     const SLICE: usize = 1 << 20;
 
@@ -62,8 +81,17 @@ fn main() -> std::process::ExitCode {
     };
     let decode = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let listed = engine::restore::browse::entries(&decoded, b"", true).map_or(0, |e| e.len());
+    let listed = engine::restore::browse::entries(&decoded, b"", true).unwrap_or_default();
     let list = t.elapsed().as_secs_f64();
+    // What `ls --recursive --json` then prints, to nowhere.
+    let t = Instant::now();
+    let mut sink = std::io::BufWriter::new(std::io::sink());
+    for e in &listed {
+        let _ = serde_json::to_writer(&mut sink, e);
+        let _ = sink.write_all(b"\n");
+    }
+    let json = t.elapsed().as_secs_f64();
+    let listed = listed.len();
 
     let mib = stream.len() as f64 / f64::from(1 << 20);
     println!(
@@ -80,7 +108,90 @@ fn main() -> std::process::ExitCode {
             "encode_s": encode,
             "decode_s": decode,
             "list_s": list,
+            "json_lines_s": json,
         })
     );
     std::process::ExitCode::SUCCESS
+}
+
+/// A version-2 full send of `files` files (0-255 bytes each) in 1,000 directories, in the
+/// kernel's order: each inode made under its temporary name `o<ino>-<gen>-0`, renamed into
+/// place, written, owned, moded and timed.
+fn synthetic(files: u64) -> Vec<u8> {
+    use engine::sendstream::attr::*;
+    use engine::sendstream::encode::{time, u64le, Encoder};
+    use engine::sendstream::Kind;
+    let mut e = Encoder::new(2);
+    e.command(
+        Kind::Subvol,
+        &[(PATH, b"vol"), (UUID, &[1; 16]), (CTRANSID, &u64le(9))],
+        None,
+    );
+    let dirs = 1000u64;
+    let mut ino = 256u64;
+    let meta = |e: &mut Encoder, path: &[u8], mode: u64, n: u64| {
+        e.command(
+            Kind::Chown,
+            &[(PATH, path), (UID, &u64le(1000)), (GID, &u64le(1000))],
+            None,
+        );
+        e.command(Kind::Chmod, &[(PATH, path), (MODE, &u64le(mode))], None);
+        let t = time(1_700_000_000 + n as i64, 123_456_789);
+        e.command(
+            Kind::Utimes,
+            &[(PATH, path), (ATIME, &t), (MTIME, &t), (CTIME, &t)],
+            None,
+        );
+    };
+    let data = [b'x'; 256];
+    for d in 0..dirs {
+        ino += 1;
+        let tmp = format!("o{ino}-1-0");
+        e.command(
+            Kind::Mkdir,
+            &[(PATH, tmp.as_bytes()), (INO, &u64le(ino))],
+            None,
+        );
+        let name = format!("dir-{d:04}");
+        e.command(
+            Kind::Rename,
+            &[(PATH, tmp.as_bytes()), (PATH_TO, name.as_bytes())],
+            None,
+        );
+        meta(&mut e, name.as_bytes(), 0o755, d);
+    }
+    for f in 0..files {
+        ino += 1;
+        let tmp = format!("o{ino}-1-0");
+        e.command(
+            Kind::Mkfile,
+            &[(PATH, tmp.as_bytes()), (INO, &u64le(ino))],
+            None,
+        );
+        let name = format!("dir-{:04}/file-{f:07}.txt", f % dirs);
+        e.command(
+            Kind::Rename,
+            &[(PATH, tmp.as_bytes()), (PATH_TO, name.as_bytes())],
+            None,
+        );
+        let len = (f % 256) as usize;
+        if len > 0 {
+            e.command(
+                Kind::Write,
+                &[(PATH, name.as_bytes()), (FILE_OFFSET, &u64le(0))],
+                Some(&data[..len]),
+            );
+        }
+        meta(&mut e, name.as_bytes(), 0o644, f);
+    }
+    for d in 0..dirs {
+        let t = time(1_700_000_000, 0);
+        let name = format!("dir-{d:04}");
+        e.command(
+            Kind::Utimes,
+            &[(PATH, name.as_bytes()), (ATIME, &t), (MTIME, &t), (CTIME, &t)],
+            None,
+        );
+    }
+    e.finish()
 }
