@@ -266,9 +266,48 @@ impl<'a> In<'a> {
     }
 }
 
-/// Reads a stored index back, trusting nothing: returns the tree and the backup's place in
-/// its chain, or names the first thing wrong.
-pub fn decode(bytes: &[u8]) -> Result<(Tree, u32), FormatError> {
+/// An inode's fields as stored (before its xattrs and extents); a symlink's target borrowed.
+pub(crate) struct Head<'a> {
+    /// 0 file, 1 dir, 2 symlink, 3 fifo, 4 socket, 5 char device, 6 block device.
+    pub kind: u8,
+    pub target: &'a [u8],
+    pub rdev: u64,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub size: u64,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+    pub flags: u64,
+}
+
+/// What `read` hands on, each piece checked first: a `Tree` (`decode`) and a `Listing` are
+/// built from the same reader.
+pub(crate) trait Sink<'a> {
+    /// Inode `i` (0 is the root; inodes come in order).
+    fn inode(&mut self, i: usize, head: Head<'a>);
+    /// An xattr of the inode last handed on, names in increasing order.
+    fn xattr(&mut self, _name: &'a [u8], _value: &'a [u8]) {}
+    /// An extent of the inode last handed on, in file order.
+    fn extent(&mut self, _at: u64, _e: Extent) {}
+    /// Directory `dir`'s entry `name` names inode `child`; a directory's entries come
+    /// together, names in increasing order.
+    fn entry(&mut self, dir: usize, name: &'a [u8], child: usize);
+}
+
+/// The header of a stored index, and each inode's link count (the root's is 1).
+pub(crate) struct Header {
+    pub uuid: [u8; 16],
+    pub ctransid: u64,
+    pub backup: u32,
+    pub links: Vec<u32>,
+}
+
+/// Reads a stored index back, trusting nothing, handing each piece to `sink` once it is
+/// checked; then checks the whole shape as `Tree::check` does (every inode reached once
+/// from the root, directories named once, no directory inside itself).
+pub(crate) fn read<'a>(bytes: &'a [u8], sink: &mut impl Sink<'a>) -> Result<Header, FormatError> {
     let mut r = In { b: bytes, at: 0 };
     if bytes.len() < MAGIC.len() + 17 || &bytes[..MAGIC.len()] != MAGIC {
         return Err(r.bad("not a file index (no b2s3idx header)"));
@@ -290,19 +329,18 @@ pub fn decode(bytes: &[u8]) -> Result<(Tree, u32), FormatError> {
     if n == 0 {
         return Err(r.bad("no root directory"));
     }
-    let mut inodes: Vec<Inode> = Vec::with_capacity(n);
-    for i in 0..n {
-        let ftype = match r.byte()? {
-            0 => FileType::File,
-            1 => FileType::Dir,
-            2 => FileType::Symlink(r.bytes()?.to_vec()),
-            3 => FileType::Fifo,
-            4 => FileType::Socket,
-            5 => FileType::CharDev(r.u()?),
-            6 => FileType::BlockDev(r.u()?),
+    let mut is_dir = vec![false; n];
+    for (i, dir) in is_dir.iter_mut().enumerate() {
+        let kind = r.byte()?;
+        let (mut target, mut rdev) = (&b""[..], 0);
+        match kind {
+            0 | 1 | 3 | 4 => {}
+            2 => target = r.bytes()?,
+            5 | 6 => rdev = r.u()?,
             t => return Err(r.bad(format!("inode {i}: type {t}"))),
-        };
-        if i == 0 && ftype != FileType::Dir {
+        }
+        *dir = kind == 1;
+        if i == 0 && kind != 1 {
             return Err(r.bad("the root is not a directory"));
         }
         let mode = r.u32("mode")?;
@@ -314,15 +352,34 @@ pub fn decode(bytes: &[u8]) -> Result<(Tree, u32), FormatError> {
         let atime = r.time(mtime.sec)?;
         let ctime = r.time(mtime.sec)?;
         let flags = r.u()?;
-        let mut xattrs = BTreeMap::new();
+        sink.inode(
+            i,
+            Head {
+                kind,
+                target,
+                rdev,
+                mode,
+                uid,
+                gid,
+                size,
+                atime,
+                mtime,
+                ctime,
+                flags,
+            },
+        );
+        let mut last: Option<&[u8]> = None;
         for _ in 0..r.count(2)? {
-            let k = r.bytes()?.to_vec();
-            let v = r.bytes()?.to_vec();
-            if k.is_empty() || xattrs.insert(k, v).is_some() {
-                return Err(r.bad(format!("inode {i}: an empty or repeated xattr name")));
+            let k = r.bytes()?;
+            let v = r.bytes()?;
+            if k.is_empty() || last.is_some_and(|l| l >= k) {
+                return Err(r.bad(format!(
+                    "inode {i}: an empty, repeated or unordered xattr name"
+                )));
             }
+            last = Some(k);
+            sink.xattr(k, v);
         }
-        let mut extents = BTreeMap::new();
         let (mut end, mut stream_end) = (0u64, 0u64);
         for _ in 0..r.count(3)? {
             let gap = r.u()?;
@@ -398,33 +455,22 @@ pub fn decode(bytes: &[u8]) -> Result<(Tree, u32), FormatError> {
                     )));
                 }
             }
-            if ftype != FileType::File {
+            if kind != 0 {
                 return Err(r.bad(format!("inode {i}: data in a file that is not regular")));
             }
-            extents.insert(at, Extent { len, source });
+            sink.extent(at, Extent { len, source });
             end = at + len;
         }
-        inodes.push(Inode {
-            ftype,
-            mode,
-            uid,
-            gid,
-            size,
-            atime,
-            mtime,
-            ctime,
-            xattrs,
-            children: BTreeMap::new(),
-            nlink: 0,
-            extents,
-            flags,
-        });
     }
+    let mut links = vec![0u32; n];
+    // Each directory's parent (the root is its own), for the shape check below.
+    let mut parent: Vec<u32> = vec![u32::MAX; n];
+    parent[0] = 0;
     for i in 0..n {
-        if inodes[i].ftype != FileType::Dir {
+        if !is_dir[i] {
             continue;
         }
-        let mut children = BTreeMap::new();
+        let mut last: Option<&[u8]> = None;
         for _ in 0..r.count(2)? {
             let name = r.bytes()?;
             let child = r.u()?;
@@ -439,43 +485,138 @@ pub fn decode(bytes: &[u8]) -> Result<(Tree, u32), FormatError> {
                     String::from_utf8_lossy(name)
                 )));
             }
+            if last.is_some_and(|l| l >= name) {
+                return Err(r.bad(format!("directory {i}: a name twice or out of order")));
+            }
+            last = Some(name);
             let c = usize::try_from(child)
                 .ok()
                 .filter(|c| *c > 0 && *c < n)
                 .ok_or_else(|| r.bad(format!("directory {i}: an entry naming inode {child}")))?;
-            if children.insert(name.to_vec(), c as Ino + ROOT).is_some() {
-                return Err(r.bad(format!("directory {i}: a name twice")));
+            links[c] = links[c].saturating_add(1);
+            if is_dir[c] {
+                if links[c] > 1 {
+                    return Err(r.bad(format!("directory {c} is named twice")));
+                }
+                parent[c] = i as u32;
             }
-            inodes[c].nlink += 1;
+            sink.entry(i, name, c);
         }
-        inodes[i].children = children;
     }
     if r.at != bytes.len() {
         return Err(r.bad("bytes after the last directory"));
     }
-    // The root is named by no entry; the builder counts it as one link.
-    if inodes[0].nlink != 0 {
-        return Err(r.bad("an entry names the root"));
+    // The shape: every inode named (the root by nothing), and every directory's parents
+    // lead to the root (no directory inside itself), so every inode is reached once.
+    let shape = |what: String| FormatError {
+        at: bytes.len(),
+        what,
+    };
+    if links[0] != 0 {
+        return Err(shape("an entry names the root".into()));
     }
-    inodes[0].nlink = 1;
-    let tree = Tree::from_parts(
+    links[0] = 1;
+    if let Some(i) = links.iter().position(|l| *l == 0) {
+        return Err(shape(format!("inode {i} is named by no entry")));
+    }
+    // 0 unknown, 1 on the current path, 2 reaches the root.
+    let mut state = vec![0u8; n];
+    state[0] = 2;
+    let mut path = Vec::new();
+    for d in 0..n {
+        let mut at = d;
+        while is_dir[at] && state[at] == 0 {
+            state[at] = 1;
+            path.push(at);
+            at = parent[at] as usize;
+        }
+        if is_dir[at] && state[at] == 1 {
+            return Err(shape(format!("directory {at} lies inside itself")));
+        }
+        for p in path.drain(..) {
+            state[p] = 2;
+        }
+    }
+    Ok(Header {
         uuid,
         ctransid,
+        backup,
+        links,
+    })
+}
+
+/// Builds a `Tree` from what `read` hands on.
+struct TreeSink {
+    inodes: Vec<Inode>,
+}
+
+impl<'a> Sink<'a> for TreeSink {
+    fn inode(&mut self, _: usize, h: Head<'a>) {
+        let ftype = match h.kind {
+            0 => FileType::File,
+            1 => FileType::Dir,
+            2 => FileType::Symlink(h.target.to_vec()),
+            3 => FileType::Fifo,
+            4 => FileType::Socket,
+            5 => FileType::CharDev(h.rdev),
+            _ => FileType::BlockDev(h.rdev),
+        };
+        self.inodes.push(Inode {
+            ftype,
+            mode: h.mode,
+            uid: h.uid,
+            gid: h.gid,
+            size: h.size,
+            atime: h.atime,
+            mtime: h.mtime,
+            ctime: h.ctime,
+            xattrs: BTreeMap::new(),
+            children: BTreeMap::new(),
+            nlink: 0,
+            extents: BTreeMap::new(),
+            flags: h.flags,
+        });
+    }
+    fn xattr(&mut self, name: &'a [u8], value: &'a [u8]) {
+        if let Some(n) = self.inodes.last_mut() {
+            n.xattrs.insert(name.to_vec(), value.to_vec());
+        }
+    }
+    fn extent(&mut self, at: u64, e: Extent) {
+        if let Some(n) = self.inodes.last_mut() {
+            n.extents.insert(at, e);
+        }
+    }
+    fn entry(&mut self, dir: usize, name: &'a [u8], child: usize) {
+        if let Some(d) = self.inodes.get_mut(dir) {
+            d.children.insert(name.to_vec(), child as Ino + ROOT);
+        }
+    }
+}
+
+/// Reads a stored index back, trusting nothing: returns the tree and the backup's place in
+/// its chain, or names the first thing wrong. What it returns passes `Tree::check`.
+pub fn decode(bytes: &[u8]) -> Result<(Tree, u32), FormatError> {
+    let mut sink = TreeSink { inodes: Vec::new() };
+    let h = read(bytes, &mut sink)?;
+    let mut inodes = sink.inodes;
+    for (node, links) in inodes.iter_mut().zip(&h.links) {
+        node.nlink = *links;
+    }
+    let tree = Tree::from_parts(
+        h.uuid,
+        h.ctransid,
         inodes
             .into_iter()
             .enumerate()
             .map(|(i, node)| (i as Ino + ROOT, node))
             .collect(),
     );
-    tree.check().map_err(|what| FormatError {
-        at: bytes.len(),
-        what,
-    })?;
-    Ok((tree, backup))
+    Ok((tree, h.backup))
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A tree with every kind of inode, hard links, xattrs and every extent source.
@@ -695,6 +836,12 @@ mod tests {
         ];
         let mut accepted = 0u64;
         let n = fault_injection::fuzz::run(&seeds, |b| {
+            // The listing reads the same bytes the same way.
+            let listing = super::super::Listing::decode(b.to_vec());
+            assert_eq!(listing.is_ok(), decode(b).is_ok());
+            if let (Ok((t, _)), Ok(l)) = (decode(b), listing) {
+                super::super::listing::tests::assert_same(&t, &l);
+            }
             if let Ok((t, backup)) = decode(b) {
                 accepted += 1;
                 // Whatever is accepted is a sound tree that writes back the same way.

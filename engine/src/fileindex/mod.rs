@@ -17,10 +17,12 @@
 pub mod build;
 pub mod feed;
 pub mod format;
+pub mod listing;
 pub mod stored;
 #[cfg(test)]
 mod tests;
 pub mod tree;
 
 pub use build::{Builder, IndexError};
+pub use listing::{Listing, Names};
 pub use tree::{Check, Extent, FileType, Ino, Inode, Source, Tree};

@@ -9,7 +9,7 @@
 use bytes::BytesMut;
 
 use super::format;
-use super::Tree;
+use super::{Listing, Tree};
 use crate::manifest::IndexEntry;
 use crate::seal::{Opener, SealError, Sealer};
 
@@ -145,29 +145,56 @@ pub fn open(
 
 /// `format::decode` of plain bytes the manifest entry describes.
 pub fn decode_checked(plain: &[u8], ix: &IndexEntry) -> Result<Tree, StoredError> {
-    let (tree, position) = format::decode(plain).map_err(|e| StoredError::Damaged {
+    check_version(plain, ix)?;
+    let (tree, position) = format::decode(plain).map_err(|e| damaged(ix, e.to_string()))?;
+    check_position(position, ix)?;
+    Ok(tree)
+}
+
+/// What `ls` and `find` need of the index the manifest entry describes, without its tree.
+pub fn open_listing(
+    stored: &[u8],
+    ix: &IndexEntry,
+    sealed: Option<(&Opener, usize)>,
+) -> Result<Listing, StoredError> {
+    let plain = unpack(stored, ix, sealed)?;
+    check_version(&plain, ix)?;
+    let l = Listing::decode(plain).map_err(|e| damaged(ix, e.to_string()))?;
+    check_position(l.backup, ix)?;
+    Ok(l)
+}
+
+fn damaged(ix: &IndexEntry, what: String) -> StoredError {
+    StoredError::Damaged {
         key: ix.key.clone(),
-        what: e.to_string(),
-    })?;
+        what,
+    }
+}
+
+fn check_version(plain: &[u8], ix: &IndexEntry) -> Result<(), StoredError> {
     let version = plain.get(format::MAGIC.len()).copied().map(u32::from);
     if version != Some(ix.format) {
-        return Err(StoredError::Damaged {
-            key: ix.key.clone(),
-            what: format!(
+        return Err(damaged(
+            ix,
+            format!(
                 "in format {}, the manifest says {}",
                 version.unwrap_or(0),
                 ix.format
             ),
-        });
+        ));
     }
+    Ok(())
+}
+
+fn check_position(position: u32, ix: &IndexEntry) -> Result<(), StoredError> {
     if position != ix.position {
-        return Err(StoredError::Damaged {
-            key: ix.key.clone(),
-            what: format!(
+        return Err(damaged(
+            ix,
+            format!(
                 "made for chain position {position}, the manifest says {}",
                 ix.position
             ),
-        });
+        ));
     }
-    Ok(tree)
+    Ok(())
 }

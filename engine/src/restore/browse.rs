@@ -8,12 +8,17 @@ use serde::Serialize;
 
 use super::chain::resolve;
 use super::{opener_for, RestoreError, Selector};
+use std::sync::Arc;
+
+use crate::fileindex::listing::Kind;
 use crate::fileindex::stored::{self, StoredError};
 use crate::fileindex::tree::ROOT;
-use crate::fileindex::{FileType, Ino, Tree};
+use crate::fileindex::{Ino, Listing, Names, Tree};
 use crate::machine::Keys;
 use crate::manifest::fetch;
+use crate::manifest::IndexEntry;
 use crate::manifest::Manifest;
+use crate::seal::Opener;
 use crate::store::ObjectStore;
 
 impl From<StoredError> for RestoreError {
@@ -25,26 +30,27 @@ impl From<StoredError> for RestoreError {
     }
 }
 
-/// The manifest a selector names and the tree its index holds.
+/// The manifest a selector names and the listing of its index.
 pub async fn open_index(
     store: &dyn ObjectStore,
     keys: &Keys,
     subvolume: &str,
     selector: &Selector,
     identity_file: Option<&Path>,
-) -> Result<(Manifest, Tree), RestoreError> {
+) -> Result<(Manifest, Listing), RestoreError> {
     let key = resolve(store, keys, subvolume, selector).await?;
     let m = fetch::manifest(store, keys, subvolume, &key).await?;
-    let tree = tree_of(store, &m, identity_file).await?;
-    Ok((m, tree))
+    let listing = listing_of(store, &m, identity_file).await?;
+    Ok((m, listing))
 }
 
-/// The tree of a validated manifest's index.
-pub async fn tree_of(
+/// The stored bytes of a validated manifest's index, its entry, and the identities that
+/// open it when it is sealed.
+async fn fetch_index<'m>(
     store: &dyn ObjectStore,
-    m: &Manifest,
+    m: &'m Manifest,
     identity_file: Option<&Path>,
-) -> Result<Tree, RestoreError> {
+) -> Result<(bytes::Bytes, &'m IndexEntry, Option<Arc<Opener>>), RestoreError> {
     let ix = m.index.as_ref().ok_or_else(|| {
         RestoreError::NotFound(format!(
             "backup {} of `{}` has no file index (made by an older build, with file_index = false, or on a parent without one); restore it whole instead",
@@ -52,12 +58,35 @@ pub async fn tree_of(
         ))
     })?;
     let opener = opener_for(identity_file, std::iter::once(m))?;
-    let sealed = match (&opener, &m.encryption) {
+    let bytes = store.get_range(&ix.key, 0, ix.stored_bytes).await?;
+    Ok((bytes, ix, opener))
+}
+
+fn sealed<'o>(opener: &'o Option<Arc<Opener>>, m: &Manifest) -> Option<(&'o Opener, usize)> {
+    match (opener, &m.encryption) {
         (Some(o), Some(e)) => Some((o.as_ref(), e.recipients.len())),
         _ => None,
-    };
-    let bytes = store.get_range(&ix.key, 0, ix.stored_bytes).await?;
-    Ok(stored::open(&bytes, ix, sealed)?)
+    }
+}
+
+/// The tree of a validated manifest's index (all of it: what `restore --path` needs).
+pub async fn tree_of(
+    store: &dyn ObjectStore,
+    m: &Manifest,
+    identity_file: Option<&Path>,
+) -> Result<Tree, RestoreError> {
+    let (bytes, ix, opener) = fetch_index(store, m, identity_file).await?;
+    Ok(stored::open(&bytes, ix, sealed(&opener, m))?)
+}
+
+/// The listing of a validated manifest's index (what `ls` and `find` need).
+pub async fn listing_of(
+    store: &dyn ObjectStore,
+    m: &Manifest,
+    identity_file: Option<&Path>,
+) -> Result<Listing, RestoreError> {
+    let (bytes, ix, opener) = fetch_index(store, m, identity_file).await?;
+    Ok(stored::open_listing(&bytes, ix, sealed(&opener, m))?)
 }
 
 /// One entry as `ls --json` prints it (one per line). Names are escaped (`escape`): a
@@ -151,38 +180,33 @@ pub fn unescape(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn kind_name(t: &FileType) -> &'static str {
-    match t {
-        FileType::File => "file",
-        FileType::Dir => "dir",
-        FileType::Symlink(_) => "symlink",
-        FileType::Fifo => "fifo",
-        FileType::Socket => "socket",
-        FileType::CharDev(_) => "chardev",
-        FileType::BlockDev(_) => "blockdev",
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::File => "file",
+        Kind::Dir => "dir",
+        Kind::Symlink => "symlink",
+        Kind::Fifo => "fifo",
+        Kind::Socket => "socket",
+        Kind::CharDev => "chardev",
+        Kind::BlockDev => "blockdev",
     }
 }
 
-fn entry(tree: &Tree, path: Vec<u8>, ino: Ino) -> Option<Entry> {
-    let i = tree.inode(ino)?;
+fn entry(names: &impl Names, path: Vec<u8>, ino: Ino) -> Option<Entry> {
+    let i = names.meta(ino)?;
+    let link = i.kind == Kind::Symlink;
     Some(Entry {
         path,
-        kind: kind_name(&i.ftype),
+        kind: kind_name(i.kind),
         // A symlink's size is its target's length, as lstat(2) gives it.
-        size: match &i.ftype {
-            FileType::Symlink(t) => t.len() as u64,
-            _ => i.size,
-        },
+        size: if link { i.target.len() as u64 } else { i.size },
         mode: i.mode,
         uid: i.uid,
         gid: i.gid,
         mtime: i.mtime.sec,
         mtime_nsec: i.mtime.nsec,
         nlink: i.nlink,
-        target: match &i.ftype {
-            FileType::Symlink(t) => Some(t.clone()),
-            _ => None,
-        },
+        target: link.then(|| i.target.to_vec()),
         inode: ino,
     })
 }
@@ -198,35 +222,31 @@ pub fn normalize(path: &[u8]) -> Vec<u8> {
 
 /// What `ls` shows of `path` (the subvolume's root when empty): a directory's entries (all
 /// below it with `recursive`), or the one entry that is not a directory. Sorted by path.
-pub fn entries(tree: &Tree, path: &[u8], recursive: bool) -> Result<Vec<Entry>, String> {
+pub fn entries(names: &impl Names, path: &[u8], recursive: bool) -> Result<Vec<Entry>, String> {
     let path = normalize(path);
-    let ino = if path.is_empty() {
-        ROOT
-    } else {
-        tree.lookup(&path)
-            .ok_or_else(|| format!("{}: no such path in this backup", escape(&path)))?
-    };
-    let node = tree.inode(ino).ok_or("the index names a missing inode")?;
-    if node.ftype != FileType::Dir {
-        return Ok(entry(tree, path, ino).into_iter().collect());
+    let ino = names
+        .lookup(&path)
+        .ok_or_else(|| format!("{}: no such path in this backup", escape(&path)))?;
+    let node = names.meta(ino).ok_or("the index names a missing inode")?;
+    if node.kind != Kind::Dir {
+        return Ok(entry(names, path, ino).into_iter().collect());
     }
     let mut out = Vec::new();
-    let mut stack = vec![(path, ino)];
-    while let Some((dir, d)) = stack.pop() {
-        let Some(n) = tree.inode(d) else { continue };
-        for (name, child) in &n.children {
-            let mut p = dir.clone();
+    if recursive {
+        names.walk(&path, ino, &mut |p, child| {
+            out.extend(entry(names, p.to_vec(), child));
+        });
+    } else {
+        names.each_child(ino, &mut |name, child| {
+            let mut p = path.clone();
             if !p.is_empty() {
                 p.push(b'/');
             }
             p.extend_from_slice(name);
-            if recursive && tree.inode(*child).is_some_and(|c| c.ftype == FileType::Dir) {
-                stack.push((p.clone(), *child));
-            }
-            out.extend(entry(tree, p, *child));
-        }
+            out.extend(entry(names, p, child));
+        });
     }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 
@@ -366,24 +386,25 @@ pub async fn find(
             continue;
         }
         // One damaged index does not hide the other backups' answers.
-        let tree = match tree_of(store, &m, identity_file).await {
-            Ok(t) => t,
+        let listing = match listing_of(store, &m, identity_file).await {
+            Ok(l) => l,
             Err(e) if !e.is_retryable() => {
                 report.damaged.push((id, e));
                 continue;
             }
             Err(e) => return Err(e),
         };
-        for (path, ino) in tree.entries() {
-            if pattern.matches(&path) {
-                report
-                    .found
-                    .extend(entry(&tree, path, ino).map(|entry| Found {
-                        backup_id: id.clone(),
-                        entry,
-                    }));
+        let mut found = Vec::new();
+        listing.walk(b"", ROOT, &mut |path, ino| {
+            if pattern.matches(path) {
+                found.extend(entry(&listing, path.to_vec(), ino).map(|entry| Found {
+                    backup_id: id.clone(),
+                    entry,
+                }));
             }
-        }
+        });
+        found.sort_unstable_by(|a, b| a.entry.path.cmp(&b.entry.path));
+        report.found.extend(found);
         report.searched.push(id);
     }
     Ok(report)

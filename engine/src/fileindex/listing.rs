@@ -1,0 +1,354 @@
+//! `Listing`: what `ls` and `find` show of a stored index (names, types, modes, owners,
+//! sizes, mtimes, link counts, symlink targets), read straight from the encoded bytes by
+//! `format::read`, so with every check a decoded `Tree` gets, but without building one: no
+//! maps, no extents or xattrs kept, names and targets as ranges of the bytes it owns. About
+//! 80 bytes an inode and 16 an entry besides those bytes; a `Tree` of small files takes
+//! about 1.4 KiB a file. `Names` is what listing needs of either.
+//!
+//! *Invariants:* inode numbers are a decoded `Tree`'s (place in the stored order + `ROOT`);
+//! each directory's entries are in name order; every range lies inside `bytes`.
+
+use super::format::{self, FormatError, Head, Sink};
+use super::tree::{FileType, Ino, Tree, ROOT};
+use crate::sendstream::Timespec;
+
+/// An inode's type, without its details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDev,
+    BlockDev,
+}
+
+impl Kind {
+    fn of_stored(code: u8) -> Kind {
+        match code {
+            0 => Kind::File,
+            1 => Kind::Dir,
+            2 => Kind::Symlink,
+            3 => Kind::Fifo,
+            4 => Kind::Socket,
+            5 => Kind::CharDev,
+            _ => Kind::BlockDev,
+        }
+    }
+
+    pub fn of(t: &FileType) -> Kind {
+        match t {
+            FileType::File => Kind::File,
+            FileType::Dir => Kind::Dir,
+            FileType::Symlink(_) => Kind::Symlink,
+            FileType::Fifo => Kind::Fifo,
+            FileType::Socket => Kind::Socket,
+            FileType::CharDev(_) => Kind::CharDev,
+            FileType::BlockDev(_) => Kind::BlockDev,
+        }
+    }
+}
+
+/// One inode as a listing shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta<'a> {
+    pub kind: Kind,
+    /// A symlink's target (empty for anything else).
+    pub target: &'a [u8],
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: Timespec,
+    pub nlink: u32,
+}
+
+/// What listing a snapshot's tree needs: a `Tree` or a `Listing`.
+pub trait Names {
+    fn meta(&self, ino: Ino) -> Option<Meta<'_>>;
+    /// Calls `f(name, inode)` for each entry of directory `ino`, in name order.
+    fn each_child(&self, ino: Ino, f: &mut dyn FnMut(&[u8], Ino));
+    /// The entry `name` of directory `dir`.
+    fn child(&self, dir: Ino, name: &[u8]) -> Option<Ino>;
+
+    /// The inode at `path` ("" is the root).
+    fn lookup(&self, path: &[u8]) -> Option<Ino> {
+        if path.is_empty() {
+            return Some(ROOT);
+        }
+        let mut at = ROOT;
+        for c in path.split(|&b| b == b'/') {
+            at = self.child(at, c)?;
+        }
+        Some(at)
+    }
+
+    /// Every path below directory `top` (itself at `prefix`) with its inode, a directory
+    /// before what it holds (no other order: callers sort what they show).
+    fn walk(&self, prefix: &[u8], top: Ino, f: &mut dyn FnMut(&[u8], Ino)) {
+        let mut stack: Vec<(Vec<u8>, Ino)> = vec![(prefix.to_vec(), top)];
+        let mut kids: Vec<(Vec<u8>, Ino)> = Vec::new();
+        while let Some((dir, d)) = stack.pop() {
+            self.each_child(d, &mut |name, child| {
+                let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
+                p.extend_from_slice(&dir);
+                if !p.is_empty() {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(name);
+                kids.push((p, child));
+            });
+            for (p, child) in kids.drain(..) {
+                f(&p, child);
+                if self.meta(child).is_some_and(|m| m.kind == Kind::Dir) {
+                    stack.push((p, child));
+                }
+            }
+        }
+    }
+}
+
+impl Names for Tree {
+    fn meta(&self, ino: Ino) -> Option<Meta<'_>> {
+        let i = self.inode(ino)?;
+        Some(Meta {
+            kind: Kind::of(&i.ftype),
+            target: match &i.ftype {
+                FileType::Symlink(t) => t,
+                _ => b"",
+            },
+            size: i.size,
+            mode: i.mode,
+            uid: i.uid,
+            gid: i.gid,
+            mtime: i.mtime,
+            nlink: i.nlink,
+        })
+    }
+
+    fn each_child(&self, ino: Ino, f: &mut dyn FnMut(&[u8], Ino)) {
+        if let Some(i) = self.inode(ino) {
+            for (name, child) in &i.children {
+                f(name, *child);
+            }
+        }
+    }
+
+    fn child(&self, dir: Ino, name: &[u8]) -> Option<Ino> {
+        self.inode(dir)?.children.get(name).copied()
+    }
+}
+
+struct Node {
+    kind: Kind,
+    mode: u32,
+    nlink: u32,
+    uid: u64,
+    gid: u64,
+    size: u64,
+    mtime: Timespec,
+    /// The symlink target's range in `bytes`.
+    target: (u64, u32),
+    /// A directory's entries: `entries[first..first + count]`.
+    first: u32,
+    count: u32,
+}
+
+/// A directory entry: the name's range in `bytes`, and the inode's place.
+struct Name {
+    start: u64,
+    len: u32,
+    child: u32,
+}
+
+/// A stored index's names and what `ls` shows of each inode.
+pub struct Listing {
+    pub uuid: [u8; 16],
+    pub ctransid: u64,
+    /// The backup's place in its chain.
+    pub backup: u32,
+    bytes: Vec<u8>,
+    nodes: Vec<Node>,
+    entries: Vec<Name>,
+}
+
+struct ListSink {
+    base: usize,
+    nodes: Vec<Node>,
+    entries: Vec<Name>,
+}
+
+impl ListSink {
+    /// The range of `s`, a slice of the bytes `decode` read (under 4 GiB: `len` is exact).
+    fn range(&self, s: &[u8]) -> (u64, u32) {
+        // An empty one need not point into them (the reader's "no target").
+        match (s.as_ptr() as usize).checked_sub(self.base) {
+            Some(at) if !s.is_empty() => (at as u64, s.len() as u32),
+            _ => (0, 0),
+        }
+    }
+}
+
+impl<'a> Sink<'a> for ListSink {
+    fn inode(&mut self, _: usize, h: Head<'a>) {
+        let target = self.range(h.target);
+        self.nodes.push(Node {
+            kind: Kind::of_stored(h.kind),
+            mode: h.mode,
+            nlink: 0,
+            uid: h.uid,
+            gid: h.gid,
+            size: h.size,
+            mtime: h.mtime,
+            target,
+            first: 0,
+            count: 0,
+        });
+    }
+
+    fn entry(&mut self, dir: usize, name: &'a [u8], child: usize) {
+        let (start, len) = self.range(name);
+        let at = self.entries.len() as u32;
+        if let Some(d) = self.nodes.get_mut(dir) {
+            if d.count == 0 {
+                d.first = at;
+            }
+            d.count += 1;
+        }
+        self.entries.push(Name {
+            start,
+            len,
+            child: child as u32,
+        });
+    }
+}
+
+impl Listing {
+    /// Reads encoded index bytes (as `format::decode` does, with the same checks).
+    pub fn decode(bytes: Vec<u8>) -> Result<Listing, FormatError> {
+        if u32::try_from(bytes.len()).is_err() {
+            return Err(FormatError {
+                at: 0,
+                what: "more than 4 GiB".into(),
+            });
+        }
+        let mut sink = ListSink {
+            base: bytes.as_ptr() as usize,
+            nodes: Vec::new(),
+            entries: Vec::new(),
+        };
+        let h = format::read(&bytes, &mut sink)?;
+        let mut nodes = sink.nodes;
+        for (n, links) in nodes.iter_mut().zip(&h.links) {
+            n.nlink = *links;
+        }
+        Ok(Listing {
+            uuid: h.uuid,
+            ctransid: h.ctransid,
+            backup: h.backup,
+            bytes,
+            nodes,
+            entries: sink.entries,
+        })
+    }
+
+    fn node(&self, ino: Ino) -> Option<&Node> {
+        let i = usize::try_from(ino.checked_sub(ROOT)?).ok()?;
+        self.nodes.get(i)
+    }
+
+    fn slice(&self, start: u64, len: u32) -> &[u8] {
+        let s = start as usize;
+        self.bytes.get(s..s + len as usize).unwrap_or_default()
+    }
+
+    fn names(&self, ino: Ino) -> &[Name] {
+        self.node(ino)
+            .and_then(|n| {
+                self.entries
+                    .get(n.first as usize..n.first as usize + n.count as usize)
+            })
+            .unwrap_or_default()
+    }
+
+    /// Inodes in the listing.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+impl Names for Listing {
+    fn meta(&self, ino: Ino) -> Option<Meta<'_>> {
+        let n = self.node(ino)?;
+        Some(Meta {
+            kind: n.kind,
+            target: self.slice(n.target.0, n.target.1),
+            size: n.size,
+            mode: n.mode,
+            uid: n.uid,
+            gid: n.gid,
+            mtime: n.mtime,
+            nlink: n.nlink,
+        })
+    }
+
+    fn each_child(&self, ino: Ino, f: &mut dyn FnMut(&[u8], Ino)) {
+        for e in self.names(ino) {
+            f(self.slice(e.start, e.len), Ino::from(e.child) + ROOT);
+        }
+    }
+
+    fn child(&self, dir: Ino, name: &[u8]) -> Option<Ino> {
+        let names = self.names(dir);
+        names
+            .binary_search_by(|e| self.slice(e.start, e.len).cmp(name))
+            .ok()
+            .map(|i| Ino::from(names[i].child) + ROOT)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Every path of `t` and `l` with what each shows of it, and the lookups.
+    pub(crate) fn assert_same(t: &Tree, l: &Listing) {
+        fn all(n: &impl Names) -> Vec<(Vec<u8>, Ino)> {
+            let mut v = Vec::new();
+            n.walk(b"", ROOT, &mut |p, i| v.push((p.to_vec(), i)));
+            v.sort();
+            v
+        }
+        let (a, b) = (all(t), all(l));
+        assert_eq!(a, b);
+        assert_eq!(a.len() as u64, t.entry_count());
+        assert_eq!(t.len(), l.len());
+        for (p, i) in &a {
+            assert_eq!(t.meta(*i), l.meta(*i), "{p:?}");
+            assert_eq!(l.lookup(p), Some(*i), "{p:?}");
+            assert_eq!(t.lookup(p), Some(*i), "{p:?}");
+        }
+        assert_eq!((t.uuid, t.ctransid), (l.uuid, l.ctransid));
+    }
+
+    #[test]
+    fn a_listing_shows_what_the_tree_shows() {
+        let t = super::super::format::tests::sample();
+        let bytes = super::super::format::encode(&t, 2);
+        let l = Listing::decode(bytes.clone()).expect("reads");
+        assert_eq!(l.backup, 2);
+        let (back, _) = super::super::format::decode(&bytes).expect("decodes");
+        assert_same(&back, &l);
+        assert_eq!(l.lookup(b"d/f"), l.lookup(b"\xfe name"));
+        assert_eq!(l.lookup(b"d/nothing"), None);
+        assert_eq!(l.lookup(b"l/below-a-symlink"), None);
+        let link = l.meta(l.lookup(b"l").expect("l")).expect("meta");
+        assert_eq!((link.kind, link.target), (Kind::Symlink, &b"/abs/\xff"[..]));
+        assert_eq!(l.meta(l.lookup(b"d/f").expect("f")).expect("f").nlink, 2);
+    }
+}
