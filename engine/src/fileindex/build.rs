@@ -29,6 +29,9 @@ pub enum IndexError {
 /// Applies one stream's commands to a tree.
 pub struct Builder {
     tree: Tree,
+    /// The directory resolved last, by path (the kernel sends a file's commands together,
+    /// so most paths are in it). Forgotten when a directory moves or goes.
+    dirs: DirCache,
     /// An incremental's parent as it was, for CLONEs from it.
     parent: Option<Tree>,
     backup: u32,
@@ -41,6 +44,7 @@ impl Builder {
     pub fn full(backup: u32) -> Builder {
         Builder {
             tree: Tree::empty([0; 16], 0),
+            dirs: DirCache::default(),
             parent: None,
             backup,
             started: false,
@@ -52,6 +56,7 @@ impl Builder {
     pub fn incremental(parent: Tree, backup: u32) -> Builder {
         Builder {
             tree: parent.clone(),
+            dirs: DirCache::default(),
             parent: Some(parent),
             backup,
             started: false,
@@ -86,7 +91,10 @@ impl Builder {
             return Err(order(problem.into()));
         }
         let starts = matches!(op, Op::Subvol { .. } | Op::Snapshot { .. });
-        let at = Applying { cmd };
+        let at = Applying {
+            cmd,
+            dirs: &self.dirs,
+        };
         match op {
             Op::Subvol { uuid, ctransid, .. } => {
                 if self.parent.is_some() {
@@ -160,6 +168,7 @@ impl Builder {
                 }
                 at.detach(&mut self.tree, path)?;
                 self.tree.inodes.remove(&ino);
+                at.dirs.forget();
             }
             Op::SetXattr { path, name, data } => {
                 at.node(&mut self.tree, path)?
@@ -206,7 +215,10 @@ impl Builder {
                     Ok(CloneFrom::Parent) => parent.unwrap_or(&self.tree),
                     Err(problem) => return Err(order(problem)),
                 };
-                let src = at.find(from, source)?;
+                // Not `at.find`: its cache is of this tree, and `from` may be the parent's.
+                let src = from
+                    .lookup(source)
+                    .ok_or_else(|| at.bad(source, "does not exist"))?;
                 let node = &from.inodes[&src];
                 if node.ftype != FileType::File {
                     return Err(at.bad(source, "is not a regular file to clone from"));
@@ -342,9 +354,32 @@ fn drop_link(tree: &mut Tree, ino: Ino) {
     }
 }
 
+/// The last directory resolved: its path and inode.
+#[derive(Default)]
+struct DirCache(std::cell::RefCell<(Vec<u8>, Option<Ino>)>);
+
+impl DirCache {
+    fn get(&self, dir: &[u8]) -> Option<Ino> {
+        let c = self.0.borrow();
+        c.1.filter(|_| c.0 == dir)
+    }
+
+    fn set(&self, dir: &[u8], ino: Ino) {
+        let mut c = self.0.borrow_mut();
+        c.0.clear();
+        c.0.extend_from_slice(dir);
+        c.1 = Some(ino);
+    }
+
+    fn forget(&self) {
+        self.0.borrow_mut().1 = None;
+    }
+}
+
 /// Path resolution for one command, with errors naming it.
 struct Applying<'c> {
     cmd: &'c Command,
+    dirs: &'c DirCache,
 }
 
 impl Applying<'_> {
@@ -358,8 +393,29 @@ impl Applying<'_> {
     }
 
     fn find(&self, tree: &Tree, path: &[u8]) -> Result<Ino, IndexError> {
-        tree.lookup(path)
+        self.lookup(tree, path)
             .ok_or_else(|| self.bad(path, "does not exist"))
+    }
+
+    /// `tree.lookup(path)`, its directory from the cache when it is the last one.
+    fn lookup(&self, tree: &Tree, path: &[u8]) -> Option<Ino> {
+        let Some(i) = path.iter().rposition(|&b| b == b'/') else {
+            return tree.lookup(path);
+        };
+        let d = self.dir(tree, &path[..i])?;
+        tree.inodes.get(&d)?.children.get(&path[i + 1..]).copied()
+    }
+
+    /// The inode at `dir` (a directory or not), remembered when it is a directory.
+    fn dir(&self, tree: &Tree, dir: &[u8]) -> Option<Ino> {
+        if let Some(d) = self.dirs.get(dir) {
+            return Some(d);
+        }
+        let d = tree.lookup(dir)?;
+        if tree.inodes.get(&d).is_some_and(Inode::is_dir) {
+            self.dirs.set(dir, d);
+        }
+        Some(d)
     }
 
     fn node<'t>(&self, tree: &'t mut Tree, path: &[u8]) -> Result<&'t mut Inode, IndexError> {
@@ -387,7 +443,9 @@ impl Applying<'_> {
             Some(i) => (&path[..i], &path[i + 1..]),
             None => (&b""[..], path),
         };
-        let d = self.find(tree, dir)?;
+        let d = self
+            .dir(tree, dir)
+            .ok_or_else(|| self.bad(dir, "does not exist"))?;
         if !tree.inodes[&d].is_dir() {
             return Err(self.bad(dir, "is not a directory"));
         }
@@ -430,12 +488,15 @@ impl Applying<'_> {
             return Ok(());
         }
         // Two names of one inode: rename(2) does nothing.
-        if tree.lookup(to) == Some(ino) {
+        let old = self.lookup(tree, to);
+        if old == Some(ino) {
             return Ok(());
         }
         let moving_dir = tree.inodes[&ino].is_dir();
         // A directory never moves below itself.
         if moving_dir {
+            // Paths below it change: nothing remembered holds (nor will, once moved).
+            self.dirs.forget();
             let mut p = to.to_vec();
             while let Some(i) = p.iter().rposition(|&b| b == b'/') {
                 p.truncate(i);
@@ -444,7 +505,7 @@ impl Applying<'_> {
                 }
             }
         }
-        if let Some(old) = tree.lookup(to) {
+        if let Some(old) = old {
             let node = &tree.inodes[&old];
             match (moving_dir, node.is_dir()) {
                 (true, true) if node.children.is_empty() => {
@@ -459,6 +520,10 @@ impl Applying<'_> {
             }
         }
         self.detach(tree, from)?;
-        self.attach(tree, to, ino)
+        self.attach(tree, to, ino)?;
+        if moving_dir {
+            self.dirs.forget();
+        }
+        Ok(())
     }
 }

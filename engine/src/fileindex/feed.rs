@@ -52,12 +52,13 @@ impl Feed {
             self.error = Some(format!("the send stream: {e}"));
             return;
         }
-        for c in self.cmds.drain(..) {
-            if let Err(e) = self.builder.apply(&c) {
+        for c in &self.cmds {
+            if let Err(e) = self.builder.apply(c) {
                 self.error = Some(e.to_string());
                 return;
             }
         }
+        self.parser.recycle(&mut self.cmds);
     }
 
     /// The index, once the whole stream was pushed; or why there is none.

@@ -573,7 +573,7 @@ impl<'a> Sink<'a> for TreeSink {
             xattrs: BTreeMap::new(),
             children: BTreeMap::new(),
             nlink: 0,
-            extents: BTreeMap::new(),
+            extents: Default::default(),
             flags: h.flags,
         });
     }

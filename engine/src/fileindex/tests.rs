@@ -327,3 +327,128 @@ fn punching_and_slicing_keep_extents_apart_and_their_sources_aligned() {
     let f = t.lookup(b"f").expect("f");
     assert_eq!(t.read(f, &[&stream]).expect("read"), want);
 }
+
+/// Random writes, punches and slices of one file's extents against a byte model: which
+/// stream byte (if any) each file byte comes from.
+#[test]
+fn extents_follow_a_byte_model_through_random_writes_and_punches() {
+    use super::tree::{Extent, Inode, Source};
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    const SIZE: u64 = 512;
+    for round in 0..200 {
+        let mut f = Inode::new(FileType::File);
+        let mut model: Vec<Option<u64>> = vec![None; SIZE as usize];
+        for step in 0..40 {
+            let start = next(SIZE);
+            let len = 1 + next(SIZE - start);
+            if next(3) == 0 {
+                f.punch(start, start + len);
+                model[start as usize..(start + len) as usize].fill(None);
+            } else {
+                let offset = 10_000 * (step + 1);
+                f.put(
+                    start,
+                    Extent {
+                        len,
+                        source: Source::Stream {
+                            backup: 0,
+                            offset,
+                            check: None,
+                        },
+                    },
+                );
+                for k in 0..len {
+                    model[(start + k) as usize] = Some(offset + k);
+                }
+            }
+            let mut seen: Vec<Option<u64>> = vec![None; SIZE as usize];
+            let mut end = 0;
+            for (at, e) in &f.extents {
+                assert!(*at >= end && e.len > 0, "round {round}: apart and in order");
+                end = at + e.len;
+                let Source::Stream { offset, .. } = e.source else {
+                    panic!("a stream extent")
+                };
+                for k in 0..e.len {
+                    seen[(at + k) as usize] = Some(offset + k);
+                }
+            }
+            assert_eq!(seen, model, "round {round}, step {step}");
+            let (a, b) = (next(SIZE), next(SIZE));
+            let (a, b) = (a.min(b), a.max(b) + 1);
+            let mut covered = 0;
+            for (rel, e) in f.slice(a, b) {
+                let Source::Stream { offset, .. } = e.source else {
+                    panic!("a stream extent")
+                };
+                for k in 0..e.len {
+                    assert_eq!(model[(a + rel + k) as usize], Some(offset + k));
+                }
+                covered += e.len;
+            }
+            let data = model[a as usize..b.min(SIZE) as usize]
+                .iter()
+                .flatten()
+                .count();
+            assert_eq!(
+                covered, data as u64,
+                "round {round}, step {step}: slice {a}..{b}"
+            );
+        }
+    }
+}
+
+/// Paths resolved through a directory remembered by path must follow it when it moves or
+/// goes: a directory swapped with another, one moved below a new name, one removed and made
+/// again under its old name.
+#[test]
+fn a_directory_moved_or_removed_is_not_found_by_its_old_path() {
+    let mut e = Encoder::new(2);
+    e.command(
+        Kind::Subvol,
+        &[(PATH, b"snap"), (UUID, &SNAP), (CTRANSID, &u64le(5))],
+        None,
+    );
+    let rename = |e: &mut Encoder, from: &[u8], to: &[u8]| {
+        e.command(Kind::Rename, &[(PATH, from), (PATH_TO, to)], None);
+    };
+    let chmod = |e: &mut Encoder, path: &[u8], mode: u64| {
+        e.command(Kind::Chmod, &[(PATH, path), (MODE, &u64le(mode))], None);
+    };
+    for d in [&b"a"[..], b"b", b"d", b"d/e"] {
+        mk(&mut e, Kind::Mkdir, d);
+    }
+    mk(&mut e, Kind::Mkfile, b"a/f");
+    chmod(&mut e, b"a/f", 0o640);
+    // Swap a and b: "a" is now the old b.
+    rename(&mut e, b"a", b"tmp");
+    rename(&mut e, b"b", b"a");
+    rename(&mut e, b"tmp", b"b");
+    mk(&mut e, Kind::Mkfile, b"a/g");
+    chmod(&mut e, b"a/g", 0o600);
+    chmod(&mut e, b"b/f", 0o604);
+    // d goes after d/e was resolved through it; a new d takes its name.
+    chmod(&mut e, b"d/e", 0o750);
+    e.command(Kind::Rmdir, &[(PATH, b"d/e")], None);
+    e.command(Kind::Rmdir, &[(PATH, b"d")], None);
+    mk(&mut e, Kind::Mkdir, b"d");
+    mk(&mut e, Kind::Mkfile, b"d/y");
+    chmod(&mut e, b"d/y", 0o444);
+    let stream = e.finish();
+    let mut b = Builder::full(0);
+    build(&mut b, &stream).expect("applies");
+    let t = b.finish().expect("ends");
+    t.check().expect("invariants");
+    let mode = |p: &[u8]| t.lookup(p).and_then(|i| t.inode(i)).map(|n| n.mode);
+    assert_eq!(mode(b"a/g"), Some(0o600));
+    assert_eq!(mode(b"b/f"), Some(0o604));
+    assert_eq!((mode(b"a/f"), mode(b"b/g")), (None, None));
+    assert_eq!(mode(b"d/y"), Some(0o444));
+    assert_eq!(mode(b"d/e"), None);
+}

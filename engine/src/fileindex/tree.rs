@@ -149,7 +149,7 @@ pub struct Inode {
     pub children: BTreeMap<Vec<u8>, Ino>,
     pub nlink: u32,
     /// A regular file's data: file offset → extent; gaps are holes.
-    pub extents: BTreeMap<u64, Extent>,
+    pub extents: Extents,
     /// `FILEATTR` flags (btrfs inode flags), 0 if never sent.
     pub flags: u64,
 }
@@ -175,7 +175,7 @@ impl Inode {
             xattrs: BTreeMap::new(),
             children: BTreeMap::new(),
             nlink: 1,
-            extents: BTreeMap::new(),
+            extents: Extents::default(),
             flags: 0,
         }
     }
@@ -186,57 +186,23 @@ impl Inode {
 
     /// Removes every extent byte in [start, end).
     pub(super) fn punch(&mut self, start: u64, end: u64) {
-        if start >= end {
-            return;
-        }
-        let hit: Vec<(u64, Extent)> = self
-            .extents
-            .range(..end)
-            .rev()
-            .take_while(|(at, e)| *at + e.len > start)
-            .map(|(at, e)| (*at, *e))
-            .collect();
-        for (at, e) in hit {
-            self.extents.remove(&at);
-            if at < start {
-                self.extents.insert(
-                    at,
-                    Extent {
-                        len: start - at,
-                        source: e.source,
-                    },
-                );
-            }
-            if at + e.len > end {
-                self.extents.insert(
-                    end,
-                    Extent {
-                        len: at + e.len - end,
-                        source: e.source.advanced(end - at),
-                    },
-                );
-            }
-        }
+        self.extents.punch(start, end);
     }
 
     pub(super) fn put(&mut self, at: u64, e: Extent) {
         if e.len == 0 {
             return;
         }
-        self.punch(at, at + e.len);
+        self.extents.punch(at, at + e.len);
         self.extents.insert(at, e);
     }
 
     /// The extents covering [start, end), trimmed, as (offset from `start`, extent).
     pub fn slice(&self, start: u64, end: u64) -> Vec<(u64, Extent)> {
-        let first = self
-            .extents
-            .range(..=start)
-            .next_back()
-            .map_or(start, |(at, _)| *at);
-        self.extents
-            .range(first..end)
-            .filter(|(at, e)| *at + e.len > start)
+        let v = &self.extents.0;
+        let (lo, hi) = self.extents.overlapping(start, end);
+        v[lo..hi]
+            .iter()
             .map(|(at, e)| {
                 let from = (*at).max(start);
                 let to = (*at + e.len).min(end);
@@ -249,6 +215,89 @@ impl Inode {
                 )
             })
             .collect()
+    }
+}
+
+/// A file's extents in file order, apart: a sorted vector (most files have one extent; a
+/// map's node would take ten times its room).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Extents(Vec<(u64, Extent)>);
+
+impl Extents {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, (u64, Extent)> {
+        self.0.iter()
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Extent> {
+        self.0.iter().map(|(_, e)| e)
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Extent> {
+        self.0.iter_mut().map(|(_, e)| e)
+    }
+
+    /// Adds an extent at `at`, which must not overlap any (callers punch first); in order,
+    /// so one past the last is a push.
+    pub(super) fn insert(&mut self, at: u64, e: Extent) {
+        let i = self.0.partition_point(|(a, _)| *a < at);
+        self.0.insert(i, (at, e));
+    }
+
+    /// The places of the extents overlapping [start, end).
+    fn overlapping(&self, start: u64, end: u64) -> (usize, usize) {
+        // Apart and sorted: their ends are sorted too.
+        let lo = self.0.partition_point(|(at, e)| at + e.len <= start);
+        let hi = self.0.partition_point(|(at, _)| *at < end);
+        (lo, hi.max(lo))
+    }
+
+    /// Removes every extent byte in [start, end).
+    fn punch(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let (lo, hi) = self.overlapping(start, end);
+        if lo == hi {
+            return;
+        }
+        let mut keep = Vec::new();
+        let (first, last) = (self.0[lo], self.0[hi - 1]);
+        if first.0 < start {
+            keep.push((
+                first.0,
+                Extent {
+                    len: start - first.0,
+                    source: first.1.source,
+                },
+            ));
+        }
+        let (at, e) = last;
+        if at + e.len > end {
+            keep.push((
+                end,
+                Extent {
+                    len: at + e.len - end,
+                    source: e.source.advanced(end - at),
+                },
+            ));
+        }
+        self.0.splice(lo..hi, keep);
+    }
+}
+
+impl<'a> IntoIterator for &'a Extents {
+    type Item = &'a (u64, Extent);
+    type IntoIter = std::slice::Iter<'a, (u64, Extent)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
     }
 }
 

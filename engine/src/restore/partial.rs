@@ -283,7 +283,7 @@ pub async fn restore_paths(
     let mut prealloc = Vec::new();
     for (ino, &i) in &first {
         let node = tree.inode(*ino).ok_or(RestoreError::Internal)?;
-        for (&off, ext) in &node.extents {
+        for &(off, ext) in &node.extents {
             match ext.source {
                 Source::Stream {
                     backup,

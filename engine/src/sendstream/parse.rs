@@ -47,6 +47,10 @@ pub struct Parser {
     left: u32,
     /// Keep DATA too (`with_data`: applying a stream needs its bytes; indexing does not).
     keep_data: bool,
+    /// Commands handed back (`recycle`), their buffers reused for the next ones, and the
+    /// bytes their buffers hold.
+    spare: Vec<Command>,
+    spare_bytes: usize,
 }
 
 impl Default for Parser {
@@ -71,6 +75,8 @@ impl Parser {
             data_crc: 0,
             left: 0,
             keep_data: false,
+            spare: Vec::new(),
+            spare_bytes: 0,
         }
     }
 
@@ -182,6 +188,19 @@ impl Parser {
         Ok(())
     }
 
+    /// Takes back commands the caller is done with (all of `done`), so that their buffers
+    /// serve the next ones instead of new allocations (as many as one slice of a stream
+    /// makes: up to 16 MiB of buffers).
+    pub fn recycle(&mut self, done: &mut Vec<Command>) {
+        for c in done.drain(..) {
+            let bytes = c.buf.capacity() + 12 * c.attrs.capacity();
+            if self.spare_bytes + bytes <= 16 << 20 {
+                self.spare_bytes += bytes;
+                self.spare.push(c);
+            }
+        }
+    }
+
     /// The stream is over: it must have ended with the end command.
     pub fn finish(&self) -> Result<(), StreamError> {
         let inside = match self.state {
@@ -268,7 +287,10 @@ impl Parser {
         self.have = 0;
         self.kind = kind;
         self.offset = offset;
-        self.cmd = Some(Command {
+        if let Some(c) = self.spare.last() {
+            self.spare_bytes -= c.buf.capacity() + 12 * c.attrs.capacity();
+        }
+        let mut cmd = self.spare.pop().unwrap_or(Command {
             kind,
             offset,
             len,
@@ -276,6 +298,13 @@ impl Parser {
             buf: Vec::new(),
             data: None,
         });
+        cmd.kind = kind;
+        cmd.offset = offset;
+        cmd.len = len;
+        cmd.attrs.clear();
+        cmd.buf.clear();
+        cmd.data = None;
+        self.cmd = Some(cmd);
         if len == 0 {
             self.command_done(out)
         } else {

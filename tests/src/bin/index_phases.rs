@@ -49,7 +49,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
         commands += cmds.len();
-        cmds.clear();
+        p.recycle(&mut cmds);
     }
     let parse = t.elapsed().as_secs_f64();
 
