@@ -233,6 +233,7 @@ pub(crate) async fn restore_paths(
     selector: Selector,
     target: &std::path::Path,
     paths: &[PathBuf],
+    wait: bool,
 ) -> Result<u8, Failure> {
     let (store, keys) = store_for(settings, subvolume).await;
     let req = engine::restore::partial::PathRequest {
@@ -241,6 +242,8 @@ pub(crate) async fn restore_paths(
         target: target.to_path_buf(),
         paths: paths.iter().map(|p| arg_bytes(p.as_os_str())).collect(),
         identity_file: identity(settings).map(std::path::Path::to_path_buf),
+        restore: settings.restore.clone(),
+        wait,
     };
     let r = engine::restore::partial::restore_paths(store, &keys, &req)
         .await

@@ -512,8 +512,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let selector = selector(backup, manifest_key, before)?;
             make_target(target)?;
             if !paths.is_empty() {
-                return browse::restore_paths(&cli, &settings, subvolume, selector, target, paths)
-                    .await;
+                return browse::restore_paths(
+                    &cli, &settings, subvolume, selector, target, paths, !*no_wait,
+                )
+                .await;
             }
             // Not Btrfs (or told so): the stream is applied in user space.
             let in_user_space =

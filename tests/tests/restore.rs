@@ -246,6 +246,51 @@ fn archive_is_thawed(class: &str) {
     );
 }
 
+/// `restore --path` of an archived backup asks only for the chunks holding the path, and
+/// restores it once they are thawed.
+#[test]
+fn moto_restore_path_thaws_only_the_chunks_it_needs() {
+    let s = Setup::new(
+        Flavor::Moto,
+        Opts {
+            storage_class_chunks: "GLACIER".into(),
+            ..opts()
+        },
+    );
+    s.write_config(&format!(
+        "{}\n[restore]\ntier = \"Bulk\"\npoll_seconds = 1\ntimeout_hours = 1\n",
+        s.default_config()
+    ));
+    s.run(&["backup"]).assert_code(0);
+    let m = s.manifest(&s.pointer().manifest_key);
+    assert!(m.chunks.len() >= 2, "{} chunks", m.chunks.len());
+    let scratch = tempfile::tempdir().expect("scratch");
+    let out = restore(&s, scratch.path(), &["--path", "files/f1.bin", "--no-wait"]);
+    out.assert_code(75);
+    assert!(out.stderr.contains("asked to thaw"), "{}", out.stderr);
+    let asked: Vec<&str> = m
+        .chunks
+        .iter()
+        .filter(|c| s.head(&c.key).restore().is_some())
+        .map(|c| c.key.as_str())
+        .collect();
+    assert_eq!(asked.len(), 1, "only the chunk holding the file: {asked:?}");
+    assert!(
+        std::fs::read_dir(scratch.path())
+            .expect("read")
+            .next()
+            .is_none(),
+        "nothing made yet"
+    );
+    // Waiting: once thawed, the file comes back as it was.
+    restore(&s, scratch.path(), &["--path", "files/f1.bin"]).assert_code(0);
+    let snap = s.snapshot_dir.join(&m.snapshot.name);
+    assert_eq!(
+        std::fs::read(scratch.path().join("files/f1.bin")).expect("restored"),
+        std::fs::read(snap.join("files/f1.bin")).expect("source")
+    );
+}
+
 fn replace_object(s: &Setup, key: &str, data: Vec<u8>) {
     s.put(key, data);
 }

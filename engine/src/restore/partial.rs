@@ -11,7 +11,7 @@
 //! half-written file at a requested path; every byte written came from a part whose hashes
 //! matched the manifest.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
@@ -24,7 +24,9 @@ use serde::Serialize;
 
 use super::browse::{escape, normalize, tree_of};
 use super::chain::{chain, resolve};
-use super::ranges::{write_pieces, Parts, Piece};
+use super::ranges::{chunk_keys, write_pieces, Parts, Piece};
+use super::thaw::thaw_objects;
+use super::RestoreSettings;
 use super::{opener_for, RestoreError, Selector};
 use crate::fileindex::{FileType, Ino, Inode, Source, Tree};
 use crate::machine::Keys;
@@ -40,6 +42,9 @@ pub struct PathRequest {
     /// Paths relative to the subvolume's root, as bytes.
     pub paths: Vec<Vec<u8>>,
     pub identity_file: Option<PathBuf>,
+    /// How archived chunks are thawed, and whether to wait for them (else exit once asked).
+    pub restore: RestoreSettings,
+    pub wait: bool,
 }
 
 /// What `restore --path` did (`--json`).
@@ -241,6 +246,38 @@ pub async fn restore_paths(
             return Err(RestoreError::TargetExists(there));
         }
     }
+    // Archived chunks holding the data are thawed first, as a whole restore thaws its chain
+    // (S3's word decides; only the chunks these paths need).
+    let mut ranges = Vec::new();
+    let mut seen: HashSet<Ino> = HashSet::new();
+    for (_, ino) in &selected {
+        let node = tree.inode(*ino).ok_or(RestoreError::Internal)?;
+        if !seen.insert(*ino) {
+            continue;
+        }
+        for (_, ext) in &node.extents {
+            if let Source::Stream {
+                backup,
+                offset,
+                check,
+            } = ext.source
+            {
+                ranges.push(check.map_or((backup, offset, ext.len), |c| {
+                    (backup, c.start, u64::from(c.len))
+                }));
+            }
+        }
+    }
+    let keys: Vec<String> = chunk_keys(&chain, ranges.into_iter())?
+        .into_iter()
+        .collect();
+    let mut asked = 0;
+    thaw_objects(store, &keys, &req.restore, req.wait, 0, &mut |_| {
+        asked += 1;
+        Ok(asked)
+    })
+    .await?;
+
     // Staging: inside the target, named for the backup; a killed run's is ours to remove.
     let stage = req
         .target
@@ -283,7 +320,7 @@ pub async fn restore_paths(
     let mut prealloc = Vec::new();
     for (ino, &i) in &first {
         let node = tree.inode(*ino).ok_or(RestoreError::Internal)?;
-        for &(off, ext) in &node.extents {
+        for (off, ext) in &node.extents {
             match ext.source {
                 Source::Stream {
                     backup,

@@ -143,6 +143,90 @@ struct Layout {
     starts: Option<Vec<u64>>,
 }
 
+impl Layout {
+    fn of(m: &Manifest) -> Result<Layout, RestoreError> {
+        Ok(match &m.compression {
+            None => Layout {
+                size: m.total_bytes,
+                starts: None,
+            },
+            Some(c) => {
+                let frames = c
+                    .frames()
+                    .ok_or_else(|| damaged(m, "malformed frame sizes"))?;
+                let mut starts = Vec::with_capacity(frames.len() + 1);
+                let mut at = 0u64;
+                starts.push(0);
+                for f in &frames {
+                    at += u64::from(*f);
+                    starts.push(at);
+                }
+                Layout {
+                    size: c.stream_bytes,
+                    starts: Some(starts),
+                }
+            }
+        })
+    }
+
+    /// The stored bytes (before sealing) that hold plaintext `[start, start + len)`, `len`
+    /// at least 1.
+    fn stored(&self, m: &Manifest, start: u64, len: u64) -> Result<(u64, u64), RestoreError> {
+        let end = start
+            .checked_add(len)
+            .filter(|e| *e <= self.size && len > 0)
+            .ok_or_else(|| damaged(m, "the index points past the end of a stream"))?;
+        let (Some(starts), Some(c)) = (&self.starts, &m.compression) else {
+            return Ok((start, end));
+        };
+        let fb = c.frame_bytes.max(1);
+        let (k0, k1) = (start / fb, (end - 1) / fb + 1);
+        match (
+            usize::try_from(k0).ok().and_then(|k| starts.get(k)),
+            usize::try_from(k1).ok().and_then(|k| starts.get(k)),
+        ) {
+            (Some(a), Some(b)) => Ok((*a, *b)),
+            _ => Err(damaged(m, "the index points past the last frame")),
+        }
+    }
+}
+
+/// The chunk objects that hold the plaintext ranges (backup, start, length) of a chain's
+/// streams: what must be readable (thawed, if archived) before those ranges are read.
+pub(super) fn chunk_keys(
+    chain: &[(String, Manifest)],
+    ranges: impl Iterator<Item = (u32, u64, u64)>,
+) -> Result<std::collections::BTreeSet<String>, RestoreError> {
+    let mut layouts: HashMap<u32, Layout> = HashMap::new();
+    let mut keys = std::collections::BTreeSet::new();
+    for (b, start, len) in ranges {
+        if len == 0 {
+            continue;
+        }
+        let m = &chain
+            .get(b as usize)
+            .ok_or_else(|| RestoreError::Damaged {
+                key: String::new(),
+                detail: format!("the index names backup {b} of a shorter chain"),
+            })?
+            .1;
+        let l = match layouts.entry(b) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(Layout::of(m)?),
+        };
+        let (s, e) = l.stored(m, start, len)?;
+        let size = m.chunk_size.max(1);
+        for c in s / size..=(e.max(s + 1) - 1) / size {
+            let chunk = usize::try_from(c)
+                .ok()
+                .and_then(|c| m.chunks.get(c))
+                .ok_or_else(|| damaged(m, "chunk past the end"))?;
+            keys.insert(chunk.key.clone());
+        }
+    }
+    Ok(keys)
+}
+
 /// The chain's plaintext streams, read through their parts and frames.
 struct Plain<'p, 'a> {
     parts: &'p mut Parts<'a>,
@@ -165,29 +249,7 @@ impl Plain<'_, '_> {
 
     fn layout(&mut self, b: u32) -> Result<&Layout, RestoreError> {
         if !self.layouts.contains_key(&b) {
-            let m = self.manifest(b)?;
-            let l = match &m.compression {
-                None => Layout {
-                    size: m.total_bytes,
-                    starts: None,
-                },
-                Some(c) => {
-                    let frames = c
-                        .frames()
-                        .ok_or_else(|| damaged(m, "malformed frame sizes"))?;
-                    let mut starts = Vec::with_capacity(frames.len() + 1);
-                    let mut at = 0u64;
-                    starts.push(0);
-                    for f in &frames {
-                        at += u64::from(*f);
-                        starts.push(at);
-                    }
-                    Layout {
-                        size: c.stream_bytes,
-                        starts: Some(starts),
-                    }
-                }
-            };
+            let l = Layout::of(self.manifest(b)?)?;
             self.layouts.insert(b, l);
         }
         self.layouts.get(&b).ok_or(RestoreError::Internal)
@@ -303,8 +365,8 @@ pub(super) async fn write_pieces(
         open = Some((i, f.try_clone().map_err(|e| io(&staged[i], e))?));
         Ok(f)
     };
-    // The write checked last: (backup, its first stream byte) and its bytes.
-    let mut write: Option<((u32, u64), Vec<u8>)> = None;
+    // The write checked last: (backup, its check) and its bytes.
+    let mut write: Option<((u32, Check), Vec<u8>)> = None;
     let mut written = 0u64;
     for piece in &pieces {
         let f = file(piece.file)?;
@@ -331,7 +393,8 @@ pub(super) async fn write_pieces(
                 &format!("{}: an extent outside the write the index names", name()),
             ));
         }
-        let key = (piece.backup, c.start);
+        // The whole check is the key: a forged index may name one start with two lengths.
+        let key = (piece.backup, c);
         if write.as_ref().map(|(k, _)| *k) != Some(key) {
             let mut bytes = Vec::with_capacity(c.len as usize);
             let mut collect = |_: u64, b: &[u8]| {
@@ -360,7 +423,10 @@ pub(super) async fn write_pieces(
         }
         let bytes = &write.as_ref().ok_or(RestoreError::Internal)?.1;
         let from = (piece.offset - c.start) as usize;
-        f.write_all_at(&bytes[from..from + piece.len as usize], piece.file_off)
+        let slice = bytes
+            .get(from..from + piece.len as usize)
+            .ok_or(RestoreError::Internal)?;
+        f.write_all_at(slice, piece.file_off)
             .map_err(|e| io(wpath, e))?;
         written += piece.len;
     }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use super::state::{self, RestoreState};
 use super::{RestoreError, Restorer};
 use crate::manifest::Manifest;
-use crate::store::Readiness;
+use crate::settings::RestoreSettings;
+use crate::store::{ObjectStore, Readiness};
 
 /// What to do about one object in a thaw pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,62 +79,82 @@ impl Restorer {
             .iter()
             .flat_map(|(_, m)| m.chunks.iter().map(|c| c.key.clone()))
             .collect();
-        let started = Instant::now();
-        let mut delay = self.restore.poll;
-        loop {
-            let mut waiting = 0;
-            for k in &keys {
-                let info =
-                    self.store
-                        .head_object(k)
-                        .await?
-                        .ok_or_else(|| RestoreError::Damaged {
-                            key: k.clone(),
-                            detail: "object missing".into(),
-                        })?;
-                match object_step(info.readiness()) {
-                    ObjectStep::Ready => {}
-                    ObjectStep::Wait => waiting += 1,
-                    ObjectStep::Request => {
-                        self.store
-                            .restore_object(k, self.restore.days, &self.restore.tier)
-                            .await?;
-                        st.thaw_requested.insert(k.clone());
-                        state::save(self.state.as_ref(), state_path, st)?;
-                        waiting += 1;
-                    }
+        let already = st.thaw_requested.len();
+        let mut remember = |k: &str| -> Result<usize, RestoreError> {
+            st.thaw_requested.insert(k.to_string());
+            state::save(self.state.as_ref(), state_path, st)?;
+            Ok(st.thaw_requested.len())
+        };
+        thaw_objects(
+            self.store.as_ref(),
+            &keys,
+            &self.restore,
+            wait,
+            already,
+            &mut remember,
+        )
+        .await
+    }
+}
+
+/// Thaws the objects `keys`: RestoreObject for each one S3 reports archived and not being
+/// restored (then `requested(key)`, which says how many requests there are in all, `already`
+/// before this run), then polls with backoff until every one is readable, or stops as
+/// `wait` and the timeout say.
+pub(super) async fn thaw_objects(
+    store: &dyn ObjectStore,
+    keys: &[String],
+    restore: &RestoreSettings,
+    wait: bool,
+    already: usize,
+    requested: &mut dyn FnMut(&str) -> Result<usize, RestoreError>,
+) -> Result<(), RestoreError> {
+    let started = Instant::now();
+    let mut delay = restore.poll;
+    let mut asked = already;
+    loop {
+        let mut waiting = 0;
+        for k in keys {
+            let info = store
+                .head_object(k)
+                .await?
+                .ok_or_else(|| RestoreError::Damaged {
+                    key: k.clone(),
+                    detail: "object missing".into(),
+                })?;
+            match object_step(info.readiness()) {
+                ObjectStep::Ready => {}
+                ObjectStep::Wait => waiting += 1,
+                ObjectStep::Request => {
+                    store.restore_object(k, restore.days, &restore.tier).await?;
+                    asked = requested(k)?;
+                    waiting += 1;
                 }
             }
-            match pass_end(
-                waiting,
-                wait,
-                started.elapsed(),
-                self.restore.timeout,
-                delay,
-            ) {
-                PassEnd::AllReadable => return Ok(()),
-                PassEnd::Pending => {
-                    return Err(RestoreError::ThawPending {
-                        requested: st.thaw_requested.len(),
-                        waiting,
-                    })
-                }
-                PassEnd::TimedOut => {
-                    return Err(RestoreError::ThawTimeout {
-                        waiting,
-                        waited: started.elapsed(),
-                    })
-                }
-                PassEnd::Poll(d) => {
-                    tracing::warn!(waiting, "waiting for archived objects to thaw");
-                    eprintln!(
-                        "waiting for {waiting} archived object(s) to thaw (tier {}), next check in {}s",
-                        self.restore.tier,
-                        d.as_secs()
-                    );
-                    tokio::time::sleep(d).await;
-                    delay = next_delay(d);
-                }
+        }
+        match pass_end(waiting, wait, started.elapsed(), restore.timeout, delay) {
+            PassEnd::AllReadable => return Ok(()),
+            PassEnd::Pending => {
+                return Err(RestoreError::ThawPending {
+                    requested: asked.max(waiting),
+                    waiting,
+                })
+            }
+            PassEnd::TimedOut => {
+                return Err(RestoreError::ThawTimeout {
+                    waiting,
+                    waited: started.elapsed(),
+                })
+            }
+            PassEnd::Poll(d) => {
+                tracing::warn!(waiting, "waiting for archived objects to thaw");
+                eprintln!(
+                    "waiting for {waiting} archived object(s) to thaw (tier {}), next check in {}s",
+                    restore.tier,
+                    d.as_secs()
+                );
+                tokio::time::sleep(d).await;
+                delay = next_delay(d);
             }
         }
     }
