@@ -113,6 +113,12 @@ pub enum Transition {
     IndexSkipped {
         reason: String,
     },
+    /// `IndexStored` with the index's format (`fileindex::format::VERSION`): written since
+    /// format 2. A plain `IndexStored` comes from a build that wrote only format 1.
+    IndexStoredAs {
+        format: u8,
+        record: IndexRecord,
+    },
 }
 
 /// A stored file index: what the manifest records of it.
@@ -143,6 +149,7 @@ impl Transition {
                 | Transition::ChunkSealed { .. }
                 | Transition::ChunkRestarted { .. }
                 | Transition::IndexStored(_)
+                | Transition::IndexStoredAs { .. }
                 | Transition::IndexSkipped { .. }
         )
     }

@@ -630,3 +630,64 @@ fn a_resumed_run_keeps_the_index_decision_its_manifest_was_written_with() {
     let m = s.manifest(&s.pointer().manifest_key);
     assert_eq!(m.index.as_ref().map(|i| i.position), Some(0));
 }
+
+/// A backup whose index a build before format 2 stored (format 1: no checks), and an
+/// incremental made on it by this build: both list, `verify --deep` finds both identical
+/// to what their streams build (the old one as format 1, the new one from a parent without
+/// checks), and the new one's own files restore by path.
+#[test]
+fn an_index_of_format_1_and_the_incrementals_built_on_it_still_verify() {
+    let s = Setup::new(Flavor::Garage, Opts::default());
+    s.run(&["backup"]).assert_code(0);
+    let mkey = s.pointer().manifest_key;
+    let m = s.manifest(&mkey);
+    // As the older build stored it.
+    let mut ix = m.index.clone().expect("index");
+    let plain = engine::fileindex::stored::unpack(&s.get(&ix.key), &ix, None).expect("unpacks");
+    let (tree, position) = engine::fileindex::format::decode(&plain).expect("decodes");
+    let old = engine::fileindex::format::encode_as(&tree, position, 1);
+    let packed = engine::fileindex::stored::pack(&old, None).expect("packs");
+    ix.format = 1;
+    ix.stored_bytes = packed.stored.len() as u64;
+    ix.stored_xxh3 = engine::manifest::hex_u128(packed.stored_xxh3);
+    ix.plain_bytes = packed.plain_bytes;
+    ix.plain_xxh3 = engine::manifest::hex_u128(packed.plain_xxh3);
+    s.put(&ix.key, packed.stored.to_vec());
+    let mut raw = s.manifest_raw(&mkey);
+    raw["index"] = serde_json::to_value(&ix).expect("json");
+    s.put(&mkey, serde_json::to_vec(&raw).expect("json"));
+    // This host's cached copy went with the old build: the parent comes from the bucket.
+    let cache = s.state.path().join("state/index");
+    std::fs::remove_dir_all(&cache).expect("the index cache");
+
+    mutate(&s.subvolume, 1);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    s.run(&["backup"]).assert_code(0);
+    let m2 = s.manifest(&s.pointer().manifest_key);
+    let ix2 = m2.index.as_ref().expect("an index built on the old one");
+    assert_eq!(
+        (m2.parent.is_some(), ix2.format, ix2.position),
+        (true, 2, 1)
+    );
+
+    for id in [&m.backup_id, &m2.backup_id] {
+        s.run(&["ls", "--subvolume", "data", "--backup", id, "--recursive"])
+            .assert_code(0);
+    }
+    let v = s.run(&["verify", "--subvolume", "data", "--deep"]);
+    v.assert_code(0);
+    assert_eq!(
+        v.stdout.matches("file index matches the stream").count(),
+        2,
+        "{}",
+        v.stdout
+    );
+    let scratch = tempfile::tempdir().expect("scratch");
+    let tops = ["new/added-1.bin", "files/f1.bin"];
+    restore_paths(&s, &m2.backup_id, scratch.path(), &tops);
+    assert_restored_as_in(
+        &s.snapshot_dir.join(&m2.snapshot.name),
+        scratch.path(),
+        &tops,
+    );
+}

@@ -98,13 +98,13 @@ impl<R: Read> Read for Tee<R> {
 
 /// The index thread of one pass over the stream.
 pub(super) struct IndexJob {
-    handle: JoinHandle<Result<Built, String>>,
+    handle: Result<JoinHandle<Result<Built, String>>, String>,
 }
 
 impl IndexJob {
     /// The built index, or why there is none. Call after the stream was read to its end.
     pub fn finish(self) -> Result<Built, String> {
-        self.handle
+        self.handle?
             .join()
             .unwrap_or_else(|_| Err("the index thread panicked".into()))
     }
@@ -114,25 +114,29 @@ impl IndexJob {
 pub(super) fn start<R: Read>(inner: R, base: Base) -> (Tee<R>, IndexJob) {
     let (tx, rx) = sync_channel::<Msg>(QUEUE);
     let (spare_tx, spare) = sync_channel::<Vec<u8>>(2);
-    let handle = std::thread::spawn(move || {
-        let mut feed = match base {
-            Base::Full => Feed::full(),
-            Base::Parent(tree, p) => {
-                Feed::incremental(tree, p.checked_add(1).ok_or("the chain is too long")?)
-            }
-        };
-        loop {
-            match rx.recv() {
-                Ok(Msg::Bytes(b)) => {
-                    feed.push(&b);
-                    let _ = spare_tx.try_send(b);
+    let spawned = std::thread::Builder::new()
+        .name("file-index".into())
+        .spawn(move || {
+            let mut feed = match base {
+                Base::Full => Feed::full(),
+                Base::Parent(tree, p) => {
+                    Feed::incremental(tree, p.checked_add(1).ok_or("the chain is too long")?)
                 }
-                Ok(Msg::End) => break,
-                Err(_) => return Err("the stream was not read to its end".into()),
+            };
+            loop {
+                match rx.recv() {
+                    Ok(Msg::Bytes(b)) => {
+                        feed.push(&b);
+                        let _ = spare_tx.try_send(b);
+                    }
+                    Ok(Msg::End) => break,
+                    Err(_) => return Err("the stream was not read to its end".into()),
+                }
             }
-        }
-        feed.finish()
-    });
+            feed.finish()
+        });
+    // No thread: no index (its queue is gone, so the tee stops copying at once).
+    let handle = spawned.map_err(|e| format!("cannot start the index thread: {e}"));
     (
         Tee {
             inner,
@@ -265,15 +269,18 @@ impl Context {
         self.cache_index(&st, &compressed);
         self.append(
             run,
-            Transition::IndexStored(IndexRecord {
-                key,
-                stored_bytes,
-                stored_xxh3,
-                plain_bytes,
-                plain_xxh3,
-                entries: built.entries,
-                position: built.position,
-            }),
+            Transition::IndexStoredAs {
+                format: crate::fileindex::format::VERSION,
+                record: IndexRecord {
+                    key,
+                    stored_bytes,
+                    stored_xxh3,
+                    plain_bytes,
+                    plain_xxh3,
+                    entries: built.entries,
+                    position: built.position,
+                },
+            },
         )
     }
 

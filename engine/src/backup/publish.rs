@@ -170,7 +170,10 @@ impl Context {
             chunks,
             compression,
             encryption,
-            index: st.index.as_ref().map(manifest::IndexEntry::of),
+            index: st
+                .index
+                .as_ref()
+                .map(|r| manifest::IndexEntry::of(r, st.index_format)),
         })
     }
 

@@ -70,7 +70,7 @@ pub fn encode(tree: &Tree, backup: u32) -> Vec<u8> {
 }
 
 /// `encode` in format `version` (1 drops the checks; tests write old indexes with it).
-pub(crate) fn encode_as(tree: &Tree, backup: u32, version: u8) -> Vec<u8> {
+pub fn encode_as(tree: &Tree, backup: u32, version: u8) -> Vec<u8> {
     // Inodes numbered densely in our order: the root first, then by inode.
     let mut inos: Vec<Ino> = tree.inode_numbers();
     inos.sort_unstable();

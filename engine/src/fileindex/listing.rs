@@ -180,7 +180,8 @@ struct ListSink {
 }
 
 impl ListSink {
-    /// The range of `s`, a slice of the bytes `decode` read (under 4 GiB: `len` is exact).
+    /// The range of `s`, a slice of the bytes `decode` read (each under 4 GiB: `len` is
+    /// exact).
     fn range(&self, s: &[u8]) -> (u64, u32) {
         // An empty one need not point into them (the reader's "no target").
         match (s.as_ptr() as usize).checked_sub(self.base) {
@@ -227,7 +228,8 @@ impl<'a> Sink<'a> for ListSink {
 impl Listing {
     /// Reads encoded index bytes (as `format::decode` does, with the same checks).
     pub fn decode(bytes: Vec<u8>) -> Result<Listing, FormatError> {
-        if u32::try_from(bytes.len()).is_err() {
+        // Every name and target lies inside, after the header: under 4 GiB each.
+        if bytes.len() as u64 > super::stored::MAX_INDEX_BYTES {
             return Err(FormatError {
                 at: 0,
                 what: "more than 4 GiB".into(),

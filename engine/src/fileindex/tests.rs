@@ -340,13 +340,18 @@ fn extents_follow_a_byte_model_through_random_writes_and_punches() {
         x ^= x << 17;
         x % n
     };
-    const SIZE: u64 = 512;
-    for round in 0..200 {
+    // Few extents (a vector), and many (past SMALL_EXTENTS: a map).
+    for (round, (size, steps, longest)) in [(512u64, 40, 512u64); 200]
+        .into_iter()
+        .chain([(4096, 700, 24); 6])
+        .enumerate()
+    {
         let mut f = Inode::new(FileType::File);
-        let mut model: Vec<Option<u64>> = vec![None; SIZE as usize];
-        for step in 0..40 {
-            let start = next(SIZE);
-            let len = 1 + next(SIZE - start);
+        let mut model: Vec<Option<u64>> = vec![None; size as usize];
+        let mut most = 0;
+        for step in 0..steps {
+            let start = next(size);
+            let len = 1 + next((size - start).min(longest));
             if next(3) == 0 {
                 f.punch(start, start + len);
                 model[start as usize..(start + len) as usize].fill(None);
@@ -367,10 +372,11 @@ fn extents_follow_a_byte_model_through_random_writes_and_punches() {
                     model[(start + k) as usize] = Some(offset + k);
                 }
             }
-            let mut seen: Vec<Option<u64>> = vec![None; SIZE as usize];
+            let mut seen: Vec<Option<u64>> = vec![None; size as usize];
             let mut end = 0;
+            most = most.max(f.extents.len());
             for (at, e) in &f.extents {
-                assert!(*at >= end && e.len > 0, "round {round}: apart and in order");
+                assert!(at >= end && e.len > 0, "round {round}: apart and in order");
                 end = at + e.len;
                 let Source::Stream { offset, .. } = e.source else {
                     panic!("a stream extent")
@@ -380,7 +386,7 @@ fn extents_follow_a_byte_model_through_random_writes_and_punches() {
                 }
             }
             assert_eq!(seen, model, "round {round}, step {step}");
-            let (a, b) = (next(SIZE), next(SIZE));
+            let (a, b) = (next(size), next(size));
             let (a, b) = (a.min(b), a.max(b) + 1);
             let mut covered = 0;
             for (rel, e) in f.slice(a, b) {
@@ -392,7 +398,7 @@ fn extents_follow_a_byte_model_through_random_writes_and_punches() {
                 }
                 covered += e.len;
             }
-            let data = model[a as usize..b.min(SIZE) as usize]
+            let data = model[a as usize..b.min(size) as usize]
                 .iter()
                 .flatten()
                 .count();
@@ -400,6 +406,9 @@ fn extents_follow_a_byte_model_through_random_writes_and_punches() {
                 covered, data as u64,
                 "round {round}, step {step}: slice {a}..{b}"
             );
+        }
+        if steps > 100 {
+            assert!(most > 128, "round {round}: only {most} extents at most");
         }
     }
 }

@@ -199,13 +199,12 @@ impl Inode {
 
     /// The extents covering [start, end), trimmed, as (offset from `start`, extent).
     pub fn slice(&self, start: u64, end: u64) -> Vec<(u64, Extent)> {
-        let v = &self.extents.0;
-        let (lo, hi) = self.extents.overlapping(start, end);
-        v[lo..hi]
-            .iter()
+        self.extents
+            .overlapping(start, end)
+            .into_iter()
             .map(|(at, e)| {
-                let from = (*at).max(start);
-                let to = (*at + e.len).min(end);
+                let from = at.max(start);
+                let to = (at + e.len).min(end);
                 (
                     from - start,
                     Extent {
@@ -218,45 +217,112 @@ impl Inode {
     }
 }
 
-/// A file's extents in file order, apart: a sorted vector (most files have one extent; a
-/// map's node would take ten times its room).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Extents(Vec<(u64, Extent)>);
+/// Past this many extents a file's are kept in a map: a vector's insert in the middle moves
+/// everything after it (a rewritten block of a large image would cost its whole table).
+const SMALL_EXTENTS: usize = 128;
+
+/// A file's extents in file order, apart: a sorted vector while there are few (most files
+/// have one; a map's node would take ten times its room), a map beyond `SMALL_EXTENTS`.
+#[derive(Clone, Debug)]
+pub enum Extents {
+    Small(Vec<(u64, Extent)>),
+    Large(BTreeMap<u64, Extent>),
+}
+
+impl Default for Extents {
+    fn default() -> Extents {
+        Extents::Small(Vec::new())
+    }
+}
+
+impl PartialEq for Extents {
+    fn eq(&self, other: &Extents) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Extents {}
+
+/// The extents in file order: (file offset, extent).
+pub enum Iter<'a> {
+    Small(std::slice::Iter<'a, (u64, Extent)>),
+    Large(std::collections::btree_map::Iter<'a, u64, Extent>),
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (u64, &'a Extent);
+    fn next(&mut self) -> Option<(u64, &'a Extent)> {
+        match self {
+            Iter::Small(i) => i.next().map(|(at, e)| (*at, e)),
+            Iter::Large(i) => i.next().map(|(at, e)| (*at, e)),
+        }
+    }
+}
 
 impl Extents {
     pub fn len(&self) -> usize {
-        self.0.len()
+        match self {
+            Extents::Small(v) => v.len(),
+            Extents::Large(m) => m.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 
-    pub fn iter(&self) -> std::slice::Iter<'_, (u64, Extent)> {
-        self.0.iter()
+    pub fn iter(&self) -> Iter<'_> {
+        match self {
+            Extents::Small(v) => Iter::Small(v.iter()),
+            Extents::Large(m) => Iter::Large(m.iter()),
+        }
     }
 
     pub fn values(&self) -> impl Iterator<Item = &Extent> {
-        self.0.iter().map(|(_, e)| e)
+        self.iter().map(|(_, e)| e)
     }
 
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Extent> {
-        self.0.iter_mut().map(|(_, e)| e)
+    pub fn values_mut(&mut self) -> Box<dyn Iterator<Item = &mut Extent> + '_> {
+        match self {
+            Extents::Small(v) => Box::new(v.iter_mut().map(|(_, e)| e)),
+            Extents::Large(m) => Box::new(m.values_mut()),
+        }
     }
 
     /// Adds an extent at `at`, which must not overlap any (callers punch first); in order,
     /// so one past the last is a push.
     pub(super) fn insert(&mut self, at: u64, e: Extent) {
-        let i = self.0.partition_point(|(a, _)| *a < at);
-        self.0.insert(i, (at, e));
+        match self {
+            Extents::Small(v) => {
+                let i = v.partition_point(|(a, _)| *a < at);
+                v.insert(i, (at, e));
+                if v.len() > SMALL_EXTENTS {
+                    *self = Extents::Large(std::mem::take(v).into_iter().collect());
+                }
+            }
+            Extents::Large(m) => {
+                m.insert(at, e);
+            }
+        }
     }
 
-    /// The places of the extents overlapping [start, end).
-    fn overlapping(&self, start: u64, end: u64) -> (usize, usize) {
-        // Apart and sorted: their ends are sorted too.
-        let lo = self.0.partition_point(|(at, e)| at + e.len <= start);
-        let hi = self.0.partition_point(|(at, _)| *at < end);
-        (lo, hi.max(lo))
+    /// The extents overlapping [start, end), untrimmed, in order.
+    fn overlapping(&self, start: u64, end: u64) -> Vec<(u64, Extent)> {
+        match self {
+            Extents::Small(v) => {
+                // Apart and sorted: their ends are sorted too.
+                let lo = v.partition_point(|(at, e)| at + e.len <= start);
+                let hi = v.partition_point(|(at, _)| *at < end).max(lo);
+                v[lo..hi].to_vec()
+            }
+            Extents::Large(m) => {
+                let first = m.range(..=start).next_back().map_or(start, |(at, _)| *at);
+                m.range(first..end)
+                    .filter(|(at, e)| *at + e.len > start)
+                    .map(|(at, e)| (*at, *e))
+                    .collect()
+            }
+        }
     }
 
     /// Removes every extent byte in [start, end).
@@ -264,12 +330,11 @@ impl Extents {
         if start >= end {
             return;
         }
-        let (lo, hi) = self.overlapping(start, end);
-        if lo == hi {
+        let hit = self.overlapping(start, end);
+        let (Some(&first), Some(&last)) = (hit.first(), hit.last()) else {
             return;
-        }
+        };
         let mut keep = Vec::new();
-        let (first, last) = (self.0[lo], self.0[hi - 1]);
         if first.0 < start {
             keep.push((
                 first.0,
@@ -289,15 +354,26 @@ impl Extents {
                 },
             ));
         }
-        self.0.splice(lo..hi, keep);
+        match self {
+            Extents::Small(v) => {
+                let lo = v.partition_point(|(a, _)| *a < first.0);
+                v.splice(lo..lo + hit.len(), keep);
+            }
+            Extents::Large(m) => {
+                for (a, _) in &hit {
+                    m.remove(a);
+                }
+                m.extend(keep);
+            }
+        }
     }
 }
 
 impl<'a> IntoIterator for &'a Extents {
-    type Item = &'a (u64, Extent);
-    type IntoIter = std::slice::Iter<'a, (u64, Extent)>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
+    type Item = (u64, &'a Extent);
+    type IntoIter = Iter<'a>;
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
     }
 }
 
@@ -323,7 +399,7 @@ impl Tree {
         }
     }
 
-    /// A tree read back from its stored form (`format::decode` checks it afterwards).
+    /// A tree read back from its stored form (`format::read` checked its shape).
     pub(super) fn from_parts(uuid: [u8; 16], ctransid: u64, inodes: InoMap<Inode>) -> Tree {
         let next = inodes.keys().max().map_or(ROOT, |m| m + 1);
         Tree {
@@ -355,6 +431,19 @@ impl Tree {
 
     pub fn inode(&self, ino: Ino) -> Option<&Inode> {
         self.inodes.get(&ino)
+    }
+
+    /// Drops every extent's check, as reading the tree from a format-1 index does.
+    pub fn strip_checks(&mut self) {
+        for n in self.inodes.values_mut() {
+            for e in n.extents.values_mut() {
+                match &mut e.source {
+                    Source::Stream { check, .. } => *check = None,
+                    Source::Encoded { crc, .. } => *crc = None,
+                    Source::Prealloc => {}
+                }
+            }
+        }
     }
 
     /// An inode to change in place (tools and tests that rewrite an index; what they make is
@@ -426,7 +515,7 @@ impl Tree {
             }
             let mut end = 0;
             for (at, e) in &node.extents {
-                if *at < end || e.len == 0 {
+                if at < end || e.len == 0 {
                     return Err(format!("inode {ino}: extents overlap at {at}"));
                 }
                 end = at + e.len;
@@ -473,7 +562,7 @@ impl Tree {
         let size = usize::try_from(node.size).map_err(|_| "too large")?;
         let mut out = vec![0u8; size];
         for (at, e) in &node.extents {
-            let at = *at as usize;
+            let at = at as usize;
             if at >= size {
                 continue;
             }

@@ -57,6 +57,8 @@ pub struct RunState {
     /// The file index stored for the stream as it stands, or why it has none (a restarted
     /// chunk clears both).
     pub index: Option<IndexRecord>,
+    /// The stored index's format (1 when journaled as plain `IndexStored`).
+    pub index_format: u8,
     pub index_skipped: Option<String>,
     pub pointer_published: bool,
     pub pruning_done: bool,
@@ -108,6 +110,7 @@ impl RunState {
             restarts: 0,
             manifest: None,
             index: None,
+            index_format: 1,
             index_skipped: None,
             pointer_published: false,
             pruning_done: false,
@@ -177,7 +180,14 @@ impl RunState {
                 s.index = None;
                 s.index_skipped = None;
             }
-            Transition::IndexStored(r) => s.index = Some(r.clone()),
+            Transition::IndexStored(r) => {
+                s.index = Some(r.clone());
+                s.index_format = 1;
+            }
+            Transition::IndexStoredAs { format, record } => {
+                s.index = Some(record.clone());
+                s.index_format = *format;
+            }
             Transition::IndexSkipped { reason } => s.index_skipped = Some(reason.clone()),
             Transition::ManifestWritten {
                 key,

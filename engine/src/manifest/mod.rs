@@ -243,10 +243,11 @@ pub struct IndexEntry {
 }
 
 impl IndexEntry {
-    pub fn of(r: &journal::IndexRecord) -> IndexEntry {
+    /// The manifest's entry for an index journaled as stored in `format`.
+    pub fn of(r: &journal::IndexRecord, format: u8) -> IndexEntry {
         IndexEntry {
             key: r.key.clone(),
-            format: u32::from(crate::fileindex::format::VERSION),
+            format: u32::from(format),
             codec: "zstd".into(),
             stored_bytes: r.stored_bytes,
             stored_xxh3: hex_u128(r.stored_xxh3),

@@ -306,15 +306,23 @@ fn random_history(r: &mut Rnd) -> Vec<Transition> {
             13 if r.below(3) == 0 => Transition::IndexSkipped {
                 reason: "off".into(),
             },
-            13 if r.below(2) == 0 => Transition::IndexStored(journal::IndexRecord {
-                key: "i".into(),
-                stored_bytes: 1,
-                stored_xxh3: u128::from(r.below(2)),
-                plain_bytes: 1,
-                plain_xxh3: 0,
-                entries: 1,
-                position: 0,
-            }),
+            13 if r.below(2) == 0 => {
+                let record = journal::IndexRecord {
+                    key: "i".into(),
+                    stored_bytes: 1,
+                    stored_xxh3: u128::from(r.below(2)),
+                    plain_bytes: 1,
+                    plain_xxh3: 0,
+                    entries: 1,
+                    position: 0,
+                };
+                // As an older build journaled it (format 1), or with its format.
+                if r.below(2) == 0 {
+                    Transition::IndexStored(record)
+                } else {
+                    Transition::IndexStoredAs { format: 2, record }
+                }
+            }
             _ if r.below(4) == 0 => Transition::Finished,
             _ => Transition::LocalPruned { snapshots: vec![] },
         };
@@ -341,10 +349,22 @@ fn decider_properties_over_random_histories() {
         checked += 1;
         // The stored index is the last one journaled, unless a chunk restarted after it.
         let last = |f: fn(&Transition) -> bool| ts.iter().rposition(f);
-        let stored = last(|t| matches!(t, Transition::IndexStored(_)));
+        let stored = last(|t| {
+            matches!(
+                t,
+                Transition::IndexStored(_) | Transition::IndexStoredAs { .. }
+            )
+        });
         let skipped = last(|t| matches!(t, Transition::IndexSkipped { .. }));
         let restarted = last(|t| matches!(t, Transition::ChunkRestarted { .. }));
         assert_eq!(st.index.is_some(), stored > restarted, "{ts:?}");
+        if st.index.is_some() {
+            let format = match stored.map(|i| &ts[i]) {
+                Some(Transition::IndexStoredAs { format, .. }) => *format,
+                _ => 1,
+            };
+            assert_eq!(st.index_format, format, "{ts:?}");
+        }
         assert_eq!(st.index_skipped.is_some(), skipped > restarted, "{ts:?}");
         assert_eq!(
             decide_index(&st, true) == IndexStep::Build,
