@@ -458,11 +458,15 @@ impl Applying<'_> {
             .inodes
             .get_mut(&d)
             .ok_or_else(|| self.bad(path, "has no directory"))?;
-        if dir.children.contains_key(name) {
-            return Err(self.bad(path, "already exists"));
+        match dir.children.entry(name.to_vec()) {
+            std::collections::btree_map::Entry::Occupied(_) => {
+                Err(self.bad(path, "already exists"))
+            }
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(ino);
+                Ok(())
+            }
         }
-        dir.children.insert(name.to_vec(), ino);
-        Ok(())
     }
 
     fn detach(&self, tree: &mut Tree, path: &[u8]) -> Result<Ino, IndexError> {

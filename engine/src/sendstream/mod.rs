@@ -518,11 +518,27 @@ pub fn clone_from(
 /// A path the kernel could have written: relative, no empty, `.` or `..` component, no NUL.
 /// "" (the subvolume's root) is allowed.
 pub fn is_inner_path(path: &[u8]) -> bool {
-    path.is_empty()
-        || (!path.contains(&0)
-            && path
-                .split(|&b| b == b'/')
-                .all(|c| !c.is_empty() && c != b"." && c != b".."))
+    // One pass (every command's path goes through here): no NUL, and each component is
+    // neither empty, "." nor "..".
+    let bad = |len: usize, dots: usize| len == 0 || (len == dots && len <= 2);
+    if path.is_empty() {
+        return true;
+    }
+    let (mut len, mut dots) = (0, 0);
+    for &b in path {
+        match b {
+            0 => return false,
+            b'/' => {
+                if bad(len, dots) {
+                    return false;
+                }
+                (len, dots) = (0, 0);
+            }
+            b'.' => (len, dots) = (len + 1, dots + 1),
+            _ => len += 1,
+        }
+    }
+    !bad(len, dots)
 }
 
 impl Command {

@@ -591,3 +591,30 @@ fn user_space_apply_refuses_what_it_cannot_make_and_writes_nothing_outside_its_t
         .collect();
     assert_eq!(inside, ["a"]);
 }
+
+/// `is_inner_path` against its definition, on every path of up to 6 bytes over the bytes
+/// that matter ("a", ".", "/", NUL).
+#[test]
+fn inner_paths_are_exactly_those_of_plain_components() {
+    fn reference(path: &[u8]) -> bool {
+        path.is_empty()
+            || (!path.contains(&0)
+                && path
+                    .split(|&b| b == b'/')
+                    .all(|c| !c.is_empty() && c != b"." && c != b".."))
+    }
+    let alphabet = [b'a', b'.', b'/', 0];
+    let mut checked = 0;
+    for len in 0..=6u32 {
+        for mut n in 0..4usize.pow(len) {
+            let mut p = Vec::new();
+            for _ in 0..len {
+                p.push(alphabet[n % 4]);
+                n /= 4;
+            }
+            assert_eq!(super::is_inner_path(&p), reference(&p), "{p:?}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 5461);
+}
