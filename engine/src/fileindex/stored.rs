@@ -17,8 +17,9 @@ use crate::seal::{Opener, SealError, Sealer};
 /// (it is read into memory whole).
 pub const MAX_INDEX_BYTES: u64 = 4 << 30;
 
-/// zstd level of the index: it is written once per backup, read by every `ls` and `find`.
-const LEVEL: i32 = 9;
+/// zstd level of the index. 3, not higher: it is compressed after the stream has ended, so
+/// its time adds to the backup's (1 M files: 0.17 s at 3, 1.06 s at 9, for the same size).
+const LEVEL: i32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoredError {

@@ -71,6 +71,18 @@ fn main() -> std::process::ExitCode {
     let encoded = format::encode(&built.tree, 0);
     let encode = t.elapsed().as_secs_f64();
 
+    // As backup stores it: zstd at the index's level.
+    let t = Instant::now();
+    let packed = engine::fileindex::stored::pack(&encoded, None).map_or(0, |p| p.stored.len());
+    let pack = t.elapsed().as_secs_f64();
+    if std::env::var_os("INDEX_PHASES_LEVELS").is_some() {
+        for level in [1, 3, 6, 9, 12] {
+            let t = Instant::now();
+            let n = zstd::bulk::compress(&encoded, level).map_or(0, |c| c.len());
+            eprintln!("zstd level {level}: {n} bytes in {:.3} s", t.elapsed().as_secs_f64());
+        }
+    }
+
     let t = Instant::now();
     let decoded = match format::decode(&encoded) {
         Ok((tree, _)) => tree,
@@ -119,6 +131,8 @@ fn main() -> std::process::ExitCode {
             "parse_mib_per_s": (mib / parse).round(),
             "parse_and_build_s": build,
             "encode_s": encode,
+            "pack_s": pack,
+            "packed_bytes": packed,
             "decode_s": decode,
             "listing_decode_s": listing_decode,
             "list_s": list,
