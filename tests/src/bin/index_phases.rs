@@ -79,7 +79,10 @@ fn main() -> std::process::ExitCode {
         for level in [1, 3, 6, 9, 12] {
             let t = Instant::now();
             let n = zstd::bulk::compress(&encoded, level).map_or(0, |c| c.len());
-            eprintln!("zstd level {level}: {n} bytes in {:.3} s", t.elapsed().as_secs_f64());
+            eprintln!(
+                "zstd level {level}: {n} bytes in {:.3} s",
+                t.elapsed().as_secs_f64()
+            );
         }
     }
 
