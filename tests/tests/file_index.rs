@@ -557,30 +557,17 @@ fn restore_path_reads_a_stream_stored_as_it_is() {
 
     // An index that disagrees with the stream about one file's data, stored with a manifest
     // entry that fits it (as a forger or a bug would): that file is refused, not restored.
-    let mut ix = m.index.clone().expect("index");
-    let plain = engine::fileindex::stored::unpack(&s.get(&ix.key), &ix, None).expect("unpacks");
-    let (mut tree, position) = engine::fileindex::format::decode(&plain).expect("decodes");
-    let ino = tree.lookup(b"files/f4.bin").expect("in the index");
-    let mut flipped = 0;
-    for e in tree.inode_mut(ino).expect("inode").extents.values_mut() {
-        if let engine::fileindex::Source::Stream { check: Some(c), .. } = &mut e.source {
-            c.crc ^= 0x10;
-            flipped += 1;
+    rewrite_index(&s, 2, |tree| {
+        let ino = tree.lookup(b"files/f4.bin").expect("in the index");
+        let mut flipped = 0;
+        for e in tree.inode_mut(ino).expect("inode").extents.values_mut() {
+            if let engine::fileindex::Source::Stream { check: Some(c), .. } = &mut e.source {
+                c.crc ^= 0x10;
+                flipped += 1;
+            }
         }
-    }
-    assert!(flipped > 0, "every write of a new index has its check");
-    let packed =
-        engine::fileindex::stored::pack(&engine::fileindex::format::encode(&tree, position), None)
-            .expect("packs");
-    ix.stored_bytes = packed.stored.len() as u64;
-    ix.stored_xxh3 = engine::manifest::hex_u128(packed.stored_xxh3);
-    ix.plain_bytes = packed.plain_bytes;
-    ix.plain_xxh3 = engine::manifest::hex_u128(packed.plain_xxh3);
-    s.put(&ix.key, packed.stored.to_vec());
-    let mkey = s.pointer().manifest_key;
-    let mut raw = s.manifest_raw(&mkey);
-    raw["index"] = serde_json::to_value(&ix).expect("json");
-    s.put(&mkey, serde_json::to_vec(&raw).expect("json"));
+        assert!(flipped > 0, "every write of a new index has its check");
+    });
     let other = tempfile::tempdir().expect("scratch");
     let out = restore_one(&s, other.path(), "files");
     out.assert_code(7);
@@ -631,23 +618,17 @@ fn a_resumed_run_keeps_the_index_decision_its_manifest_was_written_with() {
     assert_eq!(m.index.as_ref().map(|i| i.position), Some(0));
 }
 
-/// A backup whose index a build before format 2 stored (format 1: no checks), and an
-/// incremental made on it by this build: both list, `verify --deep` finds both identical
-/// to what their streams build (the old one as format 1, the new one from a parent without
-/// checks), and the new one's own files restore by path.
-#[test]
-fn an_index_of_format_1_and_the_incrementals_built_on_it_still_verify() {
-    let s = Setup::new(Flavor::Garage, Opts::default());
-    s.run(&["backup"]).assert_code(0);
+/// Rewrites the newest backup's (clear) index through `change`, stored in `format`, with a
+/// manifest entry that fits it: every hash recomputed, as a forger or an older build would.
+fn rewrite_index(s: &Setup, format: u8, change: impl FnOnce(&mut engine::fileindex::Tree)) {
     let mkey = s.pointer().manifest_key;
-    let m = s.manifest(&mkey);
-    // As the older build stored it.
-    let mut ix = m.index.clone().expect("index");
+    let mut ix = s.manifest(&mkey).index.expect("an index");
     let plain = engine::fileindex::stored::unpack(&s.get(&ix.key), &ix, None).expect("unpacks");
-    let (tree, position) = engine::fileindex::format::decode(&plain).expect("decodes");
-    let old = engine::fileindex::format::encode_as(&tree, position, 1);
-    let packed = engine::fileindex::stored::pack(&old, None).expect("packs");
-    ix.format = 1;
+    let (mut tree, position) = engine::fileindex::format::decode(&plain).expect("decodes");
+    change(&mut tree);
+    let encoded = engine::fileindex::format::encode_as(&tree, position, format);
+    let packed = engine::fileindex::stored::pack(&encoded, None).expect("packs");
+    ix.format = u32::from(format);
     ix.stored_bytes = packed.stored.len() as u64;
     ix.stored_xxh3 = engine::manifest::hex_u128(packed.stored_xxh3);
     ix.plain_bytes = packed.plain_bytes;
@@ -656,6 +637,19 @@ fn an_index_of_format_1_and_the_incrementals_built_on_it_still_verify() {
     let mut raw = s.manifest_raw(&mkey);
     raw["index"] = serde_json::to_value(&ix).expect("json");
     s.put(&mkey, serde_json::to_vec(&raw).expect("json"));
+}
+
+/// A backup whose index a build before format 2 stored (format 1: no checks), and an
+/// incremental made on it by this build: both list, `verify --deep` finds both identical
+/// to what their streams build (the old one as format 1, the new one from a parent without
+/// checks), and the new one's own files restore by path.
+#[test]
+fn an_index_of_format_1_and_the_incrementals_built_on_it_still_verify() {
+    let s = Setup::new(Flavor::Garage, Opts::default());
+    s.run(&["backup"]).assert_code(0);
+    let m = s.manifest(&s.pointer().manifest_key);
+    // As the older build stored it.
+    rewrite_index(&s, 1, |_| {});
     // This host's cached copy went with the old build: the parent comes from the bucket.
     let cache = s.state.path().join("state/index");
     std::fs::remove_dir_all(&cache).expect("the index cache");

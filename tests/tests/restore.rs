@@ -190,7 +190,8 @@ fn moto_glacier_is_thawed_through_restore_object() {
     archive_is_thawed("GLACIER");
 }
 
-fn archive_is_thawed(class: &str) {
+/// Moto, chunks stored in `class`, restores that poll every second for up to an hour.
+fn archiving(class: &str) -> Setup {
     let s = Setup::new(
         Flavor::Moto,
         Opts {
@@ -202,6 +203,11 @@ fn archive_is_thawed(class: &str) {
         "{}\n[restore]\ntier = \"Bulk\"\npoll_seconds = 1\ntimeout_hours = 1\n",
         s.default_config()
     ));
+    s
+}
+
+fn archive_is_thawed(class: &str) {
+    let s = archiving(class);
     s.run(&["backup"]).assert_code(0);
     let m = s.manifest(&s.pointer().manifest_key);
     for c in &m.chunks {
@@ -250,17 +256,7 @@ fn archive_is_thawed(class: &str) {
 /// restores it once they are thawed.
 #[test]
 fn moto_restore_path_thaws_only_the_chunks_it_needs() {
-    let s = Setup::new(
-        Flavor::Moto,
-        Opts {
-            storage_class_chunks: "GLACIER".into(),
-            ..opts()
-        },
-    );
-    s.write_config(&format!(
-        "{}\n[restore]\ntier = \"Bulk\"\npoll_seconds = 1\ntimeout_hours = 1\n",
-        s.default_config()
-    ));
+    let s = archiving("GLACIER");
     s.run(&["backup"]).assert_code(0);
     let m = s.manifest(&s.pointer().manifest_key);
     assert!(m.chunks.len() >= 2, "{} chunks", m.chunks.len());
