@@ -69,19 +69,18 @@ pub fn unpack(
     ix: &IndexEntry,
     sealed: Option<(&Opener, usize)>,
 ) -> Result<Vec<u8>, StoredError> {
-    let damaged = |what: String| StoredError::Damaged {
-        key: ix.key.clone(),
-        what,
-    };
     if stored.len() as u64 != ix.stored_bytes
         || crate::manifest::hex_u128(xxhash_rust::xxh3::xxh3_128(stored)) != ix.stored_xxh3
     {
-        return Err(damaged(format!(
-            "{} bytes that do not hash to what the manifest records ({} bytes, xxh3 {}); it was damaged or replaced",
-            stored.len(),
-            ix.stored_bytes,
-            ix.stored_xxh3
-        )));
+        return Err(damaged(
+            ix,
+            format!(
+                "{} bytes that do not hash to what the manifest records ({} bytes, xxh3 {}); it was damaged or replaced",
+                stored.len(),
+                ix.stored_bytes,
+                ix.stored_xxh3
+            ),
+        ));
     }
     let mut buf = BytesMut::from(stored);
     if let Some((opener, recipients)) = sealed {
@@ -100,21 +99,20 @@ pub fn from_cache(compressed: &[u8], ix: &IndexEntry) -> Result<Tree, StoredErro
 }
 
 fn decompress_checked(buf: &[u8], ix: &IndexEntry) -> Result<Vec<u8>, StoredError> {
-    let damaged = |what: String| StoredError::Damaged {
-        key: ix.key.clone(),
-        what,
-    };
     let cap = usize::try_from(ix.plain_bytes)
-        .map_err(|_| damaged(format!("{} plain bytes", ix.plain_bytes)))?;
-    let plain = bounded_decompress(buf, cap).map_err(|e| damaged(format!("zstd: {e}")))?;
+        .map_err(|_| damaged(ix, format!("{} plain bytes", ix.plain_bytes)))?;
+    let plain = bounded_decompress(buf, cap).map_err(|e| damaged(ix, format!("zstd: {e}")))?;
     if plain.len() as u64 != ix.plain_bytes
         || crate::manifest::hex_u128(xxhash_rust::xxh3::xxh3_128(&plain)) != ix.plain_xxh3
     {
-        return Err(damaged(format!(
-            "decompressed to {} bytes that do not hash to what the manifest records ({} bytes)",
-            plain.len(),
-            ix.plain_bytes
-        )));
+        return Err(damaged(
+            ix,
+            format!(
+                "decompressed to {} bytes that do not hash to what the manifest records ({} bytes)",
+                plain.len(),
+                ix.plain_bytes
+            ),
+        ));
     }
     Ok(plain)
 }
