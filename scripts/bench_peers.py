@@ -1,0 +1,435 @@
+#!/usr/bin/env python3
+"""btrfs-to-s3 against its peers, in one run with the contenders alternated (issue 11).
+
+On a loop-device Btrfs and a local garage, for each stream size:
+  backup   btrfs-to-s3 with default settings and with 1 GiB chunks (multi-chunk), beside
+           `btrfs send |` s5cmd pipe, AWS CLI v2 `s3 cp -` and rclone `rcat`;
+  restore  each btrfs-to-s3 backup (`restore --verify none`: every part is still checked)
+           beside `s5cmd cat | btrfs receive` of s5cmd's own upload;
+  ceilings `btrfs send > /dev/null`, and the server's ingest and egress measured with s5cmd
+           from and to memory (a copy of the stream in /dev/shm, `s5cmd cat > /dev/null`);
+  1 %      then 1 % of the data rewritten and an incremental taken, per repeat, by the tool
+           (`backup --once`) and by the peers (`btrfs send -p`).
+Every contender's time includes its `btrfs send`; CPU is user + system of the whole pipeline
+(the kernel's send work included), peak RSS the largest process of it (/usr/bin/time).
+Page cache dropped before each run (not in --quick). Contenders rotate their order every
+repeat. Results: OUT/peers.json (every run, medians, ratios, targets) and OUT/peers.md.
+
+  sudo scripts/bench-peers.sh [--sizes 1,8] [--repeat 3] [--out DIR]
+  sudo scripts/bench-peers.sh --quick      # 64 MiB, one repeat: the test run's smoke test
+
+Needs root, btrfs-progs, garage, s5cmd, rclone and /usr/bin/aws (scripts/install-deps.sh
+--bench). The tool is --bin (default target/release/btrfs-to-s3, which bench-peers.sh builds).
+"""
+import argparse
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.environ.get("BTRFS_TO_S3_TOOLS", "/opt/btrfs-to-s3-tools")
+S5 = f"{TOOLS}/venv/bin/s5cmd"
+RCLONE = f"{TOOLS}/venv/bin/rclone"
+AWS = "/usr/bin/aws"
+MIB = 1 << 20
+GIB = 1 << 30
+# Ingest from memory is measured on at most this much of the stream (tmpfs is RAM).
+INGEST_CAP = 4 * GIB
+
+BACKUP_PEERS = ["s5cmd", "aws", "rclone"]
+
+
+def log(msg):
+    print(f"bench-peers: {msg}", file=sys.stderr, flush=True)
+
+
+def sh(cmd, check=True, capture=False, env=None):
+    r = subprocess.run(["bash", "-c", "set -o pipefail; " + cmd], env=env,
+                       stdout=subprocess.PIPE if capture else None, text=True)
+    if check and r.returncode != 0:
+        raise SystemExit(f"bench-peers: command failed ({r.returncode}): {cmd}")
+    return r.stdout if capture else r.returncode
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = args.work
+        self.out = args.out
+        self.bin = os.path.abspath(args.bin)
+        self.runs = []
+        self.failed = []
+        self.env = dict(os.environ)
+        self.loop = None
+        self.shm = f"/dev/shm/btrfs-to-s3-bench-{os.getpid()}"
+
+    # ---------- set-up ----------
+    def prerequisites(self):
+        missing = [p for p in (S5, RCLONE, AWS, "/usr/bin/time", f"{TOOLS}/bin/garage", self.bin)
+                   if not os.access(p, os.X_OK)]
+        if shutil.which("btrfs") is None:
+            missing.append("btrfs (btrfs-progs)")
+        if missing:
+            raise SystemExit("bench-peers: missing " + ", ".join(missing)
+                             + ": run scripts/install-deps.sh --bench, and build the tool")
+        if os.geteuid() != 0:
+            raise SystemExit("bench-peers: needs root (losetup, mount, drop_caches)")
+
+    def setup(self, size):
+        self.teardown()
+        os.makedirs(f"{self.work}/mnt", exist_ok=True)
+        img = f"{self.work}/fs.img"
+        # data + one restore at a time + 1 % changes, with room for Btrfs' metadata
+        with open(img, "wb") as f:
+            f.truncate(2 * size + 3 * GIB)
+        self.loop = sh(f"losetup --find --show {img}", capture=True).strip()
+        sh(f"mkfs.btrfs -q {self.loop} && mount {self.loop} {self.work}/mnt")
+        vars_ = sh(f"{ROOT}/scripts/garage-local.sh start {self.work}/garage", capture=True)
+        for line in vars_.splitlines():
+            k, _, v = line.removeprefix("export ").partition("=")
+            self.env[k] = v
+        self.endpoint = self.env["S3_ENDPOINT"]
+        self.bucket = self.env["S3_BUCKET"]
+        env = self.env
+        env.update({"AWS_DEFAULT_REGION": env["AWS_REGION"], "AWS_PAGER": "",
+                    "RCLONE_CONFIG_G_TYPE": "s3", "RCLONE_CONFIG_G_PROVIDER": "Other",
+                    "RCLONE_CONFIG_G_ENV_AUTH": "false",
+                    "RCLONE_CONFIG_G_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
+                    "RCLONE_CONFIG_G_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
+                    "RCLONE_CONFIG_G_ENDPOINT": self.endpoint,
+                    "RCLONE_CONFIG_G_REGION": env["AWS_REGION"],
+                    "RCLONE_CONFIG_G_FORCE_PATH_STYLE": "true"})
+        mnt = f"{self.work}/mnt"
+        sh(f"btrfs subvolume create {mnt}/data >/dev/null && mkdir {mnt}/peer-snaps {mnt}/restore")
+        # Incompressible: files of up to 256 MiB of random bytes, and 200 small ones.
+        blob = min(256 * MIB, max(size // 4, MIB))
+        n = max(1, size // blob)
+        for i in range(n):
+            sh(f"head -c {blob} /dev/urandom > {mnt}/data/blob{i}")
+        sh(f"mkdir {mnt}/data/small && for i in $(seq 1 200); do head -c 20K /dev/urandom > {mnt}/data/small/f$i; done; sync")
+        self.blobs = [f"{mnt}/data/blob{i}" for i in range(n)]
+        self.peer_snap = f"{mnt}/peer-snaps/full"
+        sh(f"btrfs subvolume snapshot -r {mnt}/data {self.peer_snap} >/dev/null")
+        self.stream_bytes = int(sh(f"btrfs send -q {self.peer_snap} | wc -c", capture=True))
+        cap = min(self.stream_bytes, INGEST_CAP)
+        sh(f"btrfs send -q {self.peer_snap} | head -c {cap} > {self.shm} || true")
+        self.shm_bytes = os.path.getsize(self.shm)
+        log(f"{size / GIB:g} GiB of data: a {self.stream_bytes} B send stream")
+
+    def teardown(self):
+        sh(f"{ROOT}/scripts/garage-local.sh stop {self.work}/garage", check=False)
+        mnt = f"{self.work}/mnt"
+        if os.path.ismount(mnt):
+            sh(f"umount {mnt}", check=False)
+        for dev in sh(f"losetup -j {self.work}/fs.img -O NAME -n 2>/dev/null || true",
+                      capture=True).split():
+            sh(f"losetup -d {dev}", check=False)
+        shutil.rmtree(self.work, ignore_errors=True)
+        if os.path.exists(self.shm):
+            os.remove(self.shm)
+
+    def config(self, name, chunk_size=None):
+        extra = f'chunk_size = "{chunk_size}"\n' if chunk_size else ""
+        path = f"{self.work}/{name}.toml"
+        with open(path, "w") as f:
+            f.write(f"""snapshot_dir = "{self.work}/mnt/.snapshots-{name}"
+state_dir = "{self.work}/state-{name}"
+[[subvolumes]]
+name = "data"
+path = "{self.work}/mnt/data"
+[s3]
+bucket = "{self.bucket}"
+endpoint = "{self.endpoint}"
+path_style = true
+provider = "garage"
+prefix = "{name}"
+{extra}""")
+        return path
+
+    # ---------- measuring ----------
+    def timed(self, record, cmd, stream_bytes):
+        """Runs one contender's shell pipeline under /usr/bin/time and records it."""
+        if not self.args.quick:
+            sh("sync; echo 3 > /proc/sys/vm/drop_caches")
+        tf = f"{self.work}/time.txt"
+        full = f"/usr/bin/time -f '%e %U %S %M' -o {tf} bash -c {shlex.quote('set -o pipefail; ' + cmd)}"
+        code = subprocess.run(["bash", "-c", full], env=self.env).returncode
+        wall, user, system, rss_kib = open(tf).read().split()[-4:]
+        wall = max(float(wall), 0.01)
+        cpu = float(user) + float(system)
+        record.update({"exit_code": code, "stream_bytes": stream_bytes, "wall_s": wall,
+                       "mib_s": round(stream_bytes / MIB / wall, 1),
+                       "cpu_s": round(cpu, 2),
+                       "cpu_s_per_gib": round(cpu / (stream_bytes / GIB), 2),
+                       "peak_rss_mib": round(int(rss_kib) / 1024, 1)})
+        self.runs.append(record)
+        log("{size_gib:g} GiB {scenario} {contender} r{repeat}: exit {exit_code}, {wall_s} s, "
+            "{mib_s} MiB/s, {cpu_s_per_gib} CPU s/GiB, {peak_rss_mib} MiB".format(**record))
+        if code != 0:
+            self.failed.append(record)
+        return code
+
+    def rotate(self, items, r):
+        k = r % len(items)
+        return items[k:] + items[:k]
+
+    def s3rm(self, prefix):
+        sh(f"{S5} --endpoint-url {self.endpoint} rm 's3://{self.bucket}/{prefix}*' >/dev/null 2>&1",
+           check=False, env=self.env)
+
+    def tool_json(self, path):
+        try:
+            return json.load(open(path))["runs"][0]
+        except (OSError, ValueError, KeyError, IndexError):
+            return None
+
+    def manifest(self, key):
+        text = sh(f"{S5} --endpoint-url {self.endpoint} cat s3://{self.bucket}/{key}",
+                  capture=True, env=self.env)
+        return json.loads(text)
+
+    # ---------- one size ----------
+    def run_size(self, size):
+        self.setup(size)
+        S = self.stream_bytes
+        gib = size / GIB
+        mnt = f"{self.work}/mnt"
+        cfg = {"default": self.config("default"), "1gib": self.config("1gib", "1GiB")}
+        tool = {"default": "btrfs-to-s3", "1gib": "btrfs-to-s3 (1 GiB chunks)"}
+        for r in range(self.args.repeat):
+            base = {"size_gib": gib, "repeat": r + 1}
+            kept = {}
+
+            def backup(c):
+                rec = dict(base, scenario="backup full", contender=c)
+                if c in ("default", "1gib"):
+                    out = f"{self.work}/backup-{c}.json"
+                    rec["contender"] = tool[c]
+                    self.timed(rec, f"{self.bin} --config {cfg[c]} --quiet backup --full --json > {out}", S)
+                    run = self.tool_json(out)
+                    if run:
+                        m = self.manifest(run["manifest_key"])
+                        part = max(p["size"] for ch in m["chunks"] for p in ch["parts"])
+                        rec.update({"stored_bytes": run.get("total_bytes"), "chunks": len(m["chunks"]),
+                                    "part_size": part, "concurrency": 4,
+                                    "rss_bound_mib": round((4 + 2) * part / MIB + 64, 1)})
+                        kept[c] = run
+                elif c == "s5cmd":
+                    self.timed(rec, f"btrfs send -q {self.peer_snap} | {S5} --endpoint-url {self.endpoint} "
+                               f"pipe s3://{self.bucket}/peers/s5cmd", S)
+                elif c == "aws":
+                    self.timed(rec, f"btrfs send -q {self.peer_snap} | {AWS} --endpoint-url {self.endpoint} "
+                               f"s3 cp --only-show-errors - s3://{self.bucket}/peers/aws", S)
+                elif c == "rclone":
+                    self.timed(rec, f"btrfs send -q {self.peer_snap} | {RCLONE} rcat G:{self.bucket}/peers/rclone", S)
+                elif c == "send > /dev/null":
+                    rec["contender"] = "ceiling: btrfs send > /dev/null"
+                    self.timed(rec, f"btrfs send -q {self.peer_snap} > /dev/null", S)
+                elif c == "ingest":
+                    rec["contender"] = "ceiling: server ingest (s5cmd from memory)"
+                    self.timed(rec, f"{S5} --endpoint-url {self.endpoint} cp {self.shm} "
+                               f"s3://{self.bucket}/peers/ingest", self.shm_bytes)
+
+            for c in self.rotate(["default", "1gib", "s5cmd", "aws", "rclone", "send > /dev/null", "ingest"], r):
+                backup(c)
+
+            def restore(c):
+                rec = dict(base, scenario="restore", contender=c)
+                target = f"{mnt}/restore"
+                if c in ("default", "1gib"):
+                    rec["contender"] = tool[c]
+                    if c not in kept:
+                        return
+                    self.timed(rec, f"{self.bin} --config {cfg[c]} --quiet restore --json --subvolume data "
+                               f"--target {target} --verify none > {self.work}/restore-{c}.json", S)
+                    prev = next((x for x in self.runs if x["scenario"] == "backup full"
+                                 and x["contender"] == tool[c] and x["repeat"] == r + 1), {})
+                    if "rss_bound_mib" in prev:
+                        rec["rss_bound_mib"] = prev["rss_bound_mib"]
+                elif c == "s5cmd":
+                    rec["contender"] = "s5cmd cat | btrfs receive"
+                    self.timed(rec, f"{S5} --endpoint-url {self.endpoint} cat s3://{self.bucket}/peers/s5cmd "
+                               f"| btrfs receive -q {target}", S)
+                elif c == "egress":
+                    rec["contender"] = "ceiling: server egress (s5cmd cat > /dev/null)"
+                    self.timed(rec, f"{S5} --endpoint-url {self.endpoint} cat s3://{self.bucket}/peers/s5cmd "
+                               f"> /dev/null", S)
+                for d in sorted(os.listdir(target)):
+                    sh(f"btrfs subvolume delete {target}/{d} >/dev/null 2>&1 || rm -rf {target}/{d}")
+
+            for c in self.rotate(["default", "1gib", "s5cmd", "egress"], r):
+                restore(c)
+
+            # Keep the last repeat's default backup: the incrementals build on it.
+            last = r == self.args.repeat - 1
+            for c, run in kept.items():
+                if last and c == "default":
+                    continue
+                self.s3rm(f"{c}/")
+                sh(f"btrfs subvolume delete {run['snapshot']} >/dev/null")
+                shutil.rmtree(f"{self.work}/state-{c}", ignore_errors=True)
+            self.s3rm("peers/")
+        if "default" in kept:
+            self.incrementals(size, cfg["default"])
+        self.s3rm("")
+        self.teardown()
+
+    def incrementals(self, size, cfg):
+        mnt = f"{self.work}/mnt"
+        parent = self.peer_snap
+        for r in range(self.args.repeat):
+            # 1 % of the data rewritten in place, spread over the files, and one file added.
+            change = max(self.stream_bytes // 100, 4096)
+            each = max(change // len(self.blobs), 4096)
+            for i, b in enumerate(self.blobs):
+                fsize = os.path.getsize(b)
+                with open(b, "r+b") as f:
+                    f.seek(((i * 37 + r * 11) * MIB) % max(fsize - each, 1))
+                    f.write(os.urandom(min(each, fsize)))
+            with open(f"{mnt}/data/small/new-{r}", "wb") as f:
+                f.write(os.urandom(4096))
+            sh("sync")
+            snap = f"{mnt}/peer-snaps/inc{r}"
+            sh(f"btrfs subvolume snapshot -r {mnt}/data {snap} >/dev/null")
+            inc = int(sh(f"btrfs send -q -p {parent} {snap} | wc -c", capture=True))
+            base = {"size_gib": size / GIB, "repeat": r + 1, "scenario": "backup 1 % incremental"}
+            for c in self.rotate(["btrfs-to-s3"] + BACKUP_PEERS, r):
+                rec = dict(base, contender=c)
+                send = f"btrfs send -q -p {parent} {snap}"
+                if c == "btrfs-to-s3":
+                    out = f"{self.work}/inc.json"
+                    self.timed(rec, f"{self.bin} --config {cfg} --quiet backup --once --json > {out}", inc)
+                    run = self.tool_json(out)
+                    if run and run.get("kind") != "incremental":
+                        rec["exit_code"] = 1
+                        self.failed.append(dict(rec, why=f"kind {run.get('kind')}"))
+                elif c == "s5cmd":
+                    self.timed(rec, f"{send} | {S5} --endpoint-url {self.endpoint} pipe s3://{self.bucket}/peers/inc-s5cmd", inc)
+                elif c == "aws":
+                    self.timed(rec, f"{send} | {AWS} --endpoint-url {self.endpoint} s3 cp --only-show-errors - "
+                               f"s3://{self.bucket}/peers/inc-aws", inc)
+                elif c == "rclone":
+                    self.timed(rec, f"{send} | {RCLONE} rcat G:{self.bucket}/peers/inc-rclone", inc)
+            parent = snap
+
+    # ---------- summary ----------
+    def summary(self):
+        groups = {}
+        for x in self.runs:
+            if x["exit_code"] == 0:
+                groups.setdefault((x["size_gib"], x["scenario"], x["contender"]), []).append(x)
+        rows = []
+        for (size, scen, cont), xs in groups.items():
+            row = {"size_gib": size, "scenario": scen, "contender": cont, "runs": len(xs)}
+            for k in ("wall_s", "mib_s", "cpu_s_per_gib", "peak_rss_mib"):
+                row[k] = round(statistics.median(x[k] for x in xs), 2)
+            row["peak_rss_max_mib"] = max(x["peak_rss_mib"] for x in xs)
+            if "rss_bound_mib" in xs[0]:
+                row["rss_bound_mib"] = xs[0]["rss_bound_mib"]
+            rows.append(row)
+        for row in rows:
+            peers = [p for p in rows if p["size_gib"] == row["size_gib"] and p["scenario"] == row["scenario"]
+                     and is_peer(p["contender"])]
+            if peers:
+                best = max(peers, key=lambda p: p["mib_s"])
+                row["best_peer"] = best["contender"]
+                row["speed_vs_best_peer"] = round(row["mib_s"] / best["mib_s"], 3)
+            s5 = [p for p in peers if p["contender"].startswith("s5cmd")]
+            if s5 and s5[0]["cpu_s_per_gib"] > 0:
+                row["cpu_vs_s5cmd"] = round(row["cpu_s_per_gib"] / s5[0]["cpu_s_per_gib"], 3)
+            if row["scenario"] == "backup full" and row["contender"].startswith("btrfs-to-s3"):
+                ing = [p for p in rows if p["size_gib"] == row["size_gib"] and "ingest" in p["contender"]]
+                if ing:
+                    row["of_ingest_ceiling"] = round(row["mib_s"] / ing[0]["mib_s"], 3)
+        return rows
+
+    def targets(self, rows):
+        t = []
+        for row in rows:
+            if not row["contender"].startswith("btrfs-to-s3"):
+                continue
+            what = f'{row["size_gib"]:g} GiB {row["scenario"]}, {row["contender"]}'
+            if "speed_vs_best_peer" in row:
+                t.append({"what": what, "target": "speed >= 1.25x the best peer",
+                          "value": row["speed_vs_best_peer"], "met": row["speed_vs_best_peer"] >= 1.25})
+            if "of_ingest_ceiling" in row:
+                t.append({"what": what, "target": "within 15 % of the ingest ceiling",
+                          "value": row["of_ingest_ceiling"], "met": row["of_ingest_ceiling"] >= 0.85})
+            if "cpu_vs_s5cmd" in row and row["scenario"] != "backup 1 % incremental":
+                t.append({"what": what, "target": "CPU per GiB <= 0.6x s5cmd's",
+                          "value": row["cpu_vs_s5cmd"], "met": row["cpu_vs_s5cmd"] <= 0.6})
+            if "rss_bound_mib" in row:
+                t.append({"what": what, "target": f'peak RSS <= {row["rss_bound_mib"]} MiB',
+                          "value": row["peak_rss_max_mib"], "met": row["peak_rss_max_mib"] <= row["rss_bound_mib"]})
+        return t
+
+    def write(self):
+        rows = self.summary()
+        targets = self.targets(rows)
+        doc = {"date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+               "commit": sh(f"git -C {ROOT} rev-parse --short HEAD 2>/dev/null || echo unknown", capture=True).strip(),
+               "quick": self.args.quick, "repeat": self.args.repeat, "runs": self.runs,
+               "medians": rows, "targets": targets, "failed": self.failed}
+        os.makedirs(self.out, exist_ok=True)
+        with open(f"{self.out}/peers.json", "w") as f:
+            json.dump(doc, f, indent=1)
+        md = [f'Commit {doc["commit"]}, {doc["date"]} UTC; medians of {self.args.repeat} '
+              f'repeat(s), contenders alternated.', ""]
+        for size in sorted({r["size_gib"] for r in rows}):
+            for scen in ("backup full", "restore", "backup 1 % incremental"):
+                sel = [r for r in rows if r["size_gib"] == size and r["scenario"] == scen]
+                if not sel:
+                    continue
+                md += [f"**{size:g} GiB, {scen}**", "",
+                       "| contender | wall s | MiB/s | vs best peer | CPU s/GiB | vs s5cmd CPU | peak RSS MiB (bound) |",
+                       "| --- | --- | --- | --- | --- | --- | --- |"]
+                for r in sorted(sel, key=lambda r: -r["mib_s"]):
+                    bound = f' ({r["rss_bound_mib"]})' if "rss_bound_mib" in r else ""
+                    md.append(f'| {r["contender"]} | {r["wall_s"]} | {r["mib_s"]} | {r.get("speed_vs_best_peer", "")} '
+                              f'| {r["cpu_s_per_gib"]} | {r.get("cpu_vs_s5cmd", "")} | {r["peak_rss_max_mib"]}{bound} |')
+                md.append("")
+        if targets:
+            md += ["| target | where | value | met |", "| --- | --- | --- | --- |"]
+            md += [f'| {t["target"]} | {t["what"]} | {t["value"]} | {"yes" if t["met"] else "**no**"} |' for t in targets]
+        with open(f"{self.out}/peers.md", "w") as f:
+            f.write("\n".join(md) + "\n")
+        print("\n".join(md))
+
+
+def is_peer(contender):
+    return not contender.startswith("btrfs-to-s3") and not contender.startswith("ceiling")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="1,8", help="stream sizes in GiB, comma-separated (default 1,8)")
+    p.add_argument("--repeat", type=int, default=3, help="repeats per size, contenders rotated (default 3)")
+    p.add_argument("--quick", action="store_true", help="64 MiB, one repeat, no cache drops: a smoke test")
+    p.add_argument("--bin", default=f"{ROOT}/target/release/btrfs-to-s3", help="the btrfs-to-s3 binary")
+    p.add_argument("--out", default=f"{ROOT}/run/bench", help="where peers.json and peers.md go")
+    p.add_argument("--work", default="/var/tmp/btrfs-to-s3-bench-peers", help="scratch directory (deleted)")
+    args = p.parse_args()
+    sizes = [64 * MIB] if args.quick else [int(float(s) * GIB) for s in args.sizes.split(",")]
+    if args.quick:
+        args.repeat = 1
+    b = Bench(args)
+    b.prerequisites()
+    try:
+        for s in sizes:
+            b.run_size(s)
+    finally:
+        b.teardown()
+    b.write()
+    if b.failed:
+        for f in b.failed:
+            log(f'FAILED: {f["size_gib"]:g} GiB {f["scenario"]} {f["contender"]} r{f["repeat"]}: exit {f["exit_code"]}')
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+//! The benchmark against the peers (`scripts/bench_peers.py`, issue 11) in its `--quick`
+//! mode, on the debug build: every contender ran to success and the results parse, as JSON
+//! and as Markdown. It asserts no time: timings belong to BENCHMARKS.md, not to tests.
+
+use harness::tool_bin;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+/// What the quick run must have measured: (scenario, contender).
+const CONTENDERS: &[(&str, &str)] = &[
+    ("backup full", "btrfs-to-s3"),
+    ("backup full", "btrfs-to-s3 (1 GiB chunks)"),
+    ("backup full", "s5cmd"),
+    ("backup full", "aws"),
+    ("backup full", "rclone"),
+    ("backup full", "ceiling: btrfs send > /dev/null"),
+    ("backup full", "ceiling: server ingest (s5cmd from memory)"),
+    ("restore", "btrfs-to-s3"),
+    ("restore", "btrfs-to-s3 (1 GiB chunks)"),
+    ("restore", "s5cmd cat | btrfs receive"),
+    ("restore", "ceiling: server egress (s5cmd cat > /dev/null)"),
+    ("backup 1 % incremental", "btrfs-to-s3"),
+    ("backup 1 % incremental", "s5cmd"),
+    ("backup 1 % incremental", "aws"),
+    ("backup 1 % incremental", "rclone"),
+];
+
+#[test]
+fn the_quick_benchmark_runs_every_contender_and_its_results_parse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root");
+    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let (out, work) = (dir.path().join("out"), dir.path().join("work"));
+    let run = Command::new("python3")
+        .arg(root.join("scripts/bench_peers.py"))
+        .arg("--quick")
+        .arg("--bin")
+        .arg(tool_bin("btrfs-to-s3"))
+        .arg("--out")
+        .arg(&out)
+        .arg("--work")
+        .arg(&work)
+        .output()
+        .expect("python3 runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "bench_peers.py --quick failed ({}): {stderr}",
+        run.status
+    );
+    assert!(!work.exists(), "the scratch directory is removed");
+
+    let doc: Value = serde_json::from_slice(&std::fs::read(out.join("peers.json")).expect("json"))
+        .expect("peers.json parses");
+    assert_eq!(doc["failed"], Value::Array(vec![]), "no contender failed");
+    let runs = doc["runs"].as_array().expect("runs");
+    let medians = doc["medians"].as_array().expect("medians");
+    for (scenario, contender) in CONTENDERS {
+        let is = |r: &&Value| r["scenario"] == *scenario && r["contender"] == *contender;
+        let mine: Vec<&Value> = runs.iter().filter(is).collect();
+        assert_eq!(
+            mine.len(),
+            1,
+            "one run of {scenario} / {contender}: {runs:#?}"
+        );
+        let r = mine[0];
+        assert_eq!(r["exit_code"], 0, "{r}");
+        for k in ["wall_s", "mib_s", "cpu_s_per_gib", "peak_rss_mib"] {
+            assert!(r[k].as_f64().is_some_and(|v| v > 0.0), "{k} of {r}");
+        }
+        assert!(r["stream_bytes"].as_u64().is_some_and(|b| b > 0), "{r}");
+        assert!(
+            medians.iter().any(|m| is(&m)),
+            "a median row for {contender}"
+        );
+    }
+    assert_eq!(runs.len(), CONTENDERS.len(), "no other runs: {runs:#?}");
+    // The tool's rows carry its comparisons and its memory bound.
+    let tool = medians
+        .iter()
+        .find(|m| m["scenario"] == "backup full" && m["contender"] == "btrfs-to-s3")
+        .expect("tool row");
+    assert!(tool["speed_vs_best_peer"].as_f64().is_some(), "{tool}");
+    assert!(tool["cpu_vs_s5cmd"].as_f64().is_some(), "{tool}");
+    assert!(tool["of_ingest_ceiling"].as_f64().is_some(), "{tool}");
+    assert!(tool["rss_bound_mib"].as_f64().is_some(), "{tool}");
+    let targets = doc["targets"].as_array().expect("targets");
+    assert!(
+        targets.iter().all(|t| t["met"].is_boolean()),
+        "{targets:#?}"
+    );
+    assert!(targets.len() >= 8, "{targets:#?}");
+
+    let md = std::fs::read_to_string(out.join("peers.md")).expect("peers.md");
+    assert!(md.contains("| contender | wall s | MiB/s |"), "{md}");
+    for (_, contender) in CONTENDERS {
+        assert!(
+            md.contains(&format!("| {contender} |")),
+            "{contender} in {md}"
+        );
+    }
+}
