@@ -24,6 +24,18 @@ pub(super) async fn fetch_part(
     p: &PartEntry,
     opener: Option<&Unseal>,
 ) -> Result<Bytes, RestoreError> {
+    fetch_part_into(store, key, offset, p, opener, None).await
+}
+
+/// `fetch_part`, read into `reuse` (a spent part's buffer) when given.
+async fn fetch_part_into(
+    store: &dyn ObjectStore,
+    key: &str,
+    offset: u64,
+    p: &PartEntry,
+    opener: Option<&Unseal>,
+    mut reuse: Option<bytes::BytesMut>,
+) -> Result<Bytes, RestoreError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -39,7 +51,10 @@ pub(super) async fn fetch_part(
         );
         let got = match injected {
             Some(e) => Err(e),
-            None => store.get_range(key, offset, p.size).await,
+            None => match reuse.take() {
+                Some(buf) => store.get_range_into(key, offset, p.size, buf).await,
+                None => store.get_range(key, offset, p.size).await,
+            },
         };
         if let Err(e) = &got {
             if e.is_retryable() {
@@ -155,12 +170,17 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
         }
     }
     // Each fetch is its own task, so downloads (and their part checks) go on while the
-    // loop below writes to `btrfs receive`; at most `concurrency` are in flight.
+    // loop below writes to `btrfs receive`; at most `concurrency` are in flight. Written
+    // parts' buffers come back to `spent` and the next downloads read into them: memory
+    // stays at concurrency + 1 part buffers, allocated once (fresh buffers freed at every
+    // part let the allocator's arenas keep twice that; see BENCHMARKS.md).
+    let spent: Arc<std::sync::Mutex<Vec<bytes::BytesMut>>> = Arc::default();
     let mut parts = futures::stream::iter(jobs.into_iter().map(|(idx, key, off, p)| {
         let store = store.clone();
         let unseal = unseal.clone();
+        let reuse = spent.lock().ok().and_then(|mut s| s.pop());
         tokio::spawn(async move {
-            fetch_part(store.as_ref(), &key, off, &p, unseal.as_ref())
+            fetch_part_into(store.as_ref(), &key, off, &p, unseal.as_ref(), reuse)
                 .await
                 .map(|d| (idx, d))
         })
@@ -233,6 +253,9 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
         if let Some(p) = progress {
             p.stream_bytes
                 .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let (Ok(buf), Ok(mut s)) = (data.try_into_mut(), spent.lock()) {
+            s.push(buf);
         }
         written_parts += 1;
         if written_parts == 2 {

@@ -136,6 +136,15 @@ impl ObjectStore for PrefixGuard {
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
         self.inner.get_range(key, offset, len).await
     }
+    async fn get_range_into(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+        buf: bytes::BytesMut,
+    ) -> Result<Bytes, StoreError> {
+        self.inner.get_range_into(key, offset, len, buf).await
+    }
     async fn restore_object(&self, key: &str, days: i32, tier: &str) -> Result<(), StoreError> {
         self.check("RestoreObject", key)?;
         self.inner.restore_object(key, days, tier).await
@@ -311,6 +320,20 @@ impl ObjectStore for CrashingStore {
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
         self.call("GetObject", key, self.inner.get_range(key, offset, len))
             .await
+    }
+    async fn get_range_into(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+        buf: bytes::BytesMut,
+    ) -> Result<Bytes, StoreError> {
+        self.call(
+            "GetObject",
+            key,
+            self.inner.get_range_into(key, offset, len, buf),
+        )
+        .await
     }
     async fn restore_object(&self, key: &str, days: i32, tier: &str) -> Result<(), StoreError> {
         self.call(

@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::settings::Sse;
 
@@ -233,6 +233,19 @@ pub trait ObjectStore: Send + Sync {
     async fn get_object(&self, key: &str) -> Result<Bytes, StoreError>;
     /// `len` bytes at `offset` of an object.
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError>;
+    /// `get_range` read into `buf` (cleared first), so that a caller can reuse its buffers and
+    /// keep its memory to the buffers it owns. A store that cannot fill a given buffer
+    /// allocates, as `get_range` does.
+    async fn get_range_into(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+        buf: BytesMut,
+    ) -> Result<Bytes, StoreError> {
+        drop(buf);
+        self.get_range(key, offset, len).await
+    }
     /// Asks S3 to thaw an archived object for `days` at `tier` (Bulk, Standard, Expedited).
     async fn restore_object(&self, key: &str, days: i32, tier: &str) -> Result<(), StoreError>;
     async fn head_object(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError>;

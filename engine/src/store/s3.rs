@@ -188,12 +188,16 @@ impl S3Store {
         version: Option<&str>,
         offset: u64,
         len: u64,
+        buf: Option<bytes::BytesMut>,
     ) -> Result<Bytes, StoreError> {
         let op = if version.is_some() {
             "GetObjectVersion"
         } else {
             "GetObject"
         };
+        // A stalled attempt is made again: the buffer goes to the first one.
+        let buf = std::sync::Mutex::new(buf);
+        let buf = &buf;
         self.watched(op, key, |activity| async move {
             let mut out = self
                 .client
@@ -205,8 +209,15 @@ impl S3Store {
                 .send()
                 .await
                 .map_err(|e| self.err(op, key, e))?;
-            let mut data =
-                bytes::BytesMut::with_capacity(usize::try_from(len.min(64 << 20)).unwrap_or(0));
+            // At most 64 MiB up front: `len` is the caller's, the body is the server's.
+            let want = usize::try_from(len.min(64 << 20)).unwrap_or(0);
+            let mut data = buf
+                .lock()
+                .ok()
+                .and_then(|mut b| b.take())
+                .unwrap_or_default();
+            data.clear();
+            data.reserve(want);
             loop {
                 activity.touch();
                 match out.body.try_next().await {
@@ -714,7 +725,17 @@ impl ObjectStore for S3Store {
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
-        self.get_range_of(key, None, offset, len).await
+        self.get_range_of(key, None, offset, len, None).await
+    }
+
+    async fn get_range_into(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+        buf: bytes::BytesMut,
+    ) -> Result<Bytes, StoreError> {
+        self.get_range_of(key, None, offset, len, Some(buf)).await
     }
 
     async fn get_version(
@@ -724,7 +745,10 @@ impl ObjectStore for S3Store {
         range: Option<(u64, u64)>,
     ) -> Result<Bytes, StoreError> {
         match range {
-            Some((offset, len)) => self.get_range_of(key, Some(version_id), offset, len).await,
+            Some((offset, len)) => {
+                self.get_range_of(key, Some(version_id), offset, len, None)
+                    .await
+            }
             None => self.get_whole(key, Some(version_id)).await,
         }
     }
