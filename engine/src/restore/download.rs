@@ -172,8 +172,9 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
     // Each fetch is its own task, so downloads (and their part checks) go on while the
     // loop below writes to `btrfs receive`; at most `concurrency` are in flight. Written
     // parts' buffers come back to `spent` and the next downloads read into them: memory
-    // stays at concurrency + 1 part buffers, allocated once (fresh buffers freed at every
-    // part let the allocator's arenas keep twice that; see BENCHMARKS.md).
+    // stays at concurrency + 2 part buffers (the downloads, the part being written, the one
+    // before it still hashing), allocated once (fresh buffers freed at every part let the
+    // allocator's arenas keep twice that; see BENCHMARKS.md).
     let spent: Arc<std::sync::Mutex<Vec<bytes::BytesMut>>> = Arc::default();
     let mut parts = futures::stream::iter(jobs.into_iter().map(|(idx, key, off, p)| {
         let store = store.clone();
@@ -186,20 +187,13 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
         })
     }))
     .buffered(concurrency.max(1));
-    let mut stream_sha = Sha256::new();
-    let mut chunk_sha = Sha256::new();
-    let mut current = 0u32;
-    let mut total = 0u64;
-    let check_chunk = |idx: u32, sha: Sha256| -> Result<(), RestoreError> {
-        let c = &m.chunks[idx as usize];
-        let got = hex::encode(sha.finalize());
-        if got != c.sha256 {
-            return Err(RestoreError::Damaged {
-                key: c.key.clone(),
-                detail: format!("chunk SHA-256 {got}, manifest {}", c.sha256),
-            });
-        }
-        Ok(())
+    // The SHA-256s run on a thread of their own beside the writes to the receiver, so
+    // `btrfs receive` is fed while they hash; every one is compared before this returns,
+    // and so before the receiver may finish. One part waits for the hasher at most.
+    let (hash_tx, hash_rx) = tokio::sync::mpsc::channel::<(u32, Bytes)>(1);
+    let hasher = {
+        let spent = spent.clone();
+        tokio::task::spawn_blocking(move || hash_chunks(hash_rx, &spent))
     };
     let damaged = |detail: String| RestoreError::Damaged {
         key: m.chunks.last().map(|c| c.key.clone()).unwrap_or_default(),
@@ -210,23 +204,18 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
         .as_ref()
         .map(|c| c.decoder().map_err(damaged))
         .transpose()?;
+    let mut total = 0u64;
     let mut written_parts = 0u32;
     while let Some(r) = parts.next().await {
         let (idx, data) = r.map_err(|e| RestoreError::Task(e.to_string()))??;
-        if idx != current {
-            // Chunk 0's hash is the stream hasher's state at its end (see pipeline).
-            let done = if current == 0 {
-                stream_sha.clone()
-            } else {
-                std::mem::take(&mut chunk_sha)
-            };
-            check_chunk(current, done)?;
-            current = idx;
+        if usize::try_from(idx).map_or(true, |i| i >= m.chunks.len()) {
+            return Err(damaged(format!(
+                "part of chunk {idx}, which the manifest lacks"
+            )));
         }
-        if idx > 0 {
-            chunk_sha.update(&data);
+        if hash_tx.send((idx, data.clone())).await.is_err() {
+            break; // the hasher stopped: its join below says why
         }
-        stream_sha.update(&data);
         total += data.len() as u64;
         let write_failed = |e: std::io::Error| RestoreError::Receive {
             snapshot: m.snapshot.name.clone(),
@@ -254,23 +243,27 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
             p.stream_bytes
                 .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
-        if let (Ok(buf), Ok(mut s)) = (data.try_into_mut(), spent.lock()) {
-            s.push(buf);
-        }
+        recycle(data, &spent);
         written_parts += 1;
         if written_parts == 2 {
             failpoint!("restore-mid-stream");
         }
     }
-    check_chunk(
-        current,
-        if current == 0 {
-            stream_sha.clone()
-        } else {
-            chunk_sha
-        },
-    )?;
-    let got = hex::encode(stream_sha.finalize());
+    drop(hash_tx);
+    let (chunks, stream) = hasher
+        .await
+        .map_err(|e| RestoreError::Task(e.to_string()))?;
+    for (idx, sha) in chunks {
+        let c = &m.chunks[idx as usize];
+        let got = hex::encode(sha);
+        if got != c.sha256 {
+            return Err(RestoreError::Damaged {
+                key: c.key.clone(),
+                detail: format!("chunk SHA-256 {got}, manifest {}", c.sha256),
+            });
+        }
+    }
+    let got = hex::encode(stream);
     if got != m.stream_sha256 || total != m.total_bytes {
         return Err(RestoreError::Damaged {
             key: m.chunks.last().map(|c| c.key.clone()).unwrap_or_default(),
@@ -284,6 +277,49 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
         d.finish().map_err(damaged)?;
     }
     Ok(total)
+}
+
+/// Hands a written part's buffer back for the next download, if nothing else holds it.
+fn recycle(data: Bytes, spent: &std::sync::Mutex<Vec<bytes::BytesMut>>) {
+    if let (Ok(buf), Ok(mut s)) = (data.try_into_mut(), spent.lock()) {
+        s.push(buf);
+    }
+}
+
+/// SHA-256 of each chunk and of the stream, over parts in stream order. Chunk 0's hash is
+/// the stream hasher's state at its end (see pipeline), so a one-chunk stream is hashed once.
+fn hash_chunks(
+    mut parts: tokio::sync::mpsc::Receiver<(u32, Bytes)>,
+    spent: &std::sync::Mutex<Vec<bytes::BytesMut>>,
+) -> (Vec<(u32, [u8; 32])>, [u8; 32]) {
+    let mut stream_sha = Sha256::new();
+    let mut chunk_sha = Sha256::new();
+    let mut current = None;
+    let mut chunks = Vec::new();
+    let mut end = |idx: u32, stream_sha: &Sha256, chunk_sha: &mut Sha256| {
+        let done = if idx == 0 {
+            stream_sha.clone()
+        } else {
+            std::mem::take(chunk_sha)
+        };
+        chunks.push((idx, done.finalize().into()));
+    };
+    while let Some((idx, data)) = parts.blocking_recv() {
+        match current {
+            Some(c) if c != idx => end(c, &stream_sha, &mut chunk_sha),
+            _ => {}
+        }
+        current = Some(idx);
+        if idx > 0 {
+            chunk_sha.update(&data);
+        }
+        stream_sha.update(&data);
+        recycle(data, spent);
+    }
+    if let Some(c) = current {
+        end(c, &stream_sha, &mut chunk_sha);
+    }
+    (chunks, stream_sha.finalize().into())
 }
 
 /// Pipes a backup's verified stream into `btrfs receive DIR` (or `--dump` without a

@@ -398,3 +398,75 @@ fn fuzz_restore_journal() {
     });
     eprintln!("restore journal: {n} mutants, {read} read as a journal, none panicked");
 }
+
+/// A stream of two chunks (three parts and two) in a `MemoryStore`, with the manifest that
+/// describes it; `tamper` changes the manifest before the restore reads it.
+fn verified_stream(tamper: impl FnOnce(&mut Manifest)) -> Result<Vec<u8>, RestoreError> {
+    use sha2::{Digest, Sha256};
+    let store = Arc::new(crate::store::memory::MemoryStore::new("b"));
+    let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let (part, chunk) = (1000usize, 3000usize);
+    let (_, mut m) = chain_of(&["c0", "c1"]).remove(0);
+    m.chunks.clear();
+    for (index, c) in data.chunks(chunk).enumerate() {
+        let key = format!("c{index}");
+        rt().block_on(store.put_object(&key, Bytes::copy_from_slice(c), &PutOptions::default()))
+            .expect("put");
+        m.chunks.push(manifest::ChunkEntry {
+            index: index as u32,
+            key,
+            size: c.len() as u64,
+            sha256: hex::encode(Sha256::digest(c)),
+            etag: String::new(),
+            parts: c
+                .chunks(part)
+                .enumerate()
+                .map(|(n, p)| {
+                    let (xxh3, crc) = crate::pipeline::part_hashes(p);
+                    manifest::PartEntry {
+                        number: n as u32 + 1,
+                        size: p.len() as u64,
+                        xxh3: manifest::hex_u128(xxh3),
+                        crc32c: manifest::hex_u32(crc),
+                    }
+                })
+                .collect(),
+        });
+    }
+    m.total_bytes = data.len() as u64;
+    m.stream_sha256 = hex::encode(Sha256::digest(&data));
+    tamper(&mut m);
+    let mut out = Vec::new();
+    rt().block_on(stream_verified(store, &m, None, 2, &mut out, None))?;
+    assert_eq!(out, data, "what was written is the stream");
+    Ok(out)
+}
+
+#[test]
+fn every_chunk_and_the_stream_are_checked_before_the_restore_may_finish() {
+    verified_stream(|_| {}).expect("the untampered stream restores");
+    let wrong = "0".repeat(64);
+    for (chunk, key) in [(0, "c0"), (1, "c1")] {
+        let w = wrong.clone();
+        match verified_stream(|m| m.chunks[chunk].sha256 = w) {
+            Err(RestoreError::Damaged { key: k, detail }) => {
+                assert_eq!(k, key);
+                assert!(detail.contains("chunk SHA-256"), "{detail}");
+                assert!(detail.contains(&wrong), "{detail}");
+            }
+            other => panic!("chunk {chunk}'s wrong SHA-256 passed: {other:?}"),
+        }
+    }
+    match verified_stream(|m| m.stream_sha256 = wrong.clone()) {
+        Err(RestoreError::Damaged { detail, .. }) => {
+            assert!(detail.contains("stream SHA-256"), "{detail}")
+        }
+        other => panic!("a wrong stream SHA-256 passed: {other:?}"),
+    }
+    match verified_stream(|m| m.total_bytes += 1) {
+        Err(RestoreError::Damaged { detail, .. }) => {
+            assert!(detail.contains("5000 bytes"), "{detail}")
+        }
+        other => panic!("a wrong length passed: {other:?}"),
+    }
+}
