@@ -8,4 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh --bench
 cargo build --quiet --release -p btrfs-to-s3
+cargo build --quiet --release -p btrfs-to-s3-fault-injection --bin s3-fault-proxy
 exec python3 scripts/bench_peers.py "$@"

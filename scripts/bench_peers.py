@@ -9,7 +9,10 @@ On a loop-device Btrfs and a local garage, for each stream size:
   ceilings `btrfs send > /dev/null`, and the server's ingest and egress measured with s5cmd
            from and to memory (a copy of the stream in /dev/shm, `s5cmd cat > /dev/null`);
   1 %      then 1 % of the data rewritten and an incremental taken, per repeat, by the tool
-           (`backup --once`) and by the peers (`btrfs send -p`).
+           (`backup --once`) and by the peers (`btrfs send -p`);
+  WAN      with --wan SIZE_MIB: a full backup of SIZE_MIB by each, through s3-fault-proxy
+           with 50 ms added to every request and the link capped at 100 Mbit/s (both
+           directions together), against the cap.
 Every contender's time includes its `btrfs send`; CPU is user + system of the whole pipeline
 (the kernel's send work included), peak RSS the largest process of it (/usr/bin/time).
 Page cache dropped before each run (not in --quick). Contenders rotate their order every
@@ -17,6 +20,7 @@ repeat, after one unmeasured warm-up backup and upload. Results: OUT/peers.json 
 
   sudo scripts/bench-peers.sh [--sizes 1,8] [--repeat 3] [--out DIR]
   sudo scripts/bench-peers.sh --quick      # 64 MiB, one repeat: the test run's smoke test
+  sudo scripts/bench-peers.sh --sizes '' --wan 512   # only the WAN profile
 
 Needs root, btrfs-progs, garage, s5cmd, rclone and /usr/bin/aws (scripts/install-deps.sh
 --bench). The tool is --bin (default target/release/btrfs-to-s3, which bench-peers.sh builds).
@@ -42,6 +46,9 @@ GIB = 1 << 30
 INGEST_CAP = 4 * GIB
 
 BACKUP_PEERS = ["s5cmd", "aws", "rclone"]
+# The WAN profile: 50 ms a request, 100 Mbit/s.
+WAN_LATENCY_MS = 50
+WAN_BYTES_S = 100_000_000 // 8
 
 
 def log(msg):
@@ -71,6 +78,7 @@ class Bench:
     # ---------- set-up ----------
     def prerequisites(self):
         missing = [p for p in (S5, RCLONE, AWS, "/usr/bin/time", f"{TOOLS}/bin/garage", self.bin)
+                   + ((self.args.proxy,) if self.args.wan else ())
                    if not os.access(p, os.X_OK)]
         if shutil.which("btrfs") is None:
             missing.append("btrfs (btrfs-progs)")
@@ -231,19 +239,19 @@ prefix = "{name}"
                         kept[c] = run
                 elif c == "s5cmd":
                     self.timed(rec, f"btrfs send -q {self.peer_snap} | {S5} --endpoint-url {self.endpoint} "
-                               f"pipe s3://{self.bucket}/peers/s5cmd", S)
+                               f"pipe s3://{self.bucket}/peers/s5cmd >/dev/null", S)
                 elif c == "aws":
                     self.timed(rec, f"btrfs send -q {self.peer_snap} | {AWS} --endpoint-url {self.endpoint} "
                                f"s3 cp --only-show-errors - s3://{self.bucket}/peers/aws", S)
                 elif c == "rclone":
-                    self.timed(rec, f"btrfs send -q {self.peer_snap} | {RCLONE} rcat G:{self.bucket}/peers/rclone", S)
+                    self.timed(rec, f"btrfs send -q {self.peer_snap} | {RCLONE} -q rcat G:{self.bucket}/peers/rclone", S)
                 elif c == "send > /dev/null":
                     rec["contender"] = "ceiling: btrfs send > /dev/null"
                     self.timed(rec, f"btrfs send -q {self.peer_snap} > /dev/null", S)
                 elif c == "ingest":
                     rec["contender"] = "ceiling: server ingest (s5cmd from memory)"
                     self.timed(rec, f"{S5} --endpoint-url {self.endpoint} cp {self.shm} "
-                               f"s3://{self.bucket}/peers/ingest", self.shm_bytes)
+                               f"s3://{self.bucket}/peers/ingest >/dev/null", self.shm_bytes)
 
             for c in self.rotate(["default", "1gib", "s5cmd", "aws", "rclone", "send > /dev/null", "ingest"], r):
                 backup(c)
@@ -289,6 +297,53 @@ prefix = "{name}"
         self.s3rm("")
         self.teardown()
 
+    def run_wan(self, size):
+        """Full backups through the fault proxy as a 50 ms, 100 Mbit/s link."""
+        self.setup(size)
+        S = self.stream_bytes
+        proxy = subprocess.Popen(
+            [self.args.proxy, "--upstream", self.endpoint.removeprefix("http://"),
+             "--listen", "127.0.0.1:0", "--latency-ms", str(WAN_LATENCY_MS),
+             "--bandwidth", str(WAN_BYTES_S)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            listen = proxy.stdout.readline().strip()
+            if not listen:
+                raise SystemExit("bench-peers: s3-fault-proxy printed no address")
+            endpoint = "http://" + listen.split()[-1].removeprefix("http://")
+            direct = self.endpoint
+            self.endpoint = endpoint
+            self.env["RCLONE_CONFIG_G_ENDPOINT"] = endpoint
+            cfg = self.config("wan")
+            self.endpoint = direct
+            cap_mib = WAN_BYTES_S / MIB
+            for r in range(self.args.repeat):
+                base = {"size_gib": size / GIB, "repeat": r + 1, "scenario": "backup full, WAN 50 ms 100 Mbit/s"}
+                for c in self.rotate(["btrfs-to-s3"] + BACKUP_PEERS, r):
+                    rec = dict(base, contender=c, cap_mib_s=round(cap_mib, 2))
+                    if c == "btrfs-to-s3":
+                        out = f"{self.work}/wan.json"
+                        self.timed(rec, f"{self.bin} --config {cfg} --quiet backup --full --json > {out}", S)
+                        run = self.tool_json(out)
+                        if run:
+                            sh(f"btrfs subvolume delete {run['snapshot']} >/dev/null")
+                        shutil.rmtree(f"{self.work}/state-wan", ignore_errors=True)
+                    elif c == "s5cmd":
+                        self.timed(rec, f"btrfs send -q {self.peer_snap} | {S5} --endpoint-url {endpoint} "
+                                   f"pipe s3://{self.bucket}/peers/wan-s5cmd >/dev/null", S)
+                    elif c == "aws":
+                        self.timed(rec, f"btrfs send -q {self.peer_snap} | {AWS} --endpoint-url {endpoint} "
+                                   f"s3 cp --only-show-errors - s3://{self.bucket}/peers/wan-aws", S)
+                    elif c == "rclone":
+                        self.timed(rec, f"btrfs send -q {self.peer_snap} | {RCLONE} -q rcat G:{self.bucket}/peers/wan-rclone", S)
+                    rec["of_cap"] = round(rec["mib_s"] / cap_mib, 3)
+                self.s3rm("wan/")
+                self.s3rm("peers/")
+        finally:
+            proxy.kill()
+            proxy.wait()
+            self.env["RCLONE_CONFIG_G_ENDPOINT"] = self.endpoint
+        self.teardown()
+
     def incrementals(self, size, cfg):
         mnt = f"{self.work}/mnt"
         parent = self.peer_snap
@@ -319,12 +374,12 @@ prefix = "{name}"
                         rec["exit_code"] = 1
                         self.failed.append(dict(rec, why=f"kind {run.get('kind')}"))
                 elif c == "s5cmd":
-                    self.timed(rec, f"{send} | {S5} --endpoint-url {self.endpoint} pipe s3://{self.bucket}/peers/inc-s5cmd", inc)
+                    self.timed(rec, f"{send} | {S5} --endpoint-url {self.endpoint} pipe s3://{self.bucket}/peers/inc-s5cmd >/dev/null", inc)
                 elif c == "aws":
                     self.timed(rec, f"{send} | {AWS} --endpoint-url {self.endpoint} s3 cp --only-show-errors - "
                                f"s3://{self.bucket}/peers/inc-aws", inc)
                 elif c == "rclone":
-                    self.timed(rec, f"{send} | {RCLONE} rcat G:{self.bucket}/peers/inc-rclone", inc)
+                    self.timed(rec, f"{send} | {RCLONE} -q rcat G:{self.bucket}/peers/inc-rclone", inc)
             parent = snap
 
     # ---------- summary ----------
@@ -341,6 +396,8 @@ prefix = "{name}"
             row["peak_rss_max_mib"] = max(x["peak_rss_mib"] for x in xs)
             if "rss_bound_mib" in xs[0]:
                 row["rss_bound_mib"] = xs[0]["rss_bound_mib"]
+            if "of_cap" in xs[0]:
+                row["of_cap"] = round(statistics.median(x["of_cap"] for x in xs), 3)
             rows.append(row)
         for row in rows:
             peers = [p for p in rows if p["size_gib"] == row["size_gib"] and p["scenario"] == row["scenario"]
@@ -373,6 +430,9 @@ prefix = "{name}"
             if "cpu_vs_s5cmd" in row and row["scenario"] != "backup 1 % incremental":
                 t.append({"what": what, "target": "CPU per GiB <= 0.6x s5cmd's",
                           "value": row["cpu_vs_s5cmd"], "met": row["cpu_vs_s5cmd"] <= 0.6})
+            if "of_cap" in row:
+                t.append({"what": what, "target": "at least 90 % of the capped link",
+                          "value": row["of_cap"], "met": row["of_cap"] >= 0.9})
             if "rss_bound_mib" in row:
                 t.append({"what": what, "target": f'peak RSS <= {row["rss_bound_mib"]} MiB',
                           "value": row["peak_rss_max_mib"], "met": row["peak_rss_max_mib"] <= row["rss_bound_mib"]})
@@ -391,7 +451,7 @@ prefix = "{name}"
         md = [f'Commit {doc["commit"]}, {doc["date"]} UTC; medians of {self.args.repeat} '
               f'repeat(s), contenders alternated.', ""]
         for size in sorted({r["size_gib"] for r in rows}):
-            for scen in ("backup full", "restore", "backup 1 % incremental"):
+            for scen in ("backup full", "restore", "backup 1 % incremental", "backup full, WAN 50 ms 100 Mbit/s"):
                 sel = [r for r in rows if r["size_gib"] == size and r["scenario"] == scen]
                 if not sel:
                     continue
@@ -422,9 +482,11 @@ def main():
     p.add_argument("--quick", action="store_true", help="64 MiB, one repeat, no cache drops: a smoke test")
     p.add_argument("--bin", default=f"{ROOT}/target/release/btrfs-to-s3", help="the btrfs-to-s3 binary")
     p.add_argument("--out", default=f"{ROOT}/run/bench", help="where peers.json and peers.md go")
+    p.add_argument("--wan", type=int, metavar="SIZE_MIB", help="also the WAN profile with SIZE_MIB of data")
+    p.add_argument("--proxy", default=f"{ROOT}/target/release/s3-fault-proxy", help="the s3-fault-proxy binary (--wan)")
     p.add_argument("--work", default="/var/tmp/btrfs-to-s3-bench-peers", help="scratch directory (deleted)")
     args = p.parse_args()
-    sizes = [64 * MIB] if args.quick else [int(float(s) * GIB) for s in args.sizes.split(",")]
+    sizes = [64 * MIB] if args.quick else [int(float(s) * GIB) for s in args.sizes.split(",") if s]
     if args.quick:
         args.repeat = 1
     b = Bench(args)
@@ -432,6 +494,8 @@ def main():
     try:
         for s in sizes:
             b.run_size(s)
+        if args.wan:
+            b.run_wan(args.wan * MIB)
     finally:
         b.teardown()
     b.write()

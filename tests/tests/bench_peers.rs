@@ -24,6 +24,10 @@ const CONTENDERS: &[(&str, &str)] = &[
     ("backup 1 % incremental", "s5cmd"),
     ("backup 1 % incremental", "aws"),
     ("backup 1 % incremental", "rclone"),
+    ("backup full, WAN 50 ms 100 Mbit/s", "btrfs-to-s3"),
+    ("backup full, WAN 50 ms 100 Mbit/s", "s5cmd"),
+    ("backup full, WAN 50 ms 100 Mbit/s", "aws"),
+    ("backup full, WAN 50 ms 100 Mbit/s", "rclone"),
 ];
 
 #[test]
@@ -36,6 +40,8 @@ fn the_quick_benchmark_runs_every_contender_and_its_results_parse() {
     let run = Command::new("python3")
         .arg(root.join("scripts/bench_peers.py"))
         .arg("--quick")
+        .args(["--wan", "16", "--proxy"])
+        .arg(tool_bin("s3-fault-proxy"))
         .arg("--bin")
         .arg(tool_bin("btrfs-to-s3"))
         .arg("--out")
@@ -86,6 +92,13 @@ fn the_quick_benchmark_runs_every_contender_and_its_results_parse() {
     assert!(tool["cpu_vs_s5cmd"].as_f64().is_some(), "{tool}");
     assert!(tool["of_ingest_ceiling"].as_f64().is_some(), "{tool}");
     assert!(tool["rss_bound_mib"].as_f64().is_some(), "{tool}");
+    let wan = medians
+        .iter()
+        .find(|m| {
+            m["scenario"] == "backup full, WAN 50 ms 100 Mbit/s" && m["contender"] == "btrfs-to-s3"
+        })
+        .expect("WAN row");
+    assert!(wan["of_cap"].as_f64().is_some_and(|f| f > 0.0), "{wan}");
     let targets = doc["targets"].as_array().expect("targets");
     assert!(
         targets.iter().all(|t| t["met"].is_boolean()),
