@@ -191,6 +191,10 @@ prefix = "{name}"
                 "rclone": f"{RCLONE} -q rcat G:{self.bucket}/peers/{key}"}[rec["contender"]]
         return self.timed(rec, f"{send} | {peer}", nbytes)
 
+    def settle(self):
+        """Waits for Btrfs to clean deleted subvolumes, which would compete with the next run."""
+        sh(f"btrfs subvolume sync {self.work}/mnt >/dev/null")
+
     def rotate(self, items, r):
         k = r % len(items)
         return items[k:] + items[:k]
@@ -282,6 +286,7 @@ prefix = "{name}"
                                f"> /dev/null", S)
                 for d in sorted(os.listdir(target)):
                     sh(f"btrfs subvolume delete {target}/{d} >/dev/null 2>&1 || rm -rf {target}/{d}")
+                self.settle()
 
             for c in self.rotate(["default", "1gib", "s5cmd", "egress"], r):
                 restore(c)
@@ -295,6 +300,7 @@ prefix = "{name}"
                 sh(f"btrfs subvolume delete {run['snapshot']} >/dev/null")
                 shutil.rmtree(f"{self.work}/state-{c}", ignore_errors=True)
             self.s3rm("peers/")
+            self.settle()
         if "default" in kept:
             self.incrementals(size, cfg["default"])
         self.s3rm("")
@@ -413,7 +419,8 @@ prefix = "{name}"
             if not row["contender"].startswith("btrfs-to-s3"):
                 continue
             what = f'{row["size_gib"]:g} GiB {row["scenario"]}, {row["contender"]}'
-            if "speed_vs_best_peer" in row:
+            # On the capped link every contender meets the cap: its target is the cap's 90 %.
+            if "speed_vs_best_peer" in row and "of_cap" not in row:
                 t.append({"what": what, "target": "speed >= 1.25x the best peer",
                           "value": row["speed_vs_best_peer"], "met": row["speed_vs_best_peer"] >= 1.25})
             if "of_ingest_ceiling" in row:
