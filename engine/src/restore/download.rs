@@ -24,18 +24,20 @@ pub(super) async fn fetch_part(
     p: &PartEntry,
     opener: Option<&Unseal>,
 ) -> Result<Bytes, RestoreError> {
-    fetch_part_into(store, key, offset, p, opener, None).await
+    fetch_part_into(store, key, offset, p, opener, bytes::BytesMut::new()).await
 }
 
-/// `fetch_part`, read into `reuse` (a spent part's buffer) when given.
+/// `fetch_part`, read into `reuse` (a spent part's buffer, or an empty one).
 async fn fetch_part_into(
     store: &dyn ObjectStore,
     key: &str,
     offset: u64,
     p: &PartEntry,
     opener: Option<&Unseal>,
-    mut reuse: Option<bytes::BytesMut>,
+    reuse: bytes::BytesMut,
 ) -> Result<Bytes, RestoreError> {
+    // A retry reads into a new buffer: the first attempt's went with its failure.
+    let mut reuse = Some(reuse);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -51,10 +53,10 @@ async fn fetch_part_into(
         );
         let got = match injected {
             Some(e) => Err(e),
-            None => match reuse.take() {
-                Some(buf) => store.get_range_into(key, offset, p.size, buf).await,
-                None => store.get_range(key, offset, p.size).await,
-            },
+            None => {
+                let buf = reuse.take().unwrap_or_default();
+                store.get_range_into(key, offset, p.size, buf).await
+            }
         };
         if let Err(e) = &got {
             if e.is_retryable() {
@@ -179,7 +181,11 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
     let mut parts = futures::stream::iter(jobs.into_iter().map(|(idx, key, off, p)| {
         let store = store.clone();
         let unseal = unseal.clone();
-        let reuse = spent.lock().ok().and_then(|mut s| s.pop());
+        let reuse = spent
+            .lock()
+            .ok()
+            .and_then(|mut s| s.pop())
+            .unwrap_or_default();
         tokio::spawn(async move {
             fetch_part_into(store.as_ref(), &key, off, &p, unseal.as_ref(), reuse)
                 .await

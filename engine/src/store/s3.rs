@@ -188,7 +188,7 @@ impl S3Store {
         version: Option<&str>,
         offset: u64,
         len: u64,
-        buf: Option<bytes::BytesMut>,
+        buf: bytes::BytesMut,
     ) -> Result<Bytes, StoreError> {
         let op = if version.is_some() {
             "GetObjectVersion"
@@ -196,7 +196,7 @@ impl S3Store {
             "GetObject"
         };
         // A stalled attempt is made again: the buffer goes to the first one.
-        let buf = std::sync::Mutex::new(buf);
+        let buf = std::sync::Mutex::new(Some(buf));
         let buf = &buf;
         self.watched(op, key, |activity| async move {
             let mut out = self
@@ -725,7 +725,8 @@ impl ObjectStore for S3Store {
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
-        self.get_range_of(key, None, offset, len, None).await
+        self.get_range_of(key, None, offset, len, bytes::BytesMut::new())
+            .await
     }
 
     async fn get_range_into(
@@ -735,7 +736,7 @@ impl ObjectStore for S3Store {
         len: u64,
         buf: bytes::BytesMut,
     ) -> Result<Bytes, StoreError> {
-        self.get_range_of(key, None, offset, len, Some(buf)).await
+        self.get_range_of(key, None, offset, len, buf).await
     }
 
     async fn get_version(
@@ -746,7 +747,7 @@ impl ObjectStore for S3Store {
     ) -> Result<Bytes, StoreError> {
         match range {
             Some((offset, len)) => {
-                self.get_range_of(key, Some(version_id), offset, len, None)
+                self.get_range_of(key, Some(version_id), offset, len, bytes::BytesMut::new())
                     .await
             }
             None => self.get_whole(key, Some(version_id)).await,
