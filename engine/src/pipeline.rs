@@ -166,8 +166,10 @@ pub fn split_stream<R: Read>(
     finish: impl FnOnce() -> Result<(), PipelineError>,
 ) {
     let send = |ev: Event| tx.blocking_send(ev).is_ok();
-    let mut stream_sha = Sha256::new();
+    // Each byte is SHA-256'd once, in its chunk's hash; the stream's comes from those
+    // (`manifest::format_of`: a one-chunk stream's is its chunk's, a longer one's format 4).
     let mut chunk_sha = Sha256::new();
+    let mut chunk_hashes: Vec<[u8; 32]> = Vec::new();
     let mut total: u64 = 0;
     let mut chunk: u32 = 0;
     let mut in_chunk: u64 = 0;
@@ -191,12 +193,7 @@ pub fn split_stream<R: Read>(
         buf.truncate(n);
         if n > 0 {
             let (xxh3, crc32c) = part_hashes(&buf);
-            stream_sha.update(&buf);
-            // Chunk 0 starts where the stream starts: its hash is the stream hasher's state,
-            // so the (common) single-chunk stream is hashed once, not twice.
-            if chunk > 0 {
-                chunk_sha.update(&buf);
-            }
+            chunk_sha.update(&buf);
             let part = Part {
                 chunk,
                 number,
@@ -228,11 +225,8 @@ pub fn split_stream<R: Read>(
             }
         }
         if (eof && in_chunk > 0) || chunk_full {
-            let sha = if chunk == 0 {
-                stream_sha.clone().finalize().into()
-            } else {
-                std::mem::take(&mut chunk_sha).finalize().into()
-            };
+            let sha: [u8; 32] = std::mem::take(&mut chunk_sha).finalize().into();
+            chunk_hashes.push(sha);
             if !send(Event::ChunkEnd {
                 chunk,
                 size: in_chunk,
@@ -247,7 +241,7 @@ pub fn split_stream<R: Read>(
         if eof {
             send(Event::End {
                 total,
-                sha256: stream_sha.finalize().into(),
+                sha256: crate::manifest::format_of(false, false, &chunk_hashes).1,
             });
             return;
         }
@@ -285,6 +279,7 @@ mod tests {
         let evs = collect(data.clone(), layout, 2);
         let mut parts = Vec::new();
         let mut chunk_ends = Vec::new();
+        let mut end = None;
         for ev in &evs {
             match ev {
                 Event::Part(p) => parts.push((p.chunk, p.number, p.offset, p.data.len() as u64)),
@@ -293,10 +288,7 @@ mod tests {
                     size,
                     sha256,
                 } => chunk_ends.push((*chunk, *size, *sha256)),
-                Event::End { total, sha256 } => {
-                    assert_eq!(*total, data.len() as u64);
-                    assert_eq!(sha256.as_slice(), Sha256::digest(&data).as_slice());
-                }
+                Event::End { total, sha256 } => end = Some((*total, *sha256)),
                 Event::Failed(e) => panic!("{e}"),
             }
         }
@@ -324,7 +316,6 @@ mod tests {
             assert_eq!(part_hashes(range), (ev.xxh3, ev.crc32c));
         }
         assert_eq!(chunk_ends.len(), 3);
-        // Chunk 0's hash comes from the stream hasher's state: it must still be its own.
         assert_eq!(
             chunk_ends[0].2.as_slice(),
             Sha256::digest(&data[..12 * m as usize]).as_slice()
@@ -338,6 +329,36 @@ mod tests {
             chunk_ends[1].2.as_slice(),
             Sha256::digest(&data[12 * m as usize..24 * m as usize]).as_slice()
         );
+        // Three chunks: the stream's hash is format 4's, over the chunks' hashes.
+        let hashes: Vec<[u8; 32]> = chunk_ends.iter().map(|c| c.2).collect();
+        assert_eq!(
+            end,
+            Some((
+                data.len() as u64,
+                crate::manifest::sha256_of_chunks(&hashes)
+            ))
+        );
+    }
+
+    /// A one-chunk stream's hash is the SHA-256 of the stream, which is its chunk's.
+    #[test]
+    fn one_chunk_stream_hash_is_the_streams_own() {
+        let layout = Layout::new(64 * MIB, 5 * MIB).expect("layout");
+        let data: Vec<u8> = (0..(11 * MIB + 3)).map(|i| (i % 253) as u8).collect();
+        let evs = collect(data.clone(), layout, 2);
+        let want: [u8; 32] = Sha256::digest(&data).into();
+        let ends: Vec<_> = evs
+            .iter()
+            .filter_map(|e| match e {
+                Event::ChunkEnd { sha256, .. } => Some(*sha256),
+                Event::End { total, sha256 } => {
+                    assert_eq!(*total, data.len() as u64);
+                    Some(*sha256)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ends, vec![want, want]);
     }
 
     #[test]

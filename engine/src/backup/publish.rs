@@ -85,6 +85,7 @@ impl Context {
     ) -> Result<Manifest, BackupError> {
         let p = &st.planned;
         let mut chunks = Vec::new();
+        let mut hashes = Vec::new();
         for (i, (idx, c)) in st.chunks.iter().enumerate() {
             let sealed = c.sealed.as_ref().ok_or_else(|| {
                 BackupError::Internal(format!("manifest requested with chunk {idx} unsealed"))
@@ -118,6 +119,7 @@ impl Context {
                 etag: sealed.etag.clone(),
                 parts,
             });
+            hashes.push(sealed.sha256);
         }
         let (parent, parent_uuid) = match &p.kind {
             BackupKind::Full => (None, None),
@@ -135,20 +137,25 @@ impl Context {
                 Some(parent_uuid.clone()),
             ),
         };
-        // Format 1 unless the stream is compressed or sealed: builds that predate those keep
-        // reading what they can read.
+        // Format 1 unless the stream is compressed or sealed, or more than one chunk: builds
+        // that predate those keep reading what they can read.
         let compression = end.framing.as_ref().map(manifest::Compressed::of);
         let encryption = self
             .settings
             .encryption
             .as_ref()
             .map(|e| manifest::Encrypted::new(e.recipients.clone()));
+        let (format_version, stream_sha256) =
+            manifest::format_of(compression.is_some(), encryption.is_some(), &hashes);
+        // The splitter made the stream hash from the chunks it hashed; the journal's sealed
+        // chunks (perhaps of an earlier process) must give the same.
+        if stream_sha256 != end.sha256 {
+            return Err(BackupError::Internal(
+                "the stream hash differs from the sealed chunks' hashes".into(),
+            ));
+        }
         Ok(Manifest {
-            format_version: match (&compression, &encryption) {
-                (_, Some(_)) => manifest::FORMAT_ENCRYPTED,
-                (Some(_), None) => manifest::FORMAT_COMPRESSED,
-                (None, None) => manifest::FORMAT_PLAIN,
-            },
+            format_version,
             tool_version: crate::TOOL_VERSION.to_string(),
             subvolume: p.subvolume.clone(),
             kind: kind_of(&p.kind),
@@ -166,7 +173,7 @@ impl Context {
             storage_class: self.settings.s3.storage_class_chunks.clone(),
             sse: self.settings.s3.sse.as_str().to_string(),
             total_bytes: end.total,
-            stream_sha256: hex::encode(end.sha256),
+            stream_sha256: hex::encode(stream_sha256),
             chunks,
             compression,
             encryption,

@@ -1,6 +1,8 @@
 //! The manifest and pointer JSON model. format_version 1: the chunks hold the send stream;
 //! 2: they hold it compressed (`compression` says how); 3: every part is sealed to age
-//! recipients (`encryption`), compressed or not. Pointers are format 1. The schema
+//! recipients (`encryption`), compressed or not; 4: any of those, and the stream is more
+//! than one chunk, whose `stream_sha256` is the SHA-256 of the chunks' SHA-256s (so no byte
+//! is hashed twice). Pointers are format 1. The schema
 //! lives in `schemas/manifest.schema.json` and the tests hold every written manifest to it.
 
 use serde::{Deserialize, Serialize};
@@ -12,13 +14,50 @@ pub use validate::{
 };
 
 /// The newest format this build reads.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Manifests of uncompressed streams, and every pointer.
 pub const FORMAT_PLAIN: u32 = 1;
 /// Manifests with `compression`.
 pub const FORMAT_COMPRESSED: u32 = 2;
 /// Manifests with `encryption` (and perhaps `compression`).
 pub const FORMAT_ENCRYPTED: u32 = 3;
+/// Manifests of more than one chunk, compressed, sealed or neither: `stream_sha256` is
+/// `sha256_of_chunks` of the chunks' `sha256`, not the SHA-256 of the whole stream.
+pub const FORMAT_CHUNK_HASHES: u32 = 4;
+
+/// How a manifest's `stream_sha256` is made from the bytes its chunks hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamHash {
+    /// Formats 1 to 3: the SHA-256 of the whole stream (for one chunk, the chunk's own).
+    Flat,
+    /// Format 4: `sha256_of_chunks` of the chunks' SHA-256s in order.
+    OfChunks,
+}
+
+/// Format 4's stream hash: SHA-256 over the chunks' SHA-256s, 32 bytes each, in chunk order.
+pub fn sha256_of_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8; 32]>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for c in chunks {
+        h.update(c);
+    }
+    h.finalize().into()
+}
+
+/// The format a new manifest is written in, and its stream hash from its chunks' hashes: the
+/// oldest format that holds what it has, so builds that predate a feature keep reading
+/// backups that do not use it. A one-chunk stream's hash is its chunk's (formats 1 to 3).
+pub fn format_of(compressed: bool, encrypted: bool, chunks: &[[u8; 32]]) -> (u32, [u8; 32]) {
+    if chunks.len() > 1 {
+        return (FORMAT_CHUNK_HASHES, sha256_of_chunks(chunks));
+    }
+    let format = match (compressed, encrypted) {
+        (_, true) => FORMAT_ENCRYPTED,
+        (true, false) => FORMAT_COMPRESSED,
+        (false, false) => FORMAT_PLAIN,
+    };
+    (format, chunks.first().copied().unwrap_or_default())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -295,6 +334,15 @@ fn parse<T: for<'a> Deserialize<'a>>(key: &str, bytes: &[u8]) -> Result<T, Manif
 impl Manifest {
     pub fn parse(key: &str, bytes: &[u8]) -> Result<Manifest, ManifestError> {
         parse(key, bytes)
+    }
+
+    /// How `stream_sha256` is made: by the format version.
+    pub fn stream_hash(&self) -> StreamHash {
+        if self.format_version >= FORMAT_CHUNK_HASHES {
+            StreamHash::OfChunks
+        } else {
+            StreamHash::Flat
+        }
     }
 
     /// Compact JSON: a manifest has an entry per part, and readers accept at most

@@ -176,6 +176,22 @@ pub fn check_manifest(
             ),
         ));
     }
+    // Format 4's stream hash is a function of the chunks' hashes: a manifest where it is
+    // not was edited or damaged, and saying so here costs no download.
+    if m.stream_hash() == super::StreamHash::OfChunks {
+        let hashes: Vec<[u8; 32]> = m
+            .chunks
+            .iter()
+            .map(|c| hex::decode(&c.sha256).ok().and_then(|h| h.try_into().ok()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad(key, "malformed chunk SHA-256"))?;
+        if hex::encode(super::sha256_of_chunks(&hashes)) != m.stream_sha256 {
+            return Err(bad(
+                key,
+                "stream_sha256 is not the SHA-256 of the chunks' SHA-256s (format 4)",
+            ));
+        }
+    }
     check_compression(key, m)?;
     check_index(key, keys, m)
 }
@@ -236,14 +252,15 @@ fn check_index(key: &str, keys: &Keys, m: &Manifest) -> Result<(), ManifestError
     Ok(())
 }
 
-/// The format version says which of `compression` and `encryption` there are; the
-/// encryption names recipients and a header that fits them.
+/// The format version says which of `compression` and `encryption` there are (format 4 may
+/// have either or both); the encryption names recipients and a header that fits them.
 fn check_format(key: &str, m: &Manifest) -> Result<(), ManifestError> {
     let fits = matches!(
         (m.format_version, &m.compression, &m.encryption),
         (super::FORMAT_PLAIN, None, None)
             | (super::FORMAT_COMPRESSED, Some(_), None)
             | (super::FORMAT_ENCRYPTED, _, Some(_))
+            | (super::FORMAT_CHUNK_HASHES, _, _)
     );
     if !fits {
         return Err(bad(
@@ -490,9 +507,50 @@ mod tests {
         assert_eq!(back, m);
         check_manifest(&key, &keys(), "data", &back).expect("valid");
         // A format this build does not know is refused with the upgrade hint.
-        let newer = text.replace("\"format_version\":1", "\"format_version\":4");
+        let newer = text.replace("\"format_version\":1", "\"format_version\":5");
         let err = Manifest::parse(&key, newer.as_bytes()).expect_err("too new");
         assert!(err.to_string().contains("upgrade btrfs-to-s3"), "{err}");
+    }
+
+    /// Format 4: the stream hash is the SHA-256 of the chunks' SHA-256s, with or without
+    /// compression and encryption; a stream hash or a chunk hash edited apart is refused
+    /// before anything is downloaded.
+    #[test]
+    fn format_4_stream_hash_is_checked_against_the_chunks() {
+        let (key, mut m) = good();
+        let hashes: Vec<[u8; 32]> = (0..3u8).map(|i| [i + 1; 32]).collect();
+        for (c, h) in m.chunks.iter_mut().zip(&hashes) {
+            c.sha256 = hex::encode(h);
+        }
+        let (format, stream) = super::super::format_of(false, false, &hashes);
+        assert_eq!(format, super::super::FORMAT_CHUNK_HASHES);
+        m.format_version = format;
+        m.stream_sha256 = hex::encode(stream);
+        check_manifest(&key, &keys(), "data", &m).expect("format 4 is valid");
+        assert_eq!(m.stream_hash(), super::super::StreamHash::OfChunks);
+        let json = m.to_json().expect("json");
+        assert_eq!(Manifest::parse(&key, &json).expect("parses"), m);
+        // Compressed or sealed, format 4 holds too.
+        let (_, c) = compressed();
+        let mut mc = m.clone();
+        mc.compression = c.compression;
+        check_manifest(&key, &keys(), "data", &mc).expect("format 4 compressed");
+        let mut edited = m.clone();
+        edited.stream_sha256 = "b".repeat(64);
+        let err = check_manifest(&key, &keys(), "data", &edited).expect_err("stream edited");
+        assert!(err.to_string().contains("format 4"), "{err}");
+        let mut edited = m.clone();
+        edited.chunks[1].sha256 = "c".repeat(64);
+        check_manifest(&key, &keys(), "data", &edited).expect_err("chunk hash edited");
+        // One chunk keeps its format and the stream hash is the chunk's.
+        assert_eq!(
+            super::super::format_of(true, false, &hashes[..1]),
+            (super::super::FORMAT_COMPRESSED, hashes[0])
+        );
+        assert_eq!(
+            super::super::format_of(false, true, &hashes[..1]).0,
+            super::super::FORMAT_ENCRYPTED
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::RestoreError;
 use crate::btrfs::Snapshotter;
-use crate::manifest::{self, Manifest, PartEntry};
+use crate::manifest::{self, Manifest, PartEntry, StreamHash};
 use crate::store::{ObjectStore, StoreErrorKind};
 
 /// Downloads one part and checks it against the manifest; transient errors are retried, so a
@@ -199,7 +199,8 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
     let (hash_tx, hash_rx) = tokio::sync::mpsc::channel::<(u32, Bytes)>(1);
     let hasher = {
         let spent = spent.clone();
-        tokio::task::spawn_blocking(move || hash_chunks(hash_rx, &spent))
+        let rule = m.stream_hash();
+        tokio::task::spawn_blocking(move || hash_chunks(hash_rx, &spent, rule))
     };
     let damaged = |detail: String| RestoreError::Damaged {
         key: m.chunks.last().map(|c| c.key.clone()).unwrap_or_default(),
@@ -292,18 +293,22 @@ fn recycle(data: Bytes, spent: &std::sync::Mutex<Vec<bytes::BytesMut>>) {
     }
 }
 
-/// SHA-256 of each chunk and of the stream, over parts in stream order. Chunk 0's hash is
-/// the stream hasher's state at its end (see pipeline), so a one-chunk stream is hashed once.
+/// SHA-256 of each chunk and of the stream, over parts in stream order. Format 4's stream
+/// hash is made from the chunks' (each byte hashed once); an older manifest's is the whole
+/// stream's, where chunk 0's hash is the stream hasher's state at its end, so a one-chunk
+/// stream is hashed once too.
 fn hash_chunks(
     mut parts: tokio::sync::mpsc::Receiver<(u32, Bytes)>,
     spent: &std::sync::Mutex<Vec<bytes::BytesMut>>,
+    rule: StreamHash,
 ) -> (Vec<(u32, [u8; 32])>, [u8; 32]) {
+    let flat = rule == StreamHash::Flat;
     let mut stream_sha = Sha256::new();
     let mut chunk_sha = Sha256::new();
     let mut current = None;
     let mut chunks = Vec::new();
     let mut end = |idx: u32, stream_sha: &Sha256, chunk_sha: &mut Sha256| {
-        let done = if idx == 0 {
+        let done = if flat && idx == 0 {
             stream_sha.clone()
         } else {
             std::mem::take(chunk_sha)
@@ -316,16 +321,23 @@ fn hash_chunks(
             _ => {}
         }
         current = Some(idx);
-        if idx > 0 {
+        if flat {
+            stream_sha.update(&data);
+        }
+        if !flat || idx > 0 {
             chunk_sha.update(&data);
         }
-        stream_sha.update(&data);
         recycle(data, spent);
     }
     if let Some(c) = current {
         end(c, &stream_sha, &mut chunk_sha);
     }
-    (chunks, stream_sha.finalize().into())
+    let stream = if flat {
+        stream_sha.finalize().into()
+    } else {
+        crate::manifest::sha256_of_chunks(chunks.iter().map(|(_, h)| h))
+    };
+    (chunks, stream)
 }
 
 /// Pipes a backup's verified stream into `btrfs receive DIR` (or `--dump` without a

@@ -470,3 +470,38 @@ fn every_chunk_and_the_stream_are_checked_before_the_restore_may_finish() {
         other => panic!("a wrong length passed: {other:?}"),
     }
 }
+
+/// Format 4's stream hash is the SHA-256 of the chunks' SHA-256s: such a manifest restores,
+/// and each rule refuses the other's hash (the rule really is the manifest's format).
+#[test]
+fn format_4_streams_are_checked_by_their_chunks_hashes() {
+    let over_chunks = |m: &mut Manifest| {
+        let hashes: Vec<[u8; 32]> = m
+            .chunks
+            .iter()
+            .map(|c| hex::decode(&c.sha256).expect("hex").try_into().expect("32"))
+            .collect();
+        m.stream_sha256 = hex::encode(manifest::sha256_of_chunks(&hashes));
+    };
+    verified_stream(|m| {
+        m.format_version = manifest::FORMAT_CHUNK_HASHES;
+        over_chunks(m);
+    })
+    .expect("a format 4 stream restores");
+    for (format, give) in [
+        (manifest::FORMAT_CHUNK_HASHES, false),
+        (manifest::FORMAT_PLAIN, true),
+    ] {
+        match verified_stream(|m| {
+            m.format_version = format;
+            if give {
+                over_chunks(m);
+            }
+        }) {
+            Err(RestoreError::Damaged { detail, .. }) => {
+                assert!(detail.contains("stream SHA-256"), "{detail}")
+            }
+            other => panic!("format {format} passed the other rule's hash: {other:?}"),
+        }
+    }
+}

@@ -235,6 +235,7 @@ pub async fn prove(w: &World, expect: &Expect, sent: u64, case: &str) {
         assert_eq!(&m.kind, kind, "{case}: kind of {id}");
         expected_keys.insert(mkey.clone());
         let mut stream = Vec::new();
+        let mut chunk_hashes: Vec<[u8; 32]> = Vec::new();
         let mut stored_len = 0u64;
         // Sealed parts are opened by the age crate itself, not the tool's own code.
         let identity: Option<age::x25519::Identity> = w.settings.encryption.as_ref().map(|e| {
@@ -260,6 +261,7 @@ pub async fn prove(w: &World, expect: &Expect, sent: u64, case: &str) {
             assert_eq!(sum, c.size, "{case}: parts of {}", c.key);
             let bytes = w.store.bytes(&c.key).expect("chunk");
             stored_len += bytes.len() as u64;
+            let chunk_start = stream.len();
             match &identity {
                 Some(i) => {
                     // Each part is an age file of its plaintext.
@@ -279,10 +281,25 @@ pub async fn prove(w: &World, expect: &Expect, sent: u64, case: &str) {
                 }
                 None => stream.extend_from_slice(&bytes),
             }
+            let sha: [u8; 32] = Sha256::digest(&stream[chunk_start..]).into();
+            assert_eq!(hex::encode(sha), c.sha256, "{case}: sha256 of {}", c.key);
+            chunk_hashes.push(sha);
             expected_keys.insert(c.key.clone());
         }
+        // Format 4 (every stream of more than one chunk, only those): the stream hash is the
+        // SHA-256 of the chunks' SHA-256s; older formats hash the whole stream.
         assert_eq!(
-            hex::encode(Sha256::digest(&stream)),
+            m.format_version == 4,
+            m.chunks.len() > 1,
+            "{case}: format of {id}"
+        );
+        let want: [u8; 32] = if m.format_version == 4 {
+            Sha256::digest(chunk_hashes.concat()).into()
+        } else {
+            Sha256::digest(&stream).into()
+        };
+        assert_eq!(
+            hex::encode(want),
             m.stream_sha256,
             "{case}: stream hash of {id}"
         );
