@@ -21,6 +21,7 @@ repeat, after one unmeasured warm-up backup and upload. Results: OUT/peers.json 
   sudo scripts/bench-peers.sh [--sizes 1,8] [--repeat 3] [--out DIR]
   sudo scripts/bench-peers.sh --quick      # 64 MiB, one repeat: the test run's smoke test
   sudo scripts/bench-peers.sh --sizes '' --wan 512   # only the WAN profile
+  sudo scripts/bench-peers.sh --sweep --sizes 1 --wan 256   # the tool's part size x concurrency
 
 Needs root, btrfs-progs, garage, s5cmd, rclone and /usr/bin/aws (scripts/install-deps.sh
 --bench). The tool is --bin (default target/release/btrfs-to-s3, which bench-peers.sh builds).
@@ -141,12 +142,15 @@ class Bench:
         if os.path.exists(self.shm):
             os.remove(self.shm)
 
-    def config(self, name, chunk_size=None):
+    def config(self, name, chunk_size=None, part_size=None, concurrency=None, index=True):
         extra = f'chunk_size = "{chunk_size}"\n' if chunk_size else ""
+        extra += f'part_size = "{part_size}"\n' if part_size else ""
+        extra += f'concurrency = {concurrency}\n' if concurrency else ""
         path = f"{self.work}/{name}.toml"
         with open(path, "w") as f:
             f.write(f"""snapshot_dir = "{self.work}/mnt/.snapshots-{name}"
 state_dir = "{self.work}/state-{name}"
+{"" if index else "file_index = false"}
 [[subvolumes]]
 name = "data"
 path = "{self.work}/mnt/data"
@@ -306,19 +310,87 @@ prefix = "{name}"
         self.s3rm("")
         self.teardown()
 
-    def run_wan(self, size):
-        """Full backups through the fault proxy as a 50 ms, 100 Mbit/s link."""
-        self.setup(size)
-        S = self.stream_bytes
+    def start_proxy(self):
+        """s3-fault-proxy in front of garage as the WAN link; returns it and its endpoint."""
         proxy = subprocess.Popen(
             [self.args.proxy, "--upstream", self.endpoint.removeprefix("http://"),
              "--listen", "127.0.0.1:0", "--latency-ms", str(WAN_LATENCY_MS),
              "--bandwidth", str(WAN_BYTES_S)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        listen = proxy.stdout.readline().strip()
+        if not listen:
+            proxy.kill()
+            raise SystemExit("bench-peers: s3-fault-proxy printed no address")
+        return proxy, "http://" + listen.split()[-1].removeprefix("http://")
+
+    def run_sweep(self, size, wan):
+        """The tool alone over a grid of part sizes and concurrencies (and binaries): full
+        backups, and restores of them on the direct link; through the WAN proxy if `wan`."""
+        self.setup(size)
+        S = self.stream_bytes
+        direct = self.endpoint
+        proxy = None
+        scen = "sweep backup, WAN 50 ms 100 Mbit/s" if wan else "sweep backup"
         try:
-            listen = proxy.stdout.readline().strip()
-            if not listen:
-                raise SystemExit("bench-peers: s3-fault-proxy printed no address")
-            endpoint = "http://" + listen.split()[-1].removeprefix("http://")
+            if wan:
+                proxy, self.endpoint = self.start_proxy()
+            configs = []
+            for label, binary in self.sweep_bins:
+                for part in self.args.sweep_parts:
+                    for conc in self.args.sweep_concurrency:
+                        for index in {"on": [True], "off": [False], "both": [True, False]}[self.args.sweep_index]:
+                            name = f"p{part}c{conc}{label.strip(' ()')}{'' if index else 'n'}"
+                            # The default chunk (200 GiB) unless the parts are too small for it.
+                            chunk = self.args.sweep_chunk or f"{min(200 * 1024, part * 10_000)}MiB"
+                            configs.append({"name": name, "bin": binary, "part": part, "conc": conc,
+                                            "label": f"btrfs-to-s3 {part} MiB parts x {conc}{label}"
+                                                     + ("" if index else ", no file index"),
+                                            "cfg": self.config(name, chunk, f"{part}MiB", conc, index)})
+            self.endpoint = direct
+            c0 = configs[0]
+            sh(f"{c0['bin']} --config {c0['cfg']} --quiet backup --full --json > {self.work}/warm.json",
+               env=self.env)
+            warm = self.tool_json(f"{self.work}/warm.json")
+            sh(f"btrfs subvolume delete {warm['snapshot']} >/dev/null")
+            shutil.rmtree(f"{self.work}/state-{c0['name']}", ignore_errors=True)
+            self.s3rm(f"{c0['name']}/")
+            target = f"{self.work}/mnt/restore"
+            for r in range(self.args.repeat):
+                for c in self.rotate(configs, r):
+                    base = {"size_gib": size / GIB, "repeat": r + 1, "contender": c["label"],
+                            "part_size": c["part"] * MIB, "concurrency": c["conc"],
+                            "rss_bound_mib": (c["conc"] + 2) * c["part"] + 64}
+                    if wan:
+                        base["cap_mib_s"] = round(WAN_BYTES_S / MIB, 2)
+                    rec = dict(base, scenario=scen)
+                    out = f"{self.work}/sweep.json"
+                    self.timed(rec, f"{c['bin']} --config {c['cfg']} --quiet backup --full --json > {out}", S)
+                    if wan:
+                        rec["of_cap"] = round(rec["mib_s"] / (WAN_BYTES_S / MIB), 3)
+                    run = self.tool_json(out)
+                    if run and not wan:
+                        rec = dict(base, scenario="sweep restore")
+                        self.timed(rec, f"{c['bin']} --config {c['cfg']} --quiet restore --json --subvolume data "
+                                   f"--target {target} --verify none > {self.work}/sweep-restore.json", S)
+                        for d in sorted(os.listdir(target)):
+                            sh(f"btrfs subvolume delete {target}/{d} >/dev/null 2>&1 || rm -rf {target}/{d}")
+                    if run:
+                        sh(f"btrfs subvolume delete {run['snapshot']} >/dev/null")
+                    shutil.rmtree(f"{self.work}/state-{c['name']}", ignore_errors=True)
+                    self.s3rm(f"{c['name']}/")
+                    self.settle()
+        finally:
+            self.endpoint = direct
+            if proxy:
+                proxy.kill()
+                proxy.wait()
+        self.teardown()
+
+    def run_wan(self, size):
+        """Full backups through the fault proxy as a 50 ms, 100 Mbit/s link."""
+        self.setup(size)
+        S = self.stream_bytes
+        proxy, endpoint = self.start_proxy()
+        try:
             direct = self.endpoint
             self.endpoint = endpoint
             self.env["RCLONE_CONFIG_G_ENDPOINT"] = endpoint
@@ -450,7 +522,8 @@ prefix = "{name}"
         md = [f'Commit {doc["commit"]}, {doc["date"]} UTC; medians of {self.args.repeat} '
               f'repeat(s), contenders alternated.', ""]
         for size in sorted({r["size_gib"] for r in rows}):
-            for scen in ("backup full", "restore", "backup 1 % incremental", "backup full, WAN 50 ms 100 Mbit/s"):
+            for scen in ("backup full", "restore", "backup 1 % incremental", "backup full, WAN 50 ms 100 Mbit/s",
+                         "sweep backup", "sweep restore", "sweep backup, WAN 50 ms 100 Mbit/s"):
                 sel = [r for r in rows if r["size_gib"] == size and r["scenario"] == scen]
                 if not sel:
                     continue
@@ -484,17 +557,30 @@ def main():
     p.add_argument("--wan", type=int, metavar="SIZE_MIB", help="also the WAN profile with SIZE_MIB of data")
     p.add_argument("--proxy", default=f"{ROOT}/target/release/s3-fault-proxy", help="the s3-fault-proxy binary (--wan)")
     p.add_argument("--work", default="/var/tmp/btrfs-to-s3-bench-peers", help="scratch directory (deleted)")
+    p.add_argument("--sweep", action="store_true",
+                   help="instead of the peers: the tool alone over --sweep-parts x --sweep-concurrency, "
+                        "backup and restore at each of --sizes, and backup through the WAN proxy at --wan")
+    p.add_argument("--sweep-parts", default="8,21,32,64", help="part sizes in MiB (default 8,21,32,64)")
+    p.add_argument("--sweep-concurrency", default="2,4,8", help="parts in flight (default 2,4,8)")
+    p.add_argument("--sweep-chunk", help="chunk_size for every sweep run (default: 200 GiB, or "
+                                         "10,000 parts where the parts are smaller)")
+    p.add_argument("--sweep-bin-b", metavar="BIN", help="also sweep this second binary (labelled B)")
+    p.add_argument("--sweep-index", choices=["on", "off", "both"], default="on",
+                   help="the file index in sweep runs (default on, as by default)")
     args = p.parse_args()
+    args.sweep_parts = [int(x) for x in args.sweep_parts.split(",") if x]
+    args.sweep_concurrency = [int(x) for x in args.sweep_concurrency.split(",") if x]
     sizes = [64 * MIB] if args.quick else [int(float(s) * GIB) for s in args.sizes.split(",") if s]
     if args.quick:
         args.repeat = 1
     b = Bench(args)
+    b.sweep_bins = [("", b.bin)] + ([(" (B)", os.path.abspath(args.sweep_bin_b))] if args.sweep_bin_b else [])
     b.prerequisites()
     try:
         for s in sizes:
-            b.run_size(s)
+            b.run_sweep(s, False) if args.sweep else b.run_size(s)
         if args.wan:
-            b.run_wan(args.wan * MIB)
+            b.run_sweep(args.wan * MIB, True) if args.sweep else b.run_wan(args.wan * MIB)
     finally:
         b.teardown()
     b.write()

@@ -115,3 +115,74 @@ fn the_quick_benchmark_runs_every_contender_and_its_results_parse() {
         );
     }
 }
+
+/// `--sweep`: the tool alone over its settings (here one part size and concurrency, with and
+/// without the file index), backing up and restoring, and backing up through the WAN proxy;
+/// every run succeeds and carries its settings and memory bound.
+#[test]
+fn the_quick_sweep_runs_every_setting_and_its_results_parse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root");
+    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let (out, work) = (dir.path().join("out"), dir.path().join("work"));
+    let bin = tool_bin("btrfs-to-s3");
+    let run = Command::new("python3")
+        .arg(root.join("scripts/bench_peers.py"))
+        .args([
+            "--quick",
+            "--sweep",
+            "--sweep-parts",
+            "8",
+            "--sweep-concurrency",
+            "2",
+        ])
+        .args(["--sweep-index", "both"])
+        .args(["--wan", "16", "--proxy"])
+        .arg(tool_bin("s3-fault-proxy"))
+        .arg("--bin")
+        .arg(&bin)
+        .arg("--out")
+        .arg(&out)
+        .arg("--work")
+        .arg(&work)
+        .output()
+        .expect("python3 runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "bench_peers.py --quick --sweep failed ({}): {stderr}",
+        run.status
+    );
+    assert!(!work.exists(), "the scratch directory is removed");
+    let doc: Value = serde_json::from_slice(&std::fs::read(out.join("peers.json")).expect("json"))
+        .expect("peers.json parses");
+    assert_eq!(doc["failed"], Value::Array(vec![]), "no run failed");
+    let runs = doc["runs"].as_array().expect("runs");
+    let labels = [
+        "btrfs-to-s3 8 MiB parts x 2",
+        "btrfs-to-s3 8 MiB parts x 2, no file index",
+    ];
+    for scenario in [
+        "sweep backup",
+        "sweep restore",
+        "sweep backup, WAN 50 ms 100 Mbit/s",
+    ] {
+        for label in labels {
+            let mine: Vec<&Value> = runs
+                .iter()
+                .filter(|r| r["scenario"] == scenario && r["contender"] == label)
+                .collect();
+            assert_eq!(mine.len(), 1, "one run of {scenario} / {label}: {runs:#?}");
+            let r = mine[0];
+            assert_eq!(r["exit_code"], 0, "{r}");
+            assert_eq!(r["part_size"], 8 << 20, "{r}");
+            assert_eq!(r["concurrency"], 2, "{r}");
+            assert_eq!(r["rss_bound_mib"], 96, "{r}");
+            assert!(r["mib_s"].as_f64().is_some_and(|v| v > 0.0), "{r}");
+        }
+    }
+    assert_eq!(runs.len(), 3 * labels.len(), "no other runs: {runs:#?}");
+    let md = std::fs::read_to_string(out.join("peers.md")).expect("peers.md");
+    assert!(md.contains("sweep backup, WAN"), "{md}");
+}
