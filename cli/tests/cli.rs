@@ -43,7 +43,8 @@ fn example_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(doc["s3"]["part_size"], 21 * 1024 * 1024);
+    assert_eq!(doc["s3"]["part_size"], 8 * 1024 * 1024);
+    assert_eq!(doc["s3"]["chunk_size"], 64u64 << 30);
     assert_eq!(doc["subvolumes"].as_array().map(Vec::len), Some(2));
 }
 

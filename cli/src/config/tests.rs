@@ -47,8 +47,8 @@ fn good_config_gets_defaults() {
     );
     assert_eq!(s.lock_path, PathBuf::from("/var/lib/b2s3/lock"));
     let d = parse(Path::new("x"), &GOOD.replace("chunk_size = \"1GiB\"", "")).expect("valid");
-    assert_eq!(d.s3.chunk_size, 200 * GIB);
-    assert_eq!(d.s3.part_size, 21 * MIB);
+    assert_eq!(d.s3.chunk_size, 64 * GIB);
+    assert_eq!(d.s3.part_size, 8 * MIB);
 }
 
 #[test]
@@ -252,12 +252,12 @@ fn providers_set_limits_and_overrides_only_tighten() {
     assert_eq!(g.s3.checksum, Checksum::Crc32c);
     assert_eq!(g.s3.sse, Sse::None);
 
-    // Scaleway: 1000 parts; the default 200 GiB chunk is lowered, parts stay 21 MiB.
+    // Scaleway: 1000 parts; the default 64 GiB chunk is lowered, parts stay 8 MiB.
     let text = with("provider = \"scaleway\"").replace("chunk_size = \"1GiB\"", "");
     let scw = parse(Path::new("x"), &text).expect("valid");
-    assert_eq!(scw.s3.part_size, 21 * MIB);
-    assert_eq!(scw.s3.chunk_size, 1000 * 21 * MIB);
-    assert_eq!(scw.s3.chunk_lowered_from, Some(200 * GIB));
+    assert_eq!(scw.s3.part_size, 8 * MIB);
+    assert_eq!(scw.s3.chunk_size, 1000 * 8 * MIB);
+    assert_eq!(scw.s3.chunk_lowered_from, Some(64 * GIB));
     assert!(crate::check::profile_line(&scw.s3).contains("lowered from"));
 
     let two = parse(
