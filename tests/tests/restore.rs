@@ -172,6 +172,61 @@ fn garage_multi_chunk_chains_written_before_format_4_still_restore() {
     );
 }
 
+/// An older build PUT a multi-chunk manifest in its format (the flat stream hash) and was
+/// killed before its journal heard of it; this build's `resume` adopts that manifest as it
+/// is, instead of refusing it as someone else's, and the backup restores.
+#[test]
+fn garage_resume_adopts_the_manifest_an_older_build_wrote_before_its_crash() {
+    use sha2::{Digest, Sha256};
+    let s = Setup::new(Flavor::Garage, opts());
+    s.crash(&["backup"], "after-manifest=return");
+    let key = s
+        .objects()
+        .into_iter()
+        .map(|(k, _)| k)
+        .find(|k| k.ends_with("/manifest.json"))
+        .expect("the manifest was written");
+    let m = s.manifest(&key);
+    assert_eq!(m.format_version, 4, "{} chunks", m.chunks.len());
+    let stream: Vec<u8> = m.chunks.iter().flat_map(|c| s.get(&c.key)).collect();
+    let mut raw = s.manifest_raw(&key);
+    raw["format_version"] = serde_json::json!(if m.compression.is_some() { 2 } else { 1 });
+    raw["tool_version"] = serde_json::json!("0.0.9");
+    raw["stream_sha256"] = serde_json::json!(hex::encode(Sha256::digest(&stream)));
+    let older = serde_json::to_vec(&raw).expect("json");
+    s.put(&key, older.clone());
+    s.run(&["resume"]).assert_code(0);
+    assert_eq!(s.pointer().manifest_key, key);
+    assert_eq!(s.get(&key), older, "adopted as it is, not written over");
+    let scratch = LoopFs::new(1024);
+    report(&restore(&s, &scratch.mnt, &[]));
+    assert_same_tree(
+        &s.snapshot_dir.join(&m.snapshot.name),
+        &scratch.mnt.join(&m.snapshot.name),
+    );
+
+    // Another backup's manifest at the key is still refused, and nothing is published.
+    let s = Setup::new(Flavor::Garage, opts());
+    s.crash(&["backup"], "after-manifest=return");
+    let key = s
+        .objects()
+        .into_iter()
+        .map(|(k, _)| k)
+        .find(|k| k.ends_with("/manifest.json"))
+        .expect("the manifest was written");
+    let mut raw = s.manifest_raw(&key);
+    raw["format_version"] = serde_json::json!(1);
+    raw["created_at"] = serde_json::json!("2020-01-01T00:00:00Z");
+    s.put(&key, serde_json::to_vec(&raw).expect("json"));
+    let out = s.run(&["resume"]);
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("a different manifest is already there"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn garage_full_restore() {
     full_restore(Flavor::Garage);

@@ -49,10 +49,33 @@ impl Context {
             }
         }
         // Written once: a manifest already at the key is this run's own (a crash after the
-        // PUT, before its commit: the same bytes) or someone else's, never overwritten.
+        // PUT, before its commit: the same bytes, or the same backup in the older format of
+        // the build that crashed, adopted as it is) or someone else's, never overwritten.
         if self.store.head_object(&key).await?.is_some() {
             let there = self.store.get_object(&key).await?;
             if there.as_ref() != json.as_slice() {
+                let older = Manifest::parse(&key, &there).ok().filter(|o| {
+                    m.is_older_format_of_this(o)
+                        && crate::manifest::check_manifest(
+                            &key,
+                            &self.keys(),
+                            &st.planned.subvolume,
+                            o,
+                        )
+                        .is_ok()
+                });
+                if let Some(sha) = older.and_then(|o| hex::decode(&o.stream_sha256).ok()) {
+                    if let Ok(stream_sha256) = <[u8; 32]>::try_from(sha.as_slice()) {
+                        return self.append(
+                            run,
+                            Transition::ManifestWritten {
+                                key,
+                                total_bytes: total,
+                                stream_sha256,
+                            },
+                        );
+                    }
+                }
                 return Err(BackupError::Tampered {
                     key,
                     detail: "a different manifest is already there: someone wrote it before this backup published; nothing was published over it".into(),

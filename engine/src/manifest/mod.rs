@@ -248,10 +248,10 @@ pub struct Manifest {
     pub total_bytes: u64,
     pub stream_sha256: String,
     pub chunks: Vec<ChunkEntry>,
-    /// Format 2, or 3.
+    /// Format 2, 3 or 4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compressed>,
-    /// Format 3 only.
+    /// Format 3 or 4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encrypted>,
     /// The backup's file index, where it has one (any format; older builds ignore it).
@@ -334,6 +334,21 @@ fn parse<T: for<'a> Deserialize<'a>>(key: &str, bytes: &[u8]) -> Result<T, Manif
 impl Manifest {
     pub fn parse(key: &str, bytes: &[u8]) -> Result<Manifest, ManifestError> {
         parse(key, bytes)
+    }
+
+    /// `older` (at this manifest's key) is this same backup as a build that predates this
+    /// manifest's format wrote it: equal in everything but `format_version`, `tool_version`
+    /// and the stream hash that format makes. A run that such a build left after its
+    /// manifest PUT, before the journal heard of it, adopts that manifest on resume.
+    pub fn is_older_format_of_this(&self, older: &Manifest) -> bool {
+        if older.format_version >= self.format_version {
+            return false;
+        }
+        let mut o = older.clone();
+        o.format_version = self.format_version;
+        o.tool_version.clone_from(&self.tool_version);
+        o.stream_sha256.clone_from(&self.stream_sha256);
+        o == *self
     }
 
     /// How `stream_sha256` is made: by the format version.

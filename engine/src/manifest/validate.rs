@@ -553,6 +553,39 @@ mod tests {
         );
     }
 
+    /// A resume after an older build's crash between its manifest PUT and its journal commit
+    /// adopts that manifest only when it is this very backup in an older format.
+    #[test]
+    fn an_older_format_of_the_same_backup_is_recognised_and_nothing_else() {
+        let (_, mut m) = good();
+        let hashes: Vec<[u8; 32]> = (0..3u8).map(|i| [i + 1; 32]).collect();
+        for (c, h) in m.chunks.iter_mut().zip(&hashes) {
+            c.sha256 = hex::encode(h);
+        }
+        let (format, stream) = super::super::format_of(false, false, &hashes);
+        m.format_version = format;
+        m.stream_sha256 = hex::encode(stream);
+        let mut older = m.clone();
+        older.format_version = 1;
+        older.tool_version = "0.0.9".into();
+        older.stream_sha256 = "d".repeat(64);
+        assert!(m.is_older_format_of_this(&older));
+        let mut other = older.clone();
+        other.chunks[2].etag = "\"other\"".into();
+        assert!(!m.is_older_format_of_this(&other), "another upload");
+        let mut other = older.clone();
+        other.created_at = "2026-01-08T00:00:01Z".into();
+        assert!(!m.is_older_format_of_this(&other), "another backup");
+        assert!(
+            !m.is_older_format_of_this(&m),
+            "the same format is no older"
+        );
+        assert!(
+            !older.is_older_format_of_this(&m),
+            "a newer format is not adopted"
+        );
+    }
+
     #[test]
     fn compression_must_describe_the_stored_bytes() {
         let (key, m) = compressed();
