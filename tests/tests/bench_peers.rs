@@ -30,8 +30,10 @@ const CONTENDERS: &[(&str, &str)] = &[
     ("backup full, WAN 50 ms 100 Mbit/s", "rclone"),
 ];
 
-#[test]
-fn the_quick_benchmark_runs_every_contender_and_its_results_parse() {
+/// Runs `bench_peers.py --quick` with `extra` arguments (and a 16 MiB WAN run) on the debug
+/// builds; asserts it succeeded, removed its scratch directory and failed no run; returns
+/// peers.json and peers.md.
+fn quick_run(extra: &[&str]) -> (Value, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("repo root");
@@ -40,6 +42,7 @@ fn the_quick_benchmark_runs_every_contender_and_its_results_parse() {
     let run = Command::new("python3")
         .arg(root.join("scripts/bench_peers.py"))
         .arg("--quick")
+        .args(extra)
         .args(["--wan", "16", "--proxy"])
         .arg(tool_bin("s3-fault-proxy"))
         .arg("--bin")
@@ -53,14 +56,20 @@ fn the_quick_benchmark_runs_every_contender_and_its_results_parse() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
         run.status.success(),
-        "bench_peers.py --quick failed ({}): {stderr}",
+        "bench_peers.py --quick {extra:?} failed ({}): {stderr}",
         run.status
     );
     assert!(!work.exists(), "the scratch directory is removed");
-
     let doc: Value = serde_json::from_slice(&std::fs::read(out.join("peers.json")).expect("json"))
         .expect("peers.json parses");
-    assert_eq!(doc["failed"], Value::Array(vec![]), "no contender failed");
+    assert_eq!(doc["failed"], Value::Array(vec![]), "no run failed");
+    let md = std::fs::read_to_string(out.join("peers.md")).expect("peers.md");
+    (doc, md)
+}
+
+#[test]
+fn the_quick_benchmark_runs_every_contender_and_its_results_parse() {
+    let (doc, md) = quick_run(&[]);
     let runs = doc["runs"].as_array().expect("runs");
     let medians = doc["medians"].as_array().expect("medians");
     for (scenario, contender) in CONTENDERS {
@@ -106,7 +115,6 @@ fn the_quick_benchmark_runs_every_contender_and_its_results_parse() {
     );
     assert!(targets.len() >= 8, "{targets:#?}");
 
-    let md = std::fs::read_to_string(out.join("peers.md")).expect("peers.md");
     assert!(md.contains("| contender | wall s | MiB/s |"), "{md}");
     for (_, contender) in CONTENDERS {
         assert!(
@@ -121,43 +129,15 @@ fn the_quick_benchmark_runs_every_contender_and_its_results_parse() {
 /// every run succeeds and carries its settings and memory bound.
 #[test]
 fn the_quick_sweep_runs_every_setting_and_its_results_parse() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root");
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
-    let (out, work) = (dir.path().join("out"), dir.path().join("work"));
-    let bin = tool_bin("btrfs-to-s3");
-    let run = Command::new("python3")
-        .arg(root.join("scripts/bench_peers.py"))
-        .args([
-            "--quick",
-            "--sweep",
-            "--sweep-parts",
-            "8",
-            "--sweep-concurrency",
-            "2",
-        ])
-        .args(["--sweep-index", "both"])
-        .args(["--wan", "16", "--proxy"])
-        .arg(tool_bin("s3-fault-proxy"))
-        .arg("--bin")
-        .arg(&bin)
-        .arg("--out")
-        .arg(&out)
-        .arg("--work")
-        .arg(&work)
-        .output()
-        .expect("python3 runs");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "bench_peers.py --quick --sweep failed ({}): {stderr}",
-        run.status
-    );
-    assert!(!work.exists(), "the scratch directory is removed");
-    let doc: Value = serde_json::from_slice(&std::fs::read(out.join("peers.json")).expect("json"))
-        .expect("peers.json parses");
-    assert_eq!(doc["failed"], Value::Array(vec![]), "no run failed");
+    let (doc, md) = quick_run(&[
+        "--sweep",
+        "--sweep-parts",
+        "8",
+        "--sweep-concurrency",
+        "2",
+        "--sweep-index",
+        "both",
+    ]);
     let runs = doc["runs"].as_array().expect("runs");
     let labels = [
         "btrfs-to-s3 8 MiB parts x 2",
@@ -183,6 +163,5 @@ fn the_quick_sweep_runs_every_setting_and_its_results_parse() {
         }
     }
     assert_eq!(runs.len(), 3 * labels.len(), "no other runs: {runs:#?}");
-    let md = std::fs::read_to_string(out.join("peers.md")).expect("peers.md");
     assert!(md.contains("sweep backup, WAN"), "{md}");
 }

@@ -114,12 +114,40 @@ fn garage_restore_makes_a_missing_target_where_its_parent_exists() {
     );
 }
 
+/// A multi-chunk manifest (format 4) as a build before format 4 wrote it: format 1 or 2,
+/// and the SHA-256 of the whole stream, made from the chunks in the bucket.
+fn as_an_older_build_wrote_it(s: &Setup, key: &str) -> serde_json::Value {
+    use sha2::{Digest, Sha256};
+    let m = s.manifest(key);
+    assert_eq!(m.format_version, 4, "{key}: {} chunks", m.chunks.len());
+    let mut h = Sha256::new();
+    for c in &m.chunks {
+        h.update(s.get(&c.key));
+    }
+    let mut raw = s.manifest_raw(key);
+    raw["format_version"] = serde_json::json!(if m.compression.is_some() { 2 } else { 1 });
+    raw["stream_sha256"] = serde_json::json!(hex::encode(h.finalize()));
+    raw
+}
+
+/// A backup killed after its manifest PUT, before its journal commit; the manifest's key.
+fn killed_after_its_manifest() -> (Setup, String) {
+    let s = Setup::new(Flavor::Garage, opts());
+    s.crash(&["backup"], "after-manifest=return");
+    let key = s
+        .objects()
+        .into_iter()
+        .map(|(k, _)| k)
+        .find(|k| k.ends_with("/manifest.json"))
+        .expect("the manifest was written");
+    (s, key)
+}
+
 /// Backups of more than one chunk written before format 4 (the stream hash over the whole
 /// stream, format 1 or 2) still restore and verify: a chain of three made by this build is
 /// rewritten as an older build wrote it, and the rewrite really is the flat hash.
 #[test]
 fn garage_multi_chunk_chains_written_before_format_4_still_restore() {
-    use sha2::{Digest, Sha256};
     let s = Setup::new(Flavor::Garage, opts());
     let chain = chain_of_three(&s);
     // Newest first: the pointer's, then each one's parent.
@@ -136,11 +164,7 @@ fn garage_multi_chunk_chains_written_before_format_4_still_restore() {
             assert_ne!(key, &full, "the full backup is more than one chunk");
             continue;
         }
-        assert_eq!(m.format_version, 4, "{key}: {} chunks", m.chunks.len());
-        let stream: Vec<u8> = m.chunks.iter().flat_map(|c| s.get(&c.key)).collect();
-        let mut raw = s.manifest_raw(key);
-        raw["format_version"] = serde_json::json!(if m.compression.is_some() { 2 } else { 1 });
-        raw["stream_sha256"] = serde_json::json!(hex::encode(Sha256::digest(&stream)));
+        let raw = as_an_older_build_wrote_it(&s, key);
         assert_ne!(
             raw["stream_sha256"].as_str(),
             Some(m.stream_sha256.as_str())
@@ -177,22 +201,10 @@ fn garage_multi_chunk_chains_written_before_format_4_still_restore() {
 /// is, instead of refusing it as someone else's, and the backup restores.
 #[test]
 fn garage_resume_adopts_the_manifest_an_older_build_wrote_before_its_crash() {
-    use sha2::{Digest, Sha256};
-    let s = Setup::new(Flavor::Garage, opts());
-    s.crash(&["backup"], "after-manifest=return");
-    let key = s
-        .objects()
-        .into_iter()
-        .map(|(k, _)| k)
-        .find(|k| k.ends_with("/manifest.json"))
-        .expect("the manifest was written");
+    let (s, key) = killed_after_its_manifest();
     let m = s.manifest(&key);
-    assert_eq!(m.format_version, 4, "{} chunks", m.chunks.len());
-    let stream: Vec<u8> = m.chunks.iter().flat_map(|c| s.get(&c.key)).collect();
-    let mut raw = s.manifest_raw(&key);
-    raw["format_version"] = serde_json::json!(if m.compression.is_some() { 2 } else { 1 });
+    let mut raw = as_an_older_build_wrote_it(&s, &key);
     raw["tool_version"] = serde_json::json!("0.0.9");
-    raw["stream_sha256"] = serde_json::json!(hex::encode(Sha256::digest(&stream)));
     let older = serde_json::to_vec(&raw).expect("json");
     s.put(&key, older.clone());
     s.run(&["resume"]).assert_code(0);
@@ -206,14 +218,7 @@ fn garage_resume_adopts_the_manifest_an_older_build_wrote_before_its_crash() {
     );
 
     // Another backup's manifest at the key is still refused, and nothing is published.
-    let s = Setup::new(Flavor::Garage, opts());
-    s.crash(&["backup"], "after-manifest=return");
-    let key = s
-        .objects()
-        .into_iter()
-        .map(|(k, _)| k)
-        .find(|k| k.ends_with("/manifest.json"))
-        .expect("the manifest was written");
+    let (s, key) = killed_after_its_manifest();
     let mut raw = s.manifest_raw(&key);
     raw["format_version"] = serde_json::json!(1);
     raw["created_at"] = serde_json::json!("2020-01-01T00:00:00Z");

@@ -512,20 +512,26 @@ mod tests {
         assert!(err.to_string().contains("upgrade btrfs-to-s3"), "{err}");
     }
 
-    /// Format 4: the stream hash is the SHA-256 of the chunks' SHA-256s, with or without
-    /// compression and encryption; a stream hash or a chunk hash edited apart is refused
-    /// before anything is downloaded.
-    #[test]
-    fn format_4_stream_hash_is_checked_against_the_chunks() {
+    /// `good()`'s three chunks with distinct hashes, as format 4 writes them; and the hashes.
+    fn format_4() -> (String, Manifest, Vec<[u8; 32]>) {
         let (key, mut m) = good();
         let hashes: Vec<[u8; 32]> = (0..3u8).map(|i| [i + 1; 32]).collect();
         for (c, h) in m.chunks.iter_mut().zip(&hashes) {
             c.sha256 = hex::encode(h);
         }
         let (format, stream) = super::super::format_of(false, false, &hashes);
-        assert_eq!(format, super::super::FORMAT_CHUNK_HASHES);
         m.format_version = format;
         m.stream_sha256 = hex::encode(stream);
+        (key, m, hashes)
+    }
+
+    /// Format 4: the stream hash is the SHA-256 of the chunks' SHA-256s, with or without
+    /// compression and encryption; a stream hash or a chunk hash edited apart is refused
+    /// before anything is downloaded.
+    #[test]
+    fn format_4_stream_hash_is_checked_against_the_chunks() {
+        let (key, m, hashes) = format_4();
+        assert_eq!(m.format_version, super::super::FORMAT_CHUNK_HASHES);
         check_manifest(&key, &keys(), "data", &m).expect("format 4 is valid");
         assert_eq!(m.stream_hash(), super::super::StreamHash::OfChunks);
         let json = m.to_json().expect("json");
@@ -557,14 +563,7 @@ mod tests {
     /// adopts that manifest only when it is this very backup in an older format.
     #[test]
     fn an_older_format_of_the_same_backup_is_recognised_and_nothing_else() {
-        let (_, mut m) = good();
-        let hashes: Vec<[u8; 32]> = (0..3u8).map(|i| [i + 1; 32]).collect();
-        for (c, h) in m.chunks.iter_mut().zip(&hashes) {
-            c.sha256 = hex::encode(h);
-        }
-        let (format, stream) = super::super::format_of(false, false, &hashes);
-        m.format_version = format;
-        m.stream_sha256 = hex::encode(stream);
+        let (_, m, _) = format_4();
         let mut older = m.clone();
         older.format_version = 1;
         older.tool_version = "0.0.9".into();
