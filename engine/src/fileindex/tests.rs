@@ -329,10 +329,12 @@ fn punching_and_slicing_keep_extents_apart_and_their_sources_aligned() {
 }
 
 /// Random writes, punches and slices of one file's extents against a byte model: which
-/// stream byte (if any) each file byte comes from.
+/// stream byte (if any) each file byte comes from, and which write checks it. Some writes
+/// come as runs of whole writes in order (as `btrfs send` sends a file), which `Extents`
+/// keeps as one piece: later writes and punches cut into them.
 #[test]
 fn extents_follow_a_byte_model_through_random_writes_and_punches() {
-    use super::tree::{Extent, Inode, Source};
+    use super::tree::{Check, Extent, Inode, Source};
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = |n: u64| {
         x ^= x << 13;
@@ -340,49 +342,83 @@ fn extents_follow_a_byte_model_through_random_writes_and_punches() {
         x ^= x << 17;
         x % n
     };
-    // Few extents (a vector), and many (past SMALL_EXTENTS: a map).
+    type Byte = Option<(u64, Option<Check>)>;
+    let write =
+        |f: &mut Inode, model: &mut [Byte], at: u64, len: u64, offset: u64, crc: Option<u32>| {
+            let check = crc.map(|crc| Check {
+                start: offset,
+                len: len as u32,
+                crc,
+            });
+            f.put(
+                at,
+                Extent {
+                    len,
+                    source: Source::Stream {
+                        backup: 0,
+                        offset,
+                        check,
+                    },
+                },
+            );
+            for k in 0..len {
+                model[(at + k) as usize] = Some((offset + k, check));
+            }
+        };
+    let (mut ran, mut merged) = (0, false);
+    // Few pieces (a vector), and many (past SMALL_EXTENTS: a map).
     for (round, (size, steps, longest)) in [(512u64, 40, 512u64); 200]
         .into_iter()
         .chain([(4096, 700, 24); 6])
         .enumerate()
     {
         let mut f = Inode::new(FileType::File);
-        let mut model: Vec<Option<u64>> = vec![None; size as usize];
+        let mut model: Vec<Byte> = vec![None; size as usize];
         let mut most = 0;
         for step in 0..steps {
             let start = next(size);
             let len = 1 + next((size - start).min(longest));
-            if next(3) == 0 {
-                f.punch(start, start + len);
-                model[start as usize..(start + len) as usize].fill(None);
-            } else {
-                let offset = 10_000 * (step + 1);
-                f.put(
-                    start,
-                    Extent {
-                        len,
-                        source: Source::Stream {
-                            backup: 0,
-                            offset,
-                            check: None,
-                        },
-                    },
-                );
-                for k in 0..len {
-                    model[(start + k) as usize] = Some(offset + k);
+            let offset = 100_000 * (step + 1);
+            match next(4) {
+                0 => {
+                    f.punch(start, start + len);
+                    model[start as usize..(start + len) as usize].fill(None);
+                }
+                1 => {
+                    // A run: whole writes of one length, each `stride` on in the stream.
+                    let each = 1 + next(len.min(16));
+                    let stride = each + next(40);
+                    for k in 0..len / each {
+                        let crc = Some(next(1 << 32) as u32);
+                        write(
+                            &mut f,
+                            &mut model,
+                            start + k * each,
+                            each,
+                            offset + k * stride,
+                            crc,
+                        );
+                    }
+                    ran += 1;
+                }
+                _ => {
+                    let crc = (next(2) == 0).then(|| next(1 << 32) as u32);
+                    write(&mut f, &mut model, start, len, offset, crc);
                 }
             }
-            let mut seen: Vec<Option<u64>> = vec![None; size as usize];
+            let mut seen: Vec<Byte> = vec![None; size as usize];
             let mut end = 0;
-            most = most.max(f.extents.len());
+            most = most.max(f.extents.pieces());
+            merged |= f.extents.pieces() < f.extents.len();
+            assert_eq!(f.extents.iter().count(), f.extents.len());
             for (at, e) in &f.extents {
                 assert!(at >= end && e.len > 0, "round {round}: apart and in order");
                 end = at + e.len;
-                let Source::Stream { offset, .. } = e.source else {
+                let Source::Stream { offset, check, .. } = e.source else {
                     panic!("a stream extent")
                 };
                 for k in 0..e.len {
-                    seen[(at + k) as usize] = Some(offset + k);
+                    seen[(at + k) as usize] = Some((offset + k, check));
                 }
             }
             assert_eq!(seen, model, "round {round}, step {step}");
@@ -390,11 +426,11 @@ fn extents_follow_a_byte_model_through_random_writes_and_punches() {
             let (a, b) = (a.min(b), a.max(b) + 1);
             let mut covered = 0;
             for (rel, e) in f.slice(a, b) {
-                let Source::Stream { offset, .. } = e.source else {
+                let Source::Stream { offset, check, .. } = e.source else {
                     panic!("a stream extent")
                 };
                 for k in 0..e.len {
-                    assert_eq!(model[(a + rel + k) as usize], Some(offset + k));
+                    assert_eq!(model[(a + rel + k) as usize], Some((offset + k, check)));
                 }
                 covered += e.len;
             }
@@ -406,11 +442,72 @@ fn extents_follow_a_byte_model_through_random_writes_and_punches() {
                 covered, data as u64,
                 "round {round}, step {step}: slice {a}..{b}"
             );
+            // Kept apart or in runs, the same extents compare equal.
+            let mut apart = f.extents.clone();
+            drop(apart.values_mut());
+            assert_eq!(apart.pieces(), apart.len());
+            assert_eq!(apart, f.extents);
         }
         if steps > 100 {
-            assert!(most > 128, "round {round}: only {most} extents at most");
+            assert!(most > 128, "round {round}: only {most} pieces at most");
         }
     }
+    assert!(ran > 1000 && merged, "{ran} runs written, merged: {merged}");
+}
+
+/// A file sent in order (whole writes, one after another in the stream) is kept as one
+/// piece however long, and a write into its middle leaves it three.
+#[test]
+fn a_file_sent_in_order_is_one_piece() {
+    use super::tree::{Check, Extent, Inode, Source};
+    let mut f = Inode::new(FileType::File);
+    let whole = |offset: u64, len: u64, crc: u32| Extent {
+        len,
+        source: Source::Stream {
+            backup: 0,
+            offset,
+            check: Some(Check {
+                start: offset,
+                len: len as u32,
+                crc,
+            }),
+        },
+    };
+    for k in 0..100_000u64 {
+        f.put(k * 49_152, whole(1_000 + k * 49_200, 49_152, k as u32));
+    }
+    assert_eq!((f.extents.len(), f.extents.pieces()), (100_000, 1));
+    // A write of another length ends the run (and starts one); one at another distance in
+    // the stream ends that.
+    let (end, next) = (100_000 * 49_152, 1_000 + 100_000 * 49_200);
+    f.put(end, whole(next, 100, 7));
+    f.put(end + 100, whole(next + 200, 100, 8));
+    assert_eq!(f.extents.pieces(), 2);
+    f.put(end + 200, whole(next + 500, 100, 9));
+    assert_eq!(f.extents.pieces(), 3);
+    // A rewrite inside write 50 000: the run before it, the rest of that write on both
+    // sides, the run after it.
+    f.put(50_000 * 49_152 + 10, whole(9_000_000_000, 20, 10));
+    assert_eq!(f.extents.pieces(), 7);
+    assert_eq!(f.extents.len(), 100_000 + 3 + 2);
+    let (at, e) = f
+        .extents
+        .iter()
+        .nth(50_000)
+        .expect("a piece of write 50 000");
+    assert_eq!((at, e.len), (50_000 * 49_152, 10));
+    let Source::Stream { offset, check, .. } = e.source else {
+        panic!("a stream extent")
+    };
+    assert_eq!(offset, 1_000 + 50_000 * 49_200);
+    assert_eq!(
+        check,
+        Some(Check {
+            start: offset,
+            len: 49_152,
+            crc: 50_000
+        })
+    );
 }
 
 /// Paths resolved through a directory remembered by path must follow it when it moves or
