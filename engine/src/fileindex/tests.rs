@@ -365,7 +365,7 @@ fn extents_follow_a_byte_model_through_random_writes_and_punches() {
                 model[(at + k) as usize] = Some((offset + k, check));
             }
         };
-    let (mut ran, mut merged) = (0, false);
+    let (mut ran, mut merged, mut mapped_runs) = (0, false, 0);
     // Few pieces (a vector), and many (past SMALL_EXTENTS: a map).
     for (round, (size, steps, longest)) in [(512u64, 40, 512u64); 200]
         .into_iter()
@@ -410,6 +410,8 @@ fn extents_follow_a_byte_model_through_random_writes_and_punches() {
             let mut end = 0;
             most = most.max(f.extents.pieces());
             merged |= f.extents.pieces() < f.extents.len();
+            mapped_runs +=
+                usize::from(f.extents.pieces() > 128 && f.extents.pieces() < f.extents.len());
             assert_eq!(f.extents.iter().count(), f.extents.len());
             for (at, e) in &f.extents {
                 assert!(at >= end && e.len > 0, "round {round}: apart and in order");
@@ -452,7 +454,10 @@ fn extents_follow_a_byte_model_through_random_writes_and_punches() {
             assert!(most > 128, "round {round}: only {most} pieces at most");
         }
     }
-    assert!(ran > 1000 && merged, "{ran} runs written, merged: {merged}");
+    assert!(
+        ran > 1000 && merged && mapped_runs > 0,
+        "{ran} runs written, merged: {merged}, steps with runs in a map: {mapped_runs}"
+    );
 }
 
 /// A file sent in order (whole writes, one after another in the stream) is kept as one
@@ -508,6 +513,145 @@ fn a_file_sent_in_order_is_one_piece() {
             crc: 50_000
         })
     );
+}
+
+/// Cuts at write boundaries, a rewrite in order inside a run, and a punch of a whole run,
+/// with the run among few pieces (a vector) and among many (a map).
+#[test]
+fn runs_are_cut_at_write_boundaries_and_rewritten_in_order() {
+    use super::tree::{Check, Extent, Inode, Source};
+    let whole = |offset: u64, crc: u32| Extent {
+        len: 100,
+        source: Source::Stream {
+            backup: 0,
+            offset,
+            check: Some(Check {
+                start: offset,
+                len: 100,
+                crc,
+            }),
+        },
+    };
+    // (file offset, stream offset, crc) of each whole write that should be there.
+    let writes = |f: &Inode| -> Vec<(u64, u64, u32)> {
+        f.extents
+            .iter()
+            .filter_map(|(at, e)| match e.source {
+                Source::Stream {
+                    offset,
+                    check: Some(c),
+                    ..
+                } if e.len == 100 => Some((at, offset, c.crc)),
+                _ => None,
+            })
+            .collect()
+    };
+    for lead in [0u64, 200] {
+        let mut f = Inode::new(FileType::File);
+        // `lead` one-byte extents without checks first: never part of a run.
+        for k in 0..lead {
+            let source = Source::Stream {
+                backup: 0,
+                offset: 3 * k,
+                check: None,
+            };
+            f.put(k, Extent { len: 1, source });
+        }
+        let base = 1_000;
+        let n = 10_000u64;
+        for k in 0..n {
+            f.put(base + k * 100, whole(5_000 + k * 130, k as u32));
+        }
+        let lead_n = lead as usize;
+        assert_eq!(
+            (f.extents.pieces(), f.extents.len()),
+            (lead_n + 1, lead_n + 10_000)
+        );
+        let mut want: Vec<(u64, u64, u32)> = (0..n)
+            .map(|k| (base + k * 100, 5_000 + k * 130, k as u32))
+            .collect();
+        // Write 10 exactly: two runs.
+        f.punch(base + 1_000, base + 1_100);
+        want.remove(10);
+        assert_eq!(f.extents.pieces(), lead_n + 2);
+        assert_eq!(writes(&f), want);
+        // Writes 2000..4000 rewritten in order: one run of the new writes between two.
+        for k in 2_000..4_000u64 {
+            let at = base + k * 100;
+            f.put(at, whole(90_000_000 + k * 130, 7));
+            want[k as usize - 1] = (at, 90_000_000 + k * 130, 7);
+        }
+        assert_eq!(f.extents.pieces(), lead_n + 4, "lead {lead}");
+        assert_eq!(writes(&f), want);
+        // The whole run after them.
+        f.punch(base + 4_000 * 100, base + n * 100);
+        want.truncate(3_999);
+        assert_eq!(f.extents.pieces(), lead_n + 3);
+        assert_eq!(writes(&f), want);
+        assert_eq!(f.extents.len(), lead_n + 3_999);
+    }
+}
+
+/// A file sent in order through the parser and builder is one run; stored and read back it
+/// still is, and reads its bytes (each write's CRC checked); an incremental that rewrites
+/// part of it in order leaves three pieces and the right bytes.
+#[test]
+fn a_file_sent_in_order_is_one_run_through_build_store_and_an_incremental() {
+    let data = |k: u64, salt: u8| -> Vec<u8> {
+        (0..1000u64)
+            .map(|i| (k.wrapping_mul(31) ^ i) as u8 ^ salt)
+            .collect()
+    };
+    let mut e = Encoder::new(1);
+    e.command(
+        Kind::Subvol,
+        &[(PATH, b"snap"), (UUID, &SNAP), (CTRANSID, &u64le(5))],
+        None,
+    );
+    mk(&mut e, Kind::Mkfile, b"big");
+    let mut want = Vec::new();
+    for k in 0..300 {
+        write(&mut e, b"big", k * 1000, &data(k, 0));
+        want.extend(data(k, 0));
+    }
+    let first = e.finish();
+    let mut b = Builder::full(0);
+    build(&mut b, &first).expect("full");
+    let t = b.finish().expect("ends");
+    let big = t.lookup(b"big").expect("big");
+    let pieces = |t: &Tree| {
+        let n = t.inode(t.lookup(b"big").expect("big")).expect("inode");
+        (n.extents.pieces(), n.extents.len())
+    };
+    assert_eq!(pieces(&t), (1, 300));
+    assert_eq!(t.read(big, &[&first]).expect("read"), want);
+    let (back, _) = format::decode(&format::encode(&t, 0)).expect("decodes");
+    assert_eq!(back, t);
+    assert_eq!(pieces(&back), (1, 300));
+
+    let mut e = Encoder::new(1);
+    e.command(
+        Kind::Snapshot,
+        &[
+            (PATH, b"snap2"),
+            (UUID, &NEXT),
+            (CTRANSID, &u64le(6)),
+            (CLONE_UUID, &SNAP),
+            (CLONE_CTRANSID, &u64le(5)),
+        ],
+        None,
+    );
+    for k in 100..200 {
+        write(&mut e, b"big", k * 1000, &data(k, 0x5a));
+        want[k as usize * 1000..(k as usize + 1) * 1000].copy_from_slice(&data(k, 0x5a));
+    }
+    let second = e.finish();
+    let mut b = Builder::incremental(back, 1);
+    build(&mut b, &second).expect("incremental");
+    let t2 = b.finish().expect("ends");
+    assert_eq!(pieces(&t2), (3, 300));
+    let big = t2.lookup(b"big").expect("big");
+    assert_eq!(t2.read(big, &[&first, &second]).expect("read"), want);
 }
 
 /// Paths resolved through a directory remembered by path must follow it when it moves or

@@ -1,7 +1,7 @@
 //! `Tree`: the model of a snapshot (inodes, entries, extents) and its invariants. Pure.
 
 use crate::sendstream::Timespec;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 
 /// An inode of ours (creation order in the chain), not the kernel's number.
@@ -225,15 +225,18 @@ const SMALL_EXTENTS: usize = 128;
 /// command per 48 KiB with protocol 1, each after the last in the stream): write k is file
 /// bytes `[at + k·len, + len)` of the piece at `at`, from stream bytes
 /// `[offset + k·stride, + len)` of backup `backup`, checked by `crcs[k]`. Only an encoding
-/// of those extents (`Extents` yields them one by one): about 4 bytes a write where an
-/// extent of its own took about 130, which kept the index of a 32 GiB file over 100 MiB.
+/// of those extents (`Extents` yields them one by one): 4 to 8 bytes a write (the deque
+/// grows by doubling) where an extent of its own took about 130, which put the index of a
+/// 32 GiB file over 100 MiB.
 #[derive(Clone, Debug)]
 struct Run {
     backup: u32,
     len: u32,
     offset: u64,
     stride: u64,
-    crcs: Vec<u32>,
+    /// A deque: a cut keeps the larger side in place and copies the smaller, so rewriting a
+    /// long run write by write (an incremental of an image) costs each write its own bytes.
+    crcs: VecDeque<u32>,
 }
 
 impl Run {
@@ -254,18 +257,21 @@ impl Run {
         }
     }
 
-    /// Writes `[from, to)` (non-empty) as a piece of their own: one extent if one write.
-    fn sub(&self, from: usize, to: usize) -> Piece {
-        if to - from == 1 {
-            return Piece::One(self.write(from));
-        }
-        Piece::Run(Run {
+    /// These writes, the first `skip` writes on from this run's first, as a piece: none if
+    /// empty, one extent if one write.
+    fn piece(&self, skip: usize, crcs: VecDeque<u32>) -> Option<Piece> {
+        let run = Run {
             backup: self.backup,
             len: self.len,
-            offset: self.offset + from as u64 * self.stride,
+            offset: self.offset + skip as u64 * self.stride,
             stride: self.stride,
-            crcs: self.crcs[from..to].to_vec(),
-        })
+            crcs,
+        };
+        match run.crcs.len() {
+            0 => None,
+            1 => Some(Piece::One(run.write(0))),
+            _ => Some(Piece::Run(run)),
+        }
     }
 }
 
@@ -327,65 +333,87 @@ impl Piece {
         }
     }
 
-    /// What is left of the piece at `at` before file offset `cut` (inside it).
-    fn before(&self, at: u64, cut: u64, keep: &mut Vec<(u64, Piece)>) {
-        match self {
-            Piece::One(e) => keep.push((
-                at,
-                Piece::One(Extent {
-                    len: cut - at,
-                    source: e.source,
-                }),
-            )),
-            Piece::Run(r) => {
-                let len = u64::from(r.len);
-                let (k, rest) = ((cut - at) / len, (cut - at) % len);
-                if k > 0 {
-                    keep.push((at, r.sub(0, k as usize)));
+    /// What is left of the piece at `at` outside [start, end), which overlaps it, onto
+    /// `keep` in file order. A run's CRCs stay where they are on its larger side.
+    fn cut(self, at: u64, start: u64, end: u64, keep: &mut Vec<(u64, Piece)>) {
+        let last = at + self.span();
+        let mut r = match self {
+            Piece::One(e) => {
+                if at < start {
+                    let len = start - at;
+                    keep.push((at, Piece::One(Extent { len, ..e })));
                 }
-                if rest > 0 {
-                    let w = r.write(k as usize);
+                if last > end {
+                    let source = e.source.advanced(end - at);
                     keep.push((
-                        at + k * len,
+                        end,
                         Piece::One(Extent {
-                            len: rest,
-                            source: w.source,
+                            len: last - end,
+                            source,
                         }),
                     ));
                 }
+                return;
             }
-        }
-    }
-
-    /// What is left of the piece at `at` from file offset `cut` (inside it) on.
-    fn after(&self, at: u64, cut: u64, keep: &mut Vec<(u64, Piece)>) {
-        match self {
-            Piece::One(e) => keep.push((
-                cut,
+            Piece::Run(r) => r,
+        };
+        let (len, n) = (u64::from(r.len), r.crcs.len());
+        // Writes [0, head) lie before `start`, and the first `head_part` bytes of write
+        // `head`; writes [tail, n) lie after `end`, and write `tail - 1` from `tail_from` on.
+        let (head, head_part) = if at < start {
+            ((start - at) / len, (start - at) % len)
+        } else {
+            (0, 0)
+        };
+        let (tail, tail_from) = if last > end {
+            let (k, rest) = ((end - at) / len, (end - at) % len);
+            if rest > 0 {
+                (k + 1, rest)
+            } else {
+                (k, 0)
+            }
+        } else {
+            (n as u64, 0)
+        };
+        let (head, tail) = (head as usize, tail as usize);
+        let head_piece = (head_part > 0).then(|| {
+            let w = r.write(head);
+            (
+                at + head as u64 * len,
                 Piece::One(Extent {
-                    len: at + e.len - cut,
-                    source: e.source.advanced(cut - at),
+                    len: head_part,
+                    ..w
                 }),
-            )),
-            Piece::Run(r) => {
-                let len = u64::from(r.len);
-                let (mut k, rest) = ((cut - at) / len, (cut - at) % len);
-                if rest > 0 {
-                    let w = r.write(k as usize);
-                    keep.push((
-                        cut,
-                        Piece::One(Extent {
-                            len: len - rest,
-                            source: w.source.advanced(rest),
-                        }),
-                    ));
-                    k += 1;
-                }
-                if (k as usize) < r.crcs.len() {
-                    keep.push((at + k * len, r.sub(k as usize, r.crcs.len())));
-                }
-            }
-        }
+            )
+        });
+        let tail_piece = (tail_from > 0).then(|| {
+            let w = r.write(tail - 1);
+            let source = w.source.advanced(tail_from);
+            (
+                end,
+                Piece::One(Extent {
+                    len: len - tail_from,
+                    source,
+                }),
+            )
+        });
+        // Only the smaller of the runs before and after is copied.
+        let crcs = std::mem::take(&mut r.crcs);
+        let (before, after) = if head <= n - tail {
+            let mut rest = crcs;
+            let before: VecDeque<u32> = rest.drain(..head).collect();
+            rest.drain(..tail - head);
+            (before, rest)
+        } else {
+            let mut before = crcs;
+            let after = before.split_off(tail);
+            before.truncate(head);
+            (before, after)
+        };
+        keep.extend(r.piece(0, before).map(|p| (at, p)));
+        keep.extend(head_piece);
+        keep.extend(tail_piece);
+        keep.extend(r.piece(tail, after).map(|p| (at + tail as u64 * len, p)));
     }
 
     /// Takes `e` at file offset `to` if it is the next whole write of this piece at `at`
@@ -414,7 +442,7 @@ impl Piece {
                     len,
                     offset: o,
                     stride: offset - o,
-                    crcs: vec![c, crc],
+                    crcs: VecDeque::from([c, crc]),
                 });
                 true
             }
@@ -425,7 +453,7 @@ impl Piece {
                 if r.backup != backup || u64::from(r.len) != e.len || next != Some(offset) {
                     return false;
                 }
-                r.crcs.push(crc);
+                r.crcs.push_back(crc);
                 true
             }
         }
@@ -551,6 +579,11 @@ impl Extents {
             Repr::Small(v) => Repr::Small(apart(v)),
             Repr::Large(m) => Repr::Large(apart(m.into_iter().collect()).into_iter().collect()),
         };
+        if let Repr::Small(v) = &mut self.0 {
+            if v.len() > SMALL_EXTENTS {
+                self.0 = Repr::Large(std::mem::take(v).into_iter().collect());
+            }
+        }
         fn one(p: &mut Piece) -> Option<&mut Extent> {
             match p {
                 Piece::One(e) => Some(e),
@@ -563,17 +596,16 @@ impl Extents {
         }
     }
 
-    /// Adds an extent at `at`, which must not overlap any (callers punch first); in order,
-    /// so one past the last is a push, or the next write of the last run.
+    /// Adds an extent at `at`, which must not overlap any (callers punch first): the next
+    /// write of the piece before it if it is one (a file sent in order, or rewritten in
+    /// order by an incremental), else a piece of its own.
     pub(super) fn insert(&mut self, at: u64, e: Extent) {
         match &mut self.0 {
             Repr::Small(v) => {
                 let i = v.partition_point(|(a, _)| *a < at);
-                if i == v.len() {
-                    if let Some((last, p)) = v.last_mut() {
-                        if p.append(*last, at, &e) {
-                            return;
-                        }
+                if let Some((before, p)) = i.checked_sub(1).and_then(|b| v.get_mut(b)) {
+                    if p.append(*before, at, &e) {
+                        return;
                     }
                 }
                 v.insert(i, (at, Piece::One(e)));
@@ -582,9 +614,8 @@ impl Extents {
                 }
             }
             Repr::Large(m) => {
-                if let Some(mut last) = m.last_entry() {
-                    let key = *last.key();
-                    if key < at && last.get_mut().append(key, at, &e) {
+                if let Some((before, p)) = m.range_mut(..at).next_back() {
+                    if p.append(*before, at, &e) {
                         return;
                     }
                 }
@@ -615,52 +646,37 @@ impl Extents {
         out
     }
 
-    /// The pieces overlapping [start, end), whole, in order.
-    fn overlapping_pieces(&self, start: u64, end: u64) -> Vec<(u64, &Piece)> {
-        match &self.0 {
-            Repr::Small(v) => {
-                let lo = v.partition_point(|(at, p)| at + p.span() <= start);
-                let hi = v.partition_point(|(at, _)| *at < end).max(lo);
-                v[lo..hi].iter().map(|(at, p)| (*at, p)).collect()
-            }
-            Repr::Large(m) => {
-                let first = m.range(..=start).next_back().map_or(start, |(at, _)| *at);
-                m.range(first..end)
-                    .filter(|(at, p)| *at + p.span() > start)
-                    .map(|(at, p)| (*at, p))
-                    .collect()
-            }
-        }
-    }
-
-    /// Removes every extent byte in [start, end).
+    /// Removes every extent byte in [start, end). The pieces it touches are taken out and
+    /// what is left of them put back (a run's CRCs moved, not copied, on its larger side).
     fn punch(&mut self, start: u64, end: u64) {
         if start >= end {
             return;
         }
-        let hit = self.overlapping_pieces(start, end);
-        let (Some(&(first_at, first)), Some(&(last_at, last))) = (hit.first(), hit.last()) else {
-            return;
-        };
         let mut keep = Vec::new();
-        if first_at < start {
-            first.before(first_at, start, &mut keep);
-        }
-        if last_at + last.span() > end {
-            last.after(last_at, end, &mut keep);
-        }
-        let gone: Vec<u64> = hit.iter().map(|(at, _)| *at).collect();
         match &mut self.0 {
             Repr::Small(v) => {
-                let lo = v.partition_point(|(a, _)| *a < first_at);
-                v.splice(lo..lo + gone.len(), keep);
+                // Apart and sorted: their ends are sorted too.
+                let lo = v.partition_point(|(at, p)| at + p.span() <= start);
+                let hi = v.partition_point(|(at, _)| *at < end).max(lo);
+                for (at, p) in v.drain(lo..hi) {
+                    p.cut(at, start, end, &mut keep);
+                }
+                v.splice(lo..lo, keep);
                 if v.len() > SMALL_EXTENTS {
                     self.0 = Repr::Large(std::mem::take(v).into_iter().collect());
                 }
             }
             Repr::Large(m) => {
-                for a in &gone {
-                    m.remove(a);
+                let first = m.range(..=start).next_back().map_or(start, |(at, _)| *at);
+                let hit: Vec<u64> = m
+                    .range(first..end)
+                    .filter(|(at, p)| *at + p.span() > start)
+                    .map(|(at, _)| *at)
+                    .collect();
+                for at in hit {
+                    if let Some(p) = m.remove(&at) {
+                        p.cut(at, start, end, &mut keep);
+                    }
                 }
                 m.extend(keep);
             }
