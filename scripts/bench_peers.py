@@ -97,7 +97,9 @@ class Bench:
         with open(img, "wb") as f:
             f.truncate(2 * size + 3 * GIB)
         self.loop = sh(f"losetup --find --show {img}", capture=True).strip()
-        sh(f"mkfs.btrfs -q {self.loop} && mount {self.loop} {self.work}/mnt")
+        # --compressible: the filesystem compresses what it stores, so a large stream fits.
+        opts = "-o compress-force=zstd:1 " if self.args.compressible else ""
+        sh(f"mkfs.btrfs -q {self.loop} && mount {opts}{self.loop} {self.work}/mnt")
         vars_ = sh(f"{ROOT}/scripts/garage-local.sh start {self.work}/garage", capture=True)
         for line in vars_.splitlines():
             k, _, v = line.removeprefix("export ").partition("=")
@@ -115,11 +117,16 @@ class Bench:
                     "RCLONE_CONFIG_G_FORCE_PATH_STYLE": "true"})
         mnt = f"{self.work}/mnt"
         sh(f"btrfs subvolume create {mnt}/data >/dev/null && mkdir {mnt}/peer-snaps {mnt}/restore")
-        # Incompressible: files of up to 256 MiB of random bytes, and 200 small ones.
+        # Files of up to 256 MiB (random bytes, or --compressible), and 200 small ones.
         blob = min(256 * MIB, max(size // 4, MIB))
         n = max(1, size // blob)
         for i in range(n):
-            sh(f"head -c {blob} /dev/urandom > {mnt}/data/blob{i}")
+            if self.args.compressible:
+                # One random line repeated: the stream is as long, its storage tiny.
+                # (head's status: yes ends on SIGPIPE, which pipefail would report.)
+                sh(f"head -c {blob} < <(yes \"$(head -c 60 /dev/urandom | base64 -w0)\") > {mnt}/data/blob{i}")
+            else:
+                sh(f"head -c {blob} /dev/urandom > {mnt}/data/blob{i}")
         sh(f"mkdir {mnt}/data/small && for i in $(seq 1 200); do head -c 20K /dev/urandom > {mnt}/data/small/f$i; done; sync")
         self.blobs = [f"{mnt}/data/blob{i}" for i in range(n)]
         self.peer_snap = f"{mnt}/peer-snaps/full"
@@ -557,6 +564,10 @@ def main():
     p.add_argument("--wan", type=int, metavar="SIZE_MIB", help="also the WAN profile with SIZE_MIB of data")
     p.add_argument("--proxy", default=f"{ROOT}/target/release/s3-fault-proxy", help="the s3-fault-proxy binary (--wan)")
     p.add_argument("--work", default="/var/tmp/btrfs-to-s3-bench-peers", help="scratch directory (deleted)")
+    p.add_argument("--compressible", action="store_true",
+                   help="data of one random line repeated, on a compress-force=zstd filesystem "
+                        "(garage compresses blocks too): a 32 GiB stream on a small disk, for "
+                        "memory at size rather than speed")
     p.add_argument("--sweep", action="store_true",
                    help="instead of the peers: the tool alone over --sweep-parts x --sweep-concurrency, "
                         "backup and restore at each of --sizes, and backup through the WAN proxy at --wan")

@@ -385,19 +385,16 @@ fn extents_follow_a_byte_model_through_random_writes_and_punches() {
                     model[start as usize..(start + len) as usize].fill(None);
                 }
                 1 => {
-                    // A run: whole writes of one length, each `stride` on in the stream.
-                    let each = 1 + next(len.min(16));
-                    let stride = each + next(40);
-                    for k in 0..len / each {
+                    // A run: whole writes back to back in the file, of any lengths, each
+                    // `gap` after the last in the stream.
+                    let gap = next(40);
+                    let (mut at, mut from) = (start, offset);
+                    while at < start + len {
+                        let each = 1 + next((start + len - at).min(16));
                         let crc = Some(next(1 << 32) as u32);
-                        write(
-                            &mut f,
-                            &mut model,
-                            start + k * each,
-                            each,
-                            offset + k * stride,
-                            crc,
-                        );
+                        write(&mut f, &mut model, at, each, from, crc);
+                        at += each;
+                        from += each + gap;
                     }
                     ran += 1;
                 }
@@ -461,11 +458,10 @@ fn extents_follow_a_byte_model_through_random_writes_and_punches() {
 }
 
 /// A file sent in order (whole writes, one after another in the stream) is kept as one
-/// piece however long, and a write into its middle leaves it three.
+/// piece up to 4 GiB, whatever the writes' lengths, and a write into its middle cuts it.
 #[test]
 fn a_file_sent_in_order_is_one_piece() {
     use super::tree::{Check, Extent, Inode, Source};
-    let mut f = Inode::new(FileType::File);
     let whole = |offset: u64, len: u64, crc: u32| Extent {
         len,
         source: Source::Stream {
@@ -478,23 +474,27 @@ fn a_file_sent_in_order_is_one_piece() {
             }),
         },
     };
-    for k in 0..100_000u64 {
+    let mut f = Inode::new(FileType::File);
+    // 48 KiB writes, each 48 bytes of header after the last: 3.7 GiB.
+    let n = 80_000u64;
+    for k in 0..n {
         f.put(k * 49_152, whole(1_000 + k * 49_200, 49_152, k as u32));
     }
-    assert_eq!((f.extents.len(), f.extents.pieces()), (100_000, 1));
-    // A write of another length ends the run (and starts one); one at another distance in
-    // the stream ends that.
-    let (end, next) = (100_000 * 49_152, 1_000 + 100_000 * 49_200);
+    assert_eq!((f.extents.len(), f.extents.pieces()), (80_000, 1));
+    // A write of another length at the same distance joins it (as the 32 KiB tail of a
+    // compressed extent does); one at another distance starts a piece, which the next
+    // write at that distance joins.
+    let (end, next) = (n * 49_152, 1_000 + n * 49_200);
     f.put(end, whole(next, 100, 7));
-    f.put(end + 100, whole(next + 200, 100, 8));
+    assert_eq!(f.extents.pieces(), 1);
+    f.put(end + 100, whole(next + 149, 100, 8));
     assert_eq!(f.extents.pieces(), 2);
-    f.put(end + 200, whole(next + 500, 100, 9));
-    assert_eq!(f.extents.pieces(), 3);
+    f.put(end + 200, whole(next + 298, 100, 9));
+    assert_eq!((f.extents.len(), f.extents.pieces()), (80_003, 2));
     // A rewrite inside write 50 000: the run before it, the rest of that write on both
     // sides, the run after it.
     f.put(50_000 * 49_152 + 10, whole(9_000_000_000, 20, 10));
-    assert_eq!(f.extents.pieces(), 7);
-    assert_eq!(f.extents.len(), 100_000 + 3 + 2);
+    assert_eq!((f.extents.len(), f.extents.pieces()), (80_005, 6));
     let (at, e) = f
         .extents
         .iter()
@@ -513,6 +513,15 @@ fn a_file_sent_in_order_is_one_piece() {
             crc: 50_000
         })
     );
+    // A run spans less than 4 GiB: write 87 381 would end past it, so it starts another.
+    let mut g = Inode::new(FileType::File);
+    for k in 0..90_000u64 {
+        g.put(k * 49_152, whole(1_000 + k * 49_200, 49_152, k as u32));
+    }
+    assert_eq!((g.extents.len(), g.extents.pieces()), (90_000, 2));
+    let (at, e) = g.extents.iter().nth(87_381).expect("write 87 381");
+    assert_eq!(at, 87_381 * 49_152);
+    assert_eq!(e, whole(1_000 + 87_381 * 49_200, 49_152, 87_381));
 }
 
 /// Cuts at write boundaries, a rewrite in order inside a run, and a punch of a whole run,

@@ -222,54 +222,78 @@ impl Inode {
 const SMALL_EXTENTS: usize = 128;
 
 /// Whole writes back to back, as `btrfs send` sends a file it reads in order (one write
-/// command per 48 KiB with protocol 1, each after the last in the stream): write k is file
-/// bytes `[at + k·len, + len)` of the piece at `at`, from stream bytes
-/// `[offset + k·stride, + len)` of backup `backup`, checked by `crcs[k]`. Only an encoding
-/// of those extents (`Extents` yields them one by one): 4 to 8 bytes a write (the deque
-/// grows by doubling) where an extent of its own took about 130, which put the index of a
-/// 32 GiB file over 100 MiB.
+/// command per extent, or per 48 KiB of it with protocol 1, each right after the last in
+/// the stream but for the next command's header): write k is file bytes
+/// `[start(k), end(k))` from the piece's offset, where `end(k) = writes[k].0 - base` and
+/// `start(k) = end(k - 1)` (0 for the first), from stream bytes at
+/// `offset + start(k) + k·gap` of backup `backup`, checked by `writes[k].1`. Only an
+/// encoding of those extents (`Extents` yields them one by one): 8 to 16 bytes a write (the
+/// deque grows by doubling) where an extent of its own took about 130, which put the index
+/// of a 32 GiB file over 100 MiB. Lengths may differ (a compressed extent of 128 KiB is
+/// sent as 48 + 48 + 32 KiB); the span stays under 4 GiB.
 #[derive(Clone, Debug)]
 struct Run {
     backup: u32,
-    len: u32,
     offset: u64,
-    stride: u64,
+    gap: u64,
+    base: u32,
     /// A deque: a cut keeps the larger side in place and copies the smaller, so rewriting a
     /// long run write by write (an incremental of an image) costs each write its own bytes.
-    crcs: VecDeque<u32>,
+    writes: VecDeque<(u32, u32)>,
 }
 
 impl Run {
-    /// Write `k` as the extent it stands for.
-    fn write(&self, k: usize) -> Extent {
-        let offset = self.offset + k as u64 * self.stride;
-        Extent {
-            len: u64::from(self.len),
-            source: Source::Stream {
-                backup: self.backup,
-                offset,
-                check: Some(Check {
-                    start: offset,
-                    len: self.len,
-                    crc: self.crcs[k],
-                }),
-            },
-        }
+    /// Write `k`'s file bytes, from the piece's offset.
+    fn bounds(&self, k: usize) -> (u64, u64) {
+        let start = k.checked_sub(1).map_or(self.base, |j| self.writes[j].0);
+        (
+            u64::from(start - self.base),
+            u64::from(self.writes[k].0 - self.base),
+        )
     }
 
-    /// These writes, the first `skip` writes on from this run's first, as a piece: none if
-    /// empty, one extent if one write.
-    fn piece(&self, skip: usize, crcs: VecDeque<u32>) -> Option<Piece> {
+    fn span(&self) -> u64 {
+        self.writes.back().map_or(0, |w| u64::from(w.0 - self.base))
+    }
+
+    /// The write holding file byte `x` (from the piece's offset; below `span`).
+    fn index_of(&self, x: u64) -> usize {
+        self.writes
+            .partition_point(|w| u64::from(w.0 - self.base) <= x)
+    }
+
+    /// Write `k` as the extent it stands for, with its file offset from the piece's.
+    fn write(&self, k: usize) -> (u64, Extent) {
+        let (start, end) = self.bounds(k);
+        let offset = self.offset + start + k as u64 * self.gap;
+        let len = end - start;
+        let check = Check {
+            start: offset,
+            len: len as u32,
+            crc: self.writes[k].1,
+        };
+        let source = Source::Stream {
+            backup: self.backup,
+            offset,
+            check: Some(check),
+        };
+        (start, Extent { len, source })
+    }
+
+    /// `writes`, which were this run's from write `skip` on (starting at file byte `start`
+    /// from the piece's offset), as a piece of their own: none if empty, one extent if one.
+    fn piece(&self, skip: usize, start: u64, writes: VecDeque<(u32, u32)>) -> Option<Piece> {
         let run = Run {
             backup: self.backup,
-            len: self.len,
-            offset: self.offset + skip as u64 * self.stride,
-            stride: self.stride,
-            crcs,
+            offset: self.offset + start + skip as u64 * self.gap,
+            gap: self.gap,
+            // `start` is below the span, which fits u32 past `base`.
+            base: self.base + start as u32,
+            writes,
         };
-        match run.crcs.len() {
+        match run.writes.len() {
             0 => None,
-            1 => Some(Piece::One(run.write(0))),
+            1 => Some(Piece::One(run.write(0).1)),
             _ => Some(Piece::Run(run)),
         }
     }
@@ -299,7 +323,7 @@ impl Piece {
     fn span(&self) -> u64 {
         match self {
             Piece::One(e) => e.len,
-            Piece::Run(r) => u64::from(r.len) * r.crcs.len() as u64,
+            Piece::Run(r) => r.span(),
         }
     }
 
@@ -307,7 +331,7 @@ impl Piece {
     fn count(&self) -> usize {
         match self {
             Piece::One(_) => 1,
-            Piece::Run(r) => r.crcs.len(),
+            Piece::Run(r) => r.writes.len(),
         }
     }
 
@@ -320,21 +344,25 @@ impl Piece {
                 }
             }
             Piece::Run(r) => {
-                let len = u64::from(r.len);
-                let first = start.saturating_sub(at) / len;
-                let last = end
-                    .saturating_sub(at)
-                    .div_ceil(len)
-                    .min(r.crcs.len() as u64);
-                for k in first..last {
-                    out.push((at + k * len, r.write(k as usize)));
+                let mut k = if start > at {
+                    r.index_of(start - at)
+                } else {
+                    0
+                };
+                while k < r.writes.len() {
+                    let (rel, e) = r.write(k);
+                    if at + rel >= end {
+                        break;
+                    }
+                    out.push((at + rel, e));
+                    k += 1;
                 }
             }
         }
     }
 
     /// What is left of the piece at `at` outside [start, end), which overlaps it, onto
-    /// `keep` in file order. A run's CRCs stay where they are on its larger side.
+    /// `keep` in file order. A run's writes stay where they are on its larger side.
     fn cut(self, at: u64, start: u64, end: u64, keep: &mut Vec<(u64, Piece)>) {
         let last = at + self.span();
         let mut r = match self {
@@ -357,73 +385,78 @@ impl Piece {
             }
             Piece::Run(r) => r,
         };
-        let (len, n) = (u64::from(r.len), r.crcs.len());
-        // Writes [0, head) lie before `start`, and the first `head_part` bytes of write
-        // `head`; writes [tail, n) lie after `end`, and write `tail - 1` from `tail_from` on.
-        let (head, head_part) = if at < start {
-            ((start - at) / len, (start - at) % len)
+        let n = r.writes.len();
+        // Writes [0, head) lie before `start`, and part of write `head` if it starts
+        // before it; writes [tail, n) lie after `end`, and part of write `tail - 1` if it
+        // ends after it.
+        let mut head_piece = None;
+        let head = if at < start {
+            let h = r.index_of(start - at);
+            let (rel, w) = r.write(h);
+            if at + rel < start {
+                let len = start - at - rel;
+                head_piece = Some((at + rel, Piece::One(Extent { len, ..w })));
+            }
+            h
         } else {
-            (0, 0)
+            0
         };
-        let (tail, tail_from) = if last > end {
-            let (k, rest) = ((end - at) / len, (end - at) % len);
-            if rest > 0 {
-                (k + 1, rest)
+        let mut tail_piece = None;
+        let tail = if last > end {
+            let t = r.index_of(end - at);
+            let (rel, w) = r.write(t);
+            if at + rel < end {
+                let cut = end - at - rel;
+                let source = w.source.advanced(cut);
+                tail_piece = Some((
+                    end,
+                    Piece::One(Extent {
+                        len: w.len - cut,
+                        source,
+                    }),
+                ));
+                t + 1
             } else {
-                (k, 0)
+                t
             }
         } else {
-            (n as u64, 0)
+            n
         };
-        let (head, tail) = (head as usize, tail as usize);
-        let head_piece = (head_part > 0).then(|| {
-            let w = r.write(head);
-            (
-                at + head as u64 * len,
-                Piece::One(Extent {
-                    len: head_part,
-                    ..w
-                }),
-            )
-        });
-        let tail_piece = (tail_from > 0).then(|| {
-            let w = r.write(tail - 1);
-            let source = w.source.advanced(tail_from);
-            (
-                end,
-                Piece::One(Extent {
-                    len: len - tail_from,
-                    source,
-                }),
-            )
-        });
+        let tail_start = if tail < n { r.bounds(tail).0 } else { 0 };
         // Only the smaller of the runs before and after is copied.
-        let crcs = std::mem::take(&mut r.crcs);
+        let writes = std::mem::take(&mut r.writes);
         let (before, after) = if head <= n - tail {
-            let mut rest = crcs;
-            let before: VecDeque<u32> = rest.drain(..head).collect();
+            let mut rest = writes;
+            let before: VecDeque<(u32, u32)> = rest.drain(..head).collect();
             rest.drain(..tail - head);
             (before, rest)
         } else {
-            let mut before = crcs;
+            let mut before = writes;
             let after = before.split_off(tail);
             before.truncate(head);
             (before, after)
         };
-        keep.extend(r.piece(0, before).map(|p| (at, p)));
+        keep.extend(r.piece(0, 0, before).map(|p| (at, p)));
         keep.extend(head_piece);
         keep.extend(tail_piece);
-        keep.extend(r.piece(tail, after).map(|p| (at + tail as u64 * len, p)));
+        keep.extend(
+            r.piece(tail, tail_start, after)
+                .map(|p| (at + tail_start, p)),
+        );
     }
 
     /// Takes `e` at file offset `to` if it is the next whole write of this piece at `at`
-    /// (a run, or one whole write that becomes one): the same backup and length, the same
-    /// distance on in the stream, right after it in the file.
+    /// (a run, or one whole write that becomes one): the same backup, right after it in the
+    /// file, and in the stream the same distance after its data as the run's writes are
+    /// after each other's (the command header between them).
     fn append(&mut self, at: u64, to: u64, e: &Extent) -> bool {
         let Some((backup, offset, crc)) = whole_write(e) else {
             return false;
         };
-        if e.len == 0 || at.checked_add(self.span()) != Some(to) {
+        let Ok(len) = u32::try_from(e.len) else {
+            return false;
+        };
+        if len == 0 || at.checked_add(self.span()) != Some(to) {
             return false;
         }
         match self {
@@ -431,29 +464,36 @@ impl Piece {
                 let Some((b, o, c)) = whole_write(p) else {
                     return false;
                 };
-                let Ok(len) = u32::try_from(e.len) else {
+                let Some(gap) = o.checked_add(p.len).and_then(|end| offset.checked_sub(end)) else {
                     return false;
                 };
-                if b != backup || p.len != e.len || offset < o || offset - o < e.len {
+                let Some(both) = u32::try_from(p.len).ok().and_then(|l| l.checked_add(len)) else {
+                    return false;
+                };
+                if b != backup {
                     return false;
                 }
                 *self = Piece::Run(Run {
                     backup,
-                    len,
                     offset: o,
-                    stride: offset - o,
-                    crcs: VecDeque::from([c, crc]),
+                    gap,
+                    base: 0,
+                    writes: VecDeque::from([(p.len as u32, c), (both, crc)]),
                 });
                 true
             }
             Piece::Run(r) => {
-                let next = (r.crcs.len() as u64)
-                    .checked_mul(r.stride)
+                let next = (r.writes.len() as u64)
+                    .checked_mul(r.gap)
+                    .and_then(|d| d.checked_add(r.span()))
                     .and_then(|d| r.offset.checked_add(d));
-                if r.backup != backup || u64::from(r.len) != e.len || next != Some(offset) {
+                let Some(end) = r.writes.back().and_then(|w| w.0.checked_add(len)) else {
+                    return false;
+                };
+                if r.backup != backup || next != Some(offset) {
                     return false;
                 }
-                r.crcs.push_back(crc);
+                r.writes.push_back((end, crc));
                 true
             }
         }
@@ -463,8 +503,11 @@ impl Piece {
     fn split(self, at: u64) -> Vec<(u64, Piece)> {
         match self {
             Piece::One(_) => vec![(at, self)],
-            Piece::Run(r) => (0..r.crcs.len())
-                .map(|k| (at + k as u64 * u64::from(r.len), Piece::One(r.write(k))))
+            Piece::Run(r) => (0..r.writes.len())
+                .map(|k| {
+                    let (rel, e) = r.write(k);
+                    (at + rel, Piece::One(e))
+                })
                 .collect(),
         }
     }
@@ -514,10 +557,10 @@ impl Iterator for Iter<'_> {
     fn next(&mut self) -> Option<(u64, Extent)> {
         loop {
             if let Some((at, r, k)) = &mut self.run {
-                if *k < r.crcs.len() {
-                    let item = (*at + *k as u64 * u64::from(r.len), r.write(*k));
+                if *k < r.writes.len() {
+                    let (rel, e) = r.write(*k);
                     *k += 1;
-                    return Some(item);
+                    return Some((*at + rel, e));
                 }
                 self.run = None;
             }
