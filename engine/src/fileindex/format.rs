@@ -725,6 +725,53 @@ pub(crate) mod tests {
         b.finish().expect("ends")
     }
 
+    /// A file sent in order in writes of two lengths (as a compressed extent's 48 + 48 + 32
+    /// KiB are), which the tree keeps as one run, and a write into its middle: seeds that
+    /// make the fuzzer cut and bend runs.
+    fn sample_with_runs() -> Tree {
+        use crate::sendstream::attr::*;
+        use crate::sendstream::encode::{u64le, Encoder};
+        use crate::sendstream::{Kind, Parser};
+        let mut e = Encoder::new(1);
+        e.command(
+            Kind::Subvol,
+            &[(PATH, b"s"), (UUID, &[7; 16]), (CTRANSID, &u64le(3))],
+            None,
+        );
+        e.command(Kind::Mkfile, &[(PATH, b"r"), (INO, &u64le(1))], None);
+        let mut at = 0u64;
+        for k in 0..9u8 {
+            let len = if k % 3 == 2 { 32 } else { 48 };
+            e.command(
+                Kind::Write,
+                &[(PATH, b"r"), (FILE_OFFSET, &u64le(at))],
+                Some(&vec![k; len]),
+            );
+            at += len as u64;
+        }
+        let mut p = Parser::new();
+        let mut cmds = Vec::new();
+        p.feed(&e.finish(), &mut cmds).expect("parses");
+        let mut b = super::super::Builder::full(0);
+        for c in &cmds {
+            b.apply(c).expect("applies");
+        }
+        b.finish().expect("ends")
+    }
+
+    #[test]
+    fn a_run_reads_back_as_the_writes_it_holds() {
+        let t = sample_with_runs();
+        let r = t.inode(t.lookup(b"r").expect("r")).expect("inode");
+        assert_eq!((r.extents.len(), r.extents.pieces()), (9, 1));
+        let bytes = encode(&t, 0);
+        let (back, _) = decode(&bytes).expect("decodes");
+        assert_eq!(back, t);
+        assert_eq!(encode(&back, 0), bytes, "a fixpoint");
+        let r = back.inode(back.lookup(b"r").expect("r")).expect("inode");
+        assert_eq!((r.extents.len(), r.extents.pieces()), (9, 1));
+    }
+
     #[test]
     fn an_index_reads_back_as_it_was_written() {
         let t = sample();
@@ -833,6 +880,7 @@ pub(crate) mod tests {
             encode(&sample(), 0),
             encode(&sample(), 3),
             encode_as(&sample(), 0, 1),
+            encode(&sample_with_runs(), 0),
         ];
         let mut accepted = 0u64;
         let n = fault_injection::fuzz::run(&seeds, |b| {
