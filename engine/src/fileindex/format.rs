@@ -619,11 +619,23 @@ pub fn decode(bytes: &[u8]) -> Result<(Tree, u32), FormatError> {
 pub(crate) mod tests {
     use super::*;
 
+    /// The tree a full stream builds.
+    fn tree_of(stream: &[u8]) -> Tree {
+        let mut p = crate::sendstream::Parser::new();
+        let mut cmds = Vec::new();
+        p.feed(stream, &mut cmds).expect("parses");
+        let mut b = super::super::Builder::full(0);
+        for c in &cmds {
+            b.apply(c).expect("applies");
+        }
+        b.finish().expect("ends")
+    }
+
     /// A tree with every kind of inode, hard links, xattrs and every extent source.
     pub(crate) fn sample() -> Tree {
         use crate::sendstream::attr::*;
         use crate::sendstream::encode::{u64le, Encoder};
-        use crate::sendstream::{Kind, Parser};
+        use crate::sendstream::Kind;
         let mut e = Encoder::new(2);
         e.command(
             Kind::Subvol,
@@ -715,14 +727,7 @@ pub(crate) mod tests {
             None,
         );
         e.command(Kind::Chmod, &[(PATH, b"d/f"), (MODE, &u64le(0o4755))], None);
-        let mut p = Parser::new();
-        let mut cmds = Vec::new();
-        p.feed(&e.finish(), &mut cmds).expect("parses");
-        let mut b = super::super::Builder::full(0);
-        for c in &cmds {
-            b.apply(c).expect("applies");
-        }
-        b.finish().expect("ends")
+        tree_of(&e.finish())
     }
 
     /// A file sent in order in writes of two lengths (as a compressed extent's 48 + 48 + 32
@@ -731,7 +736,7 @@ pub(crate) mod tests {
     fn sample_with_runs() -> Tree {
         use crate::sendstream::attr::*;
         use crate::sendstream::encode::{u64le, Encoder};
-        use crate::sendstream::{Kind, Parser};
+        use crate::sendstream::Kind;
         let mut e = Encoder::new(1);
         e.command(
             Kind::Subvol,
@@ -749,14 +754,7 @@ pub(crate) mod tests {
             );
             at += len as u64;
         }
-        let mut p = Parser::new();
-        let mut cmds = Vec::new();
-        p.feed(&e.finish(), &mut cmds).expect("parses");
-        let mut b = super::super::Builder::full(0);
-        for c in &cmds {
-            b.apply(c).expect("applies");
-        }
-        b.finish().expect("ends")
+        tree_of(&e.finish())
     }
 
     #[test]

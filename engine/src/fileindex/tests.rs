@@ -50,6 +50,21 @@ fn clone(e: &mut Encoder, uuid: &[u8; 16], path: &[u8], at: u64, len: u64, src: 
     );
 }
 
+/// The header of an incremental stream: snapshot NEXT of SNAP.
+fn snapshot_of_snap(e: &mut Encoder) {
+    e.command(
+        Kind::Snapshot,
+        &[
+            (PATH, b"snap2"),
+            (UUID, &NEXT),
+            (CTRANSID, &u64le(6)),
+            (CLONE_UUID, &SNAP),
+            (CLONE_CTRANSID, &u64le(5)),
+        ],
+        None,
+    );
+}
+
 fn full() -> Vec<u8> {
     let mut e = Encoder::new(2);
     e.command(
@@ -157,17 +172,7 @@ fn an_incremental_applies_to_its_parents_tree_and_clones_from_the_parent_as_it_w
     build(&mut b, &first).expect("full");
     let parent = b.finish().expect("ends");
     let mut e = Encoder::new(2);
-    e.command(
-        Kind::Snapshot,
-        &[
-            (PATH, b"snap2"),
-            (UUID, &NEXT),
-            (CTRANSID, &u64le(6)),
-            (CLONE_UUID, &SNAP),
-            (CLONE_CTRANSID, &u64le(5)),
-        ],
-        None,
-    );
+    snapshot_of_snap(&mut e);
     // d/a is rewritten, then c is cloned from the parent's d/a: the old bytes.
     write(&mut e, b"d/a", 0, &[b'z'; 100]);
     clone(&mut e, &SNAP, b"c", 0, 100, b"d/a", 0);
@@ -639,17 +644,7 @@ fn a_file_sent_in_order_is_one_run_through_build_store_and_an_incremental() {
     assert_eq!(pieces(&back), (1, 300));
 
     let mut e = Encoder::new(1);
-    e.command(
-        Kind::Snapshot,
-        &[
-            (PATH, b"snap2"),
-            (UUID, &NEXT),
-            (CTRANSID, &u64le(6)),
-            (CLONE_UUID, &SNAP),
-            (CLONE_CTRANSID, &u64le(5)),
-        ],
-        None,
-    );
+    snapshot_of_snap(&mut e);
     for k in 100..200 {
         write(&mut e, b"big", k * 1000, &data(k, 0x5a));
         want[k as usize * 1000..(k as usize + 1) * 1000].copy_from_slice(&data(k, 0x5a));
