@@ -622,11 +622,7 @@ impl Extents {
             Repr::Small(v) => Repr::Small(apart(v)),
             Repr::Large(m) => Repr::Large(apart(m.into_iter().collect()).into_iter().collect()),
         };
-        if let Repr::Small(v) = &mut self.0 {
-            if v.len() > SMALL_EXTENTS {
-                self.0 = Repr::Large(std::mem::take(v).into_iter().collect());
-            }
-        }
+        self.promote();
         fn one(p: &mut Piece) -> Option<&mut Extent> {
             match p {
                 Piece::One(e) => Some(e),
@@ -652,9 +648,6 @@ impl Extents {
                     }
                 }
                 v.insert(i, (at, Piece::One(e)));
-                if v.len() > SMALL_EXTENTS {
-                    self.0 = Repr::Large(std::mem::take(v).into_iter().collect());
-                }
             }
             Repr::Large(m) => {
                 if let Some((before, p)) = m.range_mut(..at).next_back() {
@@ -665,6 +658,27 @@ impl Extents {
                 m.insert(at, Piece::One(e));
             }
         }
+        self.promote();
+    }
+
+    /// Past `SMALL_EXTENTS` pieces, the vector becomes a map.
+    fn promote(&mut self) {
+        if let Repr::Small(v) = &mut self.0 {
+            if v.len() > SMALL_EXTENTS {
+                self.0 = Repr::Large(std::mem::take(v).into_iter().collect());
+            }
+        }
+    }
+
+    /// Where the pieces overlapping [start, end) are: a vector's index range (apart and
+    /// sorted, so their ends are sorted too), or the first map key that may overlap.
+    fn small_hits(v: &[(u64, Piece)], start: u64, end: u64) -> std::ops::Range<usize> {
+        let lo = v.partition_point(|(at, p)| at + p.span() <= start);
+        lo..v.partition_point(|(at, _)| *at < end).max(lo)
+    }
+
+    fn large_first(m: &BTreeMap<u64, Piece>, start: u64) -> u64 {
+        m.range(..=start).next_back().map_or(start, |(at, _)| *at)
     }
 
     /// The extents overlapping [start, end), untrimmed, in order.
@@ -672,15 +686,12 @@ impl Extents {
         let mut out = Vec::new();
         match &self.0 {
             Repr::Small(v) => {
-                // Apart and sorted: their ends are sorted too.
-                let lo = v.partition_point(|(at, p)| at + p.span() <= start);
-                let hi = v.partition_point(|(at, _)| *at < end).max(lo);
-                for (at, p) in &v[lo..hi] {
+                for (at, p) in &v[Self::small_hits(v, start, end)] {
                     p.overlapping(*at, start, end, &mut out);
                 }
             }
             Repr::Large(m) => {
-                let first = m.range(..=start).next_back().map_or(start, |(at, _)| *at);
+                let first = Self::large_first(m, start);
                 for (at, p) in m.range(first..end) {
                     p.overlapping(*at, start, end, &mut out);
                 }
@@ -698,19 +709,15 @@ impl Extents {
         let mut keep = Vec::new();
         match &mut self.0 {
             Repr::Small(v) => {
-                // Apart and sorted: their ends are sorted too.
-                let lo = v.partition_point(|(at, p)| at + p.span() <= start);
-                let hi = v.partition_point(|(at, _)| *at < end).max(lo);
-                for (at, p) in v.drain(lo..hi) {
+                let hits = Self::small_hits(v, start, end);
+                let lo = hits.start;
+                for (at, p) in v.drain(hits) {
                     p.cut(at, start, end, &mut keep);
                 }
                 v.splice(lo..lo, keep);
-                if v.len() > SMALL_EXTENTS {
-                    self.0 = Repr::Large(std::mem::take(v).into_iter().collect());
-                }
             }
             Repr::Large(m) => {
-                let first = m.range(..=start).next_back().map_or(start, |(at, _)| *at);
+                let first = Self::large_first(m, start);
                 let hit: Vec<u64> = m
                     .range(first..end)
                     .filter(|(at, p)| *at + p.span() > start)
@@ -724,6 +731,7 @@ impl Extents {
                 m.extend(keep);
             }
         }
+        self.promote();
     }
 }
 
