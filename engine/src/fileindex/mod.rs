@@ -15,6 +15,7 @@
 //! the chain (`Source::Stream.backup` counts from the chain's full backup).
 
 pub mod build;
+pub mod extents;
 pub mod feed;
 pub mod format;
 pub mod listing;
