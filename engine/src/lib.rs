@@ -8,6 +8,7 @@ pub mod btrfs;
 pub mod clock;
 pub mod codec;
 pub mod crash;
+pub mod crc;
 pub mod fileindex;
 pub mod listing;
 pub mod machine;

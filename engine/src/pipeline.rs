@@ -92,12 +92,13 @@ impl BufferPool {
 
     /// Returns a buffer. If someone else still holds the bytes, the buffer is dropped
     /// instead (its memory goes when they let go) and a fresh one may be allocated.
+    /// A buffer taken again comes with its old length and bytes: whoever takes it
+    /// overwrites or truncates them (`split_stream`), and need not zero them first.
     pub fn give(&self, b: Bytes) {
         let reusable = b.try_into_mut().ok();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.outstanding = st.outstanding.saturating_sub(1);
-        if let Some(mut m) = reusable {
-            m.clear();
+        if let Some(m) = reusable {
             st.free.push(m);
         }
         drop(st);
@@ -139,7 +140,7 @@ pub enum Event {
 }
 
 pub fn part_hashes(data: &[u8]) -> (u128, u32) {
-    (xxhash_rust::xxh3::xxh3_128(data), crc32c::crc32c(data))
+    (xxhash_rust::xxh3::xxh3_128(data), crate::crc::crc32c(data))
 }
 
 /// Reads until `buf` is full or the reader is at end of stream; returns bytes read.
@@ -180,8 +181,18 @@ pub fn split_stream<R: Read>(
         let want = layout.part_size.min(layout.chunk_size - in_chunk);
         // `want` <= part_size <= 5 GiB, which fits usize on 64-bit targets.
         let want_len = usize::try_from(want).unwrap_or(usize::MAX);
-        buf.reserve(want_len.saturating_add(pool.headroom));
-        buf.resize(want_len, 0);
+        // A reused buffer keeps its length (`BufferPool::give`): those bytes are written
+        // already, and zeroing 8 MiB for each part cost 3 % of a backup's CPU.
+        buf.reserve(
+            want_len
+                .saturating_add(pool.headroom)
+                .saturating_sub(buf.len()),
+        );
+        if buf.len() < want_len {
+            buf.resize(want_len, 0);
+        } else {
+            buf.truncate(want_len);
+        }
         let n = match read_full(&mut reader, &mut buf) {
             Ok(n) => n,
             Err(e) => {
@@ -407,6 +418,43 @@ mod tests {
             Event::Failed(PipelineError::Producer { .. })
         ));
         assert_eq!(evs.len(), 2, "no ChunkEnd after a failed producer");
+    }
+
+    /// Buffers that really come back (the consumer keeps no reference) are filled again
+    /// without zeroing: a shorter part after a longer one carries none of its old bytes, and
+    /// the buffer does not grow.
+    #[test]
+    fn reused_buffers_carry_no_stale_bytes_and_do_not_grow() {
+        let layout = Layout::new(13 * MIB, 5 * MIB).expect("layout");
+        let data: Vec<u8> = (0..(30 * MIB + 5)).map(|i| (i % 253) as u8).collect();
+        let pool = std::sync::Arc::new(BufferPool::with_headroom(1, 1000));
+        let (tx, mut rx) = mpsc::channel(1);
+        let (p2, d2) = (pool.clone(), data.clone());
+        let h = std::thread::spawn(move || {
+            split_stream(std::io::Cursor::new(d2), layout, &p2, &tx, || Ok(()))
+        });
+        let mut got = Vec::new();
+        let mut lens = Vec::new();
+        while let Some(ev) = rx.blocking_recv() {
+            if let Event::Part(p) = ev {
+                assert_eq!(part_hashes(&p.data), (p.xxh3, p.crc32c));
+                let mut m = p.data.try_into_mut().expect("the only reference");
+                assert!(
+                    m.capacity() <= (5 * MIB) as usize + 1000,
+                    "{}",
+                    m.capacity()
+                );
+                got.extend_from_slice(&m);
+                lens.push(m.len() as u64);
+                // Written over, as sealing in place does, before it goes back.
+                m.extend_from_slice(&[0xEE; 1000]);
+                pool.give(m.freeze());
+            }
+        }
+        h.join().expect("splitter thread");
+        let m = MIB;
+        assert_eq!(lens, [5 * m, 5 * m, 3 * m, 5 * m, 5 * m, 3 * m, 4 * m + 5]);
+        assert!(got == data, "the parts put together are the stream");
     }
 
     #[test]

@@ -7,9 +7,7 @@ use super::{
 };
 
 /// The kernel's `crc32c(seed, …)`: no inversion in or out.
-pub fn crc32c_raw(state: u32, bytes: &[u8]) -> u32 {
-    !crc32c::crc32c_append(!state, bytes)
-}
+pub use crate::crc::raw as crc32c_raw;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -41,9 +39,10 @@ pub struct Parser {
     offset: u64,
     stored_crc: u32,
     crc: u32,
-    /// The CRC of the DATA attribute's value alone, beside the command's (a second pass of
-    /// hardware CRC over the data is cheaper than `crc32c_combine` per write).
+    /// The CRC of the DATA attribute's value alone. The data is read once: while it passes
+    /// `crc` waits, and at its end takes `shift(crc, len) ^ data_crc` (`crate::crc`).
     data_crc: u32,
+    shift: crate::crc::Shift,
     left: u32,
     /// Keep DATA too (`with_data`: applying a stream needs its bytes; indexing does not).
     keep_data: bool,
@@ -73,6 +72,7 @@ impl Parser {
             stored_crc: 0,
             crc: 0,
             data_crc: 0,
+            shift: crate::crc::Shift::default(),
             left: 0,
             keep_data: false,
             spare: Vec::new(),
@@ -165,9 +165,10 @@ impl Parser {
                             cmd.buf.extend_from_slice(now);
                         }
                     }
-                    self.crc = crc32c_raw(self.crc, now);
                     if data {
                         self.data_crc = crc32c_raw(self.data_crc, now);
+                    } else {
+                        self.crc = crc32c_raw(self.crc, now);
                     }
                     self.left -= n as u32;
                     self.pos += n as u64;
@@ -370,10 +371,12 @@ impl Parser {
         Ok(())
     }
 
-    /// The DATA value is complete: its own CRC is `data_crc`.
+    /// The DATA value is complete: its own CRC is `data_crc`, and the command's CRC goes on
+    /// as if it had read the data too.
     fn data_done(&mut self) {
         if let Some(d) = self.cmd.as_mut().and_then(|c| c.data.as_mut()) {
             d.crc = self.data_crc;
+            self.crc = self.shift.apply(self.crc, d.len) ^ self.data_crc;
         }
     }
 

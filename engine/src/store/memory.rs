@@ -189,7 +189,7 @@ impl ObjectStore for MemoryStore {
                 "InvalidArgument: part number",
             ));
         }
-        if crc32c::crc32c(&body) != crc32c {
+        if crate::crc::crc32c(&body) != crc32c {
             return Err(self.err(OP, key, StoreErrorKind::Other, "BadDigest: CRC32C mismatch"));
         }
         let Some(u) = st.uploads.get_mut(upload_id).filter(|u| u.key == key) else {
@@ -226,7 +226,7 @@ impl ObjectStore for MemoryStore {
                 return Err(self.err(OP, key, StoreErrorKind::InvalidPart, "InvalidPart"));
             };
             if etag.trim_matches('"') != p.etag.trim_matches('"')
-                || crc32c::crc32c(bytes) != p.crc32c
+                || crate::crc::crc32c(bytes) != p.crc32c
             {
                 return Err(self.err(OP, key, StoreErrorKind::InvalidPart, "InvalidPart"));
             }

@@ -683,7 +683,7 @@ impl ObjectStore for S3Store {
     ) -> Result<(), StoreError> {
         let mut req = self.client.put_object().bucket(&self.bucket).key(key);
         req = match self.checksum {
-            Checksum::Crc32c => req.checksum_crc32_c(crc32c_base64(crc32c::crc32c(&body))),
+            Checksum::Crc32c => req.checksum_crc32_c(crc32c_base64(crate::crc::crc32c(&body))),
             Checksum::Md5 => req.content_md5(md5_base64(&body)),
             Checksum::None => req,
         };
