@@ -12,8 +12,11 @@
 //!   before it: one ranged GET of at most one frame plus a part boundary.
 //! - `zstd -d` of the concatenated chunks gives the send stream back (frames concatenate).
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
 
 use sha2::{Digest, Sha256};
 
@@ -163,6 +166,17 @@ impl FramingLog {
     }
 }
 
+/// Where the send stream's blocks go besides the compressor (the file index's thread): each
+/// block as it was read, in order, shared rather than copied; then the end.
+pub trait BlockTap: Send {
+    fn block(&mut self, block: Bytes);
+    /// The stream was read to its end (not called after a read error).
+    fn end(&mut self);
+}
+
+/// Blocks kept for reuse at most (a tap holds a few while it works through them).
+const MAX_SPARE: usize = 16;
+
 /// Reads the send stream and yields the stored stream a batch at a time (`next_batch`):
 /// reads up to `workers` frames, then compresses them on as many threads at once.
 /// `Pipelined` turns it into a `Read`.
@@ -172,9 +186,11 @@ pub struct CompressingReader<R> {
     workers: usize,
     /// One reusable context per worker (a context per frame would zero its tables each time).
     contexts: Vec<zstd::bulk::Compressor<'static>>,
-    /// Block buffers kept from the last batch: a fresh 1 MiB buffer per frame cost a page
-    /// fault per 4 KiB (a quarter of zstd's whole cost on incompressible data).
-    spare: Vec<Vec<u8>>,
+    /// Block buffers of earlier batches, oldest first, reused once nobody else holds them (the
+    /// tap lets go of them in order): a fresh 1 MiB buffer per frame cost a page fault per
+    /// 4 KiB (a quarter of zstd's whole cost on incompressible data).
+    spare: VecDeque<Bytes>,
+    tap: Option<Box<dyn BlockTap>>,
     eof: bool,
     log: FramingLog,
 }
@@ -189,12 +205,36 @@ impl<R: Read> CompressingReader<R> {
                 level,
                 workers: workers.clamp(1, max_workers(level)),
                 contexts: Vec::new(),
-                spare: Vec::new(),
+                spare: VecDeque::new(),
+                tap: None,
                 eof: false,
                 log: log.clone(),
             },
             log,
         )
+    }
+
+    /// Also hands every block of the send stream to `tap`.
+    pub fn with_tap(mut self, tap: Box<dyn BlockTap>) -> CompressingReader<R> {
+        self.tap = Some(tap);
+        self
+    }
+
+    /// A block buffer of `FRAME_BYTES`: the oldest spare if nobody holds it any more.
+    fn block_buffer(&mut self) -> BytesMut {
+        let mut b = match self.spare.pop_front().map(Bytes::try_into_mut) {
+            Some(Ok(b)) => b,
+            Some(Err(held)) => {
+                if self.spare.len() + 1 < MAX_SPARE {
+                    self.spare.push_front(held);
+                }
+                BytesMut::new()
+            }
+            None => BytesMut::new(),
+        };
+        // A reused buffer is written already: only a new one is zeroed.
+        b.resize(FRAME_BYTES as usize, 0);
+        b
     }
 
     /// The next batch of stored bytes (the frames of up to `workers` blocks); None at the end,
@@ -211,17 +251,25 @@ impl<R: Read> CompressingReader<R> {
         if self.eof {
             return Ok(false);
         }
-        let mut blocks = Vec::with_capacity(self.workers);
+        let mut blocks: Vec<Bytes> = Vec::with_capacity(self.workers);
         while blocks.len() < self.workers && !self.eof {
-            let mut b = self.spare.pop().unwrap_or_default();
-            b.resize(FRAME_BYTES as usize, 0);
+            let mut b = self.block_buffer();
             let n = crate::pipeline::read_full(&mut self.inner, &mut b)?;
             b.truncate(n);
             if n < FRAME_BYTES as usize {
                 self.eof = true;
             }
             if n > 0 {
+                let b = b.freeze();
+                if let Some(tap) = self.tap.as_mut() {
+                    tap.block(b.clone());
+                }
                 blocks.push(b);
+            }
+        }
+        if self.eof {
+            if let Some(mut tap) = self.tap.take() {
+                tap.end();
             }
         }
         while self.contexts.len() < blocks.len() {
@@ -267,7 +315,10 @@ impl<R: Read> CompressingReader<R> {
             t.done = true;
         }
         drop(t);
-        self.spare = blocks;
+        self.spare.extend(blocks);
+        while self.spare.len() > MAX_SPARE {
+            self.spare.pop_front();
+        }
         Ok(true)
     }
 }
@@ -589,6 +640,64 @@ mod tests {
             out.extend(batch);
         }
         (out, log.framing(level).expect("done"))
+    }
+
+    /// Records what it is handed, and keeps the last `hold` blocks (as a slow index thread
+    /// would) so that the compressor must not reuse them.
+    struct Recorder {
+        got: Arc<Mutex<(Vec<u8>, usize)>>,
+        held: VecDeque<Bytes>,
+        hold: usize,
+    }
+
+    impl BlockTap for Recorder {
+        fn block(&mut self, block: Bytes) {
+            self.got.lock().expect("lock").0.extend_from_slice(&block);
+            self.held.push_back(block);
+            if self.held.len() > self.hold {
+                self.held.pop_front();
+            }
+        }
+        fn end(&mut self) {
+            self.got.lock().expect("lock").1 += 1;
+        }
+    }
+
+    /// The tap sees the send stream itself, once and in order, whether it lets go of the
+    /// blocks at once or holds some (while the compressor reuses the others), and the stored
+    /// stream is the same as without a tap.
+    #[test]
+    fn a_tap_sees_the_stream_in_order_and_changes_nothing_stored() {
+        let mut data = sample(9 * FRAME_BYTES as usize + 77);
+        // Random blocks become raw frames, whose bytes are copied straight from the block.
+        let mut x = 7u64;
+        for b in &mut data[2 << 20..4 << 20] {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let (want, want_framing) = compress_all(&data, 3, 2);
+        for hold in [0, 1, 5, 40] {
+            let got = Arc::new(Mutex::new((Vec::new(), 0)));
+            let tap = Recorder {
+                got: got.clone(),
+                held: VecDeque::new(),
+                hold,
+            };
+            let (r, log) = CompressingReader::new(&data[..], 3, 2);
+            let mut r = r.with_tap(Box::new(tap));
+            let mut out = Vec::new();
+            while let Some(batch) = r.next_batch().expect("compress") {
+                out.extend(batch);
+            }
+            assert!(out == want, "stored bytes, holding {hold}");
+            assert_eq!(log.framing(3).expect("done"), want_framing);
+            let (seen, ends) = &*got.lock().expect("lock");
+            assert!(*seen == data, "the tap's bytes, holding {hold}");
+            assert_eq!(*ends, 1, "one end, holding {hold}");
+            assert!(r.spare.len() <= MAX_SPARE);
+        }
     }
 
     #[test]

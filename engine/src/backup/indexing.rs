@@ -1,12 +1,13 @@
-//! The file index, built as the send stream passes (issue 15): a `Tee` on the plaintext
-//! stream hands what the splitter (or compressor) reads to a `Parser` and a
-//! `fileindex::Builder` on a thread of their own; at the stream's end the tree is encoded,
-//! compressed, sealed when encryption is on, stored beside the manifest, journaled
-//! (`IndexStored`) and cached in `state_dir` for the next incremental's index.
+//! The file index, built as the send stream passes (issue 15): the plaintext stream goes
+//! through a `Tap` to a `Parser` and a `fileindex::Builder` on a thread of their own (the
+//! compressor's blocks, shared, or a `Tee`'s copies of what the splitter reads when nothing
+//! is compressed); at the stream's end the tree is encoded, compressed, sealed when
+//! encryption is on, stored beside the manifest, journaled (`IndexStored`) and cached in
+//! `state_dir` for the next incremental's index.
 //!
-//! *Invariants:* the stream is read once (the tee copies what passes, in batches, through a
-//! bounded queue: at most `QUEUE + 2` batches of `BATCH` bytes exist); an index that cannot
-//! be built (an unparsable stream, a parent without an index) never fails the backup: the
+//! *Invariants:* the stream is read once, through a bounded queue (at most `QUEUE + 2`
+//! batches or blocks of 1 MiB are the thread's); an index that cannot be built (an
+//! unparsable stream, a parent without an index) never fails the backup: the
 //! backup is published without one and the reason is logged. A resumed run whose index is
 //! journaled does not build it again; one whose index is not rebuilds it from the
 //! regenerated stream, which it reads whole anyway.
@@ -16,11 +17,12 @@ use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use fault_injection::failpoint;
 use journal::{BackupKind, IndexRecord, RunId, Transition};
 
 use super::{BackupError, Context};
+use crate::codec::BlockTap;
 use crate::fileindex::feed::{Built, Feed};
 use crate::fileindex::stored::{self, Packed};
 use crate::fileindex::Tree;
@@ -34,7 +36,7 @@ pub(super) const TURNED_OFF: &str = "file_index = false";
 const QUEUE: usize = 4;
 
 enum Msg {
-    Bytes(Vec<u8>),
+    Bytes(Bytes),
     End,
 }
 
@@ -45,35 +47,62 @@ pub(super) enum Base {
     Parent(Tree, u32),
 }
 
-/// A `Read` that passes everything through and copies it to the index thread. If that
-/// thread stopped (its stream failed to parse), the copies stop; reading goes on.
+/// The sending end of the index thread's queue: the plaintext stream in order, then its end.
+/// If the thread stopped (its stream failed to parse), sending stops; reading goes on.
+pub(super) struct Tap {
+    tx: Option<SyncSender<Msg>>,
+    /// Batches the thread is done with, for `Tee` to fill again.
+    spare: Receiver<BytesMut>,
+}
+
+impl BlockTap for Tap {
+    fn block(&mut self, block: Bytes) {
+        if let Some(tx) = &self.tx {
+            if tx.send(Msg::Bytes(block)).is_err() {
+                self.tx = None;
+            }
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Msg::End);
+        }
+    }
+}
+
+/// A `Read` that passes everything through and copies it, in batches, to the index thread
+/// (when nothing else reads the stream in blocks: without compression; `CompressingReader`
+/// shares its blocks with the tap instead of copying them).
 pub(super) struct Tee<R> {
     inner: R,
-    batch: Vec<u8>,
-    tx: Option<SyncSender<Msg>>,
-    spare: Receiver<Vec<u8>>,
+    batch: BytesMut,
+    tap: Tap,
 }
 
 impl<R> Tee<R> {
+    pub(super) fn new(inner: R, tap: Tap) -> Tee<R> {
+        Tee {
+            inner,
+            batch: BytesMut::with_capacity(BATCH),
+            tap,
+        }
+    }
+
     fn flush(&mut self, end: bool) {
-        let Some(tx) = &self.tx else { return };
-        let mut ok = true;
         if !self.batch.is_empty() {
-            let next = match self.spare.try_recv() {
+            let next = match self.tap.spare.try_recv() {
                 Ok(mut b) => {
                     b.clear();
                     b
                 }
-                Err(_) => Vec::with_capacity(BATCH),
+                Err(_) => BytesMut::with_capacity(BATCH),
             };
             let full = std::mem::replace(&mut self.batch, next);
-            ok = tx.send(Msg::Bytes(full)).is_ok();
+            self.tap.block(full.freeze());
         }
-        if ok && end {
-            ok = tx.send(Msg::End).is_ok();
-        }
-        if !ok || end {
-            self.tx = None;
+        if end {
+            self.tap.end();
         }
     }
 }
@@ -82,7 +111,7 @@ impl<R: Read> Read for Tee<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         // A read into an empty buffer says nothing about the stream's end.
-        if self.tx.is_some() && !buf.is_empty() {
+        if self.tap.tx.is_some() && !buf.is_empty() {
             if n == 0 {
                 self.flush(true);
             } else {
@@ -110,10 +139,10 @@ impl IndexJob {
     }
 }
 
-/// Wraps `inner` in a tee whose copies build the index from `base`.
-pub(super) fn start<R: Read>(inner: R, base: Base) -> (Tee<R>, IndexJob) {
+/// Starts the thread that builds the index from `base` and what the stream passes to `Tap`.
+pub(super) fn start(base: Base) -> (Tap, IndexJob) {
     let (tx, rx) = sync_channel::<Msg>(QUEUE);
-    let (spare_tx, spare) = sync_channel::<Vec<u8>>(2);
+    let (spare_tx, spare) = sync_channel::<BytesMut>(2);
     let spawned = std::thread::Builder::new()
         .name("file-index".into())
         .spawn(move || {
@@ -127,7 +156,11 @@ pub(super) fn start<R: Read>(inner: R, base: Base) -> (Tee<R>, IndexJob) {
                 match rx.recv() {
                     Ok(Msg::Bytes(b)) => {
                         feed.push(&b);
-                        let _ = spare_tx.try_send(b);
+                        // A tee's batch comes back to be filled again; a compressor's block
+                        // is also held by the compressor, which reuses it once this is gone.
+                        if let Ok(b) = b.try_into_mut() {
+                            let _ = spare_tx.try_send(b);
+                        }
                     }
                     Ok(Msg::End) => break,
                     Err(_) => return Err("the stream was not read to its end".into()),
@@ -135,12 +168,10 @@ pub(super) fn start<R: Read>(inner: R, base: Base) -> (Tee<R>, IndexJob) {
             }
             feed.finish()
         });
-    // No thread: no index (its queue is gone, so the tee stops copying at once).
+    // No thread: no index (its queue is gone, so the tap stops sending at once).
     let handle = spawned.map_err(|e| format!("cannot start the index thread: {e}"));
     (
-        Tee {
-            inner,
-            batch: Vec::with_capacity(BATCH),
+        Tap {
             tx: Some(tx),
             spare,
         },

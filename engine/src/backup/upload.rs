@@ -91,13 +91,14 @@ impl Context {
         let send = self
             .btrfs
             .send(Path::new(&p.snapshot_path), parent.as_deref())?;
-        // The plaintext stream passes the index's tee before anything else reads it.
-        let (stream, index_job): (Box<dyn std::io::Read + Send>, _) = match base {
+        // The index's thread sees the plaintext stream: the compressor's blocks, or a tee's
+        // copies of what the splitter reads.
+        let (tap, index_job) = match base {
             Some(b) => {
-                let (tee, job) = indexing::start(send.reader, b);
-                (Box::new(tee), Some(job))
+                let (tap, job) = indexing::start(b);
+                (Some(tap), Some(job))
             }
-            None => (send.reader, None),
+            None => (None, None),
         };
         // Shared by the splitter (which waits for the end of a stream it read whole) and this
         // task (which stops the producer whatever happened).
@@ -115,12 +116,18 @@ impl Context {
         // splitter cuts into parts exactly as it would the send stream.
         let (reader, framing): (Box<dyn std::io::Read + Send>, _) = match self.settings.compression
         {
-            Compression::Off => (stream, None),
+            Compression::Off => match tap {
+                Some(tap) => (Box::new(indexing::Tee::new(send.reader, tap)), None),
+                None => (send.reader, None),
+            },
             Compression::Zstd { level } => {
                 // One frame per core, capped by level (`codec::max_workers`): memory stays
                 // within the 64 MiB beside the part buffers.
                 let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-                let (r, log) = CompressingReader::new(stream, level, workers);
+                let (mut r, log) = CompressingReader::new(send.reader, level, workers);
+                if let Some(tap) = tap {
+                    r = r.with_tap(Box::new(tap));
+                }
                 (Box::new(Pipelined::new(r)), Some((level, log)))
             }
         };
