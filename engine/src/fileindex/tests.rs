@@ -188,6 +188,8 @@ fn an_incremental_applies_to_its_parents_tree_and_clones_from_the_parent_as_it_w
     );
     e.command(Kind::Truncate, &[(PATH, b"d/a"), (SIZE, &u64le(120))], None);
     let second = e.finish();
+    // The two trees share every inode until one changes it: the parent's must not see it.
+    let before = super::format::encode(&parent, 0);
     let mut b = Builder::incremental(parent.clone(), 1);
     build(&mut b, &second).expect("incremental");
     let t = b.finish().expect("ends");
@@ -208,8 +210,14 @@ fn an_incremental_applies_to_its_parents_tree_and_clones_from_the_parent_as_it_w
         .expect("inode")
         .xattrs
         .is_empty());
-    // The parent's tree is untouched.
+    // The parent's tree is untouched: its paths, data, xattrs and links.
     assert_eq!(parent.entries().len(), 5);
+    assert_eq!(super::format::encode(&parent, 0), before);
+    assert!(parent
+        .inode(parent.lookup(b"d").expect("d"))
+        .expect("inode")
+        .xattrs
+        .contains_key(&b"user.k"[..]));
 }
 
 #[test]
@@ -705,4 +713,34 @@ fn a_directory_moved_or_removed_is_not_found_by_its_old_path() {
     assert_eq!((mode(b"a/f"), mode(b"b/g")), (None, None));
     assert_eq!(mode(b"d/y"), Some(0o444));
     assert_eq!(mode(b"d/e"), None);
+}
+
+#[test]
+fn inodes_by_number_compare_as_maps_count_themselves_and_copy_on_change() {
+    use super::tree::{FileType, Inode, Inodes};
+    let mut a = Inodes::default();
+    a.insert(1, Inode::new(FileType::Dir));
+    a.insert(2, Inode::new(FileType::File));
+    a.insert(3, Inode::new(FileType::File));
+    a.remove(&3);
+    a.remove(&99);
+    assert_eq!(a.len(), 2);
+    assert!(!a.contains_key(&3) && a.get(&u64::MAX).is_none());
+    let b: Inodes = [
+        (1, Inode::new(FileType::Dir)),
+        (2, Inode::new(FileType::File)),
+    ]
+    .into_iter()
+    .collect();
+    // An empty slot at the end is not an inode.
+    assert_eq!(a, b);
+    a.remove(&2);
+    assert_ne!(a, b);
+    assert_eq!(a.keys().collect::<Vec<_>>(), [1]);
+    // A copy shares its inodes until one is changed, and only that copy sees the change.
+    let mut c = b.clone();
+    c.get_mut(&2).expect("inode 2").mode = 0o644;
+    assert_eq!(b.get(&2).map(|n| n.mode), Some(0o600));
+    assert_eq!(c.get(&2).map(|n| n.mode), Some(0o644));
+    assert_ne!(b, c);
 }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 pub use super::extents::{Extents, Iter};
 use std::hash::BuildHasherDefault;
+use std::sync::Arc;
 
 /// An inode of ours (creation order in the chain), not the kernel's number.
 pub type Ino = u64;
@@ -33,6 +34,123 @@ impl std::hash::Hasher for InoHasher {
 
 /// A map keyed by inode number.
 pub type InoMap<V> = HashMap<Ino, V, BuildHasherDefault<InoHasher>>;
+
+/// A tree's inodes by number: a vector with a slot per number (ours are dense from
+/// `ROOT`, holes only where this stream deleted), so no hashing and no table kept half
+/// empty (a hash map of 1 M inodes held 2 M buckets of 208 bytes). Each inode is shared
+/// until changed (`Arc::make_mut`): an incremental's builder starts from a clone of its
+/// parent's tree and keeps the parent for CLONEs from it, and the two share every inode the
+/// stream leaves alone. The methods are a map's.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Inodes {
+    slots: Vec<Option<Arc<Inode>>>,
+    len: usize,
+}
+
+impl Inodes {
+    fn slot(ino: Ino) -> Option<usize> {
+        usize::try_from(ino).ok()
+    }
+
+    pub(super) fn get(&self, ino: &Ino) -> Option<&Inode> {
+        self.slots.get(Self::slot(*ino)?)?.as_deref()
+    }
+
+    /// The inode to change: copied first if another tree shares it.
+    pub(super) fn get_mut(&mut self, ino: &Ino) -> Option<&mut Inode> {
+        self.slots
+            .get_mut(Self::slot(*ino)?)?
+            .as_mut()
+            .map(Arc::make_mut)
+    }
+
+    pub(super) fn contains_key(&self, ino: &Ino) -> bool {
+        self.get(ino).is_some()
+    }
+
+    /// Inode numbers are ours: dense, so the vector never grows past the largest in use.
+    pub(super) fn insert(&mut self, ino: Ino, node: Inode) {
+        let i = Self::slot(ino).expect("an inode number of ours fits memory");
+        if i >= self.slots.len() {
+            self.slots.resize_with(i + 1, || None);
+        }
+        if self.slots[i].replace(Arc::new(node)).is_none() {
+            self.len += 1;
+        }
+    }
+
+    pub(super) fn remove(&mut self, ino: &Ino) {
+        if let Some(slot) = Self::slot(*ino).and_then(|i| self.slots.get_mut(i)) {
+            if slot.take().is_some() {
+                self.len -= 1;
+            }
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// In inode order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (Ino, &Inode)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| Some((i as Ino, n.as_deref()?)))
+    }
+
+    pub(super) fn keys(&self) -> impl Iterator<Item = Ino> + '_ {
+        self.iter().map(|(i, _)| i)
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &Inode> + '_ {
+        self.slots.iter().flatten().map(|n| &**n)
+    }
+
+    /// Every inode to change (each copied first if shared).
+    pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut Inode> + '_ {
+        self.slots.iter_mut().flatten().map(Arc::make_mut)
+    }
+
+    /// The largest number in use.
+    fn max(&self) -> Option<Ino> {
+        self.slots
+            .iter()
+            .rposition(Option::is_some)
+            .map(|i| i as Ino)
+    }
+}
+
+/// Equal when the same numbers hold equal inodes (as maps compare; empty slots at the end
+/// do not count).
+impl PartialEq for Inodes {
+    fn eq(&self, other: &Inodes) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Inodes {}
+
+impl std::ops::Index<&Ino> for Inodes {
+    type Output = Inode;
+    fn index(&self, ino: &Ino) -> &Inode {
+        self.get(ino).expect("an inode in the tree")
+    }
+}
+
+impl FromIterator<(Ino, Inode)> for Inodes {
+    fn from_iter<I: IntoIterator<Item = (Ino, Inode)>>(it: I) -> Inodes {
+        let mut out = Inodes::default();
+        for (ino, node) in it {
+            out.insert(ino, node);
+        }
+        out
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FileType {
@@ -225,13 +343,13 @@ pub struct Tree {
     /// The snapshot's UUID as its stream names it, and its ctransid.
     pub uuid: [u8; 16],
     pub ctransid: u64,
-    pub(super) inodes: InoMap<Inode>,
+    pub(super) inodes: Inodes,
     pub(super) next: Ino,
 }
 
 impl Tree {
     pub(super) fn empty(uuid: [u8; 16], ctransid: u64) -> Tree {
-        let mut inodes = InoMap::default();
+        let mut inodes = Inodes::default();
         inodes.insert(ROOT, Inode::new(FileType::Dir));
         Tree {
             uuid,
@@ -242,8 +360,8 @@ impl Tree {
     }
 
     /// A tree read back from its stored form (`format::read` checked its shape).
-    pub(super) fn from_parts(uuid: [u8; 16], ctransid: u64, inodes: InoMap<Inode>) -> Tree {
-        let next = inodes.keys().max().map_or(ROOT, |m| m + 1);
+    pub(super) fn from_parts(uuid: [u8; 16], ctransid: u64, inodes: Inodes) -> Tree {
+        let next = inodes.max().map_or(ROOT, |m| m + 1);
         Tree {
             uuid,
             ctransid,
@@ -252,9 +370,9 @@ impl Tree {
         }
     }
 
-    /// Every inode number in use, in no order.
+    /// Every inode number in use, in order.
     pub fn inode_numbers(&self) -> Vec<Ino> {
-        self.inodes.keys().copied().collect()
+        self.inodes.keys().collect()
     }
 
     /// Tests: moves every extent's data `by` backups later in the chain.
@@ -347,13 +465,15 @@ impl Tree {
     /// The invariants of the module's doc, checked (tests and a built index before it is
     /// stored).
     pub fn check(&self) -> Result<(), String> {
-        let mut links: InoMap<u32> = InoMap::default();
-        for (ino, node) in &self.inodes {
+        // Counted by slot: every child named was checked to be in the tree first.
+        let slots = self.inodes.slots.len();
+        let mut links = vec![0u32; slots];
+        for (ino, node) in self.inodes.iter() {
             for child in node.children.values() {
                 if !self.inodes.contains_key(child) {
                     return Err(format!("inode {ino} names missing inode {child}"));
                 }
-                *links.entry(*child).or_default() += 1;
+                links[*child as usize] = links[*child as usize].saturating_add(1);
             }
             let mut end = 0;
             for (at, e) in &node.extents {
@@ -363,9 +483,9 @@ impl Tree {
                 end = at + e.len;
             }
         }
-        for (ino, node) in &self.inodes {
-            let n = links.get(ino).copied().unwrap_or(0);
-            if *ino == ROOT {
+        for (ino, node) in self.inodes.iter() {
+            let n = links[ino as usize];
+            if ino == ROOT {
                 if n != 0 {
                     return Err("the root is named by an entry".into());
                 }
@@ -374,19 +494,23 @@ impl Tree {
             }
         }
         // Reachable from the root, counted without building any path.
-        let mut seen: InoMap<()> = InoMap::default();
-        seen.insert(ROOT, ());
+        let mut seen = vec![false; slots];
+        let mut reachable = 0usize;
+        if self.inodes.contains_key(&ROOT) {
+            seen[ROOT as usize] = true;
+            reachable = 1;
+        }
         let mut stack = vec![ROOT];
         while let Some(d) = stack.pop() {
             if let Some(n) = self.inodes.get(&d) {
                 for c in n.children.values() {
-                    if seen.insert(*c, ()).is_none() {
+                    if !std::mem::replace(&mut seen[*c as usize], true) {
+                        reachable += 1;
                         stack.push(*c);
                     }
                 }
             }
         }
-        let reachable = seen.len();
         if reachable != self.inodes.len() {
             return Err(format!(
                 "{} inodes, {reachable} reachable",

@@ -6,7 +6,8 @@
 //!   index_phases --synthetic FILES   (a version-2 stream made here, as the kernel orders a
 //!                                     full send: FILES files of 0-255 bytes in 1,000
 //!                                     directories, each made under a temporary name)
-//! Prints one JSON object. Not a test.
+//! With `--synthetic`, an incremental of 1,000 changed files on top of it is timed too, and
+//! its memory past its parent's (`incremental_rss_mib`). Prints one JSON object. Not a test.
 
 use std::io::{Read, Write};
 use std::time::Instant;
@@ -18,9 +19,14 @@ use engine::sendstream::Parser;
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut stream = Vec::new();
+    // Files in the synthetic stream: its incremental is timed too.
+    let mut synthetic_files = None;
     match args.as_slice() {
         [flag, n] if flag == "--synthetic" => match n.parse() {
-            Ok(n) => stream = synthetic(n),
+            Ok(n) => {
+                stream = synthetic(n);
+                synthetic_files = Some(n);
+            }
             Err(e) => {
                 eprintln!("index_phases: --synthetic {n}: {e}");
                 return std::process::ExitCode::from(2);
@@ -53,6 +59,7 @@ fn main() -> std::process::ExitCode {
     }
     let parse = t.elapsed().as_secs_f64();
 
+    let rss_before = rss_mib();
     let t = Instant::now();
     let mut feed = Feed::full();
     for s in stream.chunks(SLICE) {
@@ -66,6 +73,8 @@ fn main() -> std::process::ExitCode {
         }
     };
     let build = t.elapsed().as_secs_f64();
+    // The built tree's memory (its encoded form included, as `finish` keeps it).
+    let tree_rss = rss_mib() - rss_before;
 
     let t = Instant::now();
     let encoded = format::encode(&built.tree, 0);
@@ -95,7 +104,25 @@ fn main() -> std::process::ExitCode {
         }
     };
     let decode = t.elapsed().as_secs_f64();
-    drop(decoded);
+    // An incremental on top of the read-back tree, as backup starts one: the builder takes
+    // the parent's tree and keeps it for CLONEs. Its own memory past the parent's, and time.
+    let rss_before = rss_mib();
+    let t = Instant::now();
+    let (incremental_s, incremental_rss) = match synthetic_files {
+        Some(n) => {
+            let mut feed = Feed::incremental(decoded, 1);
+            feed.push(&synthetic_incremental(n.min(1000)));
+            let rss = rss_mib() - rss_before;
+            match feed.finish() {
+                Ok(_) => (Some(t.elapsed().as_secs_f64()), Some(rss.round())),
+                Err(e) => {
+                    eprintln!("index_phases: the incremental: {e}");
+                    return std::process::ExitCode::from(1);
+                }
+            }
+        }
+        None => (None, None),
+    };
     let paths = built.entries;
     drop(built);
     // What `ls --recursive` does: the listing read from the encoded bytes, every entry.
@@ -133,6 +160,9 @@ fn main() -> std::process::ExitCode {
             "parse_s": parse,
             "parse_mib_per_s": (mib / parse).round(),
             "parse_and_build_s": build,
+            "tree_rss_mib": tree_rss.round(),
+            "incremental_s": incremental_s,
+            "incremental_rss_mib": incremental_rss,
             "encode_s": encode,
             "pack_s": pack,
             "packed_bytes": packed,
@@ -143,6 +173,48 @@ fn main() -> std::process::ExitCode {
         })
     );
     std::process::ExitCode::SUCCESS
+}
+
+/// This process's resident memory now, MiB (0 where /proc has no answer).
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |pages| pages * 4096.0 / f64::from(1 << 20))
+}
+
+/// An incremental send on top of `synthetic`'s snapshot that times `files` of its files.
+fn synthetic_incremental(files: u64) -> Vec<u8> {
+    use engine::sendstream::attr::*;
+    use engine::sendstream::encode::{time, u64le, Encoder};
+    use engine::sendstream::Kind;
+    let mut e = Encoder::new(2);
+    e.command(
+        Kind::Snapshot,
+        &[
+            (PATH, b"vol"),
+            (UUID, &[2; 16]),
+            (CTRANSID, &u64le(10)),
+            (CLONE_UUID, &[1; 16]),
+            (CLONE_CTRANSID, &u64le(9)),
+        ],
+        None,
+    );
+    let t = time(1_800_000_000, 0);
+    for f in 0..files {
+        let name = format!("dir-{:04}/file-{f:07}.txt", f % 1000);
+        e.command(
+            Kind::Utimes,
+            &[
+                (PATH, name.as_bytes()),
+                (ATIME, &t),
+                (MTIME, &t),
+                (CTIME, &t),
+            ],
+            None,
+        );
+    }
+    e.finish()
 }
 
 /// A version-2 full send of `files` files (0-255 bytes each) in 1,000 directories, in the
