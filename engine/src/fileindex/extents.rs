@@ -434,6 +434,11 @@ impl Extents {
                         return;
                     }
                 }
+                // Most files have one piece: room for exactly one (a vector's first push
+                // makes room for four, 288 bytes), then doubling.
+                if v.len() == v.capacity() {
+                    v.reserve_exact(v.len().max(1));
+                }
                 v.insert(i, (at, Piece::One(e)));
             }
             Repr::Large(m) => {
