@@ -8,6 +8,7 @@ On a loop-device Btrfs and a local garage, for each stream size:
            beside `s5cmd cat | btrfs receive` of s5cmd's own upload;
   ceilings `btrfs send > /dev/null`, and the server's ingest and egress measured with s5cmd
            from and to memory (a copy of the stream in /dev/shm, `s5cmd cat > /dev/null`);
+           for restore also `btrfs receive` from that copy (streams up to 4 GiB);
   1 %      then 1 % of the data rewritten and an incremental taken, per repeat, by the tool
            (`backup --once`) and by the peers (`btrfs send -p`);
   WAN      with --wan SIZE_MIB: a full backup of SIZE_MIB by each, through s3-fault-proxy
@@ -295,11 +296,18 @@ prefix = "{name}"
                     rec["contender"] = "ceiling: server egress (s5cmd cat > /dev/null)"
                     self.timed(rec, f"{S5} --endpoint-url {self.endpoint} cat s3://{self.bucket}/peers/s5cmd "
                                f"> /dev/null", S)
+                elif c == "receive":
+                    # What any restore is held to: `btrfs receive` fed from memory (only when
+                    # the whole stream fits the copy in /dev/shm).
+                    rec["contender"] = "ceiling: btrfs receive from memory"
+                    if self.shm_bytes != S:
+                        return
+                    self.timed(rec, f"btrfs receive -q {target} < {self.shm}", S)
                 for d in sorted(os.listdir(target)):
                     sh(f"btrfs subvolume delete {target}/{d} >/dev/null 2>&1 || rm -rf {target}/{d}")
                 self.settle()
 
-            for c in self.rotate(["default", "1gib", "s5cmd", "egress"], r):
+            for c in self.rotate(["default", "1gib", "s5cmd", "egress", "receive"], r):
                 restore(c)
 
             # Keep the last repeat's default backup: the incrementals build on it.
@@ -490,6 +498,10 @@ prefix = "{name}"
                 ing = [p for p in rows if p["size_gib"] == row["size_gib"] and "ingest" in p["contender"]]
                 if ing:
                     row["of_ingest_ceiling"] = round(row["mib_s"] / ing[0]["mib_s"], 3)
+            if row["scenario"] == "restore" and not row["contender"].startswith("ceiling"):
+                rcv = [p for p in rows if p["size_gib"] == row["size_gib"] and "receive from" in p["contender"]]
+                if rcv:
+                    row["of_receive_ceiling"] = round(row["mib_s"] / rcv[0]["mib_s"], 3)
         return rows
 
     def targets(self, rows):

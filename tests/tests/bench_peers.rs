@@ -20,6 +20,7 @@ const CONTENDERS: &[(&str, &str)] = &[
     ("restore", "btrfs-to-s3 (1 GiB chunks)"),
     ("restore", "s5cmd cat | btrfs receive"),
     ("restore", "ceiling: server egress (s5cmd cat > /dev/null)"),
+    ("restore", "ceiling: btrfs receive from memory"),
     ("backup 1 % incremental", "btrfs-to-s3"),
     ("backup 1 % incremental", "s5cmd"),
     ("backup 1 % incremental", "aws"),
