@@ -354,25 +354,49 @@ fn drop_link(tree: &mut Tree, ino: Ino) {
     }
 }
 
-/// The last directory resolved: its path and inode.
+/// The last directory resolved: its path and inode; and the last path resolved (the kernel
+/// sends a file's write, chown, chmod and utimes one after the other, by the same path).
 #[derive(Default)]
-struct DirCache(std::cell::RefCell<(Vec<u8>, Option<Ino>)>);
+struct DirCache {
+    dir: std::cell::RefCell<(Vec<u8>, Option<Ino>)>,
+    path: std::cell::RefCell<(Vec<u8>, Option<Ino>)>,
+}
 
 impl DirCache {
     fn get(&self, dir: &[u8]) -> Option<Ino> {
-        let c = self.0.borrow();
+        let c = self.dir.borrow();
         c.1.filter(|_| c.0 == dir)
     }
 
     fn set(&self, dir: &[u8], ino: Ino) {
-        let mut c = self.0.borrow_mut();
+        Self::put(&self.dir, dir, ino);
+    }
+
+    fn path(&self, path: &[u8]) -> Option<Ino> {
+        let c = self.path.borrow();
+        c.1.filter(|_| c.0 == path)
+    }
+
+    fn set_path(&self, path: &[u8], ino: Ino) {
+        Self::put(&self.path, path, ino);
+    }
+
+    fn put(c: &std::cell::RefCell<(Vec<u8>, Option<Ino>)>, path: &[u8], ino: Ino) {
+        let mut c = c.borrow_mut();
         c.0.clear();
-        c.0.extend_from_slice(dir);
+        c.0.extend_from_slice(path);
         c.1 = Some(ino);
     }
 
+    /// A name went: a path resolved before may now be another inode or none. (A name
+    /// added changes no path that resolved.)
+    fn forget_path(&self) {
+        self.path.borrow_mut().1 = None;
+    }
+
     fn forget(&self) {
-        self.0.borrow_mut().1 = None;
+        self.dir.borrow_mut().1 = None;
+        self.forget_path();
     }
 }
 
@@ -399,11 +423,18 @@ impl Applying<'_> {
 
     /// `tree.lookup(path)`, its directory from the cache when it is the last one.
     fn lookup(&self, tree: &Tree, path: &[u8]) -> Option<Ino> {
-        let Some(i) = path.iter().rposition(|&b| b == b'/') else {
-            return tree.lookup(path);
+        if let Some(ino) = self.dirs.path(path) {
+            return Some(ino);
+        }
+        let ino = match path.iter().rposition(|&b| b == b'/') {
+            None => tree.lookup(path)?,
+            Some(i) => {
+                let d = self.dir(tree, &path[..i])?;
+                *tree.inodes.get(&d)?.children.get(&path[i + 1..])?
+            }
         };
-        let d = self.dir(tree, &path[..i])?;
-        tree.inodes.get(&d)?.children.get(&path[i + 1..]).copied()
+        self.dirs.set_path(path, ino);
+        Some(ino)
     }
 
     /// The inode at `dir` (a directory or not), remembered when it is a directory.
@@ -470,6 +501,7 @@ impl Applying<'_> {
     }
 
     fn detach(&self, tree: &mut Tree, path: &[u8]) -> Result<Ino, IndexError> {
+        self.dirs.forget_path();
         let (d, name) = self.parent(tree, path)?;
         tree.inodes
             .get_mut(&d)
@@ -528,6 +560,8 @@ impl Applying<'_> {
         if moving_dir {
             self.dirs.forget();
         }
+        // The kernel's next commands are most often about the inode just put in place.
+        self.dirs.set_path(to, ino);
         Ok(())
     }
 }

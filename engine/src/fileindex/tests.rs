@@ -716,6 +716,65 @@ fn a_directory_moved_or_removed_is_not_found_by_its_old_path() {
 }
 
 #[test]
+fn a_name_resolved_just_before_is_resolved_again_once_it_goes_or_moves() {
+    let mut e = Encoder::new(2);
+    e.command(
+        Kind::Subvol,
+        &[(PATH, b"snap"), (UUID, &SNAP), (CTRANSID, &u64le(5))],
+        None,
+    );
+    let chmod = |e: &mut Encoder, path: &[u8], mode: u64| {
+        e.command(Kind::Chmod, &[(PATH, path), (MODE, &u64le(mode))], None);
+    };
+    let rename = |e: &mut Encoder, from: &[u8], to: &[u8]| {
+        e.command(Kind::Rename, &[(PATH, from), (PATH_TO, to)], None);
+    };
+    mk(&mut e, Kind::Mkdir, b"d");
+    // f resolved, unlinked, and a new f made: the new one gets what follows.
+    mk(&mut e, Kind::Mkfile, b"d/f");
+    chmod(&mut e, b"d/f", 0o601);
+    e.command(Kind::Link, &[(PATH, b"d/h"), (PATH_LINK, b"d/f")], None);
+    e.command(Kind::Unlink, &[(PATH, b"d/f")], None);
+    mk(&mut e, Kind::Mkfile, b"d/f");
+    chmod(&mut e, b"d/f", 0o602);
+    // g resolved, then renamed over by k: g is now k's inode.
+    mk(&mut e, Kind::Mkfile, b"d/g");
+    chmod(&mut e, b"d/g", 0o603);
+    mk(&mut e, Kind::Mkfile, b"k");
+    rename(&mut e, b"k", b"d/g");
+    chmod(&mut e, b"d/g", 0o604);
+    // The directory holding a resolved name moves: the old path is gone.
+    mk(&mut e, Kind::Mkfile, b"d/m");
+    chmod(&mut e, b"d/m", 0o605);
+    rename(&mut e, b"d", b"e");
+    chmod(&mut e, b"e/m", 0o606);
+    let stream = e.finish();
+    let mut b = Builder::full(0);
+    build(&mut b, &stream).expect("applies");
+    let t = b.finish().expect("ends");
+    t.check().expect("invariants");
+    let mode = |p: &[u8]| t.lookup(p).and_then(|i| t.inode(i)).map(|n| n.mode);
+    assert_eq!(mode(b"e/h"), Some(0o601));
+    assert_eq!(mode(b"e/f"), Some(0o602));
+    assert_eq!(mode(b"e/g"), Some(0o604));
+    assert_eq!(mode(b"e/m"), Some(0o606));
+    assert_eq!((mode(b"d/m"), mode(b"k")), (None, None));
+    // A name that went is not found by the path resolved just before.
+    let mut e2 = Encoder::new(2);
+    e2.command(
+        Kind::Subvol,
+        &[(PATH, b"snap"), (UUID, &SNAP), (CTRANSID, &u64le(5))],
+        None,
+    );
+    mk(&mut e2, Kind::Mkfile, b"x");
+    chmod(&mut e2, b"x", 0o600);
+    e2.command(Kind::Unlink, &[(PATH, b"x")], None);
+    chmod(&mut e2, b"x", 0o644);
+    let err = build(&mut Builder::full(0), &e2.finish()).expect_err("refused");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+#[test]
 fn inodes_by_number_compare_as_maps_count_themselves_and_copy_on_change() {
     use super::tree::{FileType, Inode, Inodes};
     let mut a = Inodes::default();
