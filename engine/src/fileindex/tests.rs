@@ -802,4 +802,13 @@ fn inodes_by_number_compare_as_maps_count_themselves_and_copy_on_change() {
     assert_eq!(b.get(&2).map(|n| n.mode), Some(0o600));
     assert_eq!(c.get(&2).map(|n| n.mode), Some(0o644));
     assert_ne!(b, c);
+    // A tree needs its root, a directory.
+    let t = super::tree::Tree::from_parts([0; 16], 0, Inodes::default());
+    assert!(t.check().expect_err("no root").contains("root"));
+    let t = super::tree::Tree::from_parts(
+        [0; 16],
+        0,
+        [(1, Inode::new(FileType::File))].into_iter().collect(),
+    );
+    assert!(t.check().is_err());
 }

@@ -465,6 +465,9 @@ impl Tree {
     /// The invariants of the module's doc, checked (tests and a built index before it is
     /// stored).
     pub fn check(&self) -> Result<(), String> {
+        if !self.inodes.get(&ROOT).is_some_and(Inode::is_dir) {
+            return Err("the root is not a directory in the tree".into());
+        }
         // Counted by slot: every child named was checked to be in the tree first.
         let slots = self.inodes.slots.len();
         let mut links = vec![0u32; slots];
@@ -495,11 +498,8 @@ impl Tree {
         }
         // Reachable from the root, counted without building any path.
         let mut seen = vec![false; slots];
-        let mut reachable = 0usize;
-        if self.inodes.contains_key(&ROOT) {
-            seen[ROOT as usize] = true;
-            reachable = 1;
-        }
+        seen[ROOT as usize] = true;
+        let mut reachable = 1usize;
         let mut stack = vec![ROOT];
         while let Some(d) = stack.pop() {
             if let Some(n) = self.inodes.get(&d) {
