@@ -22,6 +22,32 @@ fn build(b: &mut Builder, stream: &[u8]) -> Result<(), IndexError> {
     Ok(())
 }
 
+/// The start of a full stream of `SNAP`.
+fn subvol(e: &mut Encoder) {
+    e.command(
+        Kind::Subvol,
+        &[(PATH, b"snap"), (UUID, &SNAP), (CTRANSID, &u64le(5))],
+        None,
+    );
+}
+
+fn chmod(e: &mut Encoder, path: &[u8], mode: u64) {
+    e.command(Kind::Chmod, &[(PATH, path), (MODE, &u64le(mode))], None);
+}
+
+fn rename(e: &mut Encoder, from: &[u8], to: &[u8]) {
+    e.command(Kind::Rename, &[(PATH, from), (PATH_TO, to)], None);
+}
+
+/// The tree a full stream builds, its invariants checked.
+fn built_full(stream: &[u8]) -> super::Tree {
+    let mut b = Builder::full(0);
+    build(&mut b, stream).expect("applies");
+    let t = b.finish().expect("ends");
+    t.check().expect("invariants");
+    t
+}
+
 fn mk(e: &mut Encoder, kind: Kind, path: &[u8]) {
     e.command(kind, &[(PATH, path), (INO, &u64le(300))], None);
 }
@@ -672,17 +698,7 @@ fn a_file_sent_in_order_is_one_run_through_build_store_and_an_incremental() {
 #[test]
 fn a_directory_moved_or_removed_is_not_found_by_its_old_path() {
     let mut e = Encoder::new(2);
-    e.command(
-        Kind::Subvol,
-        &[(PATH, b"snap"), (UUID, &SNAP), (CTRANSID, &u64le(5))],
-        None,
-    );
-    let rename = |e: &mut Encoder, from: &[u8], to: &[u8]| {
-        e.command(Kind::Rename, &[(PATH, from), (PATH_TO, to)], None);
-    };
-    let chmod = |e: &mut Encoder, path: &[u8], mode: u64| {
-        e.command(Kind::Chmod, &[(PATH, path), (MODE, &u64le(mode))], None);
-    };
+    subvol(&mut e);
     for d in [&b"a"[..], b"b", b"d", b"d/e"] {
         mk(&mut e, Kind::Mkdir, d);
     }
@@ -702,11 +718,7 @@ fn a_directory_moved_or_removed_is_not_found_by_its_old_path() {
     mk(&mut e, Kind::Mkdir, b"d");
     mk(&mut e, Kind::Mkfile, b"d/y");
     chmod(&mut e, b"d/y", 0o444);
-    let stream = e.finish();
-    let mut b = Builder::full(0);
-    build(&mut b, &stream).expect("applies");
-    let t = b.finish().expect("ends");
-    t.check().expect("invariants");
+    let t = built_full(&e.finish());
     let mode = |p: &[u8]| t.lookup(p).and_then(|i| t.inode(i)).map(|n| n.mode);
     assert_eq!(mode(b"a/g"), Some(0o600));
     assert_eq!(mode(b"b/f"), Some(0o604));
@@ -718,17 +730,7 @@ fn a_directory_moved_or_removed_is_not_found_by_its_old_path() {
 #[test]
 fn a_name_resolved_just_before_is_resolved_again_once_it_goes_or_moves() {
     let mut e = Encoder::new(2);
-    e.command(
-        Kind::Subvol,
-        &[(PATH, b"snap"), (UUID, &SNAP), (CTRANSID, &u64le(5))],
-        None,
-    );
-    let chmod = |e: &mut Encoder, path: &[u8], mode: u64| {
-        e.command(Kind::Chmod, &[(PATH, path), (MODE, &u64le(mode))], None);
-    };
-    let rename = |e: &mut Encoder, from: &[u8], to: &[u8]| {
-        e.command(Kind::Rename, &[(PATH, from), (PATH_TO, to)], None);
-    };
+    subvol(&mut e);
     mk(&mut e, Kind::Mkdir, b"d");
     // f resolved, unlinked, and a new f made: the new one gets what follows.
     mk(&mut e, Kind::Mkfile, b"d/f");
@@ -748,11 +750,7 @@ fn a_name_resolved_just_before_is_resolved_again_once_it_goes_or_moves() {
     chmod(&mut e, b"d/m", 0o605);
     rename(&mut e, b"d", b"e");
     chmod(&mut e, b"e/m", 0o606);
-    let stream = e.finish();
-    let mut b = Builder::full(0);
-    build(&mut b, &stream).expect("applies");
-    let t = b.finish().expect("ends");
-    t.check().expect("invariants");
+    let t = built_full(&e.finish());
     let mode = |p: &[u8]| t.lookup(p).and_then(|i| t.inode(i)).map(|n| n.mode);
     assert_eq!(mode(b"e/h"), Some(0o601));
     assert_eq!(mode(b"e/f"), Some(0o602));
@@ -761,11 +759,7 @@ fn a_name_resolved_just_before_is_resolved_again_once_it_goes_or_moves() {
     assert_eq!((mode(b"d/m"), mode(b"k")), (None, None));
     // A name that went is not found by the path resolved just before.
     let mut e2 = Encoder::new(2);
-    e2.command(
-        Kind::Subvol,
-        &[(PATH, b"snap"), (UUID, &SNAP), (CTRANSID, &u64le(5))],
-        None,
-    );
+    subvol(&mut e2);
     mk(&mut e2, Kind::Mkfile, b"x");
     chmod(&mut e2, b"x", 0o600);
     e2.command(Kind::Unlink, &[(PATH, b"x")], None);

@@ -183,6 +183,16 @@ fn rss_mib() -> f64 {
         .map_or(0.0, |pages| pages * 4096.0 / f64::from(1 << 20))
 }
 
+/// A UTIMES command setting all three times of `path` to `t`.
+fn utimes(e: &mut engine::sendstream::encode::Encoder, path: &[u8], t: &[u8]) {
+    use engine::sendstream::attr::*;
+    e.command(
+        engine::sendstream::Kind::Utimes,
+        &[(PATH, path), (ATIME, t), (MTIME, t), (CTIME, t)],
+        None,
+    );
+}
+
 /// An incremental send on top of `synthetic`'s snapshot that times `files` of its files.
 fn synthetic_incremental(files: u64) -> Vec<u8> {
     use engine::sendstream::attr::*;
@@ -203,16 +213,7 @@ fn synthetic_incremental(files: u64) -> Vec<u8> {
     let t = time(1_800_000_000, 0);
     for f in 0..files {
         let name = format!("dir-{:04}/file-{f:07}.txt", f % 1000);
-        e.command(
-            Kind::Utimes,
-            &[
-                (PATH, name.as_bytes()),
-                (ATIME, &t),
-                (MTIME, &t),
-                (CTIME, &t),
-            ],
-            None,
-        );
+        utimes(&mut e, name.as_bytes(), &t);
     }
     e.finish()
 }
@@ -290,16 +291,7 @@ fn synthetic(files: u64) -> Vec<u8> {
     for d in 0..dirs {
         let t = time(1_700_000_000, 0);
         let name = format!("dir-{d:04}");
-        e.command(
-            Kind::Utimes,
-            &[
-                (PATH, name.as_bytes()),
-                (ATIME, &t),
-                (MTIME, &t),
-                (CTIME, &t),
-            ],
-            None,
-        );
+        utimes(&mut e, name.as_bytes(), &t);
     }
     e.finish()
 }
