@@ -18,6 +18,7 @@ pub mod build;
 pub mod extents;
 pub mod feed;
 pub mod format;
+mod inodes;
 pub mod listing;
 pub mod stored;
 #[cfg(test)]
