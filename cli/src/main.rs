@@ -614,6 +614,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let key = engine::restore::resolve(store.as_ref(), &keys, subvolume, &sel)
                 .await
                 .map_err(fail)?;
+            // A rebuilt index of millions of files keeps most inodes in the state directory.
+            let spill = settings
+                .state_dir
+                .is_dir()
+                .then(|| engine::fileindex::Spill::in_dir(&settings.state_dir));
             let reports = engine::restore::verify(
                 &BtrfsCli::default(),
                 store,
@@ -626,6 +631,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                             .encryption
                             .as_ref()
                             .and_then(|e| e.identity_file.as_deref()),
+                        spill: spill.as_ref(),
                     }
                 } else {
                     engine::restore::Depth::Shallow

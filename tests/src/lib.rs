@@ -704,9 +704,13 @@ keep_chains = 1000
             let o = engine::seal::Opener::from_file(&self.identity_file()).expect("identity");
             (o, e.recipients.len())
         });
-        let index =
-            engine::fileindex::stored::open(&stored, ix, opener.as_ref().map(|(o, n)| (o, *n)))
-                .unwrap_or_else(|e| panic!("backup {}: {e}", m.backup_id));
+        let index = engine::fileindex::stored::open(
+            &stored,
+            ix,
+            opener.as_ref().map(|(o, n)| (o, *n)),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("backup {}: {e}", m.backup_id));
         let mut listed: Vec<Vec<u8>> = index.entries().into_iter().map(|(p, _)| p).collect();
         listed.sort();
         let mut there = Vec::new();

@@ -518,6 +518,7 @@ fn file_index_model_is_each_snapshot_of_a_chain_it_was_sent_from() {
     for proto in ["1", "2"] {
         let mut streams: Vec<Vec<u8>> = Vec::new();
         let mut parent: Option<engine::fileindex::Tree> = None;
+        let mut spilled_parent: Option<engine::fileindex::Tree> = None;
         for (i, snap) in snaps.iter().enumerate() {
             let stream = send_of(&fs, &snaps, proto, i);
             if i >= 3 {
@@ -579,6 +580,35 @@ fn file_index_model_is_each_snapshot_of_a_chain_it_was_sent_from() {
                 stored.len() <= 150 * paths + 16 * extents,
                 "{} bytes for {paths} paths and {extents} extents",
                 stored.len()
+            );
+            // The same chain built with two inodes in memory and the rest spilled, each
+            // parent read back spilled: the same index, byte for byte.
+            let spill = engine::fileindex::Spill {
+                dir: fs.dir.path().to_path_buf(),
+                hot: 2,
+            };
+            let mut b = match spilled_parent.take() {
+                None => engine::fileindex::Builder::full(i as u32),
+                Some(t) => engine::fileindex::Builder::incremental(t, i as u32),
+            };
+            b.spill_to(&spill).expect("spill file");
+            for c in &cmds {
+                b.apply(c).expect("applies spilled");
+            }
+            let spilled = b.finish().expect("ended");
+            assert!(
+                spilled.spilled() > 0,
+                "proto {proto}, stream {i}: nothing spilled"
+            );
+            assert_eq!(
+                engine::fileindex::format::encode(&spilled, i as u32),
+                stored,
+                "proto {proto}, stream {i}: spilled"
+            );
+            spilled_parent = Some(
+                engine::fileindex::format::decode_spilled(&stored, &spill)
+                    .expect("reads back spilled")
+                    .0,
             );
             let tree = back;
             streams.push(stream);

@@ -25,6 +25,7 @@ use super::{BackupError, Context};
 use crate::codec::BlockTap;
 use crate::fileindex::feed::{Built, Feed};
 use crate::fileindex::stored::{self, Packed};
+use crate::fileindex::Spill;
 use crate::fileindex::Tree;
 use crate::machine::run::RunState;
 use crate::manifest::fetch::{self, Fetch};
@@ -139,8 +140,9 @@ impl IndexJob {
     }
 }
 
-/// Starts the thread that builds the index from `base` and what the stream passes to `Tap`.
-pub(super) fn start(base: Base) -> (Tap, IndexJob) {
+/// Starts the thread that builds the index from `base` and what the stream passes to `Tap`,
+/// keeping at most `spill.hot` inodes in memory.
+pub(super) fn start(base: Base, spill: Spill) -> (Tap, IndexJob) {
     let (tx, rx) = sync_channel::<Msg>(QUEUE);
     let (spare_tx, spare) = sync_channel::<BytesMut>(2);
     let spawned = std::thread::Builder::new()
@@ -152,6 +154,7 @@ pub(super) fn start(base: Base) -> (Tap, IndexJob) {
                     Feed::incremental(tree, p.checked_add(1).ok_or("the chain is too long")?)
                 }
             };
+            feed.spill_to(&spill)?;
             loop {
                 match rx.recv() {
                     Ok(Msg::Bytes(b)) => {
@@ -184,6 +187,12 @@ impl Context {
     /// incremental's index starts from it without reading (or unsealing) the bucket's copy.
     fn index_cache(&self, subvolume: &str) -> PathBuf {
         self.settings.state_dir.join("index").join(subvolume)
+    }
+
+    /// Where a large index keeps the inodes it has not changed lately: an unnamed file in
+    /// the state directory (on disk, where `/tmp` may be memory).
+    pub(super) fn index_spill(&self) -> Spill {
+        Spill::in_dir(&self.settings.state_dir)
     }
 
     /// What this run's index starts from, or why it cannot have one. S3 errors are the
@@ -219,7 +228,7 @@ impl Context {
         };
         let cached = self.index_cache(&p.subvolume).join(parent_backup_id);
         if let Ok(bytes) = std::fs::read(&cached) {
-            match stored::from_cache(&bytes, &ix) {
+            match stored::from_cache(&bytes, &ix, Some(&self.index_spill())) {
                 Ok(t) => return Ok(Ok(Base::Parent(t, ix.position))),
                 Err(e) => tracing::warn!("ignoring the cached index {}: {e}", cached.display()),
             }
@@ -231,7 +240,7 @@ impl Context {
             ));
         }
         let bytes = self.store.get_range(&ix.key, 0, ix.stored_bytes).await?;
-        match stored::open(&bytes, &ix, None) {
+        match stored::open(&bytes, &ix, None, Some(&self.index_spill())) {
             Ok(t) => Ok(Ok(Base::Parent(t, ix.position))),
             Err(e) => without(e.to_string()),
         }
@@ -276,7 +285,7 @@ impl Context {
             stored_xxh3,
             plain_bytes,
             plain_xxh3,
-        } = match stored::pack(&built.encoded, sealer.as_ref()) {
+        } = match stored::seal(built.encoded, sealer.as_ref()) {
             Ok(p) => p,
             Err(e) => return skip(format!("cannot pack it: {e}")),
         };

@@ -95,7 +95,7 @@ impl Context {
         // copies of what the splitter reads.
         let (tap, index_job) = match base {
             Some(b) => {
-                let (tap, job) = indexing::start(b);
+                let (tap, job) = indexing::start(b, self.index_spill());
                 (Some(tap), Some(job))
             }
             None => (None, None),

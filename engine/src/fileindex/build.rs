@@ -76,6 +76,12 @@ impl Builder {
         Ok(self.tree)
     }
 
+    /// Keeps at most `spill.hot` inodes of the tree being built in memory (an incremental's
+    /// parent spills only if it was read so: `format::decode_spilled`).
+    pub fn spill_to(&mut self, spill: &super::Spill) -> Result<(), String> {
+        self.tree.spill_to(spill)
+    }
+
     pub fn tree(&self) -> &Tree {
         &self.tree
     }
@@ -144,7 +150,7 @@ impl Builder {
             Op::Rename { path, to } => at.rename(&mut self.tree, path, to)?,
             Op::Link { path, target } => {
                 let ino = at.find(&self.tree, target)?;
-                if self.tree.inodes[&ino].is_dir() {
+                if self.tree.is_dir(ino) {
                     return Err(at.bad(target, "is a directory: no hard link to it"));
                 }
                 at.attach(&mut self.tree, path, ino)?;
@@ -154,7 +160,7 @@ impl Builder {
             }
             Op::Unlink { path } => {
                 let ino = at.find(&self.tree, path)?;
-                if self.tree.inodes[&ino].is_dir() {
+                if self.tree.is_dir(ino) {
                     return Err(at.bad(path, "is a directory: unlink refused"));
                 }
                 at.detach(&mut self.tree, path)?;
@@ -162,8 +168,12 @@ impl Builder {
             }
             Op::Rmdir { path } => {
                 let ino = at.find(&self.tree, path)?;
-                let node = &self.tree.inodes[&ino];
-                if !node.is_dir() || !node.children.is_empty() || ino == ROOT {
+                let empty_dir = self
+                    .tree
+                    .inodes
+                    .get(&ino)
+                    .is_some_and(|n| n.is_dir() && n.children.is_empty());
+                if !empty_dir || ino == ROOT {
                     return Err(at.bad(path, "is not an empty directory"));
                 }
                 at.detach(&mut self.tree, path)?;
@@ -219,12 +229,11 @@ impl Builder {
                 let src = from
                     .lookup(source)
                     .ok_or_else(|| at.bad(source, "does not exist"))?;
-                let node = &from.inodes[&src];
-                if node.ftype != FileType::File {
-                    return Err(at.bad(source, "is not a regular file to clone from"));
-                }
                 let end = source_offset.saturating_add(len);
-                let pieces = node.slice(source_offset, end);
+                let pieces = match from.inodes.get(&src) {
+                    Some(node) if node.ftype == FileType::File => node.slice(source_offset, end),
+                    _ => return Err(at.bad(source, "is not a regular file to clone from")),
+                };
                 let f = at.file(&mut self.tree, path)?;
                 f.punch(offset, offset.saturating_add(len));
                 for (rel, e) in pieces {
@@ -443,7 +452,7 @@ impl Applying<'_> {
             return Some(d);
         }
         let d = tree.lookup(dir)?;
-        if tree.inodes.get(&d).is_some_and(Inode::is_dir) {
+        if tree.is_dir(d) {
             self.dirs.set(dir, d);
         }
         Some(d)
@@ -477,7 +486,7 @@ impl Applying<'_> {
         let d = self
             .dir(tree, dir)
             .ok_or_else(|| self.bad(dir, "does not exist"))?;
-        if !tree.inodes[&d].is_dir() {
+        if !tree.is_dir(d) {
             return Err(self.bad(dir, "is not a directory"));
         }
         Ok((d, name))
@@ -528,7 +537,7 @@ impl Applying<'_> {
         if old == Some(ino) {
             return Ok(());
         }
-        let moving_dir = tree.inodes[&ino].is_dir();
+        let moving_dir = tree.is_dir(ino);
         // A directory never moves below itself.
         if moving_dir {
             // Paths below it change: nothing remembered holds (nor will, once moved).
@@ -542,9 +551,12 @@ impl Applying<'_> {
             }
         }
         if let Some(old) = old {
-            let node = &tree.inodes[&old];
-            match (moving_dir, node.is_dir()) {
-                (true, true) if node.children.is_empty() => {
+            let (old_dir, old_empty) = tree
+                .inodes
+                .get(&old)
+                .map_or((false, false), |n| (n.is_dir(), n.children.is_empty()));
+            match (moving_dir, old_dir) {
+                (true, true) if old_empty => {
                     self.detach(tree, to)?;
                     tree.inodes.remove(&old);
                 }

@@ -5,10 +5,10 @@
 use super::{format, Builder, Tree};
 use crate::sendstream::{Command, Parser};
 
-/// A built index: the tree, its stored form, and its size in paths.
+/// A built index: the tree, its stored form (compressed), and its size in paths.
 pub struct Built {
     pub tree: Tree,
-    pub encoded: Vec<u8>,
+    pub encoded: super::stored::Compressed,
     pub entries: u64,
     pub position: u32,
 }
@@ -43,6 +43,12 @@ impl Feed {
         }
     }
 
+    /// Keeps at most `spill.hot` inodes in memory, the others in a spill file in
+    /// `spill.dir` (see `Builder::spill_to`).
+    pub fn spill_to(&mut self, spill: &super::Spill) -> Result<(), String> {
+        self.builder.spill_to(spill)
+    }
+
     /// The next bytes of the stream.
     pub fn push(&mut self, bytes: &[u8]) {
         if self.error.is_some() {
@@ -70,10 +76,20 @@ impl Feed {
             .finish()
             .map_err(|e| format!("the send stream: {e}"))?;
         let tree = self.builder.finish().map_err(|e| e.to_string())?;
-        tree.check().map_err(|e| format!("the built tree: {e}"))?;
+        tree.check().map_err(|e| {
+            tree.spill_error()
+                .unwrap_or_else(|| format!("the built tree: {e}"))
+        })?;
+        let encoded = super::stored::compress_tree(&tree, self.position, format::VERSION)
+            .map_err(|e| e.to_string())?;
+        let entries = tree.entry_count();
+        // Checked last: an inode that could not be read back was left out of the above.
+        if let Some(e) = tree.spill_error() {
+            return Err(e);
+        }
         Ok(Built {
-            encoded: format::encode(&tree, self.position),
-            entries: tree.entry_count(),
+            encoded,
+            entries,
             position: self.position,
             tree,
         })

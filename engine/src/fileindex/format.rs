@@ -23,6 +23,8 @@
 //! its check names (at most `MAX_COMMAND_BYTES`), and every count was bounded by the bytes
 //! left before anything was allocated for it.
 
+use super::inodes::Inodes;
+use super::spill::Spill;
 use super::tree::{Check, Extent, FileType, Ino, Inode, Source, Tree, ROOT};
 use crate::sendstream::Timespec;
 use std::collections::BTreeMap;
@@ -37,10 +39,11 @@ pub struct FormatError {
     pub what: String,
 }
 
-struct Out(Vec<u8>);
+/// Writes varints and byte strings (the spill file's records use it too).
+pub(super) struct Out(pub(super) Vec<u8>);
 
 impl Out {
-    fn u(&mut self, mut v: u64) {
+    pub(super) fn u(&mut self, mut v: u64) {
         loop {
             let b = (v & 0x7f) as u8;
             v >>= 7;
@@ -51,14 +54,14 @@ impl Out {
             self.0.push(b | 0x80);
         }
     }
-    fn i(&mut self, v: i64) {
+    pub(super) fn i(&mut self, v: i64) {
         self.u(((v << 1) ^ (v >> 63)) as u64);
     }
-    fn bytes(&mut self, b: &[u8]) {
+    pub(super) fn bytes(&mut self, b: &[u8]) {
         self.u(b.len() as u64);
         self.0.extend_from_slice(b);
     }
-    fn time(&mut self, t: Timespec, base: i64) {
+    pub(super) fn time(&mut self, t: Timespec, base: i64) {
         self.i(t.sec.wrapping_sub(base));
         self.u(u64::from(t.nsec));
     }
@@ -71,22 +74,41 @@ pub fn encode(tree: &Tree, backup: u32) -> Vec<u8> {
 
 /// `encode` in format `version` (1 drops the checks; tests write old indexes with it).
 pub fn encode_as(tree: &Tree, backup: u32, version: u8) -> Vec<u8> {
-    // Inodes numbered densely in our order: the root first, then by inode.
-    let mut inos: Vec<Ino> = tree.inode_numbers();
-    inos.sort_unstable();
-    let place: super::tree::InoMap<u64> = inos
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (*n, i as u64))
-        .collect();
+    let mut out = Vec::new();
+    encode_into(tree, backup, version, &mut |b: &[u8]| {
+        out.extend_from_slice(b)
+    });
+    out
+}
+
+/// The encoded bytes are handed to `sink` in pieces of about this many, never held whole
+/// (an index of 10 M files is about 650 MB).
+const PIECE: usize = 256 << 10;
+
+/// `encode_as`, handing the bytes to `sink` in order, a piece at a time.
+pub fn encode_into(tree: &Tree, backup: u32, version: u8, sink: &mut dyn FnMut(&[u8])) {
+    // Inodes numbered densely in our order: the root first, then by inode (a vector by
+    // our number, as an index of 10 M files would take a map of hundreds of MiB).
+    let mut place = vec![u32::MAX; tree.inodes.slots()];
+    let mut count = 0u64;
+    for (p, ino) in tree.inodes.keys().enumerate() {
+        place[ino as usize] = u32::try_from(p).unwrap_or(u32::MAX);
+        count += 1;
+    }
     let mut o = Out(MAGIC.to_vec());
     o.0.push(version);
     o.0.extend_from_slice(&tree.uuid);
     o.u(tree.ctransid);
     o.u(u64::from(backup));
-    o.u(inos.len() as u64);
-    for ino in &inos {
-        let Some(n) = tree.inode(*ino) else { continue };
+    o.u(count);
+    let mut flush = |o: &mut Out, at_least: usize| {
+        if o.0.len() >= at_least {
+            sink(&o.0);
+            o.0.clear();
+        }
+    };
+    for (_, n) in tree.inodes.iter() {
+        flush(&mut o, PIECE);
         match &n.ftype {
             FileType::File => o.0.push(0),
             FileType::Dir => o.0.push(1),
@@ -179,37 +201,39 @@ pub fn encode_as(tree: &Tree, backup: u32, version: u8) -> Vec<u8> {
             }
         }
     }
-    for ino in &inos {
-        let Some(n) = tree.inode(*ino) else { continue };
-        if n.ftype == FileType::Dir {
-            o.u(n.children.len() as u64);
-            for (name, child) in &n.children {
-                o.bytes(name);
-                o.u(place.get(child).copied().unwrap_or(u64::MAX));
-            }
+    for (_, n) in tree.inodes.dirs() {
+        flush(&mut o, PIECE);
+        o.u(n.children.len() as u64);
+        for (name, child) in &n.children {
+            o.bytes(name);
+            let p = usize::try_from(*child).ok().and_then(|c| place.get(c));
+            o.u(p
+                .filter(|p| **p != u32::MAX)
+                .map_or(u64::MAX, |p| u64::from(*p)));
         }
     }
-    o.0
+    flush(&mut o, 0);
 }
 
-struct In<'a> {
-    b: &'a [u8],
-    at: usize,
+/// Reads what `Out` writes, every number and length bounded.
+pub(super) struct In<'a> {
+    pub(super) b: &'a [u8],
+    pub(super) at: usize,
 }
 
 impl<'a> In<'a> {
-    fn bad(&self, what: impl Into<String>) -> FormatError {
+    pub(super) fn bad(&self, what: impl Into<String>) -> FormatError {
         FormatError {
             at: self.at,
             what: what.into(),
         }
     }
-    fn byte(&mut self) -> Result<u8, FormatError> {
+    pub(super) fn byte(&mut self) -> Result<u8, FormatError> {
         let b = *self.b.get(self.at).ok_or_else(|| self.bad("ends early"))?;
         self.at += 1;
         Ok(b)
     }
-    fn u(&mut self) -> Result<u64, FormatError> {
+    pub(super) fn u(&mut self) -> Result<u64, FormatError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
@@ -223,7 +247,7 @@ impl<'a> In<'a> {
         }
         Err(self.bad("a number too long"))
     }
-    fn crc(&mut self) -> Result<u32, FormatError> {
+    pub(super) fn crc(&mut self) -> Result<u32, FormatError> {
         let b = self
             .b
             .get(self.at..self.at + 4)
@@ -233,16 +257,16 @@ impl<'a> In<'a> {
         Ok(c)
     }
 
-    fn i(&mut self) -> Result<i64, FormatError> {
+    pub(super) fn i(&mut self) -> Result<i64, FormatError> {
         let u = self.u()?;
         Ok((u >> 1) as i64 ^ -((u & 1) as i64))
     }
-    fn u32(&mut self, what: &str) -> Result<u32, FormatError> {
+    pub(super) fn u32(&mut self, what: &str) -> Result<u32, FormatError> {
         let v = self.u()?;
         u32::try_from(v).map_err(|_| self.bad(format!("{what} {v} out of range")))
     }
     /// A count of items at least `min` bytes each, bounded by what is left.
-    fn count(&mut self, min: usize) -> Result<usize, FormatError> {
+    pub(super) fn count(&mut self, min: usize) -> Result<usize, FormatError> {
         let n = self.u()?;
         let left = (self.b.len() - self.at) / min.max(1);
         usize::try_from(n)
@@ -250,13 +274,13 @@ impl<'a> In<'a> {
             .filter(|n| *n <= left)
             .ok_or_else(|| self.bad(format!("a count of {n} with {left} items' bytes left")))
     }
-    fn bytes(&mut self) -> Result<&'a [u8], FormatError> {
+    pub(super) fn bytes(&mut self) -> Result<&'a [u8], FormatError> {
         let n = self.count(1)?;
         let s = &self.b[self.at..self.at + n];
         self.at += n;
         Ok(s)
     }
-    fn time(&mut self, base: i64) -> Result<Timespec, FormatError> {
+    pub(super) fn time(&mut self, base: i64) -> Result<Timespec, FormatError> {
         let sec = self.i()?.wrapping_add(base);
         let nsec = self.u32("nanoseconds")?;
         if nsec >= 1_000_000_000 {
@@ -545,13 +569,17 @@ pub(crate) fn read<'a>(bytes: &'a [u8], sink: &mut impl Sink<'a>) -> Result<Head
     })
 }
 
-/// Builds a `Tree` from what `read` hands on.
-struct TreeSink {
-    inodes: Vec<Inode>,
+/// Builds a `Tree` from what `read` hands on: inode `i` is our `i + ROOT`. With `links`
+/// (a first reading's), each inode is whole when handed on, so a spilled tree can write it
+/// out at once; without, link counts are set at the end.
+struct TreeSink<'l> {
+    inodes: Inodes,
+    links: Option<&'l [u32]>,
+    last: Ino,
 }
 
-impl<'a> Sink<'a> for TreeSink {
-    fn inode(&mut self, _: usize, h: Head<'a>) {
+impl<'a> Sink<'a> for TreeSink<'_> {
+    fn inode(&mut self, i: usize, h: Head<'a>) {
         let ftype = match h.kind {
             0 => FileType::File,
             1 => FileType::Dir,
@@ -561,58 +589,94 @@ impl<'a> Sink<'a> for TreeSink {
             5 => FileType::CharDev(h.rdev),
             _ => FileType::BlockDev(h.rdev),
         };
-        self.inodes.push(Inode {
-            ftype,
-            mode: h.mode,
-            uid: h.uid,
-            gid: h.gid,
-            size: h.size,
-            atime: h.atime,
-            mtime: h.mtime,
-            ctime: h.ctime,
-            xattrs: BTreeMap::new(),
-            children: BTreeMap::new(),
-            nlink: 0,
-            extents: Default::default(),
-            flags: h.flags,
-        });
+        self.last = i as Ino + ROOT;
+        self.inodes.insert(
+            self.last,
+            Inode {
+                ftype,
+                mode: h.mode,
+                uid: h.uid,
+                gid: h.gid,
+                size: h.size,
+                atime: h.atime,
+                mtime: h.mtime,
+                ctime: h.ctime,
+                xattrs: BTreeMap::new(),
+                children: BTreeMap::new(),
+                nlink: self.links.and_then(|l| l.get(i)).copied().unwrap_or(0),
+                extents: Default::default(),
+                flags: h.flags,
+            },
+        );
     }
     fn xattr(&mut self, name: &'a [u8], value: &'a [u8]) {
-        if let Some(n) = self.inodes.last_mut() {
+        if let Some(n) = self.inodes.get_mut(&self.last) {
             n.xattrs.insert(name.to_vec(), value.to_vec());
         }
     }
     fn extent(&mut self, at: u64, e: Extent) {
-        if let Some(n) = self.inodes.last_mut() {
+        if let Some(n) = self.inodes.get_mut(&self.last) {
             n.extents.insert(at, e);
         }
     }
     fn entry(&mut self, dir: usize, name: &'a [u8], child: usize) {
-        if let Some(d) = self.inodes.get_mut(dir) {
+        if let Some(d) = self.inodes.get_mut(&(dir as Ino + ROOT)) {
             d.children.insert(name.to_vec(), child as Ino + ROOT);
         }
     }
 }
 
+/// Counts nothing: `read` alone checks the bytes and counts the links.
+struct Links;
+
+impl<'a> Sink<'a> for Links {
+    fn inode(&mut self, _: usize, _: Head<'a>) {}
+    fn entry(&mut self, _: usize, _: &'a [u8], _: usize) {}
+}
+
 /// Reads a stored index back, trusting nothing: returns the tree and the backup's place in
 /// its chain, or names the first thing wrong. What it returns passes `Tree::check`.
 pub fn decode(bytes: &[u8]) -> Result<(Tree, u32), FormatError> {
-    let mut sink = TreeSink { inodes: Vec::new() };
+    let mut sink = TreeSink {
+        inodes: Inodes::default(),
+        links: None,
+        last: ROOT,
+    };
     let h = read(bytes, &mut sink)?;
     let mut inodes = sink.inodes;
-    for (node, links) in inodes.iter_mut().zip(&h.links) {
+    for (node, links) in inodes.values_mut().zip(&h.links) {
         node.nlink = *links;
     }
-    let tree = Tree::from_parts(
-        h.uuid,
-        h.ctransid,
-        inodes
-            .into_iter()
-            .enumerate()
-            .map(|(i, node)| (i as Ino + ROOT, node))
-            .collect(),
-    );
-    Ok((tree, h.backup))
+    Ok((Tree::from_parts(h.uuid, h.ctransid, inodes), h.backup))
+}
+
+/// Why `decode_spilled` returned no tree.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// The spill file could not be made, written or read back.
+    #[error("{0}")]
+    Spill(String),
+}
+
+/// `decode`, keeping at most `spill.hot` inodes in memory (the rest in a spill file, which
+/// the tree keeps using): the bytes are read twice, the first time for the link counts.
+pub fn decode_spilled(bytes: &[u8], spill: &Spill) -> Result<(Tree, u32), DecodeError> {
+    let h = read(bytes, &mut Links)?;
+    let mut inodes = Inodes::default();
+    inodes.spill_to(spill).map_err(DecodeError::Spill)?;
+    let mut sink = TreeSink {
+        inodes,
+        links: Some(&h.links),
+        last: ROOT,
+    };
+    read(bytes, &mut sink)?;
+    let tree = Tree::from_parts(h.uuid, h.ctransid, sink.inodes);
+    match tree.spill_error() {
+        Some(e) => Err(DecodeError::Spill(e)),
+        None => Ok((tree, h.backup)),
+    }
 }
 
 #[cfg(test)]
@@ -803,7 +867,8 @@ pub(crate) mod tests {
     fn checks(t: &Tree) -> Vec<(u64, u64, Check)> {
         let mut out = Vec::new();
         for n in t.inode_numbers() {
-            for e in t.inode(n).map(|i| i.extents.values()).into_iter().flatten() {
+            let Some(i) = t.inode(n) else { continue };
+            for e in i.extents.values() {
                 if let Source::Stream {
                     offset,
                     check: Some(c),

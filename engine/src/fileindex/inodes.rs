@@ -1,7 +1,9 @@
-//! `Inodes`: a tree's inodes by our inode number, each shared until changed. Pure.
+//! `Inodes`: a tree's inodes by our inode number, each shared until changed, the ones not
+//! changed lately in a spill file once there are many. Pure but for the spill file.
 
-use super::tree::{Ino, Inode};
-use std::sync::Arc;
+use super::spill::{Spill, SpillFile};
+use super::tree::{Ino, InoMap, Inode};
+use std::sync::{Arc, Mutex};
 
 /// A tree's inodes by number: a vector with a slot per number (ours are dense from
 /// `ROOT`, holes only where this stream deleted), so no hashing and no table kept half
@@ -9,10 +11,86 @@ use std::sync::Arc;
 /// until changed (`Arc::make_mut`): an incremental's builder starts from a clone of its
 /// parent's tree and keeps the parent for CLONEs from it, and the two share every inode the
 /// stream leaves alone. The methods are a map's.
+///
+/// With a spill (`spill_to`), at most `hot` inodes stay in memory: past that, the older half
+/// by last change (insert or `get_mut`) is written to the spill file and its slots hold
+/// where. `get` reads a cold inode back without keeping it (but for the last one read, as a
+/// directory is read once per name looked up in it); `get_mut` brings it back.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Inodes {
-    slots: Vec<Option<Arc<Inode>>>,
+    slots: Vec<Slot>,
     len: usize,
+    spill: Option<Spilled>,
+}
+
+#[derive(Clone, Debug)]
+enum Slot {
+    Empty,
+    Hot(Arc<Inode>),
+    /// In the spill file, at this offset: a directory, or anything else (so that walking
+    /// the directories reads back none of the files).
+    ColdDir(u64),
+    Cold(u64),
+}
+
+impl Slot {
+    fn cold(&self) -> Option<u64> {
+        match self {
+            Slot::Cold(at) | Slot::ColdDir(at) => Some(*at),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Spilled {
+    file: Arc<SpillFile>,
+    hot: usize,
+    /// Every hot inode and when it last changed.
+    touched: InoMap<u64>,
+    tick: u64,
+    /// The cold inode `get` read last, and where from.
+    last: Mutex<Option<(u64, Arc<Inode>)>>,
+}
+
+impl Clone for Spilled {
+    fn clone(&self) -> Spilled {
+        Spilled {
+            file: self.file.clone(),
+            hot: self.hot,
+            touched: self.touched.clone(),
+            tick: self.tick,
+            last: Mutex::new(None),
+        }
+    }
+}
+
+/// An inode as `get` gives it: in the tree, or read back from the spill file.
+pub enum InodeRef<'a> {
+    Hot(&'a Inode),
+    Read(Arc<Inode>),
+}
+
+impl std::ops::Deref for InodeRef<'_> {
+    type Target = Inode;
+    fn deref(&self) -> &Inode {
+        match self {
+            InodeRef::Hot(n) => n,
+            InodeRef::Read(n) => n,
+        }
+    }
+}
+
+impl std::fmt::Debug for InodeRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl PartialEq for InodeRef<'_> {
+    fn eq(&self, other: &InodeRef<'_>) -> bool {
+        **self == **other
+    }
 }
 
 impl Inodes {
@@ -20,38 +98,161 @@ impl Inodes {
         usize::try_from(ino).ok()
     }
 
-    pub(super) fn get(&self, ino: &Ino) -> Option<&Inode> {
-        self.slots.get(Self::slot(*ino)?)?.as_deref()
+    /// From now on at most `spill.hot` inodes in memory, the rest in a new spill file (a
+    /// clone made later shares it); one that spills already keeps its file.
+    pub(super) fn spill_to(&mut self, spill: &Spill) -> Result<(), String> {
+        if let Some(s) = &mut self.spill {
+            s.hot = spill.hot.max(1);
+            self.evict(None);
+            return Ok(());
+        }
+        let file = Arc::new(SpillFile::create(&spill.dir)?);
+        let touched = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, Slot::Hot(_)))
+            .map(|(i, _)| (i as Ino, 0))
+            .collect();
+        self.spill = Some(Spilled {
+            file,
+            hot: spill.hot.max(1),
+            touched,
+            tick: 0,
+            last: Mutex::new(None),
+        });
+        self.evict(None);
+        Ok(())
     }
 
-    /// The inode to change: copied first if another tree shares it.
+    /// The first failure to write or read the spill file: the tree is then incomplete.
+    pub(super) fn spill_error(&self) -> Option<String> {
+        self.spill.as_ref().and_then(|s| s.file.error())
+    }
+
+    /// Inodes in the spill file (tests and benchmarks).
+    pub(super) fn cold(&self) -> usize {
+        self.slots.iter().filter(|s| s.cold().is_some()).count()
+    }
+
+    pub(super) fn get(&self, ino: &Ino) -> Option<InodeRef<'_>> {
+        match self.slots.get(Self::slot(*ino)?)? {
+            Slot::Empty => None,
+            Slot::Hot(n) => Some(InodeRef::Hot(n)),
+            Slot::Cold(at) | Slot::ColdDir(at) => {
+                let s = self.spill.as_ref()?;
+                let mut last = s.last.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((l, n)) = &*last {
+                    if l == at {
+                        return Some(InodeRef::Read(n.clone()));
+                    }
+                }
+                let n = Arc::new(s.file.get(*at)?);
+                *last = Some((*at, n.clone()));
+                Some(InodeRef::Read(n))
+            }
+        }
+    }
+
+    /// The inode to change: copied first if another tree shares it, read back first if cold.
     pub(super) fn get_mut(&mut self, ino: &Ino) -> Option<&mut Inode> {
-        self.slots
-            .get_mut(Self::slot(*ino)?)?
-            .as_mut()
-            .map(Arc::make_mut)
+        let i = Self::slot(*ino)?;
+        match self.slots.get(i)? {
+            Slot::Empty => return None,
+            Slot::Hot(_) => self.touch(*ino),
+            Slot::Cold(at) | Slot::ColdDir(at) => {
+                let at = *at;
+                let s = self.spill.as_mut()?;
+                let last = s.last.get_mut().unwrap_or_else(|p| p.into_inner());
+                let n = match last.take() {
+                    Some((l, n)) if l == at => n,
+                    _ => Arc::new(s.file.get(at)?),
+                };
+                self.slots[i] = Slot::Hot(n);
+                self.touch(*ino);
+                self.evict(Some(*ino));
+            }
+        }
+        match &mut self.slots[i] {
+            Slot::Hot(n) => Some(Arc::make_mut(n)),
+            _ => None,
+        }
     }
 
     pub(super) fn contains_key(&self, ino: &Ino) -> bool {
-        self.get(ino).is_some()
+        Self::slot(*ino)
+            .and_then(|i| self.slots.get(i))
+            .is_some_and(|s| !matches!(s, Slot::Empty))
     }
 
     /// Inode numbers are ours: dense, so the vector never grows past the largest in use.
     pub(super) fn insert(&mut self, ino: Ino, node: Inode) {
         let i = Self::slot(ino).expect("an inode number of ours fits memory");
         if i >= self.slots.len() {
-            self.slots.resize_with(i + 1, || None);
+            self.slots.resize_with(i + 1, || Slot::Empty);
         }
-        if self.slots[i].replace(Arc::new(node)).is_none() {
+        if matches!(
+            std::mem::replace(&mut self.slots[i], Slot::Hot(Arc::new(node))),
+            Slot::Empty
+        ) {
             self.len += 1;
         }
+        self.touch(ino);
+        self.evict(Some(ino));
     }
 
     pub(super) fn remove(&mut self, ino: &Ino) {
         if let Some(slot) = Self::slot(*ino).and_then(|i| self.slots.get_mut(i)) {
-            if slot.take().is_some() {
+            if !matches!(std::mem::replace(slot, Slot::Empty), Slot::Empty) {
                 self.len -= 1;
             }
+        }
+        if let Some(s) = &mut self.spill {
+            s.touched.remove(ino);
+        }
+    }
+
+    fn touch(&mut self, ino: Ino) {
+        if let Some(s) = &mut self.spill {
+            s.tick += 1;
+            s.touched.insert(ino, s.tick);
+        }
+    }
+
+    /// Past `hot` inodes in memory, writes out the older half by last change (never `keep`),
+    /// in inode order (a later walk in that order reads the file nearly in order). One that
+    /// cannot be written stays in memory (the error is kept).
+    fn evict(&mut self, keep: Option<Ino>) {
+        let Some(s) = &mut self.spill else { return };
+        if s.touched.len() <= s.hot {
+            return;
+        }
+        let mut ticks: Vec<u64> = s.touched.values().copied().collect();
+        let mid = ticks.len() / 2;
+        let (_, cut, _) = ticks.select_nth_unstable(mid);
+        let cut = *cut;
+        let mut out: Vec<Ino> = s
+            .touched
+            .iter()
+            .filter(|(ino, tick)| **tick < cut && Some(**ino) != keep)
+            .map(|(ino, _)| *ino)
+            .collect();
+        out.sort_unstable();
+        for ino in out {
+            let Some(slot) = usize::try_from(ino)
+                .ok()
+                .and_then(|i| self.slots.get_mut(i))
+            else {
+                continue;
+            };
+            if let Slot::Hot(n) = slot {
+                let Some(at) = s.file.put(n) else { break };
+                *slot = match n.is_dir() {
+                    true => Slot::ColdDir(at),
+                    false => Slot::Cold(at),
+                };
+            }
+            s.touched.remove(&ino);
         }
     }
 
@@ -63,25 +264,72 @@ impl Inodes {
         self.len == 0
     }
 
-    /// In inode order.
-    pub(super) fn iter(&self) -> impl Iterator<Item = (Ino, &Inode)> + '_ {
+    /// In inode order; cold inodes read back one at a time (an unreadable one is left out,
+    /// and `spill_error` says so).
+    pub(super) fn iter(&self) -> impl Iterator<Item = (Ino, InodeRef<'_>)> + '_ {
         self.slots
             .iter()
             .enumerate()
-            .filter_map(|(i, n)| Some((i as Ino, n.as_deref()?)))
+            .filter_map(|(i, s)| Some((i as Ino, self.read(s)?)))
+    }
+
+    fn read<'a>(&'a self, s: &'a Slot) -> Option<InodeRef<'a>> {
+        match s {
+            Slot::Empty => None,
+            Slot::Hot(n) => Some(InodeRef::Hot(n)),
+            Slot::Cold(at) | Slot::ColdDir(at) => Some(InodeRef::Read(Arc::new(
+                self.spill.as_ref()?.file.get(*at)?,
+            ))),
+        }
+    }
+
+    /// The directories, in inode order (no other inode is read back).
+    pub(super) fn dirs(&self) -> impl Iterator<Item = (Ino, InodeRef<'_>)> + '_ {
+        self.slots.iter().enumerate().filter_map(|(i, s)| {
+            let dir = match s {
+                Slot::Hot(n) => n.is_dir(),
+                Slot::ColdDir(_) => true,
+                _ => false,
+            };
+            Some((i as Ino, self.read(s).filter(|_| dir)?))
+        })
+    }
+
+    /// `ino` is a directory (read back from the slot, not the spill file).
+    pub(super) fn is_dir(&self, ino: &Ino) -> bool {
+        match Self::slot(*ino).and_then(|i| self.slots.get(i)) {
+            Some(Slot::Hot(n)) => n.is_dir(),
+            Some(Slot::ColdDir(_)) => true,
+            _ => false,
+        }
     }
 
     pub(super) fn keys(&self) -> impl Iterator<Item = Ino> + '_ {
-        self.iter().map(|(i, _)| i)
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !matches!(s, Slot::Empty))
+            .map(|(i, _)| i as Ino)
     }
 
-    pub(super) fn values(&self) -> impl Iterator<Item = &Inode> + '_ {
-        self.slots.iter().flatten().map(|n| &**n)
-    }
-
-    /// Every inode to change (each copied first if shared).
+    /// Every inode to change (each copied first if shared). Brings every cold inode back
+    /// into memory: for rewriting small trees (tools, tests, a format-1 index).
     pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut Inode> + '_ {
-        self.slots.iter_mut().flatten().map(Arc::make_mut)
+        if let Some(s) = &mut self.spill {
+            *s.last.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
+            for (i, slot) in self.slots.iter_mut().enumerate() {
+                if let Some(at) = slot.cold() {
+                    if let Some(n) = s.file.get(at) {
+                        *slot = Slot::Hot(Arc::new(n));
+                        s.touched.insert(i as Ino, s.tick);
+                    }
+                }
+            }
+        }
+        self.slots.iter_mut().filter_map(|s| match s {
+            Slot::Hot(n) => Some(Arc::make_mut(n)),
+            _ => None,
+        })
     }
 
     /// Slots, used or not: every number in use is below it.
@@ -93,7 +341,7 @@ impl Inodes {
     pub(super) fn max(&self) -> Option<Ino> {
         self.slots
             .iter()
-            .rposition(Option::is_some)
+            .rposition(|s| !matches!(s, Slot::Empty))
             .map(|i| i as Ino)
     }
 }
@@ -107,13 +355,6 @@ impl PartialEq for Inodes {
 }
 
 impl Eq for Inodes {}
-
-impl std::ops::Index<&Ino> for Inodes {
-    type Output = Inode;
-    fn index(&self, ino: &Ino) -> &Inode {
-        self.get(ino).expect("an inode in the tree")
-    }
-}
 
 impl FromIterator<(Ino, Inode)> for Inodes {
     fn from_iter<I: IntoIterator<Item = (Ino, Inode)>>(it: I) -> Inodes {

@@ -9,7 +9,7 @@
 //! each directory's entries are in name order; every range lies inside `bytes`.
 
 use super::format::{self, FormatError, Head, Sink};
-use super::tree::{FileType, Ino, Tree, ROOT};
+use super::tree::{FileType, Ino, Inode, InodeRef, Tree, ROOT};
 use crate::sendstream::Timespec;
 
 /// An inode's type, without its details.
@@ -51,11 +51,11 @@ impl Kind {
 }
 
 /// One inode as a listing shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta<'a> {
     pub kind: Kind,
-    /// A symlink's target (empty for anything else).
-    pub target: &'a [u8],
+    /// A symlink's target (empty for anything else; owned when read from a spill file).
+    pub target: std::borrow::Cow<'a, [u8]>,
     pub size: u64,
     pub mode: u32,
     pub uid: u64,
@@ -112,19 +112,29 @@ pub trait Names {
 impl Names for Tree {
     fn meta(&self, ino: Ino) -> Option<Meta<'_>> {
         let i = self.inode(ino)?;
-        Some(Meta {
+        let mut m = Meta {
             kind: Kind::of(&i.ftype),
-            target: match &i.ftype {
-                FileType::Symlink(t) => t,
-                _ => b"",
-            },
+            target: b"".as_slice().into(),
             size: i.size,
             mode: i.mode,
             uid: i.uid,
             gid: i.gid,
             mtime: i.mtime,
             nlink: i.nlink,
-        })
+        };
+        // Borrowed from the tree, or owned when the inode was read back from its spill.
+        m.target = match i {
+            InodeRef::Hot(Inode {
+                ftype: FileType::Symlink(t),
+                ..
+            }) => t.as_slice().into(),
+            InodeRef::Read(n) => match &n.ftype {
+                FileType::Symlink(t) => t.clone().into(),
+                _ => m.target,
+            },
+            _ => m.target,
+        };
+        Some(m)
     }
 
     fn each_child(&self, ino: Ino, f: &mut dyn FnMut(&[u8], Ino)) {
@@ -289,7 +299,7 @@ impl Names for Listing {
         let n = self.node(ino)?;
         Some(Meta {
             kind: n.kind,
-            target: self.slice(n.target.0, n.target.1),
+            target: self.slice(n.target.0, n.target.1).into(),
             size: n.size,
             mode: n.mode,
             uid: n.uid,
@@ -350,7 +360,10 @@ pub(crate) mod tests {
         assert_eq!(l.lookup(b"d/nothing"), None);
         assert_eq!(l.lookup(b"l/below-a-symlink"), None);
         let link = l.meta(l.lookup(b"l").expect("l")).expect("meta");
-        assert_eq!((link.kind, link.target), (Kind::Symlink, &b"/abs/\xff"[..]));
+        assert_eq!(
+            (link.kind, &*link.target),
+            (Kind::Symlink, &b"/abs/\xff"[..])
+        );
         assert_eq!(l.meta(l.lookup(b"d/f").expect("f")).expect("f").nlink, 2);
     }
 }

@@ -20,6 +20,7 @@ pub mod feed;
 pub mod format;
 mod inodes;
 pub mod listing;
+mod spill;
 pub mod stored;
 #[cfg(test)]
 mod tests;
@@ -27,4 +28,5 @@ pub mod tree;
 
 pub use build::{Builder, IndexError};
 pub use listing::{Listing, Names};
-pub use tree::{Check, Extent, FileType, Ino, Inode, Source, Tree};
+pub use spill::Spill;
+pub use tree::{Check, Extent, FileType, Ino, Inode, InodeRef, Source, Tree};

@@ -9,7 +9,7 @@
 use bytes::BytesMut;
 
 use super::format;
-use super::{Listing, Tree};
+use super::{Listing, Spill, Tree};
 use crate::manifest::IndexEntry;
 use crate::seal::{Opener, SealError, Sealer};
 
@@ -27,6 +27,9 @@ pub enum StoredError {
     Damaged { key: String, what: String },
     #[error("file index {key} is encrypted: {0}", key = .1)]
     Seal(SealError, String),
+    /// The spill file of a large tree could not be made, written or read back.
+    #[error("file index {key}: {what}")]
+    Spill { key: String, what: String },
 }
 
 /// An index ready to store, and what the manifest records of it.
@@ -40,25 +43,71 @@ pub struct Packed {
     pub plain_xxh3: u128,
 }
 
-/// The encoded tree as the bucket stores it.
-pub fn pack(encoded: &[u8], sealer: Option<&Sealer>) -> Result<Packed, StoredError> {
-    let key = String::from("(new)");
-    let compressed = zstd::bulk::compress(encoded, LEVEL).map_err(|e| StoredError::Damaged {
-        key: key.clone(),
+/// An encoded tree compressed as it was encoded (the plain bytes never held whole), with
+/// what the manifest records of the plain bytes.
+#[derive(Debug, Clone)]
+pub struct Compressed {
+    pub compressed: Vec<u8>,
+    pub plain_bytes: u64,
+    pub plain_xxh3: u128,
+}
+
+/// `tree` as backup `backup`'s index in format `version`, compressed as it is encoded.
+pub fn compress_tree(tree: &Tree, backup: u32, version: u8) -> Result<Compressed, StoredError> {
+    let mut z = zstd::stream::write::Encoder::new(Vec::new(), LEVEL).map_err(cannot_compress)?;
+    let mut hash = xxhash_rust::xxh3::Xxh3::new();
+    let (mut plain_bytes, mut failed) = (0u64, None);
+    format::encode_into(tree, backup, version, &mut |piece: &[u8]| {
+        hash.update(piece);
+        plain_bytes += piece.len() as u64;
+        if failed.is_none() {
+            failed = std::io::Write::write_all(&mut z, piece).err();
+        }
+    });
+    if let Some(e) = failed {
+        return Err(cannot_compress(e));
+    }
+    Ok(Compressed {
+        compressed: z.finish().map_err(cannot_compress)?,
+        plain_bytes,
+        plain_xxh3: hash.digest128(),
+    })
+}
+
+fn cannot_compress(e: std::io::Error) -> StoredError {
+    StoredError::Damaged {
+        key: "(new)".into(),
         what: format!("cannot compress: {e}"),
-    })?;
-    let mut buf = BytesMut::from(&compressed[..]);
+    }
+}
+
+/// Encoded bytes as the bucket stores them (tools and tests; backup seals a `Compressed`).
+pub fn pack(encoded: &[u8], sealer: Option<&Sealer>) -> Result<Packed, StoredError> {
+    let compressed = zstd::bulk::compress(encoded, LEVEL).map_err(cannot_compress)?;
+    seal(
+        Compressed {
+            compressed,
+            plain_bytes: encoded.len() as u64,
+            plain_xxh3: xxhash_rust::xxh3::xxh3_128(encoded),
+        },
+        sealer,
+    )
+}
+
+/// A compressed index as the bucket stores it: sealed when encryption is on.
+pub fn seal(c: Compressed, sealer: Option<&Sealer>) -> Result<Packed, StoredError> {
+    let mut buf = BytesMut::from(&c.compressed[..]);
     if let Some(s) = sealer {
         s.seal_in_place(&mut buf)
-            .map_err(|e| StoredError::Seal(e, key))?;
+            .map_err(|e| StoredError::Seal(e, "(new)".into()))?;
     }
     let stored = buf.freeze();
     Ok(Packed {
-        compressed,
+        compressed: c.compressed,
         stored_xxh3: xxhash_rust::xxh3::xxh3_128(&stored),
         stored,
-        plain_bytes: encoded.len() as u64,
-        plain_xxh3: xxhash_rust::xxh3::xxh3_128(encoded),
+        plain_bytes: c.plain_bytes,
+        plain_xxh3: c.plain_xxh3,
     })
 }
 
@@ -93,9 +142,14 @@ pub fn unpack(
 
 /// The tree from the compressed, unsealed bytes a host cached, checked against the
 /// manifest entry's plain size and hash.
-pub fn from_cache(compressed: &[u8], ix: &IndexEntry) -> Result<Tree, StoredError> {
+/// `spill`: keep at most that many inodes in memory (`format::decode_spilled`).
+pub fn from_cache(
+    compressed: &[u8],
+    ix: &IndexEntry,
+    spill: Option<&Spill>,
+) -> Result<Tree, StoredError> {
     let plain = decompress_checked(compressed, ix)?;
-    decode_checked(&plain, ix)
+    decode_checked(&plain, ix, spill)
 }
 
 fn decompress_checked(buf: &[u8], ix: &IndexEntry) -> Result<Vec<u8>, StoredError> {
@@ -132,20 +186,34 @@ fn bounded_decompress(src: &[u8], cap: usize) -> std::io::Result<Vec<u8>> {
 }
 
 /// The tree and its chain position from the stored bytes, checked against the manifest
-/// entry (a position other than the recorded one is refused).
+/// entry (a position other than the recorded one is refused). `spill`: as `from_cache`.
 pub fn open(
     stored: &[u8],
     ix: &IndexEntry,
     sealed: Option<(&Opener, usize)>,
+    spill: Option<&Spill>,
 ) -> Result<Tree, StoredError> {
     let plain = unpack(stored, ix, sealed)?;
-    decode_checked(&plain, ix)
+    decode_checked(&plain, ix, spill)
 }
 
-/// `format::decode` of plain bytes the manifest entry describes.
-pub fn decode_checked(plain: &[u8], ix: &IndexEntry) -> Result<Tree, StoredError> {
+/// `format::decode` (or `decode_spilled`) of plain bytes the manifest entry describes.
+pub fn decode_checked(
+    plain: &[u8],
+    ix: &IndexEntry,
+    spill: Option<&Spill>,
+) -> Result<Tree, StoredError> {
     check_version(plain, ix)?;
-    let (tree, position) = format::decode(plain).map_err(|e| damaged(ix, e.to_string()))?;
+    let (tree, position) = match spill {
+        None => format::decode(plain).map_err(|e| damaged(ix, e.to_string()))?,
+        Some(s) => format::decode_spilled(plain, s).map_err(|e| match e {
+            format::DecodeError::Format(e) => damaged(ix, e.to_string()),
+            format::DecodeError::Spill(what) => StoredError::Spill {
+                key: ix.key.clone(),
+                what,
+            },
+        })?,
+    };
     check_position(position, ix)?;
     Ok(tree)
 }

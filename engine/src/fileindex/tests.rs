@@ -806,3 +806,5 @@ fn inodes_by_number_compare_as_maps_count_themselves_and_copy_on_change() {
     );
     assert!(t.check().is_err());
 }
+
+mod spilled;

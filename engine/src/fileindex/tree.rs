@@ -4,6 +4,7 @@ use crate::sendstream::Timespec;
 use std::collections::{BTreeMap, HashMap};
 
 pub use super::extents::{Extents, Iter};
+pub use super::inodes::InodeRef;
 pub(super) use super::inodes::Inodes;
 use std::hash::BuildHasherDefault;
 
@@ -272,8 +273,24 @@ impl Tree {
         }
     }
 
-    pub fn inode(&self, ino: Ino) -> Option<&Inode> {
+    pub fn inode(&self, ino: Ino) -> Option<InodeRef<'_>> {
         self.inodes.get(&ino)
+    }
+
+    /// From now on keeps at most `spill.hot` inodes in memory, the others in a spill file
+    /// made in `spill.dir` (a clone shares it).
+    pub fn spill_to(&mut self, spill: &super::spill::Spill) -> Result<(), String> {
+        self.inodes.spill_to(spill)
+    }
+
+    /// Why the tree is incomplete, if its spill file failed: such a tree is not stored.
+    pub fn spill_error(&self) -> Option<String> {
+        self.inodes.spill_error()
+    }
+
+    /// How many inodes are in the spill file now.
+    pub fn spilled(&self) -> usize {
+        self.inodes.cold()
     }
 
     /// Drops every extent's check, as reading the tree from a format-1 index does.
@@ -293,6 +310,11 @@ impl Tree {
     /// checked again when it is read back).
     pub fn inode_mut(&mut self, ino: Ino) -> Option<&mut Inode> {
         self.inodes.get_mut(&ino)
+    }
+
+    /// `ino` is a directory in the tree.
+    pub(super) fn is_dir(&self, ino: Ino) -> bool {
+        self.inodes.is_dir(&ino)
     }
 
     /// Inodes in the tree.
@@ -318,7 +340,10 @@ impl Tree {
 
     /// How many paths `entries` would give (each hard link's name counts).
     pub fn entry_count(&self) -> u64 {
-        self.inodes.values().map(|i| i.children.len() as u64).sum()
+        self.inodes
+            .dirs()
+            .map(|(_, d)| d.children.len() as u64)
+            .sum()
     }
 
     /// Every path below the root with its inode, parents before children, names in byte
@@ -327,7 +352,14 @@ impl Tree {
         let mut out = Vec::new();
         let mut stack = vec![(Vec::new(), ROOT)];
         while let Some((path, ino)) = stack.pop() {
-            let Some(node) = self.inodes.get(&ino) else {
+            let node = match self.is_dir(ino) {
+                true => self.inodes.get(&ino),
+                false => None,
+            };
+            let Some(node) = node else {
+                if ino != ROOT && self.inodes.contains_key(&ino) {
+                    out.push((path, ino));
+                }
                 continue;
             };
             for (name, child) in node.children.iter().rev() {
@@ -346,14 +378,15 @@ impl Tree {
     }
 
     /// The invariants of the module's doc, checked (tests and a built index before it is
-    /// stored).
+    /// stored). One pass reads every inode; the rest walks directories only.
     pub fn check(&self) -> Result<(), String> {
-        if !self.inodes.get(&ROOT).is_some_and(Inode::is_dir) {
+        if !self.is_dir(ROOT) {
             return Err("the root is not a directory in the tree".into());
         }
         // Counted by slot: every child named was checked to be in the tree first.
         let slots = self.inodes.slots();
         let mut links = vec![0u32; slots];
+        let mut nlinks = vec![0u32; slots];
         for (ino, node) in self.inodes.iter() {
             for child in node.children.values() {
                 if !self.inodes.contains_key(child) {
@@ -368,15 +401,16 @@ impl Tree {
                 }
                 end = at + e.len;
             }
+            nlinks[ino as usize] = node.nlink;
         }
-        for (ino, node) in self.inodes.iter() {
-            let n = links[ino as usize];
+        for ino in self.inodes.keys() {
+            let (n, nlink) = (links[ino as usize], nlinks[ino as usize]);
             if ino == ROOT {
                 if n != 0 {
                     return Err("the root is named by an entry".into());
                 }
-            } else if n == 0 || n != node.nlink || (node.is_dir() && n != 1) {
-                return Err(format!("inode {ino}: {n} entries, nlink {}", node.nlink));
+            } else if n == 0 || n != nlink || (self.is_dir(ino) && n != 1) {
+                return Err(format!("inode {ino}: {n} entries, nlink {nlink}"));
             }
         }
         // Reachable from the root, counted without building any path.
@@ -389,7 +423,9 @@ impl Tree {
                 for c in n.children.values() {
                     if !std::mem::replace(&mut seen[*c as usize], true) {
                         reachable += 1;
-                        stack.push(*c);
+                        if self.is_dir(*c) {
+                            stack.push(*c);
+                        }
                     }
                 }
             }
@@ -400,7 +436,11 @@ impl Tree {
                 self.inodes.len()
             ));
         }
-        Ok(())
+        // Read back whole: an inode the spill file lost was left out of the above.
+        match self.spill_error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// A file's bytes read from the chain's streams (`streams[backup]`), holes and

@@ -26,6 +26,11 @@ impl From<StoredError> for RestoreError {
         match e {
             StoredError::Damaged { key, what } => RestoreError::Damaged { key, detail: what },
             StoredError::Seal(e, _) => RestoreError::Seal(e),
+            // A local failure (the spill file), not the bucket's object.
+            StoredError::Spill { key, what } => RestoreError::Io {
+                path: key.into(),
+                source: std::io::Error::other(what),
+            },
         }
     }
 }
@@ -76,7 +81,7 @@ pub async fn tree_of(
     identity_file: Option<&Path>,
 ) -> Result<Tree, RestoreError> {
     let (bytes, ix, opener) = fetch_index(store, m, identity_file).await?;
-    Ok(stored::open(&bytes, ix, sealed(&opener, m))?)
+    Ok(stored::open(&bytes, ix, sealed(&opener, m), None)?)
 }
 
 /// The listing of a validated manifest's index (what `ls` and `find` need).

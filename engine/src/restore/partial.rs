@@ -308,7 +308,7 @@ pub async fn restore_paths(
                 fs::hard_link(&staged[j], &p).map_err(|e| io(&p, e))?;
             }
             _ => {
-                make_entry(&p, node)?;
+                make_entry(&p, &node)?;
                 first.insert(*ino, i);
             }
         }
@@ -363,7 +363,7 @@ pub async fn restore_paths(
     for (i, (_, ino)) in selected.iter().enumerate().rev() {
         if first.get(ino) == Some(&i) {
             let node = tree.inode(*ino).ok_or(RestoreError::Internal)?;
-            set_metadata(&staged[i], node)?;
+            set_metadata(&staged[i], &node)?;
         }
     }
     for top in &tops {

@@ -33,7 +33,12 @@ pub struct VerifyReport {
 #[derive(Debug, Clone, Copy)]
 pub enum Depth<'a> {
     Shallow,
-    Deep { identity_file: Option<&'a Path> },
+    /// `spill`: where the rebuilt indexes keep the inodes they have not changed lately
+    /// (none: all in memory).
+    Deep {
+        identity_file: Option<&'a Path>,
+        spill: Option<&'a crate::fileindex::Spill>,
+    },
 }
 
 /// Checks a backup's chain without restoring it: every chunk exists with its recorded size
@@ -51,11 +56,15 @@ pub async fn verify(
 ) -> Result<Vec<VerifyReport>, RestoreError> {
     let chain = chain(store.as_ref(), keys, subvolume, key).await?;
     // Only a deep check decrypts; a shallow one needs no key.
-    let (deep, opener) = match depth {
-        Depth::Shallow => (false, None),
-        Depth::Deep { identity_file } => (
+    let (deep, opener, spill) = match depth {
+        Depth::Shallow => (false, None, None),
+        Depth::Deep {
+            identity_file,
+            spill,
+        } => (
             true,
             super::opener_for(identity_file, chain.iter().map(|(_, m)| m))?,
+            spill,
         ),
     };
     let mut out = Vec::new();
@@ -91,6 +100,14 @@ pub async fn verify(
                 (_, Some(parent)) => Some(Feed::incremental(parent, position)),
                 (_, None) => None,
             };
+            if let (Some(f), Some(s)) = (feed.as_mut(), spill) {
+                if let Err(e) = f.spill_to(s) {
+                    return Err(RestoreError::Io {
+                        path: s.dir.clone(),
+                        source: std::io::Error::other(e),
+                    });
+                }
+            }
             match into_receiver(
                 btrfs,
                 store.clone(),
@@ -111,10 +128,20 @@ pub async fn verify(
                                 // Stored before format 2: compare it as that build wrote
                                 // it; its next incremental started from it without checks.
                                 b.tree.strip_checks();
-                                b.encoded =
-                                    crate::fileindex::format::encode_as(&b.tree, b.position, 1);
+                                b.encoded = match crate::fileindex::stored::compress_tree(
+                                    &b.tree, b.position, 1,
+                                ) {
+                                    Ok(c) => c,
+                                    Err(e) => {
+                                        return Err(RestoreError::Io {
+                                            path: ix.key.clone().into(),
+                                            source: std::io::Error::other(e.to_string()),
+                                        })
+                                    }
+                                };
                             }
-                            match check_index(store.as_ref(), m, &b, opener.as_ref()).await? {
+                            match check_index(store.as_ref(), m, &b, opener.as_ref(), spill).await?
+                            {
                                 None => index_checked = true,
                                 Some(p) => problems.push(p),
                             }
@@ -156,18 +183,19 @@ async fn check_index(
     m: &crate::manifest::Manifest,
     built: &Built,
     opener: Option<&Arc<crate::seal::Opener>>,
+    spill: Option<&crate::fileindex::Spill>,
 ) -> Result<Option<String>, RestoreError> {
     let Some(ix) = &m.index else {
         return Ok(None);
     };
-    let hash = crate::manifest::hex_u128(xxhash_rust::xxh3::xxh3_128(&built.encoded));
-    if built.encoded.len() as u64 != ix.plain_bytes || hash != ix.plain_xxh3 {
+    let hash = crate::manifest::hex_u128(built.encoded.plain_xxh3);
+    if built.encoded.plain_bytes != ix.plain_bytes || hash != ix.plain_xxh3 {
         return Ok(Some(format!(
             "file index {}: the manifest records {} bytes (xxh3 {}) but the stream builds {} bytes (xxh3 {hash})",
             ix.key,
             ix.plain_bytes,
             ix.plain_xxh3,
-            built.encoded.len()
+            built.encoded.plain_bytes
         )));
     }
     let stored = match store.get_range(&ix.key, 0, ix.stored_bytes).await {
@@ -182,7 +210,7 @@ async fn check_index(
         _ => None,
     };
     // `open` checks the stored bytes and the plain hash the stream was just found to build.
-    Ok(stored::open(&stored, ix, sealed)
+    Ok(stored::open(&stored, ix, sealed, spill)
         .err()
         .map(|e| e.to_string()))
 }

@@ -467,6 +467,7 @@ async fn a_tampered_manifest_is_refused_before_anything_is_read_or_written() {
         &mkey,
         engine::restore::Depth::Deep {
             identity_file: None,
+            spill: None,
         },
         2,
     )

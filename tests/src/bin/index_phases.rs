@@ -7,7 +7,11 @@
 //!                                     full send: FILES files of 0-255 bytes in 1,000
 //!                                     directories, each made under a temporary name)
 //! With `--synthetic`, an incremental of 1,000 changed files on top of it is timed too, and
-//! its memory past its parent's (`incremental_rss_mib`). Prints one JSON object. Not a test.
+//! its memory past its parent's (`incremental_rss_mib`). `--spill DIR [--hot INODES]`:
+//! build, read back and build the incremental keeping at most INODES inodes in memory (the
+//! rest in an unnamed file in DIR), as backup does in its state directory. Peaks
+//! (`build_peak_mib`, `decode_peak_mib`) are past the memory before each step. Prints one
+//! JSON object. Not a test.
 
 use std::io::{Read, Write};
 use std::time::Instant;
@@ -17,30 +21,49 @@ use engine::fileindex::format;
 use engine::sendstream::Parser;
 
 fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = || {
+        eprintln!("usage: index_phases [--synthetic FILES] [--spill DIR [--hot INODES]] < STREAM");
+        std::process::ExitCode::from(2)
+    };
+    let mut args = std::env::args().skip(1);
     let mut stream = Vec::new();
     // Files in the synthetic stream: its incremental is timed too.
     let mut synthetic_files = None;
-    match args.as_slice() {
-        [flag, n] if flag == "--synthetic" => match n.parse() {
-            Ok(n) => {
-                stream = synthetic(n);
-                synthetic_files = Some(n);
-            }
-            Err(e) => {
-                eprintln!("index_phases: --synthetic {n}: {e}");
-                return std::process::ExitCode::from(2);
-            }
-        },
-        [] => {
+    let mut spill: Option<engine::fileindex::Spill> = None;
+    let mut hot = engine::fileindex::Spill::DEFAULT_HOT;
+    while let Some(flag) = args.next() {
+        let Some(value) = args.next() else {
+            return usage();
+        };
+        match flag.as_str() {
+            "--synthetic" => match value.parse() {
+                Ok(n) => synthetic_files = Some(n),
+                Err(e) => {
+                    eprintln!("index_phases: --synthetic {value}: {e}");
+                    return usage();
+                }
+            },
+            "--spill" => spill = Some(engine::fileindex::Spill::in_dir(value)),
+            "--hot" => match value.parse() {
+                Ok(n) => hot = n,
+                Err(e) => {
+                    eprintln!("index_phases: --hot {value}: {e}");
+                    return usage();
+                }
+            },
+            _ => return usage(),
+        }
+    }
+    if let Some(s) = &mut spill {
+        s.hot = hot;
+    }
+    match synthetic_files {
+        Some(n) => stream = synthetic(n),
+        None => {
             if let Err(e) = std::io::stdin().read_to_end(&mut stream) {
                 eprintln!("index_phases: cannot read the stream from stdin: {e}");
                 return std::process::ExitCode::from(2);
             }
-        }
-        _ => {
-            eprintln!("usage: index_phases [--synthetic FILES] < STREAM");
-            return std::process::ExitCode::from(2);
         }
     }
     const SLICE: usize = 1 << 20;
@@ -60,8 +83,15 @@ fn main() -> std::process::ExitCode {
     let parse = t.elapsed().as_secs_f64();
 
     let rss_before = rss_mib();
+    reset_peak();
     let t = Instant::now();
     let mut feed = Feed::full();
+    if let Some(s) = &spill {
+        if let Err(e) = feed.spill_to(s) {
+            eprintln!("index_phases: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    }
     for s in stream.chunks(SLICE) {
         feed.push(s);
     }
@@ -73,8 +103,11 @@ fn main() -> std::process::ExitCode {
         }
     };
     let build = t.elapsed().as_secs_f64();
-    // The built tree's memory (its encoded form included, as `finish` keeps it).
+    // The built tree's memory (its encoded form included, as `finish` keeps it), and the
+    // most the build took at once.
     let tree_rss = rss_mib() - rss_before;
+    let build_peak = peak_mib() - rss_before;
+    let spilled = built.tree.spilled();
 
     let t = Instant::now();
     let encoded = format::encode(&built.tree, 0);
@@ -95,8 +128,13 @@ fn main() -> std::process::ExitCode {
         }
     }
 
+    let rss_before = rss_mib();
+    reset_peak();
     let t = Instant::now();
-    let decoded = match format::decode(&encoded) {
+    let decoded = match spill.as_ref().map_or_else(
+        || format::decode(&encoded).map_err(|e| e.to_string()),
+        |s| format::decode_spilled(&encoded, s).map_err(|e| e.to_string()),
+    ) {
         Ok((tree, _)) => tree,
         Err(e) => {
             eprintln!("index_phases: {e}");
@@ -104,6 +142,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let decode = t.elapsed().as_secs_f64();
+    let decode_peak = peak_mib() - rss_before;
     // An incremental on top of the read-back tree, as backup starts one: the builder takes
     // the parent's tree and keeps it for CLONEs. Its own memory past the parent's, and time.
     let rss_before = rss_mib();
@@ -111,6 +150,12 @@ fn main() -> std::process::ExitCode {
     let (incremental_s, incremental_rss) = match synthetic_files {
         Some(n) => {
             let mut feed = Feed::incremental(decoded, 1);
+            if let Some(s) = &spill {
+                if let Err(e) = feed.spill_to(s) {
+                    eprintln!("index_phases: {e}");
+                    return std::process::ExitCode::from(1);
+                }
+            }
             feed.push(&synthetic_incremental(n.min(1000)));
             let rss = rss_mib() - rss_before;
             match feed.finish() {
@@ -161,6 +206,10 @@ fn main() -> std::process::ExitCode {
             "parse_mib_per_s": (mib / parse).round(),
             "parse_and_build_s": build,
             "tree_rss_mib": tree_rss.round(),
+            "build_peak_mib": build_peak.round(),
+            "hot_inodes": spill.as_ref().map(|s| s.hot),
+            "spilled_inodes": spilled,
+            "decode_peak_mib": decode_peak.round(),
             "incremental_s": incremental_s,
             "incremental_rss_mib": incremental_rss,
             "encode_s": encode,
@@ -173,6 +222,23 @@ fn main() -> std::process::ExitCode {
         })
     );
     std::process::ExitCode::SUCCESS
+}
+
+/// The most this process held resident since `reset_peak`, MiB (VmHWM).
+fn peak_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Starts `peak_mib` again from the resident memory now (Linux 4.0 and later).
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// This process's resident memory now, MiB (0 where /proc has no answer).

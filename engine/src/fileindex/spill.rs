@@ -1,0 +1,387 @@
+//! The spill file: inodes a tree has not changed lately, written out so that a tree of
+//! millions of files keeps only its recent inodes in memory (`Inodes` decides which).
+//!
+//! *Invariants:* the file is unnamed (`tempfile`: gone with the process, whatever ends it) and
+//! only appended to; a record never changes once written, so a tree and its clones (an
+//! incremental's builder and its parent) share one file and its records. A record is a
+//! 4-byte little-endian length and an inode in the codec below (raw inode numbers, every
+//! field, unlike the stored index's renumbered form). The first failure is kept: a tree
+//! whose inodes could not be written or read back says so (`SpillFile::error`) instead of
+//! being stored.
+
+use super::format::{In, Out};
+use super::tree::{Check, Extent, FileType, Ino, Inode, Source};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Records are written in batches this large.
+const BATCH: usize = 1 << 20;
+/// And read back this many bytes at a time.
+const WINDOW: u64 = 64 << 10;
+
+/// Where cold inodes go, and how many stay in memory.
+#[derive(Clone, Debug)]
+pub struct Spill {
+    /// The directory the unnamed file is made in (on disk, not a tmpfs, to save memory).
+    pub dir: std::path::PathBuf,
+    /// Inodes kept in memory, the ones changed most recently.
+    pub hot: usize,
+}
+
+impl Spill {
+    /// About 50 MiB of inodes in memory (small files take about 400 bytes each).
+    pub const DEFAULT_HOT: usize = 1 << 17;
+
+    pub fn in_dir(dir: impl Into<std::path::PathBuf>) -> Spill {
+        Spill {
+            dir: dir.into(),
+            hot: Spill::DEFAULT_HOT,
+        }
+    }
+}
+
+pub struct SpillFile {
+    file: std::fs::File,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Records not yet written, from offset `written`.
+    pending: Vec<u8>,
+    written: u64,
+    /// The file's bytes read last, from offset `window_at`: a tree read in inode order reads
+    /// the file nearly in order, a batch per read instead of a read per record.
+    window: Vec<u8>,
+    window_at: u64,
+    error: Option<String>,
+}
+
+impl std::fmt::Debug for SpillFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpillFile")
+    }
+}
+
+impl SpillFile {
+    pub fn create(dir: &Path) -> Result<SpillFile, String> {
+        let file = tempfile::tempfile_in(dir).map_err(|e| {
+            format!(
+                "cannot make the file index's spill file in {}: {e}",
+                dir.display()
+            )
+        })?;
+        Ok(SpillFile {
+            file,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The first failure to write or read a record, if any.
+    pub fn error(&self) -> Option<String> {
+        self.state().error.clone()
+    }
+
+    fn fail(s: &mut State, e: String) {
+        s.error.get_or_insert(e);
+    }
+
+    /// Appends `node`, returning where it is; `None` once anything failed (the inode then
+    /// stays in memory).
+    pub fn put(&self, node: &Inode) -> Option<u64> {
+        let mut s = self.state();
+        if s.error.is_some() {
+            return None;
+        }
+        let mut o = Out(Vec::new());
+        record(node, &mut o);
+        let Ok(len) = u32::try_from(o.0.len()) else {
+            Self::fail(&mut s, "an inode's record is over 4 GiB".into());
+            return None;
+        };
+        let at = s.written + s.pending.len() as u64;
+        s.pending.extend_from_slice(&len.to_le_bytes());
+        s.pending.extend_from_slice(&o.0);
+        if s.pending.len() >= BATCH {
+            let (written, pending) = (s.written, std::mem::take(&mut s.pending));
+            match self.file.write_all_at(&pending, written) {
+                Ok(()) => s.written += pending.len() as u64,
+                Err(e) => {
+                    // Records at `at` or later are not in the file: none is handed out.
+                    Self::fail(&mut s, format!("writing the file index's spill file: {e}"));
+                    return None;
+                }
+            }
+        }
+        Some(at)
+    }
+
+    /// The inode at `at`; `None` (and the error kept) if it cannot be read back whole.
+    pub fn get(&self, at: u64) -> Option<Inode> {
+        let mut s = self.state();
+        let got = if at >= s.written {
+            let i = usize::try_from(at - s.written).unwrap_or(usize::MAX);
+            Self::parse(s.pending.get(i..).unwrap_or_default())
+        } else {
+            self.read_at(&mut s, at)
+        };
+        got.map_err(|e| Self::fail(&mut s, format!("the file index's spill file at {at}: {e}")))
+            .ok()
+    }
+
+    /// The record at `at` of the written file, through the window.
+    fn read_at(&self, s: &mut State, at: u64) -> Result<Inode, String> {
+        let inside = at
+            .checked_sub(s.window_at)
+            .and_then(|i| usize::try_from(i).ok())
+            .filter(|i| *i + 4 <= s.window.len());
+        if let Some(i) = inside {
+            let len = u32::from_le_bytes(s.window[i..i + 4].try_into().unwrap_or_default());
+            if i + 4 + len as usize <= s.window.len() {
+                return Self::parse(&s.window[i..]);
+            }
+        }
+        let mut len = [0u8; 4];
+        self.file
+            .read_exact_at(&mut len, at)
+            .map_err(|e| e.to_string())?;
+        let need = u32::from_le_bytes(len) as u64 + 4;
+        // The record and what follows it, up to a batch (never past what was written).
+        let want = need.max(WINDOW.min(s.written - at));
+        if at + need > s.written {
+            return Err("a record past the end of what was written".into());
+        }
+        let mut window = std::mem::take(&mut s.window);
+        window.resize(want as usize, 0);
+        self.file
+            .read_exact_at(&mut window, at)
+            .map_err(|e| e.to_string())?;
+        (s.window, s.window_at) = (window, at);
+        Self::parse(&s.window)
+    }
+
+    /// One record from the start of `b`.
+    fn parse(b: &[u8]) -> Result<Inode, String> {
+        let len = b
+            .get(..4)
+            .map(|l| u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize)
+            .ok_or("cut before a record")?;
+        let body = b.get(4..4 + len).ok_or("a record cut short")?;
+        let mut r = In { b: body, at: 0 };
+        let node = unrecord(&mut r).map_err(|e| e.to_string())?;
+        if r.at != body.len() {
+            return Err("bytes after the record".into());
+        }
+        Ok(node)
+    }
+}
+
+fn record(n: &Inode, o: &mut Out) {
+    match &n.ftype {
+        FileType::File => o.0.push(0),
+        FileType::Dir => o.0.push(1),
+        FileType::Symlink(t) => {
+            o.0.push(2);
+            o.bytes(t);
+        }
+        FileType::Fifo => o.0.push(3),
+        FileType::Socket => o.0.push(4),
+        FileType::CharDev(r) => {
+            o.0.push(5);
+            o.u(*r);
+        }
+        FileType::BlockDev(r) => {
+            o.0.push(6);
+            o.u(*r);
+        }
+    }
+    o.u(u64::from(n.mode));
+    o.u(n.uid);
+    o.u(n.gid);
+    o.u(n.size);
+    o.time(n.mtime, 0);
+    o.time(n.atime, 0);
+    o.time(n.ctime, 0);
+    o.u(n.flags);
+    o.u(u64::from(n.nlink));
+    o.u(n.xattrs.len() as u64);
+    for (k, v) in &n.xattrs {
+        o.bytes(k);
+        o.bytes(v);
+    }
+    o.u(n.extents.len() as u64);
+    for (at, e) in &n.extents {
+        o.u(at);
+        o.u(e.len);
+        match e.source {
+            Source::Stream {
+                backup,
+                offset,
+                check,
+            } => {
+                o.0.push(0);
+                o.u(u64::from(backup));
+                o.u(offset);
+                match check {
+                    None => o.0.push(0),
+                    Some(c) => {
+                        o.0.push(1);
+                        o.u(c.start);
+                        o.u(u64::from(c.len));
+                        o.u(u64::from(c.crc));
+                    }
+                }
+            }
+            Source::Prealloc => o.0.push(1),
+            Source::Encoded {
+                backup,
+                offset,
+                stored,
+                decoded_len,
+                from,
+                compression,
+                crc,
+            } => {
+                o.0.push(2);
+                for v in [
+                    u64::from(backup),
+                    offset,
+                    stored,
+                    decoded_len,
+                    from,
+                    u64::from(compression),
+                ] {
+                    o.u(v);
+                }
+                match crc {
+                    None => o.0.push(0),
+                    Some(c) => {
+                        o.0.push(1);
+                        o.u(u64::from(c));
+                    }
+                }
+            }
+        }
+    }
+    o.u(n.children.len() as u64);
+    for (name, child) in &n.children {
+        o.bytes(name);
+        o.u(*child);
+    }
+}
+
+fn unrecord(r: &mut In<'_>) -> Result<Inode, super::format::FormatError> {
+    let ftype = match r.byte()? {
+        0 => FileType::File,
+        1 => FileType::Dir,
+        2 => FileType::Symlink(r.bytes()?.to_vec()),
+        3 => FileType::Fifo,
+        4 => FileType::Socket,
+        5 => FileType::CharDev(r.u()?),
+        6 => FileType::BlockDev(r.u()?),
+        t => return Err(r.bad(format!("type {t}"))),
+    };
+    let mut n = Inode::new(ftype);
+    n.mode = r.u32("mode")?;
+    (n.uid, n.gid, n.size) = (r.u()?, r.u()?, r.u()?);
+    (n.mtime, n.atime, n.ctime) = (r.time(0)?, r.time(0)?, r.time(0)?);
+    n.flags = r.u()?;
+    n.nlink = r.u32("nlink")?;
+    for _ in 0..r.count(2)? {
+        let k = r.bytes()?.to_vec();
+        n.xattrs.insert(k, r.bytes()?.to_vec());
+    }
+    for _ in 0..r.count(3)? {
+        let (at, len) = (r.u()?, r.u()?);
+        let source = match r.byte()? {
+            0 => Source::Stream {
+                backup: r.u32("backup")?,
+                offset: r.u()?,
+                check: match r.byte()? {
+                    0 => None,
+                    _ => Some(Check {
+                        start: r.u()?,
+                        len: r.u32("write length")?,
+                        crc: r.u32("crc")?,
+                    }),
+                },
+            },
+            1 => Source::Prealloc,
+            2 => Source::Encoded {
+                backup: r.u32("backup")?,
+                offset: r.u()?,
+                stored: r.u()?,
+                decoded_len: r.u()?,
+                from: r.u()?,
+                compression: r.u32("compression")?,
+                crc: match r.byte()? {
+                    0 => None,
+                    _ => Some(r.u32("crc")?),
+                },
+            },
+            t => return Err(r.bad(format!("extent source {t}"))),
+        };
+        n.extents.insert(at, Extent { len, source });
+    }
+    for _ in 0..r.count(2)? {
+        let name = r.bytes()?.to_vec();
+        let child: Ino = r.u()?;
+        n.children.insert(name, child);
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_reads_back_as_written_pending_or_written_and_damage_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = SpillFile::create(dir.path()).expect("spill file");
+        let mut n = Inode::new(FileType::Symlink(b"t\xff".to_vec()));
+        n.xattrs.insert(b"user.a".to_vec(), b"v".to_vec());
+        n.children.insert(b"x".to_vec(), 7);
+        n.nlink = 3;
+        n.extents.insert(
+            5,
+            Extent {
+                len: 9,
+                source: Source::Stream {
+                    backup: 2,
+                    offset: 100,
+                    check: Some(Check {
+                        start: 99,
+                        len: 20,
+                        crc: 0xdead_beef,
+                    }),
+                },
+            },
+        );
+        let first = f.put(&n).expect("put");
+        // Enough records to write the first batch out.
+        let mut last = first;
+        while last < BATCH as u64 {
+            last = f.put(&n).expect("put");
+        }
+        assert_eq!(f.get(first).as_ref(), Some(&n), "read from the file");
+        assert_eq!(
+            f.get(last).as_ref(),
+            Some(&n),
+            "read from the pending batch"
+        );
+        assert_eq!(f.error(), None);
+        assert_eq!(f.get(first + 1), None, "not a record's start");
+        assert!(f.error().is_some_and(|e| e.contains("spill file at")));
+        assert_eq!(
+            f.put(&n),
+            None,
+            "nothing more is handed out after a failure"
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! A tree that spills its inodes builds, stores and reads back exactly as one in memory.
+
+use super::*;
+use crate::fileindex::format;
+
+fn utimes(e: &mut Encoder, path: &[u8], sec: u64) {
+    let t = crate::sendstream::encode::time(sec as i64, 7);
+    e.command(
+        Kind::Utimes,
+        &[(PATH, path), (ATIME, &t), (MTIME, &t), (CTIME, &t)],
+        None,
+    );
+}
+
+fn made(e: &mut Encoder, kind: Kind, tmp: &str, to: &str) {
+    mk(e, kind, tmp.as_bytes());
+    rename(e, tmp.as_bytes(), to.as_bytes());
+}
+
+/// A full stream of nested directories, files written in pieces, hard links, a symlink, a
+/// fifo, xattrs and a clone, in the kernel's order (temporary names renamed into place).
+fn wide_full() -> Vec<u8> {
+    let mut e = Encoder::new(2);
+    subvol(&mut e);
+    let dirs = ["a", "b", "c", "a/x", "a/x/y", "b/z"];
+    for (i, d) in dirs.iter().enumerate() {
+        made(&mut e, Kind::Mkdir, &format!("o{}-5-0", 300 + i), d);
+        chmod(&mut e, d.as_bytes(), 0o755);
+    }
+    for f in 0..40u64 {
+        let path = format!("{}/f{f}", dirs[f as usize % dirs.len()]);
+        made(&mut e, Kind::Mkfile, &format!("o{}-5-0", 400 + f), &path);
+        let p = path.as_bytes();
+        for k in 0..f % 4 {
+            write(
+                &mut e,
+                p,
+                k * 100,
+                &vec![b'a' + (f % 26) as u8; 60 + k as usize],
+            );
+        }
+        if f % 5 == 0 {
+            e.command(
+                Kind::SetXattr,
+                &[
+                    (PATH, p),
+                    (XATTR_NAME, b"user.n"),
+                    (XATTR_DATA, path.as_bytes()),
+                ],
+                None,
+            );
+        }
+        if f % 7 == 3 {
+            let link = format!("{}/l{f}", dirs[(f as usize + 1) % dirs.len()]);
+            e.command(Kind::Link, &[(PATH, link.as_bytes()), (PATH_LINK, p)], None);
+        }
+        chmod(&mut e, p, 0o640);
+        utimes(&mut e, p, 1_700_000_000 + f);
+    }
+    clone(&mut e, &SNAP, b"c/f2", 500, 120, b"a/f6", 0);
+    e.command(
+        Kind::Symlink,
+        &[(PATH, b"b/s"), (INO, &u64le(900)), (PATH_LINK, b"../a/f0")],
+        None,
+    );
+    made(&mut e, Kind::Mkfifo, "o901-5-0", "c/pipe");
+    for d in dirs {
+        utimes(&mut e, d.as_bytes(), 1_600_000_000);
+    }
+    e.finish()
+}
+
+/// An incremental on `wide_full`: files rewritten, truncated and cloned from the parent,
+/// a directory moved, a file renamed over another, links and a directory removed, new files.
+fn wide_incremental() -> Vec<u8> {
+    let mut e = Encoder::new(2);
+    snapshot_of_snap(&mut e);
+    write(&mut e, b"a/f0", 0, &[b'Z'; 30]);
+    clone(&mut e, &SNAP, b"b/f1", 0, 200, b"a/f6", 0);
+    e.command(Kind::Truncate, &[(PATH, b"c/f2"), (SIZE, &u64le(10))], None);
+    rename(&mut e, b"a/x", b"moved");
+    rename(&mut e, b"b/f7", b"c/f8");
+    e.command(Kind::Unlink, &[(PATH, b"moved/y/l3")], None);
+    for name in ["f5", "f11", "f17", "f23", "f29", "f35", "l10"] {
+        e.command(
+            Kind::Unlink,
+            &[(PATH, format!("b/z/{name}").as_bytes())],
+            None,
+        );
+    }
+    e.command(Kind::Rmdir, &[(PATH, b"b/z")], None);
+    e.command(
+        Kind::RemoveXattr,
+        &[(PATH, b"a/f0"), (XATTR_NAME, b"user.n")],
+        None,
+    );
+    for f in 0..12u64 {
+        let path = format!("moved/y/n{f}");
+        made(&mut e, Kind::Mkfile, &format!("o{}-6-0", 1000 + f), &path);
+        write(&mut e, path.as_bytes(), 0, &[b'n'; 90]);
+        clone(&mut e, &NEXT, path.as_bytes(), 90, 30, b"a/f0", 0);
+        utimes(&mut e, path.as_bytes(), 1_800_000_000 + f);
+    }
+    e.finish()
+}
+
+fn spill(dir: &std::path::Path, hot: usize) -> Spill {
+    Spill {
+        dir: dir.to_path_buf(),
+        hot,
+    }
+}
+
+#[test]
+fn a_spilled_tree_builds_stores_and_reads_back_as_one_in_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (first, second) = (wide_full(), wide_incremental());
+    let streams = [&first[..], &second[..]];
+    let parent = built_full(&first);
+    let stored = format::encode(&parent, 0);
+    let mut b = Builder::incremental(parent.clone(), 1);
+    build(&mut b, &second).expect("incremental");
+    let child = b.finish().expect("ends");
+    child.check().expect("invariants");
+    let child_stored = format::encode(&child, 1);
+    for hot in [1, 2, 3, 5, 8, 64] {
+        // Built with at most `hot` inodes in memory.
+        let mut b = Builder::full(0);
+        b.spill_to(&spill(dir.path(), hot)).expect("spill file");
+        build(&mut b, &first).expect("applies");
+        let t = b.finish().expect("ends");
+        if hot < 8 {
+            assert!(t.spilled() > 0, "hot {hot}: nothing spilled");
+        }
+        assert!(
+            t.len() - t.spilled() <= hot,
+            "hot {hot}: {} in memory",
+            t.len() - t.spilled()
+        );
+        t.check().expect("invariants");
+        assert_eq!(t, parent, "hot {hot}");
+        assert_eq!(format::encode(&t, 0), stored, "hot {hot}");
+        for (_, ino) in parent.entries() {
+            if parent.inode(ino).is_some_and(|n| n.ftype == FileType::File) {
+                assert_eq!(t.read(ino, &streams), parent.read(ino, &streams));
+            }
+        }
+        // Read back spilled, and an incremental built on it, spilling too.
+        let (p, position) =
+            format::decode_spilled(&stored, &spill(dir.path(), hot)).expect("reads");
+        assert_eq!((&p, position), (&parent, 0), "hot {hot}");
+        let mut b = Builder::incremental(p.clone(), 1);
+        b.spill_to(&spill(dir.path(), hot)).expect("spill file");
+        build(&mut b, &second).expect("incremental");
+        let c = b.finish().expect("ends");
+        c.check().expect("invariants");
+        assert_eq!(c, child, "hot {hot}");
+        assert!(
+            c.len() - c.spilled() <= hot,
+            "hot {hot}: {} in memory",
+            c.len() - c.spilled()
+        );
+        assert_eq!(format::encode(&c, 1), child_stored, "hot {hot}");
+        // The parent, sharing its spill file and inodes, is as it was.
+        assert_eq!(format::encode(&p, 0), stored, "hot {hot}");
+        assert_eq!(p.spill_error().or(c.spill_error()), None);
+    }
+}
+
+#[test]
+fn a_spill_directory_that_cannot_take_the_file_is_refused_naming_it() {
+    let mut b = Builder::full(0);
+    let e = b
+        .spill_to(&spill(std::path::Path::new("/nonexistent/spill"), 4))
+        .expect_err("no such directory");
+    assert!(
+        e.contains("/nonexistent/spill") && e.contains("spill file"),
+        "{e}"
+    );
+    let e = format::decode_spilled(
+        &format::encode(&built_full(&wide_full()), 0),
+        &spill(std::path::Path::new("/nonexistent/spill"), 4),
+    )
+    .expect_err("no such directory")
+    .to_string();
+    assert!(e.contains("/nonexistent/spill"), "{e}");
+}
