@@ -49,6 +49,11 @@ impl Feed {
         self.builder.spill_to(spill)
     }
 
+    /// The tree so far.
+    pub fn tree(&self) -> &Tree {
+        self.builder.tree()
+    }
+
     /// The next bytes of the stream.
     pub fn push(&mut self, bytes: &[u8]) {
         if self.error.is_some() {
@@ -60,7 +65,8 @@ impl Feed {
         }
         for c in &self.cmds {
             if let Err(e) = self.builder.apply(c) {
-                self.error = Some(e.to_string());
+                // A spill file that failed lost inodes: that, not what it made fail.
+                self.error = Some(self.builder.tree().spill_error().unwrap_or(e.to_string()));
                 return;
             }
         }

@@ -130,6 +130,14 @@ impl Inodes {
         self.spill.as_ref().and_then(|s| s.file.error())
     }
 
+    /// Tests: the spill file fails from now on.
+    #[cfg(test)]
+    pub(super) fn break_spill(&self) {
+        if let Some(s) = &self.spill {
+            s.file.break_it();
+        }
+    }
+
     /// Inodes in the spill file (tests and benchmarks).
     pub(super) fn cold(&self) -> usize {
         self.slots.iter().filter(|s| s.cold().is_some()).count()

@@ -87,6 +87,12 @@ impl SpillFile {
         self.state().error.clone()
     }
 
+    /// Tests: the file fails as a disk might.
+    #[cfg(test)]
+    pub fn break_it(&self) {
+        Self::fail(&mut self.state(), "injected".into());
+    }
+
     fn fail(s: &mut State, e: String) {
         s.error.get_or_insert(e);
     }

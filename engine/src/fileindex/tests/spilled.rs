@@ -185,3 +185,24 @@ fn a_spill_directory_that_cannot_take_the_file_is_refused_naming_it() {
     .to_string();
     assert!(e.contains("/nonexistent/spill"), "{e}");
 }
+
+#[test]
+fn a_tree_whose_spill_file_fails_is_refused_not_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = wide_full();
+    let mut feed = super::feed::Feed::full();
+    feed.spill_to(&spill(dir.path(), 2)).expect("spill file");
+    let (a, b) = first.split_at(first.len() / 2);
+    feed.push(a);
+    feed.tree().inodes.break_spill();
+    feed.push(b);
+    let e = feed.finish().err().expect("refused");
+    assert!(e.contains("injected"), "{e}");
+    // Nothing more is written to a failed file: what was cold is read back as lost.
+    let mut b = Builder::full(0);
+    b.spill_to(&spill(dir.path(), 2)).expect("spill file");
+    build(&mut b, &first).expect("applies");
+    let t = b.finish().expect("ends");
+    t.inodes.break_spill();
+    assert!(t.check().expect_err("refused").contains("injected"));
+}
