@@ -498,7 +498,7 @@ impl Applying<'_> {
             .inodes
             .get_mut(&d)
             .ok_or_else(|| self.bad(path, "has no directory"))?;
-        match dir.children.entry(name.to_vec()) {
+        match dir.children.entry(name.into()) {
             std::collections::btree_map::Entry::Occupied(_) => {
                 Err(self.bad(path, "already exists"))
             }

@@ -63,6 +63,11 @@ impl Feed {
             self.error = Some(format!("the send stream: {e}"));
             return;
         }
+        // A spill file that failed: the tree is lost, stop building it.
+        if let Some(e) = self.builder.tree().spill_error() {
+            self.error = Some(e);
+            return;
+        }
         for c in &self.cmds {
             if let Err(e) = self.builder.apply(c) {
                 // A spill file that failed lost inodes: that, not what it made fail.

@@ -621,7 +621,7 @@ impl<'a> Sink<'a> for TreeSink<'_> {
     }
     fn entry(&mut self, dir: usize, name: &'a [u8], child: usize) {
         if let Some(d) = self.inodes.get_mut(&(dir as Ino + ROOT)) {
-            d.children.insert(name.to_vec(), child as Ino + ROOT);
+            d.children.insert(name.into(), child as Ino + ROOT);
         }
     }
 }

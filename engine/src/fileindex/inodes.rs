@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex};
 /// parent's tree and keeps the parent for CLONEs from it, and the two share every inode the
 /// stream leaves alone. The methods are a map's.
 ///
-/// With a spill (`spill_to`), at most `hot` inodes stay in memory: past that, the older half
-/// by last change (insert or `get_mut`) is written to the spill file and its slots hold
-/// where. `get` reads a cold inode back without keeping it (but for the last one read, as a
+/// With a spill (`spill_to`), at most `hot` inodes stay in memory (an incremental's builder
+/// and the parent it keeps each have their own; `values_mut` brings every one back): past
+/// that, all but the newest `hot / 2` by last change (insert or `get_mut`; every tick
+/// distinct) are written to the spill file and their slots hold where. `get` reads a cold inode back without keeping it (but for the last one read, as a
 /// directory is read once per name looked up in it); `get_mut` brings it back.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Inodes {
@@ -107,18 +108,21 @@ impl Inodes {
             return Ok(());
         }
         let file = Arc::new(SpillFile::create(&spill.dir)?);
-        let touched = self
+        // Every tick distinct (in inode order here), so that half of them are always older
+        // than the median.
+        let touched: InoMap<u64> = self
             .slots
             .iter()
             .enumerate()
             .filter(|(_, s)| matches!(s, Slot::Hot(_)))
-            .map(|(i, _)| (i as Ino, 0))
+            .enumerate()
+            .map(|(t, (i, _))| (i as Ino, t as u64))
             .collect();
         self.spill = Some(Spilled {
             file,
             hot: spill.hot.max(1),
+            tick: touched.len() as u64,
             touched,
-            tick: 0,
             last: Mutex::new(None),
         });
         self.evict(None);
@@ -167,7 +171,10 @@ impl Inodes {
         let i = Self::slot(*ino)?;
         match self.slots.get(i)? {
             Slot::Empty => return None,
-            Slot::Hot(_) => self.touch(*ino),
+            Slot::Hot(_) => {
+                self.touch(*ino);
+                self.evict(Some(*ino));
+            }
             Slot::Cold(at) | Slot::ColdDir(at) => {
                 let at = *at;
                 let s = self.spill.as_mut()?;
@@ -227,26 +234,33 @@ impl Inodes {
         }
     }
 
-    /// Past `hot` inodes in memory, writes out the older half by last change (never `keep`),
+    /// Past `hot` inodes in memory, writes out all but the newest `hot / 2` by last change
+    /// (never `keep`),
     /// in inode order (a later walk in that order reads the file nearly in order). One that
     /// cannot be written stays in memory (the error is kept).
     fn evict(&mut self, keep: Option<Ino>) {
         let Some(s) = &mut self.spill else { return };
-        if s.touched.len() <= s.hot {
+        // A failed file takes nothing more (the tree is refused when finished).
+        if s.touched.len() <= s.hot || s.file.error().is_some() {
             return;
         }
+        // Keeps the newest half of the budget: the ticks are distinct, so exactly the others
+        // are older than `cut` (however far past the budget a tree was, as one spilled
+        // after it was built).
         let mut ticks: Vec<u64> = s.touched.values().copied().collect();
-        let mid = ticks.len() / 2;
-        let (_, cut, _) = ticks.select_nth_unstable(mid);
-        let cut = *cut;
-        let mut out: Vec<Ino> = s
+        let out = ticks.len() - s.hot / 2;
+        let cut = match out < ticks.len() {
+            true => *ticks.select_nth_unstable(out).1,
+            false => u64::MAX,
+        };
+        let mut inos: Vec<Ino> = s
             .touched
             .iter()
             .filter(|(ino, tick)| **tick < cut && Some(**ino) != keep)
             .map(|(ino, _)| *ino)
             .collect();
-        out.sort_unstable();
-        for ino in out {
+        inos.sort_unstable();
+        for ino in inos {
             let Some(slot) = usize::try_from(ino)
                 .ok()
                 .and_then(|i| self.slots.get_mut(i))
@@ -299,7 +313,10 @@ impl Inodes {
                 Slot::ColdDir(_) => true,
                 _ => false,
             };
-            Some((i as Ino, self.read(s).filter(|_| dir)?))
+            if !dir {
+                return None;
+            }
+            Some((i as Ino, self.read(s)?))
         })
     }
 
@@ -329,6 +346,7 @@ impl Inodes {
                 if let Some(at) = slot.cold() {
                     if let Some(n) = s.file.get(at) {
                         *slot = Slot::Hot(Arc::new(n));
+                        s.tick += 1;
                         s.touched.insert(i as Ino, s.tick);
                     }
                 }

@@ -20,6 +20,7 @@ pub mod feed;
 pub mod format;
 mod inodes;
 pub mod listing;
+mod name;
 mod spill;
 pub mod stored;
 #[cfg(test)]
@@ -29,4 +30,4 @@ pub mod tree;
 pub use build::{Builder, IndexError};
 pub use listing::{Listing, Names};
 pub use spill::Spill;
-pub use tree::{Check, Extent, FileType, Ino, Inode, InodeRef, Source, Tree};
+pub use tree::{Check, Extent, FileType, Ino, Inode, InodeRef, Name, Source, Tree};

@@ -118,7 +118,8 @@ impl SpillFile {
             match self.file.write_all_at(&pending, written) {
                 Ok(()) => s.written += pending.len() as u64,
                 Err(e) => {
-                    // Records at `at` or later are not in the file: none is handed out.
+                    // The batch is lost, offsets handed out for it too: the error is kept,
+                    // so the tree is refused.
                     Self::fail(&mut s, format!("writing the file index's spill file: {e}"));
                     return None;
                 }
@@ -335,7 +336,7 @@ fn unrecord(r: &mut In<'_>) -> Result<Inode, super::format::FormatError> {
         n.extents.insert(at, Extent { len, source });
     }
     for _ in 0..r.count(2)? {
-        let name = r.bytes()?.to_vec();
+        let name = r.bytes()?.into();
         let child: Ino = r.u()?;
         n.children.insert(name, child);
     }
@@ -352,7 +353,7 @@ mod tests {
         let f = SpillFile::create(dir.path()).expect("spill file");
         let mut n = Inode::new(FileType::Symlink(b"t\xff".to_vec()));
         n.xattrs.insert(b"user.a".to_vec(), b"v".to_vec());
-        n.children.insert(b"x".to_vec(), 7);
+        n.children.insert(b"x".into(), 7);
         n.nlink = 3;
         n.extents.insert(
             5,

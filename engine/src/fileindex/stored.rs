@@ -204,7 +204,9 @@ pub fn decode_checked(
     spill: Option<&Spill>,
 ) -> Result<Tree, StoredError> {
     check_version(plain, ix)?;
-    let (tree, position) = match spill {
+    // An index of at most as many paths as the spill keeps in memory is read in memory:
+    // once, with no spill file (the incremental's builder makes its own).
+    let (tree, position) = match spill.filter(|s| ix.entries > s.hot as u64) {
         None => format::decode(plain).map_err(|e| damaged(ix, e.to_string()))?,
         Some(s) => format::decode_spilled(plain, s).map_err(|e| match e {
             format::DecodeError::Format(e) => damaged(ix, e.to_string()),

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 pub use super::extents::{Extents, Iter};
 pub use super::inodes::InodeRef;
 pub(super) use super::inodes::Inodes;
+pub use super::name::Name;
 use std::hash::BuildHasherDefault;
 
 /// An inode of ours (creation order in the chain), not the kernel's number.
@@ -150,7 +151,7 @@ pub struct Inode {
     pub ctime: Timespec,
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
     /// A directory's entries.
-    pub children: BTreeMap<Vec<u8>, Ino>,
+    pub children: BTreeMap<Name, Ino>,
     pub nlink: u32,
     /// A regular file's data: file offset → extent; gaps are holes.
     pub extents: Extents,
@@ -402,6 +403,10 @@ impl Tree {
                 end = at + e.len;
             }
             nlinks[ino as usize] = node.nlink;
+        }
+        // An inode the spill file lost was left out of the pass above.
+        if let Some(e) = self.spill_error() {
+            return Err(e);
         }
         for ino in self.inodes.keys() {
             let (n, nlink) = (links[ino as usize], nlinks[ino as usize]);

@@ -128,14 +128,19 @@ pub async fn verify(
                                 // Stored before format 2: compare it as that build wrote
                                 // it; its next incremental started from it without checks.
                                 b.tree.strip_checks();
-                                b.encoded = match crate::fileindex::stored::compress_tree(
-                                    &b.tree, b.position, 1,
-                                ) {
+                                let again =
+                                    crate::fileindex::stored::compress_tree(&b.tree, b.position, 1)
+                                        .map_err(|e| e.to_string())
+                                        .and_then(|c| match b.tree.spill_error() {
+                                            Some(e) => Err(e),
+                                            None => Ok(c),
+                                        });
+                                b.encoded = match again {
                                     Ok(c) => c,
                                     Err(e) => {
                                         return Err(RestoreError::Io {
                                             path: ix.key.clone().into(),
-                                            source: std::io::Error::other(e.to_string()),
+                                            source: std::io::Error::other(e),
                                         })
                                     }
                                 };

@@ -206,3 +206,31 @@ fn a_tree_whose_spill_file_fails_is_refused_not_stored() {
     t.inodes.break_spill();
     assert!(t.check().expect_err("refused").contains("injected"));
 }
+
+#[test]
+fn a_tree_spilled_after_it_was_built_keeps_only_its_budget_in_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut t = built_full(&wide_full());
+    let all = t.clone();
+    assert!(t.len() > 40);
+    // Every inode was in memory, none older than another.
+    t.spill_to(&spill(dir.path(), 4)).expect("spill file");
+    assert!(
+        t.len() - t.spilled() <= 4,
+        "{} in memory",
+        t.len() - t.spilled()
+    );
+    assert_eq!(t, all);
+    // Every inode brought back at once (a format-1 index's checks dropped); the next change
+    // writes the older ones out again.
+    t.strip_checks();
+    assert_eq!(t.spilled(), 0);
+    t.inode_mut(ROOT).expect("root").mode = 0o750;
+    assert!(
+        t.len() - t.spilled() <= 4,
+        "{} in memory",
+        t.len() - t.spilled()
+    );
+    assert_eq!(t.inode(ROOT).map(|r| r.mode), Some(0o750));
+    t.check().expect("invariants");
+}
