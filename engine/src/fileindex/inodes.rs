@@ -142,6 +142,11 @@ impl Inodes {
         }
     }
 
+    /// The spill file's size so far (benchmarks).
+    pub(super) fn spill_bytes(&self) -> u64 {
+        self.spill.as_ref().map_or(0, |s| s.file.size())
+    }
+
     /// Inodes in the spill file (tests and benchmarks).
     pub(super) fn cold(&self) -> usize {
         self.slots.iter().filter(|s| s.cold().is_some()).count()

@@ -82,6 +82,12 @@ impl SpillFile {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Bytes appended so far (written or pending).
+    pub fn size(&self) -> u64 {
+        let s = self.state();
+        s.written + s.pending.len() as u64
+    }
+
     /// The first failure to write or read a record, if any.
     pub fn error(&self) -> Option<String> {
         self.state().error.clone()

@@ -289,6 +289,11 @@ impl Tree {
         self.inodes.spill_error()
     }
 
+    /// The spill file's size so far, bytes (shared with clones).
+    pub fn spill_bytes(&self) -> u64 {
+        self.inodes.spill_bytes()
+    }
+
     /// How many inodes are in the spill file now.
     pub fn spilled(&self) -> usize {
         self.inodes.cold()

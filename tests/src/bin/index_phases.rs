@@ -108,6 +108,7 @@ fn main() -> std::process::ExitCode {
     let tree_rss = rss_mib() - rss_before;
     let build_peak = peak_mib() - rss_before;
     let spilled = built.tree.spilled();
+    let spill_bytes = built.tree.spill_bytes();
 
     let t = Instant::now();
     let encoded = format::encode(&built.tree, 0);
@@ -209,6 +210,7 @@ fn main() -> std::process::ExitCode {
             "build_peak_mib": build_peak.round(),
             "hot_inodes": spill.as_ref().map(|s| s.hot),
             "spilled_inodes": spilled,
+            "spill_file_bytes": spill_bytes,
             "decode_peak_mib": decode_peak.round(),
             "incremental_s": incremental_s,
             "incremental_rss_mib": incremental_rss,
