@@ -67,6 +67,37 @@ impl Out {
     }
 }
 
+/// An inode's type and fields before its xattrs (the layout's "type" to "flags"); the
+/// spill file's records start so too.
+pub(super) fn put_head(o: &mut Out, n: &Inode) {
+    match &n.ftype {
+        FileType::File => o.0.push(0),
+        FileType::Dir => o.0.push(1),
+        FileType::Symlink(t) => {
+            o.0.push(2);
+            o.bytes(t);
+        }
+        FileType::Fifo => o.0.push(3),
+        FileType::Socket => o.0.push(4),
+        FileType::CharDev(r) => {
+            o.0.push(5);
+            o.u(*r);
+        }
+        FileType::BlockDev(r) => {
+            o.0.push(6);
+            o.u(*r);
+        }
+    }
+    o.u(u64::from(n.mode));
+    o.u(n.uid);
+    o.u(n.gid);
+    o.u(n.size);
+    o.time(n.mtime, 0);
+    o.time(n.atime, n.mtime.sec);
+    o.time(n.ctime, n.mtime.sec);
+    o.u(n.flags);
+}
+
 /// `tree` as this backup's (`backup`: its place in the chain) stored index.
 pub fn encode(tree: &Tree, backup: u32) -> Vec<u8> {
     encode_as(tree, backup, VERSION)
@@ -109,32 +140,7 @@ pub fn encode_into(tree: &Tree, backup: u32, version: u8, sink: &mut dyn FnMut(&
     };
     for (_, n) in tree.inodes.iter() {
         flush(&mut o, PIECE);
-        match &n.ftype {
-            FileType::File => o.0.push(0),
-            FileType::Dir => o.0.push(1),
-            FileType::Symlink(t) => {
-                o.0.push(2);
-                o.bytes(t);
-            }
-            FileType::Fifo => o.0.push(3),
-            FileType::Socket => o.0.push(4),
-            FileType::CharDev(r) => {
-                o.0.push(5);
-                o.u(*r);
-            }
-            FileType::BlockDev(r) => {
-                o.0.push(6);
-                o.u(*r);
-            }
-        }
-        o.u(u64::from(n.mode));
-        o.u(n.uid);
-        o.u(n.gid);
-        o.u(n.size);
-        o.time(n.mtime, 0);
-        o.time(n.atime, n.mtime.sec);
-        o.time(n.ctime, n.mtime.sec);
-        o.u(n.flags);
+        put_head(&mut o, &n);
         o.u(n.xattrs.len() as u64);
         for (k, v) in &n.xattrs {
             o.bytes(k);
@@ -306,6 +312,69 @@ pub(crate) struct Head<'a> {
     pub flags: u64,
 }
 
+/// What `put_head` wrote for inode `i`, checked (a known type, permission bits only).
+pub(super) fn read_head<'a>(r: &mut In<'a>, i: usize) -> Result<Head<'a>, FormatError> {
+    let kind = r.byte()?;
+    let (mut target, mut rdev) = (&b""[..], 0);
+    match kind {
+        0 | 1 | 3 | 4 => {}
+        2 => target = r.bytes()?,
+        5 | 6 => rdev = r.u()?,
+        t => return Err(r.bad(format!("inode {i}: type {t}"))),
+    }
+    let mode = r.u32("mode")?;
+    if mode > 0o7777 {
+        return Err(r.bad(format!("inode {i}: mode {mode:o}")));
+    }
+    let (uid, gid, size) = (r.u()?, r.u()?, r.u()?);
+    let mtime = r.time(0)?;
+    let atime = r.time(mtime.sec)?;
+    let ctime = r.time(mtime.sec)?;
+    Ok(Head {
+        kind,
+        target,
+        rdev,
+        mode,
+        uid,
+        gid,
+        size,
+        atime,
+        mtime,
+        ctime,
+        flags: r.u()?,
+    })
+}
+
+impl Head<'_> {
+    /// The inode it describes, with no xattrs, entries or extents yet and `nlink` links.
+    pub(super) fn inode(&self, nlink: u32) -> Inode {
+        let ftype = match self.kind {
+            0 => FileType::File,
+            1 => FileType::Dir,
+            2 => FileType::Symlink(self.target.to_vec()),
+            3 => FileType::Fifo,
+            4 => FileType::Socket,
+            5 => FileType::CharDev(self.rdev),
+            _ => FileType::BlockDev(self.rdev),
+        };
+        Inode {
+            ftype,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            size: self.size,
+            atime: self.atime,
+            mtime: self.mtime,
+            ctime: self.ctime,
+            xattrs: BTreeMap::new(),
+            children: BTreeMap::new(),
+            nlink,
+            extents: Default::default(),
+            flags: self.flags,
+        }
+    }
+}
+
 /// What `read` hands on, each piece checked first: a `Tree` (`decode`) and a `Listing` are
 /// built from the same reader.
 pub(crate) trait Sink<'a> {
@@ -355,43 +424,13 @@ pub(crate) fn read<'a>(bytes: &'a [u8], sink: &mut impl Sink<'a>) -> Result<Head
     }
     let mut is_dir = vec![false; n];
     for (i, dir) in is_dir.iter_mut().enumerate() {
-        let kind = r.byte()?;
-        let (mut target, mut rdev) = (&b""[..], 0);
-        match kind {
-            0 | 1 | 3 | 4 => {}
-            2 => target = r.bytes()?,
-            5 | 6 => rdev = r.u()?,
-            t => return Err(r.bad(format!("inode {i}: type {t}"))),
-        }
+        let head = read_head(&mut r, i)?;
+        let kind = head.kind;
         *dir = kind == 1;
         if i == 0 && kind != 1 {
             return Err(r.bad("the root is not a directory"));
         }
-        let mode = r.u32("mode")?;
-        if mode > 0o7777 {
-            return Err(r.bad(format!("inode {i}: mode {mode:o}")));
-        }
-        let (uid, gid, size) = (r.u()?, r.u()?, r.u()?);
-        let mtime = r.time(0)?;
-        let atime = r.time(mtime.sec)?;
-        let ctime = r.time(mtime.sec)?;
-        let flags = r.u()?;
-        sink.inode(
-            i,
-            Head {
-                kind,
-                target,
-                rdev,
-                mode,
-                uid,
-                gid,
-                size,
-                atime,
-                mtime,
-                ctime,
-                flags,
-            },
-        );
+        sink.inode(i, head);
         let mut last: Option<&[u8]> = None;
         for _ in 0..r.count(2)? {
             let k = r.bytes()?;
@@ -580,34 +619,9 @@ struct TreeSink<'l> {
 
 impl<'a> Sink<'a> for TreeSink<'_> {
     fn inode(&mut self, i: usize, h: Head<'a>) {
-        let ftype = match h.kind {
-            0 => FileType::File,
-            1 => FileType::Dir,
-            2 => FileType::Symlink(h.target.to_vec()),
-            3 => FileType::Fifo,
-            4 => FileType::Socket,
-            5 => FileType::CharDev(h.rdev),
-            _ => FileType::BlockDev(h.rdev),
-        };
         self.last = i as Ino + ROOT;
-        self.inodes.insert(
-            self.last,
-            Inode {
-                ftype,
-                mode: h.mode,
-                uid: h.uid,
-                gid: h.gid,
-                size: h.size,
-                atime: h.atime,
-                mtime: h.mtime,
-                ctime: h.ctime,
-                xattrs: BTreeMap::new(),
-                children: BTreeMap::new(),
-                nlink: self.links.and_then(|l| l.get(i)).copied().unwrap_or(0),
-                extents: Default::default(),
-                flags: h.flags,
-            },
-        );
+        let nlink = self.links.and_then(|l| l.get(i)).copied().unwrap_or(0);
+        self.inodes.insert(self.last, h.inode(nlink));
     }
     fn xattr(&mut self, name: &'a [u8], value: &'a [u8]) {
         if let Some(n) = self.inodes.get_mut(&self.last) {

@@ -4,13 +4,14 @@
 //! *Invariants:* the file is unnamed (`tempfile`: gone with the process, whatever ends it) and
 //! only appended to; a record never changes once written, so a tree and its clones (an
 //! incremental's builder and its parent) share one file and its records. A record is a
-//! 4-byte little-endian length and an inode in the codec below (raw inode numbers, every
-//! field, unlike the stored index's renumbered form). The first failure is kept: a tree
+//! 4-byte little-endian length and an inode: its head as the stored index writes it
+//! (`format::put_head`), then its link count, xattrs, every extent with all its fields, and
+//! its entries with our raw inode numbers (the stored index renumbers). The first failure is kept: a tree
 //! whose inodes could not be written or read back says so (`SpillFile::error`) instead of
 //! being stored.
 
-use super::format::{In, Out};
-use super::tree::{Check, Extent, FileType, Ino, Inode, Source};
+use super::format::{put_head, read_head, In, Out};
+use super::tree::{Check, Extent, Ino, Inode, Source};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Mutex;
@@ -195,32 +196,7 @@ impl SpillFile {
 }
 
 fn record(n: &Inode, o: &mut Out) {
-    match &n.ftype {
-        FileType::File => o.0.push(0),
-        FileType::Dir => o.0.push(1),
-        FileType::Symlink(t) => {
-            o.0.push(2);
-            o.bytes(t);
-        }
-        FileType::Fifo => o.0.push(3),
-        FileType::Socket => o.0.push(4),
-        FileType::CharDev(r) => {
-            o.0.push(5);
-            o.u(*r);
-        }
-        FileType::BlockDev(r) => {
-            o.0.push(6);
-            o.u(*r);
-        }
-    }
-    o.u(u64::from(n.mode));
-    o.u(n.uid);
-    o.u(n.gid);
-    o.u(n.size);
-    o.time(n.mtime, 0);
-    o.time(n.atime, 0);
-    o.time(n.ctime, 0);
-    o.u(n.flags);
+    put_head(o, n);
     o.u(u64::from(n.nlink));
     o.u(n.xattrs.len() as u64);
     for (k, v) in &n.xattrs {
@@ -289,22 +265,8 @@ fn record(n: &Inode, o: &mut Out) {
 }
 
 fn unrecord(r: &mut In<'_>) -> Result<Inode, super::format::FormatError> {
-    let ftype = match r.byte()? {
-        0 => FileType::File,
-        1 => FileType::Dir,
-        2 => FileType::Symlink(r.bytes()?.to_vec()),
-        3 => FileType::Fifo,
-        4 => FileType::Socket,
-        5 => FileType::CharDev(r.u()?),
-        6 => FileType::BlockDev(r.u()?),
-        t => return Err(r.bad(format!("type {t}"))),
-    };
-    let mut n = Inode::new(ftype);
-    n.mode = r.u32("mode")?;
-    (n.uid, n.gid, n.size) = (r.u()?, r.u()?, r.u()?);
-    (n.mtime, n.atime, n.ctime) = (r.time(0)?, r.time(0)?, r.time(0)?);
-    n.flags = r.u()?;
-    n.nlink = r.u32("nlink")?;
+    let head = read_head(r, 0)?;
+    let mut n = head.inode(r.u32("nlink")?);
     for _ in 0..r.count(2)? {
         let k = r.bytes()?.to_vec();
         n.xattrs.insert(k, r.bytes()?.to_vec());
@@ -352,6 +314,7 @@ fn unrecord(r: &mut In<'_>) -> Result<Inode, super::format::FormatError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fileindex::FileType;
 
     #[test]
     fn a_record_reads_back_as_written_pending_or_written_and_damage_is_kept() {
