@@ -68,6 +68,8 @@ impl Slots {
             let last = self.chunks.last_mut().map(Arc::make_mut);
             let Some(last) = last else { return };
             let n = (len - self.len).min(CHUNK - last.len());
+            // A chunk copied from a shared one has room for its slots only.
+            last.reserve_exact(n);
             last.resize_with(last.len() + n, || Slot::Empty);
             self.len += n;
         }

@@ -10,7 +10,9 @@
 //! its memory past its parent's (`incremental_rss_mib`). `--spill DIR [--hot INODES]`:
 //! build, read back and build the incremental keeping at most INODES inodes in memory (the
 //! rest in an unnamed file in DIR), as backup does in its state directory. Peaks
-//! (`build_peak_mib`, `decode_peak_mib`) are past the memory before each step. Prints one
+//! (`build_peak_mib`, `decode_peak_mib`, `from_compressed_peak_mib`: the index read back from
+//! its zstd bytes as backup reads a parent's from its cache, decompressed whole first) are
+//! past the memory before each step. Prints one
 //! JSON object. Not a test.
 
 use std::io::{Read, Write};
@@ -144,6 +146,27 @@ fn main() -> std::process::ExitCode {
     };
     let decode = t.elapsed().as_secs_f64();
     let decode_peak = peak_mib() - rss_before;
+    // As backup reads its parent's index from this host's cache: the compressed bytes
+    // decompressed whole, then read (spilled when `--spill`).
+    let rss_before = rss_mib();
+    reset_peak();
+    let compressed = zstd::bulk::compress(&encoded, 3).unwrap_or_default();
+    let t = Instant::now();
+    let from_cache = zstd::bulk::decompress(&compressed, encoded.len())
+        .map_err(|e| e.to_string())
+        .and_then(|plain| match &spill {
+            None => format::decode(&plain).map(drop).map_err(|e| e.to_string()),
+            Some(s) => format::decode_spilled(&plain, s)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        });
+    if let Err(e) = from_cache {
+        eprintln!("index_phases: reading the index back from compressed bytes: {e}");
+        return std::process::ExitCode::from(1);
+    }
+    let from_cache_s = t.elapsed().as_secs_f64();
+    let from_cache_peak = peak_mib() - rss_before;
+    drop(compressed);
     // An incremental on top of the read-back tree, as backup starts one: the builder takes
     // the parent's tree and keeps it for CLONEs. Its own memory past the parent's, and time.
     let rss_before = rss_mib();
@@ -212,6 +235,8 @@ fn main() -> std::process::ExitCode {
             "spilled_inodes": spilled,
             "spill_file_bytes": spill_bytes,
             "decode_peak_mib": decode_peak.round(),
+            "from_compressed_s": from_cache_s,
+            "from_compressed_peak_mib": from_cache_peak.round(),
             "incremental_s": incremental_s,
             "incremental_rss_mib": incremental_rss,
             "encode_s": encode,
