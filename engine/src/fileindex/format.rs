@@ -98,6 +98,76 @@ pub(super) fn put_head(o: &mut Out, n: &Inode) {
     o.u(n.flags);
 }
 
+/// An inode's xattrs and extents (the layout's "xattr count" onwards), in format `version`;
+/// the spill file's records hold them so too.
+pub(super) fn put_body(o: &mut Out, n: &Inode, version: u8) {
+    o.u(n.xattrs.len() as u64);
+    for (k, v) in &n.xattrs {
+        o.bytes(k);
+        o.bytes(v);
+    }
+    o.u(n.extents.len() as u64);
+    let (mut end, mut stream_end) = (0u64, 0u64);
+    for (at, e) in &n.extents {
+        o.u(at - end);
+        o.u(e.len);
+        end = at + e.len;
+        match e.source {
+            Source::Stream {
+                backup,
+                offset,
+                check,
+            } => {
+                o.0.push(0);
+                o.u(u64::from(backup));
+                o.i(offset.wrapping_sub(stream_end) as i64);
+                stream_end = offset + e.len;
+                if version >= 2 {
+                    match check {
+                        None => o.u(0),
+                        Some(c) if c.start == offset && u64::from(c.len) == e.len => {
+                            o.u(1);
+                            o.0.extend_from_slice(&c.crc.to_le_bytes());
+                        }
+                        Some(c) => {
+                            o.u(2 + offset.saturating_sub(c.start));
+                            o.u(u64::from(c.len));
+                            o.0.extend_from_slice(&c.crc.to_le_bytes());
+                        }
+                    }
+                }
+            }
+            Source::Prealloc => o.0.push(1),
+            Source::Encoded {
+                backup,
+                offset,
+                stored,
+                decoded_len,
+                from,
+                compression,
+                crc,
+            } => {
+                o.0.push(2);
+                o.u(u64::from(backup));
+                o.u(offset);
+                o.u(stored);
+                o.u(decoded_len);
+                o.u(from);
+                o.u(u64::from(compression));
+                if version >= 2 {
+                    match crc {
+                        None => o.0.push(0),
+                        Some(c) => {
+                            o.0.push(1);
+                            o.0.extend_from_slice(&c.to_le_bytes());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `tree` as this backup's (`backup`: its place in the chain) stored index.
 pub fn encode(tree: &Tree, backup: u32) -> Vec<u8> {
     encode_as(tree, backup, VERSION)
@@ -141,71 +211,7 @@ pub fn encode_into(tree: &Tree, backup: u32, version: u8, sink: &mut dyn FnMut(&
     for (_, n) in tree.inodes.iter() {
         flush(&mut o, PIECE);
         put_head(&mut o, &n);
-        o.u(n.xattrs.len() as u64);
-        for (k, v) in &n.xattrs {
-            o.bytes(k);
-            o.bytes(v);
-        }
-        o.u(n.extents.len() as u64);
-        let (mut end, mut stream_end) = (0u64, 0u64);
-        for (at, e) in &n.extents {
-            o.u(at - end);
-            o.u(e.len);
-            end = at + e.len;
-            match e.source {
-                Source::Stream {
-                    backup,
-                    offset,
-                    check,
-                } => {
-                    o.0.push(0);
-                    o.u(u64::from(backup));
-                    o.i(offset.wrapping_sub(stream_end) as i64);
-                    stream_end = offset + e.len;
-                    if version >= 2 {
-                        match check {
-                            None => o.u(0),
-                            Some(c) if c.start == offset && u64::from(c.len) == e.len => {
-                                o.u(1);
-                                o.0.extend_from_slice(&c.crc.to_le_bytes());
-                            }
-                            Some(c) => {
-                                o.u(2 + offset.saturating_sub(c.start));
-                                o.u(u64::from(c.len));
-                                o.0.extend_from_slice(&c.crc.to_le_bytes());
-                            }
-                        }
-                    }
-                }
-                Source::Prealloc => o.0.push(1),
-                Source::Encoded {
-                    backup,
-                    offset,
-                    stored,
-                    decoded_len,
-                    from,
-                    compression,
-                    crc,
-                } => {
-                    o.0.push(2);
-                    o.u(u64::from(backup));
-                    o.u(offset);
-                    o.u(stored);
-                    o.u(decoded_len);
-                    o.u(from);
-                    o.u(u64::from(compression));
-                    if version >= 2 {
-                        match crc {
-                            None => o.0.push(0),
-                            Some(c) => {
-                                o.0.push(1);
-                                o.0.extend_from_slice(&c.to_le_bytes());
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        put_body(&mut o, &n, version);
     }
     for (_, n) in tree.inodes.dirs() {
         flush(&mut o, PIECE);
@@ -375,6 +381,113 @@ impl Head<'_> {
     }
 }
 
+/// What `put_body` wrote for inode `i` of type `kind` in format `v`, checked, handed to
+/// `sink`: xattr names in order, extents apart and nonempty, each within its write and in a
+/// backup no later than `backup`, and data only in a regular file.
+pub(super) fn read_body<'a>(
+    r: &mut In<'a>,
+    i: usize,
+    kind: u8,
+    v: u8,
+    backup: u32,
+    sink: &mut impl Sink<'a>,
+) -> Result<(), FormatError> {
+    let mut last: Option<&[u8]> = None;
+    for _ in 0..r.count(2)? {
+        let k = r.bytes()?;
+        let v = r.bytes()?;
+        if k.is_empty() || last.is_some_and(|l| l >= k) {
+            return Err(r.bad(format!(
+                "inode {i}: an empty, repeated or unordered xattr name"
+            )));
+        }
+        last = Some(k);
+        sink.xattr(k, v);
+    }
+    let (mut end, mut stream_end) = (0u64, 0u64);
+    for _ in 0..r.count(3)? {
+        let gap = r.u()?;
+        let len = r.u()?;
+        let at = end
+            .checked_add(gap)
+            .filter(|a| len > 0 && a.checked_add(len).is_some())
+            .ok_or_else(|| r.bad(format!("inode {i}: an extent beyond 2^64 or empty")))?;
+        let source = match r.byte()? {
+            0 => {
+                let b = r.u32("backup")?;
+                let offset = stream_end.wrapping_add(r.i()? as u64);
+                stream_end = offset
+                    .checked_add(len)
+                    .ok_or_else(|| r.bad("a stream extent beyond 2^64"))?;
+                let check = match if v >= 2 { r.u()? } else { 0 } {
+                    0 => None,
+                    k => {
+                        // 1: the write is this extent; else 2 + how far into it.
+                        let start = offset.checked_sub(k.saturating_sub(2));
+                        let wlen = if k == 1 {
+                            u32::try_from(len).map_err(|_| r.bad("a write over 4 GiB"))?
+                        } else {
+                            r.u32("write length")?
+                        };
+                        let crc = r.crc()?;
+                        let c = start.map(|start| Check {
+                            start,
+                            len: wlen,
+                            crc,
+                        });
+                        match c {
+                            Some(c)
+                                if c.covers(offset, len)
+                                    && c.len <= crate::sendstream::MAX_COMMAND_BYTES =>
+                            {
+                                Some(c)
+                            }
+                            _ => {
+                                return Err(r.bad(format!(
+                                    "inode {i}: an extent outside the write it names"
+                                )))
+                            }
+                        }
+                    }
+                };
+                Source::Stream {
+                    backup: b,
+                    offset,
+                    check,
+                }
+            }
+            1 => Source::Prealloc,
+            2 => Source::Encoded {
+                backup: r.u32("backup")?,
+                offset: r.u()?,
+                stored: r.u()?,
+                decoded_len: r.u()?,
+                from: r.u()?,
+                compression: r.u32("compression")?,
+                crc: match if v >= 2 { r.byte()? } else { 0 } {
+                    0 => None,
+                    1 => Some(r.crc()?),
+                    t => return Err(r.bad(format!("inode {i}: crc marker {t}"))),
+                },
+            },
+            t => return Err(r.bad(format!("inode {i}: extent source {t}"))),
+        };
+        if let Source::Stream { backup: b, .. } | Source::Encoded { backup: b, .. } = source {
+            if b > backup {
+                return Err(r.bad(format!(
+                    "inode {i}: data in backup {b} of the chain, after this index's {backup}"
+                )));
+            }
+        }
+        if kind != 0 {
+            return Err(r.bad(format!("inode {i}: data in a file that is not regular")));
+        }
+        sink.extent(at, Extent { len, source });
+        end = at + len;
+    }
+    Ok(())
+}
+
 /// What `read` hands on, each piece checked first: a `Tree` (`decode`) and a `Listing` are
 /// built from the same reader.
 pub(crate) trait Sink<'a> {
@@ -431,99 +544,7 @@ pub(crate) fn read<'a>(bytes: &'a [u8], sink: &mut impl Sink<'a>) -> Result<Head
             return Err(r.bad("the root is not a directory"));
         }
         sink.inode(i, head);
-        let mut last: Option<&[u8]> = None;
-        for _ in 0..r.count(2)? {
-            let k = r.bytes()?;
-            let v = r.bytes()?;
-            if k.is_empty() || last.is_some_and(|l| l >= k) {
-                return Err(r.bad(format!(
-                    "inode {i}: an empty, repeated or unordered xattr name"
-                )));
-            }
-            last = Some(k);
-            sink.xattr(k, v);
-        }
-        let (mut end, mut stream_end) = (0u64, 0u64);
-        for _ in 0..r.count(3)? {
-            let gap = r.u()?;
-            let len = r.u()?;
-            let at = end
-                .checked_add(gap)
-                .filter(|a| len > 0 && a.checked_add(len).is_some())
-                .ok_or_else(|| r.bad(format!("inode {i}: an extent beyond 2^64 or empty")))?;
-            let source = match r.byte()? {
-                0 => {
-                    let b = r.u32("backup")?;
-                    let offset = stream_end.wrapping_add(r.i()? as u64);
-                    stream_end = offset
-                        .checked_add(len)
-                        .ok_or_else(|| r.bad("a stream extent beyond 2^64"))?;
-                    let check = match if v >= 2 { r.u()? } else { 0 } {
-                        0 => None,
-                        k => {
-                            // 1: the write is this extent; else 2 + how far into it.
-                            let start = offset.checked_sub(k.saturating_sub(2));
-                            let wlen = if k == 1 {
-                                u32::try_from(len).map_err(|_| r.bad("a write over 4 GiB"))?
-                            } else {
-                                r.u32("write length")?
-                            };
-                            let crc = r.crc()?;
-                            let c = start.map(|start| Check {
-                                start,
-                                len: wlen,
-                                crc,
-                            });
-                            match c {
-                                Some(c)
-                                    if c.covers(offset, len)
-                                        && c.len <= crate::sendstream::MAX_COMMAND_BYTES =>
-                                {
-                                    Some(c)
-                                }
-                                _ => {
-                                    return Err(r.bad(format!(
-                                        "inode {i}: an extent outside the write it names"
-                                    )))
-                                }
-                            }
-                        }
-                    };
-                    Source::Stream {
-                        backup: b,
-                        offset,
-                        check,
-                    }
-                }
-                1 => Source::Prealloc,
-                2 => Source::Encoded {
-                    backup: r.u32("backup")?,
-                    offset: r.u()?,
-                    stored: r.u()?,
-                    decoded_len: r.u()?,
-                    from: r.u()?,
-                    compression: r.u32("compression")?,
-                    crc: match if v >= 2 { r.byte()? } else { 0 } {
-                        0 => None,
-                        1 => Some(r.crc()?),
-                        t => return Err(r.bad(format!("inode {i}: crc marker {t}"))),
-                    },
-                },
-                t => return Err(r.bad(format!("inode {i}: extent source {t}"))),
-            };
-            if let Source::Stream { backup: b, .. } | Source::Encoded { backup: b, .. } = source {
-                if b > backup {
-                    return Err(r.bad(format!(
-                        "inode {i}: data in backup {b} of the chain, after this index's {backup}"
-                    )));
-                }
-            }
-            if kind != 0 {
-                return Err(r.bad(format!("inode {i}: data in a file that is not regular")));
-            }
-            sink.extent(at, Extent { len, source });
-            end = at + len;
-        }
+        read_body(&mut r, i, kind, v, backup, sink)?;
     }
     let mut links = vec![0u32; n];
     // Each directory's parent (the root is its own), for the shape check below.

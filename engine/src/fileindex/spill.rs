@@ -4,14 +4,16 @@
 //! *Invariants:* the file is unnamed (`tempfile`: gone with the process, whatever ends it) and
 //! only appended to; a record never changes once written, so a tree and its clones (an
 //! incremental's builder and its parent) share one file and its records. A record is a
-//! 4-byte little-endian length and an inode: its head as the stored index writes it
-//! (`format::put_head`), then its link count, xattrs, every extent with all its fields, and
+//! 4-byte little-endian length and an inode as the stored index writes it
+//! (`format::put_head`, `put_body`: its fields, xattrs and extents), then its link count and
 //! its entries with our raw inode numbers (the stored index renumbers). The first failure is kept: a tree
 //! whose inodes could not be written or read back says so (`SpillFile::error`) instead of
 //! being stored.
 
-use super::format::{put_head, read_head, In, Out};
-use super::tree::{Check, Extent, Ino, Inode, Source};
+use super::format::{
+    put_body, put_head, read_body, read_head, FormatError, Head, In, Out, Sink, VERSION,
+};
+use super::tree::{Extent, Ino, Inode};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Mutex;
@@ -197,66 +199,8 @@ impl SpillFile {
 
 fn record(n: &Inode, o: &mut Out) {
     put_head(o, n);
+    put_body(o, n, VERSION);
     o.u(u64::from(n.nlink));
-    o.u(n.xattrs.len() as u64);
-    for (k, v) in &n.xattrs {
-        o.bytes(k);
-        o.bytes(v);
-    }
-    o.u(n.extents.len() as u64);
-    for (at, e) in &n.extents {
-        o.u(at);
-        o.u(e.len);
-        match e.source {
-            Source::Stream {
-                backup,
-                offset,
-                check,
-            } => {
-                o.0.push(0);
-                o.u(u64::from(backup));
-                o.u(offset);
-                match check {
-                    None => o.0.push(0),
-                    Some(c) => {
-                        o.0.push(1);
-                        o.u(c.start);
-                        o.u(u64::from(c.len));
-                        o.u(u64::from(c.crc));
-                    }
-                }
-            }
-            Source::Prealloc => o.0.push(1),
-            Source::Encoded {
-                backup,
-                offset,
-                stored,
-                decoded_len,
-                from,
-                compression,
-                crc,
-            } => {
-                o.0.push(2);
-                for v in [
-                    u64::from(backup),
-                    offset,
-                    stored,
-                    decoded_len,
-                    from,
-                    u64::from(compression),
-                ] {
-                    o.u(v);
-                }
-                match crc {
-                    None => o.0.push(0),
-                    Some(c) => {
-                        o.0.push(1);
-                        o.u(u64::from(c));
-                    }
-                }
-            }
-        }
-    }
     o.u(n.children.len() as u64);
     for (name, child) in &n.children {
         o.bytes(name);
@@ -264,45 +208,27 @@ fn record(n: &Inode, o: &mut Out) {
     }
 }
 
-fn unrecord(r: &mut In<'_>) -> Result<Inode, super::format::FormatError> {
+/// The xattrs and extents `read_body` hands on, into the inode being read back.
+struct Body(Inode);
+
+impl<'a> Sink<'a> for Body {
+    fn inode(&mut self, _: usize, _: Head<'a>) {}
+    fn xattr(&mut self, name: &'a [u8], value: &'a [u8]) {
+        self.0.xattrs.insert(name.to_vec(), value.to_vec());
+    }
+    fn extent(&mut self, at: u64, e: Extent) {
+        self.0.extents.insert(at, e);
+    }
+    fn entry(&mut self, _: usize, _: &'a [u8], _: usize) {}
+}
+
+fn unrecord(r: &mut In<'_>) -> Result<Inode, FormatError> {
     let head = read_head(r, 0)?;
-    let mut n = head.inode(r.u32("nlink")?);
-    for _ in 0..r.count(2)? {
-        let k = r.bytes()?.to_vec();
-        n.xattrs.insert(k, r.bytes()?.to_vec());
-    }
-    for _ in 0..r.count(3)? {
-        let (at, len) = (r.u()?, r.u()?);
-        let source = match r.byte()? {
-            0 => Source::Stream {
-                backup: r.u32("backup")?,
-                offset: r.u()?,
-                check: match r.byte()? {
-                    0 => None,
-                    _ => Some(Check {
-                        start: r.u()?,
-                        len: r.u32("write length")?,
-                        crc: r.u32("crc")?,
-                    }),
-                },
-            },
-            1 => Source::Prealloc,
-            2 => Source::Encoded {
-                backup: r.u32("backup")?,
-                offset: r.u()?,
-                stored: r.u()?,
-                decoded_len: r.u()?,
-                from: r.u()?,
-                compression: r.u32("compression")?,
-                crc: match r.byte()? {
-                    0 => None,
-                    _ => Some(r.u32("crc")?),
-                },
-            },
-            t => return Err(r.bad(format!("extent source {t}"))),
-        };
-        n.extents.insert(at, Extent { len, source });
-    }
+    let mut body = Body(head.inode(0));
+    // A record may hold data of any backup of the chain.
+    read_body(r, 0, head.kind, VERSION, u32::MAX, &mut body)?;
+    let mut n = body.0;
+    n.nlink = r.u32("nlink")?;
     for _ in 0..r.count(2)? {
         let name = r.bytes()?.into();
         let child: Ino = r.u()?;
@@ -314,14 +240,15 @@ fn unrecord(r: &mut In<'_>) -> Result<Inode, super::format::FormatError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fileindex::FileType;
+    use crate::fileindex::{Check, FileType, Source};
 
     #[test]
     fn a_record_reads_back_as_written_pending_or_written_and_damage_is_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = SpillFile::create(dir.path()).expect("spill file");
-        let mut n = Inode::new(FileType::Symlink(b"t\xff".to_vec()));
-        n.xattrs.insert(b"user.a".to_vec(), b"v".to_vec());
+        // A regular file (the stored index's checks hold for records too: data only in one).
+        let mut n = Inode::new(FileType::File);
+        n.xattrs.insert(b"user.a".to_vec(), b"v\xff".to_vec());
         n.children.insert(b"x".into(), 7);
         n.nlink = 3;
         n.extents.insert(
