@@ -213,6 +213,7 @@ struct RawConfig {
     compression: Option<Spanned<String>>,
     #[serde(default = "default_true")]
     file_index: bool,
+    file_index_hot_inodes: Option<Spanned<u64>>,
     subvolumes: Spanned<Vec<RawSubvolume>>,
     s3: RawS3,
     #[serde(default)]
@@ -639,6 +640,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             ));
         }
     }
+    let file_index_hot = raw
+        .file_index_hot_inodes
+        .as_ref()
+        .map_or(engine::fileindex::Spill::DEFAULT_HOT as u64, |h| {
+            *h.get_ref()
+        });
+    if !(2..=1 << 30).contains(&file_index_hot) {
+        return Err(invalid_at(
+            span_of(&raw.file_index_hot_inodes),
+            format!("file_index_hot_inodes {file_index_hot} is out of range"),
+            "use 2 to 1073741824 inodes (about 400 bytes of memory each; 131072 by default)".into(),
+        ));
+    }
     let prune_profile = match &raw.prune.profile {
         Some(p) if p.get_ref().trim().is_empty() || p.get_ref().contains(['[', ']', '\n']) => {
             return Err(invalid_at(
@@ -771,6 +785,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         encryption,
         prune_profile,
         file_index: raw.file_index,
+        file_index_hot: file_index_hot as usize,
     })
 }
 

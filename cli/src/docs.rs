@@ -160,6 +160,9 @@ pub struct SettingsDoc {
     pub compression: String,
     /// A file index is built and stored with every backup.
     pub file_index: bool,
+    /// Inodes a file index keeps in memory while it is built or read; the rest are spilled
+    /// to a file in state_dir.
+    pub file_index_hot_inodes: u64,
     /// `[encryption]`, when parts are sealed to age recipients.
     pub encryption: Option<EncryptionDoc>,
     pub s3: S3Doc,
@@ -232,6 +235,7 @@ impl SettingsDoc {
             metrics_file: s.metrics_file.clone(),
             compression: s.compression.as_str(),
             file_index: s.file_index,
+            file_index_hot_inodes: s.file_index_hot as u64,
             encryption: s.encryption.as_ref().map(|e| EncryptionDoc {
                 recipients: e.recipients.clone(),
                 identity_file: e.identity_file.clone(),

@@ -230,6 +230,9 @@ pub struct Settings {
     /// Build and store a file index of every backup (`fileindex`), for `ls`, `find` and
     /// `restore --path`.
     pub file_index: bool,
+    /// `file_index_hot_inodes`: inodes an index being built or read keeps in memory; the
+    /// rest go to a spill file in `state_dir` (`fileindex::Spill`).
+    pub file_index_hot: usize,
 }
 
 /// `[encryption]`: backup needs only the recipients (public keys); restore and `verify

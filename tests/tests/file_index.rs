@@ -181,8 +181,21 @@ fn add_odd_names(root: &Path) {
 #[test]
 fn ls_and_find_read_each_backup_of_a_chain_from_its_index() {
     let s = Setup::new(Flavor::Garage, Opts::default());
+    // Two inodes in memory: every index is built, and every parent's read back (from the
+    // cache and from the bucket, streamed from its zstd bytes), with the rest spilled.
+    s.write_config(&format!(
+        "file_index_hot_inodes = 2\n{}",
+        s.default_config()
+    ));
     add_odd_names(&s.subvolume);
-    s.run(&["backup"]).assert_code(0);
+    let out = s.run(&["--log", "info", "backup"]);
+    out.assert_code(0);
+    assert!(
+        out.stderr
+            .contains("inodes were kept in a spill file in state_dir"),
+        "{}",
+        out.stderr
+    );
     let m1 = s.manifest(&s.pointer().manifest_key);
     let ix1 = m1.index.clone().expect("a full backup has an index");
     assert_eq!(ix1.position, 0);
@@ -202,7 +215,9 @@ fn ls_and_find_read_each_backup_of_a_chain_from_its_index() {
 
     // An incremental: its index is its parent's (from this host's cache) with the changes.
     mutate(&s.subvolume, 1);
-    s.run(&["backup"]).assert_code(0);
+    let out = s.run(&["backup"]);
+    out.assert_code(0);
+    assert!(!out.stderr.contains("no file index"), "{}", out.stderr);
     let m2 = s.manifest(&s.pointer().manifest_key);
     assert_eq!(m2.kind, engine::manifest::Kind::Incremental);
     assert_eq!(m2.index.as_ref().map(|i| i.position), Some(1));
@@ -339,7 +354,9 @@ fn an_encrypted_backup_keeps_its_index_sealed_and_lists_it_with_the_identity() {
     s.write_config(&config);
     s.run(&["backup"]).assert_code(0);
     mutate(&s.subvolume, 1);
-    s.run(&["backup"]).assert_code(0);
+    let out = s.run(&["backup"]);
+    out.assert_code(0);
+    assert!(!out.stderr.contains("no file index"), "{}", out.stderr);
     let m2 = s.manifest(&s.pointer().manifest_key);
     let ix = m2.index.clone().expect(
         "an incremental of an encrypted chain has an index (the parent's came from the cache)",

@@ -192,7 +192,10 @@ impl Context {
     /// Where a large index keeps the inodes it has not changed lately: an unnamed file in
     /// the state directory (on disk, where `/tmp` may be memory).
     pub(super) fn index_spill(&self) -> Spill {
-        Spill::in_dir(&self.settings.state_dir)
+        Spill {
+            dir: self.settings.state_dir.clone(),
+            hot: self.settings.file_index_hot,
+        }
     }
 
     /// What this run's index starts from, or why it cannot have one. S3 errors are the
@@ -272,6 +275,18 @@ impl Context {
             Ok(b) => b,
             Err(why) => return skip(why),
         };
+        if built.tree.spilled() > 0 {
+            tracing::info!(
+                subvolume = %p.subvolume,
+                "file index of {} paths: {} of its {} inodes were kept in a spill file in \
+                 state_dir ({} bytes; file_index_hot_inodes = {})",
+                built.entries,
+                built.tree.spilled(),
+                built.tree.len(),
+                built.tree.spill_bytes(),
+                self.settings.file_index_hot
+            );
+        }
         let sealer = match &self.settings.encryption {
             Some(e) => match crate::seal::Sealer::new(&e.recipients) {
                 Ok(s) => Some(s),

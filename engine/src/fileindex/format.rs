@@ -24,6 +24,7 @@
 //! left before anything was allocated for it.
 
 use super::inodes::Inodes;
+pub(crate) use super::input::In;
 use super::spill::Spill;
 use super::tree::{Check, Extent, FileType, Ino, Inode, Source, Tree, ROOT};
 use crate::sendstream::Timespec;
@@ -227,86 +228,13 @@ pub fn encode_into(tree: &Tree, backup: u32, version: u8, sink: &mut dyn FnMut(&
     flush(&mut o, 0);
 }
 
-/// Reads what `Out` writes, every number and length bounded.
-pub(super) struct In<'a> {
-    pub(super) b: &'a [u8],
-    pub(super) at: usize,
-}
-
-impl<'a> In<'a> {
-    pub(super) fn bad(&self, what: impl Into<String>) -> FormatError {
-        FormatError {
-            at: self.at,
-            what: what.into(),
-        }
-    }
-    pub(super) fn byte(&mut self) -> Result<u8, FormatError> {
-        let b = *self.b.get(self.at).ok_or_else(|| self.bad("ends early"))?;
-        self.at += 1;
-        Ok(b)
-    }
-    pub(super) fn u(&mut self) -> Result<u64, FormatError> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            v |= u64::from(b & 0x7f)
-                .checked_shl(shift)
-                .filter(|x| x >> shift == u64::from(b & 0x7f))
-                .ok_or_else(|| self.bad("a number too large"))?;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(self.bad("a number too long"))
-    }
-    pub(super) fn crc(&mut self) -> Result<u32, FormatError> {
-        let b = self
-            .b
-            .get(self.at..self.at + 4)
-            .ok_or_else(|| self.bad("cut inside a CRC"))?;
-        let c = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        self.at += 4;
-        Ok(c)
-    }
-
-    pub(super) fn i(&mut self) -> Result<i64, FormatError> {
-        let u = self.u()?;
-        Ok((u >> 1) as i64 ^ -((u & 1) as i64))
-    }
-    pub(super) fn u32(&mut self, what: &str) -> Result<u32, FormatError> {
-        let v = self.u()?;
-        u32::try_from(v).map_err(|_| self.bad(format!("{what} {v} out of range")))
-    }
-    /// A count of items at least `min` bytes each, bounded by what is left.
-    pub(super) fn count(&mut self, min: usize) -> Result<usize, FormatError> {
-        let n = self.u()?;
-        let left = (self.b.len() - self.at) / min.max(1);
-        usize::try_from(n)
-            .ok()
-            .filter(|n| *n <= left)
-            .ok_or_else(|| self.bad(format!("a count of {n} with {left} items' bytes left")))
-    }
-    pub(super) fn bytes(&mut self) -> Result<&'a [u8], FormatError> {
-        let n = self.count(1)?;
-        let s = &self.b[self.at..self.at + n];
-        self.at += n;
-        Ok(s)
-    }
-    pub(super) fn time(&mut self, base: i64) -> Result<Timespec, FormatError> {
-        let sec = self.i()?.wrapping_add(base);
-        let nsec = self.u32("nanoseconds")?;
-        if nsec >= 1_000_000_000 {
-            return Err(self.bad(format!("{nsec} nanoseconds")));
-        }
-        Ok(Timespec { sec, nsec })
-    }
-}
-
-/// An inode's fields as stored (before its xattrs and extents); a symlink's target borrowed.
+/// An inode's fields as stored (before its xattrs and extents); a symlink's target borrowed,
+/// and its place in the input (`target_at`).
 pub(crate) struct Head<'a> {
     /// 0 file, 1 dir, 2 symlink, 3 fifo, 4 socket, 5 char device, 6 block device.
     pub kind: u8,
     pub target: &'a [u8],
+    pub target_at: u64,
     pub rdev: u64,
     pub mode: u32,
     pub uid: u64,
@@ -319,12 +247,13 @@ pub(crate) struct Head<'a> {
 }
 
 /// What `put_head` wrote for inode `i`, checked (a known type, permission bits only).
-pub(super) fn read_head<'a>(r: &mut In<'a>, i: usize) -> Result<Head<'a>, FormatError> {
+/// (The caller marks the input first: the target is read from the window.)
+pub(super) fn read_head<'r>(r: &'r mut In<'_>, i: usize) -> Result<Head<'r>, FormatError> {
     let kind = r.byte()?;
-    let (mut target, mut rdev) = (&b""[..], 0);
+    let (mut target, mut rdev) = (None, 0);
     match kind {
         0 | 1 | 3 | 4 => {}
-        2 => target = r.bytes()?,
+        2 => target = Some(r.bytes()?),
         5 | 6 => rdev = r.u()?,
         t => return Err(r.bad(format!("inode {i}: type {t}"))),
     }
@@ -336,9 +265,11 @@ pub(super) fn read_head<'a>(r: &mut In<'a>, i: usize) -> Result<Head<'a>, Format
     let mtime = r.time(0)?;
     let atime = r.time(mtime.sec)?;
     let ctime = r.time(mtime.sec)?;
+    let flags = r.u()?;
     Ok(Head {
         kind,
-        target,
+        target: target.map_or(&b""[..], |t| r.get(t)),
+        target_at: target.map_or(0, |t| t.at),
         rdev,
         mode,
         uid,
@@ -347,7 +278,7 @@ pub(super) fn read_head<'a>(r: &mut In<'a>, i: usize) -> Result<Head<'a>, Format
         atime,
         mtime,
         ctime,
-        flags: r.u()?,
+        flags,
     })
 }
 
@@ -384,28 +315,32 @@ impl Head<'_> {
 /// What `put_body` wrote for inode `i` of type `kind` in format `v`, checked, handed to
 /// `sink`: xattr names in order, extents apart and nonempty, each within its write and in a
 /// backup no later than `backup`, and data only in a regular file.
-pub(super) fn read_body<'a>(
-    r: &mut In<'a>,
+pub(super) fn read_body(
+    r: &mut In<'_>,
     i: usize,
     kind: u8,
     v: u8,
     backup: u32,
-    sink: &mut impl Sink<'a>,
+    sink: &mut impl Sink,
 ) -> Result<(), FormatError> {
-    let mut last: Option<&[u8]> = None;
-    for _ in 0..r.count(2)? {
+    let mut last: Vec<u8> = Vec::new();
+    for x in 0..r.count(2)? {
+        r.mark();
         let k = r.bytes()?;
         let v = r.bytes()?;
-        if k.is_empty() || last.is_some_and(|l| l >= k) {
+        let k_bytes = r.get(k);
+        if k_bytes.is_empty() || (x > 0 && last.as_slice() >= k_bytes) {
             return Err(r.bad(format!(
                 "inode {i}: an empty, repeated or unordered xattr name"
             )));
         }
-        last = Some(k);
-        sink.xattr(k, v);
+        last.clear();
+        last.extend_from_slice(k_bytes);
+        sink.xattr(k_bytes, r.get(v));
     }
     let (mut end, mut stream_end) = (0u64, 0u64);
     for _ in 0..r.count(3)? {
+        r.mark();
         let gap = r.u()?;
         let len = r.u()?;
         let at = end
@@ -490,20 +425,21 @@ pub(super) fn read_body<'a>(
 
 /// What `read` hands on, each piece checked first: a `Tree` (`decode`) and a `Listing` are
 /// built from the same reader.
-pub(crate) trait Sink<'a> {
+pub(crate) trait Sink {
     /// Inode `i` (0 is the root; inodes come in order).
-    fn inode(&mut self, i: usize, head: Head<'a>);
+    fn inode(&mut self, i: usize, head: Head<'_>);
     /// An xattr of the inode last handed on, names in increasing order.
-    fn xattr(&mut self, _name: &'a [u8], _value: &'a [u8]) {}
+    fn xattr(&mut self, _name: &[u8], _value: &[u8]) {}
     /// An extent of the inode last handed on, in file order.
     fn extent(&mut self, _at: u64, _e: Extent) {}
     /// Directory `dir`'s entry `name` names inode `child`; a directory's entries come
-    /// together, names in increasing order.
-    fn entry(&mut self, dir: usize, name: &'a [u8], child: usize);
+    /// together, names in increasing order; `at`: the name's place in the input.
+    fn entry(&mut self, dir: usize, name: &[u8], at: u64, child: usize);
 }
 
 /// The header of a stored index, and each inode's link count (the root's is 1).
 pub(crate) struct Header {
+    pub version: u8,
     pub uuid: [u8; 16],
     pub ctransid: u64,
     pub backup: u32,
@@ -512,13 +448,15 @@ pub(crate) struct Header {
 
 /// Reads a stored index back, trusting nothing, handing each piece to `sink` once it is
 /// checked; then checks the whole shape as `Tree::check` does (every inode reached once
-/// from the root, directories named once, no directory inside itself).
-pub(crate) fn read<'a>(bytes: &'a [u8], sink: &mut impl Sink<'a>) -> Result<Header, FormatError> {
-    let mut r = In { b: bytes, at: 0 };
-    if bytes.len() < MAGIC.len() + 17 || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(r.bad("not a file index (no b2s3idx header)"));
+/// from the root, directories named once, no directory inside itself). Memory beyond the
+/// sink's is 10 bytes an inode read (never a declared count) and `r`'s window.
+pub(crate) fn read(r: &mut In<'_>, sink: &mut impl Sink) -> Result<Header, FormatError> {
+    if r.total() < MAGIC.len() as u64 + 17 || r.fixed(MAGIC.len()).ok() != Some(&MAGIC[..]) {
+        return Err(FormatError {
+            at: 0,
+            what: "not a file index (no b2s3idx header)".into(),
+        });
     }
-    r.at = MAGIC.len();
     let v = r.byte()?;
     if v == 0 || v > VERSION {
         return Err(r.bad(format!(
@@ -526,8 +464,7 @@ pub(crate) fn read<'a>(bytes: &'a [u8], sink: &mut impl Sink<'a>) -> Result<Head
         )));
     }
     let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&bytes[r.at..r.at + 16]);
-    r.at += 16;
+    uuid.copy_from_slice(r.fixed(16)?);
     let ctransid = r.u()?;
     let backup = r.u32("backup")?;
     // An inode takes at least 14 bytes (type, 4 numbers, 2 x 2 times, …).
@@ -535,29 +472,33 @@ pub(crate) fn read<'a>(bytes: &'a [u8], sink: &mut impl Sink<'a>) -> Result<Head
     if n == 0 {
         return Err(r.bad("no root directory"));
     }
-    let mut is_dir = vec![false; n];
-    for (i, dir) in is_dir.iter_mut().enumerate() {
-        let head = read_head(&mut r, i)?;
+    // Grown as inodes are read: a count the bytes do not bear out allocates nothing.
+    let mut is_dir = Vec::with_capacity(n.min(1 << 16));
+    for i in 0..n {
+        r.mark();
+        let head = read_head(r, i)?;
         let kind = head.kind;
-        *dir = kind == 1;
         if i == 0 && kind != 1 {
             return Err(r.bad("the root is not a directory"));
         }
         sink.inode(i, head);
-        read_body(&mut r, i, kind, v, backup, sink)?;
+        is_dir.push(kind == 1);
+        read_body(r, i, kind, v, backup, sink)?;
     }
     let mut links = vec![0u32; n];
     // Each directory's parent (the root is its own), for the shape check below.
     let mut parent: Vec<u32> = vec![u32::MAX; n];
     parent[0] = 0;
+    let mut last: Vec<u8> = Vec::new();
     for i in 0..n {
         if !is_dir[i] {
             continue;
         }
-        let mut last: Option<&[u8]> = None;
-        for _ in 0..r.count(2)? {
-            let name = r.bytes()?;
+        for e in 0..r.count(2)? {
+            r.mark();
+            let span = r.bytes()?;
             let child = r.u()?;
+            let name = r.get(span);
             let ok_name = !name.is_empty()
                 && name != b"."
                 && name != b".."
@@ -569,10 +510,9 @@ pub(crate) fn read<'a>(bytes: &'a [u8], sink: &mut impl Sink<'a>) -> Result<Head
                     String::from_utf8_lossy(name)
                 )));
             }
-            if last.is_some_and(|l| l >= name) {
+            if e > 0 && last.as_slice() >= name {
                 return Err(r.bad(format!("directory {i}: a name twice or out of order")));
             }
-            last = Some(name);
             let c = usize::try_from(child)
                 .ok()
                 .filter(|c| *c > 0 && *c < n)
@@ -584,16 +524,16 @@ pub(crate) fn read<'a>(bytes: &'a [u8], sink: &mut impl Sink<'a>) -> Result<Head
                 }
                 parent[c] = i as u32;
             }
-            sink.entry(i, name, c);
+            sink.entry(i, name, span.at, c);
+            last.clear();
+            last.extend_from_slice(name);
         }
     }
-    if r.at != bytes.len() {
-        return Err(r.bad("bytes after the last directory"));
-    }
+    r.finish()?;
     // The shape: every inode named (the root by nothing), and every directory's parents
     // lead to the root (no directory inside itself), so every inode is reached once.
     let shape = |what: String| FormatError {
-        at: bytes.len(),
+        at: r.total() as usize,
         what,
     };
     if links[0] != 0 {
@@ -622,6 +562,7 @@ pub(crate) fn read<'a>(bytes: &'a [u8], sink: &mut impl Sink<'a>) -> Result<Head
         }
     }
     Ok(Header {
+        version: v,
         uuid,
         ctransid,
         backup,
@@ -638,13 +579,13 @@ struct TreeSink<'l> {
     last: Ino,
 }
 
-impl<'a> Sink<'a> for TreeSink<'_> {
-    fn inode(&mut self, i: usize, h: Head<'a>) {
+impl Sink for TreeSink<'_> {
+    fn inode(&mut self, i: usize, h: Head<'_>) {
         self.last = i as Ino + ROOT;
         let nlink = self.links.and_then(|l| l.get(i)).copied().unwrap_or(0);
         self.inodes.insert(self.last, h.inode(nlink));
     }
-    fn xattr(&mut self, name: &'a [u8], value: &'a [u8]) {
+    fn xattr(&mut self, name: &[u8], value: &[u8]) {
         if let Some(n) = self.inodes.get_mut(&self.last) {
             n.xattrs.insert(name.to_vec(), value.to_vec());
         }
@@ -654,7 +595,7 @@ impl<'a> Sink<'a> for TreeSink<'_> {
             n.extents.insert(at, e);
         }
     }
-    fn entry(&mut self, dir: usize, name: &'a [u8], child: usize) {
+    fn entry(&mut self, dir: usize, name: &[u8], _: u64, child: usize) {
         if let Some(d) = self.inodes.get_mut(&(dir as Ino + ROOT)) {
             d.children.insert(name.into(), child as Ino + ROOT);
         }
@@ -664,9 +605,9 @@ impl<'a> Sink<'a> for TreeSink<'_> {
 /// Counts nothing: `read` alone checks the bytes and counts the links.
 struct Links;
 
-impl<'a> Sink<'a> for Links {
-    fn inode(&mut self, _: usize, _: Head<'a>) {}
-    fn entry(&mut self, _: usize, _: &'a [u8], _: usize) {}
+impl Sink for Links {
+    fn inode(&mut self, _: usize, _: Head<'_>) {}
+    fn entry(&mut self, _: usize, _: &[u8], _: u64, _: usize) {}
 }
 
 /// Reads a stored index back, trusting nothing: returns the tree and the backup's place in
@@ -677,7 +618,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Tree, u32), FormatError> {
         links: None,
         last: ROOT,
     };
-    let h = read(bytes, &mut sink)?;
+    let h = read(&mut In::slice(bytes), &mut sink)?;
     let mut inodes = sink.inodes;
     for (node, links) in inodes.values_mut().zip(&h.links) {
         node.nlink = *links;
@@ -698,7 +639,18 @@ pub enum DecodeError {
 /// `decode`, keeping at most `spill.hot` inodes in memory (the rest in a spill file, which
 /// the tree keeps using): the bytes are read twice, the first time for the link counts.
 pub fn decode_spilled(bytes: &[u8], spill: &Spill) -> Result<(Tree, u32), DecodeError> {
-    let h = read(bytes, &mut Links)?;
+    let h = links(&mut In::slice(bytes))?;
+    let tree = tree_spilled(&mut In::slice(bytes), &h, spill)?;
+    Ok((tree, h.backup))
+}
+
+/// The first of `decode_spilled`'s two readings: every byte checked, the links counted.
+pub(crate) fn links(r: &mut In<'_>) -> Result<Header, FormatError> {
+    read(r, &mut Links)
+}
+
+/// The second: the tree, spilled, from the same bytes `links` read to `h`.
+pub(crate) fn tree_spilled(r: &mut In<'_>, h: &Header, spill: &Spill) -> Result<Tree, DecodeError> {
     let mut inodes = Inodes::default();
     inodes.spill_to(spill).map_err(DecodeError::Spill)?;
     let mut sink = TreeSink {
@@ -706,11 +658,16 @@ pub fn decode_spilled(bytes: &[u8], spill: &Spill) -> Result<(Tree, u32), Decode
         links: Some(&h.links),
         last: ROOT,
     };
-    read(bytes, &mut sink)?;
+    let again = read(r, &mut sink)?;
+    if again.links != h.links || again.uuid != h.uuid {
+        return Err(DecodeError::Format(
+            r.bad("read differently the second time"),
+        ));
+    }
     let tree = Tree::from_parts(h.uuid, h.ctransid, sink.inodes);
     match tree.spill_error() {
         Some(e) => Err(DecodeError::Spill(e)),
-        None => Ok((tree, h.backup)),
+        None => Ok(tree),
     }
 }
 

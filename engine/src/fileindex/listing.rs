@@ -184,26 +184,23 @@ pub struct Listing {
 }
 
 struct ListSink {
-    base: usize,
     nodes: Vec<Node>,
     entries: Vec<Name>,
 }
 
-impl ListSink {
-    /// The range of `s`, a slice of the bytes `decode` read (each under 4 GiB: `len` is
-    /// exact).
-    fn range(&self, s: &[u8]) -> (u64, u32) {
-        // An empty one need not point into them (the reader's "no target").
-        match (s.as_ptr() as usize).checked_sub(self.base) {
-            Some(at) if !s.is_empty() => (at as u64, s.len() as u32),
-            _ => (0, 0),
-        }
+/// The range of `s`, read at `at` in the bytes `decode` read (each under 4 GiB: `len` is
+/// exact).
+fn range(s: &[u8], at: u64) -> (u64, u32) {
+    // An empty one need not lie inside them (the reader's "no target").
+    match s.len() {
+        0 => (0, 0),
+        n => (at, n as u32),
     }
 }
 
-impl<'a> Sink<'a> for ListSink {
-    fn inode(&mut self, _: usize, h: Head<'a>) {
-        let target = self.range(h.target);
+impl Sink for ListSink {
+    fn inode(&mut self, _: usize, h: Head<'_>) {
+        let target = range(h.target, h.target_at);
         self.nodes.push(Node {
             kind: Kind::of_stored(h.kind),
             mode: h.mode,
@@ -218,8 +215,8 @@ impl<'a> Sink<'a> for ListSink {
         });
     }
 
-    fn entry(&mut self, dir: usize, name: &'a [u8], child: usize) {
-        let (start, len) = self.range(name);
+    fn entry(&mut self, dir: usize, name: &[u8], at: u64, child: usize) {
+        let (start, len) = range(name, at);
         let at = self.entries.len() as u32;
         if let Some(d) = self.nodes.get_mut(dir) {
             if d.count == 0 {
@@ -246,11 +243,10 @@ impl Listing {
             });
         }
         let mut sink = ListSink {
-            base: bytes.as_ptr() as usize,
             nodes: Vec::new(),
             entries: Vec::new(),
         };
-        let h = format::read(&bytes, &mut sink)?;
+        let h = format::read(&mut format::In::slice(&bytes), &mut sink)?;
         let mut nodes = sink.nodes;
         for (n, links) in nodes.iter_mut().zip(&h.links) {
             n.nlink = *links;

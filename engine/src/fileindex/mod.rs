@@ -19,6 +19,7 @@ pub mod extents;
 pub mod feed;
 pub mod format;
 mod inodes;
+mod input;
 pub mod listing;
 mod name;
 mod spill;

@@ -188,9 +188,9 @@ impl SpillFile {
             .map(|l| u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize)
             .ok_or("cut before a record")?;
         let body = b.get(4..4 + len).ok_or("a record cut short")?;
-        let mut r = In { b: body, at: 0 };
+        let mut r = In::slice(body);
         let node = unrecord(&mut r).map_err(|e| e.to_string())?;
-        if r.at != body.len() {
+        if r.pos() != body.len() as u64 {
             return Err("bytes after the record".into());
         }
         Ok(node)
@@ -211,26 +211,28 @@ fn record(n: &Inode, o: &mut Out) {
 /// The xattrs and extents `read_body` hands on, into the inode being read back.
 struct Body(Inode);
 
-impl<'a> Sink<'a> for Body {
-    fn inode(&mut self, _: usize, _: Head<'a>) {}
-    fn xattr(&mut self, name: &'a [u8], value: &'a [u8]) {
+impl Sink for Body {
+    fn inode(&mut self, _: usize, _: Head<'_>) {}
+    fn xattr(&mut self, name: &[u8], value: &[u8]) {
         self.0.xattrs.insert(name.to_vec(), value.to_vec());
     }
     fn extent(&mut self, at: u64, e: Extent) {
         self.0.extents.insert(at, e);
     }
-    fn entry(&mut self, _: usize, _: &'a [u8], _: usize) {}
+    fn entry(&mut self, _: usize, _: &[u8], _: u64, _: usize) {}
 }
 
 fn unrecord(r: &mut In<'_>) -> Result<Inode, FormatError> {
     let head = read_head(r, 0)?;
+    let kind = head.kind;
     let mut body = Body(head.inode(0));
     // A record may hold data of any backup of the chain.
-    read_body(r, 0, head.kind, VERSION, u32::MAX, &mut body)?;
+    read_body(r, 0, kind, VERSION, u32::MAX, &mut body)?;
     let mut n = body.0;
     n.nlink = r.u32("nlink")?;
     for _ in 0..r.count(2)? {
-        let name = r.bytes()?.into();
+        let span = r.bytes()?;
+        let name = r.get(span).into();
         let child: Ino = r.u()?;
         n.children.insert(name, child);
     }

@@ -4,7 +4,9 @@
 //! *Invariants:* `unpack` trusts nothing: the stored size and xxh3-128 the manifest records
 //! are checked before anything is opened, decompression never produces more than the
 //! recorded plain size, and the plain bytes must hash to the recorded value before
-//! `format::decode` reads them.
+//! `format::decode` builds from them. A large index read spilled is streamed from its zstd
+//! bytes twice and never held whole: the first reading checks and hashes every byte, and
+//! only then does the second build the tree.
 
 use bytes::BytesMut;
 
@@ -118,6 +120,15 @@ pub fn unpack(
     ix: &IndexEntry,
     sealed: Option<(&Opener, usize)>,
 ) -> Result<Vec<u8>, StoredError> {
+    decompress_checked(&unseal(stored, ix, sealed)?, ix)
+}
+
+/// The compressed bytes inside the stored ones, their size and hash checked first.
+fn unseal(
+    stored: &[u8],
+    ix: &IndexEntry,
+    sealed: Option<(&Opener, usize)>,
+) -> Result<BytesMut, StoredError> {
     if stored.len() as u64 != ix.stored_bytes
         || crate::manifest::hex_u128(xxhash_rust::xxh3::xxh3_128(stored)) != ix.stored_xxh3
     {
@@ -137,7 +148,7 @@ pub fn unpack(
             .open_in_place(&mut buf, recipients)
             .map_err(|e| StoredError::Seal(e, ix.key.clone()))?;
     }
-    decompress_checked(&buf, ix)
+    Ok(buf)
 }
 
 /// The tree from the compressed, unsealed bytes a host cached, checked against the
@@ -148,8 +159,75 @@ pub fn from_cache(
     ix: &IndexEntry,
     spill: Option<&Spill>,
 ) -> Result<Tree, StoredError> {
-    let plain = decompress_checked(compressed, ix)?;
-    decode_checked(&plain, ix, spill)
+    // An index of at most as many paths as the spill keeps in memory is read in memory:
+    // once, with no spill file (the incremental's builder makes its own).
+    match spill.filter(|s| ix.entries > s.hot as u64) {
+        None => decode_checked(&decompress_checked(compressed, ix)?, ix),
+        Some(s) => streamed(compressed, ix, s),
+    }
+}
+
+/// Hashes and counts what passes through it.
+struct Hashing<R> {
+    inner: R,
+    xxh3: xxhash_rust::xxh3::Xxh3,
+    bytes: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Hashing<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(out)?;
+        self.xxh3.update(&out[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// `decode_checked` with a spill, streamed from the compressed bytes twice.
+fn streamed(compressed: &[u8], ix: &IndexEntry, spill: &Spill) -> Result<Tree, StoredError> {
+    use std::io::Read;
+    let decoder = || {
+        zstd::stream::read::Decoder::with_buffer(compressed)
+            .map_err(|e| damaged(ix, format!("zstd: {e}")))
+    };
+    let mut first = Hashing {
+        inner: decoder()?.take(ix.plain_bytes.saturating_add(1)),
+        xxh3: xxhash_rust::xxh3::Xxh3::new(),
+        bytes: 0,
+    };
+    let read = format::links(&mut format::In::stream(&mut first, ix.plain_bytes));
+    if read.is_err() {
+        // Damage is named as damage (the hash), before what it broke.
+        let _ = std::io::copy(&mut first, &mut std::io::sink());
+    }
+    if first.bytes != ix.plain_bytes
+        || crate::manifest::hex_u128(first.xxh3.digest128()) != ix.plain_xxh3
+    {
+        return Err(damaged(
+            ix,
+            format!(
+                "decompressed to {}{} bytes that do not hash to what the manifest records ({} bytes)",
+                if first.bytes > ix.plain_bytes { "more than " } else { "" },
+                first.bytes.min(ix.plain_bytes),
+                ix.plain_bytes
+            ),
+        ));
+    }
+    let h = read.map_err(|e| damaged(ix, e.to_string()))?;
+    if u32::from(h.version) != ix.format {
+        return Err(damaged(
+            ix,
+            format!("in format {}, the manifest says {}", h.version, ix.format),
+        ));
+    }
+    check_position(h.backup, ix)?;
+    let mut second = decoder()?;
+    format::tree_spilled(
+        &mut format::In::stream(&mut second, ix.plain_bytes),
+        &h,
+        spill,
+    )
+    .map_err(|e| spilled_error(ix, e))
 }
 
 fn decompress_checked(buf: &[u8], ix: &IndexEntry) -> Result<Vec<u8>, StoredError> {
@@ -193,31 +271,26 @@ pub fn open(
     sealed: Option<(&Opener, usize)>,
     spill: Option<&Spill>,
 ) -> Result<Tree, StoredError> {
-    let plain = unpack(stored, ix, sealed)?;
-    decode_checked(&plain, ix, spill)
+    from_cache(&unseal(stored, ix, sealed)?, ix, spill)
 }
 
-/// `format::decode` (or `decode_spilled`) of plain bytes the manifest entry describes.
-pub fn decode_checked(
-    plain: &[u8],
-    ix: &IndexEntry,
-    spill: Option<&Spill>,
-) -> Result<Tree, StoredError> {
+/// `format::decode` of plain bytes the manifest entry describes.
+fn decode_checked(plain: &[u8], ix: &IndexEntry) -> Result<Tree, StoredError> {
     check_version(plain, ix)?;
-    // An index of at most as many paths as the spill keeps in memory is read in memory:
-    // once, with no spill file (the incremental's builder makes its own).
-    let (tree, position) = match spill.filter(|s| ix.entries > s.hot as u64) {
-        None => format::decode(plain).map_err(|e| damaged(ix, e.to_string()))?,
-        Some(s) => format::decode_spilled(plain, s).map_err(|e| match e {
-            format::DecodeError::Format(e) => damaged(ix, e.to_string()),
-            format::DecodeError::Spill(what) => StoredError::Spill {
-                key: ix.key.clone(),
-                what,
-            },
-        })?,
-    };
+    let (tree, position) = format::decode(plain).map_err(|e| damaged(ix, e.to_string()))?;
     check_position(position, ix)?;
     Ok(tree)
+}
+
+/// Maps `streamed`'s second reading's errors.
+fn spilled_error(ix: &IndexEntry, e: format::DecodeError) -> StoredError {
+    match e {
+        format::DecodeError::Format(e) => damaged(ix, e.to_string()),
+        format::DecodeError::Spill(what) => StoredError::Spill {
+            key: ix.key.clone(),
+            what,
+        },
+    }
 }
 
 /// What `ls` and `find` need of the index the manifest entry describes, without its tree.

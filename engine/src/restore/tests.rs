@@ -164,6 +164,7 @@ fn restorer(state: &Path, thaw_after: u32, timeout: Duration) -> (Restorer, Arc<
         encryption: None,
         prune_profile: None,
         file_index: false,
+        file_index_hot: crate::fileindex::Spill::DEFAULT_HOT,
         s3: S3Settings {
             bucket: "fake".into(),
             region: "us-east-1".into(),

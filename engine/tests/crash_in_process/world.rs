@@ -106,6 +106,7 @@ impl World {
             encryption: None,
             prune_profile: None,
             file_index: false,
+            file_index_hot: engine::fileindex::Spill::DEFAULT_HOT,
         };
         let btrfs = Arc::new(MemoryBtrfs::new());
         btrfs.write(&src, Bytes::from(noise(17 * MIB as usize, 7)));

@@ -146,21 +146,33 @@ fn main() -> std::process::ExitCode {
     };
     let decode = t.elapsed().as_secs_f64();
     let decode_peak = peak_mib() - rss_before;
-    // As backup reads its parent's index from this host's cache: the compressed bytes
-    // decompressed whole, then read (spilled when `--spill`).
+    // As backup reads its parent's index from this host's cache (`stored::from_cache`):
+    // streamed from the compressed bytes when `--spill`, else decompressed whole and read.
     let rss_before = rss_mib();
     reset_peak();
-    let compressed = zstd::bulk::compress(&encoded, 3).unwrap_or_default();
+    let cached = match engine::fileindex::stored::pack(&encoded, None) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("index_phases: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let ix = engine::manifest::IndexEntry {
+        key: "index_phases".into(),
+        format: u32::from(format::VERSION),
+        codec: "zstd".into(),
+        stored_bytes: cached.stored.len() as u64,
+        stored_xxh3: engine::manifest::hex_u128(cached.stored_xxh3),
+        plain_bytes: cached.plain_bytes,
+        plain_xxh3: engine::manifest::hex_u128(cached.plain_xxh3),
+        entries: built.entries,
+        position: 0,
+    };
+    let compressed = cached.compressed;
+    drop(cached.stored);
     let t = Instant::now();
-    let from_cache = zstd::bulk::decompress(&compressed, encoded.len())
-        .map_err(|e| e.to_string())
-        .and_then(|plain| match &spill {
-            None => format::decode(&plain).map(drop).map_err(|e| e.to_string()),
-            Some(s) => format::decode_spilled(&plain, s)
-                .map(drop)
-                .map_err(|e| e.to_string()),
-        });
-    if let Err(e) = from_cache {
+    let from_cache = engine::fileindex::stored::from_cache(&compressed, &ix, spill.as_ref());
+    if let Err(e) = from_cache.map(drop) {
         eprintln!("index_phases: reading the index back from compressed bytes: {e}");
         return std::process::ExitCode::from(1);
     }

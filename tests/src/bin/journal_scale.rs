@@ -169,6 +169,7 @@ fn main() {
         encryption: None,
         prune_profile: None,
         file_index: false,
+        file_index_hot: engine::fileindex::Spill::DEFAULT_HOT,
         s3: S3Settings {
             bucket: "b".into(),
             region: "us-east-1".into(),

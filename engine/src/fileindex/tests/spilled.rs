@@ -1,7 +1,8 @@
 //! A tree that spills its inodes builds, stores and reads back exactly as one in memory.
 
 use super::*;
-use crate::fileindex::format;
+use crate::fileindex::{format, stored};
+use crate::manifest::{hex_u128, IndexEntry};
 
 fn utimes(e: &mut Encoder, path: &[u8], sec: u64) {
     let t = crate::sendstream::encode::time(sec as i64, 7);
@@ -149,6 +150,11 @@ fn a_spilled_tree_builds_stores_and_reads_back_as_one_in_memory() {
         let (p, position) =
             format::decode_spilled(&stored, &spill(dir.path(), hot)).expect("reads");
         assert_eq!((&p, position), (&parent, 0), "hot {hot}");
+        // As backup reads a parent's: streamed from the compressed bytes.
+        let (z, ix) = entry_of(&stored, 0, parent.entry_count());
+        let streamed = stored::from_cache(&z, &ix, Some(&spill(dir.path(), hot))).expect("streams");
+        assert_eq!(streamed, parent, "hot {hot}");
+        assert!(streamed.len() - streamed.spilled() <= hot, "hot {hot}");
         let mut b = Builder::incremental(p.clone(), 1);
         b.spill_to(&spill(dir.path(), hot)).expect("spill file");
         build(&mut b, &second).expect("incremental");
@@ -165,6 +171,85 @@ fn a_spilled_tree_builds_stores_and_reads_back_as_one_in_memory() {
         assert_eq!(format::encode(&p, 0), stored, "hot {hot}");
         assert_eq!(p.spill_error().or(c.spill_error()), None);
     }
+}
+
+/// `plain` compressed as backup stores it, and the manifest's entry for it.
+fn entry_of(plain: &[u8], position: u32, entries: u64) -> (Vec<u8>, IndexEntry) {
+    let p = stored::pack(plain, None).expect("packs");
+    let ix = IndexEntry {
+        key: "index".into(),
+        format: u32::from(format::VERSION),
+        codec: "zstd".into(),
+        stored_bytes: p.stored.len() as u64,
+        stored_xxh3: hex_u128(p.stored_xxh3),
+        plain_bytes: p.plain_bytes,
+        plain_xxh3: hex_u128(p.plain_xxh3),
+        entries,
+        position,
+    };
+    (p.compressed, ix)
+}
+
+#[test]
+fn an_index_streamed_from_its_compressed_bytes_is_refused_as_one_read_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tree = built_full(&wide_full());
+    let plain = format::encode(&tree, 0);
+    let n = tree.entry_count();
+    let (z, ix) = entry_of(&plain, 0, n);
+    // (What the manifest says, the compressed bytes, and what both readings must say.)
+    let mut cases: Vec<(IndexEntry, Vec<u8>, &str)> = Vec::new();
+    let mut flipped = plain.clone();
+    flipped[plain.len() / 2] ^= 0x10;
+    cases.push((ix.clone(), entry_of(&flipped, 0, n).0, "do not hash"));
+    let shorter = IndexEntry {
+        plain_bytes: ix.plain_bytes - 1,
+        ..ix.clone()
+    };
+    cases.push((shorter, z.clone(), ""));
+    let longer = IndexEntry {
+        plain_bytes: ix.plain_bytes + 1,
+        ..ix.clone()
+    };
+    cases.push((longer, z.clone(), ""));
+    let older = IndexEntry {
+        format: 1,
+        ..ix.clone()
+    };
+    cases.push((older, z.clone(), "in format 2, the manifest says 1"));
+    let elsewhere = IndexEntry {
+        position: 3,
+        ..ix.clone()
+    };
+    cases.push((
+        elsewhere,
+        z.clone(),
+        "chain position 0, the manifest says 3",
+    ));
+    // Hashed as the manifest says, but not a sound index: the reader's own checks.
+    for bad in [
+        plain[..plain.len() - 1].to_vec(),
+        [&plain[..], &[0]].concat(),
+        plain[..plain.len() / 3].to_vec(),
+    ] {
+        let (z, ix) = entry_of(&bad, 0, n);
+        cases.push((ix, z, "damaged at byte"));
+    }
+    for (i, (ix, z, says)) in cases.iter().enumerate() {
+        let whole = stored::from_cache(z, ix, None).expect_err("refused whole");
+        let streamed =
+            stored::from_cache(z, ix, Some(&spill(dir.path(), 4))).expect_err("refused streamed");
+        let (whole, streamed) = (whole.to_string(), streamed.to_string());
+        assert!(whole.contains(says), "{i}: {whole}");
+        assert!(streamed.contains(says), "{i}: {streamed}");
+        if *says == "damaged at byte" {
+            assert_eq!(streamed, whole, "{i}");
+        }
+    }
+    // Unharmed, it reads back.
+    let t = stored::from_cache(&z, &ix, Some(&spill(dir.path(), 4))).expect("streams");
+    assert!(t.spilled() > 0);
+    assert_eq!(t, tree);
 }
 
 #[test]
