@@ -143,6 +143,23 @@ fn bad_values_are_refused_with_line() {
     assert_eq!(s.s3.chunk_lowered_from, Some(200 * GIB));
     let e = err(&GOOD.replace("prefix", "concurrency = 0\nprefix"));
     assert!(e.contains("concurrency 0"), "{e}");
+    for hot in ["0", "1", "1073741825"] {
+        let text = format!("file_index_hot_inodes = {hot}\n{GOOD}");
+        let e = err(&text);
+        assert!(
+            e.contains(&format!("file_index_hot_inodes {hot} is out of range"))
+                && e.contains("use 2 to 1073741824"),
+            "{e}"
+        );
+    }
+    let s = parse(
+        Path::new("x"),
+        &format!("file_index_hot_inodes = 4096\n{GOOD}"),
+    )
+    .expect("ok");
+    assert_eq!(s.file_index_hot, 4096);
+    let s = parse(Path::new("x"), GOOD).expect("ok");
+    assert_eq!(s.file_index_hot, engine::fileindex::Spill::DEFAULT_HOT);
     let e = err(&GOOD.replace("prefix", "sse = \"AES128\"\nprefix"));
     assert!(e.contains("unknown sse"), "{e}");
     let e = err(&GOOD.replace("name = \"home\"", "name = \"my home\""));

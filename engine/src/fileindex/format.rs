@@ -573,10 +573,13 @@ pub(crate) fn read(r: &mut In<'_>, sink: &mut impl Sink) -> Result<Header, Forma
 /// Builds a `Tree` from what `read` hands on: inode `i` is our `i + ROOT`. With `links`
 /// (a first reading's), each inode is whole when handed on, so a spilled tree can write it
 /// out at once; without, link counts are set at the end.
+/// Spilled, a directory whose entries are all read is written out at once (`cool`).
 struct TreeSink<'l> {
     inodes: Inodes,
     links: Option<&'l [u32]>,
     last: Ino,
+    /// The directory whose entries are being read (spilled only).
+    filling: Option<Ino>,
 }
 
 impl Sink for TreeSink<'_> {
@@ -596,7 +599,13 @@ impl Sink for TreeSink<'_> {
         }
     }
     fn entry(&mut self, dir: usize, name: &[u8], _: u64, child: usize) {
-        if let Some(d) = self.inodes.get_mut(&(dir as Ino + ROOT)) {
+        let dir = dir as Ino + ROOT;
+        if self.links.is_some() && self.filling != Some(dir) {
+            if let Some(done) = self.filling.replace(dir) {
+                self.inodes.cool(done);
+            }
+        }
+        if let Some(d) = self.inodes.get_mut(&dir) {
             d.children.insert(name.into(), child as Ino + ROOT);
         }
     }
@@ -617,6 +626,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Tree, u32), FormatError> {
         inodes: Inodes::default(),
         links: None,
         last: ROOT,
+        filling: None,
     };
     let h = read(&mut In::slice(bytes), &mut sink)?;
     let mut inodes = sink.inodes;
@@ -657,8 +667,12 @@ pub(crate) fn tree_spilled(r: &mut In<'_>, h: &Header, spill: &Spill) -> Result<
         inodes,
         links: Some(&h.links),
         last: ROOT,
+        filling: None,
     };
     let again = read(r, &mut sink)?;
+    if let Some(done) = sink.filling {
+        sink.inodes.cool(done);
+    }
     if again.links != h.links || again.uuid != h.uuid {
         return Err(DecodeError::Format(
             r.bad("read differently the second time"),

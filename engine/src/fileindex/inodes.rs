@@ -87,6 +87,19 @@ impl Slots {
     }
 }
 
+/// A hot inode to the spill file, its slot then saying where; false if it could not be
+/// written (it stays in memory, the file keeps the error).
+fn write_out(file: &SpillFile, slot: &mut Slot) -> bool {
+    if let Slot::Hot(n) = slot {
+        let Some(at) = file.put(n) else { return false };
+        *slot = match n.is_dir() {
+            true => Slot::ColdDir(at),
+            false => Slot::Cold(at),
+        };
+    }
+    true
+}
+
 impl Slot {
     fn cold(&self) -> Option<u64> {
         match self {
@@ -331,13 +344,24 @@ impl Inodes {
             else {
                 continue;
             };
-            if let Slot::Hot(n) = slot {
-                let Some(at) = s.file.put(n) else { break };
-                *slot = match n.is_dir() {
-                    true => Slot::ColdDir(at),
-                    false => Slot::Cold(at),
-                };
+            if !write_out(&s.file, slot) {
+                break;
             }
+            s.touched.remove(&ino);
+        }
+    }
+
+    /// Writes `ino` out now, however recently it changed (a reader done with a directory
+    /// it filled: its entries would otherwise stay in memory, the budget counting inodes).
+    pub(super) fn cool(&mut self, ino: Ino) {
+        let Some(s) = &mut self.spill else { return };
+        if s.file.error().is_some() {
+            return;
+        }
+        let Some(slot) = Self::slot(ino).and_then(|i| self.slots.get_mut(i)) else {
+            return;
+        };
+        if write_out(&s.file, slot) {
             s.touched.remove(&ino);
         }
     }

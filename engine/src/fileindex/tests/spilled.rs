@@ -150,6 +150,18 @@ fn a_spilled_tree_builds_stores_and_reads_back_as_one_in_memory() {
         let (p, position) =
             format::decode_spilled(&stored, &spill(dir.path(), hot)).expect("reads");
         assert_eq!((&p, position), (&parent, 0), "hot {hot}");
+        // Each directory is written out once its entries are read, however few inodes
+        // that leaves in memory.
+        let filled = parent
+            .inodes
+            .dirs()
+            .filter(|(_, d)| !d.children.is_empty())
+            .count();
+        assert!(
+            filled > 3 && p.spilled() >= filled,
+            "hot {hot}: {}",
+            p.spilled()
+        );
         // As backup reads a parent's: streamed from the compressed bytes.
         let (z, ix) = entry_of(&stored, 0, parent.entry_count());
         let streamed = stored::from_cache(&z, &ix, Some(&spill(dir.path(), hot))).expect("streams");
