@@ -244,6 +244,11 @@ pub(crate) async fn restore_paths(
         identity_file: identity(settings).map(std::path::Path::to_path_buf),
         restore: settings.restore.clone(),
         wait,
+        // A tree of millions of files keeps most inodes in the state directory.
+        spill: settings
+            .state_dir
+            .is_dir()
+            .then(|| settings.file_index_spill()),
     };
     let r = engine::restore::partial::restore_paths(store, &keys, &req)
         .await

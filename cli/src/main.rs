@@ -618,10 +618,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let spill = settings
                 .state_dir
                 .is_dir()
-                .then(|| engine::fileindex::Spill {
-                    dir: settings.state_dir.clone(),
-                    hot: settings.file_index_hot,
-                });
+                .then(|| settings.file_index_spill());
             let reports = engine::restore::verify(
                 &BtrfsCli::default(),
                 store,

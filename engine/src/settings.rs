@@ -246,6 +246,15 @@ pub struct Encryption {
 }
 
 impl Settings {
+    /// Where a file index past `file_index_hot` inodes keeps the rest: the state directory
+    /// (on disk, where `/tmp` may be memory).
+    pub fn file_index_spill(&self) -> crate::fileindex::Spill {
+        crate::fileindex::Spill {
+            dir: self.state_dir.clone(),
+            hot: self.file_index_hot,
+        }
+    }
+
     pub fn journal_path(&self) -> PathBuf {
         self.state_dir.join("journal.redb")
     }

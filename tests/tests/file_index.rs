@@ -457,6 +457,12 @@ fn restore_path_brings_back_single_files_fetching_only_their_parts() {
             ..Opts::default()
         },
     );
+    // Two inodes in memory: the tree `restore --path` reads is streamed and spilled (the
+    // other tests here read theirs whole).
+    s.write_config(&format!(
+        "file_index_hot_inodes = 2\n{}",
+        s.default_config()
+    ));
     add_odd_names(&s.subvolume);
     s.run(&["backup"]).assert_code(0);
     mutate(&s.subvolume, 1);

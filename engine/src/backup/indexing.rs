@@ -192,10 +192,7 @@ impl Context {
     /// Where a large index keeps the inodes it has not changed lately: an unnamed file in
     /// the state directory (on disk, where `/tmp` may be memory).
     pub(super) fn index_spill(&self) -> Spill {
-        Spill {
-            dir: self.settings.state_dir.clone(),
-            hot: self.settings.file_index_hot,
-        }
+        self.settings.file_index_spill()
     }
 
     /// What this run's index starts from, or why it cannot have one. S3 errors are the

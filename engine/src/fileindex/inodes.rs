@@ -358,7 +358,11 @@ impl Inodes {
         if s.file.error().is_some() {
             return;
         }
-        let Some(slot) = Self::slot(ino).and_then(|i| self.slots.get_mut(i)) else {
+        let Some(i) = Self::slot(ino).filter(|i| matches!(self.slots.get(*i), Some(Slot::Hot(_))))
+        else {
+            return;
+        };
+        let Some(slot) = self.slots.get_mut(i) else {
             return;
         };
         if write_out(&s.file, slot) {

@@ -130,21 +130,35 @@ impl<'a> In<'a> {
         self.keep -= keep;
         let have = b.len();
         let want = (short as usize).max(WINDOW).min(left as usize);
-        b.resize(have + want, 0);
         let src = self.src.as_mut().expect("streamed");
-        let mut got = 0;
-        while got < want {
-            match src.read(&mut b[have + got..]) {
-                Ok(0) => break,
-                Ok(k) => got += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    b.truncate(have + got);
-                    return Err(self.bad(format!("cannot read: {e}")));
+        // Grown a step at a time as bytes come: a length the bytes do not bear out (a
+        // damaged one, before the hash is known) allocates no more than they hold.
+        let mut failed = None;
+        while b.len() < have + want {
+            let from = b.len();
+            let step = (have + want - from).min(WINDOW);
+            b.resize(from + step, 0);
+            let mut filled = 0;
+            while filled < step {
+                match src.read(&mut b[from + filled..from + step]) {
+                    Ok(0) => break,
+                    Ok(k) => filled += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
                 }
             }
+            b.truncate(from + filled);
+            if filled < step {
+                break;
+            }
         }
-        b.truncate(have + got);
+        let got = b.len() - have;
+        if let Some(e) = failed {
+            return Err(self.bad(format!("cannot read: {e}")));
+        }
         if got < want {
             // Fewer bytes than declared: the input ends here.
             self.declared = Some(self.total);
@@ -292,6 +306,22 @@ mod tests {
             panic!("a stream's window is its own")
         };
         assert!(window.capacity() < 4 * WINDOW, "{}", window.capacity());
+    }
+
+    #[test]
+    fn a_length_the_stream_does_not_bear_out_allocates_only_what_came() {
+        // Said to be 4 GiB; a byte string of 2 GiB, then 1 MiB.
+        let mut o = super::super::format::Out(Vec::new());
+        o.u(1 << 31);
+        o.0.resize(o.0.len() + (1 << 20), b'x');
+        let mut src = &o.0[..];
+        let mut r = In::stream(&mut src, 4 << 30);
+        let e = r.bytes().expect_err("refused");
+        assert_eq!(e.what, "ends early");
+        let Cow::Owned(window) = &r.b else {
+            panic!("a stream's window is its own")
+        };
+        assert!(window.capacity() <= 4 << 20, "{}", window.capacity());
     }
 
     #[test]

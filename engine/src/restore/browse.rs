@@ -74,14 +74,16 @@ fn sealed<'o>(opener: &'o Option<Arc<Opener>>, m: &Manifest) -> Option<(&'o Open
     }
 }
 
-/// The tree of a validated manifest's index (all of it: what `restore --path` needs).
+/// The tree of a validated manifest's index (all of it: what `restore --path` needs), past
+/// `spill.hot` paths read streamed and spilled.
 pub async fn tree_of(
     store: &dyn ObjectStore,
     m: &Manifest,
     identity_file: Option<&Path>,
+    spill: Option<&crate::fileindex::Spill>,
 ) -> Result<Tree, RestoreError> {
     let (bytes, ix, opener) = fetch_index(store, m, identity_file).await?;
-    Ok(stored::open(&bytes, ix, sealed(&opener, m), None)?)
+    Ok(stored::open(&bytes, ix, sealed(&opener, m), spill)?)
 }
 
 /// The listing of a validated manifest's index (what `ls` and `find` need).

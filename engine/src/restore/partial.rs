@@ -45,6 +45,8 @@ pub struct PathRequest {
     /// How archived chunks are thawed, and whether to wait for them (else exit once asked).
     pub restore: RestoreSettings,
     pub wait: bool,
+    /// Where an index of more paths than `spill.hot` keeps the rest (None: all in memory).
+    pub spill: Option<crate::fileindex::Spill>,
 }
 
 /// What `restore --path` did (`--json`).
@@ -225,7 +227,7 @@ pub async fn restore_paths(
     let m = &chain.last().ok_or(RestoreError::Internal)?.1;
     let identity = req.identity_file.as_deref();
     let opener = opener_for(identity, chain.iter().map(|(_, m)| m))?;
-    let tree = tree_of(store, m, identity).await?;
+    let tree = tree_of(store, m, identity, req.spill.as_ref()).await?;
     let ix = m.index.as_ref().ok_or(RestoreError::Internal)?;
     if ix.position as usize + 1 != chain.len() {
         return Err(damaged(
