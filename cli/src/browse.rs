@@ -136,8 +136,31 @@ pub(crate) async fn ls(
     .await
     .map_err(fail)?;
     let path = path.map(|p| arg_bytes(p.as_os_str())).unwrap_or_default();
-    let entries = browse::entries(&tree, &path, recursive)
-        .map_err(|e| Failure::new(exit::USAGE, format!("backup {}: {e}", m.backup_id)))?;
+    // Each entry printed as the walk reaches it, in path order: never all held at once.
+    let out = std::io::stdout();
+    let mut out = std::io::BufWriter::new(out.lock());
+    // A closed pipe (`| head`) ends the listing quietly.
+    let mut open = true;
+    let n = browse::each_entry(&tree, &path, recursive, &mut |e| {
+        if !open {
+            return;
+        }
+        let line = if cli.json {
+            json_line(&e)
+        } else if long {
+            long_line(&e)
+        } else {
+            let mut p = escape(&e.path);
+            if e.kind == "dir" {
+                p.push('/');
+            }
+            p
+        };
+        open = writeln!(out, "{line}").is_ok();
+    })
+    .map_err(|e| Failure::new(exit::USAGE, format!("backup {}: {e}", m.backup_id)))?;
+    let _ = out.flush();
+    drop(out);
     if !cli.quiet && !cli.json {
         eprintln!(
             "{}: backup {} ({}, {}), {}",
@@ -149,21 +172,8 @@ pub(crate) async fn ls(
                 "incremental"
             },
             m.created_at,
-            output::count(entries.len(), "path")
+            output::count(n, "path")
         );
-    }
-    if cli.json {
-        emit(entries.iter().map(json_line));
-    } else if long {
-        emit(entries.iter().map(long_line));
-    } else {
-        emit(entries.iter().map(|e| {
-            let mut p = escape(&e.path);
-            if e.kind == "dir" {
-                p.push('/');
-            }
-            p
-        }));
     }
     Ok(exit::OK)
 }

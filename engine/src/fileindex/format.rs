@@ -690,7 +690,7 @@ pub(crate) mod tests {
     use super::*;
 
     /// The tree a full stream builds.
-    fn tree_of(stream: &[u8]) -> Tree {
+    pub(crate) fn tree_of(stream: &[u8]) -> Tree {
         let mut p = crate::sendstream::Parser::new();
         let mut cmds = Vec::new();
         p.feed(stream, &mut cmds).expect("parses");

@@ -84,6 +84,51 @@ pub trait Names {
         Some(at)
     }
 
+    /// Every path below directory `top` (itself at `prefix`) in the byte order of the whole
+    /// path, as sorting them all would give, holding only the names of the directories on
+    /// the way down: a directory's entry `x` sorts as `x`, what it holds as `x/…`, so each
+    /// directory's names and subtrees are ordered by those keys (a name holds no `/`).
+    fn walk_sorted(&self, prefix: &[u8], top: Ino, f: &mut dyn FnMut(&[u8], Ino)) {
+        // Per directory on the way down: its path and its keys, last first (popped in
+        // order); a key ending in `/` is the subtree of the directory it names.
+        let level = |path: Vec<u8>, dir: Ino| {
+            let mut keys: Vec<(Vec<u8>, Ino)> = Vec::new();
+            self.each_child(dir, &mut |name, child| {
+                keys.push((name.to_vec(), child));
+                if self.meta(child).is_some_and(|m| m.kind == Kind::Dir) {
+                    let mut k = Vec::with_capacity(name.len() + 1);
+                    k.extend_from_slice(name);
+                    k.push(b'/');
+                    keys.push((k, child));
+                }
+            });
+            keys.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            (path, keys)
+        };
+        let mut stack = vec![level(prefix.to_vec(), top)];
+        while let Some((dir, keys)) = stack.last_mut() {
+            let Some((key, child)) = keys.pop() else {
+                stack.pop();
+                continue;
+            };
+            let (name, subtree) = match key.strip_suffix(b"/") {
+                Some(name) => (name, true),
+                None => (&key[..], false),
+            };
+            let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
+            p.extend_from_slice(dir);
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(name);
+            if subtree {
+                stack.push(level(p, child));
+            } else {
+                f(&p, child);
+            }
+        }
+    }
+
     /// Every path below directory `top` (itself at `prefix`) with its inode, a directory
     /// before what it holds (no other order: callers sort what they show).
     fn walk(&self, prefix: &[u8], top: Ino, f: &mut dyn FnMut(&[u8], Ino)) {
@@ -334,6 +379,12 @@ pub(crate) mod tests {
         }
         let (a, b) = (all(t), all(l));
         assert_eq!(a, b);
+        let mut sorted = Vec::new();
+        t.walk_sorted(b"", ROOT, &mut |p, i| sorted.push((p.to_vec(), i)));
+        assert_eq!(sorted, a, "the tree's walk in path order");
+        sorted.clear();
+        l.walk_sorted(b"", ROOT, &mut |p, i| sorted.push((p.to_vec(), i)));
+        assert_eq!(sorted, a, "the listing's walk in path order");
         assert_eq!(a.len() as u64, t.entry_count());
         assert_eq!(t.len(), l.len());
         for (p, i) in &a {
@@ -342,6 +393,50 @@ pub(crate) mod tests {
             assert_eq!(t.lookup(p), Some(*i), "{p:?}");
         }
         assert_eq!((t.uuid, t.ctransid), (l.uuid, l.ctransid));
+    }
+
+    /// Names that sort around `/` (`-` and `.` before it, `0` and bytes past 0x7f after), so
+    /// that a directory's subtree falls between its siblings.
+    #[test]
+    fn a_walk_in_path_order_puts_each_subtree_where_sorting_the_paths_would() {
+        use crate::sendstream::attr::*;
+        use crate::sendstream::encode::{u64le, Encoder};
+        use crate::sendstream::Kind as Cmd;
+        let mut e = Encoder::new(1);
+        e.command(
+            Cmd::Subvol,
+            &[(PATH, b"s"), (UUID, &[7; 16]), (CTRANSID, &u64le(3))],
+            None,
+        );
+        let dirs: [&[u8]; 5] = [b"a", b"a/c", b"a/b-", b"a-", b"\xfe"];
+        let files: [&[u8]; 10] = [
+            b"a-b", b"a.", b"a0", b"a/c/x", b"a/b-/z", b"a/b", b"a/b.", b"a/\x01", b"a-/q",
+            b"\xfe/r",
+        ];
+        for (i, d) in dirs.iter().enumerate() {
+            e.command(Cmd::Mkdir, &[(PATH, d), (INO, &u64le(i as u64 + 10))], None);
+        }
+        for (i, f) in files.iter().enumerate() {
+            e.command(
+                Cmd::Mkfile,
+                &[(PATH, f), (INO, &u64le(i as u64 + 100))],
+                None,
+            );
+        }
+        let t = super::super::format::tests::tree_of(&e.finish());
+        let mut sorted = Vec::new();
+        t.walk_sorted(b"", ROOT, &mut |p, _| sorted.push(p.to_vec()));
+        let mut want: Vec<Vec<u8>> = dirs.iter().chain(&files).map(|p| p.to_vec()).collect();
+        want.sort();
+        assert_eq!(sorted, want);
+        // Below a directory: its own subtree only, at its path.
+        sorted.clear();
+        let a = t.lookup(b"a").expect("a");
+        t.walk_sorted(b"a", a, &mut |p, _| sorted.push(p.to_vec()));
+        want.retain(|p| p.starts_with(b"a/"));
+        assert_eq!(sorted, want);
+        let l = Listing::decode(super::super::format::encode(&t, 0)).expect("reads");
+        assert_same(&t, &l);
     }
 
     #[test]

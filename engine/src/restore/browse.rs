@@ -230,31 +230,47 @@ pub fn normalize(path: &[u8]) -> Vec<u8> {
 /// What `ls` shows of `path` (the subvolume's root when empty): a directory's entries (all
 /// below it with `recursive`), or the one entry that is not a directory. Sorted by path.
 pub fn entries(names: &impl Names, path: &[u8], recursive: bool) -> Result<Vec<Entry>, String> {
+    let mut out = Vec::new();
+    each_entry(names, path, recursive, &mut |e| out.push(e))?;
+    Ok(out)
+}
+
+/// `entries`, handed to `f` one at a time in the same order (sorted by path) and never
+/// held together: returns how many.
+pub fn each_entry(
+    names: &impl Names,
+    path: &[u8],
+    recursive: bool,
+    f: &mut dyn FnMut(Entry),
+) -> Result<usize, String> {
     let path = normalize(path);
     let ino = names
         .lookup(&path)
         .ok_or_else(|| format!("{}: no such path in this backup", escape(&path)))?;
     let node = names.meta(ino).ok_or("the index names a missing inode")?;
+    let mut n = 0;
+    let mut hand = |p: &[u8], child: Ino| {
+        if let Some(e) = entry(names, p.to_vec(), child) {
+            n += 1;
+            f(e);
+        }
+    };
     if node.kind != Kind::Dir {
-        return Ok(entry(names, path, ino).into_iter().collect());
-    }
-    let mut out = Vec::new();
-    if recursive {
-        names.walk(&path, ino, &mut |p, child| {
-            out.extend(entry(names, p.to_vec(), child));
-        });
+        hand(&path, ino);
+    } else if recursive {
+        names.walk_sorted(&path, ino, &mut hand);
     } else {
+        // A directory's names are in order, so its paths are.
         names.each_child(ino, &mut |name, child| {
             let mut p = path.clone();
             if !p.is_empty() {
                 p.push(b'/');
             }
             p.extend_from_slice(name);
-            out.extend(entry(names, p, child));
+            hand(&p, child);
         });
     }
-    out.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
+    Ok(n)
 }
 
 /// A `find` pattern: `*` matches any run of bytes but `/`, `?` one byte but `/`, `**` any

@@ -24,7 +24,9 @@ use engine::sendstream::Parser;
 
 fn main() -> std::process::ExitCode {
     let usage = || {
-        eprintln!("usage: index_phases [--synthetic FILES] [--spill DIR [--hot INODES]] < STREAM");
+        eprintln!(
+            "usage: index_phases [--synthetic FILES] [--spill DIR [--hot INODES]] < STREAM\n       index_phases --ls-from ENCODED_INDEX"
+        );
         std::process::ExitCode::from(2)
     };
     let mut args = std::env::args().skip(1);
@@ -46,6 +48,7 @@ fn main() -> std::process::ExitCode {
                 }
             },
             "--spill" => spill = Some(engine::fileindex::Spill::in_dir(value)),
+            "--ls-from" => return ls_from(std::path::Path::new(&value)),
             "--hot" => match value.parse() {
                 Ok(n) => hot = n,
                 Err(e) => {
@@ -206,7 +209,8 @@ fn main() -> std::process::ExitCode {
     };
     let paths = built.entries;
     drop(built);
-    // What `ls --recursive` does: the listing read from the encoded bytes, every entry.
+    // What `ls --recursive --json` does: the listing read from the encoded bytes, every
+    // entry printed (to nowhere) as the walk reaches it.
     let t = Instant::now();
     let listing = match engine::fileindex::Listing::decode(encoded.clone()) {
         Ok(l) => l,
@@ -217,17 +221,25 @@ fn main() -> std::process::ExitCode {
     };
     let listing_decode = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let listed = engine::restore::browse::entries(&listing, b"", true).unwrap_or_default();
+    let listed =
+        engine::restore::browse::each_entry(&listing, b"", true, &mut |_| {}).unwrap_or_default();
     let list = t.elapsed().as_secs_f64();
-    // What `ls --recursive --json` then prints, to nowhere.
     let t = Instant::now();
     let mut sink = std::io::BufWriter::new(std::io::sink());
-    for e in &listed {
-        let _ = serde_json::to_writer(&mut sink, e);
+    let _ = engine::restore::browse::each_entry(&listing, b"", true, &mut |e| {
+        let _ = serde_json::to_writer(&mut sink, &e);
         let _ = sink.write_all(b"\n");
-    }
+    });
     let json = t.elapsed().as_secs_f64();
-    let listed = listed.len();
+    drop(listing);
+    // Its memory in a process of its own (one that freed memory before reuses it unseen).
+    let ls = match ls_in_child(&encoded) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("index_phases: ls in a child process: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
 
     let mib = stream.len() as f64 / f64::from(1 << 20);
     println!(
@@ -258,12 +270,65 @@ fn main() -> std::process::ExitCode {
             "listing_decode_s": listing_decode,
             "list_s": list,
             "json_lines_s": json,
+            "ls_peak_mib": ls["peak_mib"],
+            "ls_s": ls["s"],
         })
     );
     std::process::ExitCode::SUCCESS
 }
 
 /// The most this process held resident since `reset_peak`, MiB (VmHWM).
+/// `ls --recursive --json` of an encoded index in a fresh process: its time, and its peak
+/// memory past the encoded bytes it read.
+fn ls_in_child(encoded: &[u8]) -> Result<serde_json::Value, String> {
+    let file = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
+    std::fs::write(file.path(), encoded).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(exe)
+        .arg("--ls-from")
+        .arg(file.path())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+fn ls_from(path: &std::path::Path) -> std::process::ExitCode {
+    let encoded = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("index_phases: {}: {e}", path.display());
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let before = rss_mib();
+    reset_peak();
+    let t = Instant::now();
+    let listing = match engine::fileindex::Listing::decode(encoded) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("index_phases: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let mut sink = std::io::BufWriter::new(std::io::sink());
+    let n = engine::restore::browse::each_entry(&listing, b"", true, &mut |e| {
+        let _ = serde_json::to_writer(&mut sink, &e);
+        let _ = sink.write_all(b"\n");
+    });
+    println!(
+        "{}",
+        serde_json::json!({
+            "s": t.elapsed().as_secs_f64(),
+            "peak_mib": (peak_mib() - before).round(),
+            "listed": n.unwrap_or(0),
+        })
+    );
+    std::process::ExitCode::SUCCESS
+}
+
 fn peak_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
