@@ -22,6 +22,8 @@ use std::sync::Mutex;
 const BATCH: usize = 1 << 20;
 /// And read back this many bytes at a time.
 const WINDOW: u64 = 64 << 10;
+/// What a read out of order takes.
+const PAGE: u64 = 4 << 10;
 
 /// Where cold inodes go, and how many stay in memory.
 #[derive(Clone, Debug)]
@@ -167,8 +169,12 @@ impl SpillFile {
             .read_exact_at(&mut len, at)
             .map_err(|e| e.to_string())?;
         let need = u32::from_le_bytes(len) as u64 + 4;
-        // The record and what follows it, up to a batch (never past what was written).
-        let want = need.max(WINDOW.min(s.written - at));
+        // The record and what follows it, up to a window (never past what was written):
+        // a whole one where reads go on in order from the last, else a page (reads in no
+        // order would each read a window for one record).
+        let in_order = at >= s.window_at && at <= s.window_at + s.window.len() as u64 + WINDOW;
+        let window = if in_order { WINDOW } else { PAGE };
+        let want = need.max(window.min(s.written - at));
         if at + need > s.written {
             return Err("a record past the end of what was written".into());
         }

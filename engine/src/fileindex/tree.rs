@@ -284,6 +284,12 @@ impl Tree {
         self.inodes.spill_to(spill)
     }
 
+    /// Tests: the spill file fails from now on.
+    #[cfg(test)]
+    pub(crate) fn break_spill(&self) {
+        self.inodes.break_spill();
+    }
+
     /// Why the tree is incomplete, if its spill file failed: such a tree is not stored.
     pub fn spill_error(&self) -> Option<String> {
         self.inodes.spill_error()
@@ -318,8 +324,8 @@ impl Tree {
         self.inodes.get_mut(&ino)
     }
 
-    /// `ino` is a directory in the tree.
-    pub(super) fn is_dir(&self, ino: Ino) -> bool {
+    /// `ino` is a directory in the tree (known without reading a spilled inode back).
+    pub fn is_dir(&self, ino: Ino) -> bool {
         self.inodes.is_dir(&ino)
     }
 

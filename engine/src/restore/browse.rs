@@ -83,7 +83,14 @@ pub async fn tree_of(
     spill: Option<&crate::fileindex::Spill>,
 ) -> Result<Tree, RestoreError> {
     let (bytes, ix, opener) = fetch_index(store, m, identity_file).await?;
-    Ok(stored::open(&bytes, ix, sealed(&opener, m), spill)?)
+    match stored::open(&bytes, ix, sealed(&opener, m), spill) {
+        // A state directory that cannot take the spill file: read in memory, as before.
+        Err(StoredError::Spill { what, .. }) if spill.is_some() => {
+            tracing::warn!("{what}; reading the file index in memory instead");
+            Ok(stored::open(&bytes, ix, sealed(&opener, m), None)?)
+        }
+        r => Ok(r?),
+    }
 }
 
 /// The listing of a validated manifest's index (what `ls` and `find` need).

@@ -11,7 +11,7 @@
 //! half-written file at a requested path; every byte written came from a part whose hashes
 //! matched the manifest.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
@@ -118,7 +118,8 @@ fn select(tree: &Tree, paths: &[Vec<u8>]) -> Result<(Vec<Vec<u8>>, Selected), St
             .ok_or_else(|| format!("{}: no such path in this backup", escape(top)))?;
         let mut stack = vec![(top.clone(), ino)];
         while let Some((p, i)) = stack.pop() {
-            if let Some(node) = tree.inode(i) {
+            // Only a directory is read (a spilled tree reads each back from its file).
+            if let Some(node) = tree.is_dir(i).then(|| tree.inode(i)).flatten() {
                 for (name, child) in &node.children {
                     let mut q = p.clone();
                     q.push(b'/');
@@ -131,6 +132,21 @@ fn select(tree: &Tree, paths: &[Vec<u8>]) -> Result<(Vec<Vec<u8>>, Selected), St
     }
     out.sort();
     Ok((kept, out))
+}
+
+/// A spilled tree whose file failed is missing what it could not read back: refused.
+fn spill_intact(tree: &Tree, req: &PathRequest) -> Result<(), RestoreError> {
+    match tree.spill_error() {
+        None => Ok(()),
+        Some(e) => Err(RestoreError::Io {
+            path: req
+                .spill
+                .as_ref()
+                .map(|s| s.dir.clone())
+                .unwrap_or_default(),
+            source: std::io::Error::other(e),
+        }),
+    }
 }
 
 fn make_entry(p: &Path, node: &Inode) -> Result<(), RestoreError> {
@@ -241,6 +257,7 @@ pub async fn restore_paths(
     }
     let (tops, selected) = select(&tree, &req.paths)
         .map_err(|e| RestoreError::NotFound(format!("backup {}: {e}", m.backup_id)))?;
+    spill_intact(&tree, req)?;
     for top in &tops {
         let there = req.target.join(OsStr::from_bytes(top));
         beneath(&req.target, top, false)?;
@@ -250,13 +267,13 @@ pub async fn restore_paths(
     }
     // Archived chunks holding the data are thawed first, as a whole restore thaws its chain
     // (S3's word decides; only the chunks these paths need).
+    // In inode order: a spilled tree's file is then read nearly in order.
+    let mut inos: Vec<Ino> = selected.iter().map(|(_, i)| *i).collect();
+    inos.sort_unstable();
+    inos.dedup();
     let mut ranges = Vec::new();
-    let mut seen: HashSet<Ino> = HashSet::new();
-    for (_, ino) in &selected {
+    for ino in &inos {
         let node = tree.inode(*ino).ok_or(RestoreError::Internal)?;
-        if !seen.insert(*ino) {
-            continue;
-        }
         for (_, ext) in &node.extents {
             if let Source::Stream {
                 backup,
@@ -320,8 +337,10 @@ pub async fn restore_paths(
     // The data: pieces of the chain's streams, in stored order per backup.
     let mut pieces = Vec::new();
     let mut prealloc = Vec::new();
-    for (ino, &i) in &first {
-        let node = tree.inode(*ino).ok_or(RestoreError::Internal)?;
+    let mut by_inode: Vec<(Ino, usize)> = first.iter().map(|(ino, i)| (*ino, *i)).collect();
+    by_inode.sort_unstable();
+    for (ino, i) in by_inode {
+        let node = tree.inode(ino).ok_or(RestoreError::Internal)?;
         for (off, ext) in &node.extents {
             match ext.source {
                 Source::Stream {
@@ -368,6 +387,8 @@ pub async fn restore_paths(
             set_metadata(&staged[i], &node)?;
         }
     }
+    // Nothing read from a spill file that failed is put in place.
+    spill_intact(&tree, req)?;
     for top in &tops {
         let to = req.target.join(OsStr::from_bytes(top));
         beneath(&req.target, top, true)?;
@@ -404,4 +425,48 @@ pub async fn restore_paths(
             .sum(),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A spilled tree selects as one in memory, and a spill file that fails refuses the
+    /// restore, naming where it was.
+    #[test]
+    fn a_spilled_tree_whose_file_fails_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut tree = crate::fileindex::format::tests::sample();
+        let spill = crate::fileindex::Spill {
+            dir: dir.path().to_path_buf(),
+            hot: 1,
+        };
+        let whole = tree.clone();
+        tree.spill_to(&spill).expect("spill file");
+        let req = PathRequest {
+            subvolume: "data".into(),
+            selector: super::super::Selector::Newest,
+            target: dir.path().to_path_buf(),
+            paths: vec![b"d".to_vec()],
+            identity_file: None,
+            restore: Default::default(),
+            wait: false,
+            spill: Some(spill),
+        };
+        let (tops, selected) = select(&tree, &req.paths).expect("selects");
+        assert_eq!(tops, [b"d".to_vec()]);
+        assert!(selected.len() > 1, "{selected:?}");
+        assert_eq!(
+            select(&whole, &req.paths).expect("selects"),
+            (tops.clone(), selected.clone())
+        );
+        spill_intact(&tree, &req).expect("intact");
+        assert!(tree.spilled() > 0);
+        tree.break_spill();
+        let e = spill_intact(&tree, &req).expect_err("refused").to_string();
+        assert!(
+            e.contains(&dir.path().display().to_string()) && e.contains("injected"),
+            "{e}"
+        );
+    }
 }
