@@ -3,6 +3,7 @@
 # off, alternated, of two datasets: "text" (generated log lines and real source files, a few
 # thousand files) and "small" (FILES small files of 0-255 bytes in 1,000 directories). For
 # each backup with an index: the index's entries, encoded and stored size (bytes a path);
+# an incremental on top of each full backup (one file changed in each of 1,000 directories);
 # then `ls --recursive --json` of it in a fresh process (wall time, one index GET), and
 # `restore --path` of one small file (bytes fetched against the chain's stored size).
 #   sudo scripts/bench-index.sh [--mib 512] [--files 1000000] [--repeat 3]
@@ -103,9 +104,10 @@ for line in open(sys.argv[1]):
     e = json.loads(line)
     if e["type"] == "file" and 0 < e["size"] < 4096: print(e["path"]); break' "$OUT/ls.jsonl")
         rm -rf "$W/mnt/one"; mkdir -p "$W/mnt/one"
-        "$BIN" --config "$W/config.toml" --json restore --subvolume "$ds" --target "$W/mnt/one" --path "$one" > "$OUT/one.json"
+        /usr/bin/time -f "%M" -o "$OUT/time-one.txt" "$BIN" --config "$W/config.toml" --json restore --subvolume "$ds" --target "$W/mnt/one" --path "$one" > "$OUT/one.json"
+        read -r one_rss < "$OUT/time-one.txt"
         "$S5" --endpoint-url "$S3_ENDPOINT" cat "s3://$S3_BUCKET/$mkey" > "$OUT/manifest.json"
-        row="$row, $(python3 - "$OUT/one.json" "$OUT/ls.jsonl" "$ls_wall" "$ls_rss" "$OUT/manifest.json" <<'PY'
+        row="$row, $(python3 - "$OUT/one.json" "$OUT/ls.jsonl" "$ls_wall" "$ls_rss" "$OUT/manifest.json" "$one_rss" <<'PY'
 import json, sys
 one = json.load(open(sys.argv[1]))
 ix = json.load(open(sys.argv[5]))["index"]
@@ -114,25 +116,43 @@ assert listed == ix["entries"], (listed, ix["entries"])
 print(json.dumps({"entries": ix["entries"], "index_plain_bytes": ix["plain_bytes"],
   "index_stored_bytes": ix["stored_bytes"], "plain_bytes_per_path": round(ix["plain_bytes"] / ix["entries"], 1),
   "ls_recursive_s": float(sys.argv[3]), "ls_peak_rss_mib": round(int(sys.argv[4]) / 1024, 1),
-  "one_file_fetched_bytes": one["fetched_bytes"], "chain_bytes": one["chain_bytes"]})[1:-1])
+  "one_file_fetched_bytes": one["fetched_bytes"], "chain_bytes": one["chain_bytes"],
+  "one_file_peak_rss_mib": round(int(sys.argv[6]) / 1024, 1)})[1:-1])
 PY
 )"
       fi
+      # An incremental on top: one file changed in each of the first 1,000 directories (its
+      # index starts from the full backup's, read back from this host's cache).
+      python3 - "$W/mnt/$ds" <<'PY'
+import os, sys
+root = sys.argv[1]
+for n, (d, _, names) in enumerate(sorted(os.walk(root))):
+    if n >= 1000: break
+    files = sorted(f for f in names)
+    if files:
+        with open(os.path.join(d, files[0]), "ab") as f: f.write(b"+")
+PY
+      sync; echo 3 > /proc/sys/vm/drop_caches
+      /usr/bin/time -f "%M %e" -o "$OUT/time-incr.txt" "$BIN" --config "$W/config.toml" --quiet backup --once --json > "$OUT/incr.json"
+      read -r incr_rss incr_wall < "$OUT/time-incr.txt"
+      incr_snap=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["runs"][0]; assert r["kind"] == "incremental", r; print(r["snapshot"])' "$OUT/incr.json")
+      row="$row, \"incremental_wall_s\": $incr_wall, \"incremental_peak_rss_mib\": $(python3 -c "print(round($incr_rss / 1024, 1))")"
       add "{$row}"
       echo "$results" > "$OUT/index.json"
-      btrfs subvolume delete "$snap" > /dev/null; rm -rf "$W/state"
+      btrfs subvolume delete "$incr_snap" "$snap" > /dev/null; rm -rf "$W/state"
     done
   done
 done
 python3 - "$OUT/index.json" <<'PY'
 import json, statistics, sys
 rows = json.load(open(sys.argv[1]))
-print("| dataset | file_index | backup s (median) | backup CPU s (median) | peak RSS MiB | paths | index B/path (plain) | index stored B | `ls -r` s (median) | one file fetched B | chain B |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+print("| dataset | file_index | backup s (median) | backup CPU s (median) | peak RSS MiB | incremental s (median) | incremental peak RSS MiB | paths | index B/path (plain) | index stored B | `ls -r` s (median) | `ls -r` peak RSS MiB | one file fetched B | one file peak RSS MiB | chain B |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 groups = {}
 for r in rows:
     groups.setdefault((r["dataset"], r["file_index"]), []).append(r)
 for (ds, ix), rs in groups.items():
     med = lambda k: statistics.median(x[k] for x in rs) if k in rs[0] else "—"
-    print(f"| {ds} | {ix} | {med('backup_wall_s')} | {med('backup_cpu_s')} | {max(x['backup_peak_rss_mib'] for x in rs)} | {med('entries')} | {med('plain_bytes_per_path')} | {med('index_stored_bytes')} | {med('ls_recursive_s')} | {med('one_file_fetched_bytes')} | {med('chain_bytes')} |")
+    top = lambda k: max(x[k] for x in rs) if k in rs[0] else "—"
+    print(f"| {ds} | {ix} | {med('backup_wall_s')} | {med('backup_cpu_s')} | {top('backup_peak_rss_mib')} | {med('incremental_wall_s')} | {top('incremental_peak_rss_mib')} | {med('entries')} | {med('plain_bytes_per_path')} | {med('index_stored_bytes')} | {med('ls_recursive_s')} | {top('ls_peak_rss_mib')} | {med('one_file_fetched_bytes')} | {top('one_file_peak_rss_mib')} | {med('chain_bytes')} |")
 PY
