@@ -570,23 +570,23 @@ pub(crate) fn read(r: &mut In<'_>, sink: &mut impl Sink) -> Result<Header, Forma
     })
 }
 
-/// Builds a `Tree` from what `read` hands on: inode `i` is our `i + ROOT`. With `links`
-/// (a first reading's), each inode is whole when handed on, so a spilled tree can write it
-/// out at once; without, link counts are set at the end.
-/// Spilled, a directory whose entries are all read is written out at once (`cool`).
-struct TreeSink<'l> {
+/// Builds a `Tree` from what `read` hands on: inode `i` is our `i + ROOT`, its link count
+/// set at the end. Spilled, each inode is handed on with one link (so that most are whole
+/// when written out: only hard-linked files are changed at the end), and a directory whose
+/// entries are all read is written out at once (`cool`).
+struct TreeSink {
     inodes: Inodes,
-    links: Option<&'l [u32]>,
+    spilled: bool,
     last: Ino,
     /// The directory whose entries are being read (spilled only).
     filling: Option<Ino>,
 }
 
-impl Sink for TreeSink<'_> {
+impl Sink for TreeSink {
     fn inode(&mut self, i: usize, h: Head<'_>) {
         self.last = i as Ino + ROOT;
-        let nlink = self.links.and_then(|l| l.get(i)).copied().unwrap_or(0);
-        self.inodes.insert(self.last, h.inode(nlink));
+        self.inodes
+            .insert(self.last, h.inode(u32::from(self.spilled)));
     }
     fn xattr(&mut self, name: &[u8], value: &[u8]) {
         if let Some(n) = self.inodes.get_mut(&self.last) {
@@ -600,7 +600,7 @@ impl Sink for TreeSink<'_> {
     }
     fn entry(&mut self, dir: usize, name: &[u8], _: u64, child: usize) {
         let dir = dir as Ino + ROOT;
-        if self.links.is_some() && self.filling != Some(dir) {
+        if self.spilled && self.filling != Some(dir) {
             if let Some(done) = self.filling.replace(dir) {
                 self.inodes.cool(done);
             }
@@ -611,20 +611,12 @@ impl Sink for TreeSink<'_> {
     }
 }
 
-/// Counts nothing: `read` alone checks the bytes and counts the links.
-struct Links;
-
-impl Sink for Links {
-    fn inode(&mut self, _: usize, _: Head<'_>) {}
-    fn entry(&mut self, _: usize, _: &[u8], _: u64, _: usize) {}
-}
-
 /// Reads a stored index back, trusting nothing: returns the tree and the backup's place in
 /// its chain, or names the first thing wrong. What it returns passes `Tree::check`.
 pub fn decode(bytes: &[u8]) -> Result<(Tree, u32), FormatError> {
     let mut sink = TreeSink {
         inodes: Inodes::default(),
-        links: None,
+        spilled: false,
         last: ROOT,
         filling: None,
     };
@@ -647,41 +639,37 @@ pub enum DecodeError {
 }
 
 /// `decode`, keeping at most `spill.hot` inodes in memory (the rest in a spill file, which
-/// the tree keeps using): the bytes are read twice, the first time for the link counts.
+/// the tree keeps using).
 pub fn decode_spilled(bytes: &[u8], spill: &Spill) -> Result<(Tree, u32), DecodeError> {
-    let h = links(&mut In::slice(bytes))?;
-    let tree = tree_spilled(&mut In::slice(bytes), &h, spill)?;
+    let (tree, h) = tree_spilled(&mut In::slice(bytes), spill)?;
     Ok((tree, h.backup))
 }
 
-/// The first of `decode_spilled`'s two readings: every byte checked, the links counted.
-pub(crate) fn links(r: &mut In<'_>) -> Result<Header, FormatError> {
-    read(r, &mut Links)
-}
-
-/// The second: the tree, spilled, from the same bytes `links` read to `h`.
-pub(crate) fn tree_spilled(r: &mut In<'_>, h: &Header, spill: &Spill) -> Result<Tree, DecodeError> {
+/// `decode_spilled` of what `r` reads, in one reading (a stream is read once), with the
+/// header read.
+pub(crate) fn tree_spilled(r: &mut In<'_>, spill: &Spill) -> Result<(Tree, Header), DecodeError> {
     let mut inodes = Inodes::default();
     inodes.spill_to(spill).map_err(DecodeError::Spill)?;
     let mut sink = TreeSink {
         inodes,
-        links: Some(&h.links),
+        spilled: true,
         last: ROOT,
         filling: None,
     };
-    let again = read(r, &mut sink)?;
+    let h = read(r, &mut sink)?;
     if let Some(done) = sink.filling {
         sink.inodes.cool(done);
     }
-    if again.links != h.links || again.uuid != h.uuid {
-        return Err(DecodeError::Format(
-            r.bad("read differently the second time"),
-        ));
+    // Handed on with one link each: the others (hard-linked files) are set now.
+    for (i, links) in h.links.iter().enumerate().filter(|(_, l)| **l != 1) {
+        if let Some(n) = sink.inodes.get_mut(&(i as Ino + ROOT)) {
+            n.nlink = *links;
+        }
     }
     let tree = Tree::from_parts(h.uuid, h.ctransid, sink.inodes);
     match tree.spill_error() {
         Some(e) => Err(DecodeError::Spill(e)),
-        None => Ok(tree),
+        None => Ok((tree, h)),
     }
 }
 

@@ -5,8 +5,8 @@
 //! are checked before anything is opened, decompression never produces more than the
 //! recorded plain size, and the plain bytes must hash to the recorded value before
 //! `format::decode` builds from them. A large index read spilled is streamed from its zstd
-//! bytes twice and never held whole: the first reading checks and hashes every byte, and
-//! only then does the second build the tree.
+//! bytes once and never held whole: the tree is built as they are read and hashed, and
+//! dropped (never returned) unless they hash as recorded.
 
 use bytes::BytesMut;
 
@@ -183,37 +183,36 @@ impl<R: std::io::Read> std::io::Read for Hashing<R> {
     }
 }
 
-/// `decode_checked` with a spill, streamed from the compressed bytes twice.
+/// `decode_checked` with a spill, streamed from the compressed bytes once: the tree built
+/// as they are read and hashed, and dropped unless they hash as the manifest records.
 fn streamed(compressed: &[u8], ix: &IndexEntry, spill: &Spill) -> Result<Tree, StoredError> {
     use std::io::Read;
-    let decoder = || {
-        zstd::stream::read::Decoder::with_buffer(compressed)
-            .map_err(|e| damaged(ix, format!("zstd: {e}")))
-    };
-    let mut first = Hashing {
-        inner: decoder()?.take(ix.plain_bytes.saturating_add(1)),
+    let decoder = zstd::stream::read::Decoder::with_buffer(compressed)
+        .map_err(|e| damaged(ix, format!("zstd: {e}")))?;
+    let mut src = Hashing {
+        inner: decoder.take(ix.plain_bytes.saturating_add(1)),
         xxh3: xxhash_rust::xxh3::Xxh3::new(),
         bytes: 0,
     };
-    let read = format::links(&mut format::In::stream(&mut first, ix.plain_bytes));
+    let read = format::tree_spilled(&mut format::In::stream(&mut src, ix.plain_bytes), spill);
     if read.is_err() {
         // Damage is named as damage (the hash), before what it broke.
-        let _ = std::io::copy(&mut first, &mut std::io::sink());
+        let _ = std::io::copy(&mut src, &mut std::io::sink());
     }
-    if first.bytes != ix.plain_bytes
-        || crate::manifest::hex_u128(first.xxh3.digest128()) != ix.plain_xxh3
+    if src.bytes != ix.plain_bytes
+        || crate::manifest::hex_u128(src.xxh3.digest128()) != ix.plain_xxh3
     {
         return Err(damaged(
             ix,
             format!(
                 "decompressed to {}{} bytes that do not hash to what the manifest records ({} bytes)",
-                if first.bytes > ix.plain_bytes { "more than " } else { "" },
-                first.bytes.min(ix.plain_bytes),
+                if src.bytes > ix.plain_bytes { "more than " } else { "" },
+                src.bytes.min(ix.plain_bytes),
                 ix.plain_bytes
             ),
         ));
     }
-    let h = read.map_err(|e| damaged(ix, e.to_string()))?;
+    let (tree, h) = read.map_err(|e| spilled_error(ix, e))?;
     if u32::from(h.version) != ix.format {
         return Err(damaged(
             ix,
@@ -221,13 +220,7 @@ fn streamed(compressed: &[u8], ix: &IndexEntry, spill: &Spill) -> Result<Tree, S
         ));
     }
     check_position(h.backup, ix)?;
-    let mut second = decoder()?;
-    format::tree_spilled(
-        &mut format::In::stream(&mut second, ix.plain_bytes),
-        &h,
-        spill,
-    )
-    .map_err(|e| spilled_error(ix, e))
+    Ok(tree)
 }
 
 fn decompress_checked(buf: &[u8], ix: &IndexEntry) -> Result<Vec<u8>, StoredError> {
@@ -282,7 +275,7 @@ fn decode_checked(plain: &[u8], ix: &IndexEntry) -> Result<Tree, StoredError> {
     Ok(tree)
 }
 
-/// Maps `streamed`'s second reading's errors.
+/// Maps `streamed`'s reading's errors.
 fn spilled_error(ix: &IndexEntry, e: format::DecodeError) -> StoredError {
     match e {
         format::DecodeError::Format(e) => damaged(ix, e.to_string()),
