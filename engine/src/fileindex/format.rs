@@ -570,23 +570,21 @@ pub(crate) fn read(r: &mut In<'_>, sink: &mut impl Sink) -> Result<Header, Forma
     })
 }
 
-/// Builds a `Tree` from what `read` hands on: inode `i` is our `i + ROOT`, its link count
-/// set at the end. Spilled, each inode is handed on with one link (so that most are whole
-/// when written out: only hard-linked files are changed at the end), and a directory whose
-/// entries are all read is written out at once (`cool`).
+/// Builds a `Tree` from what `read` hands on: inode `i` is our `i + ROOT`, handed on with
+/// one link (so that a spilled one is whole when written out: only hard-linked files are
+/// changed at the end, `build`). A directory whose entries are all read is written out at
+/// once where the tree spills (`cool`).
 struct TreeSink {
     inodes: Inodes,
-    spilled: bool,
     last: Ino,
-    /// The directory whose entries are being read (spilled only).
+    /// The directory whose entries are being read.
     filling: Option<Ino>,
 }
 
 impl Sink for TreeSink {
     fn inode(&mut self, i: usize, h: Head<'_>) {
         self.last = i as Ino + ROOT;
-        self.inodes
-            .insert(self.last, h.inode(u32::from(self.spilled)));
+        self.inodes.insert(self.last, h.inode(1));
     }
     fn xattr(&mut self, name: &[u8], value: &[u8]) {
         if let Some(n) = self.inodes.get_mut(&self.last) {
@@ -600,7 +598,7 @@ impl Sink for TreeSink {
     }
     fn entry(&mut self, dir: usize, name: &[u8], _: u64, child: usize) {
         let dir = dir as Ino + ROOT;
-        if self.spilled && self.filling != Some(dir) {
+        if self.filling != Some(dir) {
             if let Some(done) = self.filling.replace(dir) {
                 self.inodes.cool(done);
             }
@@ -614,18 +612,28 @@ impl Sink for TreeSink {
 /// Reads a stored index back, trusting nothing: returns the tree and the backup's place in
 /// its chain, or names the first thing wrong. What it returns passes `Tree::check`.
 pub fn decode(bytes: &[u8]) -> Result<(Tree, u32), FormatError> {
+    let (tree, h) = build(&mut In::slice(bytes), Inodes::default())?;
+    Ok((tree, h.backup))
+}
+
+/// The tree of what `r` reads, into `inodes` (spilling or not), and the header read.
+fn build(r: &mut In<'_>, inodes: Inodes) -> Result<(Tree, Header), FormatError> {
     let mut sink = TreeSink {
-        inodes: Inodes::default(),
-        spilled: false,
+        inodes,
         last: ROOT,
         filling: None,
     };
-    let h = read(&mut In::slice(bytes), &mut sink)?;
-    let mut inodes = sink.inodes;
-    for (node, links) in inodes.values_mut().zip(&h.links) {
-        node.nlink = *links;
+    let h = read(r, &mut sink)?;
+    if let Some(done) = sink.filling {
+        sink.inodes.cool(done);
     }
-    Ok((Tree::from_parts(h.uuid, h.ctransid, inodes), h.backup))
+    // Handed on with one link each: the others (hard-linked files) are set now.
+    for (i, links) in h.links.iter().enumerate().filter(|(_, l)| **l != 1) {
+        if let Some(n) = sink.inodes.get_mut(&(i as Ino + ROOT)) {
+            n.nlink = *links;
+        }
+    }
+    Ok((Tree::from_parts(h.uuid, h.ctransid, sink.inodes), h))
 }
 
 /// Why `decode_spilled` returned no tree.
@@ -650,23 +658,7 @@ pub fn decode_spilled(bytes: &[u8], spill: &Spill) -> Result<(Tree, u32), Decode
 pub(crate) fn tree_spilled(r: &mut In<'_>, spill: &Spill) -> Result<(Tree, Header), DecodeError> {
     let mut inodes = Inodes::default();
     inodes.spill_to(spill).map_err(DecodeError::Spill)?;
-    let mut sink = TreeSink {
-        inodes,
-        spilled: true,
-        last: ROOT,
-        filling: None,
-    };
-    let h = read(r, &mut sink)?;
-    if let Some(done) = sink.filling {
-        sink.inodes.cool(done);
-    }
-    // Handed on with one link each: the others (hard-linked files) are set now.
-    for (i, links) in h.links.iter().enumerate().filter(|(_, l)| **l != 1) {
-        if let Some(n) = sink.inodes.get_mut(&(i as Ino + ROOT)) {
-            n.nlink = *links;
-        }
-    }
-    let tree = Tree::from_parts(h.uuid, h.ctransid, sink.inodes);
+    let (tree, h) = build(r, inodes)?;
     match tree.spill_error() {
         Some(e) => Err(DecodeError::Spill(e)),
         None => Ok((tree, h)),

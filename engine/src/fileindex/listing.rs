@@ -115,40 +115,11 @@ pub trait Names {
                 Some(name) => (name, true),
                 None => (&key[..], false),
             };
-            let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
-            p.extend_from_slice(dir);
-            if !p.is_empty() {
-                p.push(b'/');
-            }
-            p.extend_from_slice(name);
+            let p = child_path(dir, name);
             if subtree {
                 stack.push(level(p, child));
             } else {
                 f(&p, child);
-            }
-        }
-    }
-
-    /// Every path below directory `top` (itself at `prefix`) with its inode, a directory
-    /// before what it holds (no other order: callers sort what they show).
-    fn walk(&self, prefix: &[u8], top: Ino, f: &mut dyn FnMut(&[u8], Ino)) {
-        let mut stack: Vec<(Vec<u8>, Ino)> = vec![(prefix.to_vec(), top)];
-        let mut kids: Vec<(Vec<u8>, Ino)> = Vec::new();
-        while let Some((dir, d)) = stack.pop() {
-            self.each_child(d, &mut |name, child| {
-                let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
-                p.extend_from_slice(&dir);
-                if !p.is_empty() {
-                    p.push(b'/');
-                }
-                p.extend_from_slice(name);
-                kids.push((p, child));
-            });
-            for (p, child) in kids.drain(..) {
-                f(&p, child);
-                if self.meta(child).is_some_and(|m| m.kind == Kind::Dir) {
-                    stack.push((p, child));
-                }
             }
         }
     }
@@ -208,6 +179,17 @@ struct Node {
     /// A directory's entries: `entries[first..first + count]`.
     first: u32,
     count: u32,
+}
+
+/// `name` in directory `dir` (the root when empty).
+pub fn child_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
+    p.extend_from_slice(dir);
+    if !p.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
 }
 
 /// A directory entry: the name's range in `bytes`, and the inode's place.
@@ -373,8 +355,7 @@ pub(crate) mod tests {
     pub(crate) fn assert_same(t: &Tree, l: &Listing) {
         fn all(n: &impl Names) -> Vec<(Vec<u8>, Ino)> {
             let mut v = Vec::new();
-            n.walk(b"", ROOT, &mut |p, i| v.push((p.to_vec(), i)));
-            v.sort();
+            n.walk_sorted(b"", ROOT, &mut |p, i| v.push((p.to_vec(), i)));
             v
         }
         let (a, b) = (all(t), all(l));

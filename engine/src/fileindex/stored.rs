@@ -199,46 +199,34 @@ fn streamed(compressed: &[u8], ix: &IndexEntry, spill: &Spill) -> Result<Tree, S
         // Damage is named as damage (the hash), before what it broke.
         let _ = std::io::copy(&mut src, &mut std::io::sink());
     }
-    if src.bytes != ix.plain_bytes
-        || crate::manifest::hex_u128(src.xxh3.digest128()) != ix.plain_xxh3
-    {
+    check_plain(ix, src.bytes, src.xxh3.digest128())?;
+    let (tree, h) = read.map_err(|e| spilled_error(ix, e))?;
+    check_version(Some(h.version), ix)?;
+    check_position(h.backup, ix)?;
+    Ok(tree)
+}
+
+/// The plain bytes were `bytes` long (more than recorded: past it) and hashed to `xxh3`.
+fn check_plain(ix: &IndexEntry, bytes: u64, xxh3: u128) -> Result<(), StoredError> {
+    if bytes != ix.plain_bytes || crate::manifest::hex_u128(xxh3) != ix.plain_xxh3 {
         return Err(damaged(
             ix,
             format!(
                 "decompressed to {}{} bytes that do not hash to what the manifest records ({} bytes)",
-                if src.bytes > ix.plain_bytes { "more than " } else { "" },
-                src.bytes.min(ix.plain_bytes),
+                if bytes > ix.plain_bytes { "more than " } else { "" },
+                bytes.min(ix.plain_bytes),
                 ix.plain_bytes
             ),
         ));
     }
-    let (tree, h) = read.map_err(|e| spilled_error(ix, e))?;
-    if u32::from(h.version) != ix.format {
-        return Err(damaged(
-            ix,
-            format!("in format {}, the manifest says {}", h.version, ix.format),
-        ));
-    }
-    check_position(h.backup, ix)?;
-    Ok(tree)
+    Ok(())
 }
 
 fn decompress_checked(buf: &[u8], ix: &IndexEntry) -> Result<Vec<u8>, StoredError> {
     let cap = usize::try_from(ix.plain_bytes)
         .map_err(|_| damaged(ix, format!("{} plain bytes", ix.plain_bytes)))?;
     let plain = bounded_decompress(buf, cap).map_err(|e| damaged(ix, format!("zstd: {e}")))?;
-    if plain.len() as u64 != ix.plain_bytes
-        || crate::manifest::hex_u128(xxhash_rust::xxh3::xxh3_128(&plain)) != ix.plain_xxh3
-    {
-        return Err(damaged(
-            ix,
-            format!(
-                "decompressed to {} bytes that do not hash to what the manifest records ({} bytes)",
-                plain.len(),
-                ix.plain_bytes
-            ),
-        ));
-    }
+    check_plain(ix, plain.len() as u64, xxhash_rust::xxh3::xxh3_128(&plain))?;
     Ok(plain)
 }
 
@@ -269,7 +257,7 @@ pub fn open(
 
 /// `format::decode` of plain bytes the manifest entry describes.
 fn decode_checked(plain: &[u8], ix: &IndexEntry) -> Result<Tree, StoredError> {
-    check_version(plain, ix)?;
+    check_version(plain.get(format::MAGIC.len()).copied(), ix)?;
     let (tree, position) = format::decode(plain).map_err(|e| damaged(ix, e.to_string()))?;
     check_position(position, ix)?;
     Ok(tree)
@@ -293,7 +281,7 @@ pub fn open_listing(
     sealed: Option<(&Opener, usize)>,
 ) -> Result<Listing, StoredError> {
     let plain = unpack(stored, ix, sealed)?;
-    check_version(&plain, ix)?;
+    check_version(plain.get(format::MAGIC.len()).copied(), ix)?;
     let l = Listing::decode(plain).map_err(|e| damaged(ix, e.to_string()))?;
     check_position(l.backup, ix)?;
     Ok(l)
@@ -306,8 +294,9 @@ fn damaged(ix: &IndexEntry, what: String) -> StoredError {
     }
 }
 
-fn check_version(plain: &[u8], ix: &IndexEntry) -> Result<(), StoredError> {
-    let version = plain.get(format::MAGIC.len()).copied().map(u32::from);
+/// The format the index says it is in (None: too short to say) is the manifest's.
+fn check_version(version: Option<u8>, ix: &IndexEntry) -> Result<(), StoredError> {
+    let version = version.map(u32::from);
     if version != Some(ix.format) {
         return Err(damaged(
             ix,

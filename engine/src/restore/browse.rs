@@ -10,7 +10,7 @@ use super::chain::resolve;
 use super::{opener_for, RestoreError, Selector};
 use std::sync::Arc;
 
-use crate::fileindex::listing::Kind;
+use crate::fileindex::listing::{child_path, Kind};
 use crate::fileindex::stored::{self, StoredError};
 use crate::fileindex::tree::ROOT;
 use crate::fileindex::{Ino, Listing, Names, Tree};
@@ -269,12 +269,7 @@ pub fn each_entry(
     } else {
         // A directory's names are in order, so its paths are.
         names.each_child(ino, &mut |name, child| {
-            let mut p = path.clone();
-            if !p.is_empty() {
-                p.push(b'/');
-            }
-            p.extend_from_slice(name);
-            hand(&p, child);
+            hand(&child_path(&path, name), child)
         });
     }
     Ok(n)
@@ -425,7 +420,8 @@ pub async fn find(
             Err(e) => return Err(e),
         };
         let mut found = Vec::new();
-        listing.walk(b"", ROOT, &mut |path, ino| {
+        // In path order, as `ls` shows them.
+        listing.walk_sorted(b"", ROOT, &mut |path, ino| {
             if pattern.matches(path) {
                 found.extend(entry(&listing, path.to_vec(), ino).map(|entry| Found {
                     backup_id: id.clone(),
@@ -433,7 +429,6 @@ pub async fn find(
                 }));
             }
         });
-        found.sort_unstable_by(|a, b| a.entry.path.cmp(&b.entry.path));
         report.found.extend(found);
         report.searched.push(id);
     }
