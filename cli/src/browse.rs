@@ -255,10 +255,7 @@ pub(crate) async fn restore_paths(
         restore: settings.restore.clone(),
         wait,
         // A tree of millions of files keeps most inodes in the state directory.
-        spill: settings
-            .state_dir
-            .is_dir()
-            .then(|| settings.file_index_spill()),
+        spill: settings.file_index_spill_if_present(),
     };
     let r = engine::restore::partial::restore_paths(store, &keys, &req)
         .await

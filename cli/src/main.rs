@@ -615,10 +615,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 .await
                 .map_err(fail)?;
             // A rebuilt index of millions of files keeps most inodes in the state directory.
-            let spill = settings
-                .state_dir
-                .is_dir()
-                .then(|| settings.file_index_spill());
+            let spill = settings.file_index_spill_if_present();
             let reports = engine::restore::verify(
                 &BtrfsCli::default(),
                 store,

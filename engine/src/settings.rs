@@ -255,6 +255,12 @@ impl Settings {
         }
     }
 
+    /// The spill for a command that reads an index (restore, verify) where the state
+    /// directory exists; none where it does not, so reading never makes one.
+    pub fn file_index_spill_if_present(&self) -> Option<crate::fileindex::Spill> {
+        self.state_dir.is_dir().then(|| self.file_index_spill())
+    }
+
     pub fn journal_path(&self) -> PathBuf {
         self.state_dir.join("journal.redb")
     }
