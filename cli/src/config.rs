@@ -211,6 +211,7 @@ struct RawConfig {
     lock_path: Option<PathBuf>,
     metrics_file: Option<Spanned<PathBuf>>,
     compression: Option<Spanned<String>>,
+    chunk_hash: Option<Spanned<String>>,
     #[serde(default = "default_true")]
     file_index: bool,
     file_index_hot_inodes: Option<Spanned<u64>>,
@@ -606,6 +607,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
             )
         })?,
     };
+    let chunk_hash = match &raw.chunk_hash {
+        // BLAKE3 by default: a third of SHA-256's CPU per GiB (BENCHMARKS.md); "sha256"
+        // writes manifests that builds before format 5 read.
+        None => engine::chunkhash::ChunkHash::default(),
+        Some(h) => engine::chunkhash::ChunkHash::parse(h.get_ref()).map_err(|message| {
+            invalid_at(
+                Some(h.span()),
+                message,
+                "chunk_hash is \"blake3\" (the default) or \"sha256\" (manifests that builds older than format 5 read)"
+                    .into(),
+            )
+        })?,
+    };
     let encryption = match &raw.encryption {
         None => None,
         Some(e) => Some(encryption(e, &invalid_at)?),
@@ -783,6 +797,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         metrics_file: raw.metrics_file.map(Spanned::into_inner),
         compression,
         encryption,
+        chunk_hash,
         prune_profile,
         file_index: raw.file_index,
         file_index_hot: file_index_hot as usize,

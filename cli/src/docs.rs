@@ -158,6 +158,8 @@ pub struct SettingsDoc {
     pub metrics_file: Option<PathBuf>,
     /// "off" or "zstd:LEVEL".
     pub compression: String,
+    /// The hash of chunks and streams in new manifests: "blake3" (format 5) or "sha256".
+    pub chunk_hash: String,
     /// A file index is built and stored with every backup.
     pub file_index: bool,
     /// Inodes a file index keeps in memory while it is built or read; the rest are spilled
@@ -234,6 +236,7 @@ impl SettingsDoc {
             lock_path: s.lock_path.clone(),
             metrics_file: s.metrics_file.clone(),
             compression: s.compression.as_str(),
+            chunk_hash: s.chunk_hash.as_str().to_string(),
             file_index: s.file_index,
             file_index_hot_inodes: s.file_index_hot as u64,
             encryption: s.encryption.as_ref().map(|e| EncryptionDoc {

@@ -102,7 +102,7 @@ pub struct Framing {
     pub frames: Vec<u32>,
 }
 
-/// How the decoded send stream is checked at its end. The stored bytes carry SHA-256s of
+/// How the decoded send stream is checked at its end. The stored bytes carry hashes of
 /// their own (every chunk's and the stored stream's); this check proves the decoding, so a
 /// fast non-cryptographic hash does: a second SHA-256 over the send stream cost 11 % of a
 /// backup's time on incompressible data. Manifests written before keep their SHA-256.

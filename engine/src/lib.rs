@@ -5,6 +5,7 @@
 
 pub mod backup;
 pub mod btrfs;
+pub mod chunkhash;
 pub mod clock;
 pub mod codec;
 pub mod crash;

@@ -11,8 +11,9 @@ use std::io::Read;
 use std::sync::{Condvar, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
+
+use crate::chunkhash::ChunkHash;
 
 use crate::machine::Layout;
 
@@ -127,14 +128,16 @@ pub struct Part {
 #[derive(Debug)]
 pub enum Event {
     Part(Part),
+    /// `hash`: the chunk's, in the run's `ChunkHash`.
     ChunkEnd {
         chunk: u32,
         size: u64,
-        sha256: [u8; 32],
+        hash: [u8; 32],
     },
+    /// `hash`: the stream's, as `manifest::format_of` makes it.
     End {
         total: u64,
-        sha256: [u8; 32],
+        hash: [u8; 32],
     },
     Failed(PipelineError),
 }
@@ -162,14 +165,16 @@ pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<us
 pub fn split_stream<R: Read>(
     mut reader: R,
     layout: Layout,
+    hash: ChunkHash,
     pool: &BufferPool,
     tx: &mpsc::Sender<Event>,
     finish: impl FnOnce() -> Result<(), PipelineError>,
 ) {
     let send = |ev: Event| tx.blocking_send(ev).is_ok();
-    // Each byte is SHA-256'd once, in its chunk's hash; the stream's comes from those
-    // (`manifest::format_of`: a one-chunk stream's is its chunk's, a longer one's format 4).
-    let mut chunk_sha = Sha256::new();
+    // Each byte is hashed once, in its chunk's hash; the stream's comes from those
+    // (`manifest::format_of`: a one-chunk SHA-256 stream's is its chunk's, others' are made
+    // from the chunks' hashes, formats 4 and 5).
+    let mut chunk_hasher = hash.hasher();
     let mut chunk_hashes: Vec<[u8; 32]> = Vec::new();
     let mut total: u64 = 0;
     let mut chunk: u32 = 0;
@@ -204,7 +209,7 @@ pub fn split_stream<R: Read>(
         buf.truncate(n);
         if n > 0 {
             let (xxh3, crc32c) = part_hashes(&buf);
-            chunk_sha.update(&buf);
+            chunk_hasher.update(&buf);
             let part = Part {
                 chunk,
                 number,
@@ -236,12 +241,12 @@ pub fn split_stream<R: Read>(
             }
         }
         if (eof && in_chunk > 0) || chunk_full {
-            let sha: [u8; 32] = std::mem::take(&mut chunk_sha).finalize().into();
-            chunk_hashes.push(sha);
+            let h = chunk_hasher.take();
+            chunk_hashes.push(h);
             if !send(Event::ChunkEnd {
                 chunk,
                 size: in_chunk,
-                sha256: sha,
+                hash: h,
             }) {
                 return;
             }
@@ -252,7 +257,7 @@ pub fn split_stream<R: Read>(
         if eof {
             send(Event::End {
                 total,
-                sha256: crate::manifest::format_of(false, false, &chunk_hashes).1,
+                hash: crate::manifest::format_of(false, false, hash, &chunk_hashes).1,
             });
             return;
         }
@@ -265,11 +270,27 @@ mod tests {
     use crate::settings::MIB;
 
     fn collect(data: Vec<u8>, layout: Layout, pool_cap: usize) -> Vec<Event> {
+        collect_hashed(data, layout, ChunkHash::Sha256, pool_cap)
+    }
+
+    fn collect_hashed(
+        data: Vec<u8>,
+        layout: Layout,
+        hash: ChunkHash,
+        pool_cap: usize,
+    ) -> Vec<Event> {
         let pool = std::sync::Arc::new(BufferPool::new(pool_cap));
         let (tx, mut rx) = mpsc::channel(1);
         let p2 = pool.clone();
         let h = std::thread::spawn(move || {
-            split_stream(std::io::Cursor::new(data), layout, &p2, &tx, || Ok(()))
+            split_stream(
+                std::io::Cursor::new(data),
+                layout,
+                hash,
+                &p2,
+                &tx,
+                || Ok(()),
+            )
         });
         let mut out = Vec::new();
         while let Some(ev) = rx.blocking_recv() {
@@ -285,21 +306,23 @@ mod tests {
 
     #[test]
     fn splits_into_fixed_parts_and_chunks() {
+        for algo in [ChunkHash::Sha256, ChunkHash::Blake3] {
+            splits_into_fixed_parts_and_chunks_hashed(algo);
+        }
+    }
+
+    fn splits_into_fixed_parts_and_chunks_hashed(algo: ChunkHash) {
         let layout = Layout::new(12 * MIB, 5 * MIB).expect("layout");
         let data: Vec<u8> = (0..(30 * MIB + 7)).map(|i| (i % 251) as u8).collect();
-        let evs = collect(data.clone(), layout, 2);
+        let evs = collect_hashed(data.clone(), layout, algo, 2);
         let mut parts = Vec::new();
         let mut chunk_ends = Vec::new();
         let mut end = None;
         for ev in &evs {
             match ev {
                 Event::Part(p) => parts.push((p.chunk, p.number, p.offset, p.data.len() as u64)),
-                Event::ChunkEnd {
-                    chunk,
-                    size,
-                    sha256,
-                } => chunk_ends.push((*chunk, *size, *sha256)),
-                Event::End { total, sha256 } => end = Some((*total, *sha256)),
+                Event::ChunkEnd { chunk, size, hash } => chunk_ends.push((*chunk, *size, *hash)),
+                Event::End { total, hash } => end = Some((*total, *hash)),
                 Event::Failed(e) => panic!("{e}"),
             }
         }
@@ -327,49 +350,44 @@ mod tests {
             assert_eq!(part_hashes(range), (ev.xxh3, ev.crc32c));
         }
         assert_eq!(chunk_ends.len(), 3);
-        assert_eq!(
-            chunk_ends[0].2.as_slice(),
-            Sha256::digest(&data[..12 * m as usize]).as_slice()
-        );
-        assert_eq!(
-            chunk_ends[2].2.as_slice(),
-            Sha256::digest(&data[24 * m as usize..]).as_slice()
-        );
+        assert_eq!(chunk_ends[0].2, algo.digest(&data[..12 * m as usize]));
+        assert_eq!(chunk_ends[2].2, algo.digest(&data[24 * m as usize..]));
         assert_eq!(chunk_ends[2].1, 6 * m + 7);
         assert_eq!(
-            chunk_ends[1].2.as_slice(),
-            Sha256::digest(&data[12 * m as usize..24 * m as usize]).as_slice()
+            chunk_ends[1].2,
+            algo.digest(&data[12 * m as usize..24 * m as usize])
         );
-        // Three chunks: the stream's hash is format 4's, over the chunks' hashes.
+        // Three chunks: the stream's hash is made from the chunks' (formats 4 and 5).
         let hashes: Vec<[u8; 32]> = chunk_ends.iter().map(|c| c.2).collect();
-        assert_eq!(
-            end,
-            Some((
-                data.len() as u64,
-                crate::manifest::sha256_of_chunks(&hashes)
-            ))
-        );
+        assert_eq!(end, Some((data.len() as u64, algo.of_chunks(&hashes))));
     }
 
-    /// A one-chunk stream's hash is the SHA-256 of the stream, which is its chunk's.
+    /// A one-chunk stream's SHA-256 is the SHA-256 of the stream, which is its chunk's; its
+    /// BLAKE3 (format 5) is made from its one chunk's, as a longer stream's is.
     #[test]
-    fn one_chunk_stream_hash_is_the_streams_own() {
+    fn one_chunk_stream_hash() {
         let layout = Layout::new(64 * MIB, 5 * MIB).expect("layout");
         let data: Vec<u8> = (0..(11 * MIB + 3)).map(|i| (i % 253) as u8).collect();
-        let evs = collect(data.clone(), layout, 2);
-        let want: [u8; 32] = Sha256::digest(&data).into();
-        let ends: Vec<_> = evs
-            .iter()
-            .filter_map(|e| match e {
-                Event::ChunkEnd { sha256, .. } => Some(*sha256),
-                Event::End { total, sha256 } => {
-                    assert_eq!(*total, data.len() as u64);
-                    Some(*sha256)
-                }
-                _ => None,
-            })
-            .collect();
-        assert_eq!(ends, vec![want, want]);
+        for algo in [ChunkHash::Sha256, ChunkHash::Blake3] {
+            let evs = collect_hashed(data.clone(), layout, algo, 2);
+            let chunk = algo.digest(&data);
+            let want = match algo {
+                ChunkHash::Sha256 => vec![chunk, chunk],
+                ChunkHash::Blake3 => vec![chunk, algo.of_chunks([&chunk])],
+            };
+            let ends: Vec<_> = evs
+                .iter()
+                .filter_map(|e| match e {
+                    Event::ChunkEnd { hash, .. } => Some(*hash),
+                    Event::End { total, hash } => {
+                        assert_eq!(*total, data.len() as u64);
+                        Some(*hash)
+                    }
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(ends, want, "{algo:?}");
+        }
     }
 
     #[test]
@@ -398,6 +416,7 @@ mod tests {
         split_stream(
             std::io::Cursor::new(vec![7u8; 100]),
             layout,
+            ChunkHash::Blake3,
             &pool,
             &tx,
             || {
@@ -431,7 +450,14 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(1);
         let (p2, d2) = (pool.clone(), data.clone());
         let h = std::thread::spawn(move || {
-            split_stream(std::io::Cursor::new(d2), layout, &p2, &tx, || Ok(()))
+            split_stream(
+                std::io::Cursor::new(d2),
+                layout,
+                ChunkHash::Blake3,
+                &p2,
+                &tx,
+                || Ok(()),
+            )
         });
         let mut got = Vec::new();
         let mut lens = Vec::new();

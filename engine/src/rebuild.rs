@@ -59,8 +59,8 @@ fn bad(key: &str, detail: impl Into<String>) -> RebuildError {
 }
 
 fn hex32(key: &str, s: &str) -> Result<[u8; 32], RebuildError> {
-    let v = hex::decode(s).map_err(|e| bad(key, format!("bad sha256: {e}")))?;
-    v.try_into().map_err(|_| bad(key, "sha256 is not 32 bytes"))
+    let v = hex::decode(s).map_err(|e| bad(key, format!("bad hash: {e}")))?;
+    v.try_into().map_err(|_| bad(key, "a hash is not 32 bytes"))
 }
 
 /// Imports every published backup of the configured subvolumes into `journal` (which should
@@ -147,14 +147,14 @@ pub async fn rebuild(
                 rest.push(Transition::ChunkSealed {
                     chunk: c.index,
                     size: c.size,
-                    sha256: hex32(mkey, &c.sha256)?,
+                    hash: hex32(mkey, c.hash(m.chunk_hash()))?,
                     etag: c.etag.clone(),
                 });
             }
             rest.push(Transition::ManifestWritten {
                 key: mkey.clone(),
                 total_bytes: m.total_bytes,
-                stream_sha256: hex32(mkey, &m.stream_sha256)?,
+                stream_hash: hex32(mkey, m.stream_hash_hex())?,
             });
             rest.push(Transition::PointerPublished {
                 key: pointer_key.clone(),

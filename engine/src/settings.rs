@@ -225,6 +225,9 @@ pub struct Settings {
     pub compression: crate::codec::Compression,
     /// Each stored part sealed to age recipients (`seal`); None: stored in clear.
     pub encryption: Option<Encryption>,
+    /// The hash of chunks and streams new backups record (`chunkhash`): BLAKE3 (manifest
+    /// format 5) unless `chunk_hash = "sha256"` (formats 1 to 4, which older builds read).
+    pub chunk_hash: crate::chunkhash::ChunkHash,
     /// `[prune] profile`: the AWS profile `prune` uses (its own, deleting credentials).
     pub prune_profile: Option<String>,
     /// Build and store a file index of every backup (`fileindex`), for `ls`, `find` and
@@ -298,6 +301,12 @@ pub fn settings_fingerprint(s: &Settings) -> String {
     let text = match &s.encryption {
         None => text,
         Some(e) => format!("{text}|age|{}", e.recipients.join(",")),
+    };
+    // A run's chunk hashes are all of one algorithm. Appended only for BLAKE3, so runs begun
+    // with SHA-256 (every run before it existed) keep their fingerprint under "sha256".
+    let text = match s.chunk_hash {
+        crate::chunkhash::ChunkHash::Sha256 => text,
+        h => format!("{text}|hash {}", h.as_str()),
     };
     hex::encode(&Sha256::digest(text.as_bytes())[..16])
 }

@@ -68,10 +68,13 @@ pub enum Transition {
         upload_id: String,
     },
     PartCommitted(PartRecord),
+    /// `hash`: the chunk's, in the run's chunk hash (SHA-256 or BLAKE3: the settings
+    /// fingerprint holds one algorithm for a run). Postcard is positional: the field was
+    /// named `sha256` before BLAKE3, the bytes are the same.
     ChunkSealed {
         chunk: u32,
         size: u64,
-        sha256: [u8; 32],
+        hash: [u8; 32],
         etag: String,
     },
     /// A chunk's upload was aborted and will be opened again (hash mismatch, NoSuchUpload).
@@ -82,7 +85,7 @@ pub enum Transition {
     ManifestWritten {
         key: String,
         total_bytes: u64,
-        stream_sha256: [u8; 32],
+        stream_hash: [u8; 32],
     },
     PointerPublished {
         key: String,

@@ -43,7 +43,7 @@ fn sealed(chunk: u32) -> Transition {
     Transition::ChunkSealed {
         chunk,
         size: 3 << 23,
-        sha256: [chunk as u8; 32],
+        hash: [chunk as u8; 32],
         etag: "E".into(),
     }
 }
@@ -52,7 +52,7 @@ fn manifest_written() -> Transition {
     Transition::ManifestWritten {
         key: "p/a/C/B/manifest.json".into(),
         total_bytes: 6 << 23,
-        stream_sha256: [9; 32],
+        stream_hash: [9; 32],
     }
 }
 

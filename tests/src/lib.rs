@@ -461,7 +461,7 @@ keep_chains = 1000
     }
 
     /// Downloads a backup's chunks, checking every part's xxh3 and CRC32C, every chunk's and
-    /// the stream's SHA-256 against the manifest. Returns the stream.
+    /// the stream's hash against the manifest. Returns the stream.
     pub fn download_verified(&self, m: &Manifest) -> Vec<u8> {
         // A sealed backup: each part is opened by the age crate itself (not the tool's code)
         // with the identity `encryption_config` made.
@@ -504,16 +504,22 @@ keep_chains = 1000
                 off += p.size as usize;
             }
             assert_eq!(off, data.len(), "parts cover chunk {}", c.key);
-            let sha: [u8; 32] = Sha256::digest(&plain).into();
-            assert_eq!(hex::encode(sha), c.sha256, "chunk {} sha256", c.key);
-            chunk_hashes.push(sha);
+            let h = chunk_hash_of(m, &plain);
+            assert_eq!(
+                hex::encode(h),
+                chunk_hash_field(m, c),
+                "chunk {} hash (format {})",
+                c.key,
+                m.format_version
+            );
+            chunk_hashes.push(h);
             stream.extend_from_slice(&plain);
         }
         assert_eq!(stream.len() as u64, m.total_bytes, "stream size");
         assert_eq!(
             hex::encode(stream_hash_of(m, &stream, &chunk_hashes)),
-            m.stream_sha256,
-            "stream sha256 (format {})",
+            stream_hash_field(m),
+            "stream hash (format {})",
             m.format_version
         );
         // A compressed backup: the send stream is its frames decoded, and checked.
@@ -766,14 +772,23 @@ pub fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     panic!("{what}: not seen within {secs} s");
 }
 
-/// The stream hash a manifest must hold, by its own rule: format 4 (written for every stream
-/// of more than one chunk, and only for those) hashes the chunks' SHA-256s in order; older
-/// formats hash the whole stream.
+/// The stream hash a manifest must hold, by its own rule (computed here with the sha2 and
+/// blake3 crates, not the tool's code): format 5 hashes the chunks' BLAKE3s in order with
+/// BLAKE3, for any number of chunks; format 4 (written with SHA-256 for every stream of more
+/// than one chunk, and only for those) the chunks' SHA-256s with SHA-256; older formats hash
+/// the whole stream.
 pub fn stream_hash_of(
     m: &engine::manifest::Manifest,
     stream: &[u8],
     chunk_hashes: &[[u8; 32]],
 ) -> [u8; 32] {
+    if m.format_version == 5 {
+        let mut h = blake3::Hasher::new();
+        for c in chunk_hashes {
+            h.update(c);
+        }
+        return h.finalize().into();
+    }
     assert_eq!(
         m.format_version == 4,
         chunk_hashes.len() > 1,
@@ -790,4 +805,39 @@ pub fn stream_hash_of(
     } else {
         Sha256::digest(stream).into()
     }
+}
+
+/// A chunk's hash by its manifest's format: BLAKE3 for format 5, else SHA-256.
+pub fn chunk_hash_of(m: &engine::manifest::Manifest, bytes: &[u8]) -> [u8; 32] {
+    if m.format_version == 5 {
+        blake3::hash(bytes).into()
+    } else {
+        Sha256::digest(bytes).into()
+    }
+}
+
+/// The chunk hash the manifest records, from the field its format names (`blake3` in format
+/// 5, else `sha256`); the other field must be absent.
+pub fn chunk_hash_field<'a>(
+    m: &engine::manifest::Manifest,
+    c: &'a engine::manifest::ChunkEntry,
+) -> &'a str {
+    let (mine, other) = if m.format_version == 5 {
+        (&c.blake3, &c.sha256)
+    } else {
+        (&c.sha256, &c.blake3)
+    };
+    assert!(other.is_empty(), "chunk {}: both hashes", c.key);
+    mine
+}
+
+/// The stream hash the manifest records, from the field its format names.
+pub fn stream_hash_field(m: &engine::manifest::Manifest) -> &str {
+    let (mine, other) = if m.format_version == 5 {
+        (&m.stream_blake3, &m.stream_sha256)
+    } else {
+        (&m.stream_sha256, &m.stream_blake3)
+    };
+    assert!(other.is_empty(), "both stream hashes");
+    mine
 }

@@ -16,8 +16,8 @@ pub fn assert_matches_schema(doc: &serde_json::Value) {
     assert_valid(doc, "manifest.schema.json");
 }
 
-/// Validates `doc` against `schemas/<schema>` (e.g. `output/status.schema.json`).
-pub fn assert_valid(doc: &serde_json::Value, schema: &str) {
+/// What `schemas/<schema>` finds wrong with `doc` (empty: valid).
+pub fn schema_errors(doc: &serde_json::Value, schema: &str) -> Vec<String> {
     let schema_path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../schemas")
         .join(schema);
@@ -25,10 +25,15 @@ pub fn assert_valid(doc: &serde_json::Value, schema: &str) {
         serde_json::from_slice(&std::fs::read(&schema_path).expect("schema file"))
             .expect("schema JSON");
     let validator = jsonschema::validator_for(&compiled).expect("schema compiles");
-    let errors: Vec<String> = validator
+    validator
         .iter_errors(doc)
         .map(|e| format!("{} at {}", e, e.instance_path))
-        .collect();
+        .collect()
+}
+
+/// Validates `doc` against `schemas/<schema>` (e.g. `output/status.schema.json`).
+pub fn assert_valid(doc: &serde_json::Value, schema: &str) {
+    let errors = schema_errors(doc, schema);
     assert!(
         errors.is_empty(),
         "{} violates {schema}:\n{}\n{doc:#}",

@@ -65,8 +65,9 @@ fn garage_compressed_chain_is_smaller_restores_identical_and_verifies() {
 
     s.run(&["backup"]).assert_code(0);
     let full = s.manifest(&s.pointer().manifest_key);
-    // Compressed, and more than one 12 MiB chunk: format 4 (format 2 for one chunk).
-    assert_eq!((full.format_version, full.chunks.len() > 1), (4, true));
+    // Compressed, more than one 12 MiB chunk, hashed with BLAKE3 (the default): format 5
+    // (with `chunk_hash = "sha256"`, 4; 2 for one chunk).
+    assert_eq!((full.format_version, full.chunks.len() > 1), (5, true));
     let c = full.compression.as_ref().expect("a compressed manifest");
     assert_eq!((c.codec.as_str(), c.level), ("zstd", 3));
     // 40 MiB of text and ~15 MiB of random data: stored well under the stream.

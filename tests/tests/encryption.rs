@@ -44,11 +44,9 @@ fn garage_encrypted_chain_restores_identical_and_verifies_with_the_identity_only
     let s = sealed_setup(Some("zstd"));
     s.run(&["backup"]).assert_code(0);
     let full = s.manifest(&s.pointer().manifest_key);
-    // Sealed: format 3 for one chunk, 4 for more (the stream hash over the chunks').
-    assert_eq!(
-        full.format_version,
-        if full.chunks.len() > 1 { 4 } else { 3 }
-    );
+    // Sealed and hashed with BLAKE3 (the default): format 5 (with SHA-256, 3 for one chunk,
+    // 4 for more).
+    assert_eq!(full.format_version, 5);
     let e = full.encryption.as_ref().expect("an encrypted manifest");
     assert_eq!(e.recipients, vec![s.identity().to_public().to_string()]);
     assert!(full.compression.is_some());

@@ -130,9 +130,16 @@ fn as_an_older_build_wrote_it(s: &Setup, key: &str) -> serde_json::Value {
     raw
 }
 
-/// A backup killed after its manifest PUT, before its journal commit; the manifest's key.
+/// Chunks hashed with SHA-256, as every build before format 5 hashed them.
+fn hashed_with_sha256(s: &Setup) {
+    s.write_config(&format!("chunk_hash = \"sha256\"\n{}", s.default_config()));
+}
+
+/// A backup (hashed with SHA-256) killed after its manifest PUT, before its journal commit;
+/// the manifest's key.
 fn killed_after_its_manifest() -> (Setup, String) {
     let s = Setup::new(Flavor::Garage, opts());
+    hashed_with_sha256(&s);
     s.crash(&["backup"], "after-manifest=return");
     let key = s
         .objects()
@@ -149,6 +156,7 @@ fn killed_after_its_manifest() -> (Setup, String) {
 #[test]
 fn garage_multi_chunk_chains_written_before_format_4_still_restore() {
     let s = Setup::new(Flavor::Garage, opts());
+    hashed_with_sha256(&s);
     let chain = chain_of_three(&s);
     // Newest first: the pointer's, then each one's parent.
     let mut keys = vec![s.pointer().manifest_key];

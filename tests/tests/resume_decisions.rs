@@ -126,6 +126,57 @@ fn config_changed(flavor: Flavor) {
     assert_eq!(m.part_size, 6 << 20, "the new run uses the new settings");
 }
 
+/// The chunk hash changed while a run hashed with SHA-256 was unfinished: the run is given
+/// up, not resumed with BLAKE3 (no manifest mixes algorithms), and the next backup is a
+/// format 5 incremental on the SHA-256 full, a mixed chain the tool restores and verifies.
+fn chunk_hash_changed(flavor: Flavor) {
+    let s = Setup::new(flavor, opts());
+    let sha256_config = format!("chunk_hash = \"sha256\"\n{}", s.default_config());
+    s.write_config(&sha256_config);
+    s.run(&["backup"]).assert_code(0);
+    let full_key = s.pointer().manifest_key;
+    let full = s.manifest_raw(&full_key);
+    assert!(
+        full["format_version"].as_u64().expect("format") <= 4,
+        "{full}"
+    );
+    assert!(full["chunks"][0]["sha256"].is_string(), "{full}");
+    assert!(full.get("stream_blake3").is_none(), "{full}");
+    harness::assert_matches_schema(&full);
+    harness::btrfs::mutate(&s.subvolume, 7);
+    crash(&s, "after-part-upload=return");
+    s.write_config(&s.default_config());
+    let out = s.run(&["backup", "--json"]);
+    out.assert_code(0);
+    assert!(
+        out.stderr.contains("configuration changed") && out.stderr.contains("chunk hash"),
+        "{}",
+        out.stderr
+    );
+    assert!(s.open_uploads().is_empty());
+    let key = s.pointer().manifest_key;
+    let raw = s.manifest_raw(&key);
+    assert_eq!(raw["format_version"], 5, "{raw}");
+    assert_eq!(raw["kind"], "incremental", "{raw}");
+    assert_eq!(raw["parent"]["manifest_key"], full_key.as_str(), "{raw}");
+    for c in raw["chunks"].as_array().expect("chunks") {
+        assert!(c["blake3"].is_string() && c.get("sha256").is_none(), "{c}");
+    }
+    harness::assert_matches_schema(&raw);
+    // The schema holds each format to its own algorithm.
+    let mut mixed = raw.clone();
+    mixed["chunks"][0]["sha256"] = full["chunks"][0]["sha256"].clone();
+    assert!(!harness::schema_errors(&mixed, "manifest.schema.json").is_empty());
+    let mut mixed = full.clone();
+    mixed["stream_blake3"] = raw["stream_blake3"].clone();
+    assert!(!harness::schema_errors(&mixed, "manifest.schema.json").is_empty());
+    let mut relabelled = raw.clone();
+    relabelled["format_version"] = serde_json::json!(4);
+    assert!(!harness::schema_errors(&relabelled, "manifest.schema.json").is_empty());
+    s.prove_restorable(&key);
+    s.restore_newest_and_verify();
+}
+
 /// The prefix moved while a run was unfinished: the run is given up where it wrote (its
 /// sealed chunk and its open upload under the old prefix are removed, the backup published
 /// there before is left alone), not where the configuration points now, and the next backup
@@ -220,6 +271,10 @@ fn garage_config_changed_abandons_run() {
 #[test]
 fn moto_config_changed_abandons_run() {
     config_changed(Flavor::Moto);
+}
+#[test]
+fn garage_chunk_hash_changed_abandons_run() {
+    chunk_hash_changed(Flavor::Garage);
 }
 
 fn status_reports_leaks(flavor: Flavor) {

@@ -51,6 +51,28 @@ fn good_config_gets_defaults() {
     assert_eq!(d.s3.part_size, 8 * MIB);
 }
 
+/// `chunk_hash`: BLAKE3 unless the config says "sha256"; anything else is refused at its line
+/// with the two values named.
+#[test]
+fn chunk_hash_defaults_to_blake3_and_refuses_others() {
+    use engine::chunkhash::ChunkHash;
+    let s = parse(Path::new("x"), GOOD).expect("valid");
+    assert_eq!(s.chunk_hash, ChunkHash::Blake3);
+    let top = |v: &str| GOOD.replace("state_dir", &format!("chunk_hash = {v}\nstate_dir"));
+    let s = parse(Path::new("x"), &top("\"sha256\"")).expect("valid");
+    assert_eq!(s.chunk_hash, ChunkHash::Sha256);
+    let e = err(&top("\"md5\""));
+    assert!(
+        e.contains("\"md5\"") && e.contains("line 3") && e.contains("\"sha256\""),
+        "{e}"
+    );
+    let e = err(&top("3"));
+    assert!(
+        e.contains("line 3") && e.contains("expected a string"),
+        "{e}"
+    );
+}
+
 #[test]
 fn unknown_key_names_file_line_and_hint() {
     let e = err(&GOOD.replace("path_style = true", "path_stlye = true"));

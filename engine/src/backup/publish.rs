@@ -17,7 +17,7 @@ impl Context {
         end: super::upload::StreamEnd,
     ) -> Result<(), BackupError> {
         let st = self.state(run)?;
-        let (total, sha) = (end.total, end.sha256);
+        let (total, hash) = (end.total, end.hash);
         let m = self.build_manifest(&st, &end)?;
         // A CreateMultipartUpload whose reply was lost (the SDK's retry made another) left an
         // upload the journal never heard of. Every chunk is sealed now, so reconciling aborts
@@ -64,14 +64,14 @@ impl Context {
                         )
                         .is_ok()
                 });
-                if let Some(sha) = older.and_then(|o| hex::decode(&o.stream_sha256).ok()) {
-                    if let Ok(stream_sha256) = <[u8; 32]>::try_from(sha.as_slice()) {
+                if let Some(h) = older.and_then(|o| hex::decode(o.stream_hash_hex()).ok()) {
+                    if let Ok(stream_hash) = <[u8; 32]>::try_from(h.as_slice()) {
                         return self.append(
                             run,
                             Transition::ManifestWritten {
                                 key,
                                 total_bytes: total,
-                                stream_sha256,
+                                stream_hash,
                             },
                         );
                     }
@@ -96,7 +96,7 @@ impl Context {
             Transition::ManifestWritten {
                 key,
                 total_bytes: total,
-                stream_sha256: sha,
+                stream_hash: hash,
             },
         )
     }
@@ -107,6 +107,8 @@ impl Context {
         end: &super::upload::StreamEnd,
     ) -> Result<Manifest, BackupError> {
         let p = &st.planned;
+        // The run's settings fingerprint holds the algorithm: every sealed chunk's is it.
+        let algo = self.settings.chunk_hash;
         let mut chunks = Vec::new();
         let mut hashes = Vec::new();
         for (i, (idx, c)) in st.chunks.iter().enumerate() {
@@ -117,7 +119,7 @@ impl Context {
                 return Err(BackupError::Internal(format!("chunk {i} missing")));
             }
             // What S3 holds: with encryption each part's sealed bytes, not the plaintext
-            // the journal's part records (and the chunk's SHA-256) describe.
+            // the journal's part records (and the chunk's hash) describe.
             let mut parts = Vec::with_capacity(c.parts.len());
             for n in c.parts.keys() {
                 let s = c.stored_of(*n).ok_or_else(|| {
@@ -130,7 +132,7 @@ impl Context {
                     crc32c: manifest::hex_u32(s.crc32c),
                 });
             }
-            chunks.push(ChunkEntry {
+            let mut entry = ChunkEntry {
                 index: *idx,
                 key: c.key.clone(),
                 size: if self.settings.encryption.is_some() {
@@ -138,11 +140,14 @@ impl Context {
                 } else {
                     sealed.size
                 },
-                sha256: hex::encode(sealed.sha256),
+                sha256: String::new(),
+                blake3: String::new(),
                 etag: sealed.etag.clone(),
                 parts,
-            });
-            hashes.push(sealed.sha256);
+            };
+            entry.set_hash(algo, &sealed.hash);
+            chunks.push(entry);
+            hashes.push(sealed.hash);
         }
         let (parent, parent_uuid) = match &p.kind {
             BackupKind::Full => (None, None),
@@ -160,24 +165,24 @@ impl Context {
                 Some(parent_uuid.clone()),
             ),
         };
-        // Format 1 unless the stream is compressed or sealed, or more than one chunk: builds
-        // that predate those keep reading what they can read.
+        // Format 5 with BLAKE3; with SHA-256, format 1 unless the stream is compressed or
+        // sealed, or more than one chunk: builds that predate those keep reading what they can.
         let compression = end.framing.as_ref().map(manifest::Compressed::of);
         let encryption = self
             .settings
             .encryption
             .as_ref()
             .map(|e| manifest::Encrypted::new(e.recipients.clone()));
-        let (format_version, stream_sha256) =
-            manifest::format_of(compression.is_some(), encryption.is_some(), &hashes);
+        let (format_version, stream_hash) =
+            manifest::format_of(compression.is_some(), encryption.is_some(), algo, &hashes);
         // The splitter made the stream hash from the chunks it hashed; the journal's sealed
         // chunks (perhaps of an earlier process) must give the same.
-        if stream_sha256 != end.sha256 {
+        if stream_hash != end.hash {
             return Err(BackupError::Internal(
                 "the stream hash differs from the sealed chunks' hashes".into(),
             ));
         }
-        Ok(Manifest {
+        let mut m = Manifest {
             format_version,
             tool_version: crate::TOOL_VERSION.to_string(),
             subvolume: p.subvolume.clone(),
@@ -196,7 +201,8 @@ impl Context {
             storage_class: self.settings.s3.storage_class_chunks.clone(),
             sse: self.settings.s3.sse.as_str().to_string(),
             total_bytes: end.total,
-            stream_sha256: hex::encode(stream_sha256),
+            stream_sha256: String::new(),
+            stream_blake3: String::new(),
             chunks,
             compression,
             encryption,
@@ -204,7 +210,9 @@ impl Context {
                 .index
                 .as_ref()
                 .map(|r| manifest::IndexEntry::of(r, st.index_format)),
-        })
+        };
+        m.set_stream_hash(algo, &stream_hash);
+        Ok(m)
     }
 
     pub(super) async fn publish_pointer(

@@ -24,11 +24,11 @@ use crate::pipeline::{self, BufferPool, Event, Part, PipelineError};
 use crate::seal::{sealed_len, Sealer};
 use crate::store::{CompletePart, ObjectStore, StoreError, StoreErrorKind};
 
-/// The stored stream's end: its size and SHA-256 (what the chunks hold), and for a compressed
-/// stream the framing that leads back to the send stream.
+/// The stored stream's end: its size and hash (of what the chunks hold, `manifest::format_of`),
+/// and for a compressed stream the framing that leads back to the send stream.
 pub(super) struct StreamEnd {
     pub total: u64,
-    pub sha256: [u8; 32],
+    pub hash: [u8; 32],
     pub framing: Option<Framing>,
     /// The file index this pass built, or why this backup has none (both to journal); None
     /// when the run had decided before this pass.
@@ -132,6 +132,7 @@ impl Context {
             }
         };
         let splitter = {
+            let hash = self.settings.chunk_hash;
             let pool = pool.clone();
             let producer = producer.clone();
             std::thread::spawn(move || {
@@ -143,7 +144,7 @@ impl Context {
                     c.wait()
                         .map_err(|(status, stderr)| PipelineError::Producer { status, stderr })
                 };
-                pipeline::split_stream(reader, layout, &pool, &tx, finish);
+                pipeline::split_stream(reader, layout, hash, &pool, &tx, finish);
             })
         };
 
@@ -167,7 +168,7 @@ impl Context {
             c.kill();
         }
         let _ = tokio::task::spawn_blocking(move || splitter.join()).await;
-        let ((total, sha256), reused) = result?;
+        let ((total, hash), reused) = result?;
         let framing = match framing {
             None => None,
             Some((level, log)) => Some(log.framing(level).ok_or_else(|| {
@@ -186,7 +187,7 @@ impl Context {
         Ok((
             StreamEnd {
                 total,
-                sha256,
+                hash,
                 framing,
                 index,
             },
@@ -351,11 +352,7 @@ impl Context {
                         .parts_in_flight
                         .store(inflight.len() as u64, Ordering::Relaxed);
                 }
-                Event::ChunkEnd {
-                    chunk,
-                    size,
-                    sha256,
-                } => {
+                Event::ChunkEnd { chunk, size, hash } => {
                     while let Some(done) = inflight.join_next().await {
                         settle(done.map_err(join_err)?, view)?;
                     }
@@ -366,7 +363,7 @@ impl Context {
                         c,
                         gone.contains(&chunk),
                         size,
-                        &sha256,
+                        &hash,
                         p.part_size,
                     ) {
                         ChunkEndAction::AlreadySealed => continue,
@@ -444,15 +441,15 @@ impl Context {
                         Transition::ChunkSealed {
                             chunk,
                             size,
-                            sha256,
+                            hash,
                             etag,
                         },
                     )?;
                 }
-                Event::End { total, sha256 } => {
+                Event::End { total, hash } => {
                     decide_stream_end(&view.chunks, total, p.chunk_size)
                         .map_err(|(chunk, reason)| BackupError::RestartChunk { chunk, reason })?;
-                    return Ok(((total, sha256), reused));
+                    return Ok(((total, hash), reused));
                 }
                 Event::Failed(e) => return Err(e.into()),
             }

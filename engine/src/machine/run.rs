@@ -8,7 +8,8 @@ use journal::{IndexRecord, PartRecord, Planned, StoredPart, Transition};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sealed {
     pub size: u64,
-    pub sha256: [u8; 32],
+    /// In the run's chunk hash (`chunkhash`).
+    pub hash: [u8; 32],
     pub etag: String,
 }
 
@@ -161,7 +162,7 @@ impl RunState {
             Transition::ChunkSealed {
                 chunk,
                 size,
-                sha256,
+                hash,
                 etag,
             } => {
                 let c = s
@@ -170,7 +171,7 @@ impl RunState {
                     .ok_or(FoldError::Orphan("ChunkSealed"))?;
                 c.sealed = Some(Sealed {
                     size: *size,
-                    sha256: *sha256,
+                    hash: *hash,
                     etag: etag.clone(),
                 });
             }
@@ -192,8 +193,8 @@ impl RunState {
             Transition::ManifestWritten {
                 key,
                 total_bytes,
-                stream_sha256,
-            } => s.manifest = Some((key.clone(), *total_bytes, *stream_sha256)),
+                stream_hash,
+            } => s.manifest = Some((key.clone(), *total_bytes, *stream_hash)),
             Transition::PointerPublished { .. } => s.pointer_published = true,
             Transition::LocalPruned { .. } | Transition::RemotePruned { .. } => {}
             Transition::PruningDone => s.pruning_done = true,
@@ -287,7 +288,7 @@ pub fn decide_part(
 /// parts settled).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChunkEndAction {
-    /// Sealed before with the same size and SHA-256: nothing to do.
+    /// Sealed before with the same size and hash: nothing to do.
     AlreadySealed,
     /// CompleteMultipartUpload with these parts (number, etag, crc32c).
     Complete(Vec<(u32, String, u32)>),
@@ -301,15 +302,15 @@ pub fn decide_chunk_end(
     c: &ChunkState,
     upload_gone: bool,
     size: u64,
-    sha256: &[u8; 32],
+    hash: &[u8; 32],
     part_size: u64,
 ) -> ChunkEndAction {
     if let Some(s) = &c.sealed {
-        return if &s.sha256 == sha256 && s.size == size {
+        return if &s.hash == hash && s.size == size {
             ChunkEndAction::AlreadySealed
         } else {
             ChunkEndAction::RestartChunk(
-                "the regenerated chunk differs from the sealed one (size or SHA-256)".into(),
+                "the regenerated chunk differs from the sealed one (size or hash)".into(),
             )
         };
     }
@@ -391,7 +392,7 @@ pub fn next_action(st: &RunState, f: &Facts) -> Action {
     // Settings shape the objects; once the manifest is written they no longer matter.
     if st.manifest.is_none() && st.planned.settings != f.settings {
         return Action::Abandon(
-            "the configuration changed since the run started (bucket, prefix, sizes, storage class, SSE, compression or encryption)".into(),
+            "the configuration changed since the run started (bucket, prefix, sizes, storage class, SSE, compression, encryption or chunk hash)".into(),
         );
     }
     match st.next_step() {

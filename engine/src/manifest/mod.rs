@@ -2,10 +2,14 @@
 //! 2: they hold it compressed (`compression` says how); 3: every part is sealed to age
 //! recipients (`encryption`), compressed or not; 4: any of those, and the stream is more
 //! than one chunk, whose `stream_sha256` is the SHA-256 of the chunks' SHA-256s (so no byte
-//! is hashed twice). Pointers are format 1. The schema
-//! lives in `schemas/manifest.schema.json` and the tests hold every written manifest to it.
+//! is hashed twice); 5: any of those, hashed with BLAKE3 instead (`blake3` of each chunk,
+//! `stream_blake3` the BLAKE3 of the chunks' BLAKE3s, one chunk or many). Pointers are
+//! format 1. The schema lives in `schemas/manifest.schema.json` and the tests hold every
+//! written manifest to it.
 
 use serde::{Deserialize, Serialize};
+
+use crate::chunkhash::ChunkHash;
 
 pub mod fetch;
 mod validate;
@@ -14,7 +18,7 @@ pub use validate::{
 };
 
 /// The newest format this build reads.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// Manifests of uncompressed streams, and every pointer.
 pub const FORMAT_PLAIN: u32 = 1;
 /// Manifests with `compression`.
@@ -22,34 +26,36 @@ pub const FORMAT_COMPRESSED: u32 = 2;
 /// Manifests with `encryption` (and perhaps `compression`).
 pub const FORMAT_ENCRYPTED: u32 = 3;
 /// Manifests of more than one chunk, compressed, sealed or neither: `stream_sha256` is
-/// `sha256_of_chunks` of the chunks' `sha256`, not the SHA-256 of the whole stream.
+/// `ChunkHash::of_chunks` of the chunks' `sha256`, not the SHA-256 of the whole stream.
 pub const FORMAT_CHUNK_HASHES: u32 = 4;
+/// Manifests hashed with BLAKE3 (`chunk_hash = "blake3"`), compressed, sealed or neither, of
+/// any number of chunks: each chunk's `blake3`, and `stream_blake3` made as format 4 makes
+/// its `stream_sha256`.
+pub const FORMAT_BLAKE3: u32 = 5;
 
-/// How a manifest's `stream_sha256` is made from the bytes its chunks hold.
+/// How a manifest's stream hash is made from the bytes its chunks hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamHash {
     /// Formats 1 to 3: the SHA-256 of the whole stream (for one chunk, the chunk's own).
     Flat,
-    /// Format 4: `sha256_of_chunks` of the chunks' SHA-256s in order.
+    /// Formats 4 and 5: `ChunkHash::of_chunks` of the chunks' hashes in order.
     OfChunks,
-}
-
-/// Format 4's stream hash: SHA-256 over the chunks' SHA-256s, 32 bytes each, in chunk order.
-pub fn sha256_of_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8; 32]>) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for c in chunks {
-        h.update(c);
-    }
-    h.finalize().into()
 }
 
 /// The format a new manifest is written in, and its stream hash from its chunks' hashes: the
 /// oldest format that holds what it has, so builds that predate a feature keep reading
-/// backups that do not use it. A one-chunk stream's hash is its chunk's (formats 1 to 3).
-pub fn format_of(compressed: bool, encrypted: bool, chunks: &[[u8; 32]]) -> (u32, [u8; 32]) {
+/// backups that do not use it. A one-chunk stream's SHA-256 is its chunk's (formats 1 to 3).
+pub fn format_of(
+    compressed: bool,
+    encrypted: bool,
+    hash: ChunkHash,
+    chunks: &[[u8; 32]],
+) -> (u32, [u8; 32]) {
+    if hash == ChunkHash::Blake3 {
+        return (FORMAT_BLAKE3, hash.of_chunks(chunks));
+    }
     if chunks.len() > 1 {
-        return (FORMAT_CHUNK_HASHES, sha256_of_chunks(chunks));
+        return (FORMAT_CHUNK_HASHES, hash.of_chunks(chunks));
     }
     let format = match (compressed, encrypted) {
         (_, true) => FORMAT_ENCRYPTED,
@@ -118,9 +124,44 @@ pub struct ChunkEntry {
     pub index: u32,
     pub key: String,
     pub size: u64,
+    /// Formats 1 to 4: SHA-256 of the chunk's bytes, 64 lowercase hex digits (else empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sha256: String,
+    /// Format 5: BLAKE3 of the chunk's bytes, 64 lowercase hex digits (else empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub blake3: String,
     pub etag: String,
     pub parts: Vec<PartEntry>,
+}
+
+/// Of a (SHA-256, BLAKE3) pair of hex fields, the one of `hash`.
+fn field_of<'a>(hash: ChunkHash, sha256: &'a str, blake3: &'a str) -> &'a str {
+    match hash {
+        ChunkHash::Sha256 => sha256,
+        ChunkHash::Blake3 => blake3,
+    }
+}
+
+/// Sets the field of `hash` in a (SHA-256, BLAKE3) pair to `value`, the other one empty.
+fn set_field(hash: ChunkHash, sha256: &mut String, blake3: &mut String, value: &[u8; 32]) {
+    let (mine, other) = match hash {
+        ChunkHash::Sha256 => (sha256, blake3),
+        ChunkHash::Blake3 => (blake3, sha256),
+    };
+    *mine = hex::encode(value);
+    other.clear();
+}
+
+impl ChunkEntry {
+    /// The chunk's hash in `hash`, as hex (empty if it has none in that algorithm).
+    pub fn hash(&self, hash: ChunkHash) -> &str {
+        field_of(hash, &self.sha256, &self.blake3)
+    }
+
+    /// Sets the chunk's hash in `hash`, the other one empty.
+    pub fn set_hash(&mut self, hash: ChunkHash, value: &[u8; 32]) {
+        set_field(hash, &mut self.sha256, &mut self.blake3, value);
+    }
 }
 
 /// How the chunks hold the send stream when it is compressed (`codec`): independent zstd
@@ -246,7 +287,12 @@ pub struct Manifest {
     pub storage_class: String,
     pub sse: String,
     pub total_bytes: u64,
+    /// Formats 1 to 4 (else empty): see `StreamHash`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub stream_sha256: String,
+    /// Format 5 (else empty): BLAKE3 of the chunks' BLAKE3s.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stream_blake3: String,
     pub chunks: Vec<ChunkEntry>,
     /// Format 2, 3 or 4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -348,10 +394,35 @@ impl Manifest {
         o.format_version = self.format_version;
         o.tool_version.clone_from(&self.tool_version);
         o.stream_sha256.clone_from(&self.stream_sha256);
+        o.stream_blake3.clone_from(&self.stream_blake3);
         o == *self
     }
 
-    /// How `stream_sha256` is made: by the format version.
+    /// The algorithm of the chunk and stream hashes: by the format version.
+    pub fn chunk_hash(&self) -> ChunkHash {
+        if self.format_version >= FORMAT_BLAKE3 {
+            ChunkHash::Blake3
+        } else {
+            ChunkHash::Sha256
+        }
+    }
+
+    /// The stream hash, as hex, in `chunk_hash()`.
+    pub fn stream_hash_hex(&self) -> &str {
+        field_of(self.chunk_hash(), &self.stream_sha256, &self.stream_blake3)
+    }
+
+    /// Sets the stream hash in `hash`, the other one empty.
+    pub fn set_stream_hash(&mut self, hash: ChunkHash, value: &[u8; 32]) {
+        set_field(
+            hash,
+            &mut self.stream_sha256,
+            &mut self.stream_blake3,
+            value,
+        );
+    }
+
+    /// How the stream hash is made: by the format version.
     pub fn stream_hash(&self) -> StreamHash {
         if self.format_version >= FORMAT_CHUNK_HASHES {
             StreamHash::OfChunks

@@ -5,6 +5,7 @@
 //! the target), and its sizes must add up (so nothing it claims can make memory grow).
 
 use super::{Kind, Manifest, ManifestError, Pointer};
+use crate::chunkhash::ChunkHash;
 use crate::machine::{Keys, Layout, MAX_PARTS};
 
 /// Longest chain a restore follows (a full and its incrementals).
@@ -89,8 +90,22 @@ pub fn check_manifest(
     }
     let layout = Layout::new(m.chunk_size, m.part_size)
         .map_err(|e| bad(key, format!("chunk and part sizes: {e}")))?;
-    if m.chunks.is_empty() || !is_hex(&m.stream_sha256, 64) {
-        return Err(bad(key, "no chunks, or a malformed stream SHA-256"));
+    // One algorithm throughout, the format's: a hash in the other is a manifest this tool
+    // never wrote.
+    let algo = m.chunk_hash();
+    let (stream_other, chunk_other) = match algo {
+        ChunkHash::Sha256 => (&m.stream_blake3, "blake3"),
+        ChunkHash::Blake3 => (&m.stream_sha256, "sha256"),
+    };
+    if m.chunks.is_empty() || !is_hex(m.stream_hash_hex(), 64) || !stream_other.is_empty() {
+        return Err(bad(
+            key,
+            format!(
+                "no chunks, or not exactly one well-formed stream {} (format {})",
+                algo.label(),
+                m.format_version
+            ),
+        ));
     }
     check_format(key, m)?;
     // Stored sizes are the plaintext's, or with encryption each part's sealed size.
@@ -114,8 +129,19 @@ pub fn check_manifest(
                 format!("{where_}: key {:?} is not where the layout puts it", c.key),
             ));
         }
-        if !is_hex(&c.sha256, 64) {
-            return Err(bad(key, format!("{where_}: malformed SHA-256")));
+        let other = match algo {
+            ChunkHash::Sha256 => &c.blake3,
+            ChunkHash::Blake3 => &c.sha256,
+        };
+        if !is_hex(c.hash(algo), 64) || !other.is_empty() {
+            return Err(bad(
+                key,
+                format!(
+                    "{where_}: malformed {}, or a {chunk_other} hash where format {} has none",
+                    algo.label(),
+                    m.format_version
+                ),
+            ));
         }
         if c.parts.is_empty()
             || c.parts.len() as u64 > MAX_PARTS.min(u64::from(layout.parts_per_chunk()))
@@ -176,19 +202,27 @@ pub fn check_manifest(
             ),
         ));
     }
-    // Format 4's stream hash is a function of the chunks' hashes: a manifest where it is
+    // Formats 4 and 5 make the stream hash from the chunks' hashes: a manifest where it is
     // not was edited or damaged, and saying so here costs no download.
     if m.stream_hash() == super::StreamHash::OfChunks {
         let hashes: Vec<[u8; 32]> = m
             .chunks
             .iter()
-            .map(|c| hex::decode(&c.sha256).ok().and_then(|h| h.try_into().ok()))
+            .map(|c| {
+                hex::decode(c.hash(algo))
+                    .ok()
+                    .and_then(|h| h.try_into().ok())
+            })
             .collect::<Option<_>>()
-            .ok_or_else(|| bad(key, "malformed chunk SHA-256"))?;
-        if hex::encode(super::sha256_of_chunks(&hashes)) != m.stream_sha256 {
+            .ok_or_else(|| bad(key, format!("malformed chunk {}", algo.label())))?;
+        if hex::encode(algo.of_chunks(&hashes)) != m.stream_hash_hex() {
             return Err(bad(
                 key,
-                "stream_sha256 is not the SHA-256 of the chunks' SHA-256s (format 4)",
+                format!(
+                    "the stream hash is not the {0} of the chunks' {0}s (format {1})",
+                    algo.label(),
+                    m.format_version
+                ),
             ));
         }
     }
@@ -261,6 +295,7 @@ fn check_format(key: &str, m: &Manifest) -> Result<(), ManifestError> {
             | (super::FORMAT_COMPRESSED, Some(_), None)
             | (super::FORMAT_ENCRYPTED, _, Some(_))
             | (super::FORMAT_CHUNK_HASHES, _, _)
+            | (super::FORMAT_BLAKE3, _, _)
     );
     if !fits {
         return Err(bad(
@@ -431,6 +466,7 @@ mod tests {
             key: k.chunk(sv, chain, id, i),
             size: parts.iter().map(|p| p.size).sum(),
             sha256: "a".repeat(64),
+            blake3: String::new(),
             etag: "\"e-2\"".into(),
             parts,
         };
@@ -458,6 +494,7 @@ mod tests {
             sse: "none".into(),
             total_bytes: 23 * MIB,
             stream_sha256: "b".repeat(64),
+            stream_blake3: String::new(),
             chunks: vec![
                 chunk(0, vec![part(1, 5 * MIB), part(2, 5 * MIB)]),
                 chunk(1, vec![part(1, 5 * MIB), part(2, 5 * MIB)]),
@@ -507,7 +544,7 @@ mod tests {
         assert_eq!(back, m);
         check_manifest(&key, &keys(), "data", &back).expect("valid");
         // A format this build does not know is refused with the upgrade hint.
-        let newer = text.replace("\"format_version\":1", "\"format_version\":5");
+        let newer = text.replace("\"format_version\":1", "\"format_version\":6");
         let err = Manifest::parse(&key, newer.as_bytes()).expect_err("too new");
         assert!(err.to_string().contains("upgrade btrfs-to-s3"), "{err}");
     }
@@ -519,7 +556,7 @@ mod tests {
         for (c, h) in m.chunks.iter_mut().zip(&hashes) {
             c.sha256 = hex::encode(h);
         }
-        let (format, stream) = super::super::format_of(false, false, &hashes);
+        let (format, stream) = super::super::format_of(false, false, ChunkHash::Sha256, &hashes);
         m.format_version = format;
         m.stream_sha256 = hex::encode(stream);
         (key, m, hashes)
@@ -550,13 +587,93 @@ mod tests {
         check_manifest(&key, &keys(), "data", &edited).expect_err("chunk hash edited");
         // One chunk keeps its format and the stream hash is the chunk's.
         assert_eq!(
-            super::super::format_of(true, false, &hashes[..1]),
+            super::super::format_of(true, false, ChunkHash::Sha256, &hashes[..1]),
             (super::super::FORMAT_COMPRESSED, hashes[0])
         );
         assert_eq!(
-            super::super::format_of(false, true, &hashes[..1]).0,
+            super::super::format_of(false, true, ChunkHash::Sha256, &hashes[..1]).0,
             super::super::FORMAT_ENCRYPTED
         );
+    }
+
+    /// `good()`'s three chunks hashed with BLAKE3, as format 5 writes them; and the hashes.
+    fn format_5() -> (String, Manifest, Vec<[u8; 32]>) {
+        let (key, mut m) = good();
+        let hashes: Vec<[u8; 32]> = (0..3u8).map(|i| [i + 7; 32]).collect();
+        for (c, h) in m.chunks.iter_mut().zip(&hashes) {
+            c.set_hash(ChunkHash::Blake3, h);
+        }
+        let (format, stream) = super::super::format_of(false, false, ChunkHash::Blake3, &hashes);
+        m.format_version = format;
+        m.set_stream_hash(ChunkHash::Blake3, &stream);
+        (key, m, hashes)
+    }
+
+    /// Format 5: BLAKE3 chunk hashes under `blake3`, the stream's under `stream_blake3`, made
+    /// from the chunks' as format 4 makes its own, for one chunk too; with or without
+    /// compression and encryption. A hash of the other algorithm, or one edited apart, is
+    /// refused before anything is downloaded.
+    #[test]
+    fn format_5_holds_blake3_hashes_and_nothing_else() {
+        let (key, m, hashes) = format_5();
+        assert_eq!(m.format_version, super::super::FORMAT_BLAKE3);
+        assert_eq!(m.chunk_hash(), ChunkHash::Blake3);
+        assert_eq!(m.stream_hash(), super::super::StreamHash::OfChunks);
+        check_manifest(&key, &keys(), "data", &m).expect("format 5 is valid");
+        let json = m.to_json().expect("json");
+        let text = String::from_utf8(json.clone()).expect("utf8");
+        assert!(text.contains("\"blake3\":") && text.contains("\"stream_blake3\":"));
+        assert!(!text.contains("sha256"), "{text}");
+        assert_eq!(Manifest::parse(&key, &json).expect("parses"), m);
+        let (_, c) = compressed();
+        let mut mc = m.clone();
+        mc.compression = c.compression;
+        check_manifest(&key, &keys(), "data", &mc).expect("format 5 compressed");
+        let (_, e) = encrypted();
+        let mut me = m.clone();
+        me.encryption = e.encryption;
+        me.chunks = e.chunks;
+        me.total_bytes = e.total_bytes;
+        for (c, h) in me.chunks.iter_mut().zip(&hashes) {
+            c.set_hash(ChunkHash::Blake3, h);
+        }
+        check_manifest(&key, &keys(), "data", &me).expect("format 5 sealed");
+
+        let mut edited = m.clone();
+        edited.stream_blake3 = "b".repeat(64);
+        let err = check_manifest(&key, &keys(), "data", &edited).expect_err("stream edited");
+        assert!(err.to_string().contains("format 5"), "{err}");
+        let mut edited = m.clone();
+        edited.chunks[1].blake3 = "c".repeat(64);
+        check_manifest(&key, &keys(), "data", &edited).expect_err("chunk hash edited");
+        let mut both = m.clone();
+        both.chunks[0].sha256 = "a".repeat(64);
+        let err = check_manifest(&key, &keys(), "data", &both).expect_err("a SHA-256 too");
+        assert!(
+            err.to_string().contains("sha256 hash where format 5"),
+            "{err}"
+        );
+        let mut both = m.clone();
+        both.stream_sha256 = "a".repeat(64);
+        check_manifest(&key, &keys(), "data", &both).expect_err("two stream hashes");
+        // BLAKE3 hashes under an older format's number are not read as SHA-256s.
+        let mut older = m.clone();
+        older.format_version = super::super::FORMAT_CHUNK_HASHES;
+        check_manifest(&key, &keys(), "data", &older).expect_err("format 4 without sha256");
+        // Format 4 with BLAKE3-only fields under SHA-256's names is refused too.
+        let (key4, mut m4, _) = format_4();
+        m4.chunks[2].blake3 = "e".repeat(64);
+        check_manifest(&key4, &keys(), "data", &m4).expect_err("format 4 with a blake3");
+        // One chunk is format 5 too, its stream hash made from its chunk's.
+        let one = super::super::format_of(true, true, ChunkHash::Blake3, &hashes[..1]);
+        assert_eq!(
+            one,
+            (
+                super::super::FORMAT_BLAKE3,
+                ChunkHash::Blake3.of_chunks(&hashes[..1])
+            )
+        );
+        assert_ne!(one.1, hashes[0]);
     }
 
     /// A resume after an older build's crash between its manifest PUT and its journal commit

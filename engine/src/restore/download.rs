@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::chunkhash::{ChunkHash, Hasher};
 use bytes::Bytes;
 use fault_injection::{failpoint, failpoint_err};
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::RestoreError;
@@ -144,7 +144,7 @@ pub struct Unseal {
 }
 
 /// Streams a backup's verified bytes to `sink`, part by part in order, with up to
-/// `concurrency` parts downloading. Checks chunk and stream SHA-256 before returning. A
+/// `concurrency` parts downloading. Checks chunk and stream hashes before returning. A
 /// compressed backup's stored bytes are checked first, then decoded (`codec::Decoder`) and the
 /// send stream checked against the manifest's framing; `sink` gets the send stream.
 pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
@@ -193,14 +193,14 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
         })
     }))
     .buffered(concurrency.max(1));
-    // The SHA-256s run on a thread of their own beside the writes to the receiver, so
+    // The hashes run on a thread of their own beside the writes to the receiver, so
     // `btrfs receive` is fed while they hash; every one is compared before this returns,
     // and so before the receiver may finish. One part waits for the hasher at most.
     let (hash_tx, hash_rx) = tokio::sync::mpsc::channel::<(u32, Bytes)>(1);
     let hasher = {
         let spent = spent.clone();
-        let rule = m.stream_hash();
-        tokio::task::spawn_blocking(move || hash_chunks(hash_rx, &spent, rule))
+        let (rule, algo) = (m.stream_hash(), m.chunk_hash());
+        tokio::task::spawn_blocking(move || hash_chunks(hash_rx, &spent, rule, algo))
     };
     let damaged = |detail: String| RestoreError::Damaged {
         key: m.chunks.last().map(|c| c.key.clone()).unwrap_or_default(),
@@ -260,23 +260,26 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
     let (chunks, stream) = hasher
         .await
         .map_err(|e| RestoreError::Task(e.to_string()))?;
-    for (idx, sha) in chunks {
+    let algo = m.chunk_hash();
+    for (idx, h) in chunks {
         let c = &m.chunks[idx as usize];
-        let got = hex::encode(sha);
-        if got != c.sha256 {
+        let got = hex::encode(h);
+        if got != c.hash(algo) {
             return Err(RestoreError::Damaged {
                 key: c.key.clone(),
-                detail: format!("chunk SHA-256 {got}, manifest {}", c.sha256),
+                detail: format!("chunk {} {got}, manifest {}", algo.label(), c.hash(algo)),
             });
         }
     }
     let got = hex::encode(stream);
-    if got != m.stream_sha256 || total != m.total_bytes {
+    if got != m.stream_hash_hex() || total != m.total_bytes {
         return Err(RestoreError::Damaged {
             key: m.chunks.last().map(|c| c.key.clone()).unwrap_or_default(),
             detail: format!(
-                "stream SHA-256 {got} over {total} bytes, manifest {} over {}",
-                m.stream_sha256, m.total_bytes
+                "stream {} {got} over {total} bytes, manifest {} over {}",
+                algo.label(),
+                m.stream_hash_hex(),
+                m.total_bytes
             ),
         });
     }
@@ -293,27 +296,28 @@ fn recycle(data: Bytes, spent: &std::sync::Mutex<Vec<bytes::BytesMut>>) {
     }
 }
 
-/// SHA-256 of each chunk and of the stream, over parts in stream order. Format 4's stream
-/// hash is made from the chunks' (each byte hashed once); an older manifest's is the whole
-/// stream's, where chunk 0's hash is the stream hasher's state at its end, so a one-chunk
-/// stream is hashed once too.
+/// The hash (`algo`) of each chunk and of the stream, over parts in stream order. Formats 4
+/// and 5 make the stream hash from the chunks' (each byte hashed once); an older manifest's
+/// is the whole stream's SHA-256, where chunk 0's hash is the stream hasher's state at its
+/// end, so a one-chunk stream is hashed once too.
 fn hash_chunks(
     mut parts: tokio::sync::mpsc::Receiver<(u32, Bytes)>,
     spent: &std::sync::Mutex<Vec<bytes::BytesMut>>,
     rule: StreamHash,
+    algo: ChunkHash,
 ) -> (Vec<(u32, [u8; 32])>, [u8; 32]) {
     let flat = rule == StreamHash::Flat;
-    let mut stream_sha = Sha256::new();
-    let mut chunk_sha = Sha256::new();
+    let mut stream_sha = algo.hasher();
+    let mut chunk_sha = algo.hasher();
     let mut current = None;
     let mut chunks = Vec::new();
-    let mut end = |idx: u32, stream_sha: &Sha256, chunk_sha: &mut Sha256| {
+    let mut end = |idx: u32, stream_sha: &Hasher, chunk_sha: &mut Hasher| {
         let done = if flat && idx == 0 {
-            stream_sha.clone()
+            stream_sha.clone().finish()
         } else {
-            std::mem::take(chunk_sha)
+            chunk_sha.take()
         };
-        chunks.push((idx, done.finalize().into()));
+        chunks.push((idx, done));
     };
     while let Some((idx, data)) = parts.blocking_recv() {
         match current {
@@ -333,9 +337,9 @@ fn hash_chunks(
         end(c, &stream_sha, &mut chunk_sha);
     }
     let stream = if flat {
-        stream_sha.finalize().into()
+        stream_sha.finish()
     } else {
-        crate::manifest::sha256_of_chunks(chunks.iter().map(|(_, h)| h))
+        algo.of_chunks(chunks.iter().map(|(_, h)| h))
     };
     (chunks, stream)
 }

@@ -2,6 +2,7 @@
 //! number of HeadObject calls (moto thaws at once, so the end-to-end tests cannot show
 //! the waiting, the backoff or the timeout).
 use super::*;
+use crate::chunkhash::ChunkHash;
 use crate::manifest::{self, Kind};
 use crate::settings::{Retention, S3Settings, Sse, SubvolumeSpec};
 use crate::store::{
@@ -165,6 +166,7 @@ fn restorer(state: &Path, thaw_after: u32, timeout: Duration) -> (Restorer, Arc<
         prune_profile: None,
         file_index: false,
         file_index_hot: crate::fileindex::Spill::DEFAULT_HOT,
+        chunk_hash: crate::chunkhash::ChunkHash::default(),
         s3: S3Settings {
             bucket: "fake".into(),
             region: "us-east-1".into(),
@@ -233,6 +235,7 @@ fn chain_of(keys: &[&str]) -> Vec<(String, Manifest)> {
         sse: "none".into(),
         total_bytes: 1,
         stream_sha256: String::new(),
+        stream_blake3: String::new(),
         chunks: keys
             .iter()
             .enumerate()
@@ -241,6 +244,7 @@ fn chain_of(keys: &[&str]) -> Vec<(String, Manifest)> {
                 key: k.to_string(),
                 size: 1,
                 sha256: String::new(),
+                blake3: String::new(),
                 etag: String::new(),
                 parts: Vec::new(),
             })
@@ -418,6 +422,7 @@ fn verified_stream(tamper: impl FnOnce(&mut Manifest)) -> Result<Vec<u8>, Restor
             key,
             size: c.len() as u64,
             sha256: hex::encode(Sha256::digest(c)),
+            blake3: String::new(),
             etag: String::new(),
             parts: c
                 .chunks(part)
@@ -482,7 +487,7 @@ fn format_4_streams_are_checked_by_their_chunks_hashes() {
             .iter()
             .map(|c| hex::decode(&c.sha256).expect("hex").try_into().expect("32"))
             .collect();
-        m.stream_sha256 = hex::encode(manifest::sha256_of_chunks(&hashes));
+        m.stream_sha256 = hex::encode(ChunkHash::Sha256.of_chunks(&hashes));
     };
     verified_stream(|m| {
         m.format_version = manifest::FORMAT_CHUNK_HASHES;
@@ -504,5 +509,50 @@ fn format_4_streams_are_checked_by_their_chunks_hashes() {
             }
             other => panic!("format {format} passed the other rule's hash: {other:?}"),
         }
+    }
+}
+
+/// Format 5: each chunk's BLAKE3 and the BLAKE3 of the chunks' BLAKE3s are checked; a wrong
+/// one is refused, and SHA-256s under format 5's number are not taken for BLAKE3s.
+#[test]
+fn format_5_streams_are_checked_by_their_blake3s() {
+    let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let to_blake3 = |m: &mut Manifest| {
+        m.format_version = manifest::FORMAT_BLAKE3;
+        let hashes: Vec<[u8; 32]> = data
+            .chunks(3000)
+            .map(|c| ChunkHash::Blake3.digest(c))
+            .collect();
+        for (c, h) in m.chunks.iter_mut().zip(&hashes) {
+            c.set_hash(ChunkHash::Blake3, h);
+        }
+        m.set_stream_hash(ChunkHash::Blake3, &ChunkHash::Blake3.of_chunks(&hashes));
+    };
+    verified_stream(to_blake3).expect("a format 5 stream restores");
+    match verified_stream(|m| {
+        to_blake3(m);
+        m.chunks[1].blake3 = "0".repeat(64);
+    }) {
+        Err(RestoreError::Damaged { key, detail }) => {
+            assert_eq!(key, "c1");
+            assert!(detail.contains("chunk BLAKE3"), "{detail}");
+        }
+        other => panic!("a wrong chunk BLAKE3 passed: {other:?}"),
+    }
+    match verified_stream(|m| {
+        to_blake3(m);
+        m.stream_blake3 = "0".repeat(64);
+    }) {
+        Err(RestoreError::Damaged { detail, .. }) => {
+            assert!(detail.contains("stream BLAKE3"), "{detail}")
+        }
+        other => panic!("a wrong stream BLAKE3 passed: {other:?}"),
+    }
+    match verified_stream(|m| m.format_version = manifest::FORMAT_BLAKE3) {
+        Err(RestoreError::Damaged { key, detail }) => {
+            assert_eq!(key, "c0");
+            assert!(detail.contains("chunk BLAKE3"), "{detail}");
+        }
+        other => panic!("SHA-256s passed as BLAKE3s: {other:?}"),
     }
 }

@@ -45,6 +45,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             compression: Compression::Off,
             encrypted: false,
+            sha256: false,
         },
         Scenario {
             name: "incremental",
@@ -63,6 +64,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             compression: Compression::Off,
             encrypted: false,
+            sha256: false,
         },
         Scenario {
             name: "retention",
@@ -89,6 +91,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             compression: Compression::Off,
             encrypted: false,
+            sha256: false,
         },
     ];
     // The same full backup and incremental with the stream stored compressed: a resume must
@@ -125,6 +128,19 @@ fn scenarios() -> Vec<Scenario> {
         })
         .collect();
     v.extend(sealed);
+    // Chunks hashed with SHA-256 (`chunk_hash = "sha256"`, manifest formats 1 to 4): a resume
+    // of such a run seals and publishes with the same algorithm throughout.
+    let sha256: Vec<Scenario> = v
+        .iter()
+        .filter(|s| s.name == "full")
+        .map(|s| Scenario {
+            name: "full-sha256",
+            sha256: true,
+            retention: s.retention.clone(),
+            ..*s
+        })
+        .collect();
+    v.extend(sha256);
     v
 }
 
@@ -136,6 +152,9 @@ async fn run_case(s: &Scenario, crash_after: Option<u64>) -> (World, u64, u64) {
     let mut w = World::new(s.retention.clone(), s.compression);
     if s.encrypted {
         w = w.sealed();
+    }
+    if s.sha256 {
+        w.settings.chunk_hash = engine::chunkhash::ChunkHash::Sha256;
     }
     (s.setup)(&w).await;
     let before = w.store.part_bytes_received();
@@ -221,6 +240,11 @@ async fn crash_at_every_side_effect_of_an_encrypted_compressed_full_backup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_at_every_side_effect_of_an_encrypted_incremental() {
     matrix("incremental-age").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_at_every_side_effect_of_a_full_backup_hashed_with_sha256() {
+    matrix("full-sha256").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

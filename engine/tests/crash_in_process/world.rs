@@ -107,6 +107,7 @@ impl World {
             prune_profile: None,
             file_index: false,
             file_index_hot: engine::fileindex::Spill::DEFAULT_HOT,
+            chunk_hash: engine::chunkhash::ChunkHash::default(),
         };
         let btrfs = Arc::new(MemoryBtrfs::new());
         btrfs.write(&src, Bytes::from(noise(17 * MIB as usize, 7)));
@@ -282,28 +283,47 @@ pub async fn prove(w: &World, expect: &Expect, sent: u64, case: &str) {
                 }
                 None => stream.extend_from_slice(&bytes),
             }
-            let sha: [u8; 32] = Sha256::digest(&stream[chunk_start..]).into();
-            assert_eq!(hex::encode(sha), c.sha256, "{case}: sha256 of {}", c.key);
-            chunk_hashes.push(sha);
+            // Hashed here with the sha2 and blake3 crates, not the tool's own code.
+            let blake = w.settings.chunk_hash == engine::chunkhash::ChunkHash::Blake3;
+            let h: [u8; 32] = if blake {
+                blake3::hash(&stream[chunk_start..]).into()
+            } else {
+                Sha256::digest(&stream[chunk_start..]).into()
+            };
+            let (field, other) = if blake {
+                (&c.blake3, &c.sha256)
+            } else {
+                (&c.sha256, &c.blake3)
+            };
+            assert_eq!(&hex::encode(h), field, "{case}: hash of {}", c.key);
+            assert!(other.is_empty(), "{case}: two hashes for {}", c.key);
+            chunk_hashes.push(h);
             expected_keys.insert(c.key.clone());
         }
-        // Format 4 (every stream of more than one chunk, only those): the stream hash is the
+        // BLAKE3: format 5, the stream hash the BLAKE3 of the chunks' BLAKE3s. SHA-256:
+        // format 4 (every stream of more than one chunk, only those), the stream hash the
         // SHA-256 of the chunks' SHA-256s; older formats hash the whole stream.
-        assert_eq!(
-            m.format_version == 4,
-            m.chunks.len() > 1,
-            "{case}: format of {id}"
-        );
-        let want: [u8; 32] = if m.format_version == 4 {
-            Sha256::digest(chunk_hashes.concat()).into()
-        } else {
-            Sha256::digest(&stream).into()
-        };
-        assert_eq!(
-            hex::encode(want),
-            m.stream_sha256,
-            "{case}: stream hash of {id}"
-        );
+        let (want, field): ([u8; 32], &String) =
+            if w.settings.chunk_hash == engine::chunkhash::ChunkHash::Blake3 {
+                assert_eq!(m.format_version, 5, "{case}: format of {id}");
+                (
+                    blake3::hash(&chunk_hashes.concat()).into(),
+                    &m.stream_blake3,
+                )
+            } else {
+                assert_eq!(
+                    m.format_version == 4,
+                    m.chunks.len() > 1,
+                    "{case}: format of {id}"
+                );
+                let h = if m.format_version == 4 {
+                    Sha256::digest(chunk_hashes.concat()).into()
+                } else {
+                    Sha256::digest(&stream).into()
+                };
+                (h, &m.stream_sha256)
+            };
+        assert_eq!(&hex::encode(want), field, "{case}: stream hash of {id}");
         assert_eq!(
             m.compression.is_some(),
             w.settings.compression != engine::codec::Compression::Off,
@@ -368,6 +388,8 @@ pub struct Scenario {
     pub expect: fn(&World) -> Expect,
     pub compression: engine::codec::Compression,
     pub encrypted: bool,
+    /// Chunks hashed with SHA-256 rather than the default BLAKE3.
+    pub sha256: bool,
 }
 
 pub fn snap(sec: u32) -> String {

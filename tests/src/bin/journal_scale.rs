@@ -125,14 +125,14 @@ fn main() {
                 rest.push(Transition::ChunkSealed {
                     chunk: 0,
                     size: parts * part_size,
-                    sha256: [7; 32],
+                    hash: [7; 32],
                     etag: format!("\"x-{parts}\""),
                 });
             }
             rest.push(Transition::ManifestWritten {
                 key: mkey.clone(),
                 total_bytes: parts * part_size,
-                stream_sha256: [8; 32],
+                stream_hash: [8; 32],
             });
             rest.push(Transition::PointerPublished {
                 key: format!("p/{name}/current.json"),
@@ -170,6 +170,7 @@ fn main() {
         prune_profile: None,
         file_index: false,
         file_index_hot: engine::fileindex::Spill::DEFAULT_HOT,
+        chunk_hash: engine::chunkhash::ChunkHash::default(),
         s3: S3Settings {
             bucket: "b".into(),
             region: "us-east-1".into(),

@@ -53,7 +53,7 @@ fn steps_follow_the_protocol() {
     ts.push(Transition::ManifestWritten {
         key: "m".into(),
         total_bytes: 10,
-        stream_sha256: [0; 32],
+        stream_hash: [0; 32],
     });
     assert_eq!(step(&ts), Step::PublishPointer);
     ts.push(Transition::PointerPublished { key: "p".into() });
@@ -173,7 +173,7 @@ fn part_decisions() {
         &[(1, 5, 11)],
         Some(Sealed {
             size: 5,
-            sha256: [1; 32],
+            hash: [1; 32],
             etag: "E".into(),
         }),
     );
@@ -206,7 +206,7 @@ fn chunk_end_decisions() {
         &[(1, 5, 11), (2, 5, 22), (3, 2, 33)],
         Some(Sealed {
             size: 12,
-            sha256: [7; 32],
+            hash: [7; 32],
             etag: "E".into(),
         }),
     );
@@ -289,7 +289,7 @@ fn random_history(r: &mut Rnd) -> Vec<Transition> {
             8 => Transition::ChunkSealed {
                 chunk,
                 size: 10,
-                sha256: [0; 32],
+                hash: [0; 32],
                 etag: "E".into(),
             },
             9 => Transition::ChunkRestarted {
@@ -299,7 +299,7 @@ fn random_history(r: &mut Rnd) -> Vec<Transition> {
             10 => Transition::ManifestWritten {
                 key: "m".into(),
                 total_bytes: 30,
-                stream_sha256: [0; 32],
+                stream_hash: [0; 32],
             },
             11 => Transition::PointerPublished { key: "p".into() },
             12 => Transition::PruningDone,
@@ -557,7 +557,7 @@ fn next_action_gives_up_only_before_the_manifest() {
     ts.push(Transition::ManifestWritten {
         key: "m".into(),
         total_bytes: 1,
-        stream_sha256: [0; 32],
+        stream_hash: [0; 32],
     });
     let st = RunState::fold(&ts).expect("fold");
     assert_eq!(next_action(&st, &changed), Action::PublishPointer);
