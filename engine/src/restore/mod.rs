@@ -1,10 +1,10 @@
 //! Restore and verify: any published backup back into a Btrfs subvolume.
 //!
 //! Invariants:
-//! - Every part is checked (size, xxh3-128, CRC32C) before any of its bytes reaches
+//! - Every part is checked (size, xxh3-128) before any of its bytes reaches
 //!   `btrfs receive`; every chunk's and the stream's hash (SHA-256 or BLAKE3) are checked
-//!   before the receive is allowed to finish. On any mismatch, missing object or failed receive the partial
-//!   subvolume is removed and the error names the object.
+//!   before the receive is allowed to finish. On any mismatch, missing object or failed
+//!   receive the partial subvolume is removed and the error names the object.
 //! - Archived objects are thawed with one RestoreObject each; the requests are recorded in the
 //!   restore journal (a JSON file in the state directory, replaced atomically) so a second
 //!   run neither pays again nor forgets them.

@@ -1,6 +1,6 @@
 //! The chain's plaintext send streams read by byte range, for `restore --path`. Only the
 //! parts that hold a range are downloaded, each checked against its manifest exactly as a
-//! whole restore checks it (size, xxh3-128, CRC32C, then opened when sealed); a compressed
+//! whole restore checks it (size, xxh3-128, then opened when sealed); a compressed
 //! backup's zstd frames are decoded one at a time. A piece of a file whose write the index
 //! names a check for is taken from that write read whole, after its CRC-32C matched.
 //!
