@@ -174,8 +174,9 @@ pub trait BlockTap: Send {
     fn end(&mut self);
 }
 
-/// Blocks kept for reuse at most (a tap holds a few while it works through them).
-const MAX_SPARE: usize = 16;
+/// Blocks kept for reuse at most: the reader holds two batches of up to `max_workers` (8)
+/// blocks as pieces (`Pipelined`), and a tap holds a few while it works through them.
+const MAX_SPARE: usize = 32;
 
 /// Reads the send stream and yields the stored stream a batch at a time (`next_batch`):
 /// reads up to `workers` frames, then compresses them on as many threads at once.
@@ -242,11 +243,16 @@ impl<R: Read> CompressingReader<R> {
     #[cfg(test)]
     fn next_batch(&mut self) -> io::Result<Option<Vec<u8>>> {
         let mut out = Vec::new();
-        Ok(self.next_batch_into(&mut out)?.then_some(out))
+        Ok(self
+            .next_batch_into(&mut out)?
+            .then(|| out.iter().flat_map(|s| s.iter().copied()).collect()))
     }
 
-    /// `next_batch` into `out` (cleared first, its allocation reused); false at the end.
-    fn next_batch_into(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
+    /// `next_batch` into `out` as pieces in order (cleared first, its allocation reused):
+    /// compressed frames, and raw frames' headers beside slices of the block itself, so a
+    /// random block's bytes are copied once, into the part buffer (`Pipelined::read`), not
+    /// into a batch first. False at the end.
+    fn next_batch_into(&mut self, out: &mut Vec<Bytes>) -> io::Result<bool> {
         out.clear();
         if self.eof {
             return Ok(false);
@@ -297,19 +303,21 @@ impl<R: Read> CompressingReader<R> {
                     .collect()
             })
         };
-        out.reserve(blocks.iter().map(|b| raw_frame_len(b.len())).sum());
         let mut t = self.log.0.lock().unwrap_or_else(|p| p.into_inner());
         for (plain, frame) in blocks.iter().zip(compressed) {
-            let at = out.len();
-            match frame? {
-                Some(z) => out.extend_from_slice(&z),
-                // Random-looking: written straight from the block, one copy.
-                None => write_raw_frame(plain, out),
-            }
+            let stored = match frame? {
+                Some(z) => {
+                    let n = z.len();
+                    out.push(Bytes::from(z));
+                    n
+                }
+                // Random-looking: the block's own bytes between raw block headers.
+                None => raw_frame_pieces(plain, out),
+            };
             t.stream_bytes += plain.len() as u64;
             t.hash.update(plain);
             t.frames
-                .push(u32::try_from(out.len() - at).map_err(io::Error::other)?);
+                .push(u32::try_from(stored).map_err(io::Error::other)?);
         }
         if self.eof {
             t.done = true;
@@ -328,17 +336,19 @@ impl<R: Read> CompressingReader<R> {
 /// (One batch queued, one being made: a few MiB more than the reader alone.) The thread ends
 /// at the end of the stream, on an error (handed to the reader), or when the reader is dropped.
 pub struct Pipelined {
-    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<Bytes>>>,
     /// Read batches go back to the thread to be filled again (at most three exist).
-    back: std::sync::mpsc::Sender<Vec<u8>>,
-    cur: Vec<u8>,
+    back: std::sync::mpsc::Sender<Vec<Bytes>>,
+    /// The batch being read, its next piece, and how far into that piece.
+    cur: Vec<Bytes>,
+    piece: usize,
     at: usize,
 }
 
 impl Pipelined {
     pub fn new<R: Read + Send + 'static>(mut r: CompressingReader<R>) -> Pipelined {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let (back, returned) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (back, returned) = std::sync::mpsc::channel::<Vec<Bytes>>();
         std::thread::spawn(move || loop {
             let mut out = returned.try_recv().unwrap_or_default();
             match r.next_batch_into(&mut out) {
@@ -358,6 +368,7 @@ impl Pipelined {
             rx,
             back,
             cur: Vec::new(),
+            piece: 0,
             at: 0,
         }
     }
@@ -365,14 +376,17 @@ impl Pipelined {
 
 impl Read for Pipelined {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.cur.len() {
+        while self.piece == self.cur.len() {
             if self.cur.capacity() > 0 {
+                // The pieces let go of their blocks here, so the compressor may reuse them.
                 // The thread may have ended; then the batch is simply dropped.
+                self.cur.clear();
                 let _ = self.back.send(std::mem::take(&mut self.cur));
             }
             match self.rx.recv() {
                 Ok(Ok(b)) => {
                     self.cur = b;
+                    self.piece = 0;
                     self.at = 0;
                 }
                 Ok(Err(e)) => return Err(e),
@@ -380,9 +394,19 @@ impl Read for Pipelined {
                 Err(_) => return Ok(0),
             }
         }
-        let n = buf.len().min(self.cur.len() - self.at);
-        buf[..n].copy_from_slice(&self.cur[self.at..self.at + n]);
-        self.at += n;
+        // Whole pieces while they fit: one read fills a part buffer across many of them.
+        let mut n = 0;
+        while n < buf.len() && self.piece < self.cur.len() {
+            let p = &self.cur[self.piece];
+            let k = (buf.len() - n).min(p.len() - self.at);
+            buf[n..n + k].copy_from_slice(&p[self.at..self.at + k]);
+            n += k;
+            self.at += k;
+            if self.at == p.len() {
+                self.piece += 1;
+                self.at = 0;
+            }
+        }
         Ok(n)
     }
 }
@@ -391,7 +415,7 @@ impl Read for Pipelined {
 /// looks random (compressed or encrypted files, `looks_incompressible`), a frame of raw blocks
 /// (RFC 8878), written here without running the compressor at all. Either way a pure
 /// function of the block, so resume regenerates it.
-/// `None`: the raw frame, which the caller writes in place (`write_raw_frame`).
+/// `None`: the raw frame, which the caller makes of the block itself (`raw_frame_pieces`).
 fn frame_of(block: &[u8], c: &mut zstd::bulk::Compressor<'static>) -> io::Result<Option<Vec<u8>>> {
     if looks_incompressible(block) {
         Ok(None)
@@ -430,21 +454,10 @@ pub fn looks_incompressible(block: &[u8]) -> bool {
 /// A zstd frame holding `block` as raw blocks: magic, a single-segment header with a 4-byte
 /// content size, then blocks of at most 128 KiB, each a 3-byte header (last flag, type 0 =
 /// raw, size) and the bytes themselves.
-pub fn raw_frame(block: &[u8]) -> Vec<u8> {
+/// (The tests' oracle for `raw_frame_pieces`.)
+#[cfg(test)]
+fn raw_frame(block: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw_frame_len(block.len()));
-    write_raw_frame(block, &mut out);
-    out
-}
-
-const MAX_RAW_BLOCK: usize = 128 << 10;
-
-/// The size of `raw_frame` of a block of `len` bytes.
-fn raw_frame_len(len: usize) -> usize {
-    len + 9 + 3 * len.div_ceil(MAX_RAW_BLOCK)
-}
-
-/// Appends `raw_frame(block)` to `out`.
-fn write_raw_frame(block: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
     // Frame_Header_Descriptor: Frame_Content_Size_flag 2 (4 bytes), Single_Segment_flag 1.
     out.push(0b1010_0000);
@@ -456,6 +469,34 @@ fn write_raw_frame(block: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(&header.to_le_bytes()[..3]);
         out.extend_from_slice(piece);
     }
+    out
+}
+
+/// `raw_frame(block)` as pieces appended to `out`: its headers, and slices of `block` (no
+/// copy). Returns the frame's length.
+fn raw_frame_pieces(block: &Bytes, out: &mut Vec<Bytes>) -> usize {
+    let mut header = Vec::with_capacity(9);
+    header.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
+    header.push(0b1010_0000);
+    header.extend_from_slice(&(block.len() as u32).to_le_bytes());
+    out.push(Bytes::from(header));
+    let mut at = 0;
+    while at < block.len() {
+        let len = MAX_RAW_BLOCK.min(block.len() - at);
+        let last = u32::from(at + len == block.len());
+        let h = last | ((len as u32) << 3);
+        out.push(Bytes::copy_from_slice(&h.to_le_bytes()[..3]));
+        out.push(block.slice(at..at + len));
+        at += len;
+    }
+    raw_frame_len(block.len())
+}
+
+const MAX_RAW_BLOCK: usize = 128 << 10;
+
+/// The size of `raw_frame` of a block of `len` bytes.
+fn raw_frame_len(len: usize) -> usize {
+    len + 9 + 3 * len.div_ceil(MAX_RAW_BLOCK)
 }
 
 /// Turns stored bytes back into the send stream, checking it against the manifest's framing
@@ -738,6 +779,36 @@ mod tests {
         }
         assert_eq!(piped, one);
         assert_eq!(log.framing(3).as_ref(), Some(&f1));
+        // Random blocks too (raw frames, handed over as headers and slices of the block),
+        // read in odd pieces and in reads that span many pieces.
+        let mut mixed = sample(5 * FRAME_BYTES as usize + 999);
+        let mut x = 11u64;
+        for b in &mut mixed[FRAME_BYTES as usize..(7 << 19)] {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let (want, fm) = compress_all(&mixed, 3, 1);
+        assert!(
+            fm.frames.iter().any(|&f| f as u64 > FRAME_BYTES),
+            "a raw frame"
+        );
+        for size in [7777usize, 3 << 20] {
+            let (r, log) = CompressingReader::new(std::io::Cursor::new(mixed.clone()), 3, 2);
+            let mut p = Pipelined::new(r);
+            let mut buf = vec![0u8; size];
+            let mut got = Vec::new();
+            loop {
+                let n = p.read(&mut buf).expect("read");
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert!(got == want, "reads of {size}");
+            assert_eq!(log.framing(3).as_ref(), Some(&fm));
+        }
         let (four, f4) = compress_all(&data, 3, 4);
         assert_eq!(one, four, "stored bytes depend on the worker count");
         assert_eq!(f1, f4);
@@ -882,13 +953,15 @@ mod tests {
         .expect("dec");
         assert_eq!(d.feed(&stored).expect("decode"), random);
         assert_eq!(d.finish(), Ok(random.len() as u64));
-        // A block of one byte and one of exactly 128 KiB frame as the format says.
-        for n in [1usize, 128 << 10, (128 << 10) + 1] {
-            let block = vec![7u8; n];
-            assert_eq!(
-                zstd::stream::decode_all(&raw_frame(&block)[..]).expect("raw"),
-                block
-            );
+        // A block of one byte and one of exactly 128 KiB frame as the format says; its
+        // pieces (headers and slices of the block) are that frame, as long as it says.
+        for n in [1usize, 128 << 10, (128 << 10) + 1, 1 << 20, (1 << 20) - 5] {
+            let block = Bytes::from(vec![7u8; n]);
+            let frame = raw_frame(&block);
+            assert_eq!(zstd::stream::decode_all(&frame[..]).expect("raw"), block);
+            let mut pieces = Vec::new();
+            assert_eq!(raw_frame_pieces(&block, &mut pieces), frame.len());
+            assert_eq!(pieces.concat(), frame, "{n}");
         }
     }
 
