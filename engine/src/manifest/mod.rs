@@ -165,7 +165,7 @@ impl ChunkEntry {
 }
 
 /// How the chunks hold the send stream when it is compressed (`codec`): independent zstd
-/// frames of `frame_bytes` of the stream each. `total_bytes` and `stream_sha256` of the
+/// frames of `frame_bytes` of the stream each. `total_bytes` and the stream hash of the
 /// manifest are the stored bytes'; these are the send stream's.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Compressed {
@@ -239,8 +239,8 @@ impl Compressed {
 
 /// How the parts are sealed (`seal`): each part S3 holds is one age v1 file of the part's
 /// plaintext. With it, a chunk's and a part's `size`, `xxh3` and `crc32c` are the stored
-/// (sealed) bytes', the chunk's `sha256` and the manifest's `total_bytes` and
-/// `stream_sha256` the plaintext's; `chunk_size` and `part_size` cut the plaintext.
+/// (sealed) bytes', the chunk's hash and the manifest's `total_bytes` and stream hash the
+/// plaintext's; `chunk_size` and `part_size` cut the plaintext.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Encrypted {
     /// "age-v1-per-part".
@@ -294,10 +294,10 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub stream_blake3: String,
     pub chunks: Vec<ChunkEntry>,
-    /// Format 2, 3 or 4.
+    /// Format 2, 3, 4 or 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compressed>,
-    /// Format 3 or 4.
+    /// Format 3, 4 or 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encrypted>,
     /// The backup's file index, where it has one (any format; older builds ignore it).
