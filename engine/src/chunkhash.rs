@@ -33,6 +33,14 @@ impl ChunkHash {
         }
     }
 
+    /// The algorithm that is not this one (whose fields a manifest of this one leaves empty).
+    pub fn other(self) -> ChunkHash {
+        match self {
+            ChunkHash::Sha256 => ChunkHash::Blake3,
+            ChunkHash::Blake3 => ChunkHash::Sha256,
+        }
+    }
+
     /// The name people read in errors: "SHA-256" or "BLAKE3".
     pub fn label(self) -> &'static str {
         match self {

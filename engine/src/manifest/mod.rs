@@ -409,7 +409,12 @@ impl Manifest {
 
     /// The stream hash, as hex, in `chunk_hash()`.
     pub fn stream_hash_hex(&self) -> &str {
-        field_of(self.chunk_hash(), &self.stream_sha256, &self.stream_blake3)
+        self.stream_hash_in(self.chunk_hash())
+    }
+
+    /// The stream hash field of `hash`, as hex (empty if the manifest has none in it).
+    pub fn stream_hash_in(&self, hash: ChunkHash) -> &str {
+        field_of(hash, &self.stream_sha256, &self.stream_blake3)
     }
 
     /// Sets the stream hash in `hash`, the other one empty.

@@ -5,7 +5,6 @@
 //! the target), and its sizes must add up (so nothing it claims can make memory grow).
 
 use super::{Kind, Manifest, ManifestError, Pointer};
-use crate::chunkhash::ChunkHash;
 use crate::machine::{Keys, Layout, MAX_PARTS};
 
 /// Longest chain a restore follows (a full and its incrementals).
@@ -92,12 +91,11 @@ pub fn check_manifest(
         .map_err(|e| bad(key, format!("chunk and part sizes: {e}")))?;
     // One algorithm throughout, the format's: a hash in the other is a manifest this tool
     // never wrote.
-    let algo = m.chunk_hash();
-    let (stream_other, chunk_other) = match algo {
-        ChunkHash::Sha256 => (&m.stream_blake3, "blake3"),
-        ChunkHash::Blake3 => (&m.stream_sha256, "sha256"),
-    };
-    if m.chunks.is_empty() || !is_hex(m.stream_hash_hex(), 64) || !stream_other.is_empty() {
+    let (algo, other) = (m.chunk_hash(), m.chunk_hash().other());
+    if m.chunks.is_empty()
+        || !is_hex(m.stream_hash_hex(), 64)
+        || !m.stream_hash_in(other).is_empty()
+    {
         return Err(bad(
             key,
             format!(
@@ -129,16 +127,13 @@ pub fn check_manifest(
                 format!("{where_}: key {:?} is not where the layout puts it", c.key),
             ));
         }
-        let other = match algo {
-            ChunkHash::Sha256 => &c.blake3,
-            ChunkHash::Blake3 => &c.sha256,
-        };
-        if !is_hex(c.hash(algo), 64) || !other.is_empty() {
+        if !is_hex(c.hash(algo), 64) || !c.hash(other).is_empty() {
             return Err(bad(
                 key,
                 format!(
-                    "{where_}: malformed {}, or a {chunk_other} hash where format {} has none",
+                    "{where_}: malformed {}, or a {} hash where format {} has none",
                     algo.label(),
+                    other.as_str(),
                     m.format_version
                 ),
             ));
@@ -444,6 +439,7 @@ pub fn next_in_chain(
 mod tests {
     use super::super::{ChunkEntry, ParentRef, PartEntry, SnapshotRef};
     use super::*;
+    use crate::chunkhash::ChunkHash;
 
     const MIB: u64 = 1 << 20;
 
@@ -549,17 +545,22 @@ mod tests {
         assert!(err.to_string().contains("upgrade btrfs-to-s3"), "{err}");
     }
 
-    /// `good()`'s three chunks with distinct hashes, as format 4 writes them; and the hashes.
-    fn format_4() -> (String, Manifest, Vec<[u8; 32]>) {
+    /// `good()`'s three chunks with distinct hashes in `algo`, as this build writes them
+    /// (format 4 for SHA-256, 5 for BLAKE3); and the hashes.
+    fn hashed_as(algo: ChunkHash) -> (String, Manifest, Vec<[u8; 32]>) {
         let (key, mut m) = good();
         let hashes: Vec<[u8; 32]> = (0..3u8).map(|i| [i + 1; 32]).collect();
         for (c, h) in m.chunks.iter_mut().zip(&hashes) {
-            c.sha256 = hex::encode(h);
+            c.set_hash(algo, h);
         }
-        let (format, stream) = super::super::format_of(false, false, ChunkHash::Sha256, &hashes);
+        let (format, stream) = super::super::format_of(false, false, algo, &hashes);
         m.format_version = format;
-        m.stream_sha256 = hex::encode(stream);
+        m.set_stream_hash(algo, &stream);
         (key, m, hashes)
+    }
+
+    fn format_4() -> (String, Manifest, Vec<[u8; 32]>) {
+        hashed_as(ChunkHash::Sha256)
     }
 
     /// Format 4: the stream hash is the SHA-256 of the chunks' SHA-256s, with or without
@@ -596,26 +597,13 @@ mod tests {
         );
     }
 
-    /// `good()`'s three chunks hashed with BLAKE3, as format 5 writes them; and the hashes.
-    fn format_5() -> (String, Manifest, Vec<[u8; 32]>) {
-        let (key, mut m) = good();
-        let hashes: Vec<[u8; 32]> = (0..3u8).map(|i| [i + 7; 32]).collect();
-        for (c, h) in m.chunks.iter_mut().zip(&hashes) {
-            c.set_hash(ChunkHash::Blake3, h);
-        }
-        let (format, stream) = super::super::format_of(false, false, ChunkHash::Blake3, &hashes);
-        m.format_version = format;
-        m.set_stream_hash(ChunkHash::Blake3, &stream);
-        (key, m, hashes)
-    }
-
     /// Format 5: BLAKE3 chunk hashes under `blake3`, the stream's under `stream_blake3`, made
     /// from the chunks' as format 4 makes its own, for one chunk too; with or without
     /// compression and encryption. A hash of the other algorithm, or one edited apart, is
     /// refused before anything is downloaded.
     #[test]
     fn format_5_holds_blake3_hashes_and_nothing_else() {
-        let (key, m, hashes) = format_5();
+        let (key, m, hashes) = hashed_as(ChunkHash::Blake3);
         assert_eq!(m.format_version, super::super::FORMAT_BLAKE3);
         assert_eq!(m.chunk_hash(), ChunkHash::Blake3);
         assert_eq!(m.stream_hash(), super::super::StreamHash::OfChunks);
