@@ -494,6 +494,13 @@ fn raw_frame_pieces(block: &Bytes, out: &mut Vec<Bytes>) -> usize {
 
 const MAX_RAW_BLOCK: usize = 128 << 10;
 
+/// A zstd block header (3 bytes) that says raw: (last block, size of 1 to `MAX_RAW_BLOCK`).
+fn raw_block_header(h: &[u8]) -> Option<(bool, usize)> {
+    let h = u32::from(h[0]) | u32::from(h[1]) << 8 | u32::from(h[2]) << 16;
+    let size = (h >> 3) as usize;
+    (h & 0b110 == 0 && (1..=MAX_RAW_BLOCK).contains(&size)).then_some((h & 1 == 1, size))
+}
+
 /// The size of `raw_frame` of a block of `len` bytes.
 fn raw_frame_len(len: usize) -> usize {
     len + 9 + 3 * len.div_ceil(MAX_RAW_BLOCK)
@@ -517,6 +524,10 @@ pub struct Decoder {
     frame: usize,
     in_frame: u64,
     in_frame_stored: u64,
+    /// Stored bytes of the current frame still to pass through as raw blocks (0: none).
+    raw_left: u64,
+    /// Frames passed through without zstd (`raw_frame_at`).
+    passed: u64,
     scratch: Vec<u8>,
 }
 
@@ -549,6 +560,8 @@ impl Decoder {
             frame: 0,
             in_frame: 0,
             in_frame_stored: 0,
+            raw_left: 0,
+            passed: 0,
             scratch: vec![0u8; STEP_BYTES],
         })
     }
@@ -556,8 +569,19 @@ impl Decoder {
     /// Decodes from `input` until one piece of output (at most `STEP_BYTES`) is made or the
     /// input is used up: (stored bytes consumed, the stream bytes made). Call again with the
     /// rest, and with an empty input until it makes nothing, to drain what the decoder holds.
-    pub fn step(&mut self, input: &[u8]) -> io::Result<(usize, &[u8])> {
+    /// A frame of raw blocks that lies whole in `input` is passed through: its pieces are
+    /// slices of `input` itself, not a copy.
+    pub fn step<'a>(&'a mut self, input: &'a [u8]) -> io::Result<(usize, &'a [u8])> {
         use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        if self.raw_left == 0 && self.in_frame_stored == 0 {
+            if let Some(stored) = self.raw_frame_at(input) {
+                self.raw_left = stored;
+                self.passed += 1;
+            }
+        }
+        if self.raw_left > 0 {
+            return self.raw_block(input);
+        }
         let mut consumed = 0;
         loop {
             let mut inb = InBuffer::around(&input[consumed..]);
@@ -593,20 +617,81 @@ impl Decoder {
         }
     }
 
+    /// The stream bytes frame `k` decodes to by the manifest: `frame_bytes`, the last frame
+    /// the rest (None past the last frame).
+    fn plain_of(&self, k: usize) -> Option<u64> {
+        if k >= self.frames.len() {
+            None
+        } else if k + 1 == self.frames.len() {
+            self.expected_bytes
+                .checked_sub((k as u64).checked_mul(self.frame_bytes)?)
+        } else {
+            Some(self.frame_bytes)
+        }
+    }
+
+    /// The next frame's stored size if it lies whole in `input` as `raw_frame` writes it:
+    /// the magic, a single-segment header whose content size is the frame's recorded one,
+    /// then raw blocks of 1 byte to 128 KiB (zstd's largest) that fill exactly the recorded
+    /// stored size and decode to exactly the recorded stream bytes. Anything else (a
+    /// compressed block, another header, a frame cut by the end of `input`) goes to zstd.
+    fn raw_frame_at(&self, input: &[u8]) -> Option<u64> {
+        let k = self.frame;
+        let stored = *self.frames.get(k)? as usize;
+        let plain = self.plain_of(k)?;
+        let f = input.get(..stored)?;
+        if f.len() < 9
+            || f[..4] != 0xFD2F_B528u32.to_le_bytes()
+            || f[4] != 0b1010_0000
+            || u64::from(u32::from_le_bytes([f[5], f[6], f[7], f[8]])) != plain
+        {
+            return None;
+        }
+        let (mut at, mut sum) = (9usize, 0u64);
+        loop {
+            let (last, size) = raw_block_header(f.get(at..at + 3)?)?;
+            at = at.checked_add(3 + size).filter(|&e| e <= stored)?;
+            sum += size as u64;
+            if last {
+                return (at == stored && sum == plain).then_some(stored as u64);
+            }
+        }
+    }
+
+    /// One raw block of the frame `raw_frame_at` found, as a slice of `input`.
+    fn raw_block<'a>(&mut self, input: &'a [u8]) -> io::Result<(usize, &'a [u8])> {
+        let k = self.frame;
+        let head = if self.in_frame_stored == 0 { 9 } else { 0 };
+        // `raw_frame_at` read these headers already; `input` must be the rest of its input.
+        let size = input
+            .get(head..head + 3)
+            .and_then(raw_block_header)
+            .map(|(_, size)| size)
+            .filter(|&size| {
+                (head + 3 + size) as u64 <= self.raw_left && input.len() >= head + 3 + size
+            })
+            .ok_or_else(|| bad(format!("frame {k} changed while it was decoded")))?;
+        let used = head + 3 + size;
+        let out = &input[head + 3..used];
+        self.raw_left -= used as u64;
+        self.in_frame_stored += used as u64;
+        self.in_frame += size as u64;
+        self.stream_bytes += size as u64;
+        self.hash.update(out);
+        if self.raw_left == 0 {
+            self.end_frame()?;
+        }
+        Ok((used, out))
+    }
+
     /// A frame ended: it must be the one the manifest records, and whole.
     fn end_frame(&mut self) -> io::Result<()> {
         let k = self.frame;
-        let Some(&stored) = self.frames.get(k) else {
+        let (Some(&stored), Some(want_plain)) = (self.frames.get(k), self.plain_of(k)) else {
             return Err(bad(format!(
                 "more frames than the {} recorded",
                 self.frames.len()
             )));
-        };
-        let last = k + 1 == self.frames.len();
-        let want_plain = if last {
-            self.expected_bytes - (k as u64) * self.frame_bytes
-        } else {
-            self.frame_bytes
         };
         if self.in_frame_stored != u64::from(stored) || self.in_frame != want_plain {
             return Err(bad(format!(
@@ -925,15 +1010,7 @@ mod tests {
     /// read back, and text is still compressed.
     #[test]
     fn random_blocks_become_raw_frames_that_decode() {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let random: Vec<u8> = (0..FRAME_BYTES as usize + 5000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect();
+        let random = noise(FRAME_BYTES as usize + 5000, 0x9E37_79B9_7F4A_7C15);
         assert!(looks_incompressible(&random[..FRAME_BYTES as usize]));
         assert!(!looks_incompressible(&sample(FRAME_BYTES as usize)));
         assert!(!looks_incompressible(&vec![0u8; FRAME_BYTES as usize]));
@@ -963,6 +1040,127 @@ mod tests {
             assert_eq!(raw_frame_pieces(&block, &mut pieces), frame.len());
             assert_eq!(pieces.concat(), frame, "{n}");
         }
+    }
+
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Decodes `stored` fed in pieces of `piece` bytes (each piece stepped to its end, as
+    /// restore does with a part): the stream, how it ended, and how many frames passed through.
+    fn decode_in(stored: &[u8], f: &Framing, piece: usize) -> (Vec<u8>, Result<u64, String>, u64) {
+        let check = StreamCheck::Xxh3(f.stream_xxh3);
+        let mut d =
+            Decoder::new(FRAME_BYTES, f.frames.clone(), f.stream_bytes, check).expect("dec");
+        let mut back = Vec::new();
+        for part in stored.chunks(piece) {
+            let mut rest = part;
+            loop {
+                let scratch = d.scratch.as_ptr_range();
+                let (used, out) = match d.step(rest) {
+                    Ok(x) => x,
+                    Err(e) => return (back, Err(e.to_string()), d.passed),
+                };
+                // Output is zstd's (in the decoder's scratch) or a slice of the part itself.
+                let at = out.as_ptr();
+                assert!(
+                    out.is_empty() || part.as_ptr_range().contains(&at) || scratch.contains(&at),
+                    "output neither in the part nor decoded"
+                );
+                back.extend_from_slice(out);
+                rest = &rest[used..];
+                if rest.is_empty() && out.is_empty() {
+                    break;
+                }
+            }
+        }
+        let passed = d.passed;
+        (back, d.finish(), passed)
+    }
+
+    /// Raw frames that lie whole in the input pass through without zstd (slices of the
+    /// input); cut by a piece's end, or compressed, they go through zstd; either way the
+    /// stream and its checks are the same.
+    #[test]
+    fn raw_frames_pass_through_and_are_still_checked() {
+        let fb = FRAME_BYTES as usize;
+        let mut data = noise(fb, 1);
+        data.extend(sample(fb));
+        data.extend(noise(fb, 2));
+        data.extend(noise(fb, 3));
+        data.extend(noise(5000, 4)); // too short to look random: zstd's own frame
+        let (stored, f) = compress_all(&data, 3, 2);
+        assert_eq!(f.frames.len(), 5);
+        let whole = decode_in(&stored, &f, stored.len());
+        assert_eq!(whole.1, Ok(data.len() as u64));
+        assert!(whole.0 == data, "stream differs");
+        assert_eq!(
+            whole.2, 3,
+            "frames 0, 2 and 3 are raw and whole in the input"
+        );
+        // Pieces that cut frames: the cut ones go through zstd, the whole ones not.
+        for piece in [7777, fb + 17, 2 * fb + 40, 3 * fb] {
+            let (back, end, passed) = decode_in(&stored, &f, piece);
+            assert_eq!(end, Ok(data.len() as u64), "pieces of {piece}");
+            assert!(back == data, "pieces of {piece}: stream differs");
+            // The raw frames (0, 2, 3) that no piece boundary cuts.
+            let mut start = 0;
+            let mut whole = 0;
+            for (k, &len) in f.frames.iter().enumerate() {
+                let end = start + len as usize;
+                whole += u64::from([0, 2, 3].contains(&k) && start / piece == (end - 1) / piece);
+                start = end;
+            }
+            assert_eq!(passed, whole, "pieces of {piece}");
+        }
+        // A changed byte inside a raw block passes through, and the stream's hash refuses it.
+        let mut bad = stored.clone();
+        bad[100_000] ^= 1;
+        let (_, end, passed) = decode_in(&bad, &f, bad.len());
+        assert_eq!(passed, 3);
+        assert!(end.expect_err("refused").contains("hash differs"));
+        // A raw block's header turned into another type or size is not passed through, and
+        // zstd refuses what it then reads.
+        for (at, byte) in [(9, 0b010u8), (9, 0x08), (9 + 3 + (128 << 10), 0x10)] {
+            let mut bad = stored.clone();
+            bad[at] ^= byte;
+            let (_, end, passed) = decode_in(&bad, &f, bad.len());
+            assert!(end.is_err(), "header byte {at} ^ {byte:#x} accepted");
+            assert_eq!(passed, 0, "header byte {at} ^ {byte:#x}: frame 0 passed");
+        }
+    }
+
+    /// A raw block above 128 KiB is none that `raw_frame` writes: zstd, not the pass-through,
+    /// decides what it is (libzstd's streaming decoder reads it).
+    #[test]
+    fn an_oversized_raw_block_is_left_to_zstd() {
+        let block = noise(256 << 10, 9);
+        let mut frame = 0xFD2F_B528u32.to_le_bytes().to_vec();
+        frame.push(0b1010_0000);
+        frame.extend_from_slice(&(block.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&(1u32 | (block.len() as u32) << 3).to_le_bytes()[..3]);
+        frame.extend_from_slice(&block);
+        let check = StreamCheck::Xxh3(xxhash_rust::xxh3::xxh3_128(&block));
+        let mut d = Decoder::new(
+            block.len() as u64,
+            vec![frame.len() as u32],
+            block.len() as u64,
+            check,
+        )
+        .expect("dec");
+        // What libzstd's streaming decoder makes of it, under the hash of the stream.
+        let out = d.feed(&frame).expect("libzstd reads it");
+        assert!(out == block, "decoded to other bytes");
+        assert_eq!(d.passed, 0);
+        assert_eq!(d.finish(), Ok(block.len() as u64));
     }
 
     #[test]
