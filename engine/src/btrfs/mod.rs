@@ -67,9 +67,6 @@ pub fn parse_show(out: &str) -> Option<SubvolumeInfo> {
     })
 }
 
-/// Deletes subvolume `name` of directory `dir`, checking at this moment that `name` is one
-/// plain path component (no `/`, not `.` or `..`), so whatever a manifest or the journal said,
-/// the delete cannot reach outside `dir`. Every subvolume delete of the engine goes through it.
 /// What the pipes to `btrfs send` and `btrfs receive` hold: 1 MiB (Linux's default
 /// `pipe-max-size`) instead of 64 KiB, so each side wakes the other 16 times less often.
 const PIPE_BYTES: usize = 1 << 20;
@@ -81,6 +78,9 @@ fn widen_pipe(fd: impl std::os::fd::AsFd) {
     }
 }
 
+/// Deletes subvolume `name` of directory `dir`, checking at this moment that `name` is one
+/// plain path component (no `/`, not `.` or `..`), so whatever a manifest or the journal said,
+/// the delete cannot reach outside `dir`. Every subvolume delete of the engine goes through it.
 pub fn delete_inside(btrfs: &dyn Snapshotter, dir: &Path, name: &str) -> Result<(), BtrfsError> {
     let path = dir.join(name);
     let plain = !name.is_empty()
