@@ -264,6 +264,10 @@ prefix = "{name}"
                         kept[c] = run
                 elif c in BACKUP_PEERS:
                     self.peer_upload(rec, f"btrfs send -q {self.peer_snap}", self.endpoint, c, S)
+                    if c != "s5cmd":
+                        # Only s5cmd's upload is read back (its restore): the others leave
+                        # the server's disk now, not at the end of the repeat.
+                        self.s3rm(f"peers/{c}")
                 elif c == "send > /dev/null":
                     rec["contender"] = "ceiling: btrfs send > /dev/null"
                     self.timed(rec, f"btrfs send -q {self.peer_snap} > /dev/null", S)
@@ -271,6 +275,7 @@ prefix = "{name}"
                     rec["contender"] = "ceiling: server ingest (s5cmd from memory)"
                     self.timed(rec, f"{S5} --endpoint-url {self.endpoint} cp {self.shm} "
                                f"s3://{self.bucket}/peers/ingest >/dev/null", self.shm_bytes)
+                    self.s3rm("peers/ingest")
 
             for c in self.rotate(["default", "1gib", "s5cmd", "aws", "rclone", "send > /dev/null", "ingest"], r):
                 backup(c)
