@@ -17,7 +17,7 @@ On a loop-device Btrfs and a local garage, for each stream size:
 Every contender's time includes its `btrfs send`; CPU is user + system of the whole pipeline
 (the kernel's send work included), peak RSS the largest process of it (/usr/bin/time).
 Page cache dropped before each run (not in --quick). Contenders rotate their order every
-repeat, after one unmeasured warm-up backup and upload. Results: OUT/peers.json (every run, medians, ratios, targets) and OUT/peers.md.
+repeat (reversed on odd repeats, so no contender always follows the same one), after one unmeasured warm-up backup and upload. Results: OUT/peers.json (every run, medians, ratios, targets) and OUT/peers.md.
 
   sudo scripts/bench-peers.sh [--sizes 1,8] [--repeat 3] [--out DIR]
   sudo scripts/bench-peers.sh --quick      # 64 MiB, one repeat: the test run's smoke test
@@ -208,8 +208,13 @@ prefix = "{name}"
         sh(f"btrfs subvolume sync {self.work}/mnt >/dev/null")
 
     def rotate(self, items, r):
+        """Repeat r's order: rotated by r, and reversed on odd repeats, so that no contender
+        always follows the same one (a run after the tool's backup was faster than one after
+        the ingest ceiling's upload on this machine, and a plain rotation keeps each
+        contender's predecessor fixed)."""
         k = r % len(items)
-        return items[k:] + items[:k]
+        order = items[k:] + items[:k]
+        return order[::-1] if r % 2 else order
 
     def s3rm(self, prefix):
         sh(f"{S5} --endpoint-url {self.endpoint} rm 's3://{self.bucket}/{prefix}*' >/dev/null 2>&1",
