@@ -17,7 +17,12 @@ On a loop-device Btrfs and a local garage, for each stream size:
 Every contender's time includes its `btrfs send`; CPU is user + system of the whole pipeline
 (the kernel's send work included), peak RSS the largest process of it (/usr/bin/time).
 Page cache dropped before each run (not in --quick). Contenders rotate their order every
-repeat (reversed on odd repeats, so no contender always follows the same one), after one unmeasured warm-up backup and upload. Results: OUT/peers.json (every run, medians, ratios, targets) and OUT/peers.md.
+repeat (reversed on odd repeats, so no contender always follows the same one), after one
+unmeasured warm-up backup and upload, both kept: garage stores a block once by its content,
+so every timed full upload finds its blocks stored and writes no block data, the same for
+every contender (an incremental's are new: the tool writes its own, and of the peers, who
+send the same bytes, the first in the repeat's order). Results: OUT/peers.json (every run,
+medians, ratios, targets) and OUT/peers.md.
 
   sudo scripts/bench-peers.sh [--sizes 1,8] [--repeat 3] [--out DIR]
   sudo scripts/bench-peers.sh --quick      # 64 MiB, one repeat: the test run's smoke test
@@ -241,14 +246,18 @@ prefix = "{name}"
         tool = {"default": "btrfs-to-s3", "1gib": "btrfs-to-s3 (1 GiB chunks)"}
         # Unmeasured warm-up: the first upload into a fresh garage was the slowest run of
         # the set whoever made it (11 s against 7-9 s at 1 GiB), which would bias repeat 1.
-        sh(f"{self.bin} --config {cfg['default']} --quiet backup --full --json > {self.work}/warm.json"
-           f" && {S5} --endpoint-url {self.endpoint} cp {self.shm} s3://{self.bucket}/peers/warm >/dev/null",
-           env=self.env)
+        # Its copies stay until the end of the size. Garage stores a block once by its
+        # content, so an upload whose blocks are stored already writes no block data: with
+        # the tool's stored stream (prefix "warm", the default settings) and the send stream
+        # (warm-peers) kept, every timed upload finds its blocks stored, the same for every
+        # contender. Deleted, they kept their blocks only until garage's block GC (10 minutes
+        # after the delete), which favoured whoever ran while they lasted (at 8 GiB the
+        # tool's runs, while s5cmd wrote half its stream).
+        sh(f"{self.bin} --config {self.config('warm')} --quiet backup --full --json > {self.work}/warm.json"
+           f" && btrfs send -q {self.peer_snap} | {S5} --endpoint-url {self.endpoint} pipe "
+           f"s3://{self.bucket}/warm-peers >/dev/null", env=self.env)
         warm = self.tool_json(f"{self.work}/warm.json")
         sh(f"btrfs subvolume delete {warm['snapshot']} >/dev/null")
-        shutil.rmtree(f"{self.work}/state-default", ignore_errors=True)
-        self.s3rm("default/")
-        self.s3rm("peers/")
         for r in range(self.args.repeat):
             base = {"size_gib": gib, "repeat": r + 1}
             kept = {}
