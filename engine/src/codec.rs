@@ -570,7 +570,8 @@ impl Decoder {
     /// input is used up: (stored bytes consumed, the stream bytes made). Call again with the
     /// rest, and with an empty input until it makes nothing, to drain what the decoder holds.
     /// A frame of raw blocks that lies whole in `input` is passed through: its pieces are
-    /// slices of `input` itself, not a copy.
+    /// slices of `input` itself, not a copy (so, within such a frame, call again with the
+    /// rest of the same input, as restore does with a part).
     pub fn step<'a>(&'a mut self, input: &'a [u8]) -> io::Result<(usize, &'a [u8])> {
         use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
         if self.raw_left == 0 && self.in_frame_stored == 0 {
@@ -638,7 +639,8 @@ impl Decoder {
     fn raw_frame_at(&self, input: &[u8]) -> Option<u64> {
         let k = self.frame;
         let stored = *self.frames.get(k)? as usize;
-        let plain = self.plain_of(k)?;
+        // zstd refuses a frame past `frame_bytes` (and its window); so does the pass-through.
+        let plain = self.plain_of(k).filter(|&p| p <= self.frame_bytes)?;
         let f = input.get(..stored)?;
         if f.len() < 9
             || f[..4] != 0xFD2F_B528u32.to_le_bytes()
@@ -662,14 +664,17 @@ impl Decoder {
     fn raw_block<'a>(&mut self, input: &'a [u8]) -> io::Result<(usize, &'a [u8])> {
         let k = self.frame;
         let head = if self.in_frame_stored == 0 { 9 } else { 0 };
-        // `raw_frame_at` read these headers already; `input` must be the rest of its input.
+        // `raw_frame_at` read these headers already; `input` must be the rest of its input
+        // (at least to the frame's end), and the block the frame's last exactly at its end.
         let size = input
             .get(head..head + 3)
             .and_then(raw_block_header)
-            .map(|(_, size)| size)
-            .filter(|&size| {
-                (head + 3 + size) as u64 <= self.raw_left && input.len() >= head + 3 + size
+            .filter(|&(last, size)| {
+                let used = (head + 3 + size) as u64;
+                used <= self.raw_left && (used == self.raw_left) == last
             })
+            .map(|(_, size)| size)
+            .filter(|&size| input.len() >= head + 3 + size)
             .ok_or_else(|| bad(format!("frame {k} changed while it was decoded")))?;
         let used = head + 3 + size;
         let out = &input[head + 3..used];
@@ -1055,26 +1060,33 @@ mod tests {
     }
 
     /// Decodes `stored` fed in pieces of `piece` bytes (each piece stepped to its end, as
-    /// restore does with a part): the stream, how it ended, and how many frames passed through.
-    fn decode_in(stored: &[u8], f: &Framing, piece: usize) -> (Vec<u8>, Result<u64, String>, u64) {
+    /// restore does with a part): the stream, how it ended, how many frames passed through,
+    /// and how many of the stream's bytes came out as slices of the part (no copy).
+    fn decode_in(
+        stored: &[u8],
+        f: &Framing,
+        piece: usize,
+    ) -> (Vec<u8>, Result<u64, String>, u64, usize) {
         let check = StreamCheck::Xxh3(f.stream_xxh3);
         let mut d =
             Decoder::new(FRAME_BYTES, f.frames.clone(), f.stream_bytes, check).expect("dec");
-        let mut back = Vec::new();
+        let (mut back, mut sliced) = (Vec::new(), 0);
         for part in stored.chunks(piece) {
             let mut rest = part;
             loop {
                 let scratch = d.scratch.as_ptr_range();
                 let (used, out) = match d.step(rest) {
                     Ok(x) => x,
-                    Err(e) => return (back, Err(e.to_string()), d.passed),
+                    Err(e) => return (back, Err(e.to_string()), d.passed, sliced),
                 };
                 // Output is zstd's (in the decoder's scratch) or a slice of the part itself.
                 let at = out.as_ptr();
+                let in_part = part.as_ptr_range().contains(&at);
                 assert!(
-                    out.is_empty() || part.as_ptr_range().contains(&at) || scratch.contains(&at),
+                    out.is_empty() || in_part || scratch.contains(&at),
                     "output neither in the part nor decoded"
                 );
+                sliced += if in_part { out.len() } else { 0 };
                 back.extend_from_slice(out);
                 rest = &rest[used..];
                 if rest.is_empty() && out.is_empty() {
@@ -1083,7 +1095,7 @@ mod tests {
             }
         }
         let passed = d.passed;
-        (back, d.finish(), passed)
+        (back, d.finish(), passed, sliced)
     }
 
     /// Raw frames that lie whole in the input pass through without zstd (slices of the
@@ -1102,13 +1114,11 @@ mod tests {
         let whole = decode_in(&stored, &f, stored.len());
         assert_eq!(whole.1, Ok(data.len() as u64));
         assert!(whole.0 == data, "stream differs");
-        assert_eq!(
-            whole.2, 3,
-            "frames 0, 2 and 3 are raw and whole in the input"
-        );
+        assert_eq!(whole.2, 3, "frames 0, 2 and 3: raw, whole in the input");
+        assert_eq!(whole.3, 3 * fb, "their bytes are slices of the input");
         // Pieces that cut frames: the cut ones go through zstd, the whole ones not.
         for piece in [7777, fb + 17, 2 * fb + 40, 3 * fb] {
-            let (back, end, passed) = decode_in(&stored, &f, piece);
+            let (back, end, passed, sliced) = decode_in(&stored, &f, piece);
             assert_eq!(end, Ok(data.len() as u64), "pieces of {piece}");
             assert!(back == data, "pieces of {piece}: stream differs");
             // The raw frames (0, 2, 3) that no piece boundary cuts.
@@ -1120,11 +1130,12 @@ mod tests {
                 start = end;
             }
             assert_eq!(passed, whole, "pieces of {piece}");
+            assert_eq!(sliced, whole as usize * fb, "pieces of {piece}");
         }
         // A changed byte inside a raw block passes through, and the stream's hash refuses it.
         let mut bad = stored.clone();
         bad[100_000] ^= 1;
-        let (_, end, passed) = decode_in(&bad, &f, bad.len());
+        let (_, end, passed, _) = decode_in(&bad, &f, bad.len());
         assert_eq!(passed, 3);
         assert!(end.expect_err("refused").contains("hash differs"));
         // A raw block's header turned into another type or size is not passed through, and
@@ -1132,35 +1143,39 @@ mod tests {
         for (at, byte) in [(9, 0b010u8), (9, 0x08), (9 + 3 + (128 << 10), 0x10)] {
             let mut bad = stored.clone();
             bad[at] ^= byte;
-            let (_, end, passed) = decode_in(&bad, &f, bad.len());
+            let (_, end, passed, _) = decode_in(&bad, &f, bad.len());
             assert!(end.is_err(), "header byte {at} ^ {byte:#x} accepted");
             assert_eq!(passed, 0, "header byte {at} ^ {byte:#x}: frame 0 passed");
         }
     }
 
-    /// A raw block above 128 KiB is none that `raw_frame` writes: zstd, not the pass-through,
-    /// decides what it is (libzstd's streaming decoder reads it).
+    /// A raw block above 128 KiB is none that `raw_frame` writes, nor a frame decoding past
+    /// `frame_bytes`: zstd, not the pass-through, decides what they are, and what it makes of
+    /// them is refused or the block itself, never other bytes.
     #[test]
-    fn an_oversized_raw_block_is_left_to_zstd() {
+    fn frames_raw_frame_never_writes_are_left_to_zstd() {
         let block = noise(256 << 10, 9);
         let mut frame = 0xFD2F_B528u32.to_le_bytes().to_vec();
         frame.push(0b1010_0000);
         frame.extend_from_slice(&(block.len() as u32).to_le_bytes());
         frame.extend_from_slice(&(1u32 | (block.len() as u32) << 3).to_le_bytes()[..3]);
         frame.extend_from_slice(&block);
+        let n = block.len() as u64;
         let check = StreamCheck::Xxh3(xxhash_rust::xxh3::xxh3_128(&block));
-        let mut d = Decoder::new(
-            block.len() as u64,
-            vec![frame.len() as u32],
-            block.len() as u64,
-            check,
-        )
-        .expect("dec");
-        // What libzstd's streaming decoder makes of it, under the hash of the stream.
-        let out = d.feed(&frame).expect("libzstd reads it");
-        assert!(out == block, "decoded to other bytes");
+        let mut d = Decoder::new(n, vec![frame.len() as u32], n, check).expect("dec");
+        if let Ok(out) = d.feed(&frame) {
+            assert!(out == block, "decoded to other bytes");
+        }
         assert_eq!(d.passed, 0);
-        assert_eq!(d.finish(), Ok(block.len() as u64));
+        // A raw frame as `raw_frame` writes it, but of 1 MiB where the manifest says frames
+        // are 64 KiB: refused, and not passed through.
+        let big = noise(1 << 20, 10);
+        let frame = raw_frame(&big);
+        let check = StreamCheck::Xxh3(xxhash_rust::xxh3::xxh3_128(&big));
+        let mut d =
+            Decoder::new(64 << 10, vec![frame.len() as u32], big.len() as u64, check).expect("dec");
+        assert!(d.feed(&frame).is_err());
+        assert_eq!(d.passed, 0);
     }
 
     #[test]
