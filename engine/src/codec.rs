@@ -475,11 +475,9 @@ fn raw_frame(block: &[u8]) -> Vec<u8> {
 /// `raw_frame(block)` as pieces appended to `out`: its headers, and slices of `block` (no
 /// copy). Returns the frame's length.
 fn raw_frame_pieces(block: &Bytes, out: &mut Vec<Bytes>) -> usize {
-    let mut header = Vec::with_capacity(9);
-    header.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
-    header.push(0b1010_0000);
-    header.extend_from_slice(&(block.len() as u32).to_le_bytes());
-    out.push(Bytes::from(header));
+    out.push(Bytes::copy_from_slice(
+        &raw_frame_header(block.len() as u32),
+    ));
     let mut at = 0;
     while at < block.len() {
         let len = MAX_RAW_BLOCK.min(block.len() - at);
@@ -493,6 +491,17 @@ fn raw_frame_pieces(block: &Bytes, out: &mut Vec<Bytes>) -> usize {
 }
 
 const MAX_RAW_BLOCK: usize = 128 << 10;
+
+/// The 9 bytes that open a raw frame of `len` stream bytes: the magic, then
+/// Frame_Header_Descriptor (Frame_Content_Size_flag 2: 4 bytes; Single_Segment_flag 1) and
+/// the content size. What `raw_frame_pieces` writes and `Decoder::raw_frame_at` looks for.
+fn raw_frame_header(len: u32) -> [u8; 9] {
+    let mut h = [0u8; 9];
+    h[..4].copy_from_slice(&0xFD2F_B528u32.to_le_bytes());
+    h[4] = 0b1010_0000;
+    h[5..].copy_from_slice(&len.to_le_bytes());
+    h
+}
 
 /// A zstd block header (3 bytes) that says raw: (last block, size of 1 to `MAX_RAW_BLOCK`).
 fn raw_block_header(h: &[u8]) -> Option<(bool, usize)> {
@@ -642,11 +651,7 @@ impl Decoder {
         // zstd refuses a frame past `frame_bytes` (and its window); so does the pass-through.
         let plain = self.plain_of(k).filter(|&p| p <= self.frame_bytes)?;
         let f = input.get(..stored)?;
-        if f.len() < 9
-            || f[..4] != 0xFD2F_B528u32.to_le_bytes()
-            || f[4] != 0b1010_0000
-            || u64::from(u32::from_le_bytes([f[5], f[6], f[7], f[8]])) != plain
-        {
+        if f.get(..9)? != raw_frame_header(u32::try_from(plain).ok()?) {
             return None;
         }
         let (mut at, mut sum) = (9usize, 0u64);
