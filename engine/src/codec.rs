@@ -806,13 +806,7 @@ mod tests {
     fn a_tap_sees_the_stream_in_order_and_changes_nothing_stored() {
         let mut data = sample(9 * FRAME_BYTES as usize + 77);
         // Random blocks become raw frames, whose bytes are copied straight from the block.
-        let mut x = 7u64;
-        for b in &mut data[2 << 20..4 << 20] {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
+        data[2 << 20..4 << 20].copy_from_slice(&noise(2 << 20, 7));
         let (want, want_framing) = compress_all(&data, 3, 2);
         for hold in [0, 1, 5, 40] {
             let got = Arc::new(Mutex::new((Vec::new(), 0)));
@@ -877,13 +871,8 @@ mod tests {
         // Random blocks too (raw frames, handed over as headers and slices of the block),
         // read in odd pieces and in reads that span many pieces.
         let mut mixed = sample(5 * FRAME_BYTES as usize + 999);
-        let mut x = 11u64;
-        for b in &mut mixed[FRAME_BYTES as usize..(7 << 19)] {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
+        let random = FRAME_BYTES as usize..(7 << 19);
+        mixed[random.clone()].copy_from_slice(&noise(random.len(), 11));
         let (want, fm) = compress_all(&mixed, 3, 1);
         assert!(
             fm.frames.iter().any(|&f| f as u64 > FRAME_BYTES),
