@@ -3,17 +3,14 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
 };
 use bytes::Bytes;
-use futures::TryFutureExt;
 
 use super::*;
 use std::sync::Arc;
@@ -107,335 +104,6 @@ impl S3Store {
             created: Default::default(),
             prefix: s.prefix.clone(),
         }
-    }
-
-    /// One UploadPart, watched for stalls (see `upload_part`).
-    async fn upload_part_once(
-        &self,
-        key: &str,
-        upload_id: &str,
-        part_number: u32,
-        body: Bytes,
-        crc32c: u32,
-    ) -> Result<String, StoreError> {
-        let len = body.len();
-        let out = self
-            .watched("UploadPart", key, |activity| {
-                let req = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(upload_id)
-                    .part_number(i32::try_from(part_number).unwrap_or(i32::MAX))
-                    .content_length(i64::try_from(len).unwrap_or(i64::MAX))
-                    .body(watched_body(
-                        body.clone(),
-                        activity,
-                        self.upload_limit.clone(),
-                    ));
-                // The integrity header protects the payload (signing it would hash every
-                // byte again); with none, the part's hashes in the manifest are checked at
-                // restore and verify, and TLS protects the transfer.
-                let req = match self.checksum {
-                    Checksum::Crc32c => req.checksum_crc32_c(crc32c_base64(crc32c)),
-                    Checksum::Md5 => req.content_md5(md5_base64(&body)),
-                    Checksum::None => req,
-                };
-                req.customize()
-                    .disable_payload_signing()
-                    .send()
-                    .map_err(|e| self.err("UploadPart", key, e))
-            })
-            .await?;
-        Ok(etag_of(out.e_tag()))
-    }
-
-    /// A whole GET of the current object or of one version.
-    async fn get_whole(&self, key: &str, version: Option<&str>) -> Result<Bytes, StoreError> {
-        let op = if version.is_some() {
-            "GetObjectVersion"
-        } else {
-            "GetObject"
-        };
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .set_version_id(version.map(str::to_string))
-            .send()
-            .await
-            .map_err(|e| self.err(op, key, e))?;
-        out.body
-            .collect()
-            .await
-            .map(|b| b.into_bytes())
-            .map_err(|e| StoreError {
-                op,
-                bucket: self.bucket.clone(),
-                key: key.to_string(),
-                kind: StoreErrorKind::Transient,
-                message: format!("reading the body: {e}"),
-            })
-    }
-
-    /// A ranged GET of the current object, or of one version of it, watched for stalls and
-    /// paced by the download limit.
-    async fn get_range_of(
-        &self,
-        key: &str,
-        version: Option<&str>,
-        offset: u64,
-        len: u64,
-        buf: bytes::BytesMut,
-    ) -> Result<Bytes, StoreError> {
-        let op = if version.is_some() {
-            "GetObjectVersion"
-        } else {
-            "GetObject"
-        };
-        // A stalled attempt is made again: the buffer goes to the first one.
-        let buf = std::sync::Mutex::new(Some(buf));
-        let buf = &buf;
-        self.watched(op, key, |activity| async move {
-            let mut out = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .set_version_id(version.map(str::to_string))
-                .range(format!("bytes={}-{}", offset, offset + len.max(1) - 1))
-                .send()
-                .await
-                .map_err(|e| self.err(op, key, e))?;
-            // At most 64 MiB up front: `len` is the caller's, the body is the server's.
-            let want = usize::try_from(len.min(64 << 20)).unwrap_or(0);
-            let mut data = buf
-                .lock()
-                .ok()
-                .and_then(|mut b| b.take())
-                .unwrap_or_default();
-            data.clear();
-            data.reserve(want);
-            loop {
-                activity.touch();
-                match out.body.try_next().await {
-                    Ok(Some(piece)) => {
-                        if let Some(limit) = &self.download_limit {
-                            // Waiting for the limit is not a stall.
-                            let at = limit.reserve(piece.len());
-                            while std::time::Instant::now() < at {
-                                let step = at - std::time::Instant::now();
-                                tokio::time::sleep(step.min(Duration::from_millis(250))).await;
-                                activity.touch();
-                            }
-                        }
-                        data.extend_from_slice(&piece);
-                    }
-                    Ok(None) => return Ok(data.freeze()),
-                    Err(e) => {
-                        return Err(StoreError {
-                            op,
-                            bucket: self.bucket.clone(),
-                            key: key.to_string(),
-                            kind: StoreErrorKind::Transient,
-                            message: format!("reading the body: {e}"),
-                        })
-                    }
-                }
-            }
-        })
-        .await
-    }
-
-    /// HeadObject of the current object or of one version; None when there is none.
-    async fn head_of(
-        &self,
-        key: &str,
-        version: Option<&str>,
-    ) -> Result<Option<ObjectInfo>, StoreError> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .set_version_id(version.map(str::to_string))
-            .send()
-            .await
-        {
-            Ok(o) => Ok(Some(ObjectInfo {
-                key: key.to_string(),
-                size: u64::try_from(o.content_length().unwrap_or(0)).unwrap_or(0),
-                storage_class: o.storage_class().map(|s| s.as_str().to_string()),
-                sse: o.server_side_encryption().map(|s| s.as_str().to_string()),
-                etag: o.e_tag().map(str::to_string),
-                restore: o.restore().map(str::to_string),
-            })),
-            Err(e) => {
-                let op = if version.is_some() {
-                    "HeadObjectVersion"
-                } else {
-                    "HeadObject"
-                };
-                let err = self.err(op, key, e);
-                if err.kind == StoreErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
-        }
-    }
-
-    /// Runs the transfer `attempt` makes, watching it: when `Activity` shows no byte moved for
-    /// the stall timeout (a request body not taken, a reply not coming, a body not arriving),
-    /// the attempt is dropped (its connection with it) and made again, up to `attempts` times.
-    async fn watched<T, F, Fut>(
-        &self,
-        op: &'static str,
-        key: &str,
-        attempt: F,
-    ) -> Result<T, StoreError>
-    where
-        F: Fn(Arc<Activity>) -> Fut,
-        Fut: std::future::Future<Output = Result<T, StoreError>>,
-    {
-        for n in 1..=self.attempts {
-            let activity = Arc::new(Activity::new());
-            tokio::select! {
-                r = attempt(activity.clone()) => return r,
-                () = activity.stalled(self.stall) => {
-                    tracing::warn!(op, key, attempt = n, stall_secs = self.stall.as_secs(), "transfer stalled; trying again");
-                }
-            }
-        }
-        Err(StoreError {
-            op,
-            bucket: self.bucket.clone(),
-            key: key.to_string(),
-            kind: StoreErrorKind::Transient,
-            message: format!(
-                "stalled {} times: no byte moved for {} s (stall_timeout_secs)",
-                self.attempts,
-                self.stall.as_secs()
-            ),
-        })
-    }
-
-    fn err<E>(&self, op: &'static str, key: &str, e: SdkError<E, HttpResponse>) -> StoreError
-    where
-        E: ProvideErrorMetadata + std::error::Error + 'static,
-    {
-        let status = e.raw_response().map(|r| r.status().as_u16());
-        let (kind, message) = match &e {
-            SdkError::ServiceError(se) => {
-                let inner = se.err();
-                let code = inner.code().unwrap_or("").to_string();
-                let msg = inner.message().unwrap_or("").to_string();
-                let mut kind = classify(&code, status);
-                // A provider that takes no checksum headers says so with 400 InvalidArgument
-                // or 501 NotImplemented naming the header: a setting to change, not an outage.
-                if let Some(k) = provider_refusal(status, &code, &msg) {
-                    kind = k;
-                }
-                let text = match (code.is_empty(), msg.is_empty()) {
-                    (true, true) => format!("HTTP {}", status.unwrap_or(0)),
-                    (false, true) => code,
-                    (true, false) => msg,
-                    (false, false) => format!("{code}: {msg}"),
-                };
-                (kind, text)
-            }
-            SdkError::TimeoutError(_) => (StoreErrorKind::Transient, "timed out".to_string()),
-            SdkError::DispatchFailure(d) => (
-                StoreErrorKind::Transient,
-                format!("could not reach the server: {d:?}"),
-            ),
-            SdkError::ResponseError(_) => (
-                classify("", status),
-                format!("bad response (HTTP {})", status.unwrap_or(0)),
-            ),
-            other => (
-                StoreErrorKind::Other,
-                format!("{}", DisplayErrorChain(other)),
-            ),
-        };
-        StoreError {
-            op,
-            bucket: self.bucket.clone(),
-            key: key.to_string(),
-            kind,
-            message,
-        }
-    }
-}
-
-/// A refusal that a provider's limit explains (`[s3] provider`), not an outage nor a lost
-/// upload: checksum headers (400 InvalidArgument or 501 NotImplemented naming the header, as
-/// B2, older Ceph and R2 answer), a part number above the provider's limit (Scaleway: 1000),
-/// non-trailing parts of unequal sizes (R2, at CompleteMultipartUpload).
-pub(crate) fn provider_refusal(
-    status: Option<u16>,
-    code: &str,
-    msg: &str,
-) -> Option<StoreErrorKind> {
-    let m = msg.to_ascii_lowercase();
-    if !matches!(status, Some(400 | 501)) {
-        return None;
-    }
-    let refusal = matches!(code, "InvalidArgument" | "NotImplemented" | "") || status == Some(501);
-    if m.contains("checksum") && refusal {
-        Some(StoreErrorKind::ChecksumRefused)
-    } else if m.contains("part number")
-        || code == "TooManyParts"
-        || m.contains("non-trailing parts")
-    {
-        Some(StoreErrorKind::PartRefused)
-    } else {
-        None
-    }
-}
-
-fn classify(code: &str, status: Option<u16>) -> StoreErrorKind {
-    match code {
-        "NoSuchKey" | "NotFound" => StoreErrorKind::NotFound,
-        "NoSuchBucket" => StoreErrorKind::NoSuchBucket,
-        "NoSuchUpload" => StoreErrorKind::NoSuchUpload,
-        "InvalidPart" | "InvalidPartOrder" => StoreErrorKind::InvalidPart,
-        "AccessDenied"
-        | "InvalidAccessKeyId"
-        | "SignatureDoesNotMatch"
-        | "Forbidden"
-        | "InvalidToken"
-        | "ExpiredToken" => StoreErrorKind::AccessDenied,
-        // The SDK corrects its signing time from the server's Date and retries; if that
-        // still fails, the clock is for a person to fix.
-        "RequestTimeTooSkewed" => StoreErrorKind::ClockSkewed,
-        "InvalidObjectState" => StoreErrorKind::InvalidObjectState,
-        "SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout" => {
-            StoreErrorKind::Transient
-        }
-        _ => match status {
-            Some(404) => StoreErrorKind::NotFound,
-            Some(401 | 403) => StoreErrorKind::AccessDenied,
-            Some(s) if s >= 500 || s == 429 => StoreErrorKind::Transient,
-            _ => StoreErrorKind::Other,
-        },
-    }
-}
-
-struct DisplayErrorChain<'a>(&'a dyn std::error::Error);
-
-impl std::fmt::Display for DisplayErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut src = self.0.source();
-        while let Some(s) = src {
-            write!(f, ": {s}")?;
-            src = s.source();
-        }
-        Ok(())
     }
 }
 
@@ -848,69 +516,11 @@ impl ObjectStore for S3Store {
     }
 
     async fn list_versions(&self, prefix: &str) -> Result<Vec<VersionInfo>, StoreError> {
-        let mut out = Vec::new();
-        let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
-        loop {
-            let resp = self
-                .client
-                .list_object_versions()
-                .bucket(&self.bucket)
-                .prefix(prefix)
-                .set_key_marker(key_marker.clone())
-                .set_version_id_marker(version_marker.clone())
-                .send()
-                .await
-                .map_err(|e| self.err("ListObjectVersions", prefix, e))?;
-            for v in resp.versions() {
-                out.push(VersionInfo {
-                    key: v.key().unwrap_or_default().to_string(),
-                    version_id: v.version_id().unwrap_or("null").to_string(),
-                    delete_marker: false,
-                    size: u64::try_from(v.size().unwrap_or(0)).unwrap_or(0),
-                    latest: v.is_latest().unwrap_or(false),
-                    modified: v.last_modified().map(|t| t.secs()),
-                    etag: v.e_tag().map(str::to_string),
-                });
-            }
-            for m in resp.delete_markers() {
-                out.push(VersionInfo {
-                    key: m.key().unwrap_or_default().to_string(),
-                    version_id: m.version_id().unwrap_or("null").to_string(),
-                    delete_marker: true,
-                    size: 0,
-                    latest: m.is_latest().unwrap_or(false),
-                    modified: m.last_modified().map(|t| t.secs()),
-                    etag: None,
-                });
-            }
-            key_marker = resp.next_key_marker().map(str::to_string);
-            version_marker = resp.next_version_id_marker().map(str::to_string);
-            if resp.is_truncated() != Some(true) {
-                break;
-            }
-            if key_marker.is_none() {
-                return Err(StoreError {
-                    op: "ListObjectVersions",
-                    bucket: self.bucket.clone(),
-                    key: prefix.to_string(),
-                    kind: StoreErrorKind::Other,
-                    message: "a truncated listing without NextKeyMarker: cannot go on".into(),
-                });
-            }
-        }
-        Ok(out)
+        self.list_all_versions(prefix).await
     }
 
     async fn delete_version(&self, key: &str, version_id: &str) -> Result<(), StoreError> {
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .version_id(version_id)
-            .send()
-            .await
-            .map(drop)
-            .map_err(|e| self.err("DeleteObjectVersion", key, e))
+        self.delete_one_version(key, version_id).await
     }
 
     async fn retain_until(
@@ -918,94 +528,15 @@ impl ObjectStore for S3Store {
         key: &str,
         version_id: &str,
     ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
-        let out = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .version_id(version_id)
-            .send()
-            .await
-            .map_err(|e| self.err("HeadObjectVersion", key, e))?;
-        Ok(out
-            .object_lock_retain_until_date()
-            .and_then(|d| chrono::DateTime::from_timestamp(d.secs(), 0)))
+        self.retention_of(key, version_id).await
     }
 
     async fn set_retention(&self, key: &str, lock: Lock) -> Result<(), StoreError> {
-        let mode = match lock.mode {
-            crate::settings::LockMode::Compliance => {
-                aws_sdk_s3::types::ObjectLockRetentionMode::Compliance
-            }
-            _ => aws_sdk_s3::types::ObjectLockRetentionMode::Governance,
-        };
-        self.client
-            .put_object_retention()
-            .bucket(&self.bucket)
-            .key(key)
-            .retention(
-                aws_sdk_s3::types::ObjectLockRetention::builder()
-                    .mode(mode)
-                    .retain_until_date(aws_smithy_types::DateTime::from_secs(
-                        lock.until.timestamp(),
-                    ))
-                    .build(),
-            )
-            .send()
-            .await
-            .map(drop)
-            .map_err(|e| self.err("PutObjectRetention", key, e))
+        self.put_retention(key, lock).await
     }
 
     async fn bucket_lock(&self) -> Result<BucketLock, StoreError> {
-        let versioning = match self
-            .client
-            .get_bucket_versioning()
-            .bucket(&self.bucket)
-            .send()
-            .await
-        {
-            Ok(o) => Some(o.status() == Some(&aws_sdk_s3::types::BucketVersioningStatus::Enabled)),
-            Err(e) => {
-                let err = self.err("GetBucketVersioning", "", e);
-                // A 200 whose XML the SDK cannot read (moto names the root element
-                // GetBucketVersioningResponse): decided by Object Lock below, which S3 only
-                // allows on a versioned bucket and never lets be suspended.
-                if err.kind == StoreErrorKind::Other && err.message == "HTTP 200" {
-                    None
-                } else {
-                    return Err(err);
-                }
-            }
-        };
-        let object_lock = match self
-            .client
-            .get_object_lock_configuration()
-            .bucket(&self.bucket)
-            .send()
-            .await
-        {
-            Ok(o) => {
-                o.object_lock_configuration()
-                    .and_then(|c| c.object_lock_enabled())
-                    == Some(&aws_sdk_s3::types::ObjectLockEnabled::Enabled)
-            }
-            Err(e) => {
-                let err = self.err("GetObjectLockConfiguration", "", e);
-                // No configuration: the bucket was made without Object Lock.
-                if err.message.contains("ObjectLockConfigurationNotFound")
-                    || err.kind == StoreErrorKind::NotFound
-                {
-                    false
-                } else {
-                    return Err(err);
-                }
-            }
-        };
-        Ok(BucketLock {
-            versioning: versioning.unwrap_or(object_lock),
-            object_lock,
-        })
+        self.lock_configuration().await
     }
 }
 
@@ -1064,8 +595,11 @@ impl StoreFactory for S3Stores {
     }
 }
 
+mod classify;
+mod lock;
+mod transfer;
 mod watch;
-use watch::{watched_body, Activity, RateLimit, ServerDate};
+use watch::{RateLimit, ServerDate};
 
 #[cfg(test)]
 mod tests;

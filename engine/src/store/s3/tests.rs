@@ -1,3 +1,4 @@
+use super::classify::{classify, provider_refusal};
 use super::*;
 
 #[test]
