@@ -11,7 +11,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::RestoreError;
-use crate::btrfs::Snapshotter;
+use crate::btrfs::{Snapshotter, StreamSink};
 use crate::manifest::{self, Manifest, PartEntry, StreamHash};
 use crate::store::{ObjectStore, StoreErrorKind};
 
@@ -147,7 +147,7 @@ pub struct Unseal {
 /// `concurrency` parts downloading. Checks chunk and stream hashes before returning. A
 /// compressed backup's stored bytes are checked first, then decoded (`codec::Decoder`) and the
 /// send stream checked against the manifest's framing; `sink` gets the send stream.
-pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
+pub async fn stream_verified<W: StreamSink + ?Sized>(
     store: Arc<dyn ObjectStore>,
     m: &Manifest,
     opener: Option<&Arc<crate::seal::Opener>>,
@@ -229,7 +229,9 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
             detail: format!("writing the stream: {e}"),
         };
         match decoder.as_mut() {
-            None => sink.write_all(&data).await.map_err(write_failed)?,
+            // A pipe to `btrfs receive` takes the part's pages (`PagePipe`), and hands the part
+            // back through `released` once the receiver is past it.
+            None => sink.write_part(&data, &data).await.map_err(write_failed)?,
             // Decoded a bounded piece at a time: a part of zeros may stand for gigabytes.
             Some(d) => {
                 let mut rest = &data[..];
@@ -242,7 +244,9 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
                     if out.is_empty() && rest.is_empty() {
                         break;
                     }
-                    sink.write_all(out).await.map_err(write_failed)?;
+                    // A raw frame passed through is a slice of the part; zstd's output is
+                    // the decoder's and is copied.
+                    sink.write_part(&data, out).await.map_err(write_failed)?;
                 }
             }
         }
@@ -251,6 +255,9 @@ pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
                 .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
         recycle(data, &spent);
+        for part in sink.released() {
+            recycle(part, &spent);
+        }
         written_parts += 1;
         if written_parts == 2 {
             failpoint!("restore-mid-stream");
@@ -394,6 +401,8 @@ pub(super) async fn into_receiver(
             return Err(e);
         }
     };
+    // Nothing handed to the receiver may be let go before it has read it.
+    sink.writer.drained().await;
     let _ = sink.writer.shutdown().await;
     drop(sink.writer);
     sink.end.finish().await.map_err(failed)?;
@@ -401,12 +410,34 @@ pub(super) async fn into_receiver(
 }
 
 /// A writer that also hands every byte it accepted to an index `Feed`.
-struct Tap<'a, W> {
+struct Tap<'a, W: ?Sized> {
     inner: &'a mut W,
     feed: &'a mut crate::fileindex::feed::Feed,
 }
 
-impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tap<'_, W> {
+impl<W: StreamSink + ?Sized> StreamSink for Tap<'_, W> {
+    fn write_part<'a>(
+        &'a mut self,
+        part: &'a Bytes,
+        piece: &'a [u8],
+    ) -> futures::future::BoxFuture<'a, std::io::Result<()>> {
+        Box::pin(async move {
+            self.inner.write_part(part, piece).await?;
+            self.feed.push(piece);
+            Ok(())
+        })
+    }
+
+    fn released(&mut self) -> Vec<Bytes> {
+        self.inner.released()
+    }
+
+    fn drained(&mut self) -> futures::future::BoxFuture<'_, ()> {
+        self.inner.drained()
+    }
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin + ?Sized> tokio::io::AsyncWrite for Tap<'_, W> {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
