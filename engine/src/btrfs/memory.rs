@@ -250,8 +250,6 @@ impl tokio::io::AsyncWrite for SharedBuf {
     }
 }
 
-impl super::StreamSink for SharedBuf {}
-
 /// A parsed stream header: (name, uuid, parent uuid, where the content starts).
 type Header = (String, String, Option<String>, usize);
 

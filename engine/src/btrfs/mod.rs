@@ -8,10 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 pub mod memory;
-mod pipe;
 pub mod userspace;
-
-pub use pipe::{PagePipe, StreamSink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtrfsError {
@@ -139,7 +136,7 @@ pub trait Snapshotter: Send + Sync {
 
 /// A running `btrfs receive`: write the stream to `writer`, drop it, then `finish`.
 pub struct ReceiveSink {
-    pub writer: Box<dyn StreamSink>,
+    pub writer: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
     pub end: Box<dyn ReceiveEnd>,
 }
 
@@ -377,16 +374,8 @@ impl Snapshotter for BtrfsCli {
             detail: "no stdin".into(),
         })?;
         widen_pipe(&stdin);
-        let pipe =
-            stdin
-                .into_owned_fd()
-                .and_then(PagePipe::new)
-                .map_err(|e| BtrfsError::Output {
-                    cmd: "btrfs receive".into(),
-                    detail: format!("its stdin: {e}"),
-                })?;
         Ok(ReceiveSink {
-            writer: Box::new(pipe),
+            writer: Box::new(stdin),
             end: Box::new(ChildReceive(child)),
         })
     }

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::RestoreError;
-use crate::btrfs::{Snapshotter, StreamSink};
+use crate::btrfs::Snapshotter;
 use crate::manifest::{self, Manifest, PartEntry, StreamHash};
 use crate::store::{ObjectStore, StoreErrorKind};
 
@@ -147,7 +147,7 @@ pub struct Unseal {
 /// `concurrency` parts downloading. Checks chunk and stream hashes before returning. A
 /// compressed backup's stored bytes are checked first, then decoded (`codec::Decoder`) and the
 /// send stream checked against the manifest's framing; `sink` gets the send stream.
-pub async fn stream_verified<W: StreamSink + ?Sized>(
+pub async fn stream_verified<W: tokio::io::AsyncWrite + Unpin>(
     store: Arc<dyn ObjectStore>,
     m: &Manifest,
     opener: Option<&Arc<crate::seal::Opener>>,
@@ -229,9 +229,7 @@ pub async fn stream_verified<W: StreamSink + ?Sized>(
             detail: format!("writing the stream: {e}"),
         };
         match decoder.as_mut() {
-            // A pipe to `btrfs receive` takes the part's pages (`PagePipe`), and hands the part
-            // back through `released` once the receiver is past it.
-            None => sink.write_part(&data, &data).await.map_err(write_failed)?,
+            None => sink.write_all(&data).await.map_err(write_failed)?,
             // Decoded a bounded piece at a time: a part of zeros may stand for gigabytes.
             Some(d) => {
                 let mut rest = &data[..];
@@ -244,9 +242,7 @@ pub async fn stream_verified<W: StreamSink + ?Sized>(
                     if out.is_empty() && rest.is_empty() {
                         break;
                     }
-                    // A raw frame passed through is a slice of the part; zstd's output is
-                    // the decoder's and is copied.
-                    sink.write_part(&data, out).await.map_err(write_failed)?;
+                    sink.write_all(out).await.map_err(write_failed)?;
                 }
             }
         }
@@ -255,9 +251,6 @@ pub async fn stream_verified<W: StreamSink + ?Sized>(
                 .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
         recycle(data, &spent);
-        for part in sink.released() {
-            recycle(part, &spent);
-        }
         written_parts += 1;
         if written_parts == 2 {
             failpoint!("restore-mid-stream");
@@ -401,8 +394,6 @@ pub(super) async fn into_receiver(
             return Err(e);
         }
     };
-    // Nothing handed to the receiver may be let go before it has read it.
-    sink.writer.drained().await;
     let _ = sink.writer.shutdown().await;
     drop(sink.writer);
     sink.end.finish().await.map_err(failed)?;
@@ -410,34 +401,12 @@ pub(super) async fn into_receiver(
 }
 
 /// A writer that also hands every byte it accepted to an index `Feed`.
-struct Tap<'a, W: ?Sized> {
+struct Tap<'a, W> {
     inner: &'a mut W,
     feed: &'a mut crate::fileindex::feed::Feed,
 }
 
-impl<W: StreamSink + ?Sized> StreamSink for Tap<'_, W> {
-    fn write_part<'a>(
-        &'a mut self,
-        part: &'a Bytes,
-        piece: &'a [u8],
-    ) -> futures::future::BoxFuture<'a, std::io::Result<()>> {
-        Box::pin(async move {
-            self.inner.write_part(part, piece).await?;
-            self.feed.push(piece);
-            Ok(())
-        })
-    }
-
-    fn released(&mut self) -> Vec<Bytes> {
-        self.inner.released()
-    }
-
-    fn drained(&mut self) -> futures::future::BoxFuture<'_, ()> {
-        self.inner.drained()
-    }
-}
-
-impl<W: tokio::io::AsyncWrite + Unpin + ?Sized> tokio::io::AsyncWrite for Tap<'_, W> {
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tap<'_, W> {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
