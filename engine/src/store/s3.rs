@@ -162,12 +162,13 @@ impl ObjectStore for S3Store {
             created.retain(|_, at| at.elapsed() < super::NEW_UPLOAD_GRACE);
             created.insert(id.to_string(), std::time::Instant::now());
         }
-        out.upload_id().map(str::to_string).ok_or(StoreError {
-            op: "CreateMultipartUpload",
-            bucket: self.bucket.clone(),
-            key: key.to_string(),
-            kind: StoreErrorKind::Other,
-            message: "the server returned no UploadId".into(),
+        out.upload_id().map(str::to_string).ok_or_else(|| {
+            self.failure(
+                "CreateMultipartUpload",
+                key,
+                StoreErrorKind::Other,
+                "the server returned no UploadId",
+            )
         })
     }
 
@@ -438,12 +439,8 @@ impl ObjectStore for S3Store {
                 GlacierJobParameters::builder()
                     .tier(Tier::from(tier))
                     .build()
-                    .map_err(|e| StoreError {
-                        op: "RestoreObject",
-                        bucket: self.bucket.clone(),
-                        key: key.to_string(),
-                        kind: StoreErrorKind::Other,
-                        message: e.to_string(),
+                    .map_err(|e| {
+                        self.failure("RestoreObject", key, StoreErrorKind::Other, e.to_string())
                     })?,
             )
             .build();

@@ -51,12 +51,23 @@ impl S3Store {
                 format!("{}", DisplayErrorChain(other)),
             ),
         };
+        self.failure(op, key, kind, message)
+    }
+
+    /// A `StoreError` of this store's bucket: every one the S3 store makes is built here.
+    pub(super) fn failure(
+        &self,
+        op: &'static str,
+        key: &str,
+        kind: StoreErrorKind,
+        message: impl Into<String>,
+    ) -> StoreError {
         StoreError {
             op,
             bucket: self.bucket.clone(),
             key: key.to_string(),
             kind,
-            message,
+            message: message.into(),
         }
     }
 }

@@ -51,13 +51,12 @@ impl S3Store {
                 break;
             }
             if key_marker.is_none() {
-                return Err(StoreError {
-                    op: "ListObjectVersions",
-                    bucket: self.bucket.clone(),
-                    key: prefix.to_string(),
-                    kind: StoreErrorKind::Other,
-                    message: "a truncated listing without NextKeyMarker: cannot go on".into(),
-                });
+                return Err(self.failure(
+                    "ListObjectVersions",
+                    prefix,
+                    StoreErrorKind::Other,
+                    "a truncated listing without NextKeyMarker: cannot go on",
+                ));
             }
         }
         Ok(out)

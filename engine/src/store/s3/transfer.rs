@@ -80,13 +80,7 @@ impl S3Store {
             .collect()
             .await
             .map(|b| b.into_bytes())
-            .map_err(|e| StoreError {
-                op,
-                bucket: self.bucket.clone(),
-                key: key.to_string(),
-                kind: StoreErrorKind::Transient,
-                message: format!("reading the body: {e}"),
-            })
+            .map_err(|e| self.body_failed(op, key, e))
     }
 
     /// A ranged GET of the current object, or of one version of it, watched for stalls and
@@ -143,15 +137,7 @@ impl S3Store {
                         data.extend_from_slice(&piece);
                     }
                     Ok(None) => return Ok(data.freeze()),
-                    Err(e) => {
-                        return Err(StoreError {
-                            op,
-                            bucket: self.bucket.clone(),
-                            key: key.to_string(),
-                            kind: StoreErrorKind::Transient,
-                            message: format!("reading the body: {e}"),
-                        })
-                    }
+                    Err(e) => return Err(self.body_failed(op, key, e)),
                 }
             }
         })
@@ -219,16 +205,25 @@ impl S3Store {
                 }
             }
         }
-        Err(StoreError {
+        Err(self.failure(
             op,
-            bucket: self.bucket.clone(),
-            key: key.to_string(),
-            kind: StoreErrorKind::Transient,
-            message: format!(
+            key,
+            StoreErrorKind::Transient,
+            format!(
                 "stalled {} times: no byte moved for {} s (stall_timeout_secs)",
                 self.attempts,
                 self.stall.as_secs()
             ),
-        })
+        ))
+    }
+
+    /// A response body that broke off: transient, the request is made again.
+    fn body_failed(&self, op: &'static str, key: &str, e: impl std::fmt::Display) -> StoreError {
+        self.failure(
+            op,
+            key,
+            StoreErrorKind::Transient,
+            format!("reading the body: {e}"),
+        )
     }
 }
