@@ -21,6 +21,10 @@ const CONTENDERS: &[(&str, &str)] = &[
     ("restore", "s5cmd cat | btrfs receive"),
     ("restore", "ceiling: server egress (s5cmd cat > /dev/null)"),
     ("restore", "ceiling: btrfs receive from memory"),
+    (
+        "restore",
+        "ceiling: server egress and btrfs receive at once",
+    ),
     ("backup 1 % incremental", "btrfs-to-s3"),
     ("backup 1 % incremental", "s5cmd"),
     ("backup 1 % incremental", "aws"),
