@@ -63,7 +63,7 @@ def shm_cap():
     return min(9 * GIB, kib * 1024 * 2 // 5)
 
 
-INGEST_CAP = shm_cap()
+SHM_CAP = shm_cap()
 
 BACKUP_PEERS = ["s5cmd", "aws", "rclone"]
 # The WAN profile: 50 ms a request, 100 Mbit/s.
@@ -158,7 +158,7 @@ class Bench:
         self.peer_snap = f"{mnt}/peer-snaps/full"
         sh(f"btrfs subvolume snapshot -r {mnt}/data {self.peer_snap} >/dev/null")
         self.stream_bytes = int(sh(f"btrfs send -q {self.peer_snap} | wc -c", capture=True))
-        cap = min(self.stream_bytes, INGEST_CAP)
+        cap = min(self.stream_bytes, SHM_CAP)
         sh(f"btrfs send -q {self.peer_snap} | head -c {cap} > {self.shm} || true")
         self.shm_bytes = os.path.getsize(self.shm)
         log(f"{size / GIB:g} GiB of data: a {self.stream_bytes} B send stream")
@@ -547,12 +547,10 @@ prefix = "{name}"
                 if ing:
                     row["of_ingest_ceiling"] = round(row["mib_s"] / ing[0]["mib_s"], 3)
             if row["scenario"] == "restore" and not row["contender"].startswith("ceiling"):
-                rcv = [p for p in rows if p["size_gib"] == row["size_gib"] and "receive from" in p["contender"]]
-                if rcv:
-                    row["of_receive_ceiling"] = round(row["mib_s"] / rcv[0]["mib_s"], 3)
-                both = [p for p in rows if p["size_gib"] == row["size_gib"] and "at once" in p["contender"]]
-                if both:
-                    row["of_restore_ceiling"] = round(row["mib_s"] / both[0]["mib_s"], 3)
+                for field, ceiling in (("of_receive_ceiling", "receive from"), ("of_restore_ceiling", "at once")):
+                    c = [p for p in rows if p["size_gib"] == row["size_gib"] and ceiling in p["contender"]]
+                    if c:
+                        row[field] = round(row["mib_s"] / c[0]["mib_s"], 3)
         return rows
 
     def targets(self, rows):
