@@ -22,9 +22,12 @@ Page cache dropped before each run (not in --quick). Contenders rotate their ord
 repeat (reversed on odd repeats, so no contender always follows the same one), after one
 unmeasured warm-up backup and upload, both kept: garage stores a block once by its content,
 so every timed full upload finds its blocks stored and writes no block data, the same for
-every contender (an incremental's are new: the tool writes its own, and of the peers, who
-send the same bytes, the first in the repeat's order). Results: OUT/peers.json (every run,
-medians, ratios, targets) and OUT/peers.md.
+every contender. An incremental's blocks are new for every contender: each peer sends its
+own snapshot of the same data, named with a length of its own, so the stream's bytes sit at
+other offsets than in any other contender's upload (with one shared snapshot, the first peer
+in a repeat's order wrote the blocks and the later ones found them stored, while the tool,
+whose snapshot is its own, always wrote them). Results: OUT/peers.json (every run, medians,
+ratios, targets) and OUT/peers.md.
 
   sudo scripts/bench-peers.sh [--sizes 1,8] [--repeat 3] [--out DIR]
   sudo scripts/bench-peers.sh --quick      # 64 MiB, one repeat: the test run's smoke test
@@ -501,9 +504,14 @@ prefix = "{name}"
             sh(f"btrfs subvolume snapshot -r {mnt}/data {snap} >/dev/null")
             inc = int(sh(f"btrfs send -q -p {parent} {snap} | wc -c", capture=True))
             base = {"size_gib": size / GIB, "repeat": r + 1, "scenario": "backup 1 % incremental"}
+            # Names of distinct lengths (the tool's is `data.<timestamp>`, 21 characters).
+            own = {c: f"{mnt}/peer-snaps/inc{r}-{c}" for c in BACKUP_PEERS}
+            assert len({len(os.path.basename(n)) for n in own.values()}) == len(own)
+            for n in own.values():
+                sh(f"btrfs subvolume snapshot -r {mnt}/data {n} >/dev/null")
             for c in self.rotate(["btrfs-to-s3"] + BACKUP_PEERS, r):
                 rec = dict(base, contender=c)
-                send = f"btrfs send -q -p {parent} {snap}"
+                send = f"btrfs send -q -p {parent} {own.get(c)}"
                 if c == "btrfs-to-s3":
                     out = f"{self.work}/inc.json"
                     self.timed(rec, f"{self.bin} --config {cfg} --quiet backup --once --json > {out}", inc)
