@@ -258,7 +258,8 @@ pub(crate) async fn backup(
         .unwrap_or(exit::OK))
 }
 
-/// The snapshot name has one-second resolution: wait for a second whose name is free.
+/// The snapshot name has one-second resolution: wait for a second whose name is free (until
+/// the next second begins: a backup right after another waits for that, not a whole second).
 pub(crate) async fn next_free_time(
     ctx: &Context,
     sv: &engine::settings::SubvolumeSpec,
@@ -268,7 +269,8 @@ pub(crate) async fn next_free_time(
         if ctx.name_free(&engine::machine::snapshot_name(&sv.name, now))? {
             return Ok(now);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+        let left_ms = 1000 - u64::from(now.timestamp_subsec_millis().min(999));
+        tokio::time::sleep(std::time::Duration::from_millis(left_ms + 5)).await;
     }
     Err(BackupError::NameTaken(sv.name.clone()))
 }
