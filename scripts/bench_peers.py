@@ -18,7 +18,9 @@ On a loop-device Btrfs and a local garage, for each stream size:
            directions together), against the cap.
 Every contender's time includes its `btrfs send`; CPU is user + system of the whole pipeline
 (the kernel's send work included), peak RSS the largest process of it (/usr/bin/time).
-Page cache dropped before each run (not in --quick). Contenders rotate their order every
+Before each run the machine is let go quiet (cores under 10 % busy for a second, under 64
+MiB dirty; at most 60 s, and one 0.1 s sample in --quick; recorded as quiet_wait_s and
+busy_before), then the page cache is dropped (not in --quick). Contenders rotate their order every
 repeat (reversed on odd repeats, so no contender always follows the same one), after one
 unmeasured warm-up backup and upload, both kept: garage stores a block once by its content,
 so every timed full upload finds its blocks stored and writes no block data, the same for
@@ -27,7 +29,7 @@ own snapshot of the same data, named with a length of its own, so the stream's b
 other offsets than in any other contender's upload (with one shared snapshot, the first peer
 in a repeat's order wrote the blocks and the later ones found them stored, while the tool,
 whose snapshot is its own, always wrote them). Results: OUT/peers.json (every run, medians,
-ratios, targets) and OUT/peers.md.
+ratios, targets), OUT/peers.md, and garage's log of each set-up (OUT/garage-N.log).
 
   sudo scripts/bench-peers.sh [--sizes 1,8] [--repeat 3] [--out DIR]
   sudo scripts/bench-peers.sh --quick      # 64 MiB, one repeat: the test run's smoke test
@@ -72,6 +74,40 @@ BACKUP_PEERS = ["s5cmd", "aws", "rclone"]
 # The WAN profile: 50 ms a request, 100 Mbit/s.
 WAN_LATENCY_MS = 50
 WAN_BYTES_S = 100_000_000 // 8
+
+
+# Before each timed run the machine is let go quiet, so that no run pays for the one before
+# it (garage's background work, the kernel's writeback, Btrfs's cleaner): waited for until one
+# second has the cores busy (iowait counted) under QUIET_BUSY and at most QUIET_DIRTY_MIB of
+# pages dirty or under writeback, for at most QUIET_MAX_S (one sample of 0.1 s in --quick).
+QUIET_MAX_S = 60
+QUIET_BUSY = 0.10
+QUIET_DIRTY_MIB = 64
+
+
+def cpu_jiffies():
+    """(all, idle) jiffies of the machine so far; iowait is not idle."""
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+    return sum(v), v[3]
+
+
+def dirty_mib():
+    kib = sum(int(l.split()[1]) for l in open("/proc/meminfo")
+              if l.startswith(("Dirty:", "Writeback:")))
+    return kib / 1024
+
+
+def wait_quiet(max_s, sample_s=1.0):
+    """Waits for a quiet sample_s (or max_s); returns (seconds waited, last sample's busy share)."""
+    start = time.time()
+    while True:
+        t0, i0 = cpu_jiffies()
+        time.sleep(sample_s)
+        t1, i1 = cpu_jiffies()
+        busy = 1 - (i1 - i0) / max(t1 - t0, 1)
+        quiet = busy < QUIET_BUSY and dirty_mib() < QUIET_DIRTY_MIB
+        if quiet or time.time() - start >= max_s:
+            return round(time.time() - start, 1), round(busy, 3)
 
 
 def log(msg):
@@ -168,6 +204,13 @@ class Bench:
 
     def teardown(self):
         sh(f"{ROOT}/scripts/garage-local.sh stop {self.work}/garage", check=False)
+        # Garage's log goes with the results (OUT/garage-N.log, one per set-up): a transfer
+        # the tool reports stalled is to be explained from both sides.
+        log_path = f"{self.work}/garage/garage.log"
+        if os.path.exists(log_path):
+            os.makedirs(self.out, exist_ok=True)
+            n = len([f for f in os.listdir(self.out) if f.startswith("garage-")])
+            shutil.copy(log_path, f"{self.out}/garage-{n + 1}.log")
         mnt = f"{self.work}/mnt"
         if os.path.ismount(mnt):
             sh(f"umount {mnt}", check=False)
@@ -202,8 +245,12 @@ prefix = "{name}"
     # ---------- measuring ----------
     def timed(self, record, cmd, stream_bytes):
         """Runs one contender's shell pipeline under /usr/bin/time and records it."""
-        if not self.args.quick:
-            sh("sync; echo 3 > /proc/sys/vm/drop_caches")
+        if self.args.quick:
+            record["quiet_wait_s"], record["busy_before"] = wait_quiet(0, 0.1)
+        else:
+            sh("sync")
+            record["quiet_wait_s"], record["busy_before"] = wait_quiet(QUIET_MAX_S)
+            sh("echo 3 > /proc/sys/vm/drop_caches")
         tf = f"{self.work}/time.txt"
         full = f"/usr/bin/time -f '%e %U %S %M' -o {tf} bash -c {shlex.quote('set -o pipefail; ' + cmd)}"
         code = subprocess.run(["bash", "-c", full], env=self.env).returncode
@@ -217,7 +264,8 @@ prefix = "{name}"
                        "peak_rss_mib": round(int(rss_kib) / 1024, 1)})
         self.runs.append(record)
         log("{size_gib:g} GiB {scenario} {contender} r{repeat}: exit {exit_code}, {wall_s} s, "
-            "{mib_s} MiB/s, {cpu_s_per_gib} CPU s/GiB, {peak_rss_mib} MiB".format(**record))
+            "{mib_s} MiB/s, {cpu_s_per_gib} CPU s/GiB, {peak_rss_mib} MiB (started after {quiet_wait_s} s, "
+            "cores {busy_before:.0%} busy)".format(**record))
         if code != 0:
             self.failed.append(record)
         return code

@@ -36,8 +36,8 @@ const CONTENDERS: &[(&str, &str)] = &[
 ];
 
 /// Runs `bench_peers.py --quick` with `extra` arguments (and a 16 MiB WAN run) on the debug
-/// builds; asserts it succeeded, removed its scratch directory and failed no run; returns
-/// peers.json and peers.md.
+/// builds; asserts it succeeded, removed its scratch directory, failed no run, recorded the
+/// machine's quiet before each run and kept garage's log; returns peers.json and peers.md.
 fn quick_run(extra: &[&str]) -> (Value, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -68,6 +68,22 @@ fn quick_run(extra: &[&str]) -> (Value, String) {
     let doc: Value = serde_json::from_slice(&std::fs::read(out.join("peers.json")).expect("json"))
         .expect("peers.json parses");
     assert_eq!(doc["failed"], Value::Array(vec![]), "no run failed");
+    // Every run records how quiet the machine was before it (here one 0.1 s sample).
+    for r in doc["runs"].as_array().expect("runs") {
+        assert!(r["quiet_wait_s"].as_f64().is_some(), "{r}");
+        assert!(
+            r["busy_before"]
+                .as_f64()
+                .is_some_and(|b| (0.0..=1.0).contains(&b)),
+            "{r}"
+        );
+    }
+    // Garage's log outlives the scratch directory.
+    assert!(
+        out.join("garage-1.log").is_file(),
+        "garage's log in {}",
+        out.display()
+    );
     let md = std::fs::read_to_string(out.join("peers.md")).expect("peers.md");
     (doc, md)
 }
