@@ -18,9 +18,10 @@ On a loop-device Btrfs and a local garage, for each stream size:
            directions together), against the cap.
 Every contender's time includes its `btrfs send`; CPU is user + system of the whole pipeline
 (the kernel's send work included), peak RSS the largest process of it (/usr/bin/time).
-Before each run the machine is let go quiet (cores under 10 % busy for a second, under 64
-MiB dirty; at most 60 s, and one 0.1 s sample in --quick; recorded as quiet_wait_s and
-busy_before), then the page cache is dropped (not in --quick). Contenders rotate their order every
+Before each run the machine is given up to 60 s to go quiet (cores under 10 % busy for a
+second, under 64 MiB dirty), how busy it still was recorded as busy_before (and runs that
+started busy counted in peers.md); then the page cache is dropped (in --quick: one 0.1 s
+sample, no sync, no drop). Contenders rotate their order every
 repeat (reversed on odd repeats, so no contender always follows the same one), after one
 unmeasured warm-up backup and upload, both kept: garage stores a block once by its content,
 so every timed full upload finds its blocks stored and writes no block data, the same for
@@ -29,7 +30,8 @@ own snapshot of the same data, named with a length of its own, so the stream's b
 other offsets than in any other contender's upload (with one shared snapshot, the first peer
 in a repeat's order wrote the blocks and the later ones found them stored, while the tool,
 whose snapshot is its own, always wrote them). Results: OUT/peers.json (every run, medians,
-ratios, targets), OUT/peers.md, and garage's log of each set-up (OUT/garage-N.log).
+ratios, targets), OUT/peers.md, and garage's log of each set-up at info level (one line per
+request: OUT/garage-N.log).
 
   sudo scripts/bench-peers.sh [--sizes 1,8] [--repeat 3] [--out DIR]
   sudo scripts/bench-peers.sh --quick      # 64 MiB, one repeat: the test run's smoke test
@@ -104,7 +106,8 @@ def wait_quiet(max_s, sample_s=1.0):
         t0, i0 = cpu_jiffies()
         time.sleep(sample_s)
         t1, i1 = cpu_jiffies()
-        busy = 1 - (i1 - i0) / max(t1 - t0, 1)
+        # Clamped: the kernel's iowait count may go back.
+        busy = min(max(1 - (i1 - i0) / max(t1 - t0, 1), 0.0), 1.0)
         quiet = busy < QUIET_BUSY and dirty_mib() < QUIET_DIRTY_MIB
         if quiet or time.time() - start >= max_s:
             return round(time.time() - start, 1), round(busy, 3)
@@ -133,6 +136,13 @@ class Bench:
         self.env = dict(os.environ)
         self.loop = None
         self.shm = f"/dev/shm/btrfs-to-s3-bench-{os.getpid()}"
+        # Set-ups started so far, and whether garage runs: its log is OUT/garage-N.log.
+        self.setups = 0
+        self.garage_running = False
+        if os.path.isdir(self.out):
+            for f in os.listdir(self.out):
+                if f.startswith("garage-") and f.endswith(".log"):
+                    os.remove(os.path.join(self.out, f))
 
     # ---------- set-up ----------
     def prerequisites(self):
@@ -165,7 +175,9 @@ class Bench:
         # --compressible: the filesystem compresses what it stores, so a large stream fits.
         opts = "-o compress-force=zstd:1 " if self.args.compressible else ""
         sh(f"mkfs.btrfs -q {self.loop} && mount {opts}{self.loop} {self.work}/mnt")
-        vars_ = sh(f"{ROOT}/scripts/garage-local.sh start {self.work}/garage", capture=True)
+        vars_ = sh(f"GARAGE_LOG=info {ROOT}/scripts/garage-local.sh start {self.work}/garage", capture=True)
+        self.setups += 1
+        self.garage_running = True
         for line in vars_.splitlines():
             k, _, v = line.removeprefix("export ").partition("=")
             self.env[k] = v
@@ -204,13 +216,13 @@ class Bench:
 
     def teardown(self):
         sh(f"{ROOT}/scripts/garage-local.sh stop {self.work}/garage", check=False)
-        # Garage's log goes with the results (OUT/garage-N.log, one per set-up): a transfer
-        # the tool reports stalled is to be explained from both sides.
+        # Garage's log (one line per request) goes with the results, OUT/garage-N.log for
+        # the Nth set-up: a transfer the tool reports stalled is to be read from both sides.
         log_path = f"{self.work}/garage/garage.log"
-        if os.path.exists(log_path):
+        if self.garage_running and os.path.exists(log_path):
             os.makedirs(self.out, exist_ok=True)
-            n = len([f for f in os.listdir(self.out) if f.startswith("garage-")])
-            shutil.copy(log_path, f"{self.out}/garage-{n + 1}.log")
+            shutil.copy(log_path, f"{self.out}/garage-{self.setups}.log")
+        self.garage_running = False
         mnt = f"{self.work}/mnt"
         if os.path.ismount(mnt):
             sh(f"umount {mnt}", check=False)
@@ -250,6 +262,9 @@ prefix = "{name}"
         else:
             sh("sync")
             record["quiet_wait_s"], record["busy_before"] = wait_quiet(QUIET_MAX_S)
+            if record["busy_before"] >= QUIET_BUSY:
+                log(f"the machine was still {record['busy_before']:.0%} busy after {QUIET_MAX_S} s; "
+                    "running anyway (busy_before in peers.json)")
             sh("echo 3 > /proc/sys/vm/drop_caches")
         tf = f"{self.work}/time.txt"
         full = f"/usr/bin/time -f '%e %U %S %M' -o {tf} bash -c {shlex.quote('set -o pipefail; ' + cmd)}"
@@ -659,6 +674,10 @@ prefix = "{name}"
                     md.append(f'| {r["contender"]} | {r["wall_s"]} | {r["mib_s"]} | {r.get("speed_vs_best_peer", "")} '
                               f'| {r["cpu_s_per_gib"]} | {r.get("cpu_vs_s5cmd", "")} | {r["peak_rss_max_mib"]}{bound} |')
                 md.append("")
+        busy = [r for r in self.runs if r.get("busy_before", 0) >= QUIET_BUSY]
+        if busy and not self.args.quick:
+            md += [f"{len(busy)} of {len(self.runs)} runs started with the machine still busy after "
+                   f"{QUIET_MAX_S} s of waiting (busy_before in peers.json).", ""]
         if targets:
             md += ["| target | where | value | met |", "| --- | --- | --- | --- |"]
             md += [f'| {t["target"]} | {t["what"]} | {t["value"]} | {"yes" if t["met"] else "**no**"} |' for t in targets]

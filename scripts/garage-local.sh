@@ -36,7 +36,8 @@ root_domain = ".s3.garage.localhost"
 api_bind_addr = "127.0.0.1:$admin"
 CONF
 chmod 600 "$dir/garage.toml"
-RUST_LOG=warn "$G" -c "$dir/garage.toml" server > "$dir/garage.log" 2>&1 &
+# GARAGE_LOG: garage's log level (bench-peers asks for info: one line per request).
+RUST_LOG="${GARAGE_LOG:-warn}" "$G" -c "$dir/garage.toml" server > "$dir/garage.log" 2>&1 &
 echo $! > "$dir/garage.pid"
 for _ in $(seq 100); do
   (exec 3<>/dev/tcp/127.0.0.1/$rpc) 2>/dev/null && break; sleep 0.1
