@@ -136,9 +136,8 @@ class Bench:
         self.env = dict(os.environ)
         self.loop = None
         self.shm = f"/dev/shm/btrfs-to-s3-bench-{os.getpid()}"
-        # Set-ups started so far, and whether garage runs: its log is OUT/garage-N.log.
+        # Set-ups started so far: the Nth one's garage log is OUT/garage-N.log.
         self.setups = 0
-        self.garage_running = False
         if os.path.isdir(self.out):
             for f in os.listdir(self.out):
                 if f.startswith("garage-") and f.endswith(".log"):
@@ -177,7 +176,6 @@ class Bench:
         sh(f"mkfs.btrfs -q {self.loop} && mount {opts}{self.loop} {self.work}/mnt")
         vars_ = sh(f"GARAGE_LOG=info {ROOT}/scripts/garage-local.sh start {self.work}/garage", capture=True)
         self.setups += 1
-        self.garage_running = True
         for line in vars_.splitlines():
             k, _, v = line.removeprefix("export ").partition("=")
             self.env[k] = v
@@ -218,11 +216,12 @@ class Bench:
         sh(f"{ROOT}/scripts/garage-local.sh stop {self.work}/garage", check=False)
         # Garage's log (one line per request) goes with the results, OUT/garage-N.log for
         # the Nth set-up: a transfer the tool reports stalled is to be read from both sides.
+        # Before the first set-up a log in the scratch directory is a crashed run's; after a
+        # teardown the directory is gone, so a log found is this set-up's.
         log_path = f"{self.work}/garage/garage.log"
-        if self.garage_running and os.path.exists(log_path):
+        if self.setups and os.path.exists(log_path):
             os.makedirs(self.out, exist_ok=True)
             shutil.copy(log_path, f"{self.out}/garage-{self.setups}.log")
-        self.garage_running = False
         mnt = f"{self.work}/mnt"
         if os.path.ismount(mnt):
             sh(f"umount {mnt}", check=False)
@@ -574,7 +573,6 @@ prefix = "{name}"
                 sh(f"btrfs subvolume snapshot -r {mnt}/data {n} >/dev/null")
             for c in self.rotate(["btrfs-to-s3"] + BACKUP_PEERS, r):
                 rec = dict(base, contender=c)
-                send = f"btrfs send -q -p {parent} {own.get(c)}"
                 if c == "btrfs-to-s3":
                     out = f"{self.work}/inc.json"
                     self.timed(rec, f"{self.bin} --config {cfg} --quiet backup --once --json > {out}", inc)
@@ -583,7 +581,7 @@ prefix = "{name}"
                         rec["exit_code"] = 1
                         self.failed.append(dict(rec, why=f"kind {run.get('kind')}"))
                 else:
-                    self.peer_upload(rec, send, self.endpoint, f"inc-{c}", inc)
+                    self.peer_upload(rec, f"btrfs send -q -p {parent} {own[c]}", self.endpoint, f"inc-{c}", inc)
             parent = snap
 
     # ---------- summary ----------
