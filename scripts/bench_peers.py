@@ -21,7 +21,8 @@ Every contender's time includes its `btrfs send`; CPU is user + system of the wh
 Before each run the machine is given up to 60 s to go quiet (cores under 10 % busy for a
 second, under 64 MiB dirty), how busy it still was recorded as busy_before (and runs that
 started busy counted in peers.md); then the page cache is dropped (in --quick: one 0.1 s
-sample, no sync, no drop). Contenders rotate their order every
+sample, no sync, no drop). A run not ended after 300 s + 120 s per GiB is killed and counted
+failed, "hung" (garage now and then stops reading a request's body for good). Contenders rotate their order every
 repeat (reversed on odd repeats, so no contender always follows the same one), after one
 unmeasured warm-up backup and upload, both kept: garage stores a block once by its content,
 so every timed full upload finds its blocks stored and writes no block data, the same for
@@ -46,6 +47,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -85,6 +87,26 @@ WAN_BYTES_S = 100_000_000 // 8
 QUIET_MAX_S = 60
 QUIET_BUSY = 0.10
 QUIET_DIRTY_MIB = 64
+
+# A timed run that has not ended after RUN_LIMIT_S plus RUN_LIMIT_S_PER_GIB for each GiB of
+# its stream is killed and counted failed ("hung"): garage now and then stops reading a
+# request's body for good (BENCHMARKS.md, 2026-12-06, fifth session), and a peer with no
+# stall timeout of its own (s5cmd) then waits forever. The limit is many times the slowest
+# healthy run (rclone, 11 s/GiB on loopback; the WAN profile's 100 Mbit/s is 86 s/GiB).
+RUN_LIMIT_S = 300
+RUN_LIMIT_S_PER_GIB = 120
+
+
+def run_limited(argv, env, limit_s):
+    """Runs argv in a process group of its own; kills the group after limit_s.
+    Returns (exit code, hung)."""
+    p = subprocess.Popen(argv, env=env, start_new_session=True)
+    try:
+        return p.wait(timeout=limit_s), False
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        return 124, True
 
 
 def cpu_jiffies():
@@ -266,9 +288,19 @@ prefix = "{name}"
                     "running anyway (busy_before in peers.json)")
             sh("echo 3 > /proc/sys/vm/drop_caches")
         tf = f"{self.work}/time.txt"
+        if os.path.exists(tf):
+            os.remove(tf)
         full = f"/usr/bin/time -f '%e %U %S %M' -o {tf} bash -c {shlex.quote('set -o pipefail; ' + cmd)}"
-        code = subprocess.run(["bash", "-c", full], env=self.env).returncode
-        wall, user, system, rss_kib = open(tf).read().split()[-4:]
+        limit = RUN_LIMIT_S + RUN_LIMIT_S_PER_GIB * stream_bytes / GIB
+        code, hung = run_limited(["bash", "-c", full], self.env, limit)
+        if hung:
+            # The whole group was killed, /usr/bin/time with it: no figures but the limit.
+            log(f"{record['contender']} ({record['scenario']}) had not ended after {limit:.0f} s: "
+                "killed, counted failed (hung)")
+            record["hung"] = True
+            wall, user, system, rss_kib = limit, 0, 0, 0
+        else:
+            wall, user, system, rss_kib = open(tf).read().split()[-4:]
         wall = max(float(wall), 0.01)
         cpu = float(user) + float(system)
         record.update({"exit_code": code, "stream_bytes": stream_bytes, "wall_s": wall,
@@ -676,6 +708,11 @@ prefix = "{name}"
         if busy and not self.args.quick:
             md += [f"{len(busy)} of {len(self.runs)} runs started with the machine still busy after "
                    f"{QUIET_MAX_S} s of waiting (busy_before in peers.json).", ""]
+        hung = [r for r in self.runs if r.get("hung")]
+        if hung:
+            md += [f"{len(hung)} runs hung (killed at the limit, left out of the medians): "
+                   + ", ".join(f'{r["size_gib"]:g} GiB {r["scenario"]} {r["contender"]} r{r["repeat"]}'
+                               for r in hung) + ".", ""]
         if targets:
             md += ["| target | where | value | met |", "| --- | --- | --- | --- |"]
             md += [f'| {t["target"]} | {t["what"]} | {t["value"]} | {"yes" if t["met"] else "**no**"} |' for t in targets]
@@ -731,7 +768,8 @@ def main():
     b.write()
     if b.failed:
         for f in b.failed:
-            log(f'FAILED: {f["size_gib"]:g} GiB {f["scenario"]} {f["contender"]} r{f["repeat"]}: exit {f["exit_code"]}')
+            log(f'FAILED: {f["size_gib"]:g} GiB {f["scenario"]} {f["contender"]} r{f["repeat"]}: exit {f["exit_code"]}'
+                + (" (hung: killed at the limit)" if f.get("hung") else ""))
         sys.exit(1)
 
 

@@ -186,3 +186,59 @@ fn the_quick_sweep_runs_every_setting_and_its_results_parse() {
     assert_eq!(runs.len(), 3 * labels.len(), "no other runs: {runs:#?}");
     assert!(md.contains("sweep backup, WAN"), "{md}");
 }
+
+/// A timed run that does not end (garage can stop reading a request's body for good, and a
+/// peer without a stall timeout then waits forever) is killed at the limit with everything it
+/// started: `run_limited` returns (124, hung) and no process of the pipeline is left.
+#[test]
+fn a_hung_run_is_killed_with_its_whole_pipeline() {
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .join("scripts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("alive");
+    // A pipeline whose second stage would outlive a kill of the first process only.
+    let program = format!(
+        "import sys, time; sys.dont_write_bytecode = True; sys.path.insert(0, {scripts:?}); \
+         import bench_peers as bp; t = time.time(); \
+         r = bp.run_limited(['bash', '-c', 'sleep 60 | (sleep 3; touch {marker}; sleep 60)'], None, 1); \
+         print(r, round(time.time() - t, 1))",
+        scripts = scripts.display().to_string(),
+        marker = marker.display(),
+    );
+    let out = Command::new("python3")
+        .args(["-c", &program])
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("(124, True)"), "{stdout}");
+    let took: f64 = stdout
+        .split_whitespace()
+        .last()
+        .and_then(|t| t.parse().ok())
+        .expect("time");
+    assert!(took < 10.0, "killed at the 1 s limit, took {took} s");
+    // Had the group survived, its second stage would have touched the marker at 3 s.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(
+        !marker.exists(),
+        "a process of the pipeline outlived the kill"
+    );
+    // A run that ends in time returns its own exit code.
+    let program = format!(
+        "import sys; sys.dont_write_bytecode = True; sys.path.insert(0, {:?}); import bench_peers as bp; \
+         print(bp.run_limited(['bash', '-c', 'exit 3'], None, 30))",
+        scripts.display().to_string()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &program])
+        .output()
+        .expect("python3 runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "(3, False)");
+}

@@ -197,9 +197,40 @@ fn garage_stalled_transfers_are_detected_and_retried() {
             took < stall / 2,
             "{case}: took {took:?}; the stall was not detected"
         );
+        if what == "backup" {
+            // The proxy takes the whole request before it stalls: the log says the part's
+            // body went whole (the reply did not come), naming the part.
+            let (key, part, moved) = stall_report(&out.stderr)
+                .unwrap_or_else(|| panic!("{case}: no stall report in {}", out.stderr));
+            let m = s.manifest(&s.pointer().manifest_key);
+            let size = m
+                .chunks
+                .iter()
+                .filter(|c| key.ends_with(&c.key) || c.key.ends_with(&key))
+                .flat_map(|c| &c.parts)
+                .find(|p| p.number == part)
+                .map(|p| p.size)
+                .unwrap_or_else(|| panic!("{case}: part {part} of {key} is in the manifest"));
+            assert_eq!(moved, size, "{case}: bytes moved before the stall");
+        }
         eprintln!("{case}: done in {took:.1?} (stall {stall:?}, stall_timeout_secs 2)");
     }
     s.prove_restorable(&s.pointer().manifest_key);
+}
+
+/// The first "transfer stalled" warning's key, part number and bytes moved.
+fn stall_report(stderr: &str) -> Option<(String, u32, u64)> {
+    let line = stderr.lines().find(|l| l.contains("transfer stalled"))?;
+    let field = |name: &str| {
+        let rest = line.split(&format!(" {name}=")).nth(1)?;
+        Some(if let Some(q) = rest.strip_prefix('"') {
+            q.split('"').next()?.to_string()
+        } else {
+            rest.split_whitespace().next()?.to_string()
+        })
+    };
+    let part = field("at")?.strip_prefix("part ")?.parse().ok()?;
+    Some((field("key")?, part, field("moved_bytes")?.parse().ok()?))
 }
 
 /// `--limit-upload` and `limit_download` hold transfers to the rate asked: the part bytes take

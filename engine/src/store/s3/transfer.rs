@@ -25,33 +25,38 @@ impl S3Store {
     ) -> Result<String, StoreError> {
         let len = body.len();
         let out = self
-            .watched("UploadPart", key, |activity| {
-                let req = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(upload_id)
-                    .part_number(i32::try_from(part_number).unwrap_or(i32::MAX))
-                    .content_length(i64::try_from(len).unwrap_or(i64::MAX))
-                    .body(watched_body(
-                        body.clone(),
-                        activity,
-                        self.upload_limit.clone(),
-                    ));
-                // The integrity header protects the payload (signing it would hash every
-                // byte again); with none, the part's hashes in the manifest are checked at
-                // restore and verify, and TLS protects the transfer.
-                let req = match self.checksum {
-                    Checksum::Crc32c => req.checksum_crc32_c(crc32c_base64(crc32c)),
-                    Checksum::Md5 => req.content_md5(md5_base64(&body)),
-                    Checksum::None => req,
-                };
-                req.customize()
-                    .disable_payload_signing()
-                    .send()
-                    .map_err(|e| self.err("UploadPart", key, e))
-            })
+            .watched(
+                "UploadPart",
+                key,
+                &format!("part {part_number}"),
+                |activity| {
+                    let req = self
+                        .client
+                        .upload_part()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .upload_id(upload_id)
+                        .part_number(i32::try_from(part_number).unwrap_or(i32::MAX))
+                        .content_length(i64::try_from(len).unwrap_or(i64::MAX))
+                        .body(watched_body(
+                            body.clone(),
+                            activity,
+                            self.upload_limit.clone(),
+                        ));
+                    // The integrity header protects the payload (signing it would hash every
+                    // byte again); with none, the part's hashes in the manifest are checked at
+                    // restore and verify, and TLS protects the transfer.
+                    let req = match self.checksum {
+                        Checksum::Crc32c => req.checksum_crc32_c(crc32c_base64(crc32c)),
+                        Checksum::Md5 => req.content_md5(md5_base64(&body)),
+                        Checksum::None => req,
+                    };
+                    req.customize()
+                        .disable_payload_signing()
+                        .send()
+                        .map_err(|e| self.err("UploadPart", key, e))
+                },
+            )
             .await?;
         Ok(etag_of(out.e_tag()))
     }
@@ -101,7 +106,8 @@ impl S3Store {
         // A stalled attempt is made again: the buffer goes to the first one.
         let buf = std::sync::Mutex::new(Some(buf));
         let buf = &buf;
-        self.watched(op, key, |activity| async move {
+        let at = format!("bytes {offset}+{len}");
+        self.watched(op, key, &at, |activity| async move {
             let mut out = self
                 .client
                 .get_object()
@@ -125,6 +131,7 @@ impl S3Store {
                 activity.touch();
                 match out.body.try_next().await {
                     Ok(Some(piece)) => {
+                        activity.moved(piece.len());
                         if let Some(limit) = &self.download_limit {
                             // Waiting for the limit is not a stall.
                             let at = limit.reserve(piece.len());
@@ -186,10 +193,12 @@ impl S3Store {
     /// Runs the transfer `attempt` makes, watching it: when `Activity` shows no byte moved for
     /// the stall timeout (a request body not taken, a reply not coming, a body not arriving),
     /// the attempt is dropped (its connection with it) and made again, up to `attempts` times.
+    /// `at` names the part or range in the log.
     async fn watched<T, F, Fut>(
         &self,
         op: &'static str,
         key: &str,
+        at: &str,
         attempt: F,
     ) -> Result<T, StoreError>
     where
@@ -201,7 +210,9 @@ impl S3Store {
             tokio::select! {
                 r = attempt(activity.clone()) => return r,
                 () = activity.stalled(self.stall) => {
-                    tracing::warn!(op, key, attempt = n, stall_secs = self.stall.as_secs(), "transfer stalled; trying again");
+                    // Bytes moved tell a body not taken from a reply not coming.
+                    tracing::warn!(op, key, at, attempt = n, moved_bytes = activity.moved_bytes(),
+                        stall_secs = self.stall.as_secs(), "transfer stalled; trying again");
                 }
             }
         }

@@ -8,20 +8,39 @@ use std::time::Duration;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
-/// When a transfer last moved a byte.
-pub(super) struct Activity(std::sync::Mutex<std::time::Instant>);
+/// When a transfer last moved a byte, and how many body bytes it moved: a stall's report
+/// says whether the request's body was taken whole (the reply did not come) or not.
+pub(super) struct Activity {
+    last: std::sync::Mutex<std::time::Instant>,
+    moved: std::sync::atomic::AtomicU64,
+}
 
 impl Activity {
     pub(super) fn new() -> Activity {
-        Activity(std::sync::Mutex::new(std::time::Instant::now()))
+        Activity {
+            last: std::sync::Mutex::new(std::time::Instant::now()),
+            moved: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     pub(super) fn touch(&self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+    }
+
+    /// `n` body bytes moved (handed to the client, or received).
+    pub(super) fn moved(&self, n: usize) {
+        self.moved
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// Body bytes moved so far in this attempt (an SDK retry inside it counts its body again).
+    pub(super) fn moved_bytes(&self) -> u64 {
+        self.moved.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn last(&self) -> std::time::Instant {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+        *self.last.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Returns once nothing moved for `limit`.
@@ -99,6 +118,7 @@ impl http_body::Body for WatchedBody {
             let piece = this.data.slice(this.pos..end);
             this.pos = end;
             let Some(limit) = &this.limit else {
+                this.activity.moved(piece.len());
                 return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(piece))));
             };
             let at = limit.reserve(piece.len());
@@ -111,7 +131,10 @@ impl http_body::Body for WatchedBody {
         }
         this.activity.touch();
         match this.held.take() {
-            Some((piece, _)) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(piece)))),
+            Some((piece, _)) => {
+                this.activity.moved(piece.len());
+                std::task::Poll::Ready(Some(Ok(http_body::Frame::data(piece))))
+            }
             None => std::task::Poll::Ready(None),
         }
     }
