@@ -22,17 +22,17 @@ Before each run the machine is given up to 60 s to go quiet (cores under 10 % bu
 second, under 64 MiB dirty), how busy it still was recorded as busy_before (and runs that
 started busy counted in peers.md); then the page cache is dropped (in --quick: one 0.1 s
 sample, no sync, no drop). A run not ended after 300 s + 120 s per GiB is killed and counted
-failed, "hung" (garage now and then stops reading a request's body for good). Contenders rotate their order every
-repeat (reversed on odd repeats, so no contender always follows the same one), after one
-unmeasured warm-up backup and upload, both kept: garage stores a block once by its content,
-so every timed full upload finds its blocks stored and writes no block data, the same for
-every contender. An incremental's blocks are new for every contender: each peer sends its
-own snapshot of the same data, named with a length of its own, so the stream's bytes sit at
-other offsets than in any other contender's upload (with one shared snapshot, the first peer
-in a repeat's order wrote the blocks and the later ones found them stored, while the tool,
-whose snapshot is its own, always wrote them). Results: OUT/peers.json (every run, medians,
-ratios, targets), OUT/peers.md, and garage's log of each set-up at info level (one line per
-request: OUT/garage-N.log).
+failed, "hung" (garage now and then stops reading a request's body for good). Contenders
+rotate their order every repeat (reversed on odd repeats, so no contender always follows the
+same one), after one unmeasured warm-up backup and upload, both kept: garage stores a block
+once by its content, so every timed full upload finds its blocks stored and writes no block
+data, the same for every contender. An incremental's blocks are new for every contender:
+each peer sends its own snapshot of the same data, named with a length of its own, so the
+stream's bytes sit at other offsets than in any other contender's upload (with one shared
+snapshot, the first peer in a repeat's order wrote the blocks and the later ones found them
+stored, while the tool, whose snapshot is its own, always wrote them). Results:
+OUT/peers.json (every run, medians, ratios, targets), OUT/peers.md, and garage's log of each
+set-up at info level (one line per request: OUT/garage-N.log).
 
   sudo scripts/bench-peers.sh [--sizes 1,8] [--repeat 3] [--out DIR]
   sudo scripts/bench-peers.sh --quick      # 64 MiB, one repeat: the test run's smoke test
@@ -107,6 +107,11 @@ def run_limited(argv, env, limit_s):
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
         return 124, True
+    except BaseException:
+        # Its own session keeps the terminal's Ctrl-C from the run: end it with the bench.
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        raise
 
 
 def cpu_jiffies():

@@ -230,6 +230,32 @@ fn a_hung_run_is_killed_with_its_whole_pipeline() {
         !marker.exists(),
         "a process of the pipeline outlived the kill"
     );
+    // Interrupted (Ctrl-C reaches the bench only: the run has a session of its own), the
+    // run is killed before the interrupt goes on.
+    let marker2 = dir.path().join("alive-after-interrupt");
+    let program = format!(
+        "import sys, os, signal, threading; sys.dont_write_bytecode = True; sys.path.insert(0, {scripts:?}); \
+         import bench_peers as bp; threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()\n\
+         try:\n    bp.run_limited(['bash', '-c', 'sleep 60 | (sleep 3; touch {marker}; sleep 60)'], None, 60)\n\
+         except KeyboardInterrupt:\n    print('interrupted')",
+        scripts = scripts.display().to_string(),
+        marker = marker2.display(),
+    );
+    let out = Command::new("python3")
+        .args(["-c", &program])
+        .output()
+        .expect("python3 runs");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "interrupted",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(
+        !marker2.exists(),
+        "a process of the pipeline outlived the interrupt"
+    );
     // A run that ends in time returns its own exit code.
     let program = format!(
         "import sys; sys.dont_write_bytecode = True; sys.path.insert(0, {:?}); import bench_peers as bp; \
