@@ -104,14 +104,13 @@ def run_limited(argv, env, limit_s):
     try:
         return p.wait(timeout=limit_s), False
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
         return 124, True
-    except BaseException:
-        # Its own session keeps the terminal's Ctrl-C from the run: end it with the bench.
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
-        raise
+    finally:
+        # Past the limit, or interrupted (its own session keeps the terminal's Ctrl-C from the
+        # run): the group goes with the bench.
+        if p.returncode is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
 
 
 def cpu_jiffies():

@@ -187,30 +187,43 @@ fn the_quick_sweep_runs_every_setting_and_its_results_parse() {
     assert!(md.contains("sweep backup, WAN"), "{md}");
 }
 
+/// Runs `body` in Python with `scripts/bench_peers.py` imported as `bp` (no bytecode left in
+/// the tree).
+fn with_bench_module(body: &str) -> std::process::Output {
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .join("scripts");
+    let program = format!(
+        "import sys; sys.dont_write_bytecode = True; sys.path.insert(0, {:?})\nimport bench_peers as bp\n{body}",
+        scripts.display().to_string()
+    );
+    Command::new("python3")
+        .args(["-c", &program])
+        .output()
+        .expect("python3 runs")
+}
+
+/// A pipeline whose second stage touches `marker` at 3 s: it would outlive a kill of the first
+/// process only.
+fn two_stages(marker: &Path) -> String {
+    format!(
+        "['bash', '-c', 'sleep 60 | (sleep 3; touch {}; sleep 60)']",
+        marker.display()
+    )
+}
+
 /// A timed run that does not end (garage can stop reading a request's body for good, and a
 /// peer without a stall timeout then waits forever) is killed at the limit with everything it
 /// started: `run_limited` returns (124, hung) and no process of the pipeline is left.
 #[test]
 fn a_hung_run_is_killed_with_its_whole_pipeline() {
-    let scripts = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .join("scripts");
     let dir = tempfile::tempdir().expect("tempdir");
     let marker = dir.path().join("alive");
-    // A pipeline whose second stage would outlive a kill of the first process only.
-    let program = format!(
-        "import sys, time; sys.dont_write_bytecode = True; sys.path.insert(0, {scripts:?}); \
-         import bench_peers as bp; t = time.time(); \
-         r = bp.run_limited(['bash', '-c', 'sleep 60 | (sleep 3; touch {marker}; sleep 60)'], None, 1); \
-         print(r, round(time.time() - t, 1))",
-        scripts = scripts.display().to_string(),
-        marker = marker.display(),
-    );
-    let out = Command::new("python3")
-        .args(["-c", &program])
-        .output()
-        .expect("python3 runs");
+    let out = with_bench_module(&format!(
+        "import time; t = time.time(); r = bp.run_limited({}, None, 1); print(r, round(time.time() - t, 1))",
+        two_stages(&marker)
+    ));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -233,18 +246,13 @@ fn a_hung_run_is_killed_with_its_whole_pipeline() {
     // Interrupted (Ctrl-C reaches the bench only: the run has a session of its own), the
     // run is killed before the interrupt goes on.
     let marker2 = dir.path().join("alive-after-interrupt");
-    let program = format!(
-        "import sys, os, signal, threading; sys.dont_write_bytecode = True; sys.path.insert(0, {scripts:?}); \
-         import bench_peers as bp; threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()\n\
-         try:\n    bp.run_limited(['bash', '-c', 'sleep 60 | (sleep 3; touch {marker}; sleep 60)'], None, 60)\n\
+    let out = with_bench_module(&format!(
+        "import os, signal, threading\n\
+         threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()\n\
+         try:\n    bp.run_limited({}, None, 60)\n\
          except KeyboardInterrupt:\n    print('interrupted')",
-        scripts = scripts.display().to_string(),
-        marker = marker2.display(),
-    );
-    let out = Command::new("python3")
-        .args(["-c", &program])
-        .output()
-        .expect("python3 runs");
+        two_stages(&marker2)
+    ));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "interrupted",
@@ -257,14 +265,6 @@ fn a_hung_run_is_killed_with_its_whole_pipeline() {
         "a process of the pipeline outlived the interrupt"
     );
     // A run that ends in time returns its own exit code.
-    let program = format!(
-        "import sys; sys.dont_write_bytecode = True; sys.path.insert(0, {:?}); import bench_peers as bp; \
-         print(bp.run_limited(['bash', '-c', 'exit 3'], None, 30))",
-        scripts.display().to_string()
-    );
-    let out = Command::new("python3")
-        .args(["-c", &program])
-        .output()
-        .expect("python3 runs");
+    let out = with_bench_module("print(bp.run_limited(['bash', '-c', 'exit 3'], None, 30))");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "(3, False)");
 }

@@ -27,11 +27,11 @@ impl Activity {
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
     }
 
-    /// `n` body bytes moved (handed to the client, or received).
+    /// `n` body bytes moved (handed to the client, or received). Counts only: every caller
+    /// marks the time with `touch` around it.
     pub(super) fn moved(&self, n: usize) {
         self.moved
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        self.touch();
     }
 
     /// Body bytes moved so far in this attempt (an SDK retry inside it counts its body again).
