@@ -69,6 +69,10 @@ impl S3Store {
             }
             loader = loader.credentials_provider(p.build());
         }
+        let plain = http::clients_for(s.endpoint.as_deref(), |k| std::env::var(k).ok());
+        if let Some(c) = &plain {
+            loader = loader.http_client(c.providers.clone());
+        }
         let sdk = loader.load().await;
         let mut b = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(s.path_style)
@@ -92,6 +96,9 @@ impl S3Store {
             );
         if let Some(ep) = &s.endpoint {
             b = b.endpoint_url(ep);
+        }
+        if let Some(c) = plain {
+            b = b.http_client(c.s3);
         }
         S3Store {
             client: aws_sdk_s3::Client::from_conf(b.build()),
@@ -593,6 +600,7 @@ impl StoreFactory for S3Stores {
 }
 
 mod classify;
+mod http;
 mod lock;
 mod transfer;
 mod watch;
