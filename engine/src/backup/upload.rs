@@ -16,8 +16,8 @@ use tokio::task::JoinSet;
 use super::{indexing, BackupError, Context};
 use crate::codec::{CompressingReader, Compression, Framing, Pipelined};
 use crate::machine::run::{
-    decide_adoption, decide_chunk_end, decide_index, decide_part, decide_stream_end, reconcile,
-    ChunkEndAction, IndexStep, Listed, PartAction, Reconciled, RunState,
+    decide_adoption, decide_chunk_end, decide_index, decide_part, decide_stream_end, open_ahead,
+    reconcile, ChunkEndAction, IndexStep, Listed, PartAction, Reconciled, RunState,
 };
 use crate::machine::Layout;
 use crate::pipeline::{self, BufferPool, Event, Part, PipelineError};
@@ -241,6 +241,32 @@ impl Context {
         Ok(r)
     }
 
+    /// CreateMultipartUpload for `chunk`, then `ChunkOpened` journaled.
+    async fn open_chunk(
+        &self,
+        run: RunId,
+        view: &mut RunState,
+        chunk: u32,
+        opts: &crate::store::PutOptions,
+    ) -> Result<(), BackupError> {
+        let p = &view.planned;
+        let key = self
+            .keys()
+            .chunk(&p.subvolume, &p.chain_id, &p.backup_id, chunk);
+        failpoint!("before-chunk-open");
+        let upload_id = self.store.create_multipart(&key, opts).await?;
+        failpoint!("after-chunk-open");
+        self.commit(
+            run,
+            view,
+            Transition::ChunkOpened {
+                chunk,
+                key,
+                upload_id,
+            },
+        )
+    }
+
     async fn consume(
         &self,
         run: RunId,
@@ -255,7 +281,6 @@ impl Context {
         let concurrency = self.settings.s3.concurrency.max(1);
         type Done = Result<(Transition, u64, Bytes), PartFailed>;
         let p = view.planned.clone();
-        let keys = self.keys();
         let opts = self.chunk_opts(&p.chain_id);
         let mut inflight: JoinSet<Done> = JoinSet::new();
 
@@ -286,6 +311,10 @@ impl Context {
                 Err(PartFailed::Seal(e)) => Err(e.into()),
             }
         };
+
+        if let Some(chunk) = open_ahead(view) {
+            self.open_chunk(run, view, chunk, &opts).await?;
+        }
 
         loop {
             let Some(ev) = rx.recv().await else {
@@ -321,20 +350,7 @@ impl Context {
                         }
                         PartAction::Upload => {}
                         PartAction::OpenThenUpload => {
-                            let key =
-                                keys.chunk(&p.subvolume, &p.chain_id, &p.backup_id, part.chunk);
-                            failpoint!("before-chunk-open");
-                            let upload_id = self.store.create_multipart(&key, &opts).await?;
-                            failpoint!("after-chunk-open");
-                            self.commit(
-                                run,
-                                view,
-                                Transition::ChunkOpened {
-                                    chunk: part.chunk,
-                                    key,
-                                    upload_id,
-                                },
-                            )?;
+                            self.open_chunk(run, view, part.chunk, &opts).await?
                         }
                     }
                     while inflight.len() >= concurrency {

@@ -663,3 +663,19 @@ fn the_index_is_built_until_stored_and_again_after_a_chunk_restart() {
     );
     assert_eq!(decide_index(&st, true), IndexStep::Build);
 }
+
+#[test]
+fn only_a_run_with_no_chunk_opened_opens_the_first_ahead() {
+    use super::open_ahead;
+    let mut st = RunState::new(planned());
+    assert_eq!(open_ahead(&st), Some(0));
+    st.apply(&opened(0, "a")).expect("apply");
+    assert_eq!(open_ahead(&st), None, "chunk 0 is open already (a resume)");
+    let later = RunState::fold(&[
+        Transition::Planned(Box::new(planned())),
+        opened(0, "a"),
+        opened(1, "b"),
+    ])
+    .expect("fold");
+    assert_eq!(open_ahead(&later), None);
+}
