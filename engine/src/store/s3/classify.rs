@@ -38,6 +38,15 @@ impl S3Store {
                 (kind, text)
             }
             SdkError::TimeoutError(_) => (StoreErrorKind::Transient, "timed out".to_string()),
+            // The credential providers fail inside the request too (a container or instance
+            // endpoint down, STS refusing): waited out like an outage, but named as what it is.
+            SdkError::DispatchFailure(_) if credentials_failed(&e) => (
+                StoreErrorKind::Transient,
+                format!(
+                    "could not get credentials (the SDK's chain: environment, profile files, container, instance metadata): {}",
+                    DisplayErrorChain(&e)
+                ),
+            ),
             SdkError::DispatchFailure(d) => (
                 StoreErrorKind::Transient,
                 format!("could not reach the server: {d:?}"),
@@ -124,6 +133,18 @@ pub(super) fn classify(code: &str, status: Option<u16>) -> StoreErrorKind {
             _ => StoreErrorKind::Other,
         },
     }
+}
+
+/// True when a credentials provider's error is among `e`'s sources.
+pub(super) fn credentials_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if s.is::<aws_credential_types::provider::error::CredentialsError>() {
+            return true;
+        }
+        src = s.source();
+    }
+    false
 }
 
 struct DisplayErrorChain<'a>(&'a dyn std::error::Error);

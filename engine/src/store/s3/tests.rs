@@ -170,3 +170,24 @@ fn a_fresh_upload_gets_a_grace_an_old_or_foreign_one_none() {
     }
     assert!(age <= NEW_UPLOAD_GRACE && n >= 5, "{age:?} after {n}");
 }
+
+#[test]
+fn a_credentials_failure_inside_a_request_is_told_from_the_network() {
+    use super::classify::credentials_failed;
+    use aws_credential_types::provider::error::CredentialsError;
+    use aws_sdk_s3::config::http::HttpResponse;
+    use aws_sdk_s3::error::SdkError;
+    use aws_smithy_runtime_api::client::result::ConnectorError;
+    type E = SdkError<aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error, HttpResponse>;
+    let creds: E = SdkError::dispatch_failure(ConnectorError::other(
+        Box::new(CredentialsError::provider_error(
+            "the container endpoint refused",
+        )),
+        None,
+    ));
+    assert!(credentials_failed(&creds));
+    let reset: E = SdkError::dispatch_failure(ConnectorError::io(Box::new(std::io::Error::other(
+        "connection reset",
+    ))));
+    assert!(!credentials_failed(&reset));
+}
