@@ -56,6 +56,8 @@ command -v losetup >/dev/null || apt_install mount
 command -v zstd >/dev/null || apt_install zstd
 command -v mkfs.ext4 >/dev/null || apt_install e2fsprogs
 command -v age >/dev/null || apt_install age
+# The credentials-over-HTTPS test makes its CA and certificate with openssl.
+command -v openssl >/dev/null || apt_install openssl
 # The clock-skew test runs the tool under libfaketime.
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || apt_install faketime
 # systemd-analyze verifies the units in packaging/systemd (cli/tests/systemd.rs).

@@ -10,29 +10,21 @@ use std::process::{Child, Command, Stdio};
 
 use harness::{Flavor, Opts, Setup};
 
-/// Runs `openssl` in `dir` with `args` (split at spaces).
+/// Runs `openssl` with `args` (split at spaces), each `{d}` standing for `dir`.
 fn openssl(dir: &Path, args: &str) {
-    let out = Command::new("openssl")
-        .args(args.split(' '))
-        .current_dir(dir)
-        .output()
-        .expect("openssl is needed for this test: apt-get install openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = args.replace("{d}", &dir.display().to_string());
+    harness::btrfs::sh("openssl", &args.split(' ').collect::<Vec<_>>());
 }
 
 /// Two CAs (`ca.pem`, `other.pem`) and a certificate for 127.0.0.1 signed by the first
-/// (`server.pem`, `server.key`).
+/// (`server.pem`, `server.key`), all in `dir`.
 fn test_ca(dir: &Path) {
     for name in ["ca", "other"] {
         openssl(
             dir,
             &format!(
                 "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=btrfs-to-s3-test-{name} \
-                 -keyout {name}.key -out {name}.pem"
+                 -keyout {{d}}/{name}.key -out {{d}}/{name}.pem"
             ),
         );
     }
@@ -43,12 +35,13 @@ fn test_ca(dir: &Path) {
     .expect("write ext.cnf");
     openssl(
         dir,
-        "req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr",
+        "req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout {d}/server.key \
+         -out {d}/server.csr",
     );
     openssl(
         dir,
-        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-         -extfile ext.cnf -out server.pem",
+        "x509 -req -in {d}/server.csr -CA {d}/ca.pem -CAkey {d}/ca.key -CAcreateserial \
+         -days 2 -extfile {d}/ext.cnf -out {d}/server.pem",
     );
 }
 

@@ -247,14 +247,14 @@ impl Context {
         run: RunId,
         view: &mut RunState,
         chunk: u32,
-        opts: &crate::store::PutOptions,
     ) -> Result<(), BackupError> {
         let p = &view.planned;
         let key = self
             .keys()
             .chunk(&p.subvolume, &p.chain_id, &p.backup_id, chunk);
+        let opts = self.chunk_opts(&p.chain_id);
         failpoint!("before-chunk-open");
-        let upload_id = self.store.create_multipart(&key, opts).await?;
+        let upload_id = self.store.create_multipart(&key, &opts).await?;
         failpoint!("after-chunk-open");
         self.commit(
             run,
@@ -281,7 +281,6 @@ impl Context {
         let concurrency = self.settings.s3.concurrency.max(1);
         type Done = Result<(Transition, u64, Bytes), PartFailed>;
         let p = view.planned.clone();
-        let opts = self.chunk_opts(&p.chain_id);
         let mut inflight: JoinSet<Done> = JoinSet::new();
 
         let settle = |done: Done, view: &mut RunState| -> Result<(), BackupError> {
@@ -313,7 +312,7 @@ impl Context {
         };
 
         if let Some(chunk) = open_ahead(view) {
-            self.open_chunk(run, view, chunk, &opts).await?;
+            self.open_chunk(run, view, chunk).await?;
         }
 
         loop {
@@ -350,7 +349,7 @@ impl Context {
                         }
                         PartAction::Upload => {}
                         PartAction::OpenThenUpload => {
-                            self.open_chunk(run, view, part.chunk, &opts).await?
+                            self.open_chunk(run, view, part.chunk).await?
                         }
                     }
                     while inflight.len() >= concurrency {

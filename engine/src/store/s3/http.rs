@@ -14,7 +14,7 @@ use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
 use aws_smithy_http_client::{Builder, ConnectorBuilder};
 
-/// The two clients for a plain endpoint: `(s3, providers)`.
+/// The two clients for a plain endpoint: S3's, and the credential providers'.
 pub(super) struct Clients {
     pub s3: SharedHttpClient,
     pub providers: SharedHttpClient,
