@@ -278,21 +278,26 @@ impl<R: Read> CompressingReader<R> {
                 tap.end();
             }
         }
-        while self.contexts.len() < blocks.len() {
+        // Frame k is a pure function of block k, so resume regenerates it: zstd's frame, or
+        // for a block that looks random (compressed or encrypted files) a frame of raw blocks
+        // (RFC 8878) made here without the compressor. Only the others go to the workers, and
+        // a thread is started only when two or more need one (incompressible data started two
+        // threads a batch before: 1,024 a GiB).
+        let squeeze: Vec<usize> = (0..blocks.len())
+            .filter(|&i| !looks_incompressible(&blocks[i]))
+            .collect();
+        while self.contexts.len() < squeeze.len() {
             self.contexts.push(zstd::bulk::Compressor::new(self.level)?);
         }
-        let compressed: Vec<io::Result<Option<Vec<u8>>>> = if blocks.len() <= 1 {
-            blocks
-                .iter()
-                .zip(self.contexts.iter_mut())
-                .map(|(b, c)| frame_of(b, c))
-                .collect()
+        let mut compressed: Vec<Option<Vec<u8>>> = vec![None; blocks.len()];
+        let work = squeeze.iter().zip(self.contexts.iter_mut());
+        let done: Vec<io::Result<Vec<u8>>> = if squeeze.len() <= 1 {
+            work.map(|(&i, c)| c.compress(&blocks[i])).collect()
         } else {
+            let blocks = &blocks;
             std::thread::scope(|s| {
-                let handles: Vec<_> = blocks
-                    .iter()
-                    .zip(self.contexts.iter_mut())
-                    .map(|(b, c)| s.spawn(move || frame_of(b, c)))
+                let handles: Vec<_> = work
+                    .map(|(&i, c)| s.spawn(move || c.compress(&blocks[i])))
                     .collect();
                 handles
                     .into_iter()
@@ -303,9 +308,12 @@ impl<R: Read> CompressingReader<R> {
                     .collect()
             })
         };
+        for (&i, z) in squeeze.iter().zip(done) {
+            compressed[i] = Some(z?);
+        }
         let mut t = self.log.0.lock().unwrap_or_else(|p| p.into_inner());
         for (plain, frame) in blocks.iter().zip(compressed) {
-            let stored = match frame? {
+            let stored = match frame {
                 Some(z) => {
                     let n = z.len();
                     out.push(Bytes::from(z));
@@ -408,19 +416,6 @@ impl Read for Pipelined {
             }
         }
         Ok(n)
-    }
-}
-
-/// Frame k of the stored stream: zstd's frame of the block, or, for a block that already
-/// looks random (compressed or encrypted files, `looks_incompressible`), a frame of raw blocks
-/// (RFC 8878), written here without running the compressor at all. Either way a pure
-/// function of the block, so resume regenerates it.
-/// `None`: the raw frame, which the caller makes of the block itself (`raw_frame_pieces`).
-fn frame_of(block: &[u8], c: &mut zstd::bulk::Compressor<'static>) -> io::Result<Option<Vec<u8>>> {
-    if looks_incompressible(block) {
-        Ok(None)
-    } else {
-        c.compress(block).map(Some)
     }
 }
 
