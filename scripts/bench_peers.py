@@ -339,8 +339,9 @@ prefix = "{name}"
         one after the ingest ceiling's upload on this machine, and a plain rotation keeps each
         contender's predecessor fixed) and two neighbours swap places from one repeat to the
         next (rotating by r as well kept the default layout before 1 GiB chunks in all of
-        three repeats, and on an 8 GiB set-up each restore ran faster than the one before:
-        57.06, 54.44, 50.90, 53.35 s for 1 GiB chunks, default, default, 1 GiB chunks)."""
+        three repeats, while on an 8 GiB set-up four restores ran each faster than the one
+        before: 57.06, 54.44, 50.90, 53.35 s for 1 GiB chunks, default, default, 1 GiB
+        chunks; BENCHMARKS.md, the seventh session)."""
         k = (r // 2) % len(items)
         order = items[k:] + items[:k]
         return order[::-1] if r % 2 else order
