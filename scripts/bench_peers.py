@@ -24,9 +24,10 @@ started busy counted in peers.md); then the page cache is dropped (in --quick: o
 sample, no sync, no drop). A run not ended after 300 s + 120 s per GiB is killed and counted
 failed, "hung" (garage now and then stops reading a request's body for good). Contenders
 rotate their order every repeat (by half the repeat's number, reversed on odd repeats: no
-contender always follows the same one, and neighbours swap places each repeat), after one unmeasured warm-up backup and upload, both kept: garage stores a block
-once by its content, so every timed full upload finds its blocks stored and writes no block
-data, the same for every contender. An incremental's blocks are new for every contender:
+contender always follows the same one, and neighbours swap places each repeat), after one
+unmeasured warm-up backup and upload, both kept: garage stores a block once by its content,
+so every timed full upload finds its blocks stored and writes no block data, the same for
+every contender. An incremental's blocks are new for every contender:
 each peer sends its own snapshot of the same data, named with a length of its own, so the
 stream's bytes sit at other offsets than in any other contender's upload (with one shared
 snapshot, the first peer in a repeat's order wrote the blocks and the later ones found them
@@ -338,10 +339,9 @@ prefix = "{name}"
         contender always follows the same one (a run after the tool's backup was faster than
         one after the ingest ceiling's upload on this machine, and a plain rotation keeps each
         contender's predecessor fixed) and two neighbours swap places from one repeat to the
-        next (rotating by r as well kept the default layout before 1 GiB chunks in all of
-        three repeats, while on an 8 GiB set-up four restores ran each faster than the one
-        before: 57.06, 54.44, 50.90, 53.35 s for 1 GiB chunks, default, default, 1 GiB
-        chunks; BENCHMARKS.md, the seventh session)."""
+        next (rotating by r as well put the default layout before 1 GiB chunks in all of three
+        repeats, so any effect of the order fell on one layout; BENCHMARKS.md, the seventh
+        session)."""
         k = (r // 2) % len(items)
         order = items[k:] + items[:k]
         return order[::-1] if r % 2 else order

@@ -137,25 +137,25 @@ pub(super) fn classify(code: &str, status: Option<u16>) -> StoreErrorKind {
 
 /// True when a credentials provider's error is among `e`'s sources.
 pub(super) fn credentials_failed(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = src {
-        if s.is::<aws_credential_types::provider::error::CredentialsError>() {
-            return true;
-        }
-        src = s.source();
-    }
-    false
+    chain(e).any(|s| s.is::<aws_credential_types::provider::error::CredentialsError>())
 }
 
-struct DisplayErrorChain<'a>(&'a dyn std::error::Error);
+/// `e`, then each of its sources in turn.
+fn chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |s| s.source())
+}
+
+struct DisplayErrorChain<'a>(&'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for DisplayErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut src = self.0.source();
-        while let Some(s) = src {
-            write!(f, ": {s}")?;
-            src = s.source();
+        for (i, s) in chain(self.0).enumerate() {
+            if i > 0 {
+                f.write_str(": ")?;
+            }
+            write!(f, "{s}")?;
         }
         Ok(())
     }
