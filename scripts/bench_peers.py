@@ -8,9 +8,11 @@ On a loop-device Btrfs and a local garage, for each stream size:
            beside `s5cmd cat | btrfs receive` of s5cmd's own upload;
   ceilings `btrfs send > /dev/null`, and the server's ingest and egress measured with s5cmd
            from and to memory (a copy of the stream in /dev/shm, `s5cmd cat > /dev/null`);
-           for restore also `btrfs receive` from that copy, alone and at once with the
-           server's egress (what a client costing nothing would reach on this machine;
-           streams that fit the copy: up to 9 GiB, or 40 % of the memory);
+           the send and the ingest at once (what a backup whose client cost nothing but its
+           `btrfs send` would reach on this machine); for restore also `btrfs receive`
+           from that copy, alone and at once with the server's egress (the same for a
+           restore; the ceilings at once need streams that fit the copy: up to 9 GiB, or
+           40 % of the memory);
   1 %      then 1 % of the data rewritten and an incremental taken, per repeat, by the tool
            (`backup --once`) and by the peers (`btrfs send -p`);
   WAN      with --wan SIZE_MIB: a full backup of SIZE_MIB by each, through s3-fault-proxy
@@ -61,6 +63,8 @@ RCLONE = f"{TOOLS}/venv/bin/rclone"
 AWS = "/usr/bin/aws"
 MIB = 1 << 20
 GIB = 1 << 30
+INGEST = "ceiling: server ingest (s5cmd from memory)"
+BACKUP_AT_ONCE = "ceiling: btrfs send > /dev/null and server ingest at once"
 # The stream is copied to /dev/shm (tmpfs is RAM) up to this much, for the ceilings fed from
 # memory: 9 GiB (the "8 GiB" stream is 8.01 GiB), or 40 % of the machine's memory where that
 # is less. The ingest ceiling uploads that copy; the receive ceilings need the whole stream in
@@ -411,12 +415,25 @@ prefix = "{name}"
                     rec["contender"] = "ceiling: btrfs send > /dev/null"
                     self.timed(rec, f"btrfs send -q {self.peer_snap} > /dev/null", S)
                 elif c == "ingest":
-                    rec["contender"] = "ceiling: server ingest (s5cmd from memory)"
+                    rec["contender"] = INGEST
                     self.timed(rec, f"{S5} --endpoint-url {self.endpoint} cp {self.shm} "
                                f"s3://{self.bucket}/peers/ingest >/dev/null", self.shm_bytes)
                     self.s3rm("peers/ingest")
+                elif c == "at once":
+                    # What a backup could be on this machine if its client cost nothing but
+                    # `btrfs send`: the send to /dev/null and the server's ingest from memory
+                    # run together, sharing the cores as a backup makes them share them (only
+                    # when the whole stream fits the copy in /dev/shm). Its time is the later's.
+                    rec["contender"] = BACKUP_AT_ONCE
+                    if self.shm_bytes != S:
+                        return
+                    self.timed(rec, f"btrfs send -q {self.peer_snap} > /dev/null & {S5} --endpoint-url "
+                               f"{self.endpoint} cp {self.shm} s3://{self.bucket}/peers/ingest >/dev/null "
+                               f"&& wait $!", S)
+                    self.s3rm("peers/ingest")
 
-            for c in self.rotate(["default", "1gib", "s5cmd", "aws", "rclone", "send > /dev/null", "ingest"], r):
+            for c in self.rotate(["default", "1gib", "s5cmd", "aws", "rclone", "send > /dev/null", "ingest",
+                                  "at once"], r):
                 backup(c)
 
             def restore(c):
@@ -652,12 +669,14 @@ prefix = "{name}"
             if s5 and s5[0]["cpu_s_per_gib"] > 0:
                 row["cpu_vs_s5cmd"] = round(row["cpu_s_per_gib"] / s5[0]["cpu_s_per_gib"], 3)
             if row["scenario"] == "backup full" and row["contender"].startswith("btrfs-to-s3"):
-                ing = [p for p in rows if p["size_gib"] == row["size_gib"] and "ingest" in p["contender"]]
-                if ing:
-                    row["of_ingest_ceiling"] = round(row["mib_s"] / ing[0]["mib_s"], 3)
+                for field, ceiling in (("of_ingest_ceiling", INGEST), ("of_backup_ceiling", BACKUP_AT_ONCE)):
+                    c = [p for p in rows if p["size_gib"] == row["size_gib"] and p["contender"] == ceiling]
+                    if c:
+                        row[field] = round(row["mib_s"] / c[0]["mib_s"], 3)
             if row["scenario"] == "restore" and not row["contender"].startswith("ceiling"):
                 for field, ceiling in (("of_receive_ceiling", "receive from"), ("of_restore_ceiling", "at once")):
-                    c = [p for p in rows if p["size_gib"] == row["size_gib"] and ceiling in p["contender"]]
+                    c = [p for p in rows if p["size_gib"] == row["size_gib"] and p["scenario"] == "restore"
+                         and ceiling in p["contender"]]
                     if c:
                         row[field] = round(row["mib_s"] / c[0]["mib_s"], 3)
         return rows
@@ -712,6 +731,12 @@ prefix = "{name}"
                     md.append(f'| {r["contender"]} | {r["wall_s"]} | {r["mib_s"]} | {r.get("speed_vs_best_peer", "")} '
                               f'| {r["cpu_s_per_gib"]} | {r.get("cpu_vs_s5cmd", "")} | {r["peak_rss_max_mib"]}{bound} |')
                 md.append("")
+                # The share of what a client costing nothing would reach here (the ceilings
+                # at once), where the run had them.
+                shares = [f'{r["contender"]} {r.get("of_backup_ceiling", r.get("of_restore_ceiling"))}'
+                          for r in sel if "of_backup_ceiling" in r or "of_restore_ceiling" in r]
+                if shares:
+                    md += ["Of the ceiling at once: " + ", ".join(shares) + ".", ""]
         busy = [r for r in self.runs if r.get("busy_before", 0) >= QUIET_BUSY]
         if busy and not self.args.quick:
             md += [f"{len(busy)} of {len(self.runs)} runs started with the machine still busy after "

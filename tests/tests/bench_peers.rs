@@ -16,6 +16,10 @@ const CONTENDERS: &[(&str, &str)] = &[
     ("backup full", "rclone"),
     ("backup full", "ceiling: btrfs send > /dev/null"),
     ("backup full", "ceiling: server ingest (s5cmd from memory)"),
+    (
+        "backup full",
+        "ceiling: btrfs send > /dev/null and server ingest at once",
+    ),
     ("restore", "btrfs-to-s3"),
     ("restore", "btrfs-to-s3 (1 GiB chunks)"),
     ("restore", "s5cmd cat | btrfs receive"),
@@ -121,6 +125,7 @@ fn the_quick_benchmark_runs_every_contender_and_its_results_parse() {
     assert!(tool["speed_vs_best_peer"].as_f64().is_some(), "{tool}");
     assert!(tool["cpu_vs_s5cmd"].as_f64().is_some(), "{tool}");
     assert!(tool["of_ingest_ceiling"].as_f64().is_some(), "{tool}");
+    assert!(tool["of_backup_ceiling"].as_f64().is_some(), "{tool}");
     assert!(tool["rss_bound_mib"].as_f64().is_some(), "{tool}");
     let wan = medians
         .iter()
