@@ -8,11 +8,11 @@ On a loop-device Btrfs and a local garage, for each stream size:
            beside `s5cmd cat | btrfs receive` of s5cmd's own upload;
   ceilings `btrfs send > /dev/null`, and the server's ingest and egress measured with s5cmd
            from and to memory (a copy of the stream in /dev/shm, `s5cmd cat > /dev/null`);
-           the send and the ingest at once (what a backup whose client cost nothing but its
-           `btrfs send` would reach on this machine); for restore also `btrfs receive`
-           from that copy, alone and at once with the server's egress (the same for a
-           restore; the ceilings at once need streams that fit the copy: up to 9 GiB, or
-           40 % of the memory);
+           the send and that ingest at once (what a backup whose client cost what s5cmd
+           reading memory costs, beside its `btrfs send`, would reach on this machine); for
+           restore also `btrfs receive` from that copy, alone and at once with the server's
+           egress (the same for a restore; the receive ceilings and the ceilings at once need
+           streams that fit the copy: up to 9 GiB, or 40 % of the memory);
   1 %      then 1 % of the data rewritten and an incremental taken, per repeat, by the tool
            (`backup --once`) and by the peers (`btrfs send -p`);
   WAN      with --wan SIZE_MIB: a full backup of SIZE_MIB by each, through s3-fault-proxy
@@ -67,8 +67,8 @@ INGEST = "ceiling: server ingest (s5cmd from memory)"
 BACKUP_AT_ONCE = "ceiling: btrfs send > /dev/null and server ingest at once"
 # The stream is copied to /dev/shm (tmpfs is RAM) up to this much, for the ceilings fed from
 # memory: 9 GiB (the "8 GiB" stream is 8.01 GiB), or 40 % of the machine's memory where that
-# is less. The ingest ceiling uploads that copy; the receive ceilings need the whole stream in
-# it (skipped beyond).
+# is less. The ingest ceiling uploads that copy; the receive ceilings and the ceilings at once
+# need the whole stream in it (skipped beyond).
 def shm_cap():
     try:
         kib = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal:"))
@@ -112,9 +112,13 @@ def run_limited(argv, env, limit_s):
         return 124, True
     finally:
         # Past the limit, or interrupted (its own session keeps the terminal's Ctrl-C from the
-        # run): the group goes with the bench.
-        if p.returncode is None:
+        # run): the group goes with the bench. After an exit too, whatever the run left behind
+        # goes (`A & B && wait $!` leaves A running when B fails).
+        try:
             os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if p.returncode is None:
             p.wait()
 
 
@@ -420,12 +424,14 @@ prefix = "{name}"
                                f"s3://{self.bucket}/peers/ingest >/dev/null", self.shm_bytes)
                     self.s3rm("peers/ingest")
                 elif c == "at once":
-                    # What a backup could be on this machine if its client cost nothing but
-                    # `btrfs send`: the send to /dev/null and the server's ingest from memory
-                    # run together, sharing the cores as a backup makes them share them (only
-                    # when the whole stream fits the copy in /dev/shm). Its time is the later's.
+                    # What a backup could be on this machine if its client cost what s5cmd
+                    # reading memory costs: the send to /dev/null and the server's ingest from
+                    # memory run together, sharing the cores as a backup makes them share them
+                    # (only when the whole stream fits the copy in /dev/shm). Its time is the
+                    # later's.
                     rec["contender"] = BACKUP_AT_ONCE
                     if self.shm_bytes != S:
+                        log(f"{BACKUP_AT_ONCE}: skipped, the stream does not fit the copy in /dev/shm")
                         return
                     self.timed(rec, f"btrfs send -q {self.peer_snap} > /dev/null & {S5} --endpoint-url "
                                f"{self.endpoint} cp {self.shm} s3://{self.bucket}/peers/ingest >/dev/null "
@@ -462,14 +468,17 @@ prefix = "{name}"
                     # the whole stream fits the copy in /dev/shm).
                     rec["contender"] = "ceiling: btrfs receive from memory"
                     if self.shm_bytes != S:
+                        log(f"{rec['contender']}: skipped, the stream does not fit the copy in /dev/shm")
                         return
                     self.timed(rec, f"btrfs receive -q {target} < {self.shm}", S)
                 elif c == "at once":
-                    # What a restore could be on this machine if its client cost nothing: the
-                    # server's egress and `btrfs receive` from memory run together, sharing the
-                    # cores as a restore makes them share them. Its time is the later's.
+                    # What a restore could be on this machine if its client cost what s5cmd
+                    # writing to /dev/null costs: the server's egress and `btrfs receive` from
+                    # memory run together, sharing the cores as a restore makes them share
+                    # them. Its time is the later's.
                     rec["contender"] = "ceiling: server egress and btrfs receive at once"
                     if self.shm_bytes != S:
+                        log(f"{rec['contender']}: skipped, the stream does not fit the copy in /dev/shm")
                         return
                     self.timed(rec, f"{S5} --endpoint-url {self.endpoint} cat s3://{self.bucket}/peers/s5cmd "
                                f"> /dev/null & btrfs receive -q {target} < {self.shm} && wait $!", S)
@@ -668,7 +677,7 @@ prefix = "{name}"
             s5 = [p for p in peers if p["contender"].startswith("s5cmd")]
             if s5 and s5[0]["cpu_s_per_gib"] > 0:
                 row["cpu_vs_s5cmd"] = round(row["cpu_s_per_gib"] / s5[0]["cpu_s_per_gib"], 3)
-            if row["scenario"] == "backup full" and row["contender"].startswith("btrfs-to-s3"):
+            if row["scenario"] == "backup full" and not row["contender"].startswith("ceiling"):
                 for field, ceiling in (("of_ingest_ceiling", INGEST), ("of_backup_ceiling", BACKUP_AT_ONCE)):
                     c = [p for p in rows if p["size_gib"] == row["size_gib"] and p["contender"] == ceiling]
                     if c:
@@ -731,10 +740,11 @@ prefix = "{name}"
                     md.append(f'| {r["contender"]} | {r["wall_s"]} | {r["mib_s"]} | {r.get("speed_vs_best_peer", "")} '
                               f'| {r["cpu_s_per_gib"]} | {r.get("cpu_vs_s5cmd", "")} | {r["peak_rss_max_mib"]}{bound} |')
                 md.append("")
-                # The share of what a client costing nothing would reach here (the ceilings
-                # at once), where the run had them.
+                # The share of what a client as light as s5cmd on memory would reach here
+                # (the ceilings at once), where the run had them.
                 shares = [f'{r["contender"]} {r.get("of_backup_ceiling", r.get("of_restore_ceiling"))}'
-                          for r in sel if "of_backup_ceiling" in r or "of_restore_ceiling" in r]
+                          for r in sorted(sel, key=lambda r: -r["mib_s"])
+                          if "of_backup_ceiling" in r or "of_restore_ceiling" in r]
                 if shares:
                     md += ["Of the ceiling at once: " + ", ".join(shares) + ".", ""]
         busy = [r for r in self.runs if r.get("busy_before", 0) >= QUIET_BUSY]
