@@ -65,6 +65,13 @@ MIB = 1 << 20
 GIB = 1 << 30
 INGEST = "ceiling: server ingest (s5cmd from memory)"
 BACKUP_AT_ONCE = "ceiling: btrfs send > /dev/null and server ingest at once"
+RECEIVE = "ceiling: btrfs receive from memory"
+RESTORE_AT_ONCE = "ceiling: server egress and btrfs receive at once"
+# Each scenario's shares of its ceilings: (field of a contender's row, ceiling).
+CEILING_SHARES = {
+    "backup full": (("of_ingest_ceiling", INGEST), ("of_backup_ceiling", BACKUP_AT_ONCE)),
+    "restore": (("of_receive_ceiling", RECEIVE), ("of_restore_ceiling", RESTORE_AT_ONCE)),
+}
 # The stream is copied to /dev/shm (tmpfs is RAM) up to this much, for the ceilings fed from
 # memory: 9 GiB (the "8 GiB" stream is 8.01 GiB), or 40 % of the machine's memory where that
 # is less. The ingest ceiling uploads that copy; the receive ceilings and the ceilings at once
@@ -338,6 +345,14 @@ prefix = "{name}"
                 "rclone": f"{RCLONE} -q rcat G:{self.bucket}/peers/{key}"}[rec["contender"]]
         return self.timed(rec, f"{send} | {peer}", nbytes)
 
+    def whole_in_shm(self, rec):
+        """Whether the copy in /dev/shm holds the whole stream, as the receive ceilings and the
+        ceilings at once need; a skip is logged."""
+        if self.shm_bytes == self.stream_bytes:
+            return True
+        log(f"{rec['contender']}: skipped, the stream does not fit the copy in /dev/shm")
+        return False
+
     def settle(self):
         """Waits for Btrfs to clean deleted subvolumes, which would compete with the next run."""
         sh(f"btrfs subvolume sync {self.work}/mnt >/dev/null")
@@ -430,8 +445,7 @@ prefix = "{name}"
                     # (only when the whole stream fits the copy in /dev/shm). Its time is the
                     # later's.
                     rec["contender"] = BACKUP_AT_ONCE
-                    if self.shm_bytes != S:
-                        log(f"{BACKUP_AT_ONCE}: skipped, the stream does not fit the copy in /dev/shm")
+                    if not self.whole_in_shm(rec):
                         return
                     self.timed(rec, f"btrfs send -q {self.peer_snap} > /dev/null & {S5} --endpoint-url "
                                f"{self.endpoint} cp {self.shm} s3://{self.bucket}/peers/ingest >/dev/null "
@@ -466,9 +480,8 @@ prefix = "{name}"
                 elif c == "receive":
                     # What any restore is held to: `btrfs receive` fed from memory (only when
                     # the whole stream fits the copy in /dev/shm).
-                    rec["contender"] = "ceiling: btrfs receive from memory"
-                    if self.shm_bytes != S:
-                        log(f"{rec['contender']}: skipped, the stream does not fit the copy in /dev/shm")
+                    rec["contender"] = RECEIVE
+                    if not self.whole_in_shm(rec):
                         return
                     self.timed(rec, f"btrfs receive -q {target} < {self.shm}", S)
                 elif c == "at once":
@@ -476,9 +489,8 @@ prefix = "{name}"
                     # writing to /dev/null costs: the server's egress and `btrfs receive` from
                     # memory run together, sharing the cores as a restore makes them share
                     # them. Its time is the later's.
-                    rec["contender"] = "ceiling: server egress and btrfs receive at once"
-                    if self.shm_bytes != S:
-                        log(f"{rec['contender']}: skipped, the stream does not fit the copy in /dev/shm")
+                    rec["contender"] = RESTORE_AT_ONCE
+                    if not self.whole_in_shm(rec):
                         return
                     self.timed(rec, f"{S5} --endpoint-url {self.endpoint} cat s3://{self.bucket}/peers/s5cmd "
                                f"> /dev/null & btrfs receive -q {target} < {self.shm} && wait $!", S)
@@ -677,15 +689,10 @@ prefix = "{name}"
             s5 = [p for p in peers if p["contender"].startswith("s5cmd")]
             if s5 and s5[0]["cpu_s_per_gib"] > 0:
                 row["cpu_vs_s5cmd"] = round(row["cpu_s_per_gib"] / s5[0]["cpu_s_per_gib"], 3)
-            if row["scenario"] == "backup full" and not row["contender"].startswith("ceiling"):
-                for field, ceiling in (("of_ingest_ceiling", INGEST), ("of_backup_ceiling", BACKUP_AT_ONCE)):
+            if not row["contender"].startswith("ceiling"):
+                # By the ceiling's whole name: the two ceilings at once share words.
+                for field, ceiling in CEILING_SHARES.get(row["scenario"], ()):
                     c = [p for p in rows if p["size_gib"] == row["size_gib"] and p["contender"] == ceiling]
-                    if c:
-                        row[field] = round(row["mib_s"] / c[0]["mib_s"], 3)
-            if row["scenario"] == "restore" and not row["contender"].startswith("ceiling"):
-                for field, ceiling in (("of_receive_ceiling", "receive from"), ("of_restore_ceiling", "at once")):
-                    c = [p for p in rows if p["size_gib"] == row["size_gib"] and p["scenario"] == "restore"
-                         and ceiling in p["contender"]]
                     if c:
                         row[field] = round(row["mib_s"] / c[0]["mib_s"], 3)
         return rows

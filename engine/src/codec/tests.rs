@@ -14,6 +14,17 @@ fn sample(n: usize) -> Vec<u8> {
         .collect()
 }
 
+/// The decoder a manifest of this framing makes (`manifest::Compressed::decoder`).
+fn decoder_of(f: &Framing) -> Decoder {
+    Decoder::new(
+        f.frame_bytes,
+        f.frames.clone(),
+        f.stream_bytes,
+        StreamCheck::Xxh3(f.stream_xxh3),
+    )
+    .expect("dec")
+}
+
 fn compress_all(data: &[u8], level: i32, workers: usize) -> (Vec<u8>, Framing) {
     let (mut r, log) = CompressingReader::new(data, level, workers);
     let mut out = Vec::new();
@@ -156,13 +167,7 @@ fn output_is_the_same_for_any_number_of_workers_and_round_trips() {
     // Standard zstd reads the concatenation.
     assert_eq!(zstd::stream::decode_all(&one[..]).expect("zstd -d"), data);
     // The decoder, fed in odd pieces, checks size and hash.
-    let mut d = Decoder::new(
-        FRAME_BYTES,
-        f1.frames.clone(),
-        f1.stream_bytes,
-        StreamCheck::Xxh3(f1.stream_xxh3),
-    )
-    .expect("dec");
+    let mut d = decoder_of(&f1);
     let mut back = Vec::new();
     for piece in one.chunks(7777) {
         back.extend(d.feed(piece).expect("feed"));
@@ -226,13 +231,7 @@ fn output_comes_in_bounded_pieces() {
     let data = vec![0u8; 64 * FRAME_BYTES as usize];
     let (stored, f) = compress_all(&data, 3, 2);
     assert!(stored.len() < 64 << 10, "{} stored bytes", stored.len());
-    let mut d = Decoder::new(
-        FRAME_BYTES,
-        f.frames.clone(),
-        f.stream_bytes,
-        StreamCheck::Xxh3(f.stream_xxh3),
-    )
-    .expect("dec");
+    let mut d = decoder_of(&f);
     let (mut input, mut total, mut pieces) = (&stored[..], 0usize, 0);
     loop {
         let (used, out) = d.step(input).expect("step");
@@ -265,13 +264,7 @@ fn random_blocks_become_raw_frames_that_decode() {
         zstd::stream::decode_all(&stored[..]).expect("zstd -d"),
         random
     );
-    let mut d = Decoder::new(
-        FRAME_BYTES,
-        f.frames.clone(),
-        f.stream_bytes,
-        StreamCheck::Xxh3(f.stream_xxh3),
-    )
-    .expect("dec");
+    let mut d = decoder_of(&f);
     assert_eq!(d.feed(&stored).expect("decode"), random);
     assert_eq!(d.finish(), Ok(random.len() as u64));
     // A block of one byte and one of exactly 128 KiB frame as the format says; its
