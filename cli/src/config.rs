@@ -7,13 +7,8 @@ use std::time::Duration;
 use engine::codec::Compression;
 use engine::machine::{valid_name, Layout};
 use engine::provider::{Overrides, ProfileError, Provider, PROVIDERS};
-use engine::settings::{Checksum, LockMode, S3Settings, Settings, Sse, SubvolumeSpec, GIB};
+use engine::settings::{Checksum, LockMode, S3Settings, Settings, Sse, SubvolumeSpec};
 
-/// The default chunk: 64 GiB, so the default part is 8 MiB (the smallest that keeps a chunk
-/// within 10,000 parts). Measured against 21 MiB parts (200 GiB chunks) and others, at 2, 4
-/// and 8 in flight, on 2 cores and on the WAN profile: as fast within the noise, at half the
-/// memory, and a crash re-sends at most 32 MiB (BENCHMARKS.md, "Part size and concurrency").
-const DEFAULT_CHUNK: u64 = 64 * GIB;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use toml::Spanned;
@@ -533,7 +528,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
     let part_span = span_of(&s3.part_size).or(span_of(&s3.chunk_size));
     let sizing = engine::provider::size(
         &profile,
-        s3.chunk_size.as_ref().map_or(DEFAULT_CHUNK, |s| s.get_ref().0),
+        s3.chunk_size
+            .as_ref()
+            .map_or(profile.default_chunk, |s| s.get_ref().0),
         s3.part_size.as_ref().map(|s| s.get_ref().0),
     )
     .map_err(|message| {

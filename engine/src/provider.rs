@@ -77,7 +77,21 @@ pub struct Profile {
     pub object_lock: bool,
     /// `sse` when unset: AES256 where the provider takes the SSE-S3 header, else none.
     pub sse_s3: bool,
+    /// `chunk_size` when unset (each chunk is one object).
+    pub default_chunk: u64,
 }
+
+/// The default chunk: 64 GiB, so the default part is 8 MiB (the smallest that keeps a chunk
+/// within 10,000 parts). Measured against 21 MiB parts (200 GiB chunks) and others, at 2, 4
+/// and 8 in flight, on 2 cores and on the WAN profile: as fast within the noise, at half the
+/// memory, and a crash re-sends at most 32 MiB (BENCHMARKS.md, "Part size and concurrency").
+pub const DEFAULT_CHUNK: u64 = 64 * GIB;
+
+/// Garage's default chunk. Garage reads an object's whole block list (one entry per MiB) on
+/// every GET, ranged or not: its CPU per GET grows by about 0.2 ms per GiB of the object
+/// (BENCHMARKS.md, "Chunk size on garage"), so a restore of one 64 GiB object would spend
+/// half again its CPU on block lists. 4 GiB objects keep that under 4 % of a part's GET.
+pub const GARAGE_CHUNK: u64 = 4 * GIB;
 
 /// Every storage class S3 names (AWS offers them all).
 pub const AWS_CLASSES: &[&str] = &[
@@ -162,6 +176,7 @@ impl Provider {
             storage_classes: &[],
             object_lock: false,
             sse_s3: false,
+            default_chunk: DEFAULT_CHUNK,
         };
         match self {
             Provider::Aws => Profile {
@@ -212,6 +227,7 @@ impl Provider {
             },
             Provider::Garage => Profile {
                 storage_classes: &["STANDARD"],
+                default_chunk: GARAGE_CHUNK,
                 ..base
             },
             // Unknown: what every S3 server accepts (Content-MD5), AWS's part limits.

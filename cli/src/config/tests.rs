@@ -1,6 +1,6 @@
 use super::*;
 use engine::provider::Provider;
-use engine::settings::{Checksum, MIB};
+use engine::settings::{Checksum, GIB, MIB};
 
 const GOOD: &str = r#"
 snapshot_dir = "/mnt/pool/.snapshots"
@@ -290,6 +290,20 @@ fn providers_set_limits_and_overrides_only_tighten() {
     assert_eq!(g.s3.profile.provider, Provider::Garage);
     assert_eq!(g.s3.checksum, Checksum::Crc32c);
     assert_eq!(g.s3.sse, Sse::None);
+    // Garage's GETs cost more the larger the object: 4 GiB chunks unless chunk_size says
+    // otherwise; parts stay 8 MiB, and other providers keep 64 GiB.
+    let unset = |p: &str| with(&format!("provider = \"{p}\"")).replace("chunk_size = \"1GiB\"", "");
+    let g = parse(Path::new("x"), &unset("garage")).expect("valid");
+    assert_eq!((g.s3.chunk_size, g.s3.part_size), (4 * GIB, 8 * MIB));
+    assert_eq!(g.s3.chunk_lowered_from, None);
+    let g64 = parse(
+        Path::new("x"),
+        &unset("garage").replace("[s3]\n", "[s3]\nchunk_size = \"64GiB\"\n"),
+    )
+    .expect("valid");
+    assert_eq!((g64.s3.chunk_size, g64.s3.part_size), (64 * GIB, 8 * MIB));
+    let minio = parse(Path::new("x"), &unset("minio")).expect("valid");
+    assert_eq!(minio.s3.chunk_size, 64 * GIB);
 
     // Scaleway: 1000 parts; the default 64 GiB chunk is lowered, parts stay 8 MiB.
     let text = with("provider = \"scaleway\"").replace("chunk_size = \"1GiB\"", "");
