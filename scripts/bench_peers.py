@@ -2,7 +2,9 @@
 """btrfs-to-s3 against its peers, in one run with the contenders alternated (issue 11).
 
 On a loop-device Btrfs and a local garage, for each stream size:
-  backup   btrfs-to-s3 with default settings and with 1 GiB chunks (multi-chunk), beside
+  backup   btrfs-to-s3 with default settings (on garage 4 GiB chunks since 2026-12-07, so
+           one chunk up to 4 GiB; each run's chunk count is in peers.json) and with 1 GiB
+           chunks (multi-chunk), beside
            `btrfs send |` s5cmd pipe, AWS CLI v2 `s3 cp -` and rclone `rcat`;
   restore  each btrfs-to-s3 backup (`restore --verify none`: every part is still checked)
            beside `s5cmd cat | btrfs receive` of s5cmd's own upload;
@@ -545,7 +547,7 @@ prefix = "{name}"
                     for conc in self.args.sweep_concurrency:
                         for index in {"on": [True], "off": [False], "both": [True, False]}[self.args.sweep_index]:
                             name = f"p{part}c{conc}{label.strip(' ()')}{'' if index else 'n'}"
-                            # The default chunk (200 GiB) unless the parts are too small for it.
+                            # 200 GiB chunks (one at any size swept), or 10,000 parts if less.
                             chunk = self.args.sweep_chunk or f"{min(200 * 1024, part * 10_000)}MiB"
                             configs.append({"name": name, "bin": binary, "part": part, "conc": conc,
                                             "label": f"btrfs-to-s3 {part} MiB parts x {conc}{label}"

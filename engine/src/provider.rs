@@ -89,8 +89,8 @@ pub const DEFAULT_CHUNK: u64 = 64 * GIB;
 
 /// Garage's default chunk. Garage reads an object's whole block list (one entry per MiB) on
 /// every GET, ranged or not: its CPU per GET grows by about 0.2 ms per GiB of the object
-/// (BENCHMARKS.md, "Chunk size on garage"), so a restore of one 64 GiB object would spend
-/// half again its CPU on block lists. 4 GiB objects keep that under 4 % of a part's GET.
+/// (BENCHMARKS.md, "Chunk size on garage"), so in a 64 GiB object garage's CPU per 8 MiB part
+/// GET would grow by half. 4 GiB objects keep that under 4 %.
 pub const GARAGE_CHUNK: u64 = 4 * GIB;
 
 /// Every storage class S3 names (AWS offers them all).

@@ -304,6 +304,14 @@ fn providers_set_limits_and_overrides_only_tighten() {
     assert_eq!((g64.s3.chunk_size, g64.s3.part_size), (64 * GIB, 8 * MIB));
     let minio = parse(Path::new("x"), &unset("minio")).expect("valid");
     assert_eq!(minio.s3.chunk_size, 64 * GIB);
+    // A part larger than the default chunk makes the chunk one part, not an error about a
+    // chunk_size nobody set.
+    let big = parse(
+        Path::new("x"),
+        &unset("garage").replace("[s3]\n", "[s3]\npart_size = \"5GiB\"\n"),
+    )
+    .expect("valid");
+    assert_eq!((big.s3.chunk_size, big.s3.part_size), (5 * GIB, 5 * GIB));
 
     // Scaleway: 1000 parts; the default 64 GiB chunk is lowered, parts stay 8 MiB.
     let text = with("provider = \"scaleway\"").replace("chunk_size = \"1GiB\"", "");

@@ -401,7 +401,7 @@ pub fn next_action(st: &RunState, f: &Facts) -> Action {
     // Settings shape the objects; once the manifest is written they no longer matter.
     if st.manifest.is_none() && st.planned.settings != f.settings {
         return Action::Abandon(
-            "the configuration changed since the run started (bucket, prefix, sizes, storage class, SSE, compression, encryption or chunk hash)".into(),
+            "the configuration changed since the run started, or a default it leaves unset did (bucket, prefix, sizes, storage class, SSE, compression, encryption or chunk hash)".into(),
         );
     }
     match st.next_step() {
