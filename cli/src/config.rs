@@ -528,13 +528,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
     let part_span = span_of(&s3.part_size).or(span_of(&s3.chunk_size));
     let sizing = engine::provider::size(
         &profile,
-        // Unset: the provider's default, or one part where a configured part is larger.
-        s3.chunk_size.as_ref().map_or(
-            profile
-                .default_chunk
-                .max(s3.part_size.as_ref().map_or(0, |p| p.get_ref().0)),
-            |s| s.get_ref().0,
-        ),
+        s3.chunk_size.as_ref().map(|s| s.get_ref().0),
         s3.part_size.as_ref().map(|s| s.get_ref().0),
     )
     .map_err(|message| {

@@ -358,11 +358,18 @@ pub struct Sizing {
     pub chunk_lowered_from: Option<u64>,
 }
 
-/// Part size: the configured one, else the default for the chunk size kept within the
-/// profile's bounds. Chunk size: lowered to `max_parts` whole parts where more would be
-/// needed (a provider with few parts gets smaller chunks, not parts that cost memory).
-/// Err: a configured part size outside the profile's bounds.
-pub fn size(profile: &Profile, chunk_size: u64, part_size: Option<u64>) -> Result<Sizing, String> {
+/// Chunk size: the configured one, else the profile's default (or one configured part, where
+/// that is larger). Part size: the configured one, else the default for the chunk size kept
+/// within the profile's bounds. The chunk is then lowered to `max_parts` whole parts where
+/// more would be needed (a provider with few parts gets smaller chunks, not parts that cost
+/// memory). Err: a configured part size outside the profile's bounds.
+pub fn size(
+    profile: &Profile,
+    chunk_size: Option<u64>,
+    part_size: Option<u64>,
+) -> Result<Sizing, String> {
+    let chunk_size =
+        chunk_size.unwrap_or_else(|| profile.default_chunk.max(part_size.unwrap_or(0)));
     let part_size = match part_size {
         Some(p) => {
             if p < profile.min_part || p > profile.max_part {
@@ -547,16 +554,16 @@ mod tests {
     fn chunks_are_lowered_to_the_part_limit_not_parts_raised() {
         let scw = Provider::Scaleway.profile(Source::Configured);
         // The default 200 GiB chunk: 21 MiB parts as on AWS, chunks of 1000 of them.
-        let s = size(&scw, 200 * GIB, None).expect("sized");
+        let s = size(&scw, Some(200 * GIB), None).expect("sized");
         assert_eq!(s.part_size, 21 * MIB);
         assert_eq!(s.chunk_size, 1000 * 21 * MIB);
         assert_eq!(s.chunk_lowered_from, Some(200 * GIB));
         let aws = Provider::Aws.profile(Source::Default);
-        let s = size(&aws, 200 * GIB, None).expect("sized");
+        let s = size(&aws, Some(200 * GIB), None).expect("sized");
         assert_eq!((s.chunk_size, s.part_size), (200 * GIB, 21 * MIB));
         assert_eq!(s.chunk_lowered_from, None);
         // An explicit part size too small for the chunk on AWS lowers the chunk too.
-        let s = size(&aws, 100 * GIB, Some(5 * MIB)).expect("sized");
+        let s = size(&aws, Some(100 * GIB), Some(5 * MIB)).expect("sized");
         assert_eq!(s.chunk_size, 10_000 * 5 * MIB);
         // A min_part_size override raises the default part.
         let big = aws
@@ -566,14 +573,28 @@ mod tests {
                 ..Overrides::default()
             })
             .expect("ok");
-        assert_eq!(size(&big, GIB, None).expect("sized").part_size, 64 * MIB);
-        let e = size(&big, GIB, Some(8 * MIB)).expect_err("below the floor");
+        assert_eq!(
+            size(&big, Some(GIB), None).expect("sized").part_size,
+            64 * MIB
+        );
+        let e = size(&big, Some(GIB), Some(8 * MIB)).expect_err("below the floor");
         assert!(e.contains("outside aws's part sizes"), "{e}");
+        // Unset: the profile's default chunk (garage's 4 GiB, AWS's 64 GiB), or one
+        // configured part where that is larger.
+        let garage = Provider::Garage.profile(Source::Configured);
+        let s = size(&garage, None, None).expect("sized");
+        assert_eq!((s.chunk_size, s.part_size), (GARAGE_CHUNK, 8 * MIB));
+        let s = size(&garage, None, Some(5 * GIB)).expect("sized");
+        assert_eq!((s.chunk_size, s.part_size), (5 * GIB, 5 * GIB));
+        assert_eq!(
+            size(&aws, None, None).expect("sized").chunk_size,
+            DEFAULT_CHUNK
+        );
         // Every provider's default layout is one the machine accepts.
         for p in PROVIDERS {
             let prof = p.profile(Source::Configured);
             for chunk in [GIB, 200 * GIB, 5 * TIB] {
-                let s = size(&prof, chunk, None).expect("sized");
+                let s = size(&prof, Some(chunk), None).expect("sized");
                 let l = crate::machine::Layout::new(s.chunk_size, s.part_size);
                 assert!(l.is_ok(), "{p:?} {chunk}: {l:?}");
                 assert!(u64::from(l.expect("ok").parts_per_chunk()) <= prof.max_parts);
